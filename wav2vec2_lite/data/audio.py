@@ -1,0 +1,165 @@
+"""Audio loading (soundfile: wav/flac/ogg) with checks whose errors name the file.
+
+``load_audio`` returns a mono float32 wave ``(S,)`` at the requested rate or raises
+``AudioError`` saying what was expected, what was found, and which option fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "normalize"]
+
+MonoPolicy = Literal["error", "mix"]
+ResamplePolicy = Literal["error", "soxr"]
+
+
+class AudioError(ValueError):
+    """An audio file cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Header facts of an audio file."""
+
+    num_samples: int  # frames per channel
+    sample_rate: int
+    channels: int
+    format: str
+    subtype: str
+
+
+def _wav_truncation(path: Path, file_size: int) -> str | None:
+    """For RIFF/WAVE files: a message if the ``data`` chunk is shorter than its header says.
+
+    libsndfile silently clamps such files to the bytes present, so a half-copied WAV would
+    otherwise load as a shorter utterance.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= file_size:
+            f.seek(offset)
+            cid, size = struct.unpack("<4sI", f.read(8))
+            if cid == b"data":
+                available = file_size - (offset + 8)
+                if size not in (0, 0xFFFFFFFF) and available < size:  # 0/-1: streaming writers
+                    return (
+                        f"truncated WAV: header declares {size} data bytes, "
+                        f"file holds {available} (incomplete copy or download?)"
+                    )
+                return None
+            offset += 8 + size + (size & 1)
+    return None
+
+
+def _sf_reason(e: Exception) -> str:
+    """libsndfile's reason without the repeated "Error opening 'path':" prefix."""
+    msg = str(e)
+    return msg.split("': ", 1)[1] if "': " in msg else (msg or type(e).__name__)
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Read the header; raises AudioError for a missing, empty, non-audio or truncated file."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: audio file not found")
+    if not p.is_file():
+        raise AudioError(f"{p}: not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise AudioError(f"{p}: file is empty (0 bytes)")
+    try:
+        info = sf.info(str(p))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(
+            f"{p}: not a readable audio file, or corrupt/truncated header "
+            f"(libsndfile: {_sf_reason(e)})"
+        ) from None
+    trunc = _wav_truncation(p, size)
+    if trunc:
+        raise AudioError(f"{p}: {trunc}")
+    return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), info.format, info.subtype)
+
+
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    sample_rate: int = 16000,
+    mono: MonoPolicy = "error",
+    resample: ResamplePolicy = "error",
+) -> np.ndarray:
+    """Load ``path`` as a float32 mono wave ``(S,)`` at ``sample_rate`` Hz.
+
+    Args:
+        mono: ``"error"`` rejects multi-channel files; ``"mix"`` averages the channels.
+        resample: ``"error"`` rejects other rates; ``"soxr"`` resamples (high quality).
+    Raises:
+        AudioError: missing/empty/non-audio/corrupt/truncated file, no samples, NaN/inf
+            samples, multi-channel with ``mono="error"``, other rate with ``resample="error"``.
+    """
+    if mono not in ("error", "mix"):
+        raise ValueError(f"mono must be 'error' or 'mix', found {mono!r}")
+    if resample not in ("error", "soxr"):
+        raise ValueError(f"resample must be 'error' or 'soxr', found {resample!r}")
+    p = Path(path)
+    info = audio_info(p)
+    if info.channels != 1 and mono == "error":
+        raise AudioError(
+            f"{p}: has {info.channels} channels, expected mono; "
+            f"convert the file or pass mono='mix' to average the channels"
+        )
+    if info.sample_rate != sample_rate and resample == "error":
+        raise AudioError(
+            f"{p}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
+            f"resample the file or pass resample='soxr'"
+        )
+    try:
+        wave, sr = sf.read(str(p), dtype="float32", always_2d=True)  # (S, C)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{p}: corrupt or truncated audio data (libsndfile: {_sf_reason(e)})") from None
+    if wave.shape[0] == 0:
+        raise AudioError(f"{p}: contains no audio samples (0 frames)")
+    if wave.shape[0] < info.num_samples:
+        raise AudioError(
+            f"{p}: truncated: header declares {info.num_samples} samples, only {wave.shape[0]} could be read"
+        )
+    finite = np.isfinite(wave)
+    if not finite.all():
+        bad = int((~finite).sum())
+        first = int(np.argwhere(~finite)[0, 0])
+        raise AudioError(f"{p}: {bad} NaN/inf sample(s), first at sample {first}; the file is corrupt")
+    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
+    if sr != sample_rate:
+        import soxr
+
+        wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+T = TypeVar("T", np.ndarray, torch.Tensor)
+
+
+def normalize(wave: T, eps: float = 1e-5) -> T:
+    """Zero-mean, unit-variance per utterance ``(S,)``, as fairseq ``normalize=True``.
+
+    Same formula as fairseq: ``F.layer_norm(wave, wave.shape)`` (biased variance, eps 1e-5).
+    Returns the input's type (numpy array or tensor).
+    """
+    if isinstance(wave, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        with torch.no_grad():
+            return F.layer_norm(t, t.shape, eps=eps).numpy()
+    with torch.no_grad():
+        return F.layer_norm(wave, wave.shape, eps=eps)
