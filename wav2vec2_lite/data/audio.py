@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "load_audio", "normalize"]
+__all__ = ["AudioError", "AudioInfo", "audio_info", "read_samples", "load_audio", "normalize"]
 
 MonoPolicy = Literal["error", "mix"]
 ResamplePolicy = Literal["error", "soxr"]
@@ -93,6 +93,28 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), info.format, info.subtype)
 
 
+def read_samples(path: str | os.PathLike, info: AudioInfo | None = None) -> np.ndarray:
+    """All samples as float32 ``(S, C)``; AudioError for corrupt/truncated data, 0 samples, NaN/inf."""
+    p = Path(path)
+    info = info or audio_info(p)
+    try:
+        wave, _ = sf.read(str(p), dtype="float32", always_2d=True)  # (S, C)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise AudioError(f"{p}: corrupt or truncated audio data (libsndfile: {_sf_reason(e)})") from None
+    if wave.shape[0] == 0:
+        raise AudioError(f"{p}: contains no audio samples (0 frames)")
+    if wave.shape[0] < info.num_samples:
+        raise AudioError(
+            f"{p}: truncated: header declares {info.num_samples} samples, only {wave.shape[0]} could be read"
+        )
+    finite = np.isfinite(wave)
+    if not finite.all():
+        bad = int((~finite).sum())
+        first = int(np.argwhere(~finite)[0, 0])
+        raise AudioError(f"{p}: {bad} NaN/inf sample(s), first at sample {first}; the file is corrupt")
+    return wave
+
+
 def load_audio(
     path: str | os.PathLike,
     *,
@@ -125,21 +147,8 @@ def load_audio(
             f"{p}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
             f"resample the file or pass resample='soxr'"
         )
-    try:
-        wave, sr = sf.read(str(p), dtype="float32", always_2d=True)  # (S, C)
-    except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{p}: corrupt or truncated audio data (libsndfile: {_sf_reason(e)})") from None
-    if wave.shape[0] == 0:
-        raise AudioError(f"{p}: contains no audio samples (0 frames)")
-    if wave.shape[0] < info.num_samples:
-        raise AudioError(
-            f"{p}: truncated: header declares {info.num_samples} samples, only {wave.shape[0]} could be read"
-        )
-    finite = np.isfinite(wave)
-    if not finite.all():
-        bad = int((~finite).sum())
-        first = int(np.argwhere(~finite)[0, 0])
-        raise AudioError(f"{p}: {bad} NaN/inf sample(s), first at sample {first}; the file is corrupt")
+    wave = read_samples(p, info)  # (S, C)
+    sr = info.sample_rate
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if sr != sample_rate:
         import soxr

@@ -1,0 +1,89 @@
+"""Batch ``AudioDataset`` items: right-pad (with a padding mask) or crop to the shortest."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+__all__ = ["collate", "LABEL_PAD"]
+
+LABEL_PAD = -100  # ignored by the CTC loss wrapper and by CrossEntropyLoss
+
+
+def collate(
+    items: Sequence[dict[str, Any]],
+    *,
+    crop_to_shortest: bool = False,
+    pad_multiple: int | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
+    """Stack items into a batch.
+
+    Returns:
+        waveform: (B, S) float32, right-padded with zeros.
+        padding_mask: (B, S) bool, True = padded sample; None when nothing is padded.
+        lengths: (B,) long, valid samples per row.
+        ids: (B,) long.
+        labels: (B, L) long padded with -100, label_lengths: (B,) long (when items have labels).
+        texts: list[str] (when items have text).
+
+    ``crop_to_shortest=True`` is fairseq's pretraining default (``pad=False``): every wave is
+    cropped to the batch's shortest at a random offset drawn from ``generator``, so nothing
+    is padded. ``pad_multiple`` rounds S up to a multiple (padding mode only).
+    """
+    if not items:
+        raise ValueError("collate got an empty batch")
+    if crop_to_shortest and pad_multiple is not None:
+        raise ValueError("pad_multiple pads; crop_to_shortest never pads: pass only one of them")
+    if pad_multiple is not None and pad_multiple <= 0:
+        raise ValueError(f"pad_multiple must be > 0, found {pad_multiple}")
+    waves = [it["waveform"] for it in items]
+    for it, w in zip(items, waves):
+        if w.dim() != 1:
+            raise ValueError(f"item {it.get('id')}: waveform must be 1-D (S,), found shape {tuple(w.shape)}")
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    B = len(items)
+
+    if crop_to_shortest:
+        S = int(lengths.min())
+        out = torch.empty(B, S, dtype=torch.float32)
+        for b, w in enumerate(waves):
+            diff = len(w) - S
+            start = int(torch.randint(0, diff + 1, (1,), generator=generator)) if diff > 0 else 0
+            out[b] = w[start : start + S]
+        lengths = torch.full((B,), S, dtype=torch.long)
+        padding_mask = None
+    else:
+        S = int(lengths.max())
+        if pad_multiple is not None:
+            S = -(-S // pad_multiple) * pad_multiple
+        out = torch.zeros(B, S, dtype=torch.float32)
+        for b, w in enumerate(waves):
+            out[b, : len(w)] = w
+        padding_mask = torch.arange(S)[None, :] >= lengths[:, None]  # (B, S)
+        if not padding_mask.any():
+            padding_mask = None
+
+    batch: dict[str, Any] = {
+        "waveform": out,
+        "padding_mask": padding_mask,
+        "lengths": lengths,
+        "ids": torch.tensor([int(it["id"]) for it in items], dtype=torch.long),
+    }
+
+    has_labels = ["labels" in it for it in items]
+    if any(has_labels):
+        if not all(has_labels):
+            raise ValueError("some items have labels and some do not; batch labelled and unlabelled data apart")
+        labels = [torch.as_tensor(it["labels"], dtype=torch.long) for it in items]
+        label_lengths = torch.tensor([len(lab) for lab in labels], dtype=torch.long)
+        L = int(label_lengths.max())
+        padded = torch.full((B, L), LABEL_PAD, dtype=torch.long)
+        for b, lab in enumerate(labels):
+            padded[b, : len(lab)] = lab
+        batch["labels"] = padded
+        batch["label_lengths"] = label_lengths
+    if all("text" in it for it in items):
+        batch["texts"] = [it["text"] for it in items]
+    return batch

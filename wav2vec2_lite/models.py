@@ -1,0 +1,364 @@
+"""wav2vec 2.0 models: the backbone, the self-supervised pretraining model and the CTC model.
+
+Data flows one way::
+
+    wave (B, S) -> FeatureEncoder -> (B, C, T) -> FeatureProjection -> (B, T, D)
+         -> span mask (mask embedding) -> ContextNetwork -> c_t (B, T, D)
+    normed features (B, T, C) -> GumbelProductQuantizer -> q_t      (pretraining only)
+    c_t, q_t -> contrastive + diversity + feature penalty            (pretraining only)
+    c_t -> Linear -> CTC logits                                       (fine-tuning)
+
+Conventions: right padding only; ``padding_mask`` (B, S) bool is True at padded samples.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.losses import contrastive_logits, contrastive_loss, ctc_loss, diversity_loss, feature_penalty
+from wav2vec2_lite.masking import (
+    compute_channel_mask,
+    compute_span_mask,
+    sample_cross_negatives,
+    sample_negatives,
+    validate_negatives,
+)
+from wav2vec2_lite.modules.context import ContextNetwork
+from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
+from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, perplexity
+from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
+
+__all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC"]
+
+
+def _check_inputs(waveform: Tensor, padding_mask: Tensor | None, receptive_field: int) -> Tensor | None:
+    """Validate shapes and right padding; return valid samples per utterance (or None)."""
+    if waveform.dim() != 2:
+        raise ValueError(
+            f"waveform must be (batch, samples); got shape {tuple(waveform.shape)}"
+            + (" (use waveform[None] for a single utterance)" if waveform.dim() == 1 else "")
+        )
+    if not waveform.is_floating_point():
+        raise ValueError(f"waveform must be a float tensor; got {waveform.dtype}")
+    lengths = None
+    if padding_mask is not None:
+        if padding_mask.shape != waveform.shape or padding_mask.dtype != torch.bool:
+            raise ValueError(
+                f"padding_mask must be a bool tensor shaped like waveform {tuple(waveform.shape)}; "
+                f"got {padding_mask.dtype} {tuple(padding_mask.shape)} (True = padded sample)"
+            )
+        if (padding_mask[:, 1:].long() - padding_mask[:, :-1].long()).min() < 0 if padding_mask.shape[1] > 1 else False:
+            raise ValueError("padding_mask must be right padding: True only after the last valid sample")
+        lengths = (~padding_mask).sum(-1)
+    shortest = int(lengths.min()) if lengths is not None else waveform.shape[1]
+    if shortest < receptive_field:
+        raise ValueError(
+            f"an utterance has {shortest} samples, fewer than the feature encoder's receptive field "
+            f"({receptive_field} samples = {receptive_field / 16:.0f} ms at 16 kHz); drop or pad it before batching"
+        )
+    return lengths
+
+
+def _init_transformer(module: nn.Module) -> None:
+    """BERT-style init of the context network (fairseq ``init_bert_params``)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class Wav2Vec2Model(nn.Module):
+    """The backbone: wave -> context vectors. ``(B, S) -> Wav2Vec2ModelOutput``."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.feature_encoder = FeatureEncoder(config)
+        self.feature_projection = FeatureProjection(config)
+        self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
+        self.context = ContextNetwork(config)
+        _init_transformer(self.context)
+        for layer in self.feature_encoder.conv_layers:
+            nn.init.kaiming_normal_(layer.conv.weight)
+
+    def feature_output_lengths(self, lengths: Tensor) -> Tensor:
+        """Samples -> frames (floor((L - k) / s) + 1 per conv layer)."""
+        return self.feature_encoder.output_lengths(lengths)
+
+    def forward(
+        self,
+        waveform: Tensor,
+        padding_mask: Tensor | None = None,
+        mask_indices: Tensor | None = None,
+        *,
+        sample_mask: bool | None = None,
+        generator: torch.Generator | None = None,
+        output_hidden_states: bool = False,
+    ) -> Wav2Vec2ModelOutput:
+        """waveform (B, S) float; padding_mask (B, S) bool True = padded; mask_indices (B, T) bool.
+
+        Without ``mask_indices``, spans are sampled when ``sample_mask`` is True (default: in
+        training when ``mask_time_prob > 0``, SpecAugment-style). Channel masking applies in
+        training when ``mask_channel_prob > 0``.
+        """
+        cfg = self.config
+        lengths = _check_inputs(waveform, padding_mask, cfg.receptive_field)
+        conv = self.feature_encoder(waveform, lengths)  # (B, C, T)
+        batch, frames = conv.shape[0], conv.shape[2]
+        if lengths is None:
+            frame_lengths = torch.full((batch,), frames, dtype=torch.long, device=conv.device)
+            frame_padding = None
+        else:
+            frame_lengths = self.feature_output_lengths(lengths)
+            frame_padding = torch.arange(frames, device=conv.device)[None, :] >= frame_lengths[:, None]
+            if not frame_padding.any():
+                frame_padding = None
+        penalty = feature_penalty(conv, frame_padding)
+        hidden, normed = self.feature_projection(conv.transpose(1, 2))
+
+        if sample_mask is None:
+            sample_mask = self.training and cfg.mask_time_prob > 0
+        if mask_indices is None and sample_mask:
+            mask_indices = compute_span_mask(
+                batch, frames, cfg.mask_time_prob, cfg.mask_time_length,
+                lengths=frame_lengths.cpu(), min_masks=cfg.mask_time_min_masks, generator=generator,
+            ).to(hidden.device)
+        if mask_indices is not None:
+            if mask_indices.shape != (batch, frames):
+                raise ValueError(f"mask_indices must be (batch, frames) = ({batch}, {frames}); "
+                                 f"got {tuple(mask_indices.shape)}")
+            mask_indices = mask_indices.to(device=hidden.device, dtype=torch.bool)
+            if frame_padding is not None:
+                mask_indices = mask_indices & ~frame_padding
+            hidden = torch.where(mask_indices[..., None], self.mask_emb.to(hidden.dtype), hidden)
+        if self.training and cfg.mask_channel_prob > 0:
+            channels = compute_channel_mask(batch, hidden.shape[-1], cfg.mask_channel_prob, cfg.mask_channel_length,
+                                            generator=generator).to(hidden.device)
+            hidden = hidden.masked_fill(channels[:, None, :], 0.0)
+
+        context, hidden_states = self.context(hidden, frame_padding, output_hidden_states)
+        return Wav2Vec2ModelOutput(
+            last_hidden_state=context,
+            extract_features=normed,
+            feature_penalty=penalty,
+            frame_lengths=frame_lengths,
+            padding_mask=frame_padding,
+            mask_indices=mask_indices,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+
+class Wav2Vec2ForPreTraining(nn.Module):
+    """Self-supervised wav2vec 2.0: contrastive task over quantized latents + diversity + L2 penalty."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.dropout_features = nn.Dropout(config.dropout_features)
+        self.quantizer = GumbelProductQuantizer(config)
+        self.project_q = nn.Linear(config.codevector_dim, config.final_dim)
+        self.final_proj = nn.Linear(config.hidden_size, config.final_dim)
+
+    # ----------------------------------------------------------------- helpers
+    def feature_output_lengths(self, lengths: Tensor) -> Tensor:
+        return self.wav2vec2.feature_output_lengths(lengths)
+
+    def gumbel_temperature_at(self, update: int) -> float:
+        """The configured annealing schedule at a given update."""
+        return gumbel_temperature(update, *self.config.gumbel_temperature)
+
+    def set_gumbel_temperature(self, temperature: float) -> None:
+        self.quantizer.temperature = float(temperature)
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        waveform: Tensor,
+        padding_mask: Tensor | None = None,
+        mask_indices: Tensor | None = None,
+        negative_indices: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        output_hidden_states: bool = False,
+    ) -> PreTrainingOutput:
+        """waveform (B, S); padding_mask (B, S) True = padded; mask_indices (B, T) bool;
+        negative_indices (B, T, K) long frame indices inside the same utterance (entries at
+        unmasked positions are ignored). Masks and distractors are sampled from ``generator``
+        when not given (in eval mode too, so validation has a loss).
+        """
+        cfg = self.config
+        out = self.wav2vec2(waveform, padding_mask, mask_indices, sample_mask=True, generator=generator,
+                            output_hidden_states=output_hidden_states)
+        mask = out.mask_indices
+        num_masked = mask.sum()
+        if int(num_masked) == 0:
+            raise ValueError("no frame was masked: pretraining needs mask_time_prob > 0 or mask_indices with "
+                             "at least one True at a valid frame")
+        device = mask.device
+        batch, frames = mask.shape
+        if negative_indices is None:
+            negative_indices = sample_negatives(mask.cpu(), cfg.num_negatives, generator=generator).to(device)
+        else:
+            negative_indices = negative_indices.to(device=device, dtype=torch.long)
+            validate_negatives(negative_indices, mask, out.frame_lengths)
+        cross = None
+        if cfg.cross_sample_negatives > 0:
+            cross = sample_cross_negatives(mask.cpu(), cfg.cross_sample_negatives, generator=generator).to(device)
+
+        # which frames must be quantized: the masked ones and every distractor they point at
+        b_m, t_m = mask.nonzero(as_tuple=True)  # (N,) each
+        cand_frames = torch.cat([t_m[:, None], negative_indices[b_m, t_m]], dim=1)  # (N, 1 + K)
+        needed = mask.clone()
+        needed[b_m[:, None].expand_as(cand_frames), cand_frames] = True
+        if cross is not None:
+            needed.view(-1)[cross[b_m, t_m].flatten()] = True
+        slot = needed.long().cumsum(1) - 1  # (B, T) rank of each needed frame in its utterance
+
+        features = self.dropout_features(out.extract_features)  # (B, T, C)
+        quant = self.quantizer(features[needed], generator=generator)
+        targets = self.project_q(quant.codevectors)  # (Q, F)
+        b_q, t_q = needed.nonzero(as_tuple=True)
+        max_q = int(needed.sum(1).max())
+        target_pad = targets.new_zeros(batch, max_q, targets.shape[-1])
+        target_pad = target_pad.index_put((b_q, slot[b_q, t_q]), targets)
+
+        codes = torch.full((batch, frames, cfg.num_code_groups), -1, dtype=torch.long, device=device)
+        codes[b_q, t_q] = quant.codes
+        cand_codes = codes[b_m[:, None], cand_frames]  # (N, 1 + K, G)
+        same_as_pos = (cand_codes == cand_codes[:, :1]).all(-1)
+        same_as_pos[:, 0] = False
+
+        cross_targets = None
+        if cross is not None:
+            flat_row = needed.flatten().long().cumsum(0) - 1
+            cross_idx = cross[b_m, t_m]  # (N, Kc) flat
+            cross_targets = targets[flat_row[cross_idx]]
+            same_cross = (codes.view(-1, cfg.num_code_groups)[cross_idx] == cand_codes[:, :1]).all(-1)
+            same_as_pos = torch.cat([same_as_pos, same_cross], dim=1)
+
+        predictions = self.final_proj(out.last_hidden_state[b_m, t_m])  # (N, F)
+        pred_slot = mask.long().cumsum(1)[b_m, t_m] - 1
+        logits = contrastive_logits(
+            predictions, target_pad, slot[b_m[:, None], cand_frames], same_as_pos,
+            b_m, pred_slot, cfg.logit_temperature, cross_targets=cross_targets,
+        )
+        contrastive_sum, num_correct = contrastive_loss(logits)
+
+        masked_rows = mask[b_q, t_q]  # which quantized rows are masked frames
+        div, soft_ppl = diversity_loss(quant.soft_probs[masked_rows])
+        hard_ppl = perplexity(F.one_hot(quant.hard_codes[masked_rows], cfg.num_codes_per_group).float())
+        n = num_masked.to(contrastive_sum.dtype)
+        loss_sum = contrastive_sum + n * (cfg.diversity_loss_weight * div + cfg.feature_penalty_weight * out.feature_penalty)
+        return PreTrainingOutput(
+            loss=loss_sum / n,
+            loss_sum=loss_sum,
+            contrastive_loss=contrastive_sum,
+            diversity_loss=div,
+            feature_penalty=out.feature_penalty,
+            code_perplexity=hard_ppl,
+            prob_perplexity=soft_ppl,
+            num_masked=num_masked,
+            num_correct=num_correct,
+            accuracy=num_correct.float() / n,
+            logits=logits,
+            mask_indices=mask,
+            negative_indices=negative_indices,
+            codes=codes,
+            last_hidden_state=out.last_hidden_state,
+            cross_negative_indices=cross,
+            hidden_states=out.hidden_states,
+        )
+
+
+class Wav2Vec2ForCTC(nn.Module):
+    """Fine-tuning model: backbone + linear CTC head over characters (blank = index 0)."""
+
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.dropout = nn.Dropout(config.final_dropout)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        nn.init.normal_(self.lm_head.weight, std=1.0 / math.sqrt(config.hidden_size))
+        nn.init.zeros_(self.lm_head.bias)
+        self._encoder_frozen = False
+
+    def feature_output_lengths(self, lengths: Tensor) -> Tensor:
+        return self.wav2vec2.feature_output_lengths(lengths)
+
+    @classmethod
+    def from_pretraining(
+        cls, source: "Wav2Vec2ForPreTraining | Wav2Vec2Model | str | Path", vocab_size: int, **overrides: Any
+    ) -> "Wav2Vec2ForCTC":
+        """A CTC model whose backbone is a pretrained model's (instance, or a saved model folder).
+
+        ``overrides`` change config fields for fine-tuning (e.g. ``mask_time_prob=0.65``,
+        ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the quantizer is dropped.
+        """
+        if isinstance(source, (str, Path)):
+            from wav2vec2_lite.serialization import load_model
+
+            source = load_model(source)
+        backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
+        if not isinstance(backbone, Wav2Vec2Model):
+            raise TypeError(f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}")
+        config = backbone.config.replace(vocab_size=vocab_size, **overrides)
+        model = cls(config)
+        model.wav2vec2.load_state_dict(backbone.state_dict(), strict=True)
+        return model
+
+    # ------------------------------------------------------------ freezing
+    def freeze_feature_encoder(self) -> None:
+        """Freeze the conv feature encoder (fine-tuning recipe); it then runs without autograd."""
+        fe = self.wav2vec2.feature_encoder
+        for p in fe.parameters():
+            p.requires_grad_(False)
+        fe.grad_mult = 0.0
+
+    def unfreeze_feature_encoder(self) -> None:
+        fe = self.wav2vec2.feature_encoder
+        for p in fe.parameters():
+            p.requires_grad_(True)
+        fe.grad_mult = self.config.feature_grad_mult if self.config.feature_grad_mult > 0 else 1.0
+
+    def set_encoder_frozen(self, frozen: bool) -> None:
+        """Train only the CTC head (True) — fairseq's first ``freeze_finetune_updates`` updates.
+
+        The backbone then runs under ``torch.no_grad``; its parameters keep their
+        ``requires_grad`` so an optimizer built over them stays valid.
+        """
+        self._encoder_frozen = bool(frozen)
+
+    # ------------------------------------------------------------- forward
+    def forward(
+        self,
+        waveform: Tensor,
+        padding_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        mask_indices: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_hidden_states: bool = False,
+    ) -> CTCOutput:
+        """waveform (B, S); padding_mask (B, S) True = padded; labels (B, L) long padded with -100."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._encoder_frozen):
+            out = self.wav2vec2(waveform, padding_mask, mask_indices, generator=generator,
+                                output_hidden_states=output_hidden_states)
+        logits = self.lm_head(self.dropout(out.last_hidden_state))
+        loss = None
+        if labels is not None:
+            if labels.max() >= self.config.vocab_size:
+                raise ValueError(f"labels contain id {int(labels.max())} >= vocab_size {self.config.vocab_size}")
+            loss = ctc_loss(logits, out.frame_lengths, labels, blank=0, reduction=self.config.ctc_loss_reduction,
+                            zero_infinity=self.config.ctc_zero_infinity)
+        return CTCOutput(logits=logits, output_lengths=out.frame_lengths, loss=loss, hidden_states=out.hidden_states)

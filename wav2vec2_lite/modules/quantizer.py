@@ -1,0 +1,95 @@
+"""Gumbel-softmax product quantizer: latent features -> discrete speech units q_t.
+
+G codebooks of V entries each; a frame picks one entry per codebook and the picks are
+concatenated (G x V combinations). Training uses the straight-through hard Gumbel-softmax
+(forward: a one-hot pick; backward: the gradient of the soft sample); eval takes the argmax.
+The temperature is set from outside (annealed per update by the trainer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from wav2vec2_lite.config import Wav2Vec2Config
+
+__all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature"]
+
+
+def gumbel_temperature(update: int, max_temp: float, min_temp: float, decay: float) -> float:
+    """fairseq's schedule: ``max(max_temp * decay**update, min_temp)``."""
+    return max(max_temp * decay**update, min_temp)
+
+
+def perplexity(probs: Tensor) -> Tensor:
+    """Sum over groups of exp(entropy of the mean distribution). probs: (frames, G, V) -> scalar.
+
+    Uses ``xlogy`` (0·log 0 = 0) like transformers; fairseq adds 1e-7 inside the log, a
+    difference below 1e-5 of the perplexity.
+    """
+    mean = probs.float().mean(dim=0)  # (G, V)
+    return torch.exp(-torch.xlogy(mean, mean).sum(-1)).sum()
+
+
+@dataclass
+class QuantizerOutput:
+    codevectors: Tensor
+    """(frames, codevector_dim) concatenated picks."""
+    codes: Tensor
+    """(frames, G) long, the entry picked in each codebook (noisy argmax in training)."""
+    soft_probs: Tensor
+    """(frames, G, V) float32 softmax of the logits without noise (for the diversity loss)."""
+    hard_codes: Tensor
+    """(frames, G) long argmax of the logits without noise (for the hard perplexity)."""
+
+
+class GumbelProductQuantizer(nn.Module):
+    """``(frames, C) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``."""
+
+    def __init__(self, cfg: Wav2Vec2Config) -> None:
+        super().__init__()
+        self.num_groups = cfg.num_code_groups
+        self.num_vars = cfg.num_codes_per_group
+        self.weight_proj = nn.Linear(cfg.conv_dim[-1], self.num_groups * self.num_vars)
+        # codebook: (G, V, codevector_dim // G)
+        self.codebook = nn.Parameter(torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups))
+        self.temperature = float(cfg.gumbel_temperature[0])
+        nn.init.uniform_(self.codebook)
+        nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)
+        nn.init.zeros_(self.weight_proj.bias)
+
+    @property
+    def num_codes(self) -> int:
+        return self.num_groups * self.num_vars
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
+        """x: (frames, C). ``generator`` draws the Gumbel noise in training (reproducible runs)."""
+        logits = rearrange(self.weight_proj(x).float(), "n (g v) -> n g v", g=self.num_groups)
+        soft_probs = logits.softmax(-1)
+        hard_codes = logits.argmax(-1)
+        if self.training:
+            u = torch.empty_like(logits).exponential_(generator=generator)
+            y_soft = ((logits - u.log()) / self.temperature).softmax(-1)  # -log(Exp(1)) ~ Gumbel(0, 1)
+            codes = y_soft.argmax(-1)
+            y_hard = F.one_hot(codes, self.num_vars).to(y_soft.dtype)
+            picks = y_hard - y_soft.detach() + y_soft  # straight-through
+            codevectors = torch.einsum("ngv,gvd->ngd", picks.to(self.codebook.dtype), self.codebook)
+        else:
+            codes = hard_codes
+            groups = torch.arange(self.num_groups, device=x.device)
+            codevectors = self.codebook[groups[None, :], codes]  # (n, G, d)
+        return QuantizerOutput(
+            codevectors=rearrange(codevectors, "n g d -> n (g d)"),
+            codes=codes,
+            soft_probs=soft_probs,
+            hard_codes=hard_codes,
+        )
+
+    def codebook_usage(self, codes: Tensor) -> Tensor:
+        """How often each entry was picked: codes (frames, G) -> counts (G, V)."""
+        one_hot = F.one_hot(codes, self.num_vars)
+        return one_hot.sum(0)

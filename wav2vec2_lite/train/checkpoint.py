@@ -1,0 +1,255 @@
+"""Crash-safe checkpoints: safetensors weights + a plain training-state file.
+
+Layout of a checkpoint folder (``RUN/checkpoints/last``, ``RUN/checkpoints/best``)::
+
+    model.safetensors    weights (wav2vec2_lite.serialization.save_model)
+    config.json          model config (+ class name), so load_model(folder) works
+    training_state.pt    optimizer, precision/scaler, RNG states, sampler position,
+                         update, epoch, run config, sha256 of model.safetensors
+
+Writing is atomic at two levels. Every file is written to a temporary name in its own
+folder, flushed, fsync'ed and ``os.replace``'d. A whole checkpoint is first written to
+a hidden ``.NAME.tmp-PID`` folder; only when complete is it swapped in
+(``NAME -> .NAME.old``, ``tmp -> NAME``, delete ``.NAME.old``). A crash at any point
+leaves either ``NAME`` or ``.NAME.old`` complete, and :func:`resolve_checkpoint`
+recovers from the latter; temporary folders are never taken as a checkpoint.
+
+Loading never executes pickled code: the state file is read with
+``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts only), and
+the weights' hash is checked against the one recorded in the state file. Every error
+names the file at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import random
+import shutil
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "load_training_state",
+    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
+    "STATE_FILE", "WEIGHTS_FILE", "file_sha256",
+]
+
+STATE_FILE = "training_state.pt"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, inconsistent or unsafe; the message names it."""
+
+
+# ------------------------------------------------------------------ atomic files
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[Any], None] | bytes) -> Path:
+    """Write ``path`` via a temp file in the same folder + fsync + ``os.replace``.
+
+    ``write`` is the bytes to write or a function that writes to a binary file object.
+    On any error the temp file is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(write, (bytes, bytearray)):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write_bytes`."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_training_state(path: str | os.PathLike) -> dict:
+    """Read a training-state file without running pickled code; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training-state file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than tensors, numbers, strings, "
+            f"lists and dicts (torch.load weights_only=True). Training-state files written by wav2vec2_lite "
+            f"never do; do not trust this file. Details: {str(e).splitlines()[0]}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated training-state file ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict) or "update" not in state:
+        raise CheckpointError(f"{path}: not a wav2vec2_lite training-state file (no 'update' entry)")
+    return state
+
+
+# ------------------------------------------------------------------ RNG state
+def capture_rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random source the loop draws from, as weights_only-loadable values."""
+    np_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        if "generator" not in state:
+            raise CheckpointError("training state has no mask/negative generator state")
+        generator.set_state(state["generator"])
+
+
+# ------------------------------------------------------------------ checkpoint folders
+def _default_save_weights(model: nn.Module, directory: Path) -> None:
+    from wav2vec2_lite.serialization import save_model
+
+    save_model(model, directory)
+
+
+def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state: dict,
+                    save_weights: Callable[[nn.Module, Path], None] | None = None) -> Path:
+    """Write ``root/name`` (weights + ``state``) so that a crash never leaves it half-written."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final, old = root / name, root / f".{name}.old"
+    tmp = root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        (save_weights or _default_save_weights)(model, tmp)
+        if not (tmp / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{tmp}: the weight saver wrote no {WEIGHTS_FILE}")
+        state = {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
+        atomic_torch_save(state, tmp / STATE_FILE)
+        _fsync_dir(tmp)
+        # Swap in. Between the two renames only .NAME.old exists; resolve_checkpoint recovers it.
+        if final.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def resolve_checkpoint(root: str | os.PathLike, name: str = "last") -> Path | None:
+    """The complete checkpoint ``root/name``, recovering one interrupted mid-swap; None if none."""
+    root = Path(root)
+    final, old = root / name, root / f".{name}.old"
+    if final.is_dir() and _is_complete(final):
+        return final
+    if old.is_dir() and _is_complete(old) and not final.exists():
+        os.rename(old, final)
+        _fsync_dir(root)
+        return final
+    if final.exists():
+        raise CheckpointError(f"{final}: incomplete checkpoint (needs {WEIGHTS_FILE} and {STATE_FILE})")
+    return None
+
+
+def load_checkpoint(folder: str | os.PathLike, model: nn.Module | None = None) -> dict:
+    """Verify ``folder``, load its weights into ``model`` (strict) and return its training state."""
+    folder = Path(folder)
+    state = load_training_state(folder / STATE_FILE)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: weights file not found")
+    expected = state.get("weights_sha256")
+    if expected is not None and file_sha256(weights) != expected:
+        raise CheckpointError(f"{weights}: content does not match the sha256 recorded in {folder / STATE_FILE} "
+                              f"(corrupt, truncated, or replaced after saving)")
+    if model is not None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from e
+        missing, unexpected = _load_into(model, tensors)
+        if missing or unexpected:
+            raise CheckpointError(f"{weights}: does not fit the model (missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]})")
+    return state
+
+
+def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    if missing or unexpected:
+        return missing, unexpected
+    with torch.no_grad():
+        for k, v in own.items():
+            v.copy_(tensors[k])
+    return [], []
