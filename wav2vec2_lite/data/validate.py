@@ -1,0 +1,219 @@
+"""One pass over a manifest (+ labels) before training that finds every bad row.
+
+``validate_dataset`` checks each row for: malformed manifest line, duplicate path, missing /
+empty / non-audio / corrupt / truncated file, header length != manifest num_samples,
+NaN/inf samples, more than one channel, wrong sample rate, shorter than
+``min_sample_size`` (the 400-sample receptive field), longer than ``max_duration_s``;
+and with labels: empty transcript, symbols outside the dictionary, labelled rows longer
+than ``max_sample_size`` (AudioDataset would drop them), and transcripts longer than
+the CTC frames the audio gives (the CTC loss would be inf).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from wav2vec2_lite.data.audio import AudioError, audio_info, read_samples
+from wav2vec2_lite.data.dataset import DatasetError, is_ltr
+from wav2vec2_lite.data.manifest import iter_manifest, read_labels, write_labels, write_manifest
+from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
+
+__all__ = ["Problem", "ValidationReport", "validate_dataset", "num_frames", "ctc_min_frames", "DatasetError"]
+
+log = logging.getLogger(__name__)
+
+# wav2vec 2.0 feature encoder: 7 convs, 20 ms hop, 400-sample receptive field
+CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)
+CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
+
+
+class Problem(NamedTuple):
+    """One problem: manifest line (1-based), audio path (or file at fault), what is wrong."""
+
+    line_no: int
+    path: str
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    """Rows (0-based, in manifest order) without problems, and every problem found."""
+
+    manifest_path: Path
+    labels_path: Path | None
+    num_rows: int
+    valid_indices: list[int]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def num_invalid(self) -> int:
+        return self.num_rows - len(self.valid_indices)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        """One line per problem: ``manifest:line: path: message``."""
+        return "\n".join(f"  {self.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in self.problems)
+
+    def write_subset(self, tsv_out: str | os.PathLike, labels_out: str | os.PathLike | None = None) -> None:
+        """Write the valid rows as a new manifest (and their labels, if any)."""
+        root, rows = iter_manifest(self.manifest_path)
+        parsed = {line_no - 2: (rel, size) for line_no, rel, size, err in rows if err is None}
+        write_manifest(tsv_out, root, [parsed[i] for i in self.valid_indices])  # type: ignore[misc]
+        if labels_out is not None:
+            if self.labels_path is None:
+                raise ValueError("labels_out given but the dataset was validated without labels")
+            labels = read_labels(self.labels_path)
+            write_labels(labels_out, [labels[i] for i in self.valid_indices])
+
+
+def num_frames(num_samples: int, kernels: Sequence[int] = CONV_KERNELS, strides: Sequence[int] = CONV_STRIDES) -> int:
+    """Frames the conv feature encoder gives for ``num_samples`` (0 if too short)."""
+    n = num_samples
+    for k, s in zip(kernels, strides):
+        if n < k:
+            return 0
+        n = (n - k) // s + 1
+    return n
+
+
+def ctc_min_frames(ids: Sequence[int]) -> int:
+    """Frames CTC needs for ``ids``: one per label plus a blank between each repeated pair."""
+    return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
+
+
+def validate_dataset(
+    manifest_path: str | os.PathLike,
+    *,
+    labels_path: str | os.PathLike | None = None,
+    tokenizer: CharTokenizer | None = None,
+    sample_rate: int = 16000,
+    min_sample_size: int = 400,
+    max_sample_size: int | None = None,
+    max_duration_s: float | None = None,
+    skip_invalid: bool = False,
+    check_audio: bool = True,
+) -> ValidationReport:
+    """Check every manifest row (see module doc); ``check_audio`` also reads the samples.
+
+    Raises:
+        DatasetError listing every problem (``manifest:line: path: message``) unless
+        ``skip_invalid``; always if label and manifest counts differ (rows cannot be paired).
+    Returns:
+        ValidationReport; with ``skip_invalid`` its ``valid_indices`` are the usable rows.
+    """
+    manifest_path = Path(manifest_path)
+    root, rows_iter = iter_manifest(manifest_path)
+    rows = list(rows_iter)
+    labels = None
+    if labels_path is not None:
+        labels = read_labels(labels_path)
+        if len(labels) != len(rows):
+            raise DatasetError(
+                f"{labels_path} has {len(labels)} lines but {manifest_path} has {len(rows)} rows; "
+                f"label line i must belong to manifest row i"
+            )
+    elif tokenizer is not None:
+        raise DatasetError(f"{manifest_path}: a tokenizer was given without labels_path")
+
+    problems: list[Problem] = []
+    valid: list[int] = []
+    seen: dict[str, int] = {}
+    for row, (line_no, rel, size, err) in enumerate(rows):
+        found: list[str] = []
+        path = str(root / rel) if err is None else "-"
+        if err is not None:
+            found.append(f"malformed manifest line: {err}")
+        else:
+            assert size is not None
+            if rel in seen:
+                found.append(f"duplicate of line {seen[rel]}")
+            seen.setdefault(rel, line_no)
+            found += _check_audio_row(path, size, sample_rate, min_sample_size, max_duration_s, check_audio)
+            if labels is not None:
+                found += _check_label_row(
+                    labels[row], row, Path(labels_path), tokenizer, size, max_sample_size  # type: ignore[arg-type]
+                )
+        problems += [Problem(line_no, path, m) for m in found]
+        if not found:
+            valid.append(row)
+
+    report = ValidationReport(manifest_path, Path(labels_path) if labels_path else None, len(rows), valid, problems)
+    if problems and not skip_invalid:
+        raise DatasetError(
+            f"{manifest_path}: {len(problems)} problem(s) in {report.num_invalid} of {len(rows)} rows "
+            f"(pass skip_invalid=True to train on the {len(valid)} valid rows):\n{report.format()}"
+        )
+    if problems:
+        log.warning(
+            "%s: skipping %d of %d rows with %d problem(s):\n%s",
+            manifest_path, report.num_invalid, len(rows), len(problems), report.format(),
+        )
+    return report
+
+
+def _strip_path(msg: str, path: str) -> str:
+    prefix = f"{path}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _check_audio_row(
+    path: str, size: int, sample_rate: int, min_sample_size: int, max_duration_s: float | None, check_audio: bool
+) -> list[str]:
+    found: list[str] = []
+    try:
+        info = audio_info(path)
+    except AudioError as e:
+        return [_strip_path(str(e), path)]
+    if info.num_samples != size:
+        found.append(f"manifest says {size} samples, the file header says {info.num_samples}; rebuild the manifest")
+    if info.channels != 1:
+        found.append(f"has {info.channels} channels, expected mono")
+    if info.sample_rate != sample_rate:
+        found.append(f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz")
+    if info.num_samples < min_sample_size:
+        found.append(
+            f"{info.num_samples} samples is shorter than min_sample_size={min_sample_size} "
+            f"(the feature encoder's 400-sample receptive field)"
+        )
+    if max_duration_s is not None and info.num_samples > max_duration_s * info.sample_rate:
+        found.append(f"{info.num_samples / info.sample_rate:.1f} s is longer than max_duration_s={max_duration_s}")
+    if check_audio and info.num_samples > 0:
+        try:
+            read_samples(path, info)
+        except AudioError as e:
+            found.append(_strip_path(str(e), path))
+    return found
+
+
+def _check_label_row(
+    label: str, row: int, labels_path: Path, tokenizer: CharTokenizer | None, size: int, max_sample_size: int | None
+) -> list[str]:
+    where = f"{labels_path}:{row + 1}"
+    if not label.strip():
+        return [f"empty transcript ({where})"]
+    found: list[str] = []
+    if max_sample_size is not None and size > max_sample_size:
+        found.append(
+            f"labelled utterance of {size} samples is longer than max_sample_size={max_sample_size}; "
+            f"AudioDataset drops it (a crop would cut its transcript)"
+        )
+    if tokenizer is not None:
+        try:
+            ids = tokenizer.encode_ltr(label) if is_ltr(labels_path) else tokenizer.encode_text(label)
+        except TokenizerError as e:
+            found.append(f"{where}: {e}")
+        else:
+            need, have = ctc_min_frames(ids), num_frames(size)
+            if need > have:
+                found.append(
+                    f"{where}: transcript needs {need} CTC frames ({len(ids)} symbols + repeats) but "
+                    f"{size} samples give {have}; the CTC loss would be inf"
+                )
+    return found

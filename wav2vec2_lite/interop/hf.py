@@ -1,0 +1,185 @@
+"""Hugging Face transformers interop: ``from_hf`` and ``to_hf`` with identical weights.
+
+transformers is an optional dependency (``pip install 'wav2vec2_lite[hf]'``); it is imported
+only inside these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
+from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict
+from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+
+__all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf"]
+
+log = logging.getLogger(__name__)
+
+BACKBONE_RULES: list[Rule] = [
+    (r"feature_encoder\.conv_layers\.(\d+)\.conv\.(\w+)", (r"feature_extractor.conv_layers.\1.conv.\2",)),
+    (r"feature_encoder\.conv_layers\.(\d+)\.norm\.(\w+)", (r"feature_extractor.conv_layers.\1.layer_norm.\2",)),
+    (r"feature_projection\.(.+)", (r"feature_projection.\1",)),
+    (r"mask_emb", ("masked_spec_embed",)),
+    (r"context\.pos_conv\.conv\.(.+)", (r"encoder.pos_conv_embed.conv.\1",)),
+    (r"context\.layer_norm\.(\w+)", (r"encoder.layer_norm.\1",)),
+    (r"context\.layers\.(\d+)\.attention\.qkv\.(\w+)",
+     (r"encoder.layers.\1.attention.q_proj.\2", r"encoder.layers.\1.attention.k_proj.\2",
+      r"encoder.layers.\1.attention.v_proj.\2")),
+    (r"context\.layers\.(\d+)\.attention\.out_proj\.(\w+)", (r"encoder.layers.\1.attention.out_proj.\2",)),
+    (r"context\.layers\.(\d+)\.attn_layer_norm\.(\w+)", (r"encoder.layers.\1.layer_norm.\2",)),
+    (r"context\.layers\.(\d+)\.feed_forward\.fc1\.(\w+)", (r"encoder.layers.\1.feed_forward.intermediate_dense.\2",)),
+    (r"context\.layers\.(\d+)\.feed_forward\.fc2\.(\w+)", (r"encoder.layers.\1.feed_forward.output_dense.\2",)),
+    (r"context\.layers\.(\d+)\.final_layer_norm\.(\w+)", (r"encoder.layers.\1.final_layer_norm.\2",)),
+]
+
+
+def _rules(kind: type[nn.Module]) -> list[Rule]:
+    if kind is Wav2Vec2Model:
+        return BACKBONE_RULES
+    prefixed = [(r"wav2vec2\." + p, tuple("wav2vec2." + t for t in ts)) for p, ts in BACKBONE_RULES]
+    if kind is Wav2Vec2ForPreTraining:
+        return prefixed + [
+            (r"quantizer\.codebook", ("quantizer.codevectors",)),
+            (r"quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
+            (r"project_q\.(\w+)", (r"project_q.\1",)),
+            (r"final_proj\.(\w+)", (r"project_hid.\1",)),
+        ]
+    return prefixed + [(r"lm_head\.(\w+)", (r"lm_head.\1",))]
+
+
+_HF_CLASS = {Wav2Vec2Model: "Wav2Vec2Model", Wav2Vec2ForPreTraining: "Wav2Vec2ForPreTraining",
+             Wav2Vec2ForCTC: "Wav2Vec2ForCTC"}
+
+
+def config_from_hf(hf: Any, **overrides: Any) -> Wav2Vec2Config:
+    """transformers ``Wav2Vec2Config`` -> ours. Unsupported options raise ``ConfigError``."""
+    for attr, bad, why in (("use_weighted_layer_sum", True, "weighted layer sum"),
+                           ("add_adapter", True, "the adapter stack")):
+        if getattr(hf, attr, False) == bad:
+            raise ConfigError(f"transformers config uses {why} ({attr}=True), which wav2vec2_lite does not implement")
+    for attr in ("feat_extract_activation", "hidden_act"):
+        if getattr(hf, attr, "gelu") != "gelu":
+            raise ConfigError(f"transformers config has {attr}={getattr(hf, attr)!r}; only 'gelu' is supported")
+    spec = bool(getattr(hf, "apply_spec_augment", True))
+    fields = dict(
+        conv_dim=tuple(hf.conv_dim), conv_kernel=tuple(hf.conv_kernel), conv_stride=tuple(hf.conv_stride),
+        conv_bias=bool(hf.conv_bias), feat_extract_norm=hf.feat_extract_norm,
+        masked_group_norm=False,  # transformers' numerics: GroupNorm statistics include padding
+        feature_grad_mult=1.0, hidden_size=hf.hidden_size, layer_norm_eps=hf.layer_norm_eps,
+        dropout_input=hf.feat_proj_dropout, dropout_features=hf.feat_quantizer_dropout,
+        num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads, ffn_dim=hf.intermediate_size,
+        layer_norm_first=bool(hf.do_stable_layer_norm), dropout=hf.hidden_dropout,
+        attention_dropout=hf.attention_dropout, activation_dropout=hf.activation_dropout,
+        layerdrop=hf.layerdrop, pos_conv_kernel=hf.num_conv_pos_embeddings,
+        pos_conv_groups=hf.num_conv_pos_embedding_groups, num_code_groups=hf.num_codevector_groups,
+        num_codes_per_group=hf.num_codevectors_per_group, codevector_dim=hf.codevector_dim,
+        final_dim=hf.proj_codevector_dim,
+        mask_time_prob=hf.mask_time_prob if spec else 0.0, mask_time_length=hf.mask_time_length,
+        mask_time_min_masks=hf.mask_time_min_masks,
+        mask_channel_prob=hf.mask_feature_prob if spec else 0.0, mask_channel_length=hf.mask_feature_length,
+        num_negatives=hf.num_negatives, logit_temperature=hf.contrastive_logits_temperature,
+        diversity_loss_weight=hf.diversity_loss_weight, feature_penalty_weight=0.0,
+        vocab_size=hf.vocab_size, final_dropout=hf.final_dropout, ctc_zero_infinity=bool(hf.ctc_zero_infinity),
+        ctc_loss_reduction=hf.ctc_loss_reduction,
+    )
+    fields.update(overrides)
+    return Wav2Vec2Config.from_dict(fields)
+
+
+def config_to_hf(cfg: Wav2Vec2Config) -> Any:
+    """Ours -> transformers ``Wav2Vec2Config``.
+
+    Raises ``ConfigError`` for what transformers cannot represent (cross-utterance
+    negatives); logs a warning for training-only options it ignores.
+    """
+    import transformers
+
+    if cfg.cross_sample_negatives > 0:
+        raise ConfigError("transformers cannot represent cross_sample_negatives > 0 "
+                          "(its pretraining loss samples distractors within each utterance only)")
+    ignored = []
+    if cfg.feature_penalty_weight > 0:
+        ignored.append(f"feature_penalty_weight={cfg.feature_penalty_weight} (no L2 feature penalty)")
+    if cfg.feature_grad_mult not in (0.0, 1.0):
+        ignored.append(f"feature_grad_mult={cfg.feature_grad_mult}")
+    if cfg.feat_extract_norm == "group" and cfg.masked_group_norm:
+        ignored.append("masked_group_norm=True (its GroupNorm includes padding: padded batches differ)")
+    if ignored:
+        log.warning("transformers ignores these wav2vec2_lite options: %s", "; ".join(ignored))
+    return transformers.Wav2Vec2Config(
+        conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel), conv_stride=list(cfg.conv_stride),
+        conv_bias=cfg.conv_bias, feat_extract_norm=cfg.feat_extract_norm, feat_extract_activation="gelu",
+        num_feat_extract_layers=len(cfg.conv_dim), hidden_size=cfg.hidden_size, layer_norm_eps=cfg.layer_norm_eps,
+        feat_proj_dropout=cfg.dropout_input, feat_quantizer_dropout=cfg.dropout_features,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_dim,
+        do_stable_layer_norm=cfg.layer_norm_first, hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
+        layerdrop=cfg.layerdrop, num_conv_pos_embeddings=cfg.pos_conv_kernel,
+        num_conv_pos_embedding_groups=cfg.pos_conv_groups, num_codevector_groups=cfg.num_code_groups,
+        num_codevectors_per_group=cfg.num_codes_per_group, codevector_dim=cfg.codevector_dim,
+        proj_codevector_dim=cfg.final_dim, apply_spec_augment=cfg.mask_time_prob > 0 or cfg.mask_channel_prob > 0,
+        mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
+        mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_channel_prob,
+        mask_feature_length=cfg.mask_channel_length, num_negatives=cfg.num_negatives,
+        contrastive_logits_temperature=cfg.logit_temperature, diversity_loss_weight=cfg.diversity_loss_weight,
+        vocab_size=cfg.vocab_size, pad_token_id=0, final_dropout=cfg.final_dropout,
+        ctc_zero_infinity=cfg.ctc_zero_infinity, ctc_loss_reduction=cfg.ctc_loss_reduction,
+    )
+
+
+def _our_class(hf_model: Any) -> type[nn.Module]:
+    name = type(hf_model).__name__
+    for ours, theirs in _HF_CLASS.items():
+        if name == theirs:
+            return ours
+    raise TypeError(f"from_hf supports {sorted(_HF_CLASS.values())}; got {name}")
+
+
+def _load_hf(path: str | Path) -> Any:
+    import transformers
+
+    cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    arch = (getattr(cfg, "architectures", None) or ["Wav2Vec2Model"])[0]
+    if arch not in _HF_CLASS.values():
+        raise TypeError(f"{path}: architecture {arch!r} is not one of {sorted(_HF_CLASS.values())}")
+    return getattr(transformers, arch).from_pretrained(path, local_files_only=True)
+
+
+def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
+    """A transformers Wav2Vec2Model / ForPreTraining / ForCTC (or a local folder of one) -> ours.
+
+    Same weights and, by default, the same numerics (``masked_group_norm=False``); pass
+    config ``overrides`` to change that or any training option.
+    """
+    hf = _load_hf(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
+    cls = _our_class(hf)
+    if cls is Wav2Vec2ForCTC and getattr(hf.config, "pad_token_id", 0) != 0:
+        raise ConfigError(f"CTC blank must be vocabulary index 0 (<pad>); this model's pad_token_id is "
+                          f"{hf.config.pad_token_id}")
+    cfg = config_from_hf(hf.config, **overrides)
+    ours = cls(cfg)
+    state = import_state_dict(ours.state_dict(), hf.state_dict(), _rules(cls), "transformers")
+    ours.load_state_dict(state, strict=True)
+    return ours.train(hf.training)
+
+
+def to_hf(model: nn.Module) -> Any:
+    """Ours -> a transformers instance of the matching class with the same weights."""
+    import transformers
+
+    cls = type(model)
+    if cls not in _HF_CLASS:
+        raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
+    hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config))
+    target = hf.state_dict()
+    state = export_state_dict(model.state_dict(), _rules(cls), {k: v.shape for k, v in target.items()})
+    missing = sorted(set(target) - set(state))
+    if missing:
+        raise KeyError(f"to_hf: no value for transformers parameters {missing}")
+    hf.load_state_dict(state, strict=True)
+    return hf.train(model.training)
