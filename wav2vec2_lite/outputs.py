@@ -24,7 +24,7 @@ class Wav2Vec2ModelOutput:
     mask_indices: Tensor | None = None
     """(B, T) bool, frames replaced by the learned mask embedding; None if none."""
     hidden_states: tuple[Tensor, ...] | None = None
-    """Every block's input plus the final output, each (B, T, D), if requested."""
+    """First block's input, then every block's output, each (B, T, D), if requested."""
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PreTrainingOutput:
     cross_negative_indices: Tensor | None = None
     """(B, T, Kc) flat ``b·T + t`` indices of cross-utterance distractors, if configured."""
     hidden_states: tuple[Tensor, ...] | None = None
-    """Every block's input plus the final output, if requested."""
+    """First block's input, then every block's output, if requested."""
 
 
 @dataclass
@@ -74,4 +74,4 @@ class CTCOutput:
     loss: Tensor | None = None
     """() CTC loss with the config's reduction, when labels are given."""
     hidden_states: tuple[Tensor, ...] | None = None
-    """Every block's input plus the final output, if requested."""
+    """First block's input, then every block's output, if requested."""

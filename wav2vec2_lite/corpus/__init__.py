@@ -1,0 +1,41 @@
+"""Built-in demo corpus: English speech synthesized offline with eSpeak NG.
+
+* ``espeak.Synthesizer``: text -> 16 kHz float32 wave (voice, variant, rate, pitch, word gap).
+* ``sentences``: seeded sentence generator (general English + a closed command domain) and
+  ``normalize_transcript``.
+* ``build.build_corpus``: wav files, fairseq manifests/labels/dictionary, corpus.json.
+
+See docs/corpus.md.
+"""
+
+from wav2vec2_lite.corpus.build import (
+    DEFAULT_MINUTES,
+    FULL_MINUTES,
+    SPLITS,
+    Speaker,
+    UtteranceSpec,
+    build_corpus,
+    corpus_minutes,
+    make_speakers,
+    render_utterance,
+)
+from wav2vec2_lite.corpus.espeak import SynthesisError, Synthesizer
+from wav2vec2_lite.corpus.sentences import Sentence, SentenceGenerator, normalize_transcript, number_to_words
+
+__all__ = [
+    "DEFAULT_MINUTES",
+    "FULL_MINUTES",
+    "SPLITS",
+    "Sentence",
+    "SentenceGenerator",
+    "Speaker",
+    "SynthesisError",
+    "Synthesizer",
+    "UtteranceSpec",
+    "build_corpus",
+    "corpus_minutes",
+    "make_speakers",
+    "normalize_transcript",
+    "number_to_words",
+    "render_utterance",
+]

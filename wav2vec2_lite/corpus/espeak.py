@@ -88,6 +88,7 @@ class _Request:
     pitch_range: int
     word_gap: int
     volume: int
+    seed: int
 
 
 class _Engine:
@@ -121,10 +122,12 @@ class _Engine:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Info.argtypes = [ctypes.c_void_p]
         lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
         if rate <= 0:
             raise SynthesisError(f"espeak_Initialize failed (returned {rate}); data folder {data_path}")
         self.lib = lib
+        self.libc = ctypes.CDLL(None)  # the engine also draws from libc rand()
         self.native_rate = int(rate)
         self.version = lib.espeak_Info(None).decode()
         self.data_path = Path(data_path)
@@ -150,6 +153,8 @@ class _Engine:
     def render(self, req: _Request) -> np.ndarray:
         """Synthesize in this process: int16 samples at ``native_rate``. Caller holds ``lock``."""
         lib = self.lib
+        lib.espeak_ng_SetRandSeed(req.seed)  # breathy variants (f1..f5) add random noise
+        self.libc.srand(ctypes.c_uint(req.seed & 0xFFFFFFFF))
         rc = lib.espeak_SetVoiceByName(req.voice.encode())
         if rc != _EE_OK:
             raise SynthesisError(f"eSpeak NG rejected voice {req.voice!r} (error {rc})")
@@ -319,8 +324,15 @@ class Synthesizer:
         pitch_range: int = 50,
         word_gap: int = 0,
         volume: int = 100,
+        seed: int = 0,
     ) -> np.ndarray:
-        """int16 samples at ``native_rate`` (22050 Hz), exactly as the engine produced them."""
+        """int16 samples at ``native_rate`` (22050 Hz), exactly as the engine produced them.
+
+        ``voice``: an English voice (``ENGLISH_VOICES``); ``variant``: ``m1..m7``, ``f1..f5``
+        or None; ``rate`` in words per minute; ``pitch`` and ``pitch_range`` 0..99;
+        ``word_gap`` extra pause between words in units of 10 ms; ``volume`` 0..200;
+        ``seed`` seeds the engine's noise source (breathy variants).
+        """
         if not text.strip():
             raise ValueError("text to synthesize is empty")
         if not RATE_RANGE[0] <= rate <= RATE_RANGE[1]:
@@ -331,7 +343,7 @@ class Synthesizer:
         if word_gap < 0:
             raise ValueError(f"word_gap (units of 10 ms) must be >= 0, found {word_gap}")
         req = _Request(text, self.voice_name(voice, variant), int(rate), int(pitch), int(pitch_range),
-                       int(word_gap), int(volume))  # fmt: skip
+                       int(word_gap), int(volume), int(seed))  # fmt: skip
         eng = self._engine
         with eng.lock:
             samples = eng.render_isolated(req) if self.isolate else eng.render(req)

@@ -94,8 +94,9 @@ class ContextNetwork(nn.Module):
     ) -> tuple[Tensor, list[Tensor] | None]:
         """x: (B, T, D); padding_mask: (B, T) bool True = padded frame.
 
-        Returns the context vectors (B, T, D) and, if asked, every block's input plus the
-        final output (transformers' ``hidden_states`` convention).
+        Returns the context vectors (B, T, D) and, if asked, the first block's input followed
+        by every block's output (transformers' ``hidden_states`` convention; for pre-LN the
+        last entry is before the final LayerNorm).
         """
         attn_mask = None
         if padding_mask is not None:
@@ -115,8 +116,8 @@ class ContextNetwork(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, attn_mask, use_reentrant=False)
             else:
                 x = layer(x, attn_mask)
+        if hidden is not None:
+            hidden.append(x)  # the last block's output (before the pre-LN final norm, as transformers 5)
         if self.layer_norm_first:
             x = self.layer_norm(x)
-        if hidden is not None:
-            hidden.append(x)
         return x, hidden

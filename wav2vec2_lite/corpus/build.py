@@ -1,0 +1,470 @@
+"""Build the demo corpus: eSpeak NG speech in Libri-light-style splits.
+
+    info = build_corpus("data/demo", unlabeled_minutes=30, seed=0, workers=2)
+
+writes into ``out_dir``::
+
+    wav/{unlabeled,train,valid,test}/<utt_id>.wav      16 kHz mono PCM-16
+    unlabeled.tsv                                      for pretraining
+    train_10min.{tsv,ltr,wrd}  train_1h.{tsv,ltr,wrd}  labeled; train_1h starts with train_10min
+    valid.{tsv,ltr,wrd}  test.{tsv,ltr,wrd}
+    dict.ltr.txt                                       letters, counts from train_1h
+    utterances.jsonl                                   one line per utterance: speaker, voice settings, text
+    corpus.json                                        settings, minutes/utterances/speakers per split
+
+Speakers are eSpeak voice+variant pairs (8 English voices x 12 variants = 96), each with
+its own speaking rate, pitch, pitch range and word gap; every utterance jitters rate and
+pitch a little, gets 0.05-0.3 s of leading/trailing silence, a random peak level and, with
+probability ``noise_prob``, white noise at 25-40 dB SNR. Test and valid speakers are held
+out: they appear in no other split, and every sentence occurs at most once in the corpus.
+
+Determinism: every choice comes from ``random.Random`` / ``numpy`` generators seeded by
+``seed`` and the split name, and each utterance is synthesized in isolation (see
+``espeak.py``), so a seed gives the same files whatever ``workers`` is. Splits are filled
+in a fixed order (test, valid, train, unlabeled) until their minutes are reached.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+
+from wav2vec2_lite.corpus.espeak import ENGLISH_VOICES, SAMPLE_RATE, VARIANTS, Synthesizer
+from wav2vec2_lite.corpus.sentences import GENERATOR_VERSION, SentenceGenerator
+from wav2vec2_lite.data.manifest import text_to_ltr, write_dictionary, write_labels, write_manifest
+
+__all__ = [
+    "CORPUS_VERSION",
+    "DEFAULT_MINUTES",
+    "FULL_MINUTES",
+    "SPLITS",
+    "Speaker",
+    "UtteranceSpec",
+    "build_corpus",
+    "corpus_minutes",
+    "make_speakers",
+    "render_utterance",
+]
+
+CORPUS_VERSION = 1  # bump when a change alters the audio or the splits a seed produces
+SPLITS = ("unlabeled", "train_10min", "train_1h", "valid", "test")
+# Small enough to build in a few minutes on 2 cores; train_1h is scaled down to 30 min.
+DEFAULT_MINUTES = {"unlabeled": 30.0, "train_10min": 10.0, "train_1h": 30.0, "valid": 3.0, "test": 3.0}
+# Libri-light's labeled sizes (10 min, 1 h), a 10 h unlabeled set, 10 min valid/test.
+FULL_MINUTES = {"unlabeled": 600.0, "train_10min": 10.0, "train_1h": 60.0, "valid": 10.0, "test": 10.0}
+
+NUM_TEST_SPEAKERS = 12
+NUM_VALID_SPEAKERS = 12
+LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ'") + ("|",)  # every symbol normalize_transcript can emit
+
+# Speaker and utterance variation (documented in docs/corpus.md).
+RATE_WPM = (130, 190)
+PITCH = (30, 70)
+PITCH_RANGE = (30, 80)
+WORD_GAPS = (0, 0, 0, 1, 2)  # units of 10 ms, drawn per speaker
+RATE_JITTER, PITCH_JITTER = 10, 4
+SILENCE_S = (0.05, 0.3)
+PEAK = (0.3, 0.9)
+SNR_DB = (25.0, 40.0)
+ENGINE_VOLUME = 70  # keeps the engine's own int16 output clear of clipping
+AVG_UTTERANCE_S = 3.0  # first guess of an utterance's length, for batch sizing only
+MAX_BATCH = 64
+
+
+def corpus_minutes(*, full: bool = False, scale: float = 1.0) -> dict[str, float]:
+    """Minutes per split: the default (or ``full``) sizes times ``scale``."""
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, found {scale}")
+    base = FULL_MINUTES if full else DEFAULT_MINUTES
+    return {k: v * scale for k, v in base.items()}
+
+
+@dataclass(frozen=True)
+class Speaker:
+    """An eSpeak voice+variant with its own speaking style."""
+
+    voice: str
+    variant: str
+    rate: int
+    pitch: int
+    pitch_range: int
+    word_gap: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.voice}+{self.variant}"
+
+
+@dataclass(frozen=True)
+class UtteranceSpec:
+    """Everything needed to render one utterance; rendering is a pure function of it."""
+
+    utt_id: str
+    pool: str  # unlabeled | train | valid | test (folder under wav/)
+    speaker: str
+    voice: str
+    variant: str
+    text: str
+    transcript: str
+    kind: str  # general | domain
+    rate: int
+    pitch: int
+    pitch_range: int
+    word_gap: int
+    lead_s: float
+    tail_s: float
+    peak: float
+    snr_db: float | None
+    noise_seed: int
+
+    @property
+    def rel_path(self) -> str:
+        return f"wav/{self.pool}/{self.utt_id}.wav"
+
+
+def make_speakers(seed: int) -> list[Speaker]:
+    """All voice x variant speakers, with styles drawn from ``seed`` (sorted by id)."""
+    rng = random.Random(f"{seed}:speakers")
+    speakers = []
+    for voice in ENGLISH_VOICES:
+        for variant in VARIANTS:
+            speakers.append(
+                Speaker(
+                    voice=voice,
+                    variant=variant,
+                    rate=rng.randint(*RATE_WPM),
+                    pitch=rng.randint(*PITCH),
+                    pitch_range=rng.randint(*PITCH_RANGE),
+                    word_gap=rng.choice(WORD_GAPS),
+                )
+            )
+    return speakers
+
+
+def _split_speakers(speakers: list[Speaker], seed: int) -> dict[str, list[Speaker]]:
+    """Disjoint test / valid / train speaker sets; unlabeled uses the train speakers."""
+    order = sorted(speakers, key=lambda s: s.id)
+    random.Random(f"{seed}:speaker-split").shuffle(order)
+    test = order[:NUM_TEST_SPEAKERS]
+    valid = order[NUM_TEST_SPEAKERS : NUM_TEST_SPEAKERS + NUM_VALID_SPEAKERS]
+    train = order[NUM_TEST_SPEAKERS + NUM_VALID_SPEAKERS :]
+    return {"test": test, "valid": valid, "train": train, "unlabeled": train}
+
+
+class _Planner:
+    """Endless stream of utterance specs for one pool (speakers in shuffled round robin)."""
+
+    def __init__(self, pool: str, speakers: list[Speaker], seed: int, used: set[str], *,
+                 domain_fraction: float, noise_prob: float) -> None:  # fmt: skip
+        self.pool, self.speakers, self.used = pool, speakers, used
+        self.rng = random.Random(f"{seed}:{pool}:utterances")
+        self.sentences = SentenceGenerator(seed=hash_seed(seed, pool), domain_fraction=domain_fraction)
+        self.noise_prob = noise_prob
+        self.count = 0
+        self._queue: list[Speaker] = []
+
+    def _next_speaker(self) -> Speaker:
+        if not self._queue:
+            self._queue = list(self.speakers)
+            self.rng.shuffle(self._queue)
+        return self._queue.pop()
+
+    def _next_sentence(self):
+        for _ in range(10_000):
+            s = self.sentences.sample()
+            if s.transcript not in self.used:
+                self.used.add(s.transcript)
+                return s
+        raise RuntimeError(
+            f"{self.pool}: no new sentence in 10000 draws; the sentence space is exhausted, "
+            f"ask for fewer minutes"
+        )
+
+    def __iter__(self) -> Iterator[UtteranceSpec]:
+        return self
+
+    def __next__(self) -> UtteranceSpec:
+        spk, sent, r = self._next_speaker(), self._next_sentence(), self.rng
+        self.count += 1
+        noisy = r.random() < self.noise_prob
+        return UtteranceSpec(
+            utt_id=f"{self.pool}-{self.count:06d}",
+            pool=self.pool,
+            speaker=spk.id,
+            voice=spk.voice,
+            variant=spk.variant,
+            text=sent.text,
+            transcript=sent.transcript,
+            kind=sent.kind,
+            rate=min(max(spk.rate + r.randint(-RATE_JITTER, RATE_JITTER), 80), 450),
+            pitch=min(max(spk.pitch + r.randint(-PITCH_JITTER, PITCH_JITTER), 0), 99),
+            pitch_range=spk.pitch_range,
+            word_gap=spk.word_gap,
+            lead_s=round(r.uniform(*SILENCE_S), 3),
+            tail_s=round(r.uniform(*SILENCE_S), 3),
+            peak=round(r.uniform(*PEAK), 3),
+            snr_db=round(r.uniform(*SNR_DB), 1) if noisy else None,
+            noise_seed=r.getrandbits(63),
+        )
+
+
+def hash_seed(seed: int, name: str) -> int:
+    """A stable integer seed for (seed, name); Python's ``hash`` of str is salted per process."""
+    return random.Random(f"{seed}:{name}").getrandbits(63)
+
+
+def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
+    """The utterance's 16 kHz float32 wave: speech, silence padding, level, optional noise."""
+    speech = synth.synthesize(
+        spec.text, voice=spec.voice, variant=spec.variant, rate=spec.rate, pitch=spec.pitch,
+        pitch_range=spec.pitch_range, word_gap=spec.word_gap, volume=ENGINE_VOLUME,
+    )  # fmt: skip
+    sr = synth.sample_rate
+    speech = speech * np.float32(spec.peak / max(float(np.abs(speech).max()), 1e-6))
+    wave = np.concatenate([
+        np.zeros(round(spec.lead_s * sr), np.float32), speech, np.zeros(round(spec.tail_s * sr), np.float32),
+    ])  # fmt: skip
+    if spec.snr_db is not None:
+        power = float(np.mean(speech.astype(np.float64) ** 2))
+        noise_std = math.sqrt(power / 10.0 ** (spec.snr_db / 10.0))
+        noise = np.random.default_rng(spec.noise_seed).standard_normal(wave.shape[0])
+        wave = wave + (noise * noise_std).astype(np.float32)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------ rendering workers
+
+_WORKER: dict = {}
+
+
+def _init_worker(out_dir: str) -> None:
+    _WORKER["synth"] = Synthesizer(SAMPLE_RATE)
+    _WORKER["out_dir"] = Path(out_dir)
+
+
+def _render_to_file(spec: UtteranceSpec) -> int:
+    """Render ``spec`` to ``out_dir/spec.rel_path`` (PCM-16); return its number of samples."""
+    wave = render_utterance(spec, _WORKER["synth"])
+    path = _WORKER["out_dir"] / spec.rel_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave, SAMPLE_RATE, subtype="PCM_16")
+    return int(wave.shape[0])
+
+
+class _Renderer:
+    """Renders batches of specs in this process (workers=1) or a spawn-context pool."""
+
+    def __init__(self, out_dir: Path, workers: int) -> None:
+        self.pool = None
+        if workers > 1:
+            ctx = mp.get_context("spawn")  # clean children: no inherited threads or torch state
+            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(out_dir),))
+        else:
+            _init_worker(str(out_dir))
+        self.synth_info = self._info()
+
+    def _info(self) -> dict:
+        synth = Synthesizer(SAMPLE_RATE) if self.pool is not None else _WORKER["synth"]
+        return {"backend": synth.backend, "version": synth.version, "native_rate": synth.native_rate,
+                "isolated": synth.isolate}  # fmt: skip
+
+    def render(self, specs: list[UtteranceSpec]) -> list[int]:
+        if self.pool is None:
+            return [_render_to_file(s) for s in specs]
+        return self.pool.map(_render_to_file, specs, chunksize=1)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
+
+
+def _fill(planner: _Planner, target_s: float, renderer: _Renderer, out_dir: Path, bar) -> list[tuple[UtteranceSpec, int]]:
+    """Render the planner's utterances in order until ``target_s`` seconds are reached."""
+    done: list[tuple[UtteranceSpec, int]] = []
+    total = 0.0
+    while total < target_s:
+        avg = total / len(done) if done else AVG_UTTERANCE_S
+        n = max(1, min(MAX_BATCH, math.ceil((target_s - total) / avg)))
+        specs = [next(planner) for _ in range(n)]
+        for spec, num_samples in zip(specs, renderer.render(specs)):
+            if total >= target_s:  # batch overshot: drop the extra file (its sentence stays used)
+                (out_dir / spec.rel_path).unlink(missing_ok=True)
+                continue
+            seconds = num_samples / SAMPLE_RATE
+            done.append((spec, num_samples))
+            total += seconds
+            if bar is not None:
+                bar.update(seconds / 60.0)
+    return done
+
+
+# ------------------------------------------------------------------------------- the build
+
+_OUTPUT_FILES = (
+    ["unlabeled.tsv", "dict.ltr.txt", "utterances.jsonl"]
+    + [f"{s}.{ext}" for s in ("train_10min", "train_1h", "valid", "test") for ext in ("tsv", "ltr", "wrd")]
+)
+
+
+def _settings(minutes: dict[str, float], seed: int, domain_fraction: float, noise_prob: float) -> dict:
+    return {
+        "seed": int(seed),
+        "minutes": {k: float(minutes[k]) for k in SPLITS},
+        "sample_rate": SAMPLE_RATE,
+        "domain_fraction": float(domain_fraction),
+        "noise_prob": float(noise_prob),
+        "generator_version": GENERATOR_VERSION,
+        "corpus_version": CORPUS_VERSION,
+    }
+
+
+def _is_complete(out_dir: Path, settings: dict) -> bool:
+    meta = out_dir / "corpus.json"
+    if not meta.is_file():
+        return False
+    try:
+        old = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return old.get("settings") == settings and all((out_dir / f).is_file() for f in _OUTPUT_FILES)
+
+
+def _prefix(rows: list[tuple[UtteranceSpec, int]], target_s: float) -> list[tuple[UtteranceSpec, int]]:
+    """The shortest prefix of ``rows`` with at least ``target_s`` seconds (all if shorter)."""
+    total = 0.0
+    for i, (_, n) in enumerate(rows):
+        total += n / SAMPLE_RATE
+        if total >= target_s:
+            return rows[: i + 1]
+    return rows
+
+
+def build_corpus(
+    out_dir: str | os.PathLike,
+    *,
+    unlabeled_minutes: float = DEFAULT_MINUTES["unlabeled"],
+    train_10min_minutes: float = DEFAULT_MINUTES["train_10min"],
+    train_1h_minutes: float = DEFAULT_MINUTES["train_1h"],
+    valid_minutes: float = DEFAULT_MINUTES["valid"],
+    test_minutes: float = DEFAULT_MINUTES["test"],
+    seed: int = 0,
+    workers: int = 2,
+    domain_fraction: float = 0.5,
+    noise_prob: float = 0.5,
+    force: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Synthesize the corpus into ``out_dir`` (see the module docstring); return corpus.json's content.
+
+    Skips the work (and says so) when ``out_dir/corpus.json`` records the same settings and
+    every output file exists, unless ``force``. ``workers`` changes speed, never the output.
+    """
+    minutes = {
+        "unlabeled": unlabeled_minutes, "train_10min": train_10min_minutes, "train_1h": train_1h_minutes,
+        "valid": valid_minutes, "test": test_minutes,
+    }  # fmt: skip
+    for name, value in minutes.items():
+        if not value > 0:
+            raise ValueError(f"{name} minutes must be > 0, found {value}")
+    if train_1h_minutes < train_10min_minutes:
+        raise ValueError(
+            f"train_1h ({train_1h_minutes} min) must be at least train_10min ({train_10min_minutes} min): "
+            "it contains it"
+        )
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, found {workers}")
+    out_dir = Path(out_dir)
+    settings = _settings(minutes, seed, domain_fraction, noise_prob)
+    if not force and _is_complete(out_dir, settings):
+        print(f"corpus in {out_dir} is up to date (same settings in corpus.json); not rebuilding")
+        return json.loads((out_dir / "corpus.json").read_text())
+
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "corpus.json").unlink(missing_ok=True)  # an interrupted build must not look complete
+    shutil.rmtree(out_dir / "wav", ignore_errors=True)
+    for name in _OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+    speakers = make_speakers(seed)
+    by_pool = _split_speakers(speakers, seed)
+    targets_s = {
+        "test": minutes["test"] * 60, "valid": minutes["valid"] * 60,
+        "train": max(minutes["train_1h"], minutes["train_10min"]) * 60, "unlabeled": minutes["unlabeled"] * 60,
+    }  # fmt: skip
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(targets_s.values()) / 60, unit="min", desc="synthesizing", bar_format=
+                   "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} audio min [{elapsed}<{remaining}]")  # fmt: skip
+    used: set[str] = set()
+    rows: dict[str, list[tuple[UtteranceSpec, int]]] = {}
+    renderer = _Renderer(out_dir, workers)
+    try:
+        for pool in ("test", "valid", "train", "unlabeled"):  # fixed order: see module docstring
+            planner = _Planner(pool, by_pool[pool], seed, used, domain_fraction=domain_fraction, noise_prob=noise_prob)
+            if bar is not None:
+                bar.set_description(f"synthesizing {pool}")
+            rows[pool] = _fill(planner, targets_s[pool], renderer, out_dir, bar)
+    finally:
+        renderer.close()
+        if bar is not None:
+            bar.close()
+
+    splits = {
+        "unlabeled": rows["unlabeled"],
+        "train_10min": _prefix(rows["train"], minutes["train_10min"] * 60),
+        "train_1h": _prefix(rows["train"], minutes["train_1h"] * 60),
+        "valid": rows["valid"],
+        "test": rows["test"],
+    }
+    root = out_dir.resolve()
+    for name, split_rows in splits.items():
+        write_manifest(out_dir / f"{name}.tsv", root, [(spec.rel_path, n) for spec, n in split_rows])
+        if name != "unlabeled":
+            write_labels(out_dir / f"{name}.wrd", [spec.transcript for spec, _ in split_rows])
+            write_labels(out_dir / f"{name}.ltr", [text_to_ltr(spec.transcript) for spec, _ in split_rows])
+    counts = dict.fromkeys(LETTERS, 0)  # every symbol, so valid/test never meet an unknown one
+    for spec, _ in splits["train_1h"]:
+        for sym in text_to_ltr(spec.transcript).split():
+            counts[sym] = counts.get(sym, 0) + 1
+    write_dictionary(out_dir / "dict.ltr.txt", counts)
+    with open(out_dir / "utterances.jsonl", "w", encoding="utf-8") as f:
+        for pool in ("unlabeled", "train", "valid", "test"):
+            for spec, n in rows[pool]:
+                f.write(json.dumps({**asdict(spec), "path": spec.rel_path, "num_samples": n}) + "\n")
+
+    info = {
+        "name": "wav2vec2_lite demo corpus (eSpeak NG)",
+        "settings": settings,
+        "synthesizer": renderer.synth_info,
+        "splits": {
+            name: {
+                "utterances": len(split_rows),
+                "minutes": round(sum(n for _, n in split_rows) / SAMPLE_RATE / 60, 3),
+                "num_speakers": len({spec.speaker for spec, _ in split_rows}),
+                "speakers": sorted({spec.speaker for spec, _ in split_rows}),
+            }
+            for name, split_rows in splits.items()
+        },
+        "speaker_sets": {pool: sorted(s.id for s in by_pool[pool]) for pool in ("train", "valid", "test")},
+        "speakers": {s.id: asdict(s) for s in speakers},
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    tmp = out_dir / "corpus.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, out_dir / "corpus.json")
+    return info

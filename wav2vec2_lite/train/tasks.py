@@ -1,0 +1,213 @@
+"""What differs between pretraining and CTC fine-tuning: model, data, loss and validation.
+
+A task turns a batch into ``(loss_sum, stats)``: the loss *summed* over the batch's
+sample-size units (masked frames, or sentences/characters for CTC) and a dict of
+additive statistics (sums and counts, including ``sample_size``). The trainer adds
+the stats over micro-batches and ranks and divides by the global ``sample_size``, as
+fairseq does, so the update is the same however the global batch is split.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.data.dataset import AudioDataset
+from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
+
+__all__ = ["PretrainTask", "FinetuneTask", "build_task", "resolve_pretrained"]
+
+
+def _dataset(cfg, subset: str, *, train: bool, **kw: Any) -> AudioDataset:
+    d = cfg.data
+    path = Path(d.manifest_dir) / f"{subset}.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: manifest not found (data.manifest_dir={d.manifest_dir!r}, subset {subset!r})")
+    return AudioDataset(path, sample_rate=d.sample_rate, max_sample_size=d.max_sample_size,
+                        min_sample_size=d.min_sample_size if train else 0, normalize=d.normalize, mono=d.mono,
+                        resample=d.resample, random_crop=train, seed=cfg.trainer.seed, **kw)
+
+
+def _code_perplexity(counts: Tensor) -> float:
+    """exp(entropy) of each group's code histogram (G, V), summed over groups."""
+    probs = counts.float() / counts.sum(-1, keepdim=True).clamp(min=1)
+    ent = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+    return float(ent.exp().sum())
+
+
+class PretrainTask:
+    """Contrastive pretraining of :class:`Wav2Vec2ForPreTraining`."""
+
+    name = "pretrain"
+    default_best_metric = "loss"
+    crop_to_shortest: bool
+
+    def __init__(self, cfg: PretrainRunConfig) -> None:
+        self.cfg = cfg
+        self.model_config: Wav2Vec2Config = build_model_config(cfg.model)
+        self.crop_to_shortest = cfg.data.crop_to_shortest
+
+    def build_model(self) -> nn.Module:
+        return Wav2Vec2ForPreTraining(self.model_config)
+
+    def dataset(self, subset: str, train: bool) -> AudioDataset:
+        return _dataset(self.cfg, subset, train=train)
+
+    def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
+        temp = model.gumbel_temperature_at(update)
+        model.set_gumbel_temperature(temp)
+        return {"gumbel_temp": temp}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        out = model(batch["waveform"], batch["padding_mask"], generator=generator)
+        return out.loss_sum, self._stats(out)
+
+    @staticmethod
+    def _stats(out) -> dict[str, Tensor]:
+        n = out.num_masked.float()
+        return {
+            "sample_size": n, "loss_sum": out.loss_sum.detach().float(),
+            "contrastive_sum": out.contrastive_loss.detach().float(), "num_correct": out.num_correct.float(),
+            "diversity_sum": out.diversity_loss.detach().float() * n,
+            "penalty_sum": out.feature_penalty.detach().float() * n,
+            "code_ppl_sum": out.code_perplexity.detach().float(), "prob_ppl_sum": out.prob_perplexity.detach().float(),
+            "batches": torch.ones(()),
+        }
+
+    @torch.no_grad()
+    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+        """Held-out masks from ``generator``; adds the hard-code histogram (G, V) of masked frames."""
+        out = model(batch["waveform"], batch["padding_mask"], generator=generator)
+        stats = self._stats(out)
+        codes = out.codes[out.mask_indices]  # (N, G), argmax codes in eval mode
+        stats["code_hist"] = F.one_hot(codes, self.model_config.num_codes_per_group).sum(0).float()
+        return stats
+
+    @staticmethod
+    def summarize(s: dict[str, Any]) -> dict[str, float]:
+        n, b = max(float(s["sample_size"]), 1.0), max(float(s["batches"]), 1.0)
+        out = {"loss": s["loss_sum"] / n, "contrastive_loss": s["contrastive_sum"] / n,
+               "accuracy": s["num_correct"] / n, "diversity_loss": s["diversity_sum"] / n,
+               "feature_penalty": s["penalty_sum"] / n, "code_perplexity": s["code_ppl_sum"] / b,
+               "prob_perplexity": s["prob_ppl_sum"] / b, "masked_frames": s["sample_size"]}
+        out = {k: float(v) for k, v in out.items()}
+        if "code_hist" in s:  # over the whole validation set, not per batch
+            out["code_perplexity_set"] = _code_perplexity(torch.as_tensor(s["code_hist"]))
+        return out
+
+
+class FinetuneTask:
+    """CTC fine-tuning of :class:`Wav2Vec2ForCTC` with characters from ``dict.ltr.txt``."""
+
+    name = "finetune"
+    default_best_metric = "wer"
+    crop_to_shortest = False
+
+    def __init__(self, cfg: FinetuneRunConfig) -> None:
+        from wav2vec2_lite.data.tokenizer import CharTokenizer
+
+        self.cfg = cfg
+        self.dict_path = Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
+        if not self.dict_path.is_file():
+            self.dict_path = Path(cfg.data.manifest_dir) / "dict.ltr.txt"
+        self.tokenizer = CharTokenizer.from_dictionary(self.dict_path)
+        ctc = {k: getattr(cfg.ctc, k) for k in cfg.ctc.__dataclass_fields__}
+        self.overrides = {**ctc, "vocab_size": len(self.tokenizer), "ctc_loss_reduction": "sum"}
+        self.pretrained = resolve_pretrained(cfg.finetune.pretrained) if cfg.finetune.pretrained else None
+        if self.pretrained is None:
+            if not cfg.model:
+                raise ValueError("fine-tuning needs finetune.pretrained=RUN_DIR (a pretraining run or checkpoint "
+                                 "folder) or, to train from scratch, model=tiny|base|large")
+            self.model_config = build_model_config(cfg.model, **self.overrides)
+        else:
+            if cfg.model:
+                raise ValueError("model=... and finetune.pretrained are exclusive: the architecture comes from the "
+                                 "pretrained checkpoint; change fine-tuning settings with ctc.*")
+            self.model_config = None
+
+    def build_model(self) -> nn.Module:
+        if self.pretrained is not None:
+            model = Wav2Vec2ForCTC.from_pretraining(self.pretrained, **self.overrides)
+            self.model_config = model.config
+        else:
+            model = Wav2Vec2ForCTC(self.model_config)
+        if self.cfg.finetune.freeze_feature_encoder:
+            model.freeze_feature_encoder()
+        return model
+
+    def dataset(self, subset: str, train: bool) -> AudioDataset:
+        ext = self.cfg.data.labels
+        labels = Path(self.cfg.data.manifest_dir) / f"{subset}.{ext}"
+        return _dataset(self.cfg, subset, train=train, labels_path=labels, tokenizer=self.tokenizer)
+
+    def save_extras(self, directory: Path) -> None:
+        """Each checkpoint carries its vocabulary so it can transcribe on its own."""
+        shutil.copyfile(self.dict_path, Path(directory) / "dict.ltr.txt")
+
+    def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
+        frozen = update < self.cfg.finetune.freeze_finetune_updates
+        model.set_encoder_frozen(frozen)
+        return {"encoder_frozen": float(frozen)}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
+        sentences = torch.tensor(float(batch["labels"].shape[0]))
+        chars = batch["label_lengths"].sum().float()
+        n = sentences if self.cfg.finetune.sentence_avg else chars
+        stats = {"sample_size": n, "loss_sum": out.loss.detach().float(), "sentences": sentences, "chars": chars,
+                 "frames": out.output_lengths.sum().float()}
+        return out.loss, stats
+
+    @torch.no_grad()
+    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+        """CTC loss and greedy-decoding WER/CER (+ blank-only outputs, output/reference length)."""
+        from wav2vec2_lite.decode import greedy_decode
+        from wav2vec2_lite.metrics import char_errors, word_errors
+
+        out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
+        sentences = float(batch["labels"].shape[0])
+        chars = batch["label_lengths"].sum().float()
+        hyps = greedy_decode(out.logits.float(), out.output_lengths, self.tokenizer.vocab)
+        refs = batch["texts"]
+        w, c = word_errors(refs, hyps), char_errors(refs, hyps)
+        return {"sample_size": torch.tensor(sentences) if self.cfg.finetune.sentence_avg else chars,
+                "loss_sum": out.loss.detach().float(), "sentences": torch.tensor(sentences), "chars": chars,
+                "wer_err": torch.tensor(float(w.errors)), "wer_ref": torch.tensor(float(w.ref_len)),
+                "cer_err": torch.tensor(float(c.errors)), "cer_ref": torch.tensor(float(c.ref_len)),
+                "blank_only": torch.tensor(float(sum(not h.strip() for h in hyps))),
+                "hyp_chars": torch.tensor(float(sum(len(h) for h in hyps))),
+                "ref_chars": torch.tensor(float(sum(len(r) for r in refs)))}
+
+    @staticmethod
+    def summarize(s: dict[str, Any]) -> dict[str, float]:
+        f = {k: float(v) for k, v in s.items()}
+        out = {"loss": f["loss_sum"] / max(f["sample_size"], 1.0),
+               "loss_per_char": f["loss_sum"] / max(f["chars"], 1.0)}
+        if "wer_ref" in f:
+            out.update(wer=f["wer_err"] / max(f["wer_ref"], 1.0), cer=f["cer_err"] / max(f["cer_ref"], 1.0),
+                       blank_only=f["blank_only"] / max(f["sentences"], 1.0),
+                       output_length_ratio=f["hyp_chars"] / max(f["ref_chars"], 1.0))
+        return out
+
+
+def build_task(cfg) -> PretrainTask | FinetuneTask:
+    return PretrainTask(cfg) if cfg.task == "pretrain" else FinetuneTask(cfg)
+
+
+def resolve_pretrained(path: str | Path) -> Path:
+    """A saved-model folder from a run directory (best, else last checkpoint) or the folder itself."""
+    p = Path(path)
+    if (p / "model.safetensors").is_file():
+        return p
+    for name in ("best", "last"):
+        if (p / "checkpoints" / name / "model.safetensors").is_file():
+            return p / "checkpoints" / name
+    raise FileNotFoundError(f"{p}: no model.safetensors here nor in {p}/checkpoints/best|last "
+                            f"(finetune.pretrained must be a pretraining run dir or checkpoint folder)")
