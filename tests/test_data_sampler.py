@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wav2vec2_lite.data.sampler import BucketBatchSampler, SamplerError, batch_by_size
 
@@ -122,3 +124,25 @@ def test_bad_args() -> None:
         BucketBatchSampler(SIZES, max_tokens=9000, rank=2, world_size=2)
     with pytest.raises(ValueError, match="max_tokens"):
         BucketBatchSampler(SIZES, max_tokens=0)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.integers(1, 1000), min_size=1, max_size=80), st.integers(1000, 5000),
+       st.sampled_from([None, 1, 4]), st.integers(0, 3), st.integers(1, 4), st.integers(0, 5))
+def test_property(sizes, max_tokens, max_batch_size, num_buckets, world_size, consumed) -> None:
+    sizes = np.array(sizes)
+    kw = dict(max_tokens=max_tokens, max_batch_size=max_batch_size, num_buckets=num_buckets,
+              world_size=world_size, seed=11, drop_last=False)
+    shards = [BucketBatchSampler(sizes, rank=r, **kw) for r in range(world_size)]
+    per_rank = [list(s) for s in shards]
+    assert len({len(b) for b in per_rank}) == 1
+    flat = [i for b in per_rank for batch in b for i in batch]
+    assert set(flat) == set(range(len(sizes)))
+    _check_budget([batch for b in per_rank for batch in b], sizes, max_tokens, max_batch_size)
+    if world_size == 1:
+        assert sorted(flat) == list(range(len(sizes)))
+    # resume rank 0 of epoch 0 after `consumed` batches
+    consumed = min(consumed, len(per_rank[0]))
+    s = BucketBatchSampler(sizes, rank=0, **kw)
+    s.load_state_dict({"epoch": 0, "consumed": consumed})
+    assert list(s) == per_rank[0][consumed:]

@@ -2,7 +2,8 @@
 
 Vocabulary layout (as transformers' ``Wav2Vec2CTCTokenizer`` for fairseq-derived models):
 ``["<pad>", "<s>", "</s>", "<unk>"] + dictionary symbols in file order``; index 0
-(``<pad>``) is the CTC blank and ``|`` is the word delimiter.
+(``<pad>``) is the CTC blank and ``|`` is the word delimiter. (fairseq's own ``Dictionary``
+puts ``<s>`` at 0, its CTC blank, and ``<pad>`` at 1; checkpoint converters swap the two.)
 """
 
 from __future__ import annotations
