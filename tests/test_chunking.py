@@ -46,6 +46,7 @@ def test_60s_in_20s_chunks_equals_full_pass_exactly():
     model = LocalModel(context=50)  # 2 s overlap = 100 frames: 50 on each side of the cut
     full = model(wave[None])[0]
     model.seen.clear()
+    model.grad_enabled.clear()
     chunked = chunked_logits(model, wave, chunk_s=20.0, overlap_s=2.0)
     assert chunked.shape == full.shape == (conv_num_frames(wave.numel()), 6)
     assert chunked.shape[0] == (wave.numel() - RF) // STRIDE + 1 == 3000
@@ -108,8 +109,9 @@ def test_real_feature_encoder_chunked_matches_full():
     from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
 
     torch.manual_seed(0)
-    enc = FeatureEncoder(Wav2Vec2Config.tiny(feat_extract_norm="layer", conv_bias=True)).eval()
-    wave = torch.randn(6 * SR + 250)
+    cfg = Wav2Vec2Config.tiny(feat_extract_norm="layer", conv_bias=True, conv_dim=(16,) * 7)
+    enc = FeatureEncoder(cfg).eval()
+    wave = torch.randn(4 * SR + 250)
 
     def features(w):  # (1, s) -> (1, t, C)
         return enc(w).transpose(1, 2)
@@ -146,7 +148,7 @@ def test_waveform_must_be_1d():
         chunked_logits(LocalModel(1), torch.zeros(1, SR))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(num_samples=st.integers(RF, 200 * STRIDE), chunk_frames=st.integers(2, 40),
        overlap_frames=st.integers(0, 39))
 def test_plan_tiles_the_frames_and_cuts_far_from_edges(num_samples, chunk_frames, overlap_frames):

@@ -20,10 +20,11 @@ __all__ = [
 
 
 def _num_spans(length: int, mask_prob: float, span: int, min_masks: int, generator: torch.Generator | None) -> int:
-    """int(p·L/M + U[0,1)), at least ``min_masks``, at most the number of span starts."""
+    """int(p·L/M + U[0,1)), at least ``min_masks``, at most L // M spans (their total length
+    never exceeds the utterance, as transformers caps it)."""
     u = torch.rand((), generator=generator).item()
     n = max(int(mask_prob * length / span + u), min_masks)
-    return min(n, max(length - span + 1, 0))
+    return min(n, length // span, max(length - span + 1, 0))
 
 
 def compute_span_mask(
@@ -39,7 +40,7 @@ def compute_span_mask(
     """Random spans of ``mask_length`` frames, starts chosen without replacement (fairseq).
 
     Each utterance of ``L`` valid frames gets ``int(mask_prob * L / mask_length + U)`` spans
-    (>= ``min_masks``), all inside its valid frames; overlapping spans merge, so the masked
+    (>= ``min_masks``, <= L // mask_length), all inside its valid frames; overlapping spans merge, so the masked
     fraction is below ``mask_prob`` (about 49 % for the paper's 0.65 / 10). An utterance
     shorter than a span gets one span covering all but its last frame (short-audio fix),
     so it is never fully masked unless it has a single frame.

@@ -243,7 +243,11 @@ def _engine(backend: str) -> _Engine | _CliEngine:
     """The process-wide engine, created on first use (``backend``: auto, library or cli)."""
     global _ENGINE, _ENGINE_PID
     with _ENGINE_LOCK:
-        if _ENGINE is not None and _ENGINE_PID == os.getpid():
+        if _ENGINE is not None and _ENGINE_PID != os.getpid():
+            # Inherited through fork (a multiprocessing worker): the loaded library and its
+            # state are this process's copy; only the lock may have been held by another thread.
+            _ENGINE.lock, _ENGINE_PID = threading.Lock(), os.getpid()
+        if _ENGINE is not None:
             if backend == "auto" or (backend == "library") == isinstance(_ENGINE, _Engine):
                 return _ENGINE
         errors = []

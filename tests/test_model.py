@@ -1,0 +1,290 @@
+"""Unit tests of the core modules: shapes, padding, masking statistics, negatives, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from wav2vec2_lite import ConfigError, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from wav2vec2_lite.masking import compute_span_mask, sample_cross_negatives, sample_negatives
+from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
+from wav2vec2_lite.serialization import CheckpointError, load_model, save_model
+
+
+def small(**kw) -> Wav2Vec2Config:
+    base = dict(conv_dim=(16, 32, 32, 32, 32, 32, 32), hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128,
+                pos_conv_kernel=16, pos_conv_groups=4, num_codes_per_group=16, codevector_dim=32, final_dim=24,
+                num_negatives=10, layerdrop=0.0)
+    base.update(kw)
+    return Wav2Vec2Config.tiny(**base)
+
+
+# ---------------------------------------------------------------- config
+@pytest.mark.parametrize("key,value,msg", [
+    ("mask_time_prob", 1.5, "mask_time_prob"),
+    ("conv_kernel", (10, 3), "conv_kernel"),
+    ("num_heads", 5, "num_heads"),
+    ("codevector_dim", 33, "codevector_dim"),
+    ("feat_extract_norm", "batch", "feat_extract_norm"),
+    ("gumbel_temperature", (0.5, 2.0, 0.9), "gumbel_temperature"),
+])
+def test_config_errors_name_the_key(key, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        small(**{key: value})
+
+
+def test_config_round_trip_and_unknown_key():
+    cfg = Wav2Vec2Config.large()
+    assert Wav2Vec2Config.from_dict(cfg.to_dict()) == cfg
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.layer_norm_first) == (24, 1024, 16, True)
+    base = Wav2Vec2Config.base()
+    assert (base.num_heads, base.frame_stride, base.receptive_field) == (12, 320, 400)
+    with pytest.raises(ConfigError, match="unknown key"):
+        Wav2Vec2Config.from_dict({"hidden_sise": 3})
+
+
+# ---------------------------------------------------------------- feature encoder
+def test_output_lengths_match_conv_shapes():
+    cfg = small()
+    model = Wav2Vec2Model(cfg).eval()
+    for n in (400, 401, 719, 720, 3333, 16000):
+        frames = model.feature_encoder(torch.randn(1, n)).shape[-1]
+        assert frames == int(model.feature_output_lengths(torch.tensor([n]))[0])
+    assert conv_output_lengths(torch.tensor([16000]), (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)).item() == 49
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_padded_batch_equals_one_at_a_time(norm):
+    """Padding-invariant batching (masked GroupNorm by default): ≤ 1e-5 vs singles."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(small(feat_extract_norm=norm, vocab_size=10)).eval()
+    lengths = [5000, 3100, 1800]
+    waves = [torch.randn(n) for n in lengths]
+    batch = torch.zeros(3, max(lengths))
+    pad = torch.ones(3, max(lengths), dtype=torch.bool)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+        pad[i, : len(w)] = False
+    with torch.no_grad():
+        out = model(batch, pad)
+        for i, w in enumerate(waves):
+            single = model(w[None]).logits[0]
+            assert out.output_lengths[i].item() == single.shape[0]
+            assert (out.logits[i, : single.shape[0]] - single).abs().max().item() <= 1e-5
+
+
+def test_reference_group_norm_mode_differs_under_padding():
+    torch.manual_seed(0)
+    cfg = small(masked_group_norm=False)
+    model = Wav2Vec2Model(cfg).eval()
+    w = torch.randn(1, 3000)
+    batch = torch.cat([w, torch.zeros(1, 1000)], 1)
+    pad = torch.zeros(1, 4000, dtype=torch.bool)
+    pad[0, 3000:] = True
+    with torch.no_grad():
+        single = model(w).last_hidden_state
+        padded = model(batch, pad).last_hidden_state[:, : single.shape[1]]
+    assert (single - padded).abs().max() > 1e-3  # the reference behaviour this library fixes by default
+
+
+def test_input_errors_are_clear():
+    model = Wav2Vec2Model(small()).eval()
+    with pytest.raises(ValueError, match="waveform\\[None\\]"):
+        model(torch.randn(1000))
+    with pytest.raises(ValueError, match="receptive field"):
+        model(torch.randn(1, 399))
+    left = torch.zeros(1, 1000, dtype=torch.bool)
+    left[0, :10] = True
+    with pytest.raises(ValueError, match="right padding"):
+        model(torch.randn(1, 1000), left)
+
+
+def test_feature_grad_mult_scales_encoder_gradient():
+    grads = {}
+    for mult in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = Wav2Vec2Model(small(feature_grad_mult=mult, dropout=0.0, dropout_input=0.0, attention_dropout=0.0))
+        model(torch.randn(1, 2000)).last_hidden_state.sum().backward()
+        grads[mult] = model.feature_encoder.conv_layers[0].conv.weight.grad.clone()
+    assert torch.allclose(grads[0.1], 0.1 * grads[1.0], rtol=1e-4, atol=1e-7)
+    torch.manual_seed(0)
+    frozen = Wav2Vec2Model(small(feature_grad_mult=0.0))
+    frozen(torch.randn(1, 2000)).last_hidden_state.sum().backward()
+    assert frozen.feature_encoder.conv_layers[0].conv.weight.grad is None
+
+
+# ---------------------------------------------------------------- masking and negatives
+def test_span_mask_statistics_and_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([500, 300])
+    fractions = []
+    for _ in range(200):
+        mask = compute_span_mask(2, 500, 0.65, 10, lengths=lengths, min_masks=2, generator=g)
+        assert not mask[1, 300:].any()
+        fractions.append(mask[0].float().mean().item())
+    expected = 1 - (1 - 0.065) ** 10  # each frame is covered by one of ~M possible starts
+    assert abs(sum(fractions) / len(fractions) - expected) < 0.03
+
+
+def test_span_mask_on_short_audio():
+    g = torch.Generator().manual_seed(0)
+    mask = compute_span_mask(3, 8, 0.65, 10, lengths=torch.tensor([8, 3, 1]), min_masks=2, generator=g)
+    assert mask[0].any() and not mask[0].all()
+    assert mask[1].any() and not mask[1].all()
+    assert not mask[1, 3:].any() and not mask[2, 1:].any()
+
+
+def test_negatives_come_from_other_masked_frames():
+    g = torch.Generator().manual_seed(0)
+    mask = compute_span_mask(2, 120, 0.65, 10, lengths=torch.tensor([120, 70]), min_masks=2, generator=g)
+    neg = sample_negatives(mask, 50, generator=g)
+    assert neg.shape == (2, 120, 50)
+    for b in range(2):
+        for t in mask[b].nonzero().flatten().tolist():
+            assert (neg[b, t] != t).all()  # never the positive frame itself
+            assert mask[b, neg[b, t]].all()  # only masked frames (so never padding)
+    cross = sample_cross_negatives(mask, 5, generator=g)
+    flat = mask.flatten()
+    for i in flat.nonzero().flatten().tolist():
+        assert (cross.view(-1, 5)[i] != i).all() and flat[cross.view(-1, 5)[i]].all()
+
+
+def test_negative_indices_are_validated():
+    model = Wav2Vec2ForPreTraining(small()).eval()
+    wave = torch.randn(1, 4000)
+    frames = int(model.feature_output_lengths(torch.tensor([4000])))
+    mask = torch.zeros(1, frames, dtype=torch.bool)
+    mask[0, 2:8] = True
+    neg = torch.zeros(1, frames, 10, dtype=torch.long)
+    neg[0, 3, 4] = frames + 5
+    with pytest.raises(ValueError, match=r"negative_indices\[0, 3, 4\]"):
+        model(wave, mask_indices=mask, negative_indices=neg)
+
+
+# ---------------------------------------------------------------- pretraining model
+def test_pretraining_loss_parts_and_gradients():
+    torch.manual_seed(0)
+    cfg = small()
+    model = Wav2Vec2ForPreTraining(cfg).train()
+    g = torch.Generator().manual_seed(1)
+    wave = torch.randn(2, 6000)
+    pad = torch.zeros(2, 6000, dtype=torch.bool)
+    pad[1, 4500:] = True
+    out = model(wave, pad, generator=g)
+    n = out.num_masked.float()
+    expected = out.contrastive_loss / n + cfg.diversity_loss_weight * out.diversity_loss \
+        + cfg.feature_penalty_weight * out.feature_penalty
+    assert torch.allclose(out.loss, expected)
+    assert torch.allclose(out.loss_sum, out.loss * n)
+    assert out.logits.shape == (int(n), 1 + cfg.num_negatives)
+    assert 0 <= out.accuracy.item() <= 1
+    assert 1 <= out.code_perplexity.item() <= cfg.num_code_groups * cfg.num_codes_per_group
+    # at random init the contrastive loss is near chance, ln(K + 1)
+    assert abs((out.contrastive_loss / n).item() - math.log(cfg.num_negatives + 1)) < 1.0
+    frames = model.feature_output_lengths(torch.tensor([4500]))
+    assert not out.mask_indices[1, int(frames):].any()
+    out.loss.backward()
+    # straight-through Gumbel: gradients reach the quantizer's projection and the picked entries only
+    assert model.quantizer.weight_proj.weight.grad.abs().sum() > 0
+    used = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.bool)
+    codes = out.codes[out.codes[..., 0] >= 0]
+    for grp in range(cfg.num_code_groups):
+        used[grp, codes[:, grp]] = True
+    row_grad = model.quantizer.codebook.grad.abs().sum(-1) > 0
+    assert row_grad[used].all() and not row_grad[~used].any()
+    assert model.wav2vec2.feature_encoder.conv_layers[0].conv.weight.grad.abs().sum() > 0
+
+
+def test_same_generator_same_masks_and_loss():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(small()).eval()
+    wave = torch.randn(2, 5000)
+    a = model(wave, generator=torch.Generator().manual_seed(3))
+    b = model(wave, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.mask_indices, b.mask_indices) and torch.equal(a.negative_indices, b.negative_indices)
+    assert torch.equal(a.loss, b.loss)
+
+
+def test_distractors_identical_to_positive_are_masked_out():
+    torch.manual_seed(0)
+    cfg = small(num_code_groups=1, num_codes_per_group=2, codevector_dim=16)  # forces many identical codes
+    model = Wav2Vec2ForPreTraining(cfg).eval()
+    out = model(torch.randn(1, 6000), generator=torch.Generator().manual_seed(0))
+    masked = out.codes[out.mask_indices]  # (N, 1)
+    b, t = out.mask_indices.nonzero(as_tuple=True)
+    neg_codes = out.codes[b[:, None], out.negative_indices[b, t]][..., 0]  # (N, K)
+    twin = neg_codes == masked
+    assert twin.any()
+    assert torch.isinf(out.logits[:, 1:][twin]).all() and torch.isfinite(out.logits[:, 1:][~twin]).all()
+
+
+def test_layerdrop_only_in_training():
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(small(layerdrop=0.9, num_layers=4)).eval()
+    wave = torch.randn(1, 3000)
+    with torch.no_grad():
+        a = model(wave).last_hidden_state
+        b = model(wave).last_hidden_state
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        hs = model(wave, output_hidden_states=True).hidden_states
+    assert any(torch.equal(x, y) for x, y in zip(hs[:-1], hs[1:]))  # some block was skipped
+
+
+def test_gumbel_temperature_schedule():
+    model = Wav2Vec2ForPreTraining(small(gumbel_temperature=(2.0, 0.5, 0.999995)))
+    assert model.gumbel_temperature_at(0) == 2.0
+    assert model.gumbel_temperature_at(10**7) == 0.5
+    assert abs(model.gumbel_temperature_at(1000) - 2.0 * 0.999995**1000) < 1e-12
+    model.set_gumbel_temperature(1.25)
+    assert model.quantizer.temperature == 1.25
+
+
+# ---------------------------------------------------------------- CTC model
+def test_ctc_from_pretraining_and_freezing(tmp_path):
+    torch.manual_seed(0)
+    pre = Wav2Vec2ForPreTraining(small())
+    save_model(pre, tmp_path / "pre")
+    ctc = Wav2Vec2ForCTC.from_pretraining(tmp_path / "pre", vocab_size=12, mask_time_prob=0.3)
+    for k, v in pre.wav2vec2.state_dict().items():
+        assert torch.equal(v, ctc.wav2vec2.state_dict()[k])
+    assert ctc.config.vocab_size == 12 and ctc.config.mask_time_prob == 0.3
+    ctc.freeze_feature_encoder()
+    wave = torch.randn(2, 5000)
+    labels = torch.tensor([[3, 4, 5], [6, 7, -100]])
+    out = ctc(wave, labels=labels, generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert all(p.grad is None for p in ctc.wav2vec2.feature_encoder.parameters())
+    assert ctc.wav2vec2.context.layers[0].attention.qkv.weight.grad is not None
+    ctc.zero_grad(set_to_none=True)
+    ctc.set_encoder_frozen(True)
+    ctc(wave, labels=labels).loss.backward()
+    assert ctc.lm_head.weight.grad is not None
+    assert all(p.grad is None for p in ctc.wav2vec2.parameters())
+
+
+def test_ctc_infinite_loss_is_zeroed_and_labels_checked():
+    model = Wav2Vec2ForCTC(small(vocab_size=8)).eval()
+    wave = torch.randn(1, 1000)  # 2 frames, label of 6: impossible alignment
+    out = model(wave, labels=torch.tensor([[1, 2, 3, 4, 5, 6]]))
+    assert out.loss.item() == 0.0
+    with pytest.raises(ValueError, match="vocab_size"):
+        model(wave, labels=torch.tensor([[9]]))
+
+
+# ---------------------------------------------------------------- serialization
+def test_save_load_round_trip_and_corruption(tmp_path):
+    model = Wav2Vec2ForCTC(small(vocab_size=9))
+    save_model(model, tmp_path / "m")
+    back = load_model(tmp_path / "m")
+    assert type(back) is Wav2Vec2ForCTC and back.config == model.config
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items())
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_model(tmp_path / "m")
+    assert not list((tmp_path / "m").glob("*.tmp"))
