@@ -163,7 +163,8 @@ def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
                           f"{hf.config.pad_token_id}")
     cfg = config_from_hf(hf.config, **overrides)
     ours = cls(cfg)
-    state = import_state_dict(ours.state_dict(), hf.state_dict(), _rules(cls), "transformers")
+    state = import_state_dict(ours.state_dict(), hf.state_dict(), _rules(cls), "transformers",
+                              optional=(r"(wav2vec2\.)?mask_emb",))
     ours.load_state_dict(state, strict=True)
     return ours.train(hf.training)
 
@@ -178,6 +179,8 @@ def to_hf(model: nn.Module) -> Any:
     hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config))
     target = hf.state_dict()
     state = export_state_dict(model.state_dict(), _rules(cls), {k: v.shape for k, v in target.items()})
+    # transformers builds masked_spec_embed only when masking is configured
+    state = {k: v for k, v in state.items() if k in target or not k.endswith("masked_spec_embed")}
     missing = sorted(set(target) - set(state))
     if missing:
         raise KeyError(f"to_hf: no value for transformers parameters {missing}")

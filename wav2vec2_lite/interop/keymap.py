@@ -27,11 +27,12 @@ def _match(key: str, rules: list[Rule]) -> tuple[str, ...] | None:
 
 
 def import_state_dict(ours: Mapping[str, Tensor], foreign: Mapping[str, Tensor], rules: list[Rule],
-                      source: str) -> dict[str, Tensor]:
+                      source: str, optional: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """Build our state dict (keys and shapes of ``ours``) from ``foreign`` tensors.
 
     Raises ``KeyError`` naming every missing foreign key and ``ValueError`` on a shape
-    mismatch; foreign keys nobody asked for are reported as unused.
+    mismatch. Our keys matching a regex in ``optional`` keep their value when the foreign
+    side lacks them (e.g. transformers omits the mask embedding when masking is off).
     """
     out: dict[str, Tensor] = {}
     used: set[str] = set()
@@ -41,7 +42,10 @@ def import_state_dict(ours: Mapping[str, Tensor], foreign: Mapping[str, Tensor],
         if names is None:
             raise KeyError(f"no {source} name is known for our parameter {key!r}")
         if any(n not in foreign for n in names):
-            missing += [n for n in names if n not in foreign]
+            if any(re.fullmatch(o, key) for o in optional):
+                out[key] = ref.detach().clone()
+            else:
+                missing += [n for n in names if n not in foreign]
             continue
         used.update(names)
         value = torch.cat([foreign[n] for n in names], 0) if len(names) > 1 else foreign[names[0]]
