@@ -1,0 +1,77 @@
+"""Transcription from saved models: run folders, model folders, long files in bounded memory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC
+from wav2vec2_lite.data.tokenizer import CharTokenizer
+from wav2vec2_lite.decode import greedy_decode
+from wav2vec2_lite.serialization import save_model
+from wav2vec2_lite.transcribe import Transcriber, resolve_model_folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    tok = CharTokenizer(list("|ABC"))
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer",
+                                               conv_bias=True))
+    with torch.no_grad():  # favour letters over blank so that the transcript is not empty
+        model.lm_head.bias[0] = -5.0
+    save_model(model, root / "checkpoints" / "best")
+    tok.save(root / "tokenizer.json")
+    return root, model, tok
+
+
+def test_resolve_and_transcribe_file(run_dir, tmp_path):
+    root, model, tok = run_dir
+    assert resolve_model_folder(root) == root / "checkpoints" / "best"
+    wave = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
+    sf.write(tmp_path / "a.wav", wave, 16000)
+    tr = Transcriber.from_path(root)
+    assert tr.normalize  # layer-norm models take normalised input (fairseq convention)
+    out = tr.transcribe_file(tmp_path / "a.wav")
+    with torch.no_grad():
+        ref = greedy_decode(model.eval()(tr_norm(wave)).logits, None, tok.vocab)[0]
+    assert out.text == ref and out.text
+    assert abs(out.duration_s - 1.5) < 1e-6
+    starts = [w["start_s"] for w in out.words]
+    assert starts == sorted(starts) and all(0 <= w["start_s"] < w["end_s"] <= 1.5 + 0.03 for w in out.words)
+    assert json.dumps(out.to_dict())
+
+
+def tr_norm(wave: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(wave)
+    return torch.nn.functional.layer_norm(t, t.shape, eps=1e-5)[None]
+
+
+def test_long_file_is_chunked_in_bounded_memory(run_dir, tmp_path):
+    root, model, _ = run_dir
+    seconds = 240  # four minutes in 10 s windows: the same code path as an hour-long file
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "long.flac", (rng.standard_normal(16000 * seconds) * 0.05).astype(np.float32), 16000)
+    tr = Transcriber.from_path(root, chunk_s=10.0, overlap_s=2.0)
+    seen: list[int] = []
+    forward = tr.model.forward
+
+    def spy(wave, *args, **kwargs):
+        seen.append(wave.shape[-1])
+        return forward(wave, *args, **kwargs)
+
+    tr.model.forward = spy
+    out = tr.transcribe_file(tmp_path / "long.flac")
+    assert out.duration_s == pytest.approx(seconds)
+    assert max(seen) <= 10 * 16000 and len(seen) >= seconds // 10  # never more than one window at a time
+    assert out.words and out.words[-1]["end_s"] > seconds - 10  # the stitched output reaches the end
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model found"):
+        Transcriber.from_path(tmp_path)
