@@ -1,0 +1,50 @@
+"""summarize_sweep: table of final metrics per run of a Hydra multirun folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wav2vec2_lite.sweep import collect_sweep, sweep_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(folder: Path, negatives: int, acc: float) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- model.num_negatives={negatives}\n- trainer.seed=1\n")
+    rows = [{"kind": "train", "update": 10, "loss": 4.0},
+            {"kind": "valid", "update": 10, "accuracy": acc / 2, "loss": 4.2},
+            {"kind": "train", "update": 20, "loss": 3.0},
+            {"kind": "valid", "update": 20, "accuracy": acc, "loss": 3.5}]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_table_has_one_row_per_run_with_final_metrics(tmp_path):
+    for i, (k, acc) in enumerate([(10, 0.3), (100, 0.2)]):
+        _fake_run(tmp_path / str(i), k, acc)
+    runs = collect_sweep(tmp_path)
+    assert [r.overrides["model.num_negatives"] for r in runs] == ["10", "100"]
+    assert [r.valid["accuracy"] for r in runs] == [0.3, 0.2] and runs[0].updates == 20
+    table = sweep_table(runs)
+    assert "model.num_negatives" in table and "trainer.seed" not in table  # only swept keys
+    assert "| 0 | 10 | 20 | 0.3 | 3.5 |" in table
+
+
+def test_cli_writes_summary_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    _fake_run(tmp_path / "0", 10, 0.3)
+    _fake_run(tmp_path / "1", 50, 0.4)
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path), "--plot", "accuracy"],
+                   check=True, capture_output=True)
+    assert "0.4" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "sweep_accuracy.png").stat().st_size > 1000
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run with metrics.jsonl"):
+        collect_sweep(tmp_path)

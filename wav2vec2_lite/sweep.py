@@ -1,0 +1,97 @@
+"""Collect the final metrics of a Hydra multirun sweep into one table (and a plot).
+
+A sweep folder holds one sub-folder per run (``multirun/pretrain/DATE/0``, ``1``, ...),
+each with ``metrics.jsonl`` and Hydra's ``.hydra/overrides.yaml``. A run's row is its
+overrides plus the last validation record (and the last training record).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SweepRun", "collect_sweep", "sweep_table", "plot_sweep"]
+
+
+@dataclass
+class SweepRun:
+    path: Path
+    overrides: dict[str, str]
+    valid: dict[str, float] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)
+    updates: int = 0
+
+
+def _overrides(run: Path) -> dict[str, str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        item = line.strip().lstrip("-").strip().strip("'\"")
+        if "=" in item:
+            key, value = item.split("=", 1)
+            out[key.lstrip("+~")] = value
+    return out
+
+
+def _last(records: list[dict[str, Any]]) -> dict[str, float]:
+    if not records:
+        return {}
+    return {k: v for k, v in records[-1].items() if isinstance(v, (int, float)) and k not in ("time", "epoch")}
+
+
+def collect_sweep(sweep_dir: str | Path) -> list[SweepRun]:
+    """Every run below ``sweep_dir`` that wrote ``metrics.jsonl``, in path order."""
+    runs = []
+    for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        valid = [r for r in rows if r.get("kind") == "valid"]
+        train = [r for r in rows if r.get("kind") == "train"]
+        updates = max((int(r.get("update", 0)) for r in rows), default=0)
+        runs.append(SweepRun(metrics.parent, _overrides(metrics.parent), _last(valid), _last(train), updates))
+    if not runs:
+        raise FileNotFoundError(f"{sweep_dir}: no run with metrics.jsonl below it (is this a multirun folder?)")
+    return runs
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
+    """A markdown table: one row per run, the swept keys, then validation metrics."""
+    keys = sorted({k for r in runs for k in r.overrides})
+    swept = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1] or keys
+    if metrics is None:
+        metrics = sorted({k for r in runs for k in r.valid if k != "update"})
+    head = ["run", *swept, "updates", *[f"valid {m}" for m in metrics]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in runs:
+        cells = [r.path.name, *[r.overrides.get(k, "") for k in swept], str(r.updates),
+                 *[_fmt(r.valid.get(m, "")) for m in metrics]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(runs: list[SweepRun], metric: str, out_png: str | Path) -> Path:
+    """Bar chart of one validation metric per run (needs matplotlib, the ``plot`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.overrides.items()) or r.path.name for r in runs]
+    values = [r.valid.get(metric, float("nan")) for r in runs]
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(runs)), 3.5))
+    ax.bar(range(len(runs)), values)
+    ax.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"valid {metric}")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return Path(out_png)
