@@ -34,15 +34,15 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
 from wav2vec2_lite.corpus.espeak import ENGLISH_VOICES, SAMPLE_RATE, VARIANTS, Synthesizer
-from wav2vec2_lite.corpus.sentences import GENERATOR_VERSION, SentenceGenerator
+from wav2vec2_lite.corpus.sentences import GENERATOR_VERSION, Sentence, SentenceGenerator
 from wav2vec2_lite.data.manifest import text_to_ltr, write_dictionary, write_labels, write_manifest
 
 __all__ = [
@@ -127,7 +127,7 @@ class UtteranceSpec:
     tail_s: float
     peak: float
     snr_db: float | None
-    noise_seed: int
+    seed: int  # seeds the engine's breath noise and the added noise
 
     @property
     def rel_path(self) -> str:
@@ -163,6 +163,11 @@ def _split_speakers(speakers: list[Speaker], seed: int) -> dict[str, list[Speake
     return {"test": test, "valid": valid, "train": train, "unlabeled": train}
 
 
+def _stable_seed(seed: int, name: str) -> int:
+    """An integer seed for (seed, name) that is the same in every process (unlike ``hash``)."""
+    return random.Random(f"{seed}:{name}").getrandbits(63)
+
+
 class _Planner:
     """Endless stream of utterance specs for one pool (speakers in shuffled round robin)."""
 
@@ -170,7 +175,7 @@ class _Planner:
                  domain_fraction: float, noise_prob: float) -> None:  # fmt: skip
         self.pool, self.speakers, self.used = pool, speakers, used
         self.rng = random.Random(f"{seed}:{pool}:utterances")
-        self.sentences = SentenceGenerator(seed=hash_seed(seed, pool), domain_fraction=domain_fraction)
+        self.sentences = SentenceGenerator(seed=_stable_seed(seed, pool), domain_fraction=domain_fraction)
         self.noise_prob = noise_prob
         self.count = 0
         self._queue: list[Speaker] = []
@@ -181,7 +186,7 @@ class _Planner:
             self.rng.shuffle(self._queue)
         return self._queue.pop()
 
-    def _next_sentence(self):
+    def _next_sentence(self) -> Sentence:
         for _ in range(10_000):
             s = self.sentences.sample()
             if s.transcript not in self.used:
@@ -216,13 +221,8 @@ class _Planner:
             tail_s=round(r.uniform(*SILENCE_S), 3),
             peak=round(r.uniform(*PEAK), 3),
             snr_db=round(r.uniform(*SNR_DB), 1) if noisy else None,
-            noise_seed=r.getrandbits(63),
+            seed=r.getrandbits(63),
         )
-
-
-def hash_seed(seed: int, name: str) -> int:
-    """A stable integer seed for (seed, name); Python's ``hash`` of str is salted per process."""
-    return random.Random(f"{seed}:{name}").getrandbits(63)
 
 
 def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
@@ -230,6 +230,7 @@ def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
     speech = synth.synthesize(
         spec.text, voice=spec.voice, variant=spec.variant, rate=spec.rate, pitch=spec.pitch,
         pitch_range=spec.pitch_range, word_gap=spec.word_gap, volume=ENGINE_VOLUME,
+        seed=spec.seed & 0x7FFFFFFF,
     )  # fmt: skip
     sr = synth.sample_rate
     speech = speech * np.float32(spec.peak / max(float(np.abs(speech).max()), 1e-6))
@@ -239,7 +240,7 @@ def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
     if spec.snr_db is not None:
         power = float(np.mean(speech.astype(np.float64) ** 2))
         noise_std = math.sqrt(power / 10.0 ** (spec.snr_db / 10.0))
-        noise = np.random.default_rng(spec.noise_seed).standard_normal(wave.shape[0])
+        noise = np.random.default_rng(spec.seed).standard_normal(wave.shape[0])
         wave = wave + (noise * noise_std).astype(np.float32)
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
@@ -252,6 +253,12 @@ _WORKER: dict = {}
 def _init_worker(out_dir: str) -> None:
     _WORKER["synth"] = Synthesizer(SAMPLE_RATE)
     _WORKER["out_dir"] = Path(out_dir)
+
+
+def _worker_info() -> dict:
+    synth = _WORKER["synth"]
+    return {"backend": synth.backend, "version": synth.version, "native_rate": synth.native_rate,
+            "isolated": synth.isolate}  # fmt: skip
 
 
 def _render_to_file(spec: UtteranceSpec) -> int:
@@ -275,12 +282,7 @@ class _Renderer:
             self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(str(out_dir),))
         else:
             _init_worker(str(out_dir))
-        self.synth_info = self._info()
-
-    def _info(self) -> dict:
-        synth = Synthesizer(SAMPLE_RATE) if self.pool is not None else _WORKER["synth"]
-        return {"backend": synth.backend, "version": synth.version, "native_rate": synth.native_rate,
-                "isolated": synth.isolate}  # fmt: skip
+        self.synth_info = self.pool.apply(_worker_info) if self.pool is not None else _worker_info()
 
     def render(self, specs: list[UtteranceSpec]) -> list[int]:
         if self.pool is None:
@@ -306,10 +308,10 @@ def _fill(planner: _Planner, target_s: float, renderer: _Renderer, out_dir: Path
                 (out_dir / spec.rel_path).unlink(missing_ok=True)
                 continue
             seconds = num_samples / SAMPLE_RATE
+            if bar is not None:
+                bar.update(min(seconds, target_s - total) / 60.0)  # the bar's total is the sum of targets
             done.append((spec, num_samples))
             total += seconds
-            if bar is not None:
-                bar.update(seconds / 60.0)
     return done
 
 
@@ -420,7 +422,7 @@ def build_corpus(
         for pool in ("test", "valid", "train", "unlabeled"):  # fixed order: see module docstring
             planner = _Planner(pool, by_pool[pool], seed, used, domain_fraction=domain_fraction, noise_prob=noise_prob)
             if bar is not None:
-                bar.set_description(f"synthesizing {pool}")
+                bar.set_description_str(f"synthesizing {pool}")
             rows[pool] = _fill(planner, targets_s[pool], renderer, out_dir, bar)
     finally:
         renderer.close()

@@ -1,6 +1,6 @@
 """Offline speech synthesis with eSpeak NG: text -> float32 wave at 16 kHz.
 
-Two backends, tried in this order:
+Backends, tried in this order:
 
 * ``library``: ``libespeak-ng.so`` and its data from the PyPI package ``espeakng-loader``,
   driven through ctypes (``espeak_Initialize`` in synchronous mode, a synth callback that
@@ -10,14 +10,18 @@ Two backends, tried in this order:
 
 Determinism. The library keeps state between utterances (the pitch "flutter" phase and
 other statics survive ``espeak_Terminate``), so the n-th utterance of a process depends on
-the n-1 before it: the same text can come out a few hundred samples longer or shorter.
-With ``isolate=True`` (the default where ``os.fork`` exists) every utterance is rendered in
-a short-lived child forked from a process whose engine was initialised but never spoke, so
-an utterance depends only on its own arguments, whichever worker renders it and in
-whatever order. The CLI backend runs a fresh process per utterance and is isolated anyway.
+the ones before it: the same text can come out a few hundred samples longer or shorter.
+With ``isolate=True`` (the default) a small server process (this file run as a script:
+ctypes, numpy and the engine, nothing else) initialises the engine once and forks a child
+per utterance, so every utterance starts from the same never-used engine state and depends
+only on its own arguments, whichever worker renders it and in whatever order. Forking the
+small server costs ~1 ms, forking a process that holds torch tens of ms. The CLI backend
+runs a fresh program per utterance and is isolated anyway. Without ``os.fork`` (Windows)
+the server renders in-process: same results per server, not across histories.
 
-The engine is not thread-safe; it is initialised once per process and calls are
-serialised by a lock. Run several processes (``multiprocessing``) for parallelism.
+The engine is not thread-safe: each process has one engine (and at most one server),
+shared by all ``Synthesizer`` objects and serialised by a lock. For parallelism use
+several processes (``multiprocessing``); a forked worker starts its own server.
 
     synth = Synthesizer()
     wave = synth.synthesize("set a timer for five minutes", voice="en-us", variant="f3",
@@ -26,14 +30,18 @@ serialised by a lock. Run several processes (``multiprocessing``) for parallelis
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import io
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +81,7 @@ _EE_OK = 0
 
 RATE_RANGE = (80, 450)  # words per minute the engine accepts
 PITCH_RANGE = (0, 99)
+_HEADER = struct.Struct("<qq")  # (status: 0 ok / 1 error, payload length)
 
 
 class SynthesisError(RuntimeError):
@@ -91,69 +100,70 @@ class _Request:
     seed: int
 
 
-class _Engine:
-    """libespeak-ng loaded and initialised once in this process (see module docstring)."""
+def _voice_files(data_path: Path) -> tuple[set[str], set[str]]:
+    """(voice names, lower-case, as ``-v`` takes them; variant names) of an espeak-ng-data folder."""
+    voices = {p.name.lower() for p in (data_path / "lang").rglob("*") if p.is_file()}
+    variants_dir = data_path / "voices" / "!v"
+    variants = {p.name for p in variants_dir.iterdir()} if variants_dir.is_dir() else set()
+    return voices, variants
+
+
+def _data_path() -> Path:
+    try:
+        import espeakng_loader
+    except ImportError as e:
+        raise SynthesisError("espeakng-loader is not installed (pip install 'wav2vec2_lite[synth]')") from e
+    return Path(espeakng_loader.get_data_path())
+
+
+class _Library:
+    """libespeak-ng loaded and initialised in this process; renders with whatever state it has."""
 
     _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
     def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError as e:
-            raise SynthesisError(
-                "espeakng-loader is not installed (pip install 'wav2vec2_lite[synth]')"
-            ) from e
-        lib_path, data_path = espeakng_loader.get_library_path(), espeakng_loader.get_data_path()
+        import espeakng_loader
+
+        data_path = _data_path()
+        lib_path = espeakng_loader.get_library_path()
         try:
             lib = ctypes.CDLL(lib_path)
         except OSError as e:
             raise SynthesisError(f"cannot load {lib_path}: {e}") from e
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
+        c = ctypes
+        lib.espeak_Initialize.argtypes = [c.c_int, c.c_int, c.c_char_p, c.c_int]
         lib.espeak_SetSynthCallback.argtypes = [self._CALLBACK]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
-        ]  # fmt: skip
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Info.argtypes = [ctypes.c_void_p]
-        lib.espeak_Info.restype = ctypes.c_char_p
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0)
+        lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
+        lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
+        lib.espeak_Synth.argtypes = [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint, c.c_void_p, c.c_void_p]
+        lib.espeak_Info.argtypes = [c.c_void_p]
+        lib.espeak_Info.restype = c.c_char_p
+        lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(), 0)
         if rate <= 0:
             raise SynthesisError(f"espeak_Initialize failed (returned {rate}); data folder {data_path}")
         self.lib = lib
         self.libc = ctypes.CDLL(None)  # the engine also draws from libc rand()
         self.native_rate = int(rate)
         self.version = lib.espeak_Info(None).decode()
-        self.data_path = Path(data_path)
-        self._chunks: list[np.ndarray] = []
+        self._chunks: list[bytes] = []
         self._callback = self._CALLBACK(self._on_audio)  # keep a reference: ctypes does not
         lib.espeak_SetSynthCallback(self._callback)
-        # Load the English dictionary once here, so forked children inherit it.
+        # Load the English dictionary once here, so that forked children inherit it.
         if lib.espeak_SetVoiceByName(b"en-us") != _EE_OK:
             raise SynthesisError(f"eSpeak NG in {data_path} has no 'en-us' voice")
-        self.voices = self._list_voice_files()
-        self.variants = {p.name for p in (self.data_path / "voices" / "!v").iterdir()}
+        self.voices, self.variants = map(sorted, _voice_files(data_path))
         self.lock = threading.Lock()
 
-    def _list_voice_files(self) -> set[str]:
-        lang = self.data_path / "lang"
-        return {p.name.lower() for p in lang.rglob("*") if p.is_file()}
-
-    def _on_audio(self, wav, n, events) -> int:  # noqa: ARG002 - ctypes signature
+    def _on_audio(self, wav, n, events) -> int:  # (short* wav, int n, espeak_EVENT* events)
         if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+            self._chunks.append(ctypes.string_at(wav, 2 * n))
         return 0  # 0 = continue
 
-    def render(self, req: _Request) -> np.ndarray:
-        """Synthesize in this process: int16 samples at ``native_rate``. Caller holds ``lock``."""
+    def render_bytes(self, req: _Request) -> bytes:
+        """Little-endian int16 samples at ``native_rate``."""
         lib = self.lib
-        lib.espeak_ng_SetRandSeed(req.seed)  # breathy variants (f1..f5) add random noise
+        lib.espeak_ng_SetRandSeed(req.seed)  # the breathy variants (f1..f5) add random noise
         self.libc.srand(ctypes.c_uint(req.seed & 0xFFFFFFFF))
         rc = lib.espeak_SetVoiceByName(req.voice.encode())
         if rc != _EE_OK:
@@ -169,60 +179,149 @@ class _Engine:
         chunks, self._chunks = self._chunks, []
         if rc != _EE_OK:
             raise SynthesisError(f"espeak_Synth failed (error {rc}) for {req.text!r}")
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        data = b"".join(chunks)
+        return data if sys.byteorder == "little" else np.frombuffer(data, "=i2").astype("<i2").tobytes()
 
-    def render_isolated(self, req: _Request) -> np.ndarray:
-        """``render`` in a forked child, so no state carries over between utterances."""
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: render, send "status, length, payload", exit without cleanup
-            status, payload = 1, b""
+    def render(self, req: _Request) -> np.ndarray:
+        return np.frombuffer(self.render_bytes(req), dtype="<i2").astype(np.int16)
+
+    def info(self) -> dict:
+        return {"native_rate": self.native_rate, "version": self.version, "voices": self.voices,
+                "variants": self.variants}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _read_exact(f, n: int) -> bytes:
+    buf = f.read(n)
+    if buf is None or len(buf) != n:
+        raise EOFError(f"expected {n} bytes, got {0 if buf is None else len(buf)}")
+    return buf
+
+
+def _render_in_child(engine: _Library, req: _Request) -> tuple[int, bytes]:
+    """Fork, render in the child, return its (status, payload); the engine state is untouched."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status, payload = 1, b""
+        try:
+            os.close(read_fd)
+            payload, status = engine.render_bytes(req), 0
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            payload = f"{type(e).__name__}: {e}".encode()
+        finally:
             try:
-                os.close(read_fd)
-                payload = self.render(req).astype("<i2").tobytes()
-                status = 0
-            except BaseException as e:  # noqa: BLE001 - reported to the parent
-                payload = f"{type(e).__name__}: {e}".encode()
+                with os.fdopen(write_fd, "wb") as f:
+                    f.write(_HEADER.pack(status, len(payload)) + payload)
             finally:
-                try:
-                    with os.fdopen(write_fd, "wb") as f:
-                        f.write(struct.pack("<qq", status, len(payload)))
-                        f.write(payload)
-                finally:
-                    os._exit(0)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as f:
-            buf = f.read()
-        _, wait_status = os.waitpid(pid, 0)
-        if len(buf) < 16:
-            raise SynthesisError(
-                f"synthesis child exited with status {wait_status} without a result for {req.text!r}"
-            )
-        status, n = struct.unpack("<qq", buf[:16])
-        payload = buf[16 : 16 + n]
-        if status != 0 or len(payload) != n:
-            raise SynthesisError(payload.decode(errors="replace") or f"synthesis child failed for {req.text!r}")
+                os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        buf = f.read()
+    _, wait_status = os.waitpid(pid, 0)
+    if len(buf) >= _HEADER.size:
+        status, n = _HEADER.unpack(buf[: _HEADER.size])
+        if len(buf) == _HEADER.size + n:
+            return status, buf[_HEADER.size :]
+    return 1, f"synthesis child exited (wait status {wait_status}) without a result for {req.text!r}".encode()
+
+
+def _serve() -> None:
+    """Server loop: handshake JSON line, then per request line one framed int16 payload."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # stray prints of the C library must not corrupt the protocol
+    try:
+        engine = _Library()
+    except Exception as e:  # noqa: BLE001 - reported to the client
+        out.write((json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}) + "\n").encode())
+        out.flush()
+        return
+    out.write((json.dumps({"ok": True, **engine.info()}) + "\n").encode())
+    out.flush()
+    fork = hasattr(os, "fork")
+    for line in sys.stdin.buffer:
+        req = _Request(**json.loads(line))
+        if fork:
+            status, payload = _render_in_child(engine, req)
+        else:
+            try:
+                status, payload = 0, engine.render_bytes(req)
+            except Exception as e:  # noqa: BLE001 - reported to the client
+                status, payload = 1, f"{type(e).__name__}: {e}".encode()
+        out.write(_HEADER.pack(status, len(payload)) + payload)
+        out.flush()
+
+
+class _Server:
+    """Client side of ``_serve``: one server process per client process."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        line = self.proc.stdout.readline()
+        try:
+            hello = json.loads(line)
+        except json.JSONDecodeError:
+            hello = {"ok": False, "error": f"no handshake from the server (got {line[:200]!r})"}
+        if not hello.get("ok"):
+            self.close()
+            raise SynthesisError(f"eSpeak NG server failed to start: {hello.get('error')}")
+        self.native_rate = int(hello["native_rate"])
+        self.version = hello["version"]
+        self.voices, self.variants = set(hello["voices"]), set(hello["variants"])
+        self.lock = threading.Lock()
+
+    def render(self, req: _Request) -> np.ndarray:
+        try:
+            self.proc.stdin.write((json.dumps(asdict(req)) + "\n").encode())
+            self.proc.stdin.flush()
+            status, n = _HEADER.unpack(_read_exact(self.proc.stdout, _HEADER.size))
+            payload = _read_exact(self.proc.stdout, n)
+        except (OSError, EOFError, struct.error) as e:
+            raise SynthesisError(f"eSpeak NG server died ({e}); exit code {self.proc.poll()}") from e
+        if status != 0:
+            raise SynthesisError(payload.decode(errors="replace"))
         return np.frombuffer(payload, dtype="<i2").astype(np.int16)
 
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # EOF ends the server loop
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
 
-class _CliEngine:
+
+class _Cli:
     """Debian's ``espeak-ng`` program; each utterance is a fresh process."""
 
     def __init__(self, exe: str) -> None:
         self.exe = exe
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-        self.version = (out.stdout.split() + ["?", "?", "?"])[2] if out.returncode == 0 else "?"
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+        # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/x86_64-linux-gnu/espeak-ng-data"
+        version, data = re.search(r"(\d+\.\d+(?:\.\d+)?)", out), re.search(r"Data at:\s*(\S+)", out)
+        self.version = version.group(1) if version else "?"
         self.native_rate = 22050
-        self.voices = None  # validated by the program itself
-        self.variants = None
+        self.voices = self.variants = None  # unknown: the program falls back to a default voice
+        if data and Path(data.group(1)).is_dir():
+            self.voices, self.variants = _voice_files(Path(data.group(1)))
         self.lock = threading.Lock()
 
     def render(self, req: _Request) -> np.ndarray:
         import soundfile as sf
 
         cmd = [
-            self.exe, "-v", req.voice, "-s", str(req.rate), "-p", str(req.pitch),
-            "-g", str(req.word_gap), "-a", str(req.volume), "-b", "1", "--stdout", req.text,
+            self.exe, "-v", req.voice, "-s", str(req.rate), "-p", str(req.pitch), "-g", str(req.word_gap),
+            "-a", str(req.volume), "-b", "1", "-z", "--stdout", req.text,  # -z: no final pause, as the library
         ]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, check=False)
         if out.returncode != 0 or not out.stdout:
@@ -231,51 +330,48 @@ class _CliEngine:
         self.native_rate = int(sr)
         return wave.reshape(-1)
 
-    render_isolated = render
+
+# One engine of each kind per process, created on first use.
+_ENGINES: dict[str, _Library | _Server | _Cli] = {}
+_ENGINES_PID = os.getpid()
+_ENGINES_LOCK = threading.Lock()
 
 
-_ENGINE: _Engine | _CliEngine | None = None
-_ENGINE_PID: int | None = None
-_ENGINE_LOCK = threading.Lock()
+def _engine(kind: Literal["server", "library", "cli"]) -> _Library | _Server | _Cli:
+    global _ENGINES_PID
+    with _ENGINES_LOCK:
+        if _ENGINES_PID != os.getpid():  # forked: the parent's server pipes are not ours
+            _ENGINES.clear()
+            _ENGINES_PID = os.getpid()
+        if kind not in _ENGINES:
+            if kind == "server":
+                _ENGINES[kind] = _Server()
+            elif kind == "library":
+                _ENGINES[kind] = _Library()
+            else:
+                exe = shutil.which("espeak-ng")
+                if exe is None:
+                    raise SynthesisError("no 'espeak-ng' program on PATH (apt-get install espeak-ng)")
+                _ENGINES[kind] = _Cli(exe)
+        return _ENGINES[kind]
 
 
-def _engine(backend: str) -> _Engine | _CliEngine:
-    """The process-wide engine, created on first use (``backend``: auto, library or cli)."""
-    global _ENGINE, _ENGINE_PID
-    with _ENGINE_LOCK:
-        if _ENGINE is not None and _ENGINE_PID != os.getpid():
-            # Inherited through fork (a multiprocessing worker): the loaded library and its
-            # state are this process's copy; only the lock may have been held by another thread.
-            _ENGINE.lock, _ENGINE_PID = threading.Lock(), os.getpid()
-        if _ENGINE is not None:
-            if backend == "auto" or (backend == "library") == isinstance(_ENGINE, _Engine):
-                return _ENGINE
-        errors = []
-        if backend in ("auto", "library"):
-            try:
-                _ENGINE, _ENGINE_PID = _Engine(), os.getpid()
-                return _ENGINE
-            except SynthesisError as e:
-                errors.append(f"library: {e}")
-        if backend in ("auto", "cli"):
-            exe = shutil.which("espeak-ng")
-            if exe:
-                _ENGINE, _ENGINE_PID = _CliEngine(exe), os.getpid()
-                return _ENGINE
-            errors.append("cli: no 'espeak-ng' program on PATH (apt-get install espeak-ng)")
-        raise SynthesisError("no eSpeak NG backend available: " + "; ".join(errors))
+@atexit.register
+def _close_servers() -> None:
+    if _ENGINES_PID == os.getpid():
+        for eng in _ENGINES.values():
+            if isinstance(eng, _Server):
+                eng.close()
 
 
 class Synthesizer:
     """Text -> float32 wave at ``sample_rate`` (16 kHz) with eSpeak NG.
 
     Args:
-        sample_rate: output rate; the engine's 22050 Hz is resampled with ``soxr``.
-        backend: ``"auto"`` (library, else CLI), ``"library"`` or ``"cli"``.
-        isolate: render each utterance in a forked child (library backend; see the module
-            docstring). Needed for outputs that do not depend on earlier utterances.
-
-    All instances in a process share one engine; use one process per parallel worker.
+        sample_rate: output rate; the engine's 22050 Hz is resampled with ``soxr`` (HQ).
+        backend: ``"auto"`` (library, else the CLI), ``"library"`` or ``"cli"``.
+        isolate: library backend only: render every utterance from the same fresh engine
+            state (see the module docstring), so results do not depend on earlier calls.
     """
 
     def __init__(
@@ -288,12 +384,25 @@ class Synthesizer:
         if backend not in ("auto", "library", "cli"):
             raise ValueError(f"backend must be 'auto', 'library' or 'cli', found {backend!r}")
         self.sample_rate = int(sample_rate)
-        self._engine = _engine(backend)
-        self.isolate = bool(isolate) and hasattr(os, "fork")
+        self.isolate = bool(isolate)
+        errors = []
+        self._engine = None
+        if backend in ("auto", "library"):
+            try:
+                self._engine = _engine("server" if self.isolate else "library")
+            except SynthesisError as e:
+                errors.append(f"library: {e}")
+        if self._engine is None and backend in ("auto", "cli"):
+            try:
+                self._engine = _engine("cli")
+            except SynthesisError as e:
+                errors.append(f"cli: {e}")
+        if self._engine is None:
+            raise SynthesisError("no eSpeak NG backend available: " + "; ".join(errors))
 
     @property
     def backend(self) -> str:
-        return "library" if isinstance(self._engine, _Engine) else "cli"
+        return "cli" if isinstance(self._engine, _Cli) else "library"
 
     @property
     def native_rate(self) -> int:
@@ -330,7 +439,7 @@ class Synthesizer:
         volume: int = 100,
         seed: int = 0,
     ) -> np.ndarray:
-        """int16 samples at ``native_rate`` (22050 Hz), exactly as the engine produced them.
+        """int16 samples at ``native_rate`` (22050 Hz), as the engine produced them.
 
         ``voice``: an English voice (``ENGLISH_VOICES``); ``variant``: ``m1..m7``, ``f1..f5``
         or None; ``rate`` in words per minute; ``pitch`` and ``pitch_range`` 0..99;
@@ -344,13 +453,13 @@ class Synthesizer:
         for name, value in (("pitch", pitch), ("pitch_range", pitch_range)):
             if not PITCH_RANGE[0] <= value <= PITCH_RANGE[1]:
                 raise ValueError(f"{name} must be {PITCH_RANGE[0]}..{PITCH_RANGE[1]}, found {value}")
-        if word_gap < 0:
-            raise ValueError(f"word_gap (units of 10 ms) must be >= 0, found {word_gap}")
-        req = _Request(text, self.voice_name(voice, variant), int(rate), int(pitch), int(pitch_range),
-                       int(word_gap), int(volume), int(seed))  # fmt: skip
+        if word_gap < 0 or not 0 <= volume <= 200:
+            raise ValueError(f"need word_gap >= 0 and volume 0..200, found {word_gap}, {volume}")
+        req = _Request(" ".join(text.split()), self.voice_name(voice, variant), int(rate), int(pitch),
+                       int(pitch_range), int(word_gap), int(volume), int(seed))  # fmt: skip
         eng = self._engine
         with eng.lock:
-            samples = eng.render_isolated(req) if self.isolate else eng.render(req)
+            samples = eng.render(req)
         if samples.size == 0:
             raise SynthesisError(f"eSpeak NG produced no audio for {text!r} ({req.voice})")
         return samples
@@ -362,3 +471,7 @@ class Synthesizer:
         if self.native_rate != self.sample_rate:
             wave = soxr.resample(wave, self.native_rate, self.sample_rate, quality="HQ")
         return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -106,7 +107,7 @@ def _spell_numbers(text: str) -> str:
         lambda m: f" {_time_to_words(int(m.group(1)), int(m.group(2)))} ",
         text,
     )
-    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal_words(int(m.group(1)))} ", text, flags=re.I)
+    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal_words(int(m.group(1)))} ", text, flags=re.IGNORECASE)
     text = re.sub(
         r"\b(\d+)\.(\d+)\b",
         lambda m: f" {number_to_words(int(m.group(1)))} point {_digits_to_words(m.group(2))} ",
@@ -289,6 +290,11 @@ def _time_words(rng: random.Random, *, part_of_day: bool = True) -> str:
     return words
 
 
+def _duration_words(rng: random.Random) -> str:
+    unit = rng.choice(_UNITS)
+    return f"{number_to_words(rng.randint(*_TIMER_RANGE[unit]))} {unit}"
+
+
 def _digits_words(rng: random.Random, n: int) -> str:
     return " ".join(_ONES[rng.randint(0, 9)] for _ in range(n))
 
@@ -365,7 +371,7 @@ _DOMAIN: tuple[Template, ...] = (
     lambda r: f"please switch {r.choice(('on', 'off'))} the {r.choice(_ROOMS)} {r.choice(_DEVICES)}.",
     lambda r: f"dim the {r.choice(_ROOMS)} lights to {number_to_words(r.randrange(10, 100, 10))} percent.",
     lambda r: f"set the brightness to {number_to_words(r.randrange(5, 101, 5))} percent.",
-    lambda r: (lambda unit: f"set a timer for {number_to_words(r.randint(*_TIMER_RANGE[unit]))} {unit}.")(r.choice(_UNITS)),
+    lambda r: f"set a timer for {_duration_words(r)}.",
     lambda r: f"start a {number_to_words(r.randint(2, 60))} minute timer{_maybe(r, 0.3, 'for the ' + r.choice(('pasta', 'rice', 'eggs', 'tea', 'cake')))}.",
     lambda r: f"set an alarm for {_time_words(r)}.",
     lambda r: f"wake me up at {_time_words(r, part_of_day=False)} {r.choice(_WEEKDAYS)}.",
