@@ -1,0 +1,10 @@
+#!/usr/bin/env python
+"""Benchmark wav2vec2_lite against Hugging Face transformers side by side (see docs/benchmarks.md).
+
+    python scripts/benchmark.py --config base --batch 2 --seconds 4 --dtype both --out bench.json
+"""
+
+from wav2vec2_lite.benchmarking import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Smoke test of the benchmark code path (tiny model, one iteration; no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from wav2vec2_lite import Wav2Vec2Config  # noqa: E402
+from wav2vec2_lite.benchmarking import BenchSpec, main, model_flops, render_markdown  # noqa: E402
+
+
+def test_flop_formula_counts_the_known_parts():
+    cfg = Wav2Vec2Config.base()
+    fwd = model_flops(cfg, 1, 64000, "infer")
+    # BASE: ~57 GFLOP per 4 s forward, about a third of it in the conv feature encoder
+    assert 45e9 < fwd < 70e9
+    assert model_flops(cfg, 2, 64000, "infer") == pytest.approx(2 * fwd)
+    assert model_flops(cfg, 1, 64000, "pretrain") > 2.9 * fwd
+    assert fwd < model_flops(cfg, 1, 64000, "finetune") < 3 * fwd  # frozen encoder: no conv backward
+
+
+def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
+    import wav2vec2_lite.benchmarking as bench
+
+    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
+                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
+    real = BenchSpec.model_config
+    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
+    monkeypatch.setattr(bench, "run_probe", lambda spec, impl, **kw: bench.probe(spec, impl, **kw))
+    out = tmp_path / "bench.json"
+    torch_threads = torch.get_num_threads()
+    try:
+        main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
+              "--dtype", "float32", "--scaling", "0.5", "--out", str(out)])
+    finally:
+        torch.set_num_threads(torch_threads)
+    report = json.loads(out.read_text())
+    assert [(r["task"], r["dtype"]) for r in report["rows"]] == [("pretrain", "float32"), ("finetune", "float32"),
+                                                                 ("infer", "float32")]
+    for row in report["rows"]:
+        assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa"}
+        assert row["hf_best"] in ("hf_eager", "hf_sdpa")
+        assert row["speedup"] == pytest.approx(row["median_s"][row["hf_best"]] / row["median_s"]["ours"])
+        assert row["flops"] > 0 and 0 < row["utilisation"]["ours"]
+        assert row["memory"]["ours"]["rss_peak_mb"] > 0 and "memory_ratio" in row
+    assert report["scaling"][0]["seconds"] == 0.5 and report["scaling"][0]["speedup"] > 0
+    md = (tmp_path / "bench.md").read_text()
+    assert md == render_markdown(report) and "| pretrain | float32 |" in md

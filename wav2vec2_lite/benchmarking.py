@@ -1,0 +1,493 @@
+"""Side-by-side benchmark of wav2vec2_lite against Hugging Face transformers.
+
+Same config, same weights (``to_hf``), same inputs, same masks and distractors, same
+thread count. Timings are interleaved in one process (ours, HF eager, HF sdpa, ours, ...)
+after a warmup and summarised by medians; the result is always a *ratio* (speedup =
+HF time / our time, against HF's faster attention setting for that dtype). Peak memory
+is the peak RSS (``VmHWM``) of a fresh subprocess per measurement (CUDA: ``max_memory_allocated``).
+Scaling runs each implementation in its own process per input length.
+
+Utilisation uses one analytic FLOP count for both implementations (:func:`model_flops`)
+over the matmul peak measured in the same run and dtype.
+
+Entry point: ``scripts/benchmark.py`` (or ``python -m wav2vec2_lite.benchmarking``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.masking import compute_span_mask, sample_negatives
+
+__all__ = ["BenchSpec", "model_flops", "matmul_peak", "run_benchmark", "render_markdown", "main"]
+
+TASKS = ("pretrain", "finetune", "infer")
+IMPLS = ("ours", "hf_eager", "hf_sdpa")
+SAMPLE_RATE = 16000
+
+
+@dataclass
+class BenchSpec:
+    """What one measurement runs."""
+
+    config: str = "base"
+    batch: int = 2
+    seconds: float = 4.0
+    task: str = "pretrain"
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int = 2
+    seed: int = 0
+
+    def model_config(self) -> Wav2Vec2Config:
+        # layerdrop 0 so that every step does the same work (a skipped block is a timing
+        # lottery); everything else as configured, dropout included.
+        cfg = Wav2Vec2Config.preset(self.config, layerdrop=0.0)
+        if self.task == "pretrain":
+            cfg = cfg.replace(mask_time_prob=0.65, mask_time_length=10, num_negatives=100)
+        return cfg
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_masked: int | None = None) -> float:
+    """Analytic FLOPs of one step (multiply-add = 2), the same formula for every implementation.
+
+    Forward: conv feature encoder (sum over layers of 2·T_l·C_out·C_in·k), feature projection,
+    positional conv (grouped), per block QKV + output projection + attention scores and
+    weighted sum (4·T²·D) + FFN; heads: CTC projection (fine-tune / inference), or for
+    pretraining the quantizer logits and ``project_q`` over the masked frames, ``final_proj``
+    and the cosine logits against K+1 candidates per masked frame. Backward = 2 × forward of
+    every part that trains (fine-tuning freezes the conv encoder: forward only).
+    Elementwise work (norms, GELU, softmax) is not counted.
+    """
+    t = samples
+    conv = 0.0
+    c_in = 1
+    for c_out, k, s in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
+        t = (t - k) // s + 1
+        conv += 2.0 * t * c_out * c_in * k
+        c_in = c_out
+    frames, d, c = t, cfg.hidden_size, cfg.conv_dim[-1]
+    proj = 2.0 * frames * c * d
+    pos = 2.0 * frames * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
+    block = 2.0 * frames * d * 3 * d + 2.0 * frames * d * d + 4.0 * frames * frames * d + 4.0 * frames * d * cfg.ffn_dim
+    body = proj + pos + cfg.num_layers * block
+    if task == "pretrain":
+        n = num_masked if num_masked is not None else 0.49 * frames * batch
+        n_per = n / batch
+        g_v = cfg.num_code_groups * cfg.num_codes_per_group
+        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (cfg.codevector_dim // cfg.num_code_groups)
+                         + 2.0 * cfg.codevector_dim * cfg.final_dim + 2.0 * d * cfg.final_dim
+                         + 2.0 * (cfg.num_negatives + 1) * cfg.final_dim)
+    else:
+        heads = 2.0 * frames * d * cfg.vocab_size
+    fwd = batch * (conv + body + heads)
+    if task == "infer":
+        return fwd
+    if task == "finetune":
+        return fwd + 2.0 * batch * (body + heads)
+    return 3.0 * fwd
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run in hardware here (CUDA, or a CPU with AVX512-BF16 / AMX)."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: let torch decide
+        return "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n×n matmul in ``dtype`` (the utilisation denominator)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+# ----------------------------------------------------------------------------- models and steps
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _autocast(spec: BenchSpec):
+    if spec.dtype == "bfloat16":
+        return torch.autocast(spec.device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
+    from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+
+    torch.manual_seed(spec.seed)
+    model = Wav2Vec2ForPreTraining(cfg) if spec.task == "pretrain" else Wav2Vec2ForCTC(cfg)
+    if spec.task == "finetune":
+        model.freeze_feature_encoder()
+    return model.train(spec.task != "infer").to(spec.device)
+
+
+def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Module:
+    from wav2vec2_lite.interop import to_hf
+
+    hf = to_hf(ours.cpu() if spec.device != "cpu" else ours)
+    hf.set_attn_implementation(attn)
+    if spec.task == "finetune":
+        hf.freeze_feature_encoder()
+    hf = hf.train(spec.task != "infer").to(spec.device)
+    if spec.device != "cpu":
+        ours.to(spec.device)
+    return hf
+
+
+def _inputs(spec: BenchSpec, cfg: Wav2Vec2Config) -> dict[str, torch.Tensor]:
+    """Wave, and for pretraining the masks and distractors both implementations use."""
+    from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
+
+    g = torch.Generator().manual_seed(spec.seed + 1)
+    samples = int(round(spec.seconds * SAMPLE_RATE))
+    wave = torch.randn(spec.batch, samples, generator=g)
+    frames = int(conv_output_lengths(torch.tensor([samples]), cfg.conv_kernel, cfg.conv_stride)[0])
+    out = {"wave": wave.to(spec.device)}
+    if spec.task == "pretrain":
+        mask = compute_span_mask(spec.batch, frames, cfg.mask_time_prob, cfg.mask_time_length,
+                                 min_masks=cfg.mask_time_min_masks, generator=g)
+        neg = sample_negatives(mask, cfg.num_negatives, generator=g)
+        out.update(mask=mask.to(spec.device), negatives=neg.to(spec.device),
+                   hf_negatives=(neg + torch.arange(spec.batch)[:, None, None] * frames).to(spec.device))
+    elif spec.task == "finetune":
+        n_labels = max(2, int(frames * 0.3))
+        labels = torch.randint(1, cfg.vocab_size, (spec.batch, n_labels), generator=g)
+        out["labels"] = labels.to(spec.device)
+    return out
+
+
+def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """A closure running one step of ``spec.task`` on ``model`` (ours or HF)."""
+    hf = impl != "ours"
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def pretrain() -> None:
+        for p in params:
+            p.grad = None
+        with _autocast(spec):
+            if hf:
+                loss = model(x["wave"], mask_time_indices=x["mask"], sampled_negative_indices=x["hf_negatives"]).loss
+            else:
+                loss = model(x["wave"], mask_indices=x["mask"], negative_indices=x["negatives"]).loss
+        loss.backward()
+
+    def finetune() -> None:
+        for p in params:
+            p.grad = None
+        with _autocast(spec):
+            if hf:
+                loss = model(x["wave"], labels=x["labels"]).loss
+            else:
+                loss = model(x["wave"], labels=x["labels"]).loss
+        loss.backward()
+
+    def infer() -> None:
+        with torch.no_grad(), _autocast(spec):
+            model(x["wave"]).logits
+
+    return {"pretrain": pretrain, "finetune": finetune, "infer": infer}[spec.task]
+
+
+def _timed(fn: Callable[[], None], device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _setup(spec: BenchSpec) -> None:
+    if spec.device == "cpu":
+        torch.set_num_threads(spec.threads)
+
+
+# ----------------------------------------------------------------------------- interleaved timing
+def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: int = 1, repeats: int = 3,
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Median step time of each implementation, runs interleaved round-robin in this process."""
+    _setup(spec)
+    cfg = spec.model_config()
+    ours = _ours_model(spec, cfg)
+    models = {"ours": ours}
+    for impl in impls:
+        if impl.startswith("hf_"):
+            models[impl] = _hf_from(ours, spec, impl[3:])
+    x = _inputs(spec, cfg)
+    steps = {k: _step_fn(k, m, spec, x) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    order = list(steps)
+    for r in range(warmup + repeats):
+        for k in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
+            torch.manual_seed(spec.seed + r)
+            t = _timed(steps[k], spec.device)
+            if r >= warmup:
+                times[k].append(t)
+        if log:
+            log(f"  {spec.task}/{spec.dtype} round {r + 1}/{warmup + repeats}: "
+                + ", ".join(f"{k} {times[k][-1]:.3f}s" if times[k] else k for k in order))
+    num_masked = int(x["mask"].sum()) if "mask" in x else None
+    flops = model_flops(cfg, spec.batch, x["wave"].shape[1], spec.task, num_masked)
+    del models, steps, ours
+    gc.collect()
+    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times, "flops": flops}
+
+
+# ----------------------------------------------------------------------------- subprocess probes
+def _peak_rss_kb() -> int:
+    """Peak resident set of this process (``VmHWM``; ``ru_maxrss`` where /proc is missing).
+
+    ``ru_maxrss`` alone is wrong in a child: Linux carries the parent's peak across fork.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict[str, Any]:
+    """Run ``impl`` alone in this (fresh) process: peak memory and step times."""
+    _setup(spec)
+    import transformers  # both sides pay the same library footprint, so totals compare too
+
+    cfg = spec.model_config()
+    if impl == "ours":
+        model = _ours_model(spec, cfg)
+    else:  # HF built straight from the config: memory does not depend on the weights' values
+        from wav2vec2_lite.interop.hf import config_to_hf
+
+        cls = transformers.Wav2Vec2ForPreTraining if spec.task == "pretrain" else transformers.Wav2Vec2ForCTC
+        hf_cfg = config_to_hf(cfg)
+        model = cls(hf_cfg)
+        model.set_attn_implementation(impl[3:])
+        if spec.task == "finetune":
+            model.freeze_feature_encoder()
+        model = model.train(spec.task != "infer").to(spec.device)
+    x = _inputs(spec, cfg)
+    step = _step_fn(impl, model, spec, x)
+    gc.collect()
+    base_kb = _peak_rss_kb()
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for r in range(warmup + repeats):
+        torch.manual_seed(spec.seed + r)
+        t = _timed(step, spec.device)
+        if r >= warmup:
+            times.append(t)
+    peak_kb = _peak_rss_kb()
+    out = {"impl": impl, "rss_before_step_mb": base_kb / 1024, "rss_peak_mb": peak_kb / 1024,
+           "step_rss_mb": (peak_kb - base_kb) / 1024, "times_s": times,
+           "median_s": statistics.median(times) if times else None}
+    if spec.device.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, timeout: float = 3600) -> dict[str, Any]:
+    """:func:`probe` in a fresh Python process (clean peak RSS)."""
+    payload = json.dumps({"spec": spec.__dict__, "impl": impl, "warmup": warmup, "repeats": repeats})
+    proc = subprocess.run([sys.executable, "-m", "wav2vec2_lite.benchmarking", "--probe", payload],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+    if proc.returncode != 0:
+        return {"impl": impl, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
+                f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the whole benchmark
+def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if args.dtype == "auto":
+        dtypes = ["float32", "bfloat16"] if native_bf16(args.device) else ["float32"]
+        if dtypes == ["float32"]:
+            log("this CPU has no native bf16 (no avx512_bf16/amx_bf16): bf16 skipped; force it with --dtype bfloat16")
+    else:
+        dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {
+        "config": args.config, "batch": args.batch, "seconds": args.seconds, "device": args.device,
+        "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+        "torch": torch.__version__, "memory_method": "peak RSS (VmHWM) of a fresh process per measurement"
+        if args.device == "cpu" else "torch.cuda.max_memory_allocated in a fresh process",
+        "peak_flops": {}, "rows": [], "scaling": [], "native_bf16": native_bf16(args.device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability() if args.device == "cpu" else None,
+    }
+    try:
+        import transformers
+
+        report["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        raise SystemExit("the benchmark needs transformers (pip install 'wav2vec2_lite[hf]')")
+    for dt in dtypes:
+        n = 2048 if dt == "float32" or report["native_bf16"] else 512  # emulated bf16 is ~100x slower
+        report["peak_flops"][dt] = matmul_peak(getattr(torch, dt), args.device, n=n)
+        log(f"matmul peak {dt}: {report['peak_flops'][dt] / 1e9:.0f} GFLOP/s")
+    for task in tasks:
+        for dt in dtypes:
+            spec = BenchSpec(args.config, args.batch, args.seconds, task, dt, args.device, args.threads)
+            res = time_interleaved(spec, warmup=args.warmup, repeats=args.repeats, log=log)
+            med = res["median_s"]
+            hf_best = min(("hf_eager", "hf_sdpa"), key=lambda k: med[k])
+            row = {"task": task, "dtype": dt, "median_s": med, "times_s": res["times_s"], "hf_best": hf_best,
+                   "speedup": med[hf_best] / med["ours"],
+                   "speedup_vs_eager": med["hf_eager"] / med["ours"], "speedup_vs_sdpa": med["hf_sdpa"] / med["ours"],
+                   "flops": res["flops"],
+                   "utilisation": {k: res["flops"] / v / report["peak_flops"][dt] for k, v in med.items()}}
+            if args.memory:
+                mem = {impl: run_probe(spec, impl) for impl in ("ours", hf_best)}
+                row["memory"] = mem
+                if all("rss_peak_mb" in m for m in mem.values()):
+                    key = "cuda_peak_mb" if args.device.startswith("cuda") else "rss_peak_mb"
+                    row["memory_ratio"] = mem["ours"][key] / mem[hf_best][key]
+                    if key == "rss_peak_mb":
+                        row["step_memory_ratio"] = mem["ours"]["step_rss_mb"] / max(mem[hf_best]["step_rss_mb"], 1e-9)
+            report["rows"].append(row)
+            log(f"{task}/{dt}: speedup {row['speedup']:.2f}x vs HF {hf_best}"
+                + (f", memory ratio {row.get('memory_ratio', float('nan')):.2f}" if args.memory else ""))
+    if args.scaling:
+        report["scaling"] = run_scaling(args, log)
+    return report
+
+
+def run_scaling(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time per audio-second at each length; every implementation in its own process."""
+    rows = []
+    for seconds in [float(s) for s in args.scaling.split(",")]:
+        batch = 1 if seconds >= args.scaling_batch1_from else args.batch
+        spec = BenchSpec(args.config, batch, seconds, args.scaling_task, args.scaling_dtype, args.device, args.threads)
+        hf_impl = "hf_" + args.scaling_hf_attn
+        res = {}
+        for impl in ("ours", hf_impl):
+            res[impl] = run_probe(spec, impl, warmup=1, repeats=args.scaling_repeats)
+        audio = batch * seconds
+        row = {"seconds": seconds, "batch": batch, "task": spec.task, "dtype": spec.dtype, "hf": hf_impl,
+               "results": res}
+        if all(r.get("median_s") for r in res.values()):
+            row["s_per_audio_s"] = {k: r["median_s"] / audio for k, r in res.items()}
+            row["speedup"] = res[hf_impl]["median_s"] / res["ours"]["median_s"]
+            row["memory_ratio"] = res["ours"]["rss_peak_mb"] / res[hf_impl]["rss_peak_mb"]
+        rows.append(row)
+        log(f"scaling {seconds:g}s x{batch}: " + json.dumps({k: row.get(k) for k in ("speedup", "memory_ratio")}))
+    return rows
+
+
+# ----------------------------------------------------------------------------- report
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"config `{report['config']}`, batch {report['batch']} × {report['seconds']:g} s, device {report['device']}, "
+        f"{report['threads']} threads, median of {report['repeats']} interleaved runs after {report['warmup']} warmup; "
+        f"torch {report['torch']}, transformers {report.get('transformers')}",
+        "",
+        "matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["peak_flops"].items()),
+        "",
+        "| task | dtype | speedup vs HF best | vs HF eager | vs HF sdpa | HF best | util ours | util HF best "
+        "| peak mem ours/HF | step mem ours/HF |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        u = r["utilisation"]
+        lines.append(
+            f"| {r['task']} | {r['dtype']} | **{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
+            f"{r['speedup_vs_sdpa']:.2f}× | {r['hf_best'][3:]} | {u['ours']:.0%} | {u[r['hf_best']]:.0%} | "
+            + (f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |" if "memory_ratio" in r else "– | – |")
+        )
+    if report.get("scaling"):
+        lines += ["", "| input | batch | task | dtype | HF | s per audio-s, ours | s per audio-s, HF | speedup "
+                      "| peak RSS ours / HF (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["scaling"]:
+            if "speedup" not in r:
+                lines.append(f"| {r['seconds']:g} s | {r['batch']} | {r['task']} | {r['dtype']} | {r['hf'][3:]} | "
+                             f"failed: {json.dumps({k: v.get('error') for k, v in r['results'].items()})} ||||")
+                continue
+            sp = r["s_per_audio_s"]
+            mem = r["results"]
+            lines.append(f"| {r['seconds']:g} s | {r['batch']} | {r['task']} | {r['dtype']} | {r['hf'][3:]} | "
+                         f"{sp['ours']:.3f} | {sp[r['hf']]:.3f} | **{r['speedup']:.2f}×** | "
+                         f"{mem['ours']['rss_peak_mb']:.0f} / {mem[r['hf']]['rss_peak_mb']:.0f} "
+                         f"({r['memory_ratio']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", default="base", choices=["tiny", "base", "large"])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "both"],
+                   help="auto: float32, plus bfloat16 where the hardware has it")
+    p.add_argument("--tasks", default="all", help="comma list of pretrain,finetune,infer (default all)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process memory probes")
+    p.add_argument("--scaling", default="", help="comma list of input seconds, e.g. 2,4,8,16,32 (off by default)")
+    p.add_argument("--scaling-task", default="pretrain", choices=list(TASKS))
+    p.add_argument("--scaling-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--scaling-hf-attn", default="sdpa", choices=["eager", "sdpa"])
+    p.add_argument("--scaling-batch1-from", type=float, default=16.0,
+                   help="use batch 1 from this length on (memory: HF needs 18 GB at 2 x 32 s eager)")
+    p.add_argument("--scaling-repeats", type=int, default=1)
+    p.add_argument("--out", default="", help="write the JSON report here (and the markdown next to it)")
+    p.add_argument("--probe", default="", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = build_parser().parse_args(argv)
+    if args.probe:
+        payload = json.loads(args.probe)
+        print(json.dumps(probe(BenchSpec(**payload["spec"]), payload["impl"], payload["warmup"], payload["repeats"])))
+        return None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    report = run_benchmark(args, log=lambda s: print(s, file=sys.stderr, flush=True))
+    md = render_markdown(report)
+    print(md)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(md)
+    return report
+
+
+if __name__ == "__main__":
+    main()
