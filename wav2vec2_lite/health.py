@@ -1,0 +1,233 @@
+"""Training health: detect wav2vec 2.0's known failure modes while the run is going.
+
+The reference implementations' issue trackers keep reporting the same few failures, each
+found days late. :class:`HealthMonitor` watches the numbers the trainer already has and,
+after a grace period, names the symptom with its numbers and the known remedies:
+
+=========================  ===============================================================
+symptom                    detected when (defaults in :class:`HealthConfig`)
+=========================  ===============================================================
+``stuck_at_chance``        contrastive loss per masked frame within 3 % of ln(K+1) (nats)
+``low_accuracy``           contrastive accuracy below 2/(K+1) (chance is 1/(K+1))
+``codebook_collapse``      hard code perplexity of a group below 10 % of V
+``gradient_explosion``     gradient norm above 1e3 (or non-finite)
+``vanishing_gradients``    gradient norm below 1e-7
+``loss_scale_collapse``    fp16 loss scale below 1/128
+``nonfinite_steps``        more than 5 % of recent steps skipped as non-finite
+``ctc_infinite_loss``      infinite CTC losses (zeroed by zero_infinity) in a batch
+``blank_only_outputs``     more than 90 % of validation transcripts empty
+``short_outputs``          validation transcripts under 30 % of the reference length
+=========================  ===============================================================
+
+Each symptom warns once, then again only if it persists ``repeat_every`` updates later.
+Warnings go to :mod:`logging` and are returned as records for the run's metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+__all__ = ["HealthConfig", "HealthMonitor", "HealthWarning", "REMEDIES", "count_impossible_ctc"]
+
+log = logging.getLogger("wav2vec2_lite.health")
+
+REMEDIES: dict[str, str] = {
+    "stuck_at_chance": "lower the learning rate or lengthen warmup (fairseq #3661/#3718); check the audio is "
+                       "16 kHz speech and normalised as the model expects; keep feature_grad_mult at 0.1",
+    "low_accuracy": "as for a loss stuck at chance: lower lr, longer warmup; check masking (mask_time_prob) "
+                    "leaves unmasked context",
+    "codebook_collapse": "raise diversity_loss_weight, slow the Gumbel temperature decay (gumbel_temperature), "
+                         "lower the learning rate (transformers #14471, #19588)",
+    "gradient_explosion": "lower lr, enable gradient clipping (optim.clip_norm), use bf16 instead of fp16, "
+                          "longer warmup",
+    "vanishing_gradients": "check the encoder is not frozen by mistake (freeze_finetune_updates, "
+                           "feature_grad_mult=0) and the lr schedule is not at zero",
+    "loss_scale_collapse": "fp16 overflow (fairseq #1529/#2696): lower lr, clip gradients, or train in bf16",
+    "nonfinite_steps": "lower lr, clip gradients, use bf16; look for bad audio (NaN/inf samples) in the data",
+    "ctc_infinite_loss": "utterances shorter than their transcripts: keep ctc_zero_infinity=True, drop such "
+                         "utterances (validate the dataset) or use a smaller frame stride",
+    "blank_only_outputs": "normal early in fine-tuning; if it persists: freeze the encoder longer "
+                          "(freeze_finetune_updates), raise the lr of the CTC head, train longer, check labels "
+                          "(transformers #12956, #10884)",
+    "short_outputs": "the model deletes most characters: train longer, check the tokenizer/dictionary, lower "
+                     "masking (mask_time_prob) during fine-tuning",
+}
+
+
+@dataclass(kw_only=True)
+class HealthConfig:
+    """Thresholds of the health monitor (all in the units the trainer logs)."""
+
+    enabled: bool = True
+    """Run the monitor (cheap: a few comparisons per logged update)."""
+    grace_updates: int = 500
+    """No warning before this many updates *after warmup*."""
+    repeat_every: int = 2000
+    """A persisting symptom is reported again after this many updates."""
+    window: int = 20
+    """Updates averaged before comparing against a threshold."""
+    chance_margin: float = 0.03
+    """stuck_at_chance: loss within this relative margin of ln(K+1)."""
+    accuracy_factor: float = 2.0
+    """low_accuracy: accuracy below accuracy_factor / (K+1)."""
+    collapse_fraction: float = 0.1
+    """codebook_collapse: hard perplexity per group below this fraction of V."""
+    grad_norm_max: float = 1e3
+    """gradient_explosion threshold."""
+    grad_norm_min: float = 1e-7
+    """vanishing_gradients threshold."""
+    min_loss_scale: float = 1.0 / 128
+    """loss_scale_collapse threshold (fp16 only)."""
+    nonfinite_fraction: float = 0.05
+    """nonfinite_steps: fraction of skipped steps in the window."""
+    blank_fraction: float = 0.9
+    """blank_only_outputs: fraction of empty validation transcripts."""
+    min_output_ratio: float = 0.3
+    """short_outputs: hypothesis/reference character ratio on validation."""
+
+
+@dataclass
+class HealthWarning:
+    symptom: str
+    update: int
+    message: str
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """A flat record for ``metrics.jsonl`` (kind ``health``)."""
+        return {"kind": "health", **asdict(self)}
+
+
+class HealthMonitor:
+    """Feed it the trainer's per-update and validation numbers; it returns new warnings.
+
+    Args:
+        config: thresholds.
+        task: ``"pretrain"`` or ``"finetune"``.
+        num_negatives: K (pretraining), for the chance level ln(K+1).
+        num_codes_per_group: V (pretraining), for the collapse threshold.
+        num_code_groups: G (pretraining).
+        warmup_updates: the grace period starts after warmup.
+    """
+
+    def __init__(self, config: HealthConfig | None = None, *, task: str, num_negatives: int = 100,
+                 num_codes_per_group: int = 320, num_code_groups: int = 2, warmup_updates: int = 0) -> None:
+        self.cfg = config or HealthConfig()
+        self.task = task
+        self.k = num_negatives
+        self.v = num_codes_per_group
+        self.g = num_code_groups
+        self.start = warmup_updates + self.cfg.grace_updates
+        self._recent: dict[str, deque[float]] = {}
+        self._last_warned: dict[str, int] = {}
+        self.history: list[HealthWarning] = []
+
+    @property
+    def chance_loss(self) -> float:
+        """ln(K+1) nats per masked frame (fairseq logs it in bits: log2(K+1))."""
+        return math.log(self.k + 1)
+
+    def _mean(self, key: str, value: float | None) -> float | None:
+        if value is None:
+            return None
+        q = self._recent.setdefault(key, deque(maxlen=self.cfg.window))
+        q.append(float(value))
+        return sum(q) / len(q) if len(q) == q.maxlen else None
+
+    def _warn(self, symptom: str, update: int, what: str, numbers: dict[str, float]) -> HealthWarning | None:
+        last = self._last_warned.get(symptom)
+        if last is not None and update - last < self.cfg.repeat_every:
+            return None
+        self._last_warned[symptom] = update
+        message = f"[health] {symptom} at update {update}: {what}. Known remedies: {REMEDIES[symptom]}"
+        log.warning(message)
+        w = HealthWarning(symptom, update, message, {k: float(v) for k, v in numbers.items()})
+        self.history.append(w)
+        return w
+
+    def check_train(self, update: int, stats: dict[str, float]) -> list[HealthWarning]:
+        """Per-update numbers: ``contrastive_loss`` (per masked frame, nats), ``accuracy``,
+        ``code_perplexity`` (summed over groups), ``grad_norm``, ``loss_scale``, ``nonfinite``
+        (1 if the step was skipped), ``ctc_inf`` (count of infinite CTC losses)."""
+        if not self.cfg.enabled:
+            return []
+        out: list[HealthWarning | None] = []
+        c = self.cfg
+        skipped = self._mean("nonfinite", stats.get("nonfinite", 0.0))
+        grad = stats.get("grad_norm")
+        # immediate symptoms (no grace period: they are never normal)
+        if grad is not None and (not math.isfinite(grad) or grad > c.grad_norm_max):
+            out.append(self._warn("gradient_explosion", update, f"gradient norm {grad:.3g} > {c.grad_norm_max:g}",
+                                  {"grad_norm": grad if math.isfinite(grad) else -1.0}))
+        scale = stats.get("loss_scale")
+        if scale is not None and scale < c.min_loss_scale:
+            out.append(self._warn("loss_scale_collapse", update, f"fp16 loss scale {scale:.3g} < {c.min_loss_scale:g}",
+                                  {"loss_scale": scale}))
+        if skipped is not None and skipped > c.nonfinite_fraction:
+            out.append(self._warn("nonfinite_steps", update,
+                                  f"{100 * skipped:.0f}% of the last {c.window} steps had non-finite loss or gradients",
+                                  {"nonfinite_fraction": skipped}))
+        if stats.get("ctc_inf", 0) > 0:
+            out.append(self._warn("ctc_infinite_loss", update,
+                                  f"{int(stats['ctc_inf'])} utterance(s) with infinite CTC loss (shorter than the label)",
+                                  {"ctc_inf": stats["ctc_inf"]}))
+        loss = self._mean("contrastive_loss", stats.get("contrastive_loss"))
+        acc = self._mean("accuracy", stats.get("accuracy"))
+        ppl = self._mean("code_perplexity", stats.get("code_perplexity"))
+        gmean = self._mean("grad_norm", grad if grad is not None and math.isfinite(grad) else None)
+        if update < self.start:
+            return [w for w in out if w]
+        if gmean is not None and gmean < c.grad_norm_min:
+            out.append(self._warn("vanishing_gradients", update, f"mean gradient norm {gmean:.3g} < {c.grad_norm_min:g}",
+                                  {"grad_norm": gmean}))
+        if self.task == "pretrain":
+            if loss is not None and loss > self.chance_loss * (1 - c.chance_margin):
+                out.append(self._warn(
+                    "stuck_at_chance", update,
+                    f"contrastive loss {loss:.3f} nats/frame vs chance ln(K+1) = {self.chance_loss:.3f} "
+                    f"({loss / math.log(2):.3f} vs {math.log2(self.k + 1):.3f} bits, as fairseq logs it)",
+                    {"contrastive_loss": loss, "chance": self.chance_loss}))
+            if acc is not None and acc < c.accuracy_factor / (self.k + 1):
+                out.append(self._warn("low_accuracy", update,
+                                      f"contrastive accuracy {acc:.4f} < {c.accuracy_factor:g}/(K+1) = "
+                                      f"{c.accuracy_factor / (self.k + 1):.4f}", {"accuracy": acc}))
+            if ppl is not None and ppl / self.g < c.collapse_fraction * self.v:
+                out.append(self._warn("codebook_collapse", update,
+                                      f"code perplexity {ppl:.1f} over {self.g} groups = {ppl / self.g:.1f} per group, "
+                                      f"< {c.collapse_fraction:g}·V = {c.collapse_fraction * self.v:.1f}",
+                                      {"code_perplexity": ppl, "codes_per_group": self.v}))
+        return [w for w in out if w]
+
+    def check_valid(self, update: int, stats: dict[str, float]) -> list[HealthWarning]:
+        """Validation numbers: ``blank_only`` (fraction of empty transcripts), ``output_length_ratio``
+        (hypothesis / reference characters); pretraining: ``code_perplexity``."""
+        if not self.cfg.enabled or update < self.start:
+            return []
+        out: list[HealthWarning | None] = []
+        c = self.cfg
+        blank = stats.get("blank_only")
+        if blank is not None and blank > c.blank_fraction:
+            out.append(self._warn("blank_only_outputs", update,
+                                  f"{100 * blank:.0f}% of validation transcripts are empty (the blank-only plateau)",
+                                  {"blank_only": blank}))
+        ratio = stats.get("output_length_ratio")
+        if ratio is not None and (blank is None or blank <= c.blank_fraction) and ratio < c.min_output_ratio:
+            out.append(self._warn("short_outputs", update,
+                                  f"transcripts are {100 * ratio:.0f}% of the reference length",
+                                  {"output_length_ratio": ratio}))
+        return [w for w in out if w]
+
+
+def count_impossible_ctc(output_lengths: Tensor, labels: Tensor) -> int:
+    """Utterances whose CTC loss is infinite: fewer frames than labels plus the blanks that
+    must separate repeated labels. output_lengths (B,); labels (B, L) padded with negatives."""
+    valid = labels >= 0
+    lengths = valid.sum(-1)
+    repeats = ((labels[:, 1:] == labels[:, :-1]) & valid[:, 1:]).sum(-1)
+    return int((output_lengths.to(lengths.device) < lengths + repeats).sum().item())
