@@ -1,0 +1,212 @@
+"""The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus.
+
+    python scripts/demo.py            # default: about 20 minutes on 2 CPU cores
+    FULL=1 python scripts/demo.py     # the longer "does pretraining help?" experiment (hours, resumable)
+
+Steps (each is skipped when its output is already complete, so a re-run resumes):
+ 1. build the espeak-ng corpus (unlabeled / train_10min / train_1h / valid / test);
+ 2. pretrain a tiny wav2vec 2.0 on ``unlabeled`` (self-supervised, no transcripts);
+ 3. fine-tune it with CTC on ``train_10min`` (head-only warm-up, frozen feature encoder);
+ 4. fine-tune the same architecture from scratch on the same labels and budget (all parameters);
+ 5. score both on ``test`` (CER, WER), print a table, write plots, transcribe a few test files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one training command (its progress bar on the terminal); return minutes taken."""
+    print("\n$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed with exit code {proc.returncode}: {' '.join(cmd)} (see {log})")
+    return (time.time() - t0) / 60
+
+
+def done(run_dir: Path, updates: int) -> bool:
+    """A run is complete when its last checkpoint reached ``updates``."""
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    last = 0
+    for line in metrics.read_text().splitlines():
+        if line.strip():
+            last = max(last, int(json.loads(line).get("update", 0)))
+    return last >= updates and (run_dir / "checkpoints" / "last" / "model.safetensors").is_file()
+
+
+def timed(run_dir: Path) -> float:
+    """Minutes of compute recorded by a run (sum of step times), for the results table."""
+    minutes = 0.0
+    path = run_dir / "minutes.json"
+    if path.is_file():
+        minutes = json.loads(path.read_text())["minutes"]
+    return minutes
+
+
+def train(script: str, config: str, overrides: list[str], run_dir: Path, updates: int) -> float:
+    if done(run_dir, updates):
+        print(f"[demo] {run_dir} already complete ({updates} updates): skipped")
+        return timed(run_dir)
+    minutes = run([sys.executable, f"scripts/{script}", "--config-name", config, *overrides,
+                   f"trainer.max_updates={updates}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"], run_dir)
+    total = timed(run_dir) + minutes
+    (run_dir / "minutes.json").write_text(json.dumps({"minutes": total}))
+    return total
+
+
+def main(argv: list[str] | None = None) -> None:
+    full = os.environ.get("FULL", "0") not in ("", "0")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT / ("data/demo_full" if full else "data/demo"))
+    p.add_argument("--out", type=Path, default=ROOT / ("runs/demo_full" if full else "runs/demo"))
+    p.add_argument("--pretrain-updates", type=int, default=6000 if full else 700)
+    p.add_argument("--pretrain-stage-updates", type=int, default=1500,
+                   help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
+    p.add_argument("--finetune-updates", type=int, default=2000 if full else 400)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
+    p.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3] if full else [1e-3],
+                   help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
+    p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
+    p.add_argument("--precision", default="32", choices=["32", "bf16"])
+    p.add_argument("--transcribe", type=int, default=3, help="test files to transcribe at the end")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    # 1. corpus
+    corpus_cmd = [sys.executable, "scripts/synth_corpus.py", "--out", str(args.data)]
+    if full:
+        corpus_cmd.append("--full")
+    if args.corpus_scale is not None:
+        corpus_cmd += ["--scale", str(args.corpus_scale)]
+    run(corpus_cmd, args.data)
+
+    common = [f"data.manifest_dir={args.data}", f"trainer.precision={args.precision}", "data.valid_subset=valid"]
+    # 2. pretraining (resumable stages)
+    pre_dir = args.out / "pretrain"
+    pre_minutes = 0.0
+    stage = args.pretrain_stage_updates if full else args.pretrain_updates
+    target = 0
+    while target < args.pretrain_updates:
+        target = min(target + stage, args.pretrain_updates)
+        pre_minutes = train("pretrain.py", "pretrain_tiny",
+                            [*common, "data.train_subset=unlabeled", "schedule.total_updates=" + str(args.pretrain_updates)],
+                            pre_dir, target)
+
+    # 3 + 4. fine-tuning: pretrained vs from scratch, same labels, same budget, same trials
+    arms = {
+        "pretrained": [f"finetune.pretrained={pre_dir}"],
+        "scratch": ["model=tiny", "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
+                    "ctc.feature_grad_mult=1.0"],
+    }
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for arm, extra in arms.items():
+        for seed in args.seeds:
+            trials = []
+            for lr in args.lrs:
+                rd = args.out / f"finetune_{arm}" / f"seed{seed}_lr{lr:g}"
+                minutes = train("finetune.py", "finetune_tiny",
+                                [*common, "data.train_subset=train_10min", f"optim.lr={lr}", f"trainer.seed={seed}",
+                                 *extra], rd, args.finetune_updates)
+                valid = [r for r in _records(rd) if r.get("kind") == "valid"]
+                best_valid = min((r["wer"] for r in valid), default=float("inf"))
+                trials.append({"dir": rd, "lr": lr, "valid_wer": best_valid, "minutes": minutes})
+            best = min(trials, key=lambda t: t["valid_wer"])  # chosen on valid, never on test
+            runs[arm].append({**best, "seed": seed, "trial_minutes": sum(t["minutes"] for t in trials)})
+
+    # 5. test scores
+    from wav2vec2_lite.evaluate import evaluate_split
+
+    rows = []
+    for arm, trials in runs.items():
+        for t in trials:
+            res = evaluate_split(t["dir"], args.data, "test")
+            t.update(test_wer=res.wer, test_cer=res.cer)
+            rows.append((arm, t))
+    table = _table(runs, pre_minutes)
+    print("\n" + table)
+    results = {arm: [{k: (str(v) if isinstance(v, Path) else v) for k, v in t.items()} for t in trials]
+               for arm, trials in runs.items()}
+    results["pretrain_minutes"] = pre_minutes
+    results["total_minutes"] = (time.time() - t_start) / 60
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.md").write_text(table)
+    _plots(args.out, pre_dir, runs)
+    _transcribe(runs["pretrained"][0]["dir"], args.data, args.transcribe)
+    print(f"\n[demo] done in {(time.time() - t_start) / 60:.1f} min; results, plots and runs in {args.out}")
+
+
+def _records(run_dir: Path) -> list[dict]:
+    from wav2vec2_lite.plots import read_records
+
+    return read_records(run_dir)
+
+
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _table(runs: dict[str, list[dict]], pre_minutes: float) -> str:
+    lines = ["| model | test CER % | test WER % | seeds | fine-tune lr (chosen on valid) | compute (min) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for arm, trials in runs.items():
+        compute = sum(t["trial_minutes"] for t in trials) + (pre_minutes if arm == "pretrained" else 0.0)
+        label = "pretrained + fine-tuned" if arm == "pretrained" else "from scratch (same labels, same budget)"
+        lines.append(f"| {label} | {_mean_spread([t['test_cer'] for t in trials])} | "
+                     f"{_mean_spread([t['test_wer'] for t in trials])} | {len(trials)} | "
+                     f"{', '.join(format(t['lr'], 'g') for t in trials)} | {compute:.1f} |")
+    pre, scr = (statistics.mean(t["test_cer"] for t in runs[a]) for a in ("pretrained", "scratch"))
+    ratio = pre / scr if scr > 0 else float("nan")
+    lines.append("")
+    lines.append(f"CER ratio pretrained / scratch = {ratio:.2f} (the paper's effect: < 1; target of the long run ≤ 0.6)")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]]) -> None:
+    try:
+        from wav2vec2_lite.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
+    except ImportError:
+        return
+    import math
+
+    try:
+        k = json.loads((pre_dir / "checkpoints" / "last" / "config.json").read_text())["config"]["num_negatives"]
+        chance = {"contrastive_loss": math.log(k + 1)}
+        print(f"[demo] wrote {plot_curves({'pretrain': read_records(pre_dir)}, PRETRAIN_PANELS, out / 'pretrain.png', hlines=chance, title='self-supervised pretraining')}")
+        ft = {f"{arm} (seed {t['seed']})": read_records(t["dir"]) for arm, trials in runs.items() for t in trials}
+        print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / 'finetune.png', title='CTC fine-tuning on train_10min')}")
+    except ImportError:
+        print("[demo] matplotlib missing: no plots (pip install 'wav2vec2_lite[plot]')")
+
+
+def _transcribe(model_dir: Path, data: Path, n: int) -> None:
+    from wav2vec2_lite.data.manifest import read_labels, read_manifest
+    from wav2vec2_lite.transcribe import Transcriber
+
+    tr = Transcriber.from_path(model_dir)
+    manifest = read_manifest(data / "test.tsv")
+    refs = read_labels(data / "test.wrd")
+    print(f"\n[demo] transcribing {n} test files with {model_dir}:")
+    for path, ref in list(zip(manifest.paths, refs))[:n]:
+        out = tr.transcribe_file(manifest.root / path)
+        print(f"  {path}\n    ref: {ref}\n    hyp: {out.text}")
+
+
+if __name__ == "__main__":
+    main()
