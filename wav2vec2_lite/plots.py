@@ -51,9 +51,10 @@ def _plt():
     return plt
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], panels: Sequence[tuple[str, str, str]], out_png: str | Path,
+def plot_curves(runs: dict[str, list[dict[str, Any]]], panels: Sequence[tuple[str, str, str]], out_png: Any,
                 *, hlines: dict[str, float] | None = None, title: str | None = None) -> Path:
-    """One panel per metric, one line per run (label -> records). ``hlines``: metric -> reference level."""
+    """One panel per metric, one line per run (label -> records). ``hlines``: metric -> reference level.
+    ``out_png``: a path or a binary file object."""
     plt = _plt()
     panels = [p for p in panels if any(series(recs, p[1], p[2])[0] for recs in runs.values())]
     cols = 2 if len(panels) > 1 else 1
@@ -78,10 +79,10 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], panels: Sequence[tuple[st
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return Path(out_png)
+    return out_png if not isinstance(out_png, (str, Path)) else Path(out_png)
 
 
-def plot_codebook_usage(counts, out_png: str | Path) -> Path:
+def plot_codebook_usage(counts, out_png: Any) -> Any:
     """How often each codebook entry is chosen: counts (G, V), one bar chart per group (sorted)."""
     plt = _plt()
     groups = counts.shape[0]
@@ -96,4 +97,4 @@ def plot_codebook_usage(counts, out_png: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
-    return Path(out_png)
+    return out_png if not isinstance(out_png, (str, Path)) else Path(out_png)

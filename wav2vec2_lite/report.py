@@ -1,0 +1,106 @@
+"""One self-contained HTML page per run: curves, health warnings, config, codebook usage."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wav2vec2_lite.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
+
+__all__ = ["codebook_usage", "write_report"]
+
+EXTRA_PANELS = [("peak RSS (MiB)", "train", "peak_rss_mb"), ("step time (s)", "train", "step_time_s")]
+
+
+def _png_tag(write_png) -> str:
+    buf = io.BytesIO()
+    write_png(buf)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+@torch.no_grad()
+def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str = "valid", limit: int = 200) -> torch.Tensor:
+    """How often each codebook entry is picked (argmax, eval) on a split: (G, V) counts."""
+    from wav2vec2_lite.data.audio import load_audio, normalize
+    from wav2vec2_lite.data.manifest import read_manifest
+    from wav2vec2_lite.models import Wav2Vec2ForPreTraining
+    from wav2vec2_lite.serialization import load_model
+
+    model = load_model(model_dir)
+    if not isinstance(model, Wav2Vec2ForPreTraining):
+        raise TypeError(f"{model_dir}: codebook usage needs a pretraining model, found {type(model).__name__}")
+    model.eval()
+    cfg = model.config
+    counts = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.long)
+    manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    for rel in manifest.paths[:limit]:
+        wave = load_audio(manifest.root / rel)
+        if cfg.feat_extract_norm == "layer":
+            wave = normalize(wave)
+        out = model.wav2vec2(torch.from_numpy(wave)[None])
+        codes = model.quantizer(out.extract_features[0]).codes  # (T, G)
+        counts += model.quantizer.codebook_usage(codes)
+    return counts
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest_dir: str | Path | None = None,
+                 split: str = "valid") -> Path:
+    """Write ``RUN/report.html``. With ``manifest_dir`` (pretraining runs) adds codebook usage on ``split``."""
+    run_dir = Path(run_dir)
+    records = read_records(run_dir)
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(no config.yaml)"
+    pretrain = any("contrastive_loss" in r for r in records)
+    panels = (PRETRAIN_PANELS if pretrain else FINETUNE_PANELS) + EXTRA_PANELS
+    hlines = None
+    if pretrain:
+        import math
+
+        cfg_json = run_dir / "checkpoints" / "last" / "config.json"
+        if cfg_json.is_file():
+            k = json.loads(cfg_json.read_text())["config"]["num_negatives"]
+            hlines = {"contrastive_loss": math.log(k + 1)}
+    curves = _png_tag(lambda f: plot_curves({run_dir.name: records}, panels, f, hlines=hlines))
+
+    health = [r for r in records if r.get("kind") == "health"]
+    health_html = (_table([[h["update"], h["symptom"], h["message"]] for h in health], ["update", "symptom", "message"])
+                   if health else "<p>No health warning was raised.</p>")
+    last = {k: [r for r in records if r.get("kind") == k][-1:] for k in ("train", "valid")}
+    summary_rows = [[k, v] for k, v in info.items() if not isinstance(v, (dict, list))]
+    for kind, recs in last.items():
+        for key, value in (recs[0].items() if recs else []):
+            if isinstance(value, float):
+                summary_rows.append([f"final {kind} {key}", f"{value:.5g}"])
+    codebook_html = ""
+    if pretrain and manifest_dir is not None:
+        model_dir = run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
+        counts = codebook_usage(model_dir, manifest_dir, split)
+        used = (counts > 0).sum(-1).tolist()
+        codebook_html = (f"<h2>Codebook usage on {html.escape(split)}</h2><p>entries used per group: {used} of "
+                         f"{counts.shape[1]}</p>" + _png_tag(lambda f: plot_codebook_usage(counts, f)))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run_dir.name)} report</title>
+<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}}pre{{background:#f6f6f6;padding:1em}}
+img{{max-width:100%}}</style></head><body>
+<h1>Run report: {html.escape(str(run_dir))}</h1>
+<h2>Summary</h2>{_table(summary_rows, ["what", "value"])}
+<h2>Health</h2>{health_html}
+<h2>Curves</h2>{curves}
+{codebook_html}
+<h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>
+</body></html>"""
+    out = Path(out) if out else run_dir / "report.html"
+    out.write_text(page)
+    return out
