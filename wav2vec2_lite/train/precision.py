@@ -41,7 +41,8 @@ class Precision:
 
     mode: str
     device_type: str  # "cpu" | "cuda"
-    init_scale: float = 2.0**16
+    init_scale: float = 2.0**7  # fairseq fp16_init_scale; losses are sums, so large scales overflow
+    min_scale: float = 1e-4  # fairseq min_loss_scale
     growth_interval: int = 2000
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ class Precision:
         """The trainer found non-finite grads and skips this update: back off the scale."""
         if self.uses_scaler:
             # unscale_ recorded inf per optimizer; update() halves the scale and resets that record.
+            self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
 
     @property

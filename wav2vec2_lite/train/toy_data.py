@@ -3,7 +3,7 @@
 Speech-like but fully controlled: each utterance is a sequence of words, each word a
 sequence of 2-4 "phones" drawn from a small inventory. Voiced phones are harmonic
 series on a per-speaker pitch shaped by two formant resonances; unvoiced ones are
-band-limited noise. Phones last 50-130 ms with smooth onsets, words are separated by
+band-limited noise. Phones last 80-200 ms (``phone_s``) with smooth onsets, words are separated by
 short pauses. Phone ``i`` is written as letter ``PHONE_LETTERS[i]``, so the same corpus
 serves contrastive pretraining (the structure is learnable) and CTC fine-tuning
 (transcripts are exact). Everything is drawn from ``numpy.random.default_rng(seed)``.
@@ -58,7 +58,7 @@ def _phone(kind: str, a: float, b: float, f0: float, n: int, rng: np.random.Gene
 
 
 def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: int = 4,
-                    phones: int = len(_PHONES)) -> tuple[np.ndarray, str]:
+                    phones: int = len(_PHONES), phone_s: tuple[float, float] = (0.08, 0.2)) -> tuple[np.ndarray, str]:
     """One utterance: (float32 wave at 16 kHz, transcript of phone letters, words by spaces)."""
     f0 = rng.uniform(100, 220)
     pieces, words = [np.zeros(int(SR * rng.uniform(0.03, 0.08)))], []
@@ -66,7 +66,7 @@ def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: 
         ids = rng.integers(0, phones, size=int(rng.integers(2, 5)))
         for i in ids:
             kind, a, b = _PHONES[int(i)]
-            pieces.append(_phone(kind, a, b, f0 * rng.uniform(0.95, 1.05), int(SR * rng.uniform(0.05, 0.13)), rng))
+            pieces.append(_phone(kind, a, b, f0 * rng.uniform(0.95, 1.05), int(SR * rng.uniform(*phone_s)), rng))
         pieces.append(np.zeros(int(SR * rng.uniform(0.04, 0.09))))
         words.append("".join(PHONE_LETTERS[int(i)] for i in ids))
     wave = np.concatenate(pieces)
@@ -75,7 +75,7 @@ def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: 
 
 
 def make_toy_corpus(out_dir: str | Path, *, train: int = 200, valid: int = 20, seed: int = 0,
-                    min_words: int = 2, max_words: int = 4) -> Path:
+                    min_words: int = 2, max_words: int = 4, phone_s: tuple[float, float] = (0.08, 0.2)) -> Path:
     """Write wavs, ``{train,valid}.tsv`` manifests, ``.ltr``/``.wrd`` labels and ``dict.ltr.txt``."""
     import soundfile as sf
 
@@ -89,7 +89,7 @@ def make_toy_corpus(out_dir: str | Path, *, train: int = 200, valid: int = 20, s
     for subset, count in (("train", train), ("valid", valid)):
         rows, wrd, ltr = [], [], []
         for i in range(count):
-            wave, text = synth_utterance(rng, min_words=min_words, max_words=max_words)
+            wave, text = synth_utterance(rng, min_words=min_words, max_words=max_words, phone_s=phone_s)
             rel = f"wav/{subset}_{i:05d}.wav"
             sf.write(out / rel, wave, SR, subtype="PCM_16")
             rows.append((rel, len(wave)))

@@ -139,6 +139,7 @@ class Trainer:
         self.consumed = 0  # batches of this rank processed in self.epoch
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
+        self.overflow_total = 0  # fp16 overflows (skipped, not failures)
         self.best: float | None = None
         self.best_metric = t.best_metric or self.task.default_best_metric
 
@@ -194,6 +195,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "precision": self.precision.state_dict(),
             "rng": capture_rng_state(self.generator), "best": self.best, "best_metric": self.best_metric,
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
+            "overflow_total": self.overflow_total,
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
         }
 
@@ -226,6 +228,7 @@ class Trainer:
         self.best = state.get("best")
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
+        self.overflow_total = int(state.get("overflow_total", 0))
         return True
 
     # ------------------------------------------------------------------ one update
@@ -291,6 +294,16 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
         else:
             grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+        if not math.isfinite(grad_norm) and self.precision.uses_scaler and totals["nonfinite_loss"] == 0:
+            # fp16 gradient overflow with a finite loss: routine, back off the loss scale and retry
+            self.optimizer.zero_grad(set_to_none=True)
+            self.precision.skip()
+            self.overflow_total += 1
+            if self.precision.loss_scale < self.precision.min_scale:
+                raise NonFiniteError(
+                    f"fp16 loss scale fell below {self.precision.min_scale} at update {self.update}: gradients "
+                    f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm.")
+            return None
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             self.precision.skip()
@@ -315,6 +328,7 @@ class Trainer:
         out = {**totals, "lr": lr, "grad_norm": grad_norm, **extra}
         if self.precision.uses_scaler:
             out["loss_scale"] = self.precision.loss_scale
+            out["fp16_overflows"] = self.overflow_total
         return out
 
     # ------------------------------------------------------------------ validation
@@ -361,13 +375,14 @@ class Trainer:
                 for k, v in out.items():
                     if isinstance(v, (int, float)):
                         window[k] = window.get(k, 0.0) + v if k not in ("lr", "grad_norm", "gumbel_temp", "loss_scale",
-                                                                        "encoder_frozen") else v
+                                                                        "encoder_frozen", "fp16_overflows") else v
                 summary = self.task.summarize(out)
                 audio_s = out["samples"] / self.cfg.data.sample_rate
                 self.logger.progress(1, loss=summary["loss"], lr=out["lr"], audio_s_per_s=audio_s / max(elapsed, 1e-9))
                 if self.update % t.log_interval == 0 or self.update == t.max_updates:
                     rec = self.task.summarize(window)
-                    rec.update({k: window[k] for k in ("lr", "grad_norm", "gumbel_temp", "loss_scale", "encoder_frozen")
+                    rec.update({k: window[k] for k in ("lr", "grad_norm", "gumbel_temp", "loss_scale", "encoder_frozen",
+                                                       "fp16_overflows")
                                 if k in window})
                     rec.update(step_time_s=window_time / window_updates,
                                audio_s_per_s=window["samples"] / self.cfg.data.sample_rate / max(window_time, 1e-9),
@@ -412,4 +427,7 @@ class Trainer:
 
 def train(cfg, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Build a :class:`Trainer` from a typed config (see ``train.config.to_run_config``) and fit it."""
-    return Trainer(cfg, run_dir).fit()
+    try:
+        return Trainer(cfg, run_dir).fit()
+    finally:
+        dist_utils.destroy()

@@ -1,0 +1,89 @@
+"""Hydra configs: presets, composition, command-line overrides reaching the model, multirun."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.train.config import build_model_config, register_configs, to_run_config
+from wav2vec2_lite.train.toy_data import make_toy_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+register_configs()
+
+
+def _compose(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+@pytest.mark.parametrize("name", ["tiny", "base", "large"])
+def test_model_yaml_lists_every_field_of_the_preset(name):
+    data = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
+    assert data.pop("preset") == name
+    assert data == Wav2Vec2Config.preset(name).to_dict()
+
+
+def test_paper_base_pretraining_defaults():
+    cfg = to_run_config(_compose("pretrain", ["data.manifest_dir=/x"]))
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.optim.eps, cfg.optim.weight_decay) == (5e-4, [0.9, 0.98], 1e-6, 0.01)
+    assert (cfg.schedule.name, cfg.schedule.warmup_updates, cfg.trainer.max_updates) == ("polynomial", 32000, 400000)
+    assert (cfg.data.max_tokens, cfg.data.max_sample_size, cfg.data.min_sample_size) == (1400000, 250000, 32000)
+    assert cfg.trainer.precision == "fp16"
+    m = build_model_config(cfg.model)
+    assert m == Wav2Vec2Config.base()
+    assert (m.layerdrop, m.feature_grad_mult, m.diversity_loss_weight, m.feature_penalty_weight) == (0.05, 0.1, 0.1, 10.0)
+
+
+@pytest.mark.parametrize("recipe,lr,updates,freeze,channel,layerdrop", [
+    ("base_10m", 5e-5, 13000, 10000, 0.25, 0.1), ("base_1h", 5e-5, 13000, 10000, 0.25, 0.1),
+    ("base_10h", 5e-5, 20000, 10000, 0.5, 0.05), ("base_100h", 3e-5, 80000, 0, 0.5, 0.1)])
+def test_finetune_recipes_match_fairseq(recipe, lr, updates, freeze, channel, layerdrop):
+    cfg = to_run_config(_compose("finetune", [f"recipe={recipe}", "data.manifest_dir=/x"]))
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.trainer.max_updates, cfg.trainer.update_freq) == (lr, 1e-8, updates, 4)
+    assert cfg.schedule.name == "tri_stage" and cfg.schedule.phase_ratio == [0.1, 0.4, 0.5]
+    assert cfg.schedule.final_lr_scale == 0.05
+    assert cfg.finetune.freeze_finetune_updates == freeze
+    assert (cfg.ctc.mask_time_prob, cfg.ctc.mask_channel_prob, cfg.ctc.mask_channel_length) == (0.65, channel, 64)
+    assert (cfg.ctc.layerdrop, cfg.ctc.activation_dropout, cfg.ctc.feature_grad_mult) == (layerdrop, 0.1, 0.0)
+    assert cfg.data.max_tokens == 3200000 and cfg.trainer.best_metric == "wer"
+
+
+def test_overrides_reach_the_model_config_and_bad_values_name_the_key():
+    cfg = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "model.num_layers=2",
+                                                   "model.mask_time_prob=0.3", "trainer.max_updates=50"]))
+    m = build_model_config(cfg.model)
+    assert (m.num_layers, m.mask_time_prob, m.hidden_size, cfg.trainer.max_updates) == (2, 0.3, 256, 50)
+    with pytest.raises(Exception, match="mask_time_prob"):
+        build_model_config(to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x",
+                                                                    "model.mask_time_prob=1.5"])).model)
+    with pytest.raises(Exception, match="precision"):
+        to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "trainer.precision=fp8"]))
+
+
+def test_cli_multirun_overrides_reach_the_saved_model(tmp_path):
+    """`scripts/pretrain.py -m ...`: two jobs, each with its own run dir, overrides in the saved config."""
+    corpus = make_toy_corpus(tmp_path / "toy", train=6, valid=2, seed=1)
+    cmd = [sys.executable, str(REPO / "scripts" / "pretrain.py"), "-m", "--config-name", "pretrain_tiny",
+           f"data.manifest_dir={corpus}", "trainer.max_updates=1", "trainer.progress=false",
+           "model.num_layers=1,2", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
+           "model.conv_dim=[16,16,16,16,16,16,16]", "model.num_codes_per_group=8", "model.num_negatives=5",
+           "data.max_sample_size=8000", "data.max_tokens=16000", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job, layers in (("0", 1), ("1", 2)):
+        run = tmp_path / "sweep" / job
+        saved = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
+        cfg = saved.get("config", saved)
+        assert (cfg["num_layers"], cfg["hidden_size"]) == (layers, 64)
+        assert (run / "metrics.jsonl").is_file() and (run / "config.yaml").is_file()
+        info = json.loads((run / "run.json").read_text())
+        assert info["seed"] == 1 and info["code_version"]
