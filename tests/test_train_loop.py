@@ -76,7 +76,8 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
                           "final_dim": 64, "num_code_groups": G, "num_codes_per_group": V, "num_negatives": K,
                           "feature_grad_mult": 1.0, "feature_penalty_weight": 0.0,
                           "gumbel_temperature": [2.0, 0.5, 0.995]},
-                   schedule={"warmup_updates": 30}, trainer={"max_updates": 500, "log_interval": 50})
+                   schedule={"warmup_updates": 30}, trainer={"max_updates": 500, "log_interval": 50},
+                   health={"grace_updates": 250, "window": 10})
     result = Trainer(cfg, tmp_path).fit()
     valid = result["valid"]  # held-out utterances, masks from a fixed validation generator, eval mode
     train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
@@ -87,6 +88,21 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
     assert valid["accuracy"] >= 5 / (K + 1)
     assert valid["code_perplexity"] >= 0.2 * G * V
     assert train[-1]["step_time_s"] > 0 and train[-1]["peak_rss_mb"] > 0
+    # this run sits on the chance plateau for ~200 updates (normal early on, as in fairseq) and then
+    # learns; from the end of the grace period (update 280) to 500 the monitor must stay quiet
+    assert read_metrics(tmp_path / "metrics.jsonl", kind="health") == []
+
+
+def test_health_monitor_flags_a_run_stuck_at_chance(corpus, tmp_path):
+    """lr ~ 0: the contrastive loss cannot leave ln(K+1); the monitor says so once, with remedies."""
+    cfg = make_cfg("pretrain", corpus, optim={"lr": 1e-12}, trainer={"max_updates": 40},
+                   health={"grace_updates": 10, "window": 5})
+    Trainer(cfg, tmp_path).fit()
+    health = read_metrics(tmp_path / "metrics.jsonl", kind="health")
+    stuck = [h for h in health if h["symptom"] == "stuck_at_chance"]
+    assert len(stuck) == 1 and stuck[0]["update"] >= 12  # warmup 2 + grace 10
+    assert "lower the learning rate" in stuck[0]["message"]
+    assert stuck[0]["numbers"]["chance"] == pytest.approx(math.log(11))
 
 
 # ----------------------------------------------------------------------------- resume
@@ -175,13 +191,15 @@ def test_finetune_learns_and_leaves_blank_plateau(corpus, tmp_path):
     cfg = make_cfg("finetune", corpus, trainer={"max_updates": 300, "log_interval": 25, "valid_interval": 0},
                    optim={"lr": 3e-3}, finetune={"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
                    ctc={"mask_time_prob": 0.0, "feature_grad_mult": 1.0},
-                   schedule={"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]})
+                   schedule={"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
+                   health={"grace_updates": 50, "window": 10})
     Trainer(cfg, tmp_path).fit()
     train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
     valid = read_metrics(tmp_path / "metrics.jsonl", kind="valid")[-1]
     print("ctc train loss", [round(r["loss"], 2) for r in train], "valid", valid)
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
     assert valid["blank_only"] < 0.2 and valid["cer"] < 0.5
+    assert read_metrics(tmp_path / "metrics.jsonl", kind="health") == []  # healthy past the grace period
 
 
 # ----------------------------------------------------------------------------- DDP

@@ -8,7 +8,7 @@ after a grace period, names the symptom with its numbers and the known remedies:
 symptom                    detected when (defaults in :class:`HealthConfig`)
 =========================  ===============================================================
 ``stuck_at_chance``        contrastive loss per masked frame within 3 % of ln(K+1) (nats)
-``low_accuracy``           contrastive accuracy below 2/(K+1) (chance is 1/(K+1))
+``low_accuracy``           contrastive accuracy below 1.25/(K+1) (chance is 1/(K+1))
 ``codebook_collapse``      hard code perplexity of a group below 10 % of V
 ``gradient_explosion``     gradient norm above 1e3 (or non-finite)
 ``vanishing_gradients``    gradient norm below 1e-7
@@ -74,7 +74,7 @@ class HealthConfig:
     """Updates averaged before comparing against a threshold."""
     chance_margin: float = 0.03
     """stuck_at_chance: loss within this relative margin of ln(K+1)."""
-    accuracy_factor: float = 2.0
+    accuracy_factor: float = 1.25
     """low_accuracy: accuracy below accuracy_factor / (K+1)."""
     collapse_fraction: float = 0.1
     """codebook_collapse: hard perplexity per group below this fraction of V."""

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.health import HealthConfig
 
 __all__ = [
     "OptimConfig", "ScheduleConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig",
@@ -151,6 +152,7 @@ class PretrainRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     run_dir: Optional[str] = None
     """Where outputs go; None = Hydra's output directory (or the working directory)."""
     task: str = "pretrain"
@@ -163,6 +165,7 @@ class FinetuneRunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="tri_stage"))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
     run_dir: Optional[str] = None

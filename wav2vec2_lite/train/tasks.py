@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.dataset import AudioDataset
+from wav2vec2_lite.health import count_impossible_ctc
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
 
@@ -162,7 +163,8 @@ class FinetuneTask:
         chars = batch["label_lengths"].sum().float()
         n = sentences if self.cfg.finetune.sentence_avg else chars
         stats = {"sample_size": n, "loss_sum": out.loss.detach().float(), "sentences": sentences, "chars": chars,
-                 "frames": out.output_lengths.sum().float()}
+                 "frames": out.output_lengths.sum().float(),
+                 "ctc_inf": torch.tensor(float(count_impossible_ctc(out.output_lengths, batch["labels"])))}
         return out.loss, stats
 
     @torch.no_grad()

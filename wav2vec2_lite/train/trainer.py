@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from wav2vec2_lite.data.collate import collate
 from wav2vec2_lite.data.sampler import BucketBatchSampler
+from wav2vec2_lite.health import HealthMonitor
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import (
     CheckpointError, capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state, save_checkpoint,
@@ -142,6 +143,12 @@ class Trainer:
         self.overflow_total = 0  # fp16 overflows (skipped, not failures)
         self.best: float | None = None
         self.best_metric = t.best_metric or self.task.default_best_metric
+
+        cfg_model = self.model.config
+        self.health = HealthMonitor(cfg.health, task=self.task.name, num_negatives=cfg_model.num_negatives,
+                                    num_codes_per_group=cfg_model.num_codes_per_group,
+                                    num_code_groups=cfg_model.num_code_groups,
+                                    warmup_updates=cfg.schedule.warmup_updates)
 
         resumed = self._maybe_resume() if t.resume else False
         self.train_model = self._wrap()
@@ -369,6 +376,7 @@ class Trainer:
                 now = time.perf_counter()
                 elapsed, step_start = now - step_start, now
                 if out is None:
+                    self._health_log(self.health.check_train(self.update, {"nonfinite": 1.0}))
                     continue
                 window_time += elapsed
                 window_updates += 1
@@ -377,6 +385,9 @@ class Trainer:
                         window[k] = window.get(k, 0.0) + v if k not in ("lr", "grad_norm", "gumbel_temp", "loss_scale",
                                                                         "encoder_frozen", "fp16_overflows") else v
                 summary = self.task.summarize(out)
+                self._health_log(self.health.check_train(self.update, {
+                    **summary, "grad_norm": out["grad_norm"], "loss_scale": out.get("loss_scale"),
+                    "nonfinite": 0.0, "ctc_inf": out.get("ctc_inf", 0.0)}))
                 audio_s = out["samples"] / self.cfg.data.sample_rate
                 self.logger.progress(1, loss=summary["loss"], lr=out["lr"], audio_s_per_s=audio_s / max(elapsed, 1e-9))
                 if self.update % t.log_interval == 0 or self.update == t.max_updates:
@@ -408,11 +419,20 @@ class Trainer:
         return {"update": self.update, "epoch": self.epoch, "valid": last_valid,
                 "nonfinite_total": self.nonfinite_total, "run_dir": str(self.run_dir)}
 
+    def _health_log(self, warnings: list) -> None:
+        """Health warnings go to the terminal once and to metrics.jsonl as ``health`` records."""
+        for w in warnings:
+            record = w.record()
+            del record["kind"], record["update"]
+            self.logger.log("health", w.update, record, epoch=self.epoch)
+            self.logger.write(w.message)
+
     def _validate_and_keep_best(self) -> dict[str, float] | None:
         metrics = self.validate()
         if metrics is None:
             return None
         self.logger.log("valid", self.update, metrics, epoch=self.epoch)
+        self._health_log(self.health.check_valid(self.update, metrics))
         self.logger.write(f"valid @ {self.update}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         value = metrics.get(self.best_metric)
         if value is None:
