@@ -75,3 +75,16 @@ def test_long_file_is_chunked_in_bounded_memory(run_dir, tmp_path):
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model found"):
         Transcriber.from_path(tmp_path)
+
+
+def test_cli_prints_text_and_json(run_dir, tmp_path, capsys):
+    from wav2vec2_lite.cli import transcribe
+
+    root, _, _ = run_dir
+    sf.write(tmp_path / "b.wav", np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    transcribe([str(root), str(tmp_path / "b.wav")])
+    path, text = capsys.readouterr().out.strip().split("\t")
+    assert path.endswith("b.wav") and text
+    transcribe([str(root), str(tmp_path / "b.wav"), "--json"])
+    row = json.loads(capsys.readouterr().out)
+    assert row["text"] == text and row["words"]
