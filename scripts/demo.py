@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / ("data/demo_full" if full else "data/demo"))
     p.add_argument("--out", type=Path, default=ROOT / ("runs/demo_full" if full else "runs/demo"))
-    p.add_argument("--pretrain-updates", type=int, default=6000 if full else 700)
+    p.add_argument("--pretrain-updates", type=int, default=6000 if full else 1500)
     p.add_argument("--pretrain-stage-updates", type=int, default=1500,
                    help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
-    p.add_argument("--finetune-updates", type=int, default=2000 if full else 400)
+    p.add_argument("--finetune-updates", type=int, default=2000 if full else 600)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
     p.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3] if full else [1e-3],
                    help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")

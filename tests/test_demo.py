@@ -1,0 +1,33 @@
+"""The README's main job end to end at a miniature size (corpus -> pretrain -> fine-tune x2 -> test -> plots)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--data", str(tmp_path / "data"), "--out",
+           str(tmp_path / "runs"), "--corpus-scale", "0.04", "--pretrain-updates", "6", "--finetune-updates", "6",
+           "--transcribe", "2"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    results = json.loads((tmp_path / "runs" / "results.json").read_text())
+    for arm in ("pretrained", "scratch"):
+        (run,) = results[arm]
+        assert 0.0 <= run["test_cer"] and 0.0 <= run["test_wer"]
+        assert Path(run["dir"], "checkpoints", "last", "model.safetensors").is_file()
+    assert "| pretrained + fine-tuned |" in first.stdout and "CER ratio pretrained / scratch" in first.stdout
+    assert first.stdout.count("ref: ") == 2 and first.stdout.count("hyp: ") == 2
+    for png in ("pretrain.png", "finetune.png"):
+        assert (tmp_path / "runs" / png).stat().st_size > 10_000
+    # a second run finds every step complete and redoes none of the training
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and again.stdout.count("already complete") == 3
