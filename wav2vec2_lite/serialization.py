@@ -1,16 +1,18 @@
-"""Save and load models as a folder: ``model.safetensors`` + ``config.json``.
+"""Save and load models as a folder: ``model.safetensors`` + ``config.json``; atomic files.
 
-Weights never go through pickle. Files are written atomically (temporary file in the same
-folder, fsync, rename), so a crash mid-save leaves the previous files intact.
+Weights never go through pickle. Every file is written atomically (:func:`atomic_write_bytes`:
+temporary file in the same folder, flush, fsync, ``os.replace``, fsync of the folder), so
+a crash mid-save leaves the previous file intact. The training checkpoints
+(:mod:`wav2vec2_lite.train.checkpoint`) use the same writer and :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -19,7 +21,10 @@ from torch import nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
 
-__all__ = ["save_model", "load_model", "atomic_write_bytes", "WEIGHTS_NAME", "CONFIG_NAME", "CheckpointError"]
+__all__ = [
+    "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
+    "CONFIG_NAME", "CheckpointError",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -27,38 +32,58 @@ FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
-    """A saved model or training state is missing, truncated or inconsistent (names the file)."""
+    """A saved model, checkpoint or training state is missing, corrupt, inconsistent, unsafe
+    or could not be written; the message names the file."""
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a folder so that renames inside it survive a power cut (no-op where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
+    except OSError:  # pragma: no cover - platforms without directory fds
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # pragma: no cover
         pass
     finally:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then fsync and rename the temporary file over ``path``."""
+_fsync_dir = fsync_dir  # old private name
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: bytes | bytearray | Callable[[BinaryIO], Any]) -> Path:
+    """Write ``path`` all at once or not at all.
+
+    ``write`` is the bytes, or a function given the open temporary file (binary, in the same
+    folder as ``path``); a library that only writes to a path can use ``f.name``. The file is
+    flushed, fsync'ed and renamed over ``path``, then the folder is fsync'ed. On any error
+    (or interrupt) the temporary file is removed and ``path`` keeps its previous content;
+    a SIGKILL can leave a hidden ``.NAME.tmp-PID-XXXXXXXX`` file, never a half-written ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        with open(tmp, "xb") as f:
+            if isinstance(write, (bytes, bytearray)):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _model_classes() -> dict[str, type[nn.Module]]:
@@ -75,11 +100,11 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     if name not in classes:
         raise TypeError(f"save_model supports {sorted(classes)}; got {name}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write_bytes(directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"}))
     info = {"format_version": FORMAT_VERSION, "model_class": name, "config": model.config.to_dict(),
             "metadata": metadata or {}}
     text = json.dumps(info, indent=2, sort_keys=True)
-    atomic_write_bytes(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(directory / CONFIG_NAME, text)
     return directory
 
 

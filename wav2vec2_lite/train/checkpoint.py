@@ -22,8 +22,8 @@ names the file at fault.
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import io
 import os
 import pickle
 import random
@@ -37,67 +37,24 @@ import numpy as np
 import torch
 from torch import nn
 
+# one implementation of atomic files and of the error type, shared with save_model/load_model
+from wav2vec2_lite.serialization import WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text
+from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
+
 __all__ = [
     "CheckpointError", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "load_training_state",
     "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-    "STATE_FILE", "WEIGHTS_FILE", "file_sha256",
+    "STATE_FILE", "WEIGHTS_FILE", "file_sha256", "remove_stale_temps",
 ]
 
 STATE_FILE = "training_state.pt"
-WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, corrupt, inconsistent or unsafe; the message names it."""
+WEIGHTS_FILE = WEIGHTS_NAME
 
 
 # ------------------------------------------------------------------ atomic files
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Callable[[Any], None] | bytes) -> Path:
-    """Write ``path`` via a temp file in the same folder + fsync + ``os.replace``.
-
-    ``write`` is the bytes to write or a function that writes to a binary file object.
-    On any error the temp file is removed and ``path`` keeps its previous content.
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(write, (bytes, bytearray)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through :func:`atomic_write_bytes`."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` through :func:`atomic_write_bytes` (streamed into the temporary file)."""
+    return atomic_write_bytes(path, lambda f: torch.save(obj, f))
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -171,12 +128,17 @@ def _default_save_weights(model: nn.Module, directory: Path) -> None:
 
 def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state: dict,
                     save_weights: Callable[[nn.Module, Path], None] | None = None) -> Path:
-    """Write ``root/name`` (weights + ``state``) so that a crash never leaves it half-written."""
+    """Write ``root/name`` (weights + ``state``) so that a crash never leaves it half-written.
+
+    If writing fails (disk full, permissions, I/O error) the temporary folder is removed,
+    the previous ``root/name`` is left as it was, and :class:`CheckpointError` says why; an
+    interrupt (KeyboardInterrupt) is cleaned up the same way and re-raised as is.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final, old = root / name, root / f".{name}.old"
     tmp = root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         (save_weights or _default_save_weights)(model, tmp)
         if not (tmp / WEIGHTS_FILE).is_file():
@@ -191,11 +153,53 @@ def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state:
             os.rename(final, old)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not final.exists():  # failed between the renames: put the previous one back
+            os.rename(old, final)
+        if isinstance(e, OSError):
+            why = errno.errorcode.get(e.errno, "") if e.errno else ""
+            raise CheckpointError(
+                f"{final}: could not write the checkpoint ({why + ': ' if why else ''}{e.strerror or e}); "
+                f"nothing was replaced: the previous {final} (if any) is intact"
+                + ("; free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")) from e
         raise
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete ``.NAME.tmp-PID-*`` folders/files left in ``root`` by killed processes (PID gone).
+
+    They are never read as checkpoints, but each holds up to a checkpoint's worth of disk.
+    Returns what was removed.
+    """
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for p in root.iterdir():
+        if not p.name.startswith(".") or ".tmp-" not in p.name:
+            continue
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _is_complete(folder: Path) -> bool:

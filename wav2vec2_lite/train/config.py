@@ -21,6 +21,7 @@ from wav2vec2_lite.health import HealthConfig
 __all__ = [
     "OptimConfig", "ScheduleConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
+    "validation_mode",
 ]
 
 
@@ -80,6 +81,20 @@ class DataConfig:
     num_buckets: int = 0
     num_workers: int = 0
     too_long: str = "error"  # error | skip
+    validate: str = "header"
+    """Check every row of the train and valid manifests (and labels) before training:
+    ``header`` reads file headers and decodes only float files (NaN/inf), ``full`` decodes
+    every file, ``false`` skips the pass. Problems stop the run before any update with one
+    error listing every bad row (``manifest:line: file: reason``), unless ``skip_invalid``."""
+    skip_invalid: bool = False
+    """Drop the rows the validation pass rejects (counted, logged, an ``event`` record in
+    metrics.jsonl) and train on the rest."""
+    max_duration_s: Optional[float] = 600.0
+    """Longer files are invalid (validation) or dropped and counted (``validate=false``);
+    null = no limit. A whole file is read to crop it, so hour-long files make training crawl."""
+    max_unreadable_fraction: float = 0.1
+    """Files that become unreadable during the run are skipped, counted and logged; when more
+    than this fraction of the training set has been skipped the run stops (storage gone?)."""
 
 
 @dataclass
@@ -214,6 +229,20 @@ def _check(cfg: Any) -> None:
         raise ValueError(f"data.resample: 'error' or 'soxr' (got {cfg.data.resample!r})")
     if cfg.data.mono not in ("error", "mix"):
         raise ValueError(f"data.mono: 'error' or 'mix' (got {cfg.data.mono!r})")
+    cfg.data.validate = validation_mode(cfg.data.validate)
+    if cfg.data.max_duration_s is not None and cfg.data.max_duration_s <= 0:
+        raise ValueError(f"data.max_duration_s: > 0 or null (got {cfg.data.max_duration_s})")
+    if not 0.0 <= cfg.data.max_unreadable_fraction <= 1.0:
+        raise ValueError(f"data.max_unreadable_fraction: in [0, 1] (got {cfg.data.max_unreadable_fraction})")
+
+
+def validation_mode(value: Any) -> str:
+    """``data.validate`` as ``"header"``, ``"full"`` or ``"false"`` (YAML booleans accepted: true = header)."""
+    v = str(value).strip().lower()
+    v = {"true": "header", "on": "header", "yes": "header", "off": "false", "no": "false", "none": "false"}.get(v, v)
+    if v not in ("header", "full", "false"):
+        raise ValueError(f"data.validate: 'header', 'full' or false (got {value!r})")
+    return v
 
 
 def build_model_config(model: dict | None, **overrides: Any) -> Wav2Vec2Config:

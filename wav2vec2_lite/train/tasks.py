@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,14 +26,24 @@ from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, bui
 __all__ = ["PretrainTask", "FinetuneTask", "build_task", "resolve_pretrained"]
 
 
-def _dataset(cfg, subset: str, *, train: bool, **kw: Any) -> AudioDataset:
+def _manifest(cfg, subset: str) -> Path:
     d = cfg.data
     path = Path(d.manifest_dir) / f"{subset}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: manifest not found (data.manifest_dir={d.manifest_dir!r}, subset {subset!r})")
-    return AudioDataset(path, sample_rate=d.sample_rate, max_sample_size=d.max_sample_size,
-                        min_sample_size=d.min_sample_size if train else 0, normalize=d.normalize, mono=d.mono,
-                        resample=d.resample, random_crop=train, seed=cfg.trainer.seed, **kw)
+    return path
+
+
+def _dataset(cfg, subset: str, *, train: bool, min_samples: int, indices: Sequence[int] | None,
+             **kw: Any) -> AudioDataset:
+    """Rows shorter than ``min_samples`` (the encoder's receptive field) are always dropped and
+    counted, so no batch, even one cropped to its shortest utterance, gives zero frames;
+    unreadable files become counted skips (``on_error="skip"``)."""
+    d = cfg.data
+    return AudioDataset(_manifest(cfg, subset), sample_rate=d.sample_rate, max_sample_size=d.max_sample_size,
+                        min_sample_size=max(d.min_sample_size if train else 0, min_samples), normalize=d.normalize,
+                        mono=d.mono, resample=d.resample, random_crop=train, seed=cfg.trainer.seed, indices=indices,
+                        max_duration_s=d.max_duration_s, on_error="skip", **kw)
 
 
 def _code_perplexity(counts: Tensor) -> float:
@@ -58,8 +68,13 @@ class PretrainTask:
     def build_model(self) -> nn.Module:
         return Wav2Vec2ForPreTraining(self.model_config)
 
-    def dataset(self, subset: str, train: bool) -> AudioDataset:
-        return _dataset(self.cfg, subset, train=train)
+    def data_files(self, subset: str) -> dict[str, Any]:
+        """What ``validate_dataset`` checks for ``subset``: the manifest (no labels)."""
+        return {"manifest_path": _manifest(self.cfg, subset)}
+
+    def dataset(self, subset: str, train: bool, *, min_samples: int = 0,
+                indices: Sequence[int] | None = None) -> AudioDataset:
+        return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices)
 
     def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
         temp = model.gumbel_temperature_at(update)
@@ -143,10 +158,18 @@ class FinetuneTask:
             model.freeze_feature_encoder()
         return model
 
-    def dataset(self, subset: str, train: bool) -> AudioDataset:
-        ext = self.cfg.data.labels
-        labels = Path(self.cfg.data.manifest_dir) / f"{subset}.{ext}"
-        return _dataset(self.cfg, subset, train=train, labels_path=labels, tokenizer=self.tokenizer)
+    def _labels(self, subset: str) -> Path:
+        return Path(self.cfg.data.manifest_dir) / f"{subset}.{self.cfg.data.labels}"
+
+    def data_files(self, subset: str) -> dict[str, Any]:
+        """What ``validate_dataset`` checks for ``subset``: manifest, labels and tokenizer."""
+        return {"manifest_path": _manifest(self.cfg, subset), "labels_path": self._labels(subset),
+                "tokenizer": self.tokenizer}
+
+    def dataset(self, subset: str, train: bool, *, min_samples: int = 0,
+                indices: Sequence[int] | None = None) -> AudioDataset:
+        return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices,
+                        labels_path=self._labels(subset), tokenizer=self.tokenizer)
 
     def save_extras(self, directory: Path) -> None:
         """Each checkpoint carries its vocabulary so it can transcribe on its own."""

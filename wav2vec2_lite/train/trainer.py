@@ -7,6 +7,14 @@ the global count all-reduced), clipped, and applied, unless the loss or gradient
 non-finite: then the update is skipped and counted, and ``max_consecutive_nonfinite``
 skips in a row stop the run with :class:`NonFiniteError`.
 
+Bad data. Before any loader is built, every row of the train and valid manifests (and
+labels) is checked (``data.validate``); problems raise one :class:`DatasetError` listing
+them all, or with ``data.skip_invalid`` are dropped, counted and logged. A file that
+becomes unreadable later is skipped when read, counted, logged (an ``event`` record in
+metrics.jsonl) and the run goes on, up to ``data.max_unreadable_fraction`` of the set.
+The output folder is checked for write access and free space before training; a failed
+save stops the run with the previous checkpoint intact (see docs/reliability.md).
+
 Reproducibility. Every random draw of a micro-batch (masks, distractors, Gumbel noise
 through the model's ``generator``; dropout and layerdrop through torch's global RNG)
 comes from seeds derived from ``(seed, update, slot)`` where ``slot = rank *
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,22 +39,30 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wav2vec2_lite.data.collate import collate
+from wav2vec2_lite.data.dataset import DatasetError, is_skipped
+from wav2vec2_lite.data.manifest import ManifestError
 from wav2vec2_lite.data.sampler import BucketBatchSampler
+from wav2vec2_lite.data.validate import validate_dataset
 from wav2vec2_lite.health import HealthMonitor
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import (
-    CheckpointError, capture_rng_state, load_checkpoint, resolve_checkpoint, restore_rng_state, save_checkpoint,
+    CheckpointError, capture_rng_state, load_checkpoint, remove_stale_temps, resolve_checkpoint, restore_rng_state,
+    save_checkpoint,
 )
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.precision import Precision
 from wav2vec2_lite.train.schedules import build_schedule
 from wav2vec2_lite.train.tasks import build_task
 
-__all__ = ["Trainer", "NonFiniteError", "derive_seed", "param_groups", "train"]
+__all__ = ["Trainer", "NonFiniteError", "RunDirError", "DatasetError", "derive_seed", "param_groups", "train"]
 
 
 class NonFiniteError(RuntimeError):
     """Too many updates in a row had a non-finite loss or gradient."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot hold the run's outputs (not writable, not enough free space)."""
 
 
 def derive_seed(*keys: int) -> int:
@@ -67,16 +84,48 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
 
 
 class _Collate:
-    """Picklable collate whose crop offsets depend only on (seed, epoch, utterance ids)."""
+    """Picklable collate whose crop offsets depend only on (seed, epoch, utterance ids).
+
+    Items the dataset could not read (``is_skipped``) are left out and listed in the batch's
+    ``skipped`` (``[{"id", "path", "reason"}]``); a batch of only such items has no ``waveform``.
+    """
 
     def __init__(self, crop_to_shortest: bool, seed: int) -> None:
         self.crop_to_shortest, self.seed, self.epoch = crop_to_shortest, seed, 0
 
     def __call__(self, items: list[dict]) -> dict:
+        skipped = [{"id": int(i["id"]), "path": i["path"], "reason": i["error"]} for i in items if is_skipped(i)]
+        items = [i for i in items if not is_skipped(i)]
+        if not items:
+            return {"skipped": skipped}
         gen = None
         if self.crop_to_shortest:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, *[int(i["id"]) for i in items]))
-        return collate(items, crop_to_shortest=self.crop_to_shortest, generator=gen)
+        batch = collate(items, crop_to_shortest=self.crop_to_shortest, generator=gen)
+        batch["skipped"] = skipped
+        return batch
+
+
+def _describe_data_event(e: dict[str, Any]) -> str:
+    """One terminal message for a data ``event`` record."""
+    where = e.get("manifest", "train set")
+    if e["event"] == "skipped_invalid":
+        shown = e["problems"][:20]
+        return (f"{where}: skipping {e['count']} invalid row(s) (data.skip_invalid=true):\n  " + "\n  ".join(shown)
+                + ("\n  ..." if len(e["problems"]) > len(shown) else ""))
+    if e["event"] == "skipped_too_short":
+        return f"{where}: skipping {e['count']} row(s) shorter than the {e['min_samples']}-sample receptive field"
+    if e["event"] == "skipped_too_long":
+        return f"{where}: skipping {e['count']} row(s) longer than data.max_duration_s={e['max_duration_s']}"
+    if e["event"] == "skipped_labelled_too_long":
+        return (f"{where}: skipping {e['count']} labelled row(s) longer than data.max_sample_size="
+                f"{e['max_sample_size']} (a crop would cut the transcript)")
+    if e["event"] == "skipped_empty_transcript":
+        return f"{where}: skipping {e['count']} row(s) with an empty transcript"
+    if e["event"] == "train_rows_changed":
+        return (f"resuming with {e['rows']} training rows, the checkpoint was written with {e['checkpoint_rows']}: "
+                f"files changed since; the data order differs from an uninterrupted run")
+    return f"{where}: {e}"
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -97,6 +146,7 @@ class Trainer:
         self.is_main = self.dist.is_main
         if self.is_main:
             self._check_writable()
+            remove_stale_temps(self.ckpt_dir)  # left by a process killed while saving
 
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % 2**32)
@@ -114,9 +164,16 @@ class Trainer:
         self.schedule = build_schedule(cfg.schedule, cfg.optim.lr, t.max_updates)
         self.precision = Precision(t.precision, self.device.type)
         self.generator = torch.Generator()  # masks / distractors / Gumbel noise (drawn on CPU by the model)
+        if self.is_main:
+            self._check_free_space()
 
-        # data
-        self.train_set = self.task.dataset(cfg.data.train_subset, train=True)
+        # data: every row checked before any loader exists (one error listing all bad rows)
+        self._data_events: list[dict[str, Any]] = []
+        rows = self._validate_data()
+        min_samples = self.model.config.receptive_field  # no utterance (or crop) gives zero frames
+        self.train_set = self.task.dataset(cfg.data.train_subset, train=True, min_samples=min_samples,
+                                           indices=rows.get(cfg.data.train_subset))
+        self._note_dataset("train", self.train_set, rows.get(cfg.data.train_subset))
         self.sampler = BucketBatchSampler(
             self.train_set.sizes, max_tokens=cfg.data.max_tokens, max_batch_size=cfg.data.max_batch_size,
             num_buckets=cfg.data.num_buckets, shuffle=True, seed=t.seed, rank=self.dist.rank,
@@ -126,7 +183,9 @@ class Trainer:
                                  num_workers=cfg.data.num_workers)
         self.valid_loader = None
         if cfg.data.valid_subset:
-            vset = self.task.dataset(cfg.data.valid_subset, train=False)
+            vset = self.task.dataset(cfg.data.valid_subset, train=False, min_samples=min_samples,
+                                     indices=rows.get(cfg.data.valid_subset))
+            self._note_dataset("valid", vset, rows.get(cfg.data.valid_subset))
             vsampler = BucketBatchSampler(vset.sizes, max_tokens=cfg.data.max_tokens_valid or cfg.data.max_tokens,
                                           max_batch_size=cfg.data.max_batch_size, shuffle=False, seed=t.seed,
                                           rank=self.dist.rank, world_size=self.dist.world_size,
@@ -141,6 +200,8 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self.overflow_total = 0  # fp16 overflows (skipped, not failures)
+        self.unreadable_total = 0  # utterances skipped because their file could not be read
+        self.unreadable_ids: set[int] = set()  # distinct training-set indices among them
         self.best: float | None = None
         self.best_metric = t.best_metric or self.task.default_best_metric
 
@@ -162,6 +223,11 @@ class Trainer:
                            device=str(self.device), extra={"world_size": self.dist.world_size,
                                                            "resumed_from_update": self.update if resumed else None,
                                                            "num_parameters": sum(p.numel() for p in self.model.parameters())})
+        for event in self._data_events:  # skips of bad input are "event" records, summaries "data" records
+            kind = "data" if event["event"] in ("data_validated", "dataset_filtered") else "event"
+            self.logger.log(kind, self.update, event, epoch=self.epoch)
+            if kind == "event":
+                self.logger.write(_describe_data_event(event))
 
     # ------------------------------------------------------------------ setup helpers
     def _backbone(self) -> nn.Module:
@@ -171,12 +237,112 @@ class Trainer:
         """Fail before training, not at the first checkpoint, if outputs cannot be written."""
         try:
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.ckpt_dir / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            for folder in (self.run_dir, self.ckpt_dir):
+                probe = folder / f".write-probe-{os.getpid()}"
+                with open(probe, "wb") as f:
+                    f.write(b"ok")
+                    f.flush()
+                    os.fsync(f.fileno())
+                probe.unlink()
         except OSError as e:
-            raise RuntimeError(f"run directory {self.run_dir} is not writable ({e}); set run_dir to a writable "
-                               f"folder") from e
+            raise RunDirError(f"run directory {self.run_dir} is not writable ({e}); set run_dir to a writable "
+                              f"folder") from e
+
+    def _check_free_space(self) -> None:
+        """Fail before training if two checkpoints cannot fit (one is written in full before the
+        previous one is deleted)."""
+        weights = sum(v.numel() * v.element_size() for v in self.model.state_dict().values())
+        moments = 2 * sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        need = 2 * (weights + moments)
+        free = shutil.disk_usage(self.ckpt_dir).free
+        if free < need:
+            raise RunDirError(
+                f"{self.ckpt_dir}: only {free / 2**20:.1f} MiB free; a checkpoint of this model takes about "
+                f"{(weights + moments) / 2**20:.1f} MiB and two must fit while one replaces the other. Free some "
+                f"space or set run_dir to a larger disk.")
+
+    def _validate_data(self) -> dict[str, list[int] | None]:
+        """Rows of each subset to use (None: all) after ``validate_dataset`` (``data.validate``)."""
+        d, mode = self.cfg.data, self.cfg.data.validate
+        subsets = [d.train_subset] + ([d.valid_subset] if d.valid_subset else [])
+        if mode == "false":
+            return {s: None for s in subsets}
+        mc = self.model.config
+        start = time.perf_counter()
+        reports, fatal = {}, []
+        for subset in subsets:
+            files = self.task.data_files(subset)
+            try:
+                reports[subset] = validate_dataset(
+                    **files, sample_rate=d.sample_rate, min_sample_size=mc.receptive_field,
+                    max_sample_size=d.max_sample_size if "labels_path" in files else None,
+                    max_duration_s=d.max_duration_s, skip_invalid=True, check_audio=mode, mono=d.mono,
+                    resample=d.resample, conv_kernel=mc.conv_kernel, conv_stride=mc.conv_stride, warn=False)
+            except (DatasetError, ManifestError) as e:  # e.g. labels that cannot be paired with rows
+                fatal.append(f"  {e}")
+        seconds = time.perf_counter() - start
+        bad = [r for r in reports.values() if r.problems]
+        if fatal or (bad and not d.skip_invalid):
+            n_problems = sum(len(r.problems) for r in bad)
+            n_rows = sum(r.num_invalid for r in bad)
+            raise DatasetError(
+                f"data validation (data.validate={mode}) found {n_problems} problem(s) in {n_rows} row(s)"
+                + (f" and {len(fatal)} unusable file(s)" if fatal else "")
+                + "; nothing was trained. Fix or remove them"
+                + ("" if fatal else ", or set data.skip_invalid=true to train on the valid rows")
+                + " (data.validate=false turns this check off):\n" + "\n".join(fatal + [r.format() for r in bad]))
+        for subset, r in reports.items():
+            self._data_events.append({"event": "data_validated", "subset": subset, "manifest": str(r.manifest_path),
+                                      "mode": mode, "rows": r.num_rows, "invalid": r.num_invalid,
+                                      "seconds": round(seconds, 3)})
+            if r.problems:
+                self._data_events.append({
+                    "event": "skipped_invalid", "subset": subset, "manifest": str(r.manifest_path),
+                    "count": r.num_invalid,
+                    "problems": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.problems]})
+        return {s: r.valid_indices for s, r in reports.items()}
+
+    def _note_dataset(self, subset: str, ds, rows: list[int] | None) -> None:
+        """Rows the dataset drops: unusable ones (shorter than the receptive field, longer than
+        ``data.max_duration_s``, labelled and longer than ``max_sample_size``, empty transcript)
+        are ``event`` records; the rest of the short ones (``data.min_sample_size``, by design)
+        a ``data`` record."""
+        rf = self.model.config.receptive_field
+        sizes = ds.manifest.sizes
+        below_rf = sum(1 for r in (range(len(sizes)) if rows is None else rows) if sizes[r] < rf)
+        base = {"subset": subset, "manifest": str(ds.manifest_path)}
+        for name, count, extra in (("skipped_too_short", below_rf, {"min_samples": rf}),
+                                   ("skipped_too_long", ds.num_skipped_duration,
+                                    {"max_duration_s": self.cfg.data.max_duration_s}),
+                                   ("skipped_labelled_too_long", ds.num_skipped_long,
+                                    {"max_sample_size": self.cfg.data.max_sample_size}),
+                                   ("skipped_empty_transcript", ds.num_skipped_empty, {})):
+            if count:
+                self._data_events.append({"event": name, **base, "count": count, **extra})
+        if ds.num_skipped_short > below_rf:
+            self._data_events.append({"event": "dataset_filtered", **base, "rows": len(ds),
+                                      "shorter_than_min_sample_size": ds.num_skipped_short - below_rf,
+                                      "min_sample_size": ds.min_sample_size})
+
+    def _count_unreadable(self, skipped: list[dict], subset: str) -> None:
+        """Count, log and record utterances whose file could not be read; stop if too many."""
+        for item in skipped:
+            self.unreadable_total += 1
+            if subset == "train":
+                self.unreadable_ids.add(item["id"])
+            self.logger.log("event", self.update, {"event": "skipped_unreadable", "subset": subset,
+                                                   "path": item["path"], "reason": item["reason"],
+                                                   "unreadable_total": self.unreadable_total}, epoch=self.epoch)
+            self.logger.write(f"update {self.update}: skipped {item['path']}: {item['reason']} "
+                              f"({self.unreadable_total} unreadable so far)")
+        limit = self.cfg.data.max_unreadable_fraction * len(self.train_set)
+        if skipped and len(self.unreadable_ids) > limit:
+            last = skipped[-1]
+            raise DatasetError(
+                f"{len(self.unreadable_ids)} of {len(self.train_set)} training files became unreadable during the "
+                f"run, more than data.max_unreadable_fraction={self.cfg.data.max_unreadable_fraction}; stopping "
+                f"(is the storage still there?). Last: {last['path']}: {last['reason']}. The last checkpoint "
+                f"{self.ckpt_dir / 'last'} is intact: fix the files and rerun the same command to resume.")
 
     def _wrap(self) -> nn.Module:
         model: nn.Module = self.model
@@ -203,6 +369,8 @@ class Trainer:
             "rng": capture_rng_state(self.generator), "best": self.best, "best_metric": self.best_metric,
             "nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
             "overflow_total": self.overflow_total,
+            "unreadable_total": self.unreadable_total, "unreadable_ids": sorted(self.unreadable_ids),
+            "train_rows": len(self.train_set),
             "config": OmegaConf.to_container(OmegaConf.structured(self.cfg)),
         }
 
@@ -217,7 +385,11 @@ class Trainer:
             if hasattr(self.task, "save_extras"):
                 self.task.save_extras(directory)
 
-        return save_checkpoint(self.ckpt_dir, name, self.model, self._state(), save_weights=weights)
+        try:
+            return save_checkpoint(self.ckpt_dir, name, self.model, self._state(), save_weights=weights)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. Training stopped at update {self.update}; once the cause is fixed, rerun "
+                                  f"the same command to resume from the last checkpoint written.") from e
 
     def _maybe_resume(self) -> bool:
         folder = resolve_checkpoint(self.ckpt_dir, "last")
@@ -236,6 +408,12 @@ class Trainer:
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_row = int(state.get("nonfinite_in_row", 0))
         self.overflow_total = int(state.get("overflow_total", 0))
+        self.unreadable_total = int(state.get("unreadable_total", 0))
+        self.unreadable_ids = {int(i) for i in state.get("unreadable_ids", [])}
+        rows = state.get("train_rows")
+        if rows is not None and int(rows) != len(self.train_set):
+            self._data_events.append({"event": "train_rows_changed", "checkpoint_rows": int(rows),
+                                      "rows": len(self.train_set)})
         return True
 
     # ------------------------------------------------------------------ one update
@@ -247,14 +425,24 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)
             self.train_set.set_epoch(self.epoch)
             self.collate.epoch = self.epoch
+            fresh, produced = self.sampler.consumed == 0, False
             group: list[dict] = []
             for batch in self.loader:
+                if batch["skipped"]:
+                    self._count_unreadable(batch["skipped"], "train")
+                if "waveform" not in batch:  # every utterance of the batch was unreadable
+                    self.consumed += 1
+                    continue
+                produced = True
                 group.append(batch)
                 if len(group) == uf:
                     yield group
                     group = []
             if group:
                 yield group
+            if fresh and not produced:
+                raise DatasetError(f"epoch {self.epoch} gave no usable batch: {len(self.train_set)} training "
+                                   f"utterances, none readable or none fits the batch size")
             self.epoch += 1
             self.consumed = 0
 
@@ -352,11 +540,17 @@ class Trainer:
         for i, batch in enumerate(self.valid_loader):
             if limit is not None and i >= limit:
                 break
+            if batch["skipped"]:
+                self._count_unreadable(batch["skipped"], "valid")
+            if "waveform" not in batch:
+                continue
             with self.precision.autocast():
                 stats = self.task.eval_batch(model, _to_device(batch, self.device), gen)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0) + v.detach().float().cpu()
         model.train(was_training)
+        if not totals:
+            return None
         for k in sorted(totals):
             totals[k] = dist_utils.all_reduce_sum(torch.as_tensor(totals[k]).to(self.device)).cpu()
         return self.task.summarize(totals)
