@@ -7,7 +7,6 @@ Micro models on the toy corpus; the whole file takes ~20 s on 2 CPU cores.
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from _helpers import deep_merge
 from wav2vec2_lite.data.audio import AudioError
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.manifest import ManifestError, read_labels, read_manifest, write_labels
@@ -32,13 +32,6 @@ MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=
              num_negatives=5, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def make_cfg(task: str, corpus: Path, **over):
     base = {
         "task": task, "model": dict(MICRO),
@@ -51,7 +44,7 @@ def make_cfg(task: str, corpus: Path, **over):
     }
     if task == "finetune":
         base["ctc"] = {"mask_time_prob": 0.2, "mask_time_length": 3}
-    return to_run_config(_merge(base, over))
+    return to_run_config(deep_merge(base, over))
 
 
 @pytest.fixture(scope="module")

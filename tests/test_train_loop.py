@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import deep_merge
 from wav2vec2_lite.train.checkpoint import load_checkpoint
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.logging import read_metrics
@@ -32,13 +32,6 @@ def corpus(tmp_path_factory) -> Path:
     return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=80, valid=16, seed=0, min_words=2, max_words=3)
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def make_cfg(task: str, corpus: Path, **over):
     base = {
         "task": task,
@@ -54,7 +47,7 @@ def make_cfg(task: str, corpus: Path, **over):
     else:
         base["model"] = dict(MICRO)
         base["ctc"] = {"mask_time_prob": 0.2, "mask_time_length": 3, "mask_channel_prob": 0.0}
-    return to_run_config(_merge(base, over))
+    return to_run_config(deep_merge(base, over))
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -110,11 +103,11 @@ def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path):
     """6 updates straight == 3 updates, a new process-like Trainer resuming from `last`, 3 more."""
     over = dict(model={"dropout": 0.1, "attention_dropout": 0.1, "layerdrop": 0.3, "dropout_features": 0.1},
                 schedule={"total_updates": 6}, trainer={"save_interval": 3, "update_freq": 2})
-    straight = Trainer(make_cfg("pretrain", corpus, **_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a")
+    straight = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a")
     straight.fit()
-    first = Trainer(make_cfg("pretrain", corpus, **_merge(over, {"trainer": {"max_updates": 3}})), tmp_path / "b")
+    first = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 3}})), tmp_path / "b")
     first.fit()
-    resumed = Trainer(make_cfg("pretrain", corpus, **_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "b")
+    resumed = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "b")
     assert resumed.update == 3 and resumed.consumed == first.consumed
     resumed.fit()
     a, b = params(straight.model), params(resumed.model)
@@ -227,7 +220,7 @@ def test_ddp_gloo_two_processes_match_one_process(corpus, tmp_path):
     import torch.multiprocessing as mp
 
     over = dict(model={"dropout": 0.1, "layerdrop": 0.0}, trainer={"max_updates": 3, "valid_interval": 0})
-    single = Trainer(make_cfg("pretrain", corpus, **_merge(over, {"trainer": {"update_freq": 2}})), tmp_path / "one")
+    single = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"update_freq": 2}})), tmp_path / "one")
     single.fit()
     cfg = make_cfg("pretrain", corpus, **over)
     from omegaconf import OmegaConf
