@@ -3,7 +3,7 @@
 Only rank 0 writes (other ranks get a logger whose methods do nothing). Files in the
 run directory::
 
-    metrics.jsonl   one JSON object per line: {"kind": "train"|"valid"|"health"|"event",
+    metrics.jsonl   one JSON object per line: {"kind": "train"|"valid"|"health"|"event"|"data",
                     "update": N, "epoch": E, "time": unix seconds, ...numbers}
     run.json        seed, code version (git describe / package version), torch
                     version, device, host, command line, start time
