@@ -234,3 +234,11 @@ def test_ddp_gloo_two_processes_match_one_process(corpus, tmp_path):
     assert worst < 1e-4, worst
     assert any(not torch.equal(one[k], params(Trainer(make_cfg("pretrain", corpus, **over), tmp_path / "x").model)[k])
                for k in one)  # training moved the weights
+
+
+def test_health_grace_period_follows_the_schedule(corpus, tmp_path):
+    """The grace period starts after the lr warmup of the configured schedule (tri-stage: its first phase)."""
+    ft = Trainer(make_cfg("finetune", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}), tmp_path / "f")
+    assert ft.health.start == 100 + 50  # 10 % of 1000 updates, then the grace period
+    pt = Trainer(make_cfg("pretrain", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}), tmp_path / "p")
+    assert pt.health.start == 2 + 50

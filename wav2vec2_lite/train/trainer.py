@@ -209,7 +209,7 @@ class Trainer:
         self.health = HealthMonitor(cfg.health, task=self.task.name, num_negatives=cfg_model.num_negatives,
                                     num_codes_per_group=cfg_model.num_codes_per_group,
                                     num_code_groups=cfg_model.num_code_groups,
-                                    warmup_updates=cfg.schedule.warmup_updates)
+                                    warmup_updates=self._warmup_updates())
 
         resumed = self._maybe_resume() if t.resume else False
         self.train_model = self._wrap()
@@ -612,6 +612,13 @@ class Trainer:
             self.logger.close()
         return {"update": self.update, "epoch": self.epoch, "valid": last_valid,
                 "nonfinite_total": self.nonfinite_total, "run_dir": str(self.run_dir)}
+
+    def _warmup_updates(self) -> int:
+        """Updates of lr warmup (the health monitor's grace period starts after them)."""
+        sch, total = self.cfg.schedule, self.cfg.schedule.total_updates or self.cfg.trainer.max_updates
+        if sch.name == "tri_stage":
+            return int(sch.phase_ratio[0] * total)
+        return min(sch.warmup_updates, total) if sch.name == "polynomial" else 0
 
     def _health_log(self, warnings: list) -> None:
         """Health warnings go to the terminal once and to metrics.jsonl as ``health`` records."""
