@@ -11,3 +11,16 @@ def deep_merge(a: dict, b: dict) -> dict:
     for k, v in b.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def padded_inputs(padded: bool):
+    """A fixed (2, 4000) wave and its attention mask (ones = valid); row 1 padded after 2900 samples."""
+    import torch
+
+    g = torch.Generator().manual_seed(123)
+    wave = torch.randn(2, 4000, generator=g)
+    attention = torch.ones(2, 4000, dtype=torch.long)
+    if padded:
+        attention[1, 2900:] = 0
+        wave[1, 2900:] = 0.0
+    return wave, attention

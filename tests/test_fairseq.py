@@ -17,6 +17,7 @@ import os
 
 import pytest
 import torch
+from _helpers import padded_inputs
 
 transformers = pytest.importorskip("transformers")
 omegaconf = pytest.importorskip("omegaconf")
@@ -208,16 +209,6 @@ def _save_ctc(tmp_path, layout: str, container: str):
     return hf, path
 
 
-def _wave(padded: bool):
-    g = torch.Generator().manual_seed(123)
-    wave = torch.randn(2, 4000, generator=g)
-    attention = torch.ones(2, 4000, dtype=torch.long)
-    if padded:
-        attention[1, 2900:] = 0
-        wave[1, 2900:] = 0.0
-    return wave, attention
-
-
 # ----------------------------------------------------------------------------- pretraining
 PRETRAIN_CASES = [("group_postln", "namespace"), ("layer_preln", "dictconfig"), ("group_postln", "dict")]
 
@@ -228,7 +219,7 @@ def test_pretraining_checkpoint_matches_transformers(tmp_path, layout, container
     ours = load_fairseq(path)
     assert isinstance(ours, Wav2Vec2ForPreTraining) and not ours.training
 
-    wave, _ = _wave(False)
+    wave, _ = padded_inputs(False)
     with torch.no_grad():
         ref = hf.wav2vec2(wave, output_hidden_states=True)
         out = ours.wav2vec2(wave, output_hidden_states=True)
@@ -308,7 +299,7 @@ def test_identity_projection_and_parametrized_pos_conv(tmp_path):
     path = tmp_path / "identity.pt"
     torch.save(_checkpoint(state, cfg=_hydra_cfg(mcfg, [0.1, 10], False)), path)
     ours = load_fairseq(path)
-    wave, _ = _wave(False)
+    wave, _ = padded_inputs(False)
     with torch.no_grad():
         a = hf.wav2vec2(wave).last_hidden_state
         b = ours.wav2vec2(wave).last_hidden_state
@@ -322,7 +313,7 @@ def test_ctc_checkpoint_matches_transformers(tmp_path, layout, container, padded
     hf, path = _save_ctc(tmp_path, layout, container)
     ours = load_fairseq(path)
     assert isinstance(ours, Wav2Vec2ForCTC) and not ours.training
-    wave, attention = _wave(padded)
+    wave, attention = padded_inputs(padded)
     with torch.no_grad():
         ref = hf(wave, attention_mask=attention if padded else None).logits
         out = ours(wave, padding_mask=~attention.bool() if padded else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import padded_inputs
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,16 +37,6 @@ def _hf(cls_name: str, layout: str, seed: int = 0):
     return hf
 
 
-def _inputs(padded: bool):
-    g = torch.Generator().manual_seed(123)
-    wave = torch.randn(2, 4000, generator=g)
-    attention = torch.ones(2, 4000, dtype=torch.long)
-    if padded:
-        attention[1, 2900:] = 0
-        wave[1, 2900:] = 0.0
-    return wave, attention
-
-
 def _valid_frames(hf, attention):
     return hf._get_feat_extract_output_lengths(attention.sum(-1)).long()
 
@@ -57,7 +48,7 @@ def test_outputs_match_transformers(layout, padded, cls_name):
     hf = _hf(cls_name, layout)
     ours = from_hf(hf).eval()
     assert type(ours) is {"model": Wav2Vec2Model, "ctc": Wav2Vec2ForCTC}[cls_name]
-    wave, attention = _inputs(padded)
+    wave, attention = padded_inputs(padded)
     with torch.no_grad():
         ref = hf(wave, attention_mask=attention if padded else None)
         out = ours(wave, padding_mask=~attention.bool() if padded else None)
@@ -74,7 +65,7 @@ def test_outputs_match_transformers(layout, padded, cls_name):
 def test_hidden_states_match(layout):
     hf = _hf("model", layout)
     ours = from_hf(hf).eval()
-    wave, _ = _inputs(False)
+    wave, _ = padded_inputs(False)
     with torch.no_grad():
         ref = hf(wave, output_hidden_states=True).hidden_states
         out = ours(wave, output_hidden_states=True).hidden_states
@@ -89,7 +80,7 @@ def test_contrastive_loss_and_perplexity_match(layout, padded):
     hf = _hf("pretraining", layout)
     ours = from_hf(hf).eval()
     assert isinstance(ours, Wav2Vec2ForPreTraining)
-    wave, attention = _inputs(padded)
+    wave, attention = padded_inputs(padded)
     frames = _valid_frames(hf, attention)
     total = int(hf._get_feat_extract_output_lengths(torch.tensor(wave.shape[1])))
     g = torch.Generator().manual_seed(7)
@@ -120,7 +111,7 @@ def test_quantizer_codevectors_match():
 def test_ctc_loss_matches_transformers():
     hf = _hf("ctc", "layer_preln")
     ours = from_hf(hf).eval()
-    wave, attention = _inputs(True)
+    wave, attention = padded_inputs(True)
     labels = torch.tensor([[5, 6, 7, 7, 8], [9, 10, -100, -100, -100]])
     with torch.no_grad():
         ref = hf(wave, attention_mask=attention, labels=labels)
