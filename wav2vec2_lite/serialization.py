@@ -22,6 +22,7 @@ from torch import nn
 from wav2vec2_lite.config import Wav2Vec2Config
 
 __all__ = [
+    "find_model_folder",
     "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
     "CONFIG_NAME", "CheckpointError",
 ]
@@ -143,3 +144,13 @@ def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_lo
 def state_dict_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     """Exact equality of two state dicts (same keys, ``torch.equal`` tensors)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def find_model_folder(path: str | Path, marker: str = CONFIG_NAME) -> Path | None:
+    """The folder holding a saved model: a run dir's ``checkpoints/best`` (else ``last``), a
+    ``best``/``last`` folder below ``path``, or ``path`` itself — the first that holds ``marker``."""
+    path = Path(path)
+    for folder in (path / "checkpoints" / "best", path / "checkpoints" / "last", path / "best", path / "last", path):
+        if (folder / marker).is_file():
+            return folder
+    return None

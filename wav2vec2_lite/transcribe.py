@@ -21,6 +21,7 @@ from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
+from wav2vec2_lite.serialization import find_model_folder
 
 __all__ = ["Transcriber", "Transcript", "resolve_model_folder"]
 
@@ -43,11 +44,9 @@ def resolve_model_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
         return path.parent
-    for sub in ("checkpoints/best", "checkpoints/last", "best", "last"):
-        if (path / sub / "config.json").is_file():
-            return path / sub
-    if (path / "config.json").is_file():
-        return path
+    folder = find_model_folder(path)  # HF folders hold a config.json too
+    if folder is not None:
+        return folder
     raise FileNotFoundError(f"{path}: no model found (expected a run folder with checkpoints/best or last, "
                             f"a folder with config.json + model.safetensors, or a Hugging Face folder)")
 

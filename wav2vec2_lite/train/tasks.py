@@ -21,6 +21,7 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.dataset import AudioDataset
 from wav2vec2_lite.health import count_impossible_ctc
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.serialization import WEIGHTS_NAME, find_model_folder
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
 
 __all__ = ["PretrainTask", "FinetuneTask", "build_task", "resolve_pretrained"]
@@ -229,10 +230,8 @@ def build_task(cfg) -> PretrainTask | FinetuneTask:
 def resolve_pretrained(path: str | Path) -> Path:
     """A saved-model folder from a run directory (best, else last checkpoint) or the folder itself."""
     p = Path(path)
-    if (p / "model.safetensors").is_file():
-        return p
-    for name in ("best", "last"):
-        if (p / "checkpoints" / name / "model.safetensors").is_file():
-            return p / "checkpoints" / name
+    folder = find_model_folder(p, WEIGHTS_NAME)
+    if folder is not None:
+        return folder
     raise FileNotFoundError(f"{p}: no model.safetensors here nor in {p}/checkpoints/best|last "
                             f"(finetune.pretrained must be a pretraining run dir or checkpoint folder)")
