@@ -288,3 +288,62 @@ def test_save_load_round_trip_and_corruption(tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors"):
         load_model(tmp_path / "m")
     assert not list((tmp_path / "m").glob("*.tmp"))
+
+
+def _encoder_grads(enc, wave, lean: bool, autocast: bool = False):
+    enc.lean_backward = lean
+    enc.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = enc(wave)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out.float() * weight).sum().backward()
+    return out.detach().float(), [p.grad.clone() for p in enc.parameters()]
+
+
+@pytest.mark.parametrize("norm,grad_mult", [("group", 0.1), ("group", 1.0), ("layer", 1.0)])
+def test_lean_conv_stack_is_exactly_the_module_path(norm, grad_mult):
+    """LeanConvStack (conv outputs kept, norm + GELU recomputed in backward) gives the very
+    numbers autograd gives on the module path: output and every parameter gradient."""
+    from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config.tiny(feat_extract_norm=norm, feature_grad_mult=grad_mult, conv_bias=norm == "layer")
+    enc = FeatureEncoder(cfg)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    wave = torch.randn(2, 8000)
+    ref_out, ref_grads = _encoder_grads(enc, wave, lean=False)
+    out, grads = _encoder_grads(enc, wave, lean=True)
+    assert torch.equal(out, ref_out)
+    assert len(grads) == len(ref_grads) == len(list(enc.parameters()))
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+    # bf16 autocast: the lean path keeps its norms in float32, so it is at least as close to
+    # the float32 result as the module path (which CPU autocast runs in bf16)
+    lean_bf, _ = _encoder_grads(enc, wave, lean=True, autocast=True)
+    mod_bf, _ = _encoder_grads(enc, wave, lean=False, autocast=True)
+    err_lean, err_mod = (lean_bf - ref_out).abs().max(), (mod_bf - ref_out).abs().max()
+    assert err_lean < 0.1 and err_lean <= err_mod * 1.05
+
+
+def test_lean_conv_stack_frozen_padded_and_double_backward():
+    from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
+
+    torch.manual_seed(0)
+    enc = FeatureEncoder(Wav2Vec2Config.tiny())
+    wave = torch.randn(2, 8000)
+    # a padded batch with masked GroupNorm takes the module path, with gradients
+    out = enc(wave, torch.tensor([8000, 6000]))
+    assert out.grad_fn is not None and "LeanConvStack" not in type(out.grad_fn).__name__
+    assert "LeanConvStack" in type(enc(wave).grad_fn).__name__
+    # frozen: no graph at all
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    assert enc(wave).grad_fn is None
+    for p in enc.parameters():
+        p.requires_grad_(True)
+    out = enc(wave).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()

@@ -327,12 +327,18 @@ def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict
     return out
 
 
+#: glibc's malloc raises its mmap threshold (up to 32 MB) each time a large block is freed,
+#: after which freed activations stay in the heap and RSS keeps counting them; a fixed
+#: threshold makes the resident set follow the live tensors, for both implementations alike.
+PROBE_ENV = {"TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def run_probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, timeout: float = 3600) -> dict[str, Any]:
-    """:func:`probe` in a fresh Python process (clean peak RSS)."""
+    """:func:`probe` in a fresh Python process (clean peak RSS, :data:`PROBE_ENV`)."""
     payload = json.dumps({"spec": spec.__dict__, "impl": impl, "warmup": warmup, "repeats": repeats})
     proc = subprocess.run([sys.executable, "-m", "wav2vec2_lite.benchmarking", "--probe", payload],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+                          env={**os.environ, **PROBE_ENV})
     if proc.returncode != 0:
         return {"impl": impl, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
                 f"exit {proc.returncode}"}
