@@ -157,8 +157,9 @@ class LeanConvStack(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         # Peak memory is this loop's: every full-size temporary is dropped (del) or overwritten
         # in place (the ``.out`` kernels) as soon as it is used, and a norm output is recomputed
-        # rather than kept, so at most ~3.5 first-layer-sized tensors are alive at once (autograd
-        # on the module path: ~4.5).
+        # rather than kept, so at most ~3 first-layer-sized tensors are alive at once (autograd on
+        # the module path: ~4.5). The step's peak is then the conv kernels' own workspace (BASE,
+        # 2 x 4 s: ~160 MB for the second layer's weight gradient, ~200 MB for its input gradient).
         (wave,) = ctx.saved_tensors
         encoder, cdt, stats, saved = ctx.encoder, ctx.cdt, ctx.stats, ctx.saved
         if saved is None:
@@ -194,10 +195,17 @@ class LeanConvStack(torch.autograd.Function):
                 else:
                     x_in = wave.to(cdt)
                 conv = layer.conv
-                g, gw, gb = _aten.convolution_backward(
-                    g.to(cdt), x_in, conv.weight.to(cdt), [conv.out_channels] if conv.bias is not None else None,
-                    list(conv.stride), [0], [1], False, [0], 1, [i > 0 or ctx.needs_input_grad[0], True, conv.bias is not None])
+                g, w = g.to(cdt), conv.weight.to(cdt)
+                bias_sizes = [conv.out_channels] if conv.bias is not None else None
+                args = (list(conv.stride), [0], [1], False, [0], 1)
+                # weight (and bias) gradient first, then drop the recomputed input before the
+                # input gradient is allocated (that kernel reads only the input's shape)
+                _, gw, gb = _aten.convolution_backward(g, x_in, w, bias_sizes, *args, [False, True, conv.bias is not None])
+                shape = x_in.shape
                 del x_in
+                if i > 0 or ctx.needs_input_grad[0]:
+                    g = _aten.convolution_backward(g, torch.empty((), dtype=cdt, device=g.device).expand(shape), w,
+                                                   None, *args, [True, False, False])[0]
                 owned = True
                 grads[id(conv.weight)] = gw.to(conv.weight.dtype)
                 if conv.bias is not None:
