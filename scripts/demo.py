@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pretrain-updates", type=int, default=6000 if full else 1500)
     p.add_argument("--pretrain-stage-updates", type=int, default=1500,
                    help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
-    p.add_argument("--finetune-updates", type=int, default=2000 if full else 600)
+    p.add_argument("--finetune-updates", type=int, default=2000 if full else 1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
-    p.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-3, 2e-3] if full else [1e-3],
+    p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 3e-3] if full else [2e-3],
                    help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
@@ -103,14 +103,15 @@ def main(argv: list[str] | None = None) -> None:
     target = 0
     while target < args.pretrain_updates:
         target = min(target + stage, args.pretrain_updates)
-        pre_minutes = train("pretrain.py", "pretrain_tiny",
+        pre_minutes = train("pretrain.py", "pretrain_demo",
                             [*common, "data.train_subset=unlabeled", "schedule.total_updates=" + str(args.pretrain_updates)],
                             pre_dir, target)
 
     # 3 + 4. fine-tuning: pretrained vs from scratch, same labels, same budget, same trials
     arms = {
         "pretrained": [f"finetune.pretrained={pre_dir}"],
-        "scratch": ["model=tiny", "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
+        "scratch": ["model=tiny", "model.layer_norm_first=true", "model.num_codes_per_group=8",
+                    "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
                     "ctc.feature_grad_mult=1.0"],
     }
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             trials = []
             for lr in args.lrs:
                 rd = args.out / f"finetune_{arm}" / f"seed{seed}_lr{lr:g}"
-                minutes = train("finetune.py", "finetune_tiny",
+                minutes = train("finetune.py", "finetune_demo",
                                 [*common, "data.train_subset=train_10min", f"optim.lr={lr}", f"trainer.seed={seed}",
                                  *extra], rd, args.finetune_updates)
                 valid = [r for r in _records(rd) if r.get("kind") == "valid"]

@@ -57,6 +57,20 @@ def test_finetune_recipes_match_fairseq(recipe, lr, updates, freeze, channel, la
     assert cfg.data.max_tokens == 3200000 and cfg.trainer.best_metric == "wer"
 
 
+def test_demo_configs_compose_and_differ_from_tiny_only_where_documented():
+    """scripts/demo.py's recipes: pretrain_demo = pretrain_tiny + pre-LN, 2 x 8 codes, lr 3e-3;
+    finetune_demo = finetune_tiny + light time masking, no channel masking, lr 2e-3."""
+    tiny = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x"]))
+    demo = to_run_config(_compose("pretrain_demo", ["data.manifest_dir=/x"]))
+    m_tiny, m_demo = build_model_config(tiny.model), build_model_config(demo.model)
+    assert m_demo == m_tiny.replace(layer_norm_first=True, num_codes_per_group=8)
+    assert (tiny.optim.lr, demo.optim.lr) == (2e-3, 3e-3) and demo.schedule == tiny.schedule
+    ft_tiny = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x"]))
+    ft_demo = to_run_config(_compose("finetune_demo", ["data.manifest_dir=/x"]))
+    assert (ft_demo.ctc.mask_time_prob, ft_demo.ctc.mask_channel_prob, ft_demo.optim.lr) == (0.05, 0.0, 2e-3)
+    assert ft_demo.finetune == ft_tiny.finetune and ft_demo.schedule == ft_tiny.schedule
+
+
 def test_overrides_reach_the_model_config_and_bad_values_name_the_key():
     cfg = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "model.num_layers=2",
                                                    "model.mask_time_prob=0.3", "trainer.max_updates=50"]))
