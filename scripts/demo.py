@@ -124,9 +124,11 @@ def main(argv: list[str] | None = None) -> None:
                                 [*common, "data.train_subset=train_10min", f"optim.lr={lr}", f"trainer.seed={seed}",
                                  *extra], rd, args.finetune_updates)
                 valid = [r for r in _records(rd) if r.get("kind") == "valid"]
-                best_valid = min((r["wer"] for r in valid), default=float("inf"))
-                trials.append({"dir": rd, "lr": lr, "valid_wer": best_valid, "minutes": minutes})
-            best = min(trials, key=lambda t: t["valid_wer"])  # chosen on valid, never on test
+                # CER, then WER: at this size WER sits near 100 % for a long time while CER moves
+                best_valid = min(((r["cer"], r["wer"]) for r in valid), default=(float("inf"), float("inf")))
+                trials.append({"dir": rd, "lr": lr, "valid_cer": best_valid[0], "valid_wer": best_valid[1],
+                               "minutes": minutes})
+            best = min(trials, key=lambda t: (t["valid_cer"], t["valid_wer"]))  # chosen on valid, never on test
             runs[arm].append({**best, "seed": seed, "trial_minutes": sum(t["minutes"] for t in trials)})
 
     # 5. test scores

@@ -68,6 +68,7 @@ def test_demo_configs_compose_and_differ_from_tiny_only_where_documented():
     ft_tiny = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x"]))
     ft_demo = to_run_config(_compose("finetune_demo", ["data.manifest_dir=/x"]))
     assert (ft_demo.ctc.mask_time_prob, ft_demo.ctc.mask_channel_prob, ft_demo.optim.lr) == (0.05, 0.0, 2e-3)
+    assert ft_demo.trainer.best_metric == "cer"
     assert ft_demo.finetune == ft_tiny.finetune and ft_demo.schedule == ft_tiny.schedule
 
 
