@@ -83,6 +83,10 @@ def test_infinite_ctc_from_a_too_short_utterance():
 def test_gradient_and_loss_scale_and_nonfinite_detectors():
     mon = HealthMonitor(CFG, task="finetune")
     assert feed(mon, {"grad_norm": float("inf")}, [0])[0] == {"gradient_explosion"}
+    # a large finite norm in the first updates (CTC's usual start) is not flagged; later it is
+    early = HealthMonitor(CFG, task="finetune")
+    assert feed(early, {"grad_norm": 2e3}, range(0, 10))[0] == set()
+    assert feed(early, {"grad_norm": 2e3}, [10])[0] == {"gradient_explosion"}
     assert feed(mon, {"grad_norm": 1.0, "loss_scale": 1e-4}, [1])[0] == {"loss_scale_collapse"}
     symptoms, _ = feed(HealthMonitor(CFG, task="finetune"), {"grad_norm": 1.0, "nonfinite": 1.0}, range(5))
     assert "nonfinite_steps" in symptoms

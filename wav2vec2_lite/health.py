@@ -10,7 +10,7 @@ symptom                    detected when (defaults in :class:`HealthConfig`)
 ``stuck_at_chance``        contrastive loss per masked frame within 3 % of ln(K+1) (nats)
 ``low_accuracy``           contrastive accuracy below 1.25/(K+1) (chance is 1/(K+1))
 ``codebook_collapse``      hard code perplexity of a group below 10 % of V
-``gradient_explosion``     gradient norm above 1e3 (or non-finite)
+``gradient_explosion``     gradient norm non-finite, or above 1e3 after the grace period
 ``vanishing_gradients``    gradient norm below 1e-7
 ``loss_scale_collapse``    fp16 loss scale below 1/128
 ``nonfinite_steps``        more than 5 % of recent steps skipped as non-finite
@@ -79,7 +79,7 @@ class HealthConfig:
     collapse_fraction: float = 0.1
     """codebook_collapse: hard perplexity per group below this fraction of V."""
     grad_norm_max: float = 1e3
-    """gradient_explosion threshold."""
+    """gradient_explosion threshold (a non-finite norm is flagged at once, a large one after the grace period)."""
     grad_norm_min: float = 1e-7
     """vanishing_gradients threshold."""
     min_loss_scale: float = 1.0 / 128
@@ -161,8 +161,10 @@ class HealthMonitor:
         c = self.cfg
         skipped = self._mean("nonfinite", stats.get("nonfinite", 0.0))
         grad = stats.get("grad_norm")
-        # immediate symptoms (no grace period: they are never normal)
-        if grad is not None and (not math.isfinite(grad) or grad > c.grad_norm_max):
+        # immediate symptoms (no grace period: they are never normal) -- except a large finite
+        # gradient norm, which is usual in the first updates of CTC (loss summed per sentence;
+        # clipping handles it): that one is judged after the grace period
+        if grad is not None and (not math.isfinite(grad) or (grad > c.grad_norm_max and update >= self.start)):
             out.append(self._warn("gradient_explosion", update, f"gradient norm {grad:.3g} > {c.grad_norm_max:g}",
                                   {"grad_norm": grad if math.isfinite(grad) else -1.0}))
         scale = stats.get("loss_scale")
