@@ -347,3 +347,24 @@ def test_lean_conv_stack_frozen_padded_and_double_backward():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):
         out.backward()
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_lean_conv_stack_chunked_backward_matches(norm):
+    """Above ``backward_chunk_elements`` a conv's gradients are summed over overlapping time
+    chunks (bounded kernel workspace): the same gradients up to summation order, input included."""
+    from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
+
+    torch.manual_seed(0)
+    enc = FeatureEncoder(Wav2Vec2Config.tiny(feat_extract_norm=norm, conv_bias=norm == "layer", feature_grad_mult=0.1))
+    wave = torch.randn(2, 16000, requires_grad=True)
+    results = []
+    for lean, chunk in ((False, 0), (True, 1000)):
+        enc.lean_backward, enc.backward_chunk_elements = lean, chunk
+        enc.zero_grad()
+        wave.grad = None
+        out = enc(wave)
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+        results.append([wave.grad.clone()] + [p.grad.clone() for p in enc.parameters()])
+    for ref, got in zip(*results):
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))

@@ -123,6 +123,50 @@ def _norm_backward(layer: ConvLayer, grad: Tensor, z: Tensor, stats: tuple[Tenso
     return gx.transpose(1, 2), gw, gb
 
 
+def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, need_input: bool,
+                   chunk_elements: int) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """(input, weight, bias) gradients of an unpadded strided ``conv`` at input ``x_in``.
+
+    The weight gradient comes first so the caller can drop ``x_in`` before the input gradient
+    is allocated (that kernel reads only the input's shape). When ``x_in`` has more than
+    ``chunk_elements`` elements, both are computed over time chunks of the output (each chunk's
+    input window overlaps the next by ``kernel - stride`` samples, whose input gradients add):
+    the convolution kernels' workspace grows with the length they see (BASE, 2 x 4 s, second
+    layer: ~160 MB for the weight gradient and ~200 MB for the input gradient in one call), so
+    chunks bound it. Chunked sums run in another order: ~1e-6 relative to the one-call result.
+    """
+    w = conv.weight.to(cdt)
+    k, s = conv.kernel_size[0], conv.stride[0]
+    has_bias = conv.bias is not None
+    args = ([s], [0], [1], False, [0], 1)
+    batch, channels, length = x_in.shape
+    frames = g.shape[-1]
+    chunks = min(frames, -(-x_in.numel() // chunk_elements)) if chunk_elements > 0 else 1
+    if chunks <= 1:
+        _, gw, gb = _aten.convolution_backward(g, x_in, w, [conv.out_channels] if has_bias else None, *args,
+                                               [False, True, has_bias])
+        gx = None
+        if need_input:
+            fake = torch.empty((), dtype=cdt, device=g.device).expand(x_in.shape)
+            gx = _aten.convolution_backward(g, fake, w, None, *args, [True, False, False])[0]
+        return gx, gw, gb
+    step = -(-frames // chunks)
+    spans = [(a, min(frames, a + step)) for a in range(0, frames, step)]
+    gw = torch.zeros_like(w)
+    for a, b in spans:
+        gw += _aten.convolution_backward(g[..., a:b], x_in[..., a * s:(b - 1) * s + k], w, None, *args,
+                                         [False, True, False])[1]
+    gb = g.sum(dim=(0, 2)) if has_bias else None
+    gx = None
+    if need_input:
+        gx = g.new_zeros(batch, channels, length)
+        for a, b in spans:
+            lo, hi = a * s, (b - 1) * s + k
+            fake = torch.empty((), dtype=cdt, device=g.device).expand(batch, channels, hi - lo)
+            gx[..., lo:hi] += _aten.convolution_backward(g[..., a:b], fake, w, None, *args, [True, False, False])[0]
+    return gx, gw, gb
+
+
 class LeanConvStack(torch.autograd.Function):
     """The conv stack's forward + backward, keeping only each conv's output for backward.
 
@@ -158,8 +202,8 @@ class LeanConvStack(torch.autograd.Function):
         # Peak memory is this loop's: every full-size temporary is dropped (del) or overwritten
         # in place (the ``.out`` kernels) as soon as it is used, and a norm output is recomputed
         # rather than kept, so at most ~3 first-layer-sized tensors are alive at once (autograd on
-        # the module path: ~4.5). The step's peak is then the conv kernels' own workspace (BASE,
-        # 2 x 4 s: ~160 MB for the second layer's weight gradient, ~200 MB for its input gradient).
+        # the module path: ~4.5), and large convs are differentiated in time chunks, which bounds
+        # the kernels' own workspace (:func:`_conv_backward`).
         (wave,) = ctx.saved_tensors
         encoder, cdt, stats, saved = ctx.encoder, ctx.cdt, ctx.stats, ctx.saved
         if saved is None:
@@ -195,17 +239,9 @@ class LeanConvStack(torch.autograd.Function):
                 else:
                     x_in = wave.to(cdt)
                 conv = layer.conv
-                g, w = g.to(cdt), conv.weight.to(cdt)
-                bias_sizes = [conv.out_channels] if conv.bias is not None else None
-                args = (list(conv.stride), [0], [1], False, [0], 1)
-                # weight (and bias) gradient first, then drop the recomputed input before the
-                # input gradient is allocated (that kernel reads only the input's shape)
-                _, gw, gb = _aten.convolution_backward(g, x_in, w, bias_sizes, *args, [False, True, conv.bias is not None])
-                shape = x_in.shape
+                g, gw, gb = _conv_backward(g.to(cdt), x_in, conv, cdt, i > 0 or ctx.needs_input_grad[0],
+                                           encoder.backward_chunk_elements)
                 del x_in
-                if i > 0 or ctx.needs_input_grad[0]:
-                    g = _aten.convolution_backward(g, torch.empty((), dtype=cdt, device=g.device).expand(shape), w,
-                                                   None, *args, [True, False, False])[0]
                 owned = True
                 grads[id(conv.weight)] = gw.to(conv.weight.dtype)
                 if conv.bias is not None:
@@ -235,6 +271,9 @@ class FeatureEncoder(nn.Module):
         self.lean_backward = True
         """Train with :class:`LeanConvStack` (same numbers, ~40 % of the activation memory).
         Padded batches with ``masked_group_norm`` use the module path."""
+        self.backward_chunk_elements = 1 << 22
+        """LeanConvStack computes a conv's gradients over time chunks when its input has more
+        elements than this (bounds the kernels' workspace; 0 = never)."""
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Samples -> frames for this stack."""
