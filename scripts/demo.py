@@ -57,7 +57,25 @@ def timed(run_dir: Path) -> float:
     return minutes
 
 
+def same_recipe(script: str, config: str, overrides: list[str], run_dir: Path) -> None:
+    """A run folder is resumed or reused only for the recipe that made it: ``demo_step.json``
+    records it, and a folder made with another one (e.g. an older demo) stops the demo."""
+    recipe = {"script": script, "config": config, "overrides": [o for o in overrides if "max_updates" not in o]}
+    path = run_dir / "demo_step.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != recipe:
+            raise SystemExit(f"{run_dir} was trained with another recipe ({old['config']} {' '.join(old['overrides'])}); "
+                             f"remove it or pass another --out")
+    elif (run_dir / "metrics.jsonl").is_file():
+        raise SystemExit(f"{run_dir} holds a run without a recorded demo recipe (an older demo?); "
+                         f"remove it or pass another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recipe, indent=1))
+
+
 def train(script: str, config: str, overrides: list[str], run_dir: Path, updates: int) -> float:
+    same_recipe(script, config, overrides, run_dir)
     if done(run_dir, updates):
         print(f"[demo] {run_dir} already complete ({updates} updates): skipped")
         return timed(run_dir)

@@ -31,3 +31,21 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     # a second run finds every step complete and redoes none of the training
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("already complete") == 3
+
+
+def test_demo_reuses_a_run_folder_only_for_its_own_recipe(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    run = tmp_path / "pretrain"
+    demo.same_recipe("pretrain.py", "pretrain_demo", ["a=1"], run)
+    demo.same_recipe("pretrain.py", "pretrain_demo", ["a=1"], run)  # same recipe: resumable
+    with pytest.raises(SystemExit, match="another recipe"):
+        demo.same_recipe("pretrain.py", "pretrain_tiny", ["a=1"], run)
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(SystemExit, match="without a recorded demo recipe"):
+        demo.same_recipe("pretrain.py", "pretrain_demo", [], old)
