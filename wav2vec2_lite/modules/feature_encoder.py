@@ -13,8 +13,9 @@ Training memory: the stack's activations are the largest part of a pretraining s
 would keep three tensors for the first layer (conv output, norm output, GELU output) and
 two for each other layer. :class:`LeanConvStack` keeps only each conv's output (plus the
 norm's per-row mean and 1/std) and recomputes norm and GELU, which are elementwise and
-cheap next to the convolutions, during the backward pass: about 40 % of that memory, the
-same aten kernels, so the same numbers (tests/test_model.py).
+cheap next to the convolutions, during the backward pass, with the same aten kernels, so the
+same numbers (tests/test_model.py). Measured on BASE, 2 x 4 s: 149 MB less resident after the
+forward pass, same step time (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ _aten = torch.ops.aten
 
 
 def _norm_forward(layer: ConvLayer, z: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """The layer's norm on a conv output ``z`` (B, C, T), in float32 as autocast would run it;
-    returns (normed, (mean, rstd)) or (z, None) for a layer without norm."""
+    """The layer's norm on a conv output ``z`` (B, C, T), always in float32 (CUDA autocast's
+    choice; CPU autocast would use bf16); returns (normed, (mean, rstd)) or (z, None)."""
     if layer.norm_kind is None:
         return z, None
     zf = z.float()
@@ -171,8 +172,9 @@ class LeanConvStack(torch.autograd.Function):
     """The conv stack's forward + backward, keeping only each conv's output for backward.
 
     ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.parameters()) -> (B, C, T)``. Under
-    autocast the convolutions run in the autocast dtype and the norms in float32, as the
-    module path does; the saved conv outputs are then in the autocast dtype too.
+    autocast the convolutions run in the autocast dtype and the norms in float32 (as CUDA
+    autocast runs the module path; CPU autocast would run them in bf16); the saved conv
+    outputs are then in the autocast dtype too.
     ``grad_mult`` is fairseq's ``feature_grad_mult``, applied to the incoming gradient.
     """
 
@@ -269,7 +271,7 @@ class FeatureEncoder(nn.Module):
         self.conv_layers = nn.ModuleList(layers)
         self.grad_mult = cfg.feature_grad_mult
         self.lean_backward = True
-        """Train with :class:`LeanConvStack` (same numbers, ~40 % of the activation memory).
+        """Train with :class:`LeanConvStack` (same numbers, less activation memory).
         Padded batches with ``masked_group_norm`` use the module path."""
         self.backward_chunk_elements = 1 << 22
         """LeanConvStack computes a conv's gradients over time chunks when its input has more
