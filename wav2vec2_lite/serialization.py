@@ -51,9 +51,6 @@ def fsync_dir(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-_fsync_dir = fsync_dir  # old private name
-
-
 def atomic_write_bytes(path: str | os.PathLike, write: bytes | bytearray | Callable[[BinaryIO], Any]) -> Path:
     """Write ``path`` all at once or not at all.
 
