@@ -288,12 +288,12 @@ class FeatureEncoder(nn.Module):
         if lengths is not None:
             first_lengths = conv_output_lengths(lengths, self.kernels[:1], self.strides[:1])
         grad_mult = self.grad_mult if torch.is_grad_enabled() else 1.0
-        params = list(self.parameters())
         first = self.conv_layers[0]
         masked_norm = first_lengths is not None and first.masked_group_norm and first.norm_kind == "group"
-        if (self.lean_backward and torch.is_grad_enabled() and grad_mult > 0 and not masked_norm
-                and (wave.requires_grad or any(p.requires_grad for p in params))):
-            return LeanConvStack.apply(x, self, grad_mult, *params)
+        if self.lean_backward and torch.is_grad_enabled() and grad_mult > 0 and not masked_norm:
+            params = list(self.parameters())
+            if wave.requires_grad or any(p.requires_grad for p in params):
+                return LeanConvStack.apply(x, self, grad_mult, *params)
         with torch.set_grad_enabled(torch.is_grad_enabled() and grad_mult > 0):
             for i, layer in enumerate(self.conv_layers):
                 x = layer(x, first_lengths if i == 0 else None)
