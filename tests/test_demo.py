@@ -49,3 +49,16 @@ def test_demo_reuses_a_run_folder_only_for_its_own_recipe(tmp_path):
     (old / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(SystemExit, match="without a recorded demo recipe"):
         demo.same_recipe("pretrain.py", "pretrain_demo", [], old)
+
+
+def test_gumbel_decay_anneals_over_the_same_share_of_any_run_length():
+    import importlib.util
+    import math
+
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.gumbel_decay(1500) == 0.999  # configs/pretrain_demo.yaml's value
+    for updates in (1500, 6000, 20000):
+        floor_at = math.log(0.5 / 2.0) / math.log(demo.gumbel_decay(updates))  # first update at tau = 0.5
+        assert 0.90 < floor_at / updates < 0.94
