@@ -1,6 +1,6 @@
 """The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus.
 
-    python scripts/demo.py            # default: about 20 minutes on 2 CPU cores
+    python scripts/demo.py            # default: about 16 minutes on 2 CPU cores
     FULL=1 python scripts/demo.py     # the longer "does pretraining help?" experiment (hours, resumable)
 
 Steps (each is skipped when its output is already complete, so a re-run resumes):
@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / ("data/demo_full" if full else "data/demo"))
     p.add_argument("--out", type=Path, default=ROOT / ("runs/demo_full" if full else "runs/demo"))
-    # FULL: 1500 updates (the default demo) left the pretrained arm behind scratch, so the long
-    # run pretrains ~13x longer: ~1.7 h at ~0.3 s/update on 2 cores, in ~30-minute stages
+    # FULL: at the default 1500 updates the pretrained arm is level with scratch (3 seeds, within
+    # +-15 CER points of seed spread), so the long run pretrains ~13x longer: ~1.7 h at ~0.3 s/update
+    # on 2 cores, in ~30-minute stages
     p.add_argument("--pretrain-updates", type=int, default=20000 if full else 1500)
     p.add_argument("--pretrain-stage-updates", type=int, default=6000,
                    help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
