@@ -368,3 +368,25 @@ def test_lean_conv_stack_chunked_backward_matches(norm):
         results.append([wave.grad.clone()] + [p.grad.clone() for p in enc.parameters()])
     for ref, got in zip(*results):
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+
+
+def test_long_input_attention_recompute_gives_the_same_gradients(monkeypatch):
+    """From ``SelfAttention.recompute_min_frames`` on, attention with dropout is recomputed in
+    the backward pass (its (B, H, T, T) probabilities are not kept); replaying the RNG state gives
+    the same dropout mask, so loss and gradients equal the stored path's."""
+    from wav2vec2_lite.modules.context import SelfAttention
+
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(small(attention_dropout=0.3)).train()
+    wave = torch.randn(2, 16000)
+    results = []
+    for threshold in (10**9, 1):
+        monkeypatch.setattr(SelfAttention, "recompute_min_frames", threshold)
+        model.zero_grad()
+        torch.manual_seed(5)  # the global RNG drives the dropout masks
+        out = model(wave, generator=torch.Generator().manual_seed(3))
+        out.loss.backward()
+        results.append([out.loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(results[0]) == len(results[1]) > 10
+    for ref, got in zip(*results):
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * max(float(ref.abs().max()), 1.0))

@@ -353,7 +353,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             log("this CPU has no native bf16 (no avx512_bf16/amx_bf16): bf16 skipped; force it with --dtype bfloat16")
     else:
         dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
-    tasks = list(TASKS) if args.tasks == "all" else args.tasks.split(",")
+    tasks = list(TASKS) if args.tasks == "all" else [] if args.tasks in ("", "none") else args.tasks.split(",")
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "both"],
                    help="auto: float32, plus bfloat16 where the hardware has it")
-    p.add_argument("--tasks", default="all", help="comma list of pretrain,finetune,infer (default all)")
+    p.add_argument("--tasks", default="all", help="comma list of pretrain,finetune,infer (default all; none: only --scaling)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
