@@ -30,7 +30,7 @@ class SelfAttention(nn.Module):
 
     With attention dropout in training, torch's CPU SDPA takes its math path, which keeps the
     ``(B, heads, T, T)`` probabilities and dropout mask of every layer for the backward pass:
-    ~5.9 GB of a BASE step on one 32 s input. From ``recompute_min_frames`` frames on, the
+    ~3.9 GB of the 6.5 GB peak of a BASE step on one 32 s input. From ``recompute_min_frames`` frames on, the
     attention core is recomputed in the backward pass instead (the same dropout mask: the RNG
     state is replayed), so only q, k, v stay alive; gradients are unchanged.
     """
