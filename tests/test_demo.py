@@ -12,6 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _demo_module():
+    """scripts/demo.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--data", str(tmp_path / "data"), "--out",
@@ -34,11 +44,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
 
 
 def test_demo_reuses_a_run_folder_only_for_its_own_recipe(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _demo_module()
     run = tmp_path / "pretrain"
     demo.same_recipe("pretrain.py", "pretrain_demo", ["a=1"], run)
     demo.same_recipe("pretrain.py", "pretrain_demo", ["a=1"], run)  # same recipe: resumable
@@ -52,13 +58,23 @@ def test_demo_reuses_a_run_folder_only_for_its_own_recipe(tmp_path):
 
 
 def test_gumbel_decay_anneals_over_the_same_share_of_any_run_length():
-    import importlib.util
     import math
 
-    spec = importlib.util.spec_from_file_location("demo_script", ROOT / "scripts" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _demo_module()
     assert demo.gumbel_decay(1500) == 0.999  # configs/pretrain_demo.yaml's value
     for updates in (1500, 6000, 20000):
         floor_at = math.log(0.5 / 2.0) / math.log(demo.gumbel_decay(updates))  # first update at tau = 0.5
         assert 0.90 < floor_at / updates < 0.94
+
+
+def test_side_by_side_runs_report_minutes_and_a_failure_names_its_log(tmp_path):
+    demo = _demo_module()
+    ok = [([sys.executable, "-c", f"print('run {i}')"], tmp_path / f"ok{i}", 1) for i in range(3)]
+    minutes = demo.run_side_by_side(ok, parallel=2)
+    assert len(minutes) == 3 and all(0 < m < 1 for m in minutes)
+    assert [(tmp_path / f"ok{i}" / "train.log").read_text() for i in range(3)] == [f"run {i}\n" for i in range(3)]
+    slow = tmp_path / "slow"
+    jobs = [([sys.executable, "-c", "import time; time.sleep(60)"], slow, 1),
+            ([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"], tmp_path / "bad", 1)]
+    with pytest.raises(SystemExit, match=r"exit code 3.*bad[/\\]train\.log"):
+        demo.run_side_by_side(jobs, parallel=2)
