@@ -83,8 +83,10 @@ def run_side_by_side(jobs: list[tuple[list[str], Path, int]], parallel: int) -> 
                 log.close()
                 del active[i]
                 if proc.returncode != 0:
-                    for other, _, _ in active.values():
+                    for other, _, other_log in active.values():
                         other.terminate()
+                        other.wait()
+                        other_log.close()
                     raise SystemExit(f"command failed with exit code {proc.returncode}: {' '.join(jobs[i][0])} "
                                      f"(see {jobs[i][1] / 'train.log'})")
                 minutes[i] = (time.time() - t0) / 60
