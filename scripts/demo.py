@@ -230,14 +230,16 @@ def main(argv: list[str] | None = None) -> None:
             runs[arm].append({**best, "seed": seed, "trial_minutes": sum(t["minutes"] for t in tried)})
 
     # 5. test scores
-    from wav2vec2_lite.evaluate import evaluate_split
+    from wav2vec2_lite.evaluate import by_kind, evaluate_split, sentence_kinds
 
-    rows = []
+    kinds = sentence_kinds(args.data)
     for arm, trials in runs.items():
         for t in trials:
             res = evaluate_split(t["dir"], args.data, "test")
             t.update(test_wer=res.wer, test_cer=res.cer)
-            rows.append((arm, t))
+            # WER on the closed command domain: meaningful at a size where open-vocabulary WER is ~100 %
+            for kind, part in by_kind(res, kinds).items():
+                t.update({f"test_wer_{kind}": part.wer, f"test_cer_{kind}": part.cer})
     table = _table(runs, pre_minutes)
     print("\n" + table)
     results = {arm: [{k: (str(v) if isinstance(v, Path) else v) for k, v in t.items()} for t in trials]
@@ -264,14 +266,18 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def _table(runs: dict[str, list[dict]], pre_minutes: float) -> str:
-    lines = ["| model | test CER % | test WER % | seeds | fine-tune lr (chosen on valid) | compute (core-min) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    domain = all("test_wer_domain" in t for trials in runs.values() for t in trials)
+    lines = ["| model | test CER % | test WER % |" + (" WER % on commands |" if domain else "")
+             + " seeds | fine-tune lr (chosen on valid) | compute (core-min) |",
+             "| --- | --- | --- |" + (" --- |" if domain else "") + " --- | --- | --- |"]
     for arm, trials in runs.items():
         compute = sum(t["trial_minutes"] for t in trials) + (pre_minutes if arm == "pretrained" else 0.0)
         label = "pretrained + fine-tuned" if arm == "pretrained" else "from scratch (same labels, same budget)"
-        lines.append(f"| {label} | {_mean_spread([t['test_cer'] for t in trials])} | "
-                     f"{_mean_spread([t['test_wer'] for t in trials])} | {len(trials)} | "
-                     f"{', '.join(format(t['lr'], 'g') for t in trials)} | {compute:.1f} |")
+        cells = [label, _mean_spread([t["test_cer"] for t in trials]), _mean_spread([t["test_wer"] for t in trials])]
+        if domain:
+            cells.append(_mean_spread([t["test_wer_domain"] for t in trials]))
+        cells += [str(len(trials)), ", ".join(format(t["lr"], "g") for t in trials), f"{compute:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     pre, scr = (statistics.mean(t["test_cer"] for t in runs[a]) for a in ("pretrained", "scratch"))
     ratio = pre / scr if scr > 0 else float("nan")
     lines.append("")

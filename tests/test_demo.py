@@ -78,3 +78,22 @@ def test_side_by_side_runs_report_minutes_and_a_failure_names_its_log(tmp_path):
             ([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"], tmp_path / "bad", 1)]
     with pytest.raises(SystemExit, match=r"exit code 3.*bad[/\\]train\.log"):
         demo.run_side_by_side(jobs, parallel=2)
+
+
+def test_result_table_adds_command_domain_wer_when_every_run_has_it(tmp_path):
+    demo = _demo_module()
+
+    def trial(cer, wer, domain=None):
+        t = {"test_cer": cer, "test_wer": wer, "lr": 2e-3, "trial_minutes": 5.0}
+        return t if domain is None else {**t, "test_wer_domain": domain}
+
+    runs = {"pretrained": [trial(0.2, 0.6, 0.3), trial(0.4, 0.8, 0.5)], "scratch": [trial(0.5, 0.9, 0.7)]}
+    table = demo._table(runs, pre_minutes=10.0)
+    head, _, pre, scratch = table.splitlines()[:4]
+    assert "WER % on commands" in head
+    assert pre.split(" | ")[1:4] == ["30.0 ± 14.1", "70.0 ± 14.1", "40.0 ± 14.1"]
+    assert scratch.split(" | ")[1:4] == ["50.0", "90.0", "70.0"]
+    assert pre.endswith("| 20.0 |") and scratch.endswith("| 5.0 |")  # pretraining counted in its arm only
+    assert "CER ratio pretrained / scratch = 0.60" in table
+    runs["scratch"] = [trial(0.5, 0.9)]  # a corpus without the command domain: no such column
+    assert "commands" not in demo._table(runs, pre_minutes=10.0)
