@@ -35,7 +35,7 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
     torch_threads = torch.get_num_threads()
     try:
         main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
-              "--dtype", "float32", "--scaling", "0.5", "--out", str(out)])
+              "--dtype", "float32", "--scaling", "0.5", "--profile", "--out", str(out)])
     finally:
         torch.set_num_threads(torch_threads)
     report = json.loads(out.read_text())
@@ -47,6 +47,34 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
         assert row["speedup"] == pytest.approx(row["median_s"][row["hf_best"]] / row["median_s"]["ours"])
         assert row["flops"] > 0 and 0 < row["utilisation"]["ours"]
         assert row["memory"]["ours"]["rss_peak_mb"] > 0 and "memory_ratio" in row
+        assert set(row["profile"]["total_ms"]) == {"ours", row["hf_best"]}
     assert report["scaling"][0]["seconds"] == 0.5 and report["scaling"][0]["speedup"] > 0
     md = (tmp_path / "bench.md").read_text()
     assert md == render_markdown(report) and "| pretrain | float32 |" in md
+
+
+def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
+    from wav2vec2_lite.benchmarking import profile_ops
+
+    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
+                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
+    real = BenchSpec.model_config
+    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
+    threads = torch.get_num_threads()
+    try:
+        prof = profile_ops(BenchSpec(config="tiny", batch=1, seconds=0.5, task="pretrain", threads=1),
+                           ("ours", "hf_eager"), warmup=0, top=8)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(prof["ops"]) == 8 and all(op.startswith("aten::") for op, _ in prof["ops"])
+    ops = dict(prof["ops"])
+    # both convolve forward and backward: the same aten kernels under the same names
+    assert ops["aten::convolution_backward"]["ours"] > 0 and ops["aten::convolution_backward"]["hf_eager"] > 0
+    ranked = [max(t.values()) for _, t in prof["ops"]]
+    assert ranked == sorted(ranked, reverse=True)
+    assert all(prof["total_ms"][i] >= max(t[i] for _, t in prof["ops"]) for i in ("ours", "hf_eager"))
+    row = {"task": "pretrain", "dtype": "float32", "hf_best": "hf_eager", "speedup": 1.0, "speedup_vs_eager": 1.0,
+           "speedup_vs_sdpa": 1.0, "utilisation": {"ours": 0.5, "hf_eager": 0.5}, "profile": prof}
+    md = render_markdown({"config": "tiny", "batch": 1, "seconds": 0.5, "device": "cpu", "threads": 1, "repeats": 1,
+                          "warmup": 0, "torch": torch.__version__, "peak_flops": {}, "rows": [row]})
+    assert "| `aten::convolution_backward` |" in md and "| all ops |" in md

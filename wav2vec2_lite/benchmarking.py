@@ -34,7 +34,7 @@ import torch
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.masking import compute_span_mask, sample_negatives
 
-__all__ = ["BenchSpec", "model_flops", "matmul_peak", "run_benchmark", "render_markdown", "main"]
+__all__ = ["BenchSpec", "model_flops", "matmul_peak", "profile_ops", "run_benchmark", "render_markdown", "main"]
 
 TASKS = ("pretrain", "finetune", "infer")
 IMPLS = ("ours", "hf_eager", "hf_sdpa")
@@ -272,6 +272,40 @@ def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: in
             "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()}, "flops": flops}
 
 
+def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), warmup: int = 1,
+                top: int = 12) -> dict[str, Any]:
+    """Where one step's time goes: ``torch.profiler`` self time per aten op (ms) of each
+    implementation on the same weights and inputs, after ``warmup`` steps.
+
+    Returns ``{"total_ms": {impl: ms}, "ops": [(op, {impl: ms}), ...]}``: the ``top`` ops by
+    their largest time in either implementation (the same kernels under the same names, so
+    the rows compare)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _setup(spec)
+    cfg = spec.model_config()
+    ours = _ours_model(spec, cfg)
+    models = {"ours": ours, **{i: _hf_from(ours, spec, i[3:]) for i in impls if i.startswith("hf_")}}
+    x = _inputs(spec, cfg)
+    per_op: dict[str, dict[str, float]] = {}
+    total: dict[str, float] = {}
+    for impl in impls:
+        step = _step_fn(impl, models[impl], spec, x)
+        for _ in range(warmup):
+            step()
+        torch.manual_seed(spec.seed)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+        total[impl] = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
+        for e in events:
+            per_op.setdefault(e.key, {})[impl] = e.self_cpu_time_total / 1e3
+    ranked = sorted(per_op.items(), key=lambda kv: -max(kv[1].values()))[:top]
+    del models, ours
+    gc.collect()
+    return {"total_ms": total, "ops": [(op, {i: t.get(i, 0.0) for i in impls}) for op, t in ranked]}
+
+
 # ----------------------------------------------------------------------------- subprocess probes
 def _peak_rss_kb() -> int:
     """Peak resident set of this process (``VmHWM``; ``ru_maxrss`` where /proc is missing).
@@ -394,6 +428,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
                     row["memory_ratio"] = mem["ours"][key] / mem[hf_best][key]
                     if key == "rss_peak_mb":
                         row["step_memory_ratio"] = mem["ours"]["step_rss_mb"] / max(mem[hf_best]["step_rss_mb"], 1e-9)
+            if args.profile:
+                row["profile"] = profile_ops(spec, ("ours", hf_best))
             report["rows"].append(row)
             log(f"{task}/{dt}: speedup {row['speedup']:.2f}x vs HF {hf_best}"
                 + (f", memory ratio {row.get('memory_ratio', float('nan')):.2f}" if args.memory else ""))
@@ -445,6 +481,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             + (f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |" if "memory_ratio" in r else "– | – |")
             + f" {r.get('speedup_cpu_time', float('nan')):.2f}× |"
         )
+    for r in report["rows"]:
+        if "profile" not in r:
+            continue
+        prof, hf = r["profile"], r["hf_best"]
+        lines += ["", f"{r['task']} / {r['dtype']}: self time per op in one step (`torch.profiler`, ms)", "",
+                  f"| op | ours | HF {hf[3:]} |", "|---|---|---|"]
+        lines += [f"| `{op}` | {t['ours']:.0f} | {t[hf]:.0f} |" for op, t in prof["ops"]]
+        lines.append(f"| all ops | {prof['total_ms']['ours']:.0f} | {prof['total_ms'][hf]:.0f} |")
     if report.get("scaling"):
         lines += ["", "| input | batch | task | dtype | HF | s per audio-s, ours | s per audio-s, HF | speedup "
                       "| peak RSS ours / HF (MB) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -475,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process memory probes")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step of ours and HF's best per row: self time per aten op")
     p.add_argument("--scaling", default="", help="comma list of input seconds, e.g. 2,4,8,16,32 (off by default)")
     p.add_argument("--scaling-task", default="pretrain", choices=list(TASKS))
     p.add_argument("--scaling-dtype", default="float32", choices=["float32", "bfloat16"])
