@@ -296,10 +296,11 @@ def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), 
         torch.manual_seed(spec.seed)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
-        events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-        total[impl] = sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3
-        for e in events:
-            per_op.setdefault(e.key, {})[impl] = e.self_cpu_time_total / 1e3
+        averages = prof.key_averages()
+        total[impl] = sum(e.self_cpu_time_total for e in averages) / 1e3
+        for e in averages:
+            if e.key.startswith("aten::"):
+                per_op.setdefault(e.key, {})[impl] = e.self_cpu_time_total / 1e3
     ranked = sorted(per_op.items(), key=lambda kv: -max(kv[1].values()))[:top]
     del models, ours
     gc.collect()
