@@ -97,3 +97,19 @@ def test_result_table_adds_command_domain_wer_when_every_run_has_it(tmp_path):
     assert "CER ratio pretrained / scratch = 0.60" in table
     runs["scratch"] = [trial(0.5, 0.9)]  # a corpus without the command domain: no such column
     assert "commands" not in demo._table(runs, pre_minutes=10.0)
+
+
+def test_the_pretrained_arm_can_train_its_conv_encoder_in_its_own_folder(tmp_path):
+    demo = _demo_module()
+    frozen = demo.finetune_arms(tmp_path / "pretrain")
+    trained = demo.finetune_arms(tmp_path / "pretrain", "trained")
+    assert frozen["pretrained"] == ("finetune_pretrained", [f"finetune.pretrained={tmp_path / 'pretrain'}"])
+    folder, overrides = trained["pretrained"]
+    assert folder == "finetune_pretrained_encoder_trained"  # never resumes a frozen-encoder run
+    assert overrides[1:] == ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0"]
+    # the scratch arm is the same either way, so its runs serve both comparisons
+    assert frozen["scratch"] == trained["scratch"] and "model=tiny" in trained["scratch"][1]
+    assert "finetune.freeze_feature_encoder=false" in trained["scratch"][1]
+    run = {"test_cer": 0.3, "test_wer": 0.8, "lr": 1e-3, "trial_minutes": 4.0}
+    table = demo._table({"pretrained": [run], "scratch": [run]}, pre_minutes=1.0, encoder_trained=True)
+    assert "| pretrained + fine-tuned (conv encoder trained too) |" in table
