@@ -390,3 +390,44 @@ def test_long_input_attention_recompute_gives_the_same_gradients(monkeypatch):
     assert len(results[0]) == len(results[1]) > 10
     for ref, got in zip(*results):
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * max(float(ref.abs().max()), 1.0))
+
+
+# ---------------------------------------------------------------- mixed precision
+def test_fp32_layer_norm_is_layer_norm_and_stays_float32_under_autocast():
+    from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
+
+    torch.manual_seed(0)
+    ours, ref = Fp32LayerNorm(64, eps=1e-5), torch.nn.LayerNorm(64, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.normal_(), ours.bias.normal_()
+    ref.load_state_dict(ours.state_dict())
+    x = 3.0 * torch.randn(2, 7, 64)
+    assert torch.equal(ours(x), ref(x))  # float32: the same kernel, bit for bit
+    assert ours(x.bfloat16()).dtype == torch.bfloat16  # no autocast: the input's dtype back
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, plain = ours(x.bfloat16()), ref(x.bfloat16())
+    assert out.dtype == torch.float32 and plain.dtype == torch.bfloat16  # what CPU autocast alone does
+    exact = ref(x.bfloat16().float())
+    assert (out - exact).abs().max() < 1e-5 < (plain.float() - exact).abs().max()
+
+
+def test_bf16_autocast_keeps_norms_and_the_residual_stream_in_float32():
+    from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
+
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(small()).eval()
+    dtypes = []
+    for m in model.modules():
+        if isinstance(m, Fp32LayerNorm):
+            m.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    wave = torch.randn(2, 8000)
+    with torch.no_grad():
+        ref = model(wave).last_hidden_state
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(wave).last_hidden_state
+    assert len(dtypes) == 2 * 2 + 2 and set(dtypes) == {torch.float32}  # 2 per block, projection, context
+    assert out.dtype == torch.float32
+    # SDPA's math path accumulates reduced-precision softmax in float32 unless this is switched on
+    assert not torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    assert (out - ref).abs().max() < 0.1  # post-LN outputs are O(1): bf16 matmul error, not drift

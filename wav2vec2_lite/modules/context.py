@@ -8,7 +8,9 @@ Two block layouts, as in the reference implementations:
   one LayerNorm after the last block.
 
 Attention runs through ``F.scaled_dot_product_attention`` with a fused QKV projection;
-padded frames are excluded as keys. LayerDrop skips whole blocks in training only.
+padded frames are excluded as keys. LayerDrop skips whole blocks in training only. Under
+autocast the LayerNorms run in float32 (``Fp32LayerNorm``), so the post-LN residual stream
+stays float32; SDPA accumulates its softmax in float32 in every path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
 
 __all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork"]
@@ -76,9 +79,9 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.attention = SelfAttention(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.attn_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.attn_layer_norm = Fp32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.feed_forward = FeedForward(cfg)
-        self.final_layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.final_layer_norm = Fp32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.layer_norm_first = cfg.layer_norm_first
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -95,7 +98,7 @@ class ContextNetwork(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
         self.pos_conv = ConvPositionalEmbedding(cfg)
-        self.layer_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.layer_norm = Fp32LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.num_layers))
         self.layer_norm_first = cfg.layer_norm_first

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 
 __all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "LeanConvStack", "conv_output_lengths", "GradMultiply"]
 
@@ -311,7 +312,7 @@ class FeatureProjection(nn.Module):
 
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
-        self.layer_norm = nn.LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
+        self.layer_norm = Fp32LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
         self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout_input)
 
