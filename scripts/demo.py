@@ -189,12 +189,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 3e-3] if full else [2e-3],
                    help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
+    p.add_argument("--scratch-lrs", type=float, nargs="+", default=None,
+                   help="the scratch arm's own learning rates (default: --lrs); give it as many as --lrs, "
+                        "so both arms get the same number of trials")
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--transcribe", type=int, default=3, help="test files to transcribe at the end")
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                    help="CPU cores to use: pretraining uses all, fine-tuning runs go side by side, one per core")
     args = p.parse_args(argv)
+    lrs = {"pretrained": args.lrs, "scratch": args.scratch_lrs or args.lrs}
+    if len(lrs["scratch"]) != len(lrs["pretrained"]):
+        p.error(f"--scratch-lrs gives {len(lrs['scratch'])} learning rates and --lrs {len(lrs['pretrained'])}: "
+                f"both arms get the same number of trials")
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -226,13 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     # 3 + 4. fine-tuning: pretrained vs from scratch, same labels, same budget, same trials; the
     # runs go side by side, one core each (the thread count is part of each run's recorded recipe)
     arms = finetune_arms(pre_dir, args.pretrained_encoder)
-    trials = [(arm, seed, lr) for arm in arms for seed in args.seeds for lr in args.lrs]
+    trials = [(arm, seed, lr) for arm in arms for seed in args.seeds for lr in lrs[arm]]
     parallel = max(1, min(args.cores, len(trials)))
     threads = max(1, args.cores // parallel)
     jobs, dirs = [], {}
     for arm, seed, lr in trials:
         folder, overrides = arms[arm]
-        rd = dirs[arm, seed, lr] = args.out / folder / f"seed{seed}_lr{lr:g}"
+        # the budget is in the folder name: a run of another length is another run, never resumed
+        # into this one (its lr schedule spans its own length)
+        rd = dirs[arm, seed, lr] = args.out / folder / f"seed{seed}_lr{lr:g}_u{args.finetune_updates}"
         cmd = train_cmd("finetune.py", "finetune_demo",
                         [*common, "data.train_subset=train_10min", f"optim.lr={lr}", f"trainer.seed={seed}",
                          f"trainer.num_threads={threads}", "trainer.progress=false", *overrides],
@@ -246,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     for arm in arms:
         for seed in args.seeds:
             tried = []
-            for lr in args.lrs:
+            for lr in lrs[arm]:
                 rd = dirs[arm, seed, lr]
                 valid = [r for r in _records(rd) if r.get("kind") == "valid"]
                 # CER, then WER: at this size WER sits near 100 % for a long time while CER moves

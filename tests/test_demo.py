@@ -34,6 +34,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
         (run,) = results[arm]
         assert 0.0 <= run["test_cer"] and 0.0 <= run["test_wer"]
         assert Path(run["dir"], "checkpoints", "last", "model.safetensors").is_file()
+        assert Path(run["dir"]).name == "seed1_lr0.002_u6"  # the budget names the folder: never resumed into
     assert "| pretrained + fine-tuned |" in first.stdout and "CER ratio pretrained / scratch" in first.stdout
     assert first.stdout.count("ref: ") == 2 and first.stdout.count("hyp: ") == 2
     for png in ("pretrain.png", "finetune.png"):
