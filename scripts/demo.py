@@ -6,7 +6,7 @@
 Steps (each is skipped when its output is already complete, so a re-run resumes):
  1. build the espeak-ng corpus (unlabeled / train_10min / train_1h / valid / test);
  2. pretrain a tiny wav2vec 2.0 on ``unlabeled`` (self-supervised, no transcripts);
- 3. fine-tune it with CTC on ``train_10min`` (head-only warm-up, frozen feature encoder);
+ 3. fine-tune it with CTC on ``train_10min`` (head-only warm-up; feature encoder frozen, FULL: trained);
  4. fine-tune the same architecture from scratch on the same labels and budget (all parameters);
     the fine-tuning runs go side by side, one core each;
  5. score both on ``test`` (CER, WER), print a table, write plots, transcribe a few test files.
