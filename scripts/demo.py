@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3] if full else [2e-3],
                    help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
     p.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3] if full else None,
-                   help="the scratch arm's own learning rates (default: --lrs); give it as many as --lrs, "
+                   help="the scratch arm's own learning rates (default: --lrs; FULL: 1e-3 2e-3); give it as many as --lrs, "
                         "so both arms get the same number of trials")
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
