@@ -52,8 +52,9 @@ REMEDIES: dict[str, str] = {
     "nonfinite_steps": "lower lr, clip gradients, use bf16; look for bad audio (NaN/inf samples) in the data",
     "ctc_infinite_loss": "utterances shorter than their transcripts: keep ctc_zero_infinity=True, drop such "
                          "utterances (validate the dataset) or use a smaller frame stride",
-    "blank_only_outputs": "normal early in fine-tuning; if it persists: freeze the encoder longer "
-                          "(freeze_finetune_updates), raise the lr of the CTC head, train longer, check labels "
+    "blank_only_outputs": "normal early in fine-tuning; if it persists: train only the CTC head for longer "
+                          "(finetune.freeze_finetune_updates) and raise optim.lr (one lr for every part; while "
+                          "the rest is frozen it moves only the head), train longer, check labels "
                           "(transformers #12956, #10884)",
     "short_outputs": "the model deletes most characters: train longer, check the tokenizer/dictionary, lower "
                      "masking (mask_time_prob) during fine-tuning",
