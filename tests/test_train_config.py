@@ -84,6 +84,20 @@ def test_overrides_reach_the_model_config_and_bad_values_name_the_key():
         to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "trainer.precision=fp8"]))
 
 
+def test_per_part_lr_from_the_command_line_and_bad_values_name_the_key():
+    from wav2vec2_lite.train.config import flatten_lr_scale
+
+    assert to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x"])).optim.lr_scale == {}
+    cfg = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", "+optim.lr_scale.lm_head=4",
+                                                   "+optim.lr_scale.wav2vec2.context=0.5"]))
+    assert flatten_lr_scale(cfg.optim.lr_scale) == {"lm_head": 4, "wav2vec2.context": 0.5}
+    cfg = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", "+optim.lr_scale={lm_head: 3}"]))
+    assert flatten_lr_scale(cfg.optim.lr_scale) == {"lm_head": 3}
+    for bad in ("0", "-1", "fast"):
+        with pytest.raises(ValueError, match=r"optim.lr_scale.wav2vec2.context: a number > 0"):
+            to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", f"+optim.lr_scale.wav2vec2.context={bad}"]))
+
+
 def test_cli_multirun_overrides_reach_the_saved_model(tmp_path):
     """`scripts/pretrain.py -m ...`: two jobs, each with its own run dir, overrides in the saved config."""
     corpus = make_toy_corpus(tmp_path / "toy", train=6, valid=2, seed=1)

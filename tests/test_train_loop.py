@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from _helpers import deep_merge
-from wav2vec2_lite.train.checkpoint import load_checkpoint
+from wav2vec2_lite.train.checkpoint import CheckpointError, load_checkpoint
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.toy_data import make_toy_corpus
@@ -194,6 +194,30 @@ def test_finetune_from_pretraining_run_freezes_then_trains(corpus, tmp_path):
     valid = read_metrics(tmp_path / "ft" / "metrics.jsonl", kind="valid")[-1]
     assert {"wer", "cer", "blank_only", "loss"} <= set(valid)
     assert (tmp_path / "ft" / "checkpoints" / "best" / "dict.ltr.txt").is_file()
+
+
+def test_per_part_lr_scales_each_part_s_first_step(corpus, tmp_path):
+    """optim.lr_scale: same data and gradients, so the first AdamW step (~ lr * sign(grad)) of
+    the scaled head is 4x the plain run's, the context network's 0.5x, the rest unchanged."""
+    def first_step(lr_scale, name):
+        cfg = make_cfg("finetune", corpus, optim={"lr_scale": lr_scale, "weight_decay": 0.0},
+                       trainer={"max_updates": 1})
+        t = Trainer(cfg, tmp_path / name)
+        before = {k: v.detach().clone() for k, v in t.model.named_parameters() if v.requires_grad}
+        t.fit()
+        return {k: (v.detach() - before[k]) for k, v in t.model.named_parameters() if k in before}
+
+    plain = first_step({}, "plain")
+    scaled = first_step({"lm_head": 4.0, "wav2vec2": {"context": 0.5}}, "scaled")
+    moved = {k for k, d in plain.items() if d.abs().max() > 0}
+    assert {"lm_head.weight", "wav2vec2.context.layers.0.attention.qkv.weight"} <= moved
+    for k in moved:
+        ratio = 4.0 if k.startswith("lm_head.") else 0.5 if k.startswith("wav2vec2.context.") else 1.0
+        torch.testing.assert_close(scaled[k], ratio * plain[k], rtol=1e-4, atol=1e-9, msg=k)
+    assert any(k.startswith("wav2vec2.feature_projection.") for k in moved)
+    # resuming a run with other per-part lrs would load the wrong optimizer groups: refused, named
+    with pytest.raises(CheckpointError, match=r"optim.lr_scale=\{'lm_head': 4.0, 'wav2vec2.context': 0.5\}"):
+        Trainer(make_cfg("finetune", corpus, trainer={"max_updates": 2}), tmp_path / "scaled").fit()
 
 
 def test_finetune_learns_and_leaves_blank_plateau(corpus, tmp_path):

@@ -69,6 +69,37 @@ def test_no_weight_decay_on_biases_and_norms():
     assert len(param_groups(m, 0.01, decay_bias_and_norm=True)) == 1
 
 
+def test_lr_scale_groups_take_the_longest_prefix_and_the_schedule_applies_them():
+    m = nn.ModuleDict({"body": nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)}), "head": nn.Linear(4, 2)})
+    # nested keys (as Hydra builds them from +optim.lr_scale.body.a=...) are joined with dots
+    groups = param_groups(m, 0.01, decay_bias_and_norm=False, lr_scale={"body": {"a": 0.25}, "head": 4})
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(m["body"]["a"].weight)] == 0.25 and scale_of[id(m["body"]["a"].bias)] == 0.25
+    assert scale_of[id(m["head"].weight)] == 4.0 and len(scale_of) == 6
+    assert scale_of[id(m["body"]["b"].weight)] == 1.0  # no prefix matches body.b: the base lr
+    groups = param_groups(m, 0.01, decay_bias_and_norm=False, lr_scale={"body": 0.5, "body.a": 0.25})
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale_of[id(m["body"]["b"].weight)] == 0.5 and scale_of[id(m["body"]["a"].weight)] == 0.25
+    # biases stay out of weight decay within each scale
+    assert all(g["weight_decay"] == 0.0 for g in groups if all(p.ndim == 1 for p in g["params"]))
+    opt = torch.optim.AdamW(groups, lr=1.0)
+    LRSchedule(name="constant", lr=1e-3, total_updates=10).step(opt, 0)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(m["body"]["a"].weight)] == pytest.approx(2.5e-4)
+    assert lr_of[id(m["body"]["b"].bias)] == pytest.approx(5e-4) and lr_of[id(m["head"].bias)] == pytest.approx(1e-3)
+
+
+def test_lr_scale_rejects_a_prefix_that_names_nothing_or_only_frozen_parameters():
+    m = nn.ModuleDict({"encoder": nn.Linear(4, 4), "head": nn.Linear(4, 2)})
+    with pytest.raises(ValueError, match=r"'hed' names no parameter of this model; its parts include encoder.bias"):
+        param_groups(m, 0.0, False, {"hed": 2.0})
+    with pytest.raises(ValueError, match="names no parameter"):
+        param_groups(m, 0.0, False, {"head.weigh": 2.0})  # a prefix ends at a dot, not mid-name
+    m["encoder"].requires_grad_(False)
+    with pytest.raises(ValueError, match="'encoder' names only frozen parameters"):
+        param_groups(m, 0.0, False, {"encoder": 0.1})
+
+
 def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
     assert len({derive_seed(1, u, s) for u in range(50) for s in range(4)}) == 200

@@ -21,7 +21,7 @@ from wav2vec2_lite.health import HealthConfig
 __all__ = [
     "OptimConfig", "ScheduleConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "validation_mode",
+    "validation_mode", "flatten_lr_scale",
 ]
 
 
@@ -38,6 +38,12 @@ class OptimConfig:
     practice); True: decay every parameter as fairseq does."""
     clip_norm: float = 0.0
     """Clip the global gradient norm to this value; 0 = off (fairseq's default)."""
+    lr_scale: dict[str, Any] = field(default_factory=dict)
+    """Per-part learning rates: ``{parameter-name prefix: multiple of optim.lr}``, e.g.
+    ``{lm_head: 4.0, wav2vec2.context: 0.5}``; on the command line
+    ``+optim.lr_scale.lm_head=4`` (nested keys are joined with dots). A parameter takes the
+    scale of its longest matching prefix (1.0 if none matches) and the schedule moves every
+    part alike. Empty = one lr for every part, as fairseq and transformers do."""
 
 
 @dataclass
@@ -196,6 +202,18 @@ def register_configs() -> None:
     cs.store(name="finetune_schema", node=FinetuneRunConfig)
 
 
+def flatten_lr_scale(lr_scale: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"wav2vec2": {"context": 0.5}}`` → ``{"wav2vec2.context": 0.5}`` (Hydra nests dotted keys)."""
+    flat: dict[str, Any] = {}
+    for key, value in lr_scale.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_lr_scale(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
     """Validate a composed config against its schema and return the typed object."""
     if not isinstance(cfg, DictConfig):
@@ -225,6 +243,9 @@ def _check(cfg: Any) -> None:
         raise ValueError(f"optim.betas: two values in [0, 1) (got {o.betas})")
     if o.eps <= 0 or o.weight_decay < 0 or o.clip_norm < 0:
         raise ValueError("optim.eps must be > 0, optim.weight_decay and optim.clip_norm >= 0")
+    for prefix, scale in flatten_lr_scale(o.lr_scale).items():
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"optim.lr_scale.{prefix}: a number > 0 (got {scale!r})")
     if cfg.data.resample not in ("error", "soxr"):
         raise ValueError(f"data.resample: 'error' or 'soxr' (got {cfg.data.resample!r})")
     if cfg.data.mono not in ("error", "mix"):

@@ -49,6 +49,7 @@ from wav2vec2_lite.train.checkpoint import (
     CheckpointError, capture_rng_state, load_checkpoint, remove_stale_temps, resolve_checkpoint, restore_rng_state,
     save_checkpoint,
 )
+from wav2vec2_lite.train.config import flatten_lr_scale
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.precision import Precision
 from wav2vec2_lite.train.schedules import build_schedule
@@ -70,17 +71,38 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool) -> list[dict]:
-    """AdamW groups: no weight decay on biases, norm weights and other 1-D parameters (unless asked)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
+def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool,
+                 lr_scale: dict[str, Any] | None = None) -> list[dict]:
+    """AdamW groups of the trainable parameters, split by weight decay and learning-rate scale.
+
+    No weight decay on biases, norm weights and other 1-D parameters (unless
+    ``decay_bias_and_norm``). ``lr_scale`` maps parameter-name prefixes (``lm_head``,
+    ``wav2vec2.context``; nested dicts are joined with dots) to multiples of the base lr; each
+    parameter takes its longest matching prefix, 1.0 if none. Each group carries its
+    ``lr_scale``, which :meth:`LRSchedule.step` applies. A prefix that matches no trainable
+    parameter is an error (a typo would otherwise train everything at one lr, silently).
+    """
+    scales = {k: float(v) for k, v in flatten_lr_scale(lr_scale or {}).items()}
+    named = list(model.named_parameters())
+    for prefix in scales:
+        hits = [p for n, p in named if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            parts = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+            raise ValueError(f"optim.lr_scale: {prefix!r} names no parameter of this model; "
+                             f"its parts include {', '.join(parts)}")
+        if not any(p.requires_grad for p in hits):
+            raise ValueError(f"optim.lr_scale: {prefix!r} names only frozen parameters "
+                             f"(finetune.freeze_feature_encoder?)")
+    by_key: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in named:
         if not p.requires_grad:
             continue
-        (decay if decay_bias_and_norm or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        matches = [k for k in scales if name == k or name.startswith(k + ".")]
+        scale = scales[max(matches, key=len)] if matches else 1.0
+        by_key.setdefault((scale, decay_bias_and_norm or p.ndim >= 2), []).append(p)
+    groups = [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+              for (scale, decays), ps in by_key.items()]
+    return sorted(groups, key=lambda g: (g["lr_scale"] != 1.0, g["weight_decay"] == 0.0))
 
 
 class _Collate:
@@ -158,7 +180,7 @@ class Trainer:
         if t.gradient_checkpointing:
             self._backbone().context.gradient_checkpointing = True
         self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_bias_and_norm),
+            param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_bias_and_norm, cfg.optim.lr_scale),
             lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
             foreach=False if self.device.type == "cpu" else None)
         self.schedule = build_schedule(cfg.schedule, cfg.optim.lr, t.max_updates)
@@ -398,6 +420,11 @@ class Trainer:
         state = load_checkpoint(folder, self.model)
         if state.get("task") != self.task.name:
             raise CheckpointError(f"{folder}: is a {state.get('task')!r} checkpoint, this run is {self.task.name!r}")
+        saved_scale = flatten_lr_scale((state.get("config") or {}).get("optim", {}).get("lr_scale") or {})
+        if saved_scale != flatten_lr_scale(self.cfg.optim.lr_scale):
+            raise CheckpointError(f"{folder}: was written with optim.lr_scale={saved_scale}, this run asks for "
+                                  f"{flatten_lr_scale(self.cfg.optim.lr_scale)}; resume with the same per-part "
+                                  f"learning rates, or start a new run directory")
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state["precision"])
         restore_rng_state(state["rng"], self.generator)
