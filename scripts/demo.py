@@ -136,10 +136,12 @@ def train_cmd(script: str, config: str, overrides: list[str], run_dir: Path, upd
             f"trainer.max_updates={updates}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
-def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen") -> dict[str, tuple[str, list[str]]]:
+def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen",
+                  lr_scale: dict[str, float] | None = None) -> dict[str, tuple[str, list[str]]]:
     """Each fine-tuning arm's run folder and overrides: the pretrained model (its conv feature
-    encoder ``frozen`` or ``trained`` too) and the same architecture from scratch, which trains
-    every parameter from the first update."""
+    encoder ``frozen`` or ``trained`` too; ``lr_scale``: per-part learning rates, in the folder
+    name) and the same architecture from scratch, which trains every parameter from the first
+    update at one lr."""
     scratch = ["model=tiny", "model.layer_norm_first=true", "model.num_codes_per_group=8",
                "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
                "ctc.feature_grad_mult=1.0"]
@@ -147,6 +149,9 @@ def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen") -> dict[str
     if pretrained_encoder == "trained":
         pretrained = ("finetune_pretrained_encoder_trained",
                       [*pretrained[1], "finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0"])
+    if lr_scale:
+        pretrained = (pretrained[0] + "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()),
+                      [*pretrained[1], *(f"+optim.lr_scale.{k}={v:g}" for k, v in lr_scale.items())])
     return {"pretrained": pretrained, "scratch": ("finetune_scratch", scratch)}
 
 
@@ -198,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3] if full else None,
                    help="the scratch arm's own learning rates (default: --lrs; FULL: 1e-3 2e-3); give it as many as --lrs, "
                         "so both arms get the same number of trials")
+    p.add_argument("--lr-scale", nargs="+", default=[], metavar="PREFIX=SCALE",
+                   help="the pretrained arm's per-part learning rates (optim.lr_scale), e.g. lm_head=4 "
+                        "wav2vec2.context=0.5: multiples of each trial's lr; its runs go to their own folder")
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--transcribe", type=int, default=3, help="test files to transcribe at the end")
@@ -208,6 +216,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(lrs["scratch"]) != len(lrs["pretrained"]):
         p.error(f"--scratch-lrs gives {len(lrs['scratch'])} learning rates and --lrs {len(lrs['pretrained'])}: "
                 f"both arms get the same number of trials")
+    lr_scale: dict[str, float] = {}
+    for item in args.lr_scale:
+        prefix, _, value = item.partition("=")
+        try:
+            lr_scale[prefix] = float(value)
+        except ValueError:
+            p.error(f"--lr-scale {item!r}: expected PREFIX=SCALE, e.g. lm_head=4")
+        if not prefix or not lr_scale[prefix] > 0:
+            p.error(f"--lr-scale {item!r}: expected PREFIX=SCALE with SCALE > 0, e.g. lm_head=4")
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -238,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # 3 + 4. fine-tuning: pretrained vs from scratch, same labels, same budget, same trials; the
     # runs go side by side, one core each (the thread count is part of each run's recorded recipe)
-    arms = finetune_arms(pre_dir, args.pretrained_encoder)
+    arms = finetune_arms(pre_dir, args.pretrained_encoder, lr_scale)
     trials = [(arm, seed, lr) for arm in arms for seed in args.seeds for lr in lrs[arm]]
     parallel = max(1, min(args.cores, len(trials)))
     threads = max(1, args.cores // parallel)
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             # WER on the closed command domain: meaningful at a size where open-vocabulary WER is ~100 %
             for kind, part in by_kind(res, kinds).items():
                 t.update({f"test_wer_{kind}": part.wer, f"test_cer_{kind}": part.cer})
-    table = _table(runs, pre_minutes, encoder_trained=args.pretrained_encoder == "trained")
+    table = _table(runs, pre_minutes, encoder_trained=args.pretrained_encoder == "trained", lr_scale=lr_scale)
     print("\n" + table)
     results = {arm: [{k: (str(v) if isinstance(v, Path) else v) for k, v in t.items()} for t in trials]
                for arm, trials in runs.items()}
@@ -307,7 +324,8 @@ def _mean_spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: bool = False) -> str:
+def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: bool = False,
+           lr_scale: dict[str, float] | None = None) -> str:
     domain = all("test_wer_domain" in t for trials in runs.values() for t in trials)
     lines = ["| model | test CER % | test WER % |" + (" WER % on commands |" if domain else "")
              + " seeds | fine-tune lr (chosen on valid) | compute (core-min) |",
@@ -315,6 +333,7 @@ def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: boo
     for arm, trials in runs.items():
         compute = sum(t["trial_minutes"] for t in trials) + (pre_minutes if arm == "pretrained" else 0.0)
         label = ("pretrained + fine-tuned" + (" (conv encoder trained too)" if encoder_trained else "")
+                 + "".join(f", lr × {v:g} on {k}" for k, v in (lr_scale or {}).items())
                  if arm == "pretrained" else "from scratch (same labels, same budget)")
         cells = [label, _mean_spread([t["test_cer"] for t in trials]), _mean_spread([t["test_wer"] for t in trials])]
         if domain:

@@ -114,3 +114,10 @@ def test_the_pretrained_arm_can_train_its_conv_encoder_in_its_own_folder(tmp_pat
     run = {"test_cer": 0.3, "test_wer": 0.8, "lr": 1e-3, "trial_minutes": 4.0}
     table = demo._table({"pretrained": [run], "scratch": [run]}, pre_minutes=1.0, encoder_trained=True)
     assert "| pretrained + fine-tuned (conv encoder trained too) |" in table
+    # per-part learning rates: their own folder (never resumed into a one-lr run) and overrides
+    folder, overrides = demo.finetune_arms(tmp_path / "pretrain", "trained", {"lm_head": 4.0, "wav2vec2.context": 0.5})[
+        "pretrained"]
+    assert folder == "finetune_pretrained_encoder_trained_lrscale_lm_head4_wav2vec2.context0.5"
+    assert overrides[-2:] == ["+optim.lr_scale.lm_head=4", "+optim.lr_scale.wav2vec2.context=0.5"]
+    table = demo._table({"pretrained": [run], "scratch": [run]}, pre_minutes=1.0, lr_scale={"lm_head": 4.0})
+    assert "| pretrained + fine-tuned, lr × 4 on lm_head |" in table

@@ -53,8 +53,8 @@ REMEDIES: dict[str, str] = {
     "ctc_infinite_loss": "utterances shorter than their transcripts: keep ctc_zero_infinity=True, drop such "
                          "utterances (validate the dataset) or use a smaller frame stride",
     "blank_only_outputs": "normal early in fine-tuning; if it persists: train only the CTC head for longer "
-                          "(finetune.freeze_finetune_updates) and raise optim.lr (one lr for every part; while "
-                          "the rest is frozen it moves only the head), train longer, check labels "
+                          "(finetune.freeze_finetune_updates) or give it a higher lr than the rest "
+                          "(+optim.lr_scale.lm_head=4), train longer, check labels "
                           "(transformers #12956, #10884)",
     "short_outputs": "the model deletes most characters: train longer, check the tokenizer/dictionary, lower "
                      "masking (mask_time_prob) during fine-tuning",
