@@ -53,6 +53,17 @@ def test_stuck_at_chance_and_low_accuracy(caplog):
     assert len(found) == 2  # warned once each, not every update
 
 
+
+def test_a_loss_near_chance_with_accuracy_well_above_chance_is_not_stuck():
+    """The demo's tiny model: loss 0.986 ln(K+1) at update 600 while accuracy is 7x chance and rising."""
+    mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)
+    symptoms, _ = feed(mon, {"contrastive_loss": 4.55, "accuracy": 0.07, "code_perplexity": 500.0, "grad_norm": 1.0})
+    assert symptoms == set()
+    mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)
+    symptoms, _ = feed(mon, {"contrastive_loss": 4.55, "accuracy": 0.015, "code_perplexity": 500.0, "grad_norm": 1.0})
+    assert symptoms == {"stuck_at_chance"}  # 1.5x chance: above low_accuracy's 1.25x, but not learning
+
+
 def test_ctc_blank_plateau_from_a_model_whose_logits_favour_blank():
     model = Wav2Vec2ForCTC(small(vocab_size=8)).eval()
     with torch.no_grad():

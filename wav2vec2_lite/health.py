@@ -8,6 +8,7 @@ after a grace period, names the symptom with its numbers and the known remedies:
 symptom                    detected when (defaults in :class:`HealthConfig`)
 =========================  ===============================================================
 ``stuck_at_chance``        contrastive loss per masked frame within 3 % of ln(K+1) (nats)
+                           while accuracy is below 2/(K+1)
 ``low_accuracy``           contrastive accuracy below 1.25/(K+1) (chance is 1/(K+1))
 ``codebook_collapse``      hard code perplexity of a group below 10 % of V
 ``gradient_explosion``     gradient norm non-finite, or above 1e3 after the grace period
@@ -75,6 +76,11 @@ class HealthConfig:
     """Updates averaged before comparing against a threshold."""
     chance_margin: float = 0.03
     """stuck_at_chance: loss within this relative margin of ln(K+1)."""
+    stuck_accuracy_factor: float = 2.0
+    """stuck_at_chance also needs the accuracy (where logged) below this many times chance,
+    1/(K+1): a run that picks the true target several times more often than chance is
+    learning, however close its loss still is to ln(K+1) (the demo's tiny model at update 600:
+    loss 4.55 = 0.986 ln 101, accuracy 0.07 = 7x chance, rising)."""
     accuracy_factor: float = 1.25
     """low_accuracy: accuracy below accuracy_factor / (K+1)."""
     collapse_fraction: float = 0.1
@@ -190,7 +196,8 @@ class HealthMonitor:
             out.append(self._warn("vanishing_gradients", update, f"mean gradient norm {gmean:.3g} < {c.grad_norm_min:g}",
                                   {"grad_norm": gmean}))
         if self.task == "pretrain":
-            if loss is not None and loss > self.chance_loss * (1 - c.chance_margin):
+            learning = acc is not None and acc >= c.stuck_accuracy_factor / (self.k + 1)
+            if loss is not None and loss > self.chance_loss * (1 - c.chance_margin) and not learning:
                 out.append(self._warn(
                     "stuck_at_chance", update,
                     f"contrastive loss {loss:.3f} nats/frame vs chance ln(K+1) = {self.chance_loss:.3f} "
