@@ -305,9 +305,11 @@ def main(argv: list[str] | None = None) -> None:
                for arm, trials in runs.items()}
     results["pretrain_minutes"] = pre_minutes
     results["total_minutes"] = (time.time() - t_start) / 60
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    (args.out / "results.md").write_text(table)
-    _plots(args.out, pre_dir, runs)
+    # a per-part-lr variant keeps its own results beside the one-lr demo's, never over them
+    tag = "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()) if lr_scale else ""
+    (args.out / f"results{tag}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"results{tag}.md").write_text(table)
+    _plots(args.out, pre_dir, runs, tag)
     _transcribe(runs["pretrained"][0]["dir"], args.data, args.transcribe)
     print(f"\n[demo] done in {(time.time() - t_start) / 60:.1f} min; results, plots and runs in {args.out}")
 
@@ -347,7 +349,7 @@ def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: boo
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]]) -> None:
+def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]], tag: str = "") -> None:
     try:
         from wav2vec2_lite.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
     except ImportError:
@@ -359,7 +361,7 @@ def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]]) -> None:
         chance = {"contrastive_loss": math.log(k + 1)}
         print(f"[demo] wrote {plot_curves({'pretrain': read_records(pre_dir)}, PRETRAIN_PANELS, out / 'pretrain.png', hlines=chance, title='self-supervised pretraining')}")
         ft = {f"{arm} (seed {t['seed']})": read_records(t["dir"]) for arm, trials in runs.items() for t in trials}
-        print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / 'finetune.png', title='CTC fine-tuning on train_10min')}")
+        print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune{tag}.png', title='CTC fine-tuning on train_10min')}")
     except ImportError:
         print("[demo] matplotlib missing: no plots (pip install 'wav2vec2_lite[plot]')")
 
