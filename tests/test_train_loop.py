@@ -213,7 +213,10 @@ def test_per_part_lr_scales_each_part_s_first_step(corpus, tmp_path):
     assert {"lm_head.weight", "wav2vec2.context.layers.0.attention.qkv.weight"} <= moved
     for k in moved:
         ratio = 4.0 if k.startswith("lm_head.") else 0.5 if k.startswith("wav2vec2.context.") else 1.0
-        torch.testing.assert_close(scaled[k], ratio * plain[k], rtol=1e-4, atol=1e-9, msg=k)
+        # the steps are read back as differences of float32 parameters: a few ulps of the
+        # parameter (1e-7 near 1.0), well below the smallest step compared (0.5 x 2e-3 x ~1)
+        torch.testing.assert_close(scaled[k], ratio * plain[k], rtol=1e-3, atol=3e-7,
+                                   msg=lambda m, k=k: f"{k}: {m}")
     assert any(k.startswith("wav2vec2.feature_projection.") for k in moved)
     # resuming a run with other per-part lrs would load the wrong optimizer groups: refused, named
     with pytest.raises(CheckpointError, match=r"optim.lr_scale=\{'lm_head': 4.0, 'wav2vec2.context': 0.5\}"):
