@@ -136,6 +136,11 @@ def train_cmd(script: str, config: str, overrides: list[str], run_dir: Path, upd
             f"trainer.max_updates={updates}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
+def lr_scale_tag(lr_scale: dict[str, float] | None) -> str:
+    """``{"lm_head": 4.0}`` → ``"_lrscale_lm_head4"``: names a per-part-lr variant's runs and results."""
+    return "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()) if lr_scale else ""
+
+
 def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen",
                   lr_scale: dict[str, float] | None = None) -> dict[str, tuple[str, list[str]]]:
     """Each fine-tuning arm's run folder and overrides: the pretrained model (its conv feature
@@ -150,7 +155,7 @@ def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen",
         pretrained = ("finetune_pretrained_encoder_trained",
                       [*pretrained[1], "finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0"])
     if lr_scale:
-        pretrained = (pretrained[0] + "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()),
+        pretrained = (pretrained[0] + lr_scale_tag(lr_scale),
                       [*pretrained[1], *(f"+optim.lr_scale.{k}={v:g}" for k, v in lr_scale.items())])
     return {"pretrained": pretrained, "scratch": ("finetune_scratch", scratch)}
 
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     results["pretrain_minutes"] = pre_minutes
     results["total_minutes"] = (time.time() - t_start) / 60
     # a per-part-lr variant keeps its own results beside the one-lr demo's, never over them
-    tag = "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()) if lr_scale else ""
+    tag = lr_scale_tag(lr_scale)
     (args.out / f"results{tag}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"results{tag}.md").write_text(table)
     _plots(args.out, pre_dir, runs, tag)
