@@ -421,9 +421,10 @@ class Trainer:
         if state.get("task") != self.task.name:
             raise CheckpointError(f"{folder}: is a {state.get('task')!r} checkpoint, this run is {self.task.name!r}")
         saved_scale = flatten_lr_scale((state.get("config") or {}).get("optim", {}).get("lr_scale") or {})
-        if saved_scale != flatten_lr_scale(self.cfg.optim.lr_scale):
+        wanted_scale = flatten_lr_scale(self.cfg.optim.lr_scale)
+        if saved_scale != wanted_scale:
             raise CheckpointError(f"{folder}: was written with optim.lr_scale={saved_scale}, this run asks for "
-                                  f"{flatten_lr_scale(self.cfg.optim.lr_scale)}; resume with the same per-part "
+                                  f"{wanted_scale}; resume with the same per-part "
                                   f"learning rates, or start a new run directory")
         self.optimizer.load_state_dict(state["optimizer"])
         self.precision.load_state_dict(state["precision"])
