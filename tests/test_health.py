@@ -53,7 +53,6 @@ def test_stuck_at_chance_and_low_accuracy(caplog):
     assert len(found) == 2  # warned once each, not every update
 
 
-
 def test_a_loss_near_chance_with_accuracy_well_above_chance_is_not_stuck():
     """The demo's tiny model: loss 0.986 ln(K+1) at update 600 while accuracy is 7x chance and rising."""
     mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)

@@ -71,6 +71,11 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def _under(name: str, prefix: str) -> bool:
+    """Parameter ``name`` lies under module path ``prefix`` (``a.b`` covers ``a.b.w``, not ``a.bc``)."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool,
                  lr_scale: dict[str, Any] | None = None) -> list[dict]:
     """AdamW groups of the trainable parameters, split by weight decay and learning-rate scale.
@@ -85,7 +90,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
     scales = {k: float(v) for k, v in flatten_lr_scale(lr_scale or {}).items()}
     named = list(model.named_parameters())
     for prefix in scales:
-        hits = [p for n, p in named if n == prefix or n.startswith(prefix + ".")]
+        hits = [p for n, p in named if _under(n, prefix)]
         if not hits:
             parts = sorted({".".join(n.split(".")[:2]) for n, _ in named})
             raise ValueError(f"optim.lr_scale: {prefix!r} names no parameter of this model; "
@@ -97,7 +102,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
     for name, p in named:
         if not p.requires_grad:
             continue
-        matches = [k for k in scales if name == k or name.startswith(k + ".")]
+        matches = [k for k in scales if _under(name, k)]
         scale = scales[max(matches, key=len)] if matches else 1.0
         by_key.setdefault((scale, decay_bias_and_norm or p.ndim >= 2), []).append(p)
     groups = [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
