@@ -135,9 +135,29 @@ def test_mixed_precision_runs_with_finite_decreasing_loss(corpus, tmp_path, prec
         assert all(r["loss_scale"] > 0 for r in rows)
 
 
+def _loss_at_update_1(cfg, run_dir, rounding=None) -> float:
+    """The first update's training loss; ``rounding`` (a ``rounded_bf16`` mode) wraps its forward."""
+    trainer = Trainer(cfg, run_dir)
+    if rounding is not None:
+        real_loss = trainer.task.loss
+
+        def rounded_loss(*args):
+            with rounding:
+                return real_loss(*args)
+
+        trainer.task.loss = rounded_loss
+    trainer.fit()
+    return read_metrics(run_dir / "metrics.jsonl", kind="train")[0]["loss"]
+
+
 def test_bf16_pretraining_follows_the_float32_loss_curve(corpus, tmp_path):
     """Same seed, batches, masks and distractors: a bf16-autocast run's per-update loss stays
-    within 2 % of the float32 run's (norms, softmax, cosine logits and losses in float32)."""
+    within 2 % of the float32 run's from update 2 on. Update 1 is the forward at the shared
+    initial weights, so its difference is bf16 rounding alone: its bound is measured here, as
+    4x the RMS change of that loss over draws of stochastically bf16-rounded operands
+    (tests/_bf16.py). On AMX CPUs oneDNN's bf16 convs broke it (4 %) until convs ran float32."""
+    from _bf16 import rounded_bf16
+
     curves = {}
     for precision in ("32", "bf16"):
         cfg = make_cfg("pretrain", corpus, trainer={"precision": precision, "max_updates": 20},
@@ -148,8 +168,16 @@ def test_bf16_pretraining_follows_the_float32_loss_curve(corpus, tmp_path):
     assert len(fp32) == len(bf16) == 20
     assert sum(fp32[-5:]) < sum(fp32[:5])  # the curve it follows does go down
     rel = [abs(b - f) / abs(f) for f, b in zip(fp32, bf16)]
-    print("bf16 vs float32, relative loss difference per update:", [round(r, 4) for r in rel])
-    assert max(rel) < 0.02
+
+    one = make_cfg("pretrain", corpus, trainer={"precision": "bf16", "max_updates": 1}, schedule={"warmup_updates": 5})
+    draws = [_loss_at_update_1(one, tmp_path / f"draw{i}", rounded_bf16(torch.Generator().manual_seed(i)))
+             for i in range(8)]
+    sensitivity = math.sqrt(sum(((d - fp32[0]) / fp32[0]) ** 2 for d in draws) / len(draws))
+    print("bf16 vs float32, relative loss difference per update:", [f"{r:.1e}" for r in rel],
+          f"update-1 rounding sensitivity (RMS) {sensitivity:.2e}")
+    assert 0 < sensitivity < 0.005  # the emulation did round, and the loss is not ill-conditioned
+    assert rel[0] <= 4 * sensitivity
+    assert max(rel[1:]) < 0.02
 
 
 # ----------------------------------------------------------------------------- non-finite

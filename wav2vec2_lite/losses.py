@@ -40,16 +40,19 @@ def contrastive_logits(
     cross_targets: optional (N, Kc, D) distractors from other utterances.
     Returns (N, 1 + K [+ Kc]) float32 logits, the positive at index 0.
     """
-    pred = F.normalize(predictions.float(), dim=-1, eps=1e-8)
-    tgt = F.normalize(targets.float(), dim=-1, eps=1e-8)
-    batch, max_m = tgt.shape[0], int(slot_of_prediction.max()) + 1 if pred.numel() else 0
-    pred_pad = pred.new_zeros(batch, max_m, pred.shape[-1])
-    pred_pad = pred_pad.index_put((utterance_of_prediction, slot_of_prediction), pred)
-    sim = torch.bmm(pred_pad, tgt.transpose(1, 2))  # (B, M, Q)
-    logits = sim[utterance_of_prediction[:, None], slot_of_prediction[:, None], candidate_rows]
-    if cross_targets is not None:
-        cross = F.normalize(cross_targets.float(), dim=-1, eps=1e-8)
-        logits = torch.cat([logits, torch.einsum("nd,nkd->nk", pred, cross)], dim=1)
+    # float32 with autocast off: κ = 0.1 multiplies the cosine's error ten-fold, and CPU autocast
+    # would run the bmm / einsum below in bf16 (2^-8 relative error -> ~0.04 in a logit)
+    with torch.autocast(predictions.device.type, enabled=False):
+        pred = F.normalize(predictions.float(), dim=-1, eps=1e-8)
+        tgt = F.normalize(targets.float(), dim=-1, eps=1e-8)
+        batch, max_m = tgt.shape[0], int(slot_of_prediction.max()) + 1 if pred.numel() else 0
+        pred_pad = pred.new_zeros(batch, max_m, pred.shape[-1])
+        pred_pad = pred_pad.index_put((utterance_of_prediction, slot_of_prediction), pred)
+        sim = torch.bmm(pred_pad, tgt.transpose(1, 2))  # (B, M, Q)
+        logits = sim[utterance_of_prediction[:, None], slot_of_prediction[:, None], candidate_rows]
+        if cross_targets is not None:
+            cross = F.normalize(cross_targets.float(), dim=-1, eps=1e-8)
+            logits = torch.cat([logits, torch.einsum("nd,nkd->nk", pred, cross)], dim=1)
     logits = logits / temperature
     return logits.masked_fill(candidate_is_positive, float("-inf"))
 

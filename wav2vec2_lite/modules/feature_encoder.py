@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.modules.conv_precision import conv_compute_dtype, conv_forward
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 
 __all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "LeanConvStack", "conv_output_lengths", "GradMultiply"]
@@ -82,7 +83,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (batch, in_ch, samples) -> (batch, out_ch, frames); ``lengths`` = valid output frames."""
-        x = self.conv(x)
+        x = conv_forward(self.conv, x)
         if self.norm_kind == "group":
             if self.masked_group_norm and lengths is not None:
                 x = masked_instance_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
@@ -172,17 +173,17 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, n
 class LeanConvStack(torch.autograd.Function):
     """The conv stack's forward + backward, keeping only each conv's output for backward.
 
-    ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.parameters()) -> (B, C, T)``. Under
-    autocast the convolutions run in the autocast dtype and the norms in float32 (as CUDA
-    autocast runs the module path; CPU autocast would run them in bf16); the saved conv
-    outputs are then in the autocast dtype too.
+    ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.parameters()) -> (B, C, T)``. The
+    convolutions run in :func:`conv_compute_dtype` (CUDA autocast: its dtype; CPU: float32)
+    and the norms in float32, as the module path runs them; the saved conv outputs are in the
+    convolutions' dtype.
     ``grad_mult`` is fairseq's ``feature_grad_mult``, applied to the incoming gradient.
     """
 
     @staticmethod
     def forward(ctx, wave: Tensor, encoder: "FeatureEncoder", grad_mult: float, *params: Tensor) -> Tensor:  # type: ignore[override]
         dev = wave.device.type
-        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else wave.dtype
+        cdt = conv_compute_dtype(wave)
         saved: list[Tensor] = []
         stats: list[tuple[Tensor, Tensor] | None] = []
         x = wave

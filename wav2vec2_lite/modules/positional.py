@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.modules.conv_precision import conv_forward
 
 __all__ = ["ConvPositionalEmbedding"]
 
@@ -32,7 +33,7 @@ class ConvPositionalEmbedding(nn.Module):
         self.remove = 1 if k % 2 == 0 else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x.transpose(1, 2))
+        y = conv_forward(self.conv, x.transpose(1, 2))  # float32 under CPU autocast
         if self.remove:
             y = y[:, :, : -self.remove]
         return F.gelu(y).transpose(1, 2)
