@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             runs[arm].append({**best, "seed": seed, "trial_minutes": sum(t["minutes"] for t in tried)})
 
     # 5. test scores
-    from wav2vec2_lite.evaluate import by_kind, evaluate_split, sentence_kinds
+    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
 
     kinds = sentence_kinds(args.data)
     for arm, trials in runs.items():
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _records(run_dir: Path) -> list[dict]:
-    from wav2vec2_lite.plots import read_records
+    from wav2vec2_lite.tools.plots import read_records
 
     return read_records(run_dir)
 
@@ -356,7 +356,7 @@ def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: boo
 
 def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]], tag: str = "") -> None:
     try:
-        from wav2vec2_lite.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
+        from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
     except ImportError:
         return
     import math
@@ -373,7 +373,7 @@ def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]], tag: str = "")
 
 def _transcribe(model_dir: Path, data: Path, n: int) -> None:
     from wav2vec2_lite.data.manifest import read_labels, read_manifest
-    from wav2vec2_lite.transcribe import Transcriber
+    from wav2vec2_lite.asr.transcribe import Transcriber
 
     tr = Transcriber.from_path(model_dir)
     manifest = read_manifest(data / "test.tsv")

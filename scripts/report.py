@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wav2vec2_lite.report import write_report  # noqa: E402
+from wav2vec2_lite.tools.report import write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wav2vec2_lite.sweep import collect_sweep, plot_sweep, sweep_table  # noqa: E402
+from wav2vec2_lite.tools.sweep import collect_sweep, plot_sweep, sweep_table  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 
 from wav2vec2_lite import Wav2Vec2Config  # noqa: E402
-from wav2vec2_lite.benchmarking import BenchSpec, main, model_flops, render_markdown  # noqa: E402
+from wav2vec2_lite.tools.benchmarking import BenchSpec, main, model_flops, render_markdown  # noqa: E402
 
 
 def test_flop_formula_counts_the_known_parts():
@@ -24,7 +24,7 @@ def test_flop_formula_counts_the_known_parts():
 
 
 def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
-    import wav2vec2_lite.benchmarking as bench
+    import wav2vec2_lite.tools.benchmarking as bench
 
     tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
                 pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
@@ -54,7 +54,7 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
 
 
 def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
-    from wav2vec2_lite.benchmarking import profile_ops
+    from wav2vec2_lite.tools.benchmarking import profile_ops
 
     tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
                 pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wav2vec2_lite.chunking import chunked_logits, conv_num_frames, plan_windows
+from wav2vec2_lite.asr.chunking import chunked_logits, conv_num_frames, plan_windows
 
 SR, STRIDE, RF = 16000, 320, 400
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wav2vec2_lite.decode import (
+from wav2vec2_lite.asr.decode import (
     BeamSearchDecoder,
     greedy_decode,
     greedy_decode_with_timings,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from wav2vec2_lite.evaluate import EvalResult, by_kind, sentence_kinds
-from wav2vec2_lite.metrics import cer, wer
+from wav2vec2_lite.asr.evaluate import EvalResult, by_kind, sentence_kinds
+from wav2vec2_lite.asr.metrics import cer, wer
 
 
 def _result(refs, hyps, paths):

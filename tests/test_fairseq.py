@@ -27,7 +27,7 @@ from wav2vec2_lite.config import ConfigError  # noqa: E402
 from wav2vec2_lite.interop import load_fairseq  # noqa: E402
 from wav2vec2_lite.interop.fairseq import config_from_fairseq, parse_fairseq_literal  # noqa: E402
 from wav2vec2_lite.interop.safe_pickle import UntrustedCheckpointError  # noqa: E402
-from wav2vec2_lite.masking import compute_span_mask, sample_negatives  # noqa: E402
+from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives  # noqa: E402
 
 ATOL = 1e-4
 CONV = [(32, 10, 5), (48, 3, 2), (48, 3, 2)]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from wav2vec2_lite.decode import greedy_decode
-from wav2vec2_lite.health import HealthConfig, HealthMonitor, count_impossible_ctc
+from wav2vec2_lite.asr.decode import greedy_decode
+from wav2vec2_lite.train.health import HealthConfig, HealthMonitor, count_impossible_ctc
 
 CFG = HealthConfig(grace_updates=10, window=5, repeat_every=100)
 
@@ -45,7 +45,7 @@ def test_codebook_collapse_from_a_quantizer_forced_to_one_code():
 
 def test_stuck_at_chance_and_low_accuracy(caplog):
     mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)
-    with caplog.at_level(logging.WARNING, logger="wav2vec2_lite.health"):
+    with caplog.at_level(logging.WARNING, logger="wav2vec2_lite.train.health"):
         symptoms, found = feed(mon, {"contrastive_loss": math.log(101) - 0.01, "accuracy": 0.01,
                                      "code_perplexity": 500.0, "grad_norm": 1.0})
     assert symptoms == {"stuck_at_chance", "low_accuracy"}

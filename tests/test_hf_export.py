@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
 from wav2vec2_lite.data.tokenizer import CharTokenizer  # noqa: E402
-from wav2vec2_lite.decode import greedy_decode  # noqa: E402
+from wav2vec2_lite.asr.decode import greedy_decode  # noqa: E402
 from wav2vec2_lite.interop import from_hf  # noqa: E402
 from wav2vec2_lite.interop.hf_export import export_ctc_to_hf  # noqa: E402
 

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model  # noqa: E402
 from wav2vec2_lite.config import ConfigError  # noqa: E402
 from wav2vec2_lite.interop import from_hf, to_hf  # noqa: E402
-from wav2vec2_lite.masking import compute_span_mask, sample_negatives  # noqa: E402
+from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives  # noqa: E402
 
 ATOL = 1e-4
 SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,

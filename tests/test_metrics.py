@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wav2vec2_lite.metrics import (
+from wav2vec2_lite.asr.metrics import (
     ErrorCounts,
     align_counts,
     cer,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wav2vec2_lite import ConfigError, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
-from wav2vec2_lite.masking import compute_span_mask, sample_cross_negatives, sample_negatives
+from wav2vec2_lite.objectives.masking import compute_span_mask, sample_cross_negatives, sample_negatives
 from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.serialization import CheckpointError, load_model, save_model
 

@@ -13,7 +13,7 @@ pytest.importorskip("matplotlib")
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining  # noqa: E402
 from wav2vec2_lite.data.manifest import write_manifest  # noqa: E402
-from wav2vec2_lite.report import codebook_usage, write_report  # noqa: E402
+from wav2vec2_lite.tools.report import codebook_usage, write_report  # noqa: E402
 from wav2vec2_lite.serialization import save_model  # noqa: E402
 
 

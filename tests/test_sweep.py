@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wav2vec2_lite.sweep import collect_sweep, sweep_table
+from wav2vec2_lite.tools.sweep import collect_sweep, sweep_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

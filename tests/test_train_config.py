@@ -16,7 +16,7 @@ from wav2vec2_lite.train.config import build_model_config, register_configs, to_
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "wav2vec2_lite" / "configs"
 register_configs()
 
 

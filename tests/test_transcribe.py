@@ -11,9 +11,9 @@ import torch
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC
 from wav2vec2_lite.data.tokenizer import CharTokenizer
-from wav2vec2_lite.decode import greedy_decode
+from wav2vec2_lite.asr.decode import greedy_decode
 from wav2vec2_lite.serialization import save_model
-from wav2vec2_lite.transcribe import Transcriber, resolve_model_folder
+from wav2vec2_lite.asr.transcribe import Transcriber, resolve_model_folder
 
 
 @pytest.fixture(scope="module")

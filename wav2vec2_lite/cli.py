@@ -5,7 +5,7 @@
     w2v2-finetune finetune.pretrained=outputs/pretrain/RUN data.manifest_dir=/data/ls10h recipe=base_10h
     w2v2-pretrain -m optim.lr=1e-3,5e-4 ...      # multirun: one run dir per job
 
-Configs are read from the repository's ``configs/`` folder (or ``$W2V2_CONFIG_DIR``).
+Configs are read from the package's ``wav2vec2_lite/configs/`` (or ``$W2V2_CONFIG_DIR``).
 Outputs go to Hydra's run directory (``outputs/<task>/<time>``; ``hydra.run.dir=DIR`` to
 choose it, which is also how a killed run is resumed: the same dir continues from its
 ``checkpoints/last``).
@@ -14,11 +14,12 @@ choose it, which is also how a killed run is resumed: the same dir continues fro
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 __all__ = ["pretrain", "finetune", "transcribe", "export_hf", "run_from_hydra", "CONFIG_DIR"]
 
-CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
 
 
 def run_from_hydra(cfg) -> dict:
@@ -39,7 +40,7 @@ def _main(config_name: str) -> None:
     from wav2vec2_lite.train.config import register_configs
 
     if not CONFIG_DIR.is_dir():
-        raise SystemExit(f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to the repository's configs/")
+        raise SystemExit(f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
     register_configs()
     hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(run_from_hydra)()
 
@@ -65,7 +66,7 @@ def transcribe(argv: list[str] | None = None) -> None:
     import json
     import sys
 
-    from wav2vec2_lite.transcribe import Transcriber
+    from wav2vec2_lite.asr.transcribe import Transcriber
 
     p = argparse.ArgumentParser(prog="w2v2-transcribe", description=transcribe.__doc__)
     p.add_argument("model", help="run dir, model folder, model.safetensors or Hugging Face folder")
@@ -93,7 +94,7 @@ def export_hf(argv: list[str] | None = None) -> None:
     import argparse
 
     from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
-    from wav2vec2_lite.transcribe import Transcriber
+    from wav2vec2_lite.asr.transcribe import Transcriber
 
     p = argparse.ArgumentParser(prog="w2v2-export-hf", description=export_hf.__doc__)
     p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt)")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.losses import contrastive_logits, contrastive_loss, ctc_loss, diversity_loss, feature_penalty
-from wav2vec2_lite.masking import (
+from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, ctc_loss, diversity_loss, feature_penalty
+from wav2vec2_lite.objectives.masking import (
     compute_channel_mask,
     compute_span_mask,
     sample_cross_negatives,
@@ -34,6 +34,7 @@ from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, perplexity
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
+from wav2vec2_lite.serialization import load_model, register_model_class
 
 __all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC"]
 
@@ -75,6 +76,7 @@ def _init_transformer(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+@register_model_class
 class Wav2Vec2Model(nn.Module):
     """The backbone: wave -> context vectors. ``(B, S) -> Wav2Vec2ModelOutput``."""
 
@@ -157,6 +159,7 @@ class Wav2Vec2Model(nn.Module):
         )
 
 
+@register_model_class
 class Wav2Vec2ForPreTraining(nn.Module):
     """Self-supervised wav2vec 2.0: contrastive task over quantized latents + diversity + L2 penalty."""
 
@@ -280,6 +283,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
         )
 
 
+@register_model_class
 class Wav2Vec2ForCTC(nn.Module):
     """Fine-tuning model: backbone + linear CTC head over characters (blank = index 0)."""
 
@@ -306,8 +310,6 @@ class Wav2Vec2ForCTC(nn.Module):
         ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the quantizer is dropped.
         """
         if isinstance(source, (str, Path)):
-            from wav2vec2_lite.serialization import load_model
-
             source = load_model(source)
         backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
         if not isinstance(backbone, Wav2Vec2Model):

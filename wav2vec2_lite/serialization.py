@@ -84,10 +84,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _model_classes() -> dict[str, type[nn.Module]]:
-    from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {}
 
-    return {c.__name__: c for c in (Wav2Vec2Model, Wav2Vec2ForPreTraining, Wav2Vec2ForCTC)}
+
+def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """Class decorator: ``save_model`` / ``load_model`` know a model class by its name.
+    The models register themselves (``models.py``), so this module never imports them."""
+    _MODEL_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _model_classes() -> dict[str, type[nn.Module]]:
+    return dict(_MODEL_CLASSES)
 
 
 def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.health import HealthConfig
+from wav2vec2_lite.train.health import HealthConfig
 
 __all__ = [
     "OptimConfig", "ScheduleConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.dataset import AudioDataset
-from wav2vec2_lite.health import count_impossible_ctc
+from wav2vec2_lite.train.health import count_impossible_ctc
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.serialization import WEIGHTS_NAME, find_model_folder
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
@@ -194,8 +194,8 @@ class FinetuneTask:
     @torch.no_grad()
     def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
         """CTC loss and greedy-decoding WER/CER (+ blank-only outputs, output/reference length)."""
-        from wav2vec2_lite.decode import greedy_decode
-        from wav2vec2_lite.metrics import char_errors, word_errors
+        from wav2vec2_lite.asr.decode import greedy_decode
+        from wav2vec2_lite.asr.metrics import char_errors, word_errors
 
         out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
         sentences = float(batch["labels"].shape[0])

@@ -43,7 +43,7 @@ from wav2vec2_lite.data.dataset import DatasetError, is_skipped
 from wav2vec2_lite.data.manifest import ManifestError
 from wav2vec2_lite.data.sampler import BucketBatchSampler
 from wav2vec2_lite.data.validate import validate_dataset
-from wav2vec2_lite.health import HealthMonitor
+from wav2vec2_lite.train.health import HealthMonitor
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import (
     CheckpointError, capture_rng_state, load_checkpoint, remove_stale_temps, resolve_checkpoint, restore_rng_state,

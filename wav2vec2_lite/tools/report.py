@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from wav2vec2_lite.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
+from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
 
 __all__ = ["codebook_usage", "write_report"]
 

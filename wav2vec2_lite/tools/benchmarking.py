@@ -10,7 +10,7 @@ Scaling runs each implementation in its own process per input length.
 Utilisation uses one analytic FLOP count for both implementations (:func:`model_flops`)
 over the matmul peak measured in the same run and dtype.
 
-Entry point: ``scripts/benchmark.py`` (or ``python -m wav2vec2_lite.benchmarking``).
+Entry point: ``scripts/benchmark.py`` (or ``python -m wav2vec2_lite.tools.benchmarking``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import gc
 import json
-import math
 import os
 import resource
 import statistics
@@ -32,7 +31,8 @@ from typing import Any, Callable
 import torch
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.masking import compute_span_mask, sample_negatives
+from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
+from wav2vec2_lite.tools.hardware import matmul_peak, model_flops, native_bf16, sync
 
 __all__ = ["BenchSpec", "model_flops", "matmul_peak", "profile_ops", "run_benchmark", "render_markdown", "main"]
 
@@ -63,77 +63,7 @@ class BenchSpec:
         return cfg
 
 
-# ----------------------------------------------------------------------------- FLOPs
-def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_masked: int | None = None) -> float:
-    """Analytic FLOPs of one step (multiply-add = 2), the same formula for every implementation.
-
-    Forward: conv feature encoder (sum over layers of 2·T_l·C_out·C_in·k), feature projection,
-    positional conv (grouped), per block QKV + output projection + attention scores and
-    weighted sum (4·T²·D) + FFN; heads: CTC projection (fine-tune / inference), or for
-    pretraining the quantizer logits and ``project_q`` over the masked frames, ``final_proj``
-    and the cosine logits against K+1 candidates per masked frame. Backward = 2 × forward of
-    every part that trains (fine-tuning freezes the conv encoder: forward only).
-    Elementwise work (norms, GELU, softmax) is not counted.
-    """
-    t = samples
-    conv = 0.0
-    c_in = 1
-    for c_out, k, s in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
-        t = (t - k) // s + 1
-        conv += 2.0 * t * c_out * c_in * k
-        c_in = c_out
-    frames, d, c = t, cfg.hidden_size, cfg.conv_dim[-1]
-    proj = 2.0 * frames * c * d
-    pos = 2.0 * frames * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
-    block = 2.0 * frames * d * 3 * d + 2.0 * frames * d * d + 4.0 * frames * frames * d + 4.0 * frames * d * cfg.ffn_dim
-    body = proj + pos + cfg.num_layers * block
-    if task == "pretrain":
-        n = num_masked if num_masked is not None else 0.49 * frames * batch
-        n_per = n / batch
-        g_v = cfg.num_code_groups * cfg.num_codes_per_group
-        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (cfg.codevector_dim // cfg.num_code_groups)
-                         + 2.0 * cfg.codevector_dim * cfg.final_dim + 2.0 * d * cfg.final_dim
-                         + 2.0 * (cfg.num_negatives + 1) * cfg.final_dim)
-    else:
-        heads = 2.0 * frames * d * cfg.vocab_size
-    fwd = batch * (conv + body + heads)
-    if task == "infer":
-        return fwd
-    if task == "finetune":
-        return fwd + 2.0 * batch * (body + heads)
-    return 3.0 * fwd
-
-
-def native_bf16(device: str = "cpu") -> bool:
-    """Whether bf16 matmuls run in hardware here (CUDA, or a CPU with AVX512-BF16 / AMX)."""
-    if device.startswith("cuda"):
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: let torch decide
-        return "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of an n×n matmul in ``dtype`` (the utilisation denominator)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    best = math.inf
-    for _ in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
-
-
 # ----------------------------------------------------------------------------- models and steps
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def _autocast(spec: BenchSpec):
@@ -222,10 +152,10 @@ def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, to
 def _timed(fn: Callable[[], None], device: str, cpu: list[float] | None = None) -> float:
     """Wall seconds of one call; appends the process CPU seconds to ``cpu`` if given (a second
     clock that is less disturbed by other jobs on a shared machine)."""
-    _sync(device)
+    sync(device)
     c0, t0 = time.process_time(), time.perf_counter()
     fn()
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     if cpu is not None:
         cpu.append(time.process_time() - c0)
@@ -371,7 +301,7 @@ PROBE_ENV = {"TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536
 def run_probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, timeout: float = 3600) -> dict[str, Any]:
     """:func:`probe` in a fresh Python process (clean peak RSS, :data:`PROBE_ENV`)."""
     payload = json.dumps({"spec": spec.__dict__, "impl": impl, "warmup": warmup, "repeats": repeats})
-    proc = subprocess.run([sys.executable, "-m", "wav2vec2_lite.benchmarking", "--probe", payload],
+    proc = subprocess.run([sys.executable, "-m", "wav2vec2_lite.tools.benchmarking", "--probe", payload],
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **PROBE_ENV})
     if proc.returncode != 0:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wav2vec2_lite.data.manifest import read_labels, read_manifest
-from wav2vec2_lite.metrics import char_errors, word_errors
-from wav2vec2_lite.transcribe import Transcriber
+from wav2vec2_lite.asr.metrics import char_errors, word_errors
+from wav2vec2_lite.asr.transcribe import Transcriber
 
 __all__ = ["EvalResult", "by_kind", "evaluate_split", "sentence_kinds"]
 

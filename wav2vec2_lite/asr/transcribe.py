@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from wav2vec2_lite.chunking import chunked_logits
+from wav2vec2_lite.asr.chunking import chunked_logits
 from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
 from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
-from wav2vec2_lite.decode import greedy_decode_with_timings
+from wav2vec2_lite.asr.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 from wav2vec2_lite.serialization import find_model_folder
 

@@ -36,7 +36,7 @@ from torch import Tensor
 
 __all__ = ["HealthConfig", "HealthMonitor", "HealthWarning", "REMEDIES", "count_impossible_ctc"]
 
-log = logging.getLogger("wav2vec2_lite.health")
+log = logging.getLogger("wav2vec2_lite.train.health")
 
 REMEDIES: dict[str, str] = {
     "stuck_at_chance": "lower the learning rate or lengthen warmup (fairseq #3661/#3718); check the audio is "

@@ -1,0 +1,1 @@
+"""Pretraining objectives: masking, distractors, targets and their losses (and CTC)."""

@@ -1,0 +1,88 @@
+"""What a step costs and what the machine can do: analytic FLOPs, native bf16, matmul peak.
+
+The utilisation of a benchmark is :func:`model_flops` of its step over :func:`matmul_peak`
+measured in the same run and dtype, the same formula for every implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from wav2vec2_lite.config import Wav2Vec2Config
+
+__all__ = ["model_flops", "native_bf16", "matmul_peak", "sync"]
+
+
+def sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on CPU)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_masked: int | None = None) -> float:
+    """Analytic FLOPs of one step (multiply-add = 2), the same formula for every implementation.
+
+    Forward: conv feature encoder (sum over layers of 2·T_l·C_out·C_in·k), feature projection,
+    positional conv (grouped), per block QKV + output projection + attention scores and
+    weighted sum (4·T²·D) + FFN; heads: CTC projection (fine-tune / inference), or for
+    pretraining the quantizer logits and ``project_q`` over the masked frames, ``final_proj``
+    and the cosine logits against K+1 candidates per masked frame. Backward = 2 × forward of
+    every part that trains (fine-tuning freezes the conv encoder: forward only).
+    Elementwise work (norms, GELU, softmax) is not counted.
+    """
+    t = samples
+    conv = 0.0
+    c_in = 1
+    for c_out, k, s in zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride):
+        t = (t - k) // s + 1
+        conv += 2.0 * t * c_out * c_in * k
+        c_in = c_out
+    frames, d, c = t, cfg.hidden_size, cfg.conv_dim[-1]
+    proj = 2.0 * frames * c * d
+    pos = 2.0 * frames * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
+    block = 2.0 * frames * d * 3 * d + 2.0 * frames * d * d + 4.0 * frames * frames * d + 4.0 * frames * d * cfg.ffn_dim
+    body = proj + pos + cfg.num_layers * block
+    if task == "pretrain":
+        n = num_masked if num_masked is not None else 0.49 * frames * batch
+        n_per = n / batch
+        g_v = cfg.num_code_groups * cfg.num_codes_per_group
+        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (cfg.codevector_dim // cfg.num_code_groups)
+                         + 2.0 * cfg.codevector_dim * cfg.final_dim + 2.0 * d * cfg.final_dim
+                         + 2.0 * (cfg.num_negatives + 1) * cfg.final_dim)
+    else:
+        heads = 2.0 * frames * d * cfg.vocab_size
+    fwd = batch * (conv + body + heads)
+    if task == "infer":
+        return fwd
+    if task == "finetune":
+        return fwd + 2.0 * batch * (body + heads)
+    return 3.0 * fwd
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run in hardware here (CUDA, or a CPU with AVX512-BF16 / AMX)."""
+    if device.startswith("cuda"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:  # not Linux: let torch decide
+        return "AVX512" in torch.backends.cpu.get_cpu_capability()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n×n matmul in ``dtype`` (the utilisation denominator)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = math.inf
+    for _ in range(repeats + 1):
+        sync(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
