@@ -32,7 +32,8 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
     for arm in ("pretrained", "scratch"):
         (run,) = results[arm]
-        assert 0.0 <= run["test_cer"] and 0.0 <= run["test_wer"]
+        assert 0.0 <= run["test_cer"] <= 2.0 and 0.0 <= run["test_wer"] <= 2.0
+        assert f"| {100 * run['test_cer']:.1f} |" in first.stdout  # the table reports results.json's CER
         assert Path(run["dir"], "checkpoints", "last", "model.safetensors").is_file()
         assert Path(run["dir"]).name == "seed1_lr0.002_u6"  # the budget names the folder: never resumed into
     assert "| pretrained + fine-tuned |" in first.stdout and "CER ratio pretrained / scratch" in first.stdout

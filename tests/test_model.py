@@ -179,7 +179,8 @@ def test_pretraining_loss_parts_and_gradients():
     assert torch.allclose(out.loss, expected)
     assert torch.allclose(out.loss_sum, out.loss * n)
     assert out.logits.shape == (int(n), 1 + cfg.num_negatives)
-    assert 0 <= out.accuracy.item() <= 1
+    top = (out.logits.argmax(-1) == 0) & (out.logits.argmin(-1) != 0)  # fairseq: the positive wins, no all-tie
+    assert out.num_correct.item() == int(top.sum()) and torch.allclose(out.accuracy, top.float().mean())
     assert 1 <= out.code_perplexity.item() <= cfg.num_code_groups * cfg.num_codes_per_group
     # at random init the contrastive loss is near chance, ln(K + 1)
     assert abs((out.contrastive_loss / n).item() - math.log(cfg.num_negatives + 1)) < 1.0

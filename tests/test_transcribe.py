@@ -44,7 +44,8 @@ def test_resolve_and_transcribe_file(run_dir, tmp_path):
     assert abs(out.duration_s - 1.5) < 1e-6
     starts = [w["start_s"] for w in out.words]
     assert starts == sorted(starts) and all(0 <= w["start_s"] < w["end_s"] <= 1.5 + 0.03 for w in out.words)
-    assert json.dumps(out.to_dict())
+    back = json.loads(json.dumps(out.to_dict()))  # the --json record round-trips
+    assert back == {"path": str(tmp_path / "a.wav"), "text": out.text, "duration_s": 1.5, "words": out.words}
 
 
 def tr_norm(wave: np.ndarray) -> torch.Tensor:
