@@ -1,7 +1,9 @@
 """The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus.
 
-    python scripts/demo.py            # default: about 16 minutes on 2 CPU cores
+    python scripts/demo.py            # default: the short demo (minutes on a CPU)
     FULL=1 python scripts/demo.py     # the longer "does pretraining help?" experiment (hours, resumable)
+
+Timings and results of both: docs/results/history.md.
 
 Steps (each is skipped when its output is already complete, so a re-run resumes):
  1. build the espeak-ng corpus (unlabeled / train_10min / train_1h / valid / test);
@@ -162,10 +164,9 @@ def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen",
 
 def gumbel_decay(updates: int) -> float:
     """Per-update decay of the Gumbel temperature that anneals 2 -> 0.5 over ~92 % of a run of
-    ``updates`` (0.999 at the default 1500). With the tiny recipe's fixed 0.995 the temperature hit
-    its floor after ~280 updates and the contrastive task stalled (valid accuracy 0.09-0.12);
-    scaled to the run it kept improving (0.16-0.20), and the demo's pretraining fine-tuned to valid
-    CER 0.60 instead of 0.90 (two other pretraining seeds: 0.85, 0.86; docs/quickstart.md)."""
+    ``updates`` (0.999 at the default 1500). The tiny recipe's fixed decay reaches the floor early
+    in a run and the contrastive task stalls; scaled to the run it keeps improving
+    (docs/results/history.md, "What the recipe search found")."""
     return round(0.999 ** (1500 / updates), 7)
 
 
@@ -174,35 +175,29 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / ("data/demo_full" if full else "data/demo"))
     p.add_argument("--out", type=Path, default=ROOT / ("runs/demo_full" if full else "runs/demo"))
-    # FULL: at the default 1500 updates the pretrained arm is level with scratch (3 seeds, within
-    # +-15 CER points of seed spread), so the long run pretrains 10x longer: 98 min at 0.39 s/update
-    # (validation included) on 2 cores, in ~40-minute stages. With those 15,000 updates
-    # (docs/quickstart.md): test CER 46.0 +- 0.3 pretrained (encoder frozen, one lr, 1500 fine-tuning
-    # updates) vs 53.1 +- 20.0 from scratch; encoder trained, two lrs per arm: 40.6 +- 0.4 vs 43.9 +- 4.0;
-    # 3000 fine-tuning updates and per-arm lr pairs (FULL's defaults): docs/quickstart.md, third round
+    # FULL: at the default 1500 updates the pretrained arm is level with scratch within the seed
+    # spread, so the long run pretrains 10x longer, in resumable stages (docs/results/history.md)
     p.add_argument("--pretrain-updates", type=int, default=15000 if full else 1500)
     p.add_argument("--pretrain-stage-updates", type=int, default=6000,
                    help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
-    # The demo recipes train without the paper's L2 feature penalty. The conv features then grow
-    # with every update (mean square ~4e3 after 1500 updates, 2.7e4-3e4 for two other seeds, 3.3e5
-    # after 2500) and the runs whose features grew most fine-tuned worst; but the paper's weight 10
-    # (FULL corpus, probe) shrank them to ~4e-4 at once and held the task at chance for 800 updates
-    # (valid contrastive 4.57, vs 4.40 by update 600 without it), so it stays off by default
+    # The demo recipes train without the paper's L2 feature penalty: the conv features then grow,
+    # but the paper's weight 10 held the task at chance in a probe, so it stays off by default
+    # (docs/results/history.md, first round; docs/benchmarks.md, "Figures formerly in docstrings")
     p.add_argument("--feature-penalty", type=float, default=None,
                    help="pretraining's feature_penalty_weight (default: the recipe's, 0; the paper: 10)")
     # The pretrained arm's conv feature encoder: frozen during fine-tuning (the paper's recipe, the
-    # demo's default) or fine-tuned with the rest. FULL trains it: with it frozen, the 15,000-update
-    # model under-fitted train_10min (train loss ~45 vs ~8 from scratch) and reached valid CER 0.435;
-    # trained, the same seed and lr reached 0.388 (docs/quickstart.md)
+    # demo's default) or fine-tuned with the rest. FULL trains it: frozen, the long run's pretrained
+    # model under-fitted train_10min (docs/results/history.md, second round)
     p.add_argument("--pretrained-encoder", choices=["frozen", "trained"], default="trained" if full else "frozen",
                    help="fine-tune the pretrained model's conv feature encoder too (trained) or not (frozen)")
-    # FULL: at 1500 updates the pretrained arm still under-fitted (train loss 32-35 vs 6-8 from
-    # scratch); 3000 let it fit (6-8) and took seed 1 from valid CER 0.389 to 0.344 (lr 4e-3)
+    # FULL: at 1500 updates the pretrained arm still under-fitted; 3000 let it fit
+    # (docs/results/history.md, third round)
     p.add_argument("--finetune-updates", type=int, default=3000 if full else 1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
     # FULL: two trials per arm, each arm's pair from its own earlier valid results (1500 updates):
     # 1e-3 lost to 2e-3 on every pretrained seed, so the pretrained arm tries 2e-3 and 4e-3; scratch
     # chose 1e-3 once and 2e-3 twice (and 2e-3 stalled one seed), so it keeps those two
+    # (docs/results/history.md, third round)
     p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3] if full else [2e-3],
                    help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
     p.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3] if full else None,

@@ -15,7 +15,7 @@ With ``isolate=True`` (the default) a small server process (this file run as a s
 ctypes, numpy and the engine, nothing else) initialises the engine once and forks a child
 per utterance, so every utterance starts from the same never-used engine state and depends
 only on its own arguments, whichever worker renders it and in whatever order. Forking the
-small server costs ~1 ms, forking a process that holds torch tens of ms. The CLI backend
+small server is much cheaper than forking a process that holds torch. The CLI backend
 runs a fresh program per utterance and is isolated anyway. Without ``os.fork`` (Windows)
 the server renders in-process: same results per server, not across histories.
 

@@ -32,10 +32,10 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention. ``(B, T, D), key_mask (B, T) bool True=attend -> (B, T, D)``.
 
     With attention dropout in training, torch's CPU SDPA takes its math path, which keeps the
-    ``(B, heads, T, T)`` probabilities and dropout mask of every layer for the backward pass:
-    ~3.9 GB of the 6.5 GB peak of a BASE step on one 32 s input. From ``recompute_min_frames`` frames on, the
-    attention core is recomputed in the backward pass instead (the same dropout mask: the RNG
-    state is replayed), so only q, k, v stay alive; gradients are unchanged.
+    ``(B, heads, T, T)`` probabilities and dropout mask of every layer for the backward pass,
+    most of a long input's step memory (docs/benchmarks.md). From ``recompute_min_frames``
+    frames on, the attention core is recomputed in the backward pass instead (the same dropout
+    mask: the RNG state is replayed), so only q, k, v stay alive; gradients are unchanged.
     """
 
     recompute_min_frames: int = 1024  # ~20 s: longer than fairseq's 15.6 s training crops

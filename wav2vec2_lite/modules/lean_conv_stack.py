@@ -58,8 +58,7 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, n
     is allocated (that kernel reads only the input's shape). When ``x_in`` has more than
     ``chunk_elements`` elements, both are computed over time chunks of the output (each chunk's
     input window overlaps the next by ``kernel - stride`` samples, whose input gradients add):
-    the convolution kernels' workspace grows with the length they see (BASE, 2 x 4 s, second
-    layer: ~160 MB for the weight gradient and ~200 MB for the input gradient in one call), so
+    the convolution kernels' workspace grows with the length they see (docs/benchmarks.md), so
     chunks bound it. Chunked sums run in another order: ~1e-6 relative to the one-call result.
     """
     w = conv.weight.to(cdt)
@@ -129,9 +128,9 @@ class LeanConvStack(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         # Peak memory is this loop's: every full-size temporary is dropped (del) or overwritten
         # in place (the ``.out`` kernels) as soon as it is used, and a norm output is recomputed
-        # rather than kept, so at most ~3 first-layer-sized tensors are alive at once (autograd on
-        # the module path: ~4.5), and large convs are differentiated in time chunks, which bounds
-        # the kernels' own workspace (:func:`_conv_backward`).
+        # rather than kept, so fewer first-layer-sized tensors are alive at once than with autograd
+        # on the module path, and large convs are differentiated in time chunks, which bounds the
+        # kernels' own workspace (:func:`_conv_backward`).
         (wave,) = ctx.saved_tensors
         encoder, cdt, stats, saved = ctx.encoder, ctx.cdt, ctx.stats, ctx.saved
         if saved is None:

@@ -292,7 +292,7 @@ def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict
     return out
 
 
-#: glibc's malloc raises its mmap threshold (up to 32 MB) each time a large block is freed,
+#: glibc's malloc raises its mmap threshold each time a large block is freed,
 #: after which freed activations stay in the heap and RSS keeps counting them; a fixed
 #: threshold makes the resident set follow the live tensors, for both implementations alike.
 PROBE_ENV = {"TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -336,7 +336,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     except ImportError:  # pragma: no cover
         raise SystemExit("the benchmark needs transformers (pip install 'wav2vec2_lite[hf]')")
     for dt in dtypes:
-        n = 2048 if dt == "float32" or report["native_bf16"] else 512  # emulated bf16 is ~100x slower
+        n = 2048 if dt == "float32" or report["native_bf16"] else 512  # emulated bf16 is far slower
         report["peak_flops"][dt] = matmul_peak(getattr(torch, dt), args.device, n=n)
         log(f"matmul peak {dt}: {report['peak_flops'][dt] / 1e9:.0f} GFLOP/s")
     for task in tasks:
