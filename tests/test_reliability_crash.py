@@ -8,7 +8,7 @@
   a folder that resolves to a complete, verified checkpoint: the old one or the new one.
 * A full disk during a save fails cleanly with the previous checkpoint intact and loadable.
 * An unwritable or too-full run directory is an error before training starts.
-~25 s on 2 CPU cores (the kill test runs its processes side by side).
+The kill test runs its processes side by side.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from wav2vec2_lite.train.checkpoint import (
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.toy_data import make_toy_corpus
-from wav2vec2_lite.train.trainer import RunDirError, Trainer
+from wav2vec2_lite.train.run_dir import RunDirError
+from wav2vec2_lite.train.trainer import Trainer
 
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=[16] * 7,
              pos_conv_kernel=8, pos_conv_groups=8, codevector_dim=16, final_dim=16, num_codes_per_group=8,
@@ -354,7 +355,7 @@ def test_unwritable_run_dir_is_an_error_before_training(corpus, tmp_path, monkey
     with pytest.raises(RunDirError, match=rf"run directory {blocker / 'run'} is not writable"):
         Trainer(cfg, blocker / "run")  # parent is a file: cannot even be created
 
-    import wav2vec2_lite.train.trainer as trainer_mod
+    import wav2vec2_lite.train.run_dir as run_dir_mod
 
     real_open = open
 
@@ -363,7 +364,7 @@ def test_unwritable_run_dir_is_an_error_before_training(corpus, tmp_path, monkey
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "open", no_permission, raising=False)
+    monkeypatch.setattr(run_dir_mod, "open", no_permission, raising=False)
     with pytest.raises(RunDirError, match=r"is not writable \(\[Errno 13\] Permission denied"):
         Trainer(cfg, tmp_path / "ro")
     assert not (tmp_path / "ro" / "metrics.jsonl").exists()
@@ -384,10 +385,10 @@ def test_read_only_run_dir_is_an_error_before_training(corpus, tmp_path):
 
 
 def test_too_little_free_space_is_an_error_before_training(corpus, tmp_path, monkeypatch):
-    import wav2vec2_lite.train.trainer as trainer_mod
+    import wav2vec2_lite.train.run_dir as run_dir_mod
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(trainer_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
+    monkeypatch.setattr(run_dir_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
     with pytest.raises(RunDirError, match=r"only 0\.0 MiB free; a checkpoint of this model takes about"):
         Trainer(to_run_config(cfg_dict(corpus)), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

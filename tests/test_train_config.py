@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,58 @@ def test_cli_multirun_overrides_reach_the_saved_model(tmp_path):
         assert (run / "metrics.jsonl").is_file() and (run / "config.yaml").is_file()
         info = json.loads((run / "run.json").read_text())
         assert info["seed"] == 1 and info["code_version"]
+
+
+def test_each_part_checks_its_own_keys_and_choices_name_the_valid_values():
+    base = ["data.manifest_dir=/x"]
+    for override, message in (("data.mono=average", r"Invalid value 'average', expected one of \[error, mix\]"),
+                              ("trainer.best_mode=lowest", r"expected one of \[min, max\]"),
+                              ("data.max_unreadable_fraction=2", r"data.max_unreadable_fraction: in \[0, 1\]"),
+                              ("trainer.update_freq=0", r"trainer.update_freq: must be > 0"),
+                              ("optim.lr=0", r"optim.lr: must be > 0"),
+                              ("ctc.mask_time_prob=1.5", r"ctc.mask_time_prob: must be in \[0, 1\]"),
+                              ("data.validate=sometimes", r"data.validate: 'header', 'full' or false")):
+        with pytest.raises(Exception) as e:
+            to_run_config(_compose("finetune_tiny", base + [override]))
+        chain = [str(e.value)] + ([str(e.value.__cause__)] if e.value.__cause__ else [])  # Hydra wraps OmegaConf's
+        assert any(re.search(message, m) for m in chain), (override, chain)
+        assert any(override.split("=")[0] in m for m in chain), (override, chain)  # the full key is named
+    cfg = to_run_config(_compose("finetune_tiny", base + ["data.mono=mix", "trainer.precision=16-mixed"]))
+    assert cfg.data.mono == "mix" and cfg.trainer.precision == "fp16"  # enums compare as strings; aliases resolved
+
+
+def test_ctc_overrides_are_model_fields_applied_on_top_of_the_model():
+    import dataclasses
+
+    cfg = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", "model=tiny", "ctc.layerdrop=0.2"]))
+    types = {f.name: f.type for f in dataclasses.fields(Wav2Vec2Config)}
+    assert all(f.name in types for f in dataclasses.fields(cfg.ctc))  # no field of its own
+    m = build_model_config(cfg.model, **dataclasses.asdict(cfg.ctc))
+    assert (m.layerdrop, m.mask_time_prob, m.hidden_size) == (0.2, 0.3, 256)  # recipe=tiny's masking
+    for typo in ("+ctc.num_layerz=2", "+trainer.max_update=5"):  # not dropped silently: an error naming the key
+        with pytest.raises(Exception, match=typo[1:].split("=")[0].replace(".", r"\.")):
+            to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", typo]))
+
+
+def test_schedule_groups_switch_the_registered_schedule_and_its_keys():
+    from wav2vec2_lite.train.schedules import Constant, Polynomial, TriStage
+
+    pt = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "schedule.power=2.0"]))
+    assert pt.schedule == Polynomial(warmup_updates=100, power=2.0)
+    ft = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x", "schedule.phase_ratio=[0.2,0.3,0.5]"]))
+    assert isinstance(ft.schedule, TriStage) and ft.schedule.phase_ratio == [0.2, 0.3, 0.5]
+    const = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "schedule=constant",
+                                                     "schedule.warmup_updates=7"]))
+    assert const.schedule == Constant(warmup_updates=7)
+    with pytest.raises(ValueError, match=r"schedule.end_lr: not a field of the 'constant' schedule"):
+        to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x", "schedule.name=constant"]))
+
+
+def test_a_typed_config_round_trips_through_plain_containers():
+    from wav2vec2_lite.train.config import config_container
+
+    for name in ("pretrain_tiny", "finetune_tiny"):
+        cfg = to_run_config(_compose(name, ["data.manifest_dir=/x", "data.mono=mix"]))
+        plain = config_container(cfg)
+        assert plain["data"]["mono"] == "mix" and type(plain["data"]["mono"]) is str  # weights_only-loadable
+        assert to_run_config(plain) == cfg

@@ -58,7 +58,7 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
     Short-run settings: the feature encoder gets the full gradient (feature_grad_mult 1, no L2
     penalty) and the Gumbel temperature anneals within hundreds of updates; with BASE's 0.1 /
     10 / 0.999995 a run this short stays on the chance plateau (as fairseq's do for thousands
-    of updates). ~25 s on 2 quiet cores.
+    of updates).
     """
     K, G, V = 20, 2, 32
     cfg = make_cfg("pretrain", corpus,

@@ -20,25 +20,29 @@ from wav2vec2_lite.train.checkpoint import (
 )
 from wav2vec2_lite.train.logging import MetricsLogger, code_version, peak_memory_mb, read_metrics
 from wav2vec2_lite.train.precision import Precision, parse_precision
-from wav2vec2_lite.train.schedules import LRSchedule, polynomial_decay, tri_stage
-from wav2vec2_lite.train.trainer import derive_seed, param_groups
+from wav2vec2_lite.data.collate import derive_seed
+from wav2vec2_lite.train.optim import param_groups
+from wav2vec2_lite.train.schedules import (
+    SCHEDULES, Constant, Polynomial, TriStage, build_schedule, make_schedule,
+)
 
 
 # ----------------------------------------------------------------------------- schedules
 def test_polynomial_decay_matches_fairseq_formula():
-    kw = dict(lr=5e-4, warmup_updates=100, total_updates=1000)
-    assert polynomial_decay(0, **kw) == pytest.approx(5e-6)          # first update: lr / warmup
-    assert polynomial_decay(49, **kw) == pytest.approx(2.5e-4)
-    assert polynomial_decay(100, **kw) == pytest.approx(5e-4)        # peak right after warmup
-    assert polynomial_decay(550, **kw) == pytest.approx(2.5e-4)      # linear decay, halfway
-    assert polynomial_decay(1000, **kw) == 0.0
-    assert polynomial_decay(550, **kw, power=2.0) == pytest.approx(5e-4 * 0.25)
+    f = lambda u, **kw: Polynomial(warmup_updates=100, **kw).lr_at(u, lr=5e-4, total=1000)
+    assert f(0) == pytest.approx(5e-6)          # first update: lr / warmup
+    assert f(49) == pytest.approx(2.5e-4)
+    assert f(100) == pytest.approx(5e-4)        # peak right after warmup
+    assert f(550) == pytest.approx(2.5e-4)      # linear decay, halfway
+    assert f(1000) == 0.0
+    assert f(550, power=2.0) == pytest.approx(5e-4 * 0.25)
+    assert Polynomial(warmup_updates=100).warmup(1000) == 100 and Polynomial(warmup_updates=100).warmup(50) == 50
 
 
 def test_tri_stage_phases():
     lr, total = 5e-5, 1000
-    f = lambda u: tri_stage(u, lr=lr, total_updates=total, phase_ratio=(0.1, 0.4, 0.5),
-                            init_lr_scale=0.01, final_lr_scale=0.05)
+    schedule = TriStage(phase_ratio=[0.1, 0.4, 0.5], init_lr_scale=0.01, final_lr_scale=0.05)
+    f = lambda u: schedule.lr_at(u, lr=lr, total=total)
     assert f(0) == pytest.approx(lr * 0.01 + lr * 0.99 / 100)
     assert f(99) == pytest.approx(lr)
     assert all(f(u) == pytest.approx(lr) for u in (100, 300, 499))
@@ -47,16 +51,36 @@ def test_tri_stage_phases():
     assert f(5000) == pytest.approx(lr * 0.05)
     lrs = [f(u) for u in range(500, 1000)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert schedule.warmup(total) == 100
 
 
-def test_schedule_sets_optimizer_lr_and_validates():
+def test_constant_warms_up_then_holds():
+    schedule = Constant(warmup_updates=4)
+    assert [schedule.lr_at(u, lr=1.0, total=10) for u in (0, 3, 4, 9, 20)] == [0.25, 1.0, 1.0, 1.0, 1.0]
+    assert schedule.warmup(10) == 4 and Constant().warmup(10) == 0
+
+
+def test_schedules_are_a_registry_chosen_by_name_with_checked_fields():
+    assert set(SCHEDULES) == {"polynomial", "tri_stage", "constant"}
+    assert make_schedule({"name": "tri_stage", "final_lr_scale": 0.1}) == TriStage(final_lr_scale=0.1)
+    with pytest.raises(ValueError, match="schedule.name: one of polynomial, tri_stage, constant"):
+        make_schedule({"name": "cosine"})
+    with pytest.raises(ValueError, match=r"schedule.warmup_updates: not a field of the 'tri_stage' schedule"):
+        make_schedule({"name": "tri_stage", "warmup_updates": 10})
+    with pytest.raises(ValueError, match="schedule.phase_ratio"):
+        make_schedule({"name": "tri_stage", "phase_ratio": [0.5, 0.5, 0.5]})
+    with pytest.raises(ValueError, match="schedule.warmup_updates: must be >= 0"):
+        make_schedule({"name": "polynomial", "warmup_updates": -1})
+    with pytest.raises(Exception, match="schedule.power"):  # types are checked too, the key named
+        make_schedule({"name": "polynomial", "power": "steep"})
+
+
+def test_schedule_sets_optimizer_lr():
     opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=1.0)
-    s = LRSchedule(name="polynomial", lr=1e-3, total_updates=10, warmup_updates=2)
+    s = build_schedule(Polynomial(warmup_updates=2), lr=1e-3, max_updates=10)
+    assert s.total_updates == 10 and s.warmup_updates == 2
     assert s.step(opt, 0) == pytest.approx(5e-4) and opt.param_groups[0]["lr"] == pytest.approx(5e-4)
-    with pytest.raises(ValueError, match="schedule.name"):
-        LRSchedule(name="cosine", lr=1e-3, total_updates=10)
-    with pytest.raises(ValueError, match="phase_ratio"):
-        LRSchedule(name="tri_stage", lr=1e-3, total_updates=10, phase_ratio=(0.5, 0.5, 0.5))
+    assert build_schedule(Polynomial(total_updates=4), lr=1e-3, max_updates=10).total_updates == 4
 
 
 # ----------------------------------------------------------------------------- optimizer groups
@@ -82,7 +106,7 @@ def test_lr_scale_groups_take_the_longest_prefix_and_the_schedule_applies_them()
     # biases stay out of weight decay within each scale
     assert all(g["weight_decay"] == 0.0 for g in groups if all(p.ndim == 1 for p in g["params"]))
     opt = torch.optim.AdamW(groups, lr=1.0)
-    LRSchedule(name="constant", lr=1e-3, total_updates=10).step(opt, 0)
+    build_schedule(Constant(), lr=1e-3, max_updates=10).step(opt, 0)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lr_of[id(m["body"]["a"].weight)] == pytest.approx(2.5e-4)
     assert lr_of[id(m["body"]["b"].bias)] == pytest.approx(5e-4) and lr_of[id(m["head"].bias)] == pytest.approx(1e-3)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["collate", "LABEL_PAD"]
+from wav2vec2_lite.data.dataset import is_skipped
+
+__all__ = ["collate", "LABEL_PAD", "SeededCollate", "derive_seed"]
 
 LABEL_PAD = -100  # ignored by the CTC loss wrapper and by CrossEntropyLoss
 
@@ -87,3 +90,31 @@ def collate(
     if all("text" in it for it in items):
         batch["texts"] = [it["text"] for it in items]
     return batch
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SeededCollate:
+    """Picklable :func:`collate` whose crop offsets depend only on (seed, epoch, utterance ids).
+
+    Items the dataset could not read (``is_skipped``) are left out and listed in the batch's
+    ``skipped`` (``[{"id", "path", "reason"}]``); a batch of only such items has no ``waveform``.
+    """
+
+    def __init__(self, crop_to_shortest: bool, seed: int) -> None:
+        self.crop_to_shortest, self.seed, self.epoch = crop_to_shortest, seed, 0
+
+    def __call__(self, items: list[dict]) -> dict:
+        skipped = [{"id": int(i["id"]), "path": i["path"], "reason": i["error"]} for i in items if is_skipped(i)]
+        items = [i for i in items if not is_skipped(i)]
+        if not items:
+            return {"skipped": skipped}
+        gen = None
+        if self.crop_to_shortest:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, *[int(i["id"]) for i in items]))
+        batch = collate(items, crop_to_shortest=self.crop_to_shortest, generator=gen)
+        batch["skipped"] = skipped
+        return batch

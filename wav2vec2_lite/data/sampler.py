@@ -7,7 +7,9 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["SamplerError", "BucketBatchSampler", "batch_by_size"]
+__all__ = ["SamplerError", "BucketBatchSampler", "batch_by_size", "TooLongPolicy"]
+
+TooLongPolicy = Literal["error", "skip"]
 
 
 class SamplerError(ValueError):
@@ -72,7 +74,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
-        too_long: Literal["error", "skip"] = "error",
+        too_long: TooLongPolicy = "error",
     ) -> None:
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, found {max_tokens}")

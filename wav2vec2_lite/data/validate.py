@@ -8,8 +8,8 @@ and with labels: empty transcript, symbols outside the dictionary, labelled rows
 than ``max_sample_size`` (AudioDataset would drop them), and transcripts longer than
 the CTC frames the audio gives (the CTC loss would be inf).
 
-Cost. Every check but two reads only the file header (and, for WAV, the chunk list):
-~0.2 ms a file. Decoding the samples is needed only to find NaN/inf values and damage
+Cost. Every check but two reads only the file header (and, for WAV, the chunk list;
+docs/benchmarks.md has the time per file). Decoding the samples is needed only to find NaN/inf values and damage
 inside compressed data. ``check_audio="header"`` decodes just the files stored as floats
 (the only WAV/FLAC/... sample formats that can hold NaN/inf), ``True``/``"full"`` decodes
 every file, ``False`` none. Files are read by a few threads (``num_workers``), which helps

@@ -38,7 +38,9 @@ import torch
 from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
-from wav2vec2_lite.serialization import WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text
+from wav2vec2_lite.serialization import (
+    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, save_model,
+)
 from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
 
 __all__ = [
@@ -120,12 +122,6 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
 
 
 # ------------------------------------------------------------------ checkpoint folders
-def _default_save_weights(model: nn.Module, directory: Path) -> None:
-    from wav2vec2_lite.serialization import save_model
-
-    save_model(model, directory)
-
-
 def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state: dict,
                     save_weights: Callable[[nn.Module, Path], None] | None = None) -> Path:
     """Write ``root/name`` (weights + ``state``) so that a crash never leaves it half-written.
@@ -140,7 +136,7 @@ def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state:
     try:
         root.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        (save_weights or _default_save_weights)(model, tmp)
+        (save_weights or save_model)(model, tmp)
         if not (tmp / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{tmp}: the weight saver wrote no {WEIGHTS_FILE}")
         state = {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}

@@ -1,28 +1,58 @@
 """Typed run configs for pretraining and fine-tuning (Hydra structured-config schemas).
 
-Each part of a run is one dataclass; Hydra composes them from ``configs/`` groups and the
-command line, and :func:`to_run_config` turns the composed ``DictConfig`` into these
-typed objects (unknown keys and wrong types are errors that name the key). The model
-part stays a plain mapping of :class:`~wav2vec2_lite.config.Wav2Vec2Config` fields,
-validated by that class (``configs/model/*.yaml`` list every field, so any of them can be
-overridden as ``model.FIELD=VALUE``).
+Each part of a run is one dataclass whose ``check()`` validates its own fields (errors name
+the key and the valid values; choices are enums, which OmegaConf also checks on every
+override). Hydra composes the parts from ``configs/`` groups and the command line, and
+:func:`to_run_config` turns the composed ``DictConfig`` into these typed objects (unknown
+keys and wrong types are errors that name the key). Every value has one home:
+
+* ``model``     a plain mapping of :class:`~wav2vec2_lite.config.Wav2Vec2Config` fields, validated
+  by that class (``configs/model/*.yaml`` list every field: ``model.FIELD=VALUE``).
+* ``ctc``       fine-tuning values of model fields, applied on top of the pretrained model's
+  config (or the ``model`` group's); its fields and types are Wav2Vec2Config's.
+* ``schedule``  one of the registered schedules (:mod:`wav2vec2_lite.train.schedules`), chosen
+  by ``schedule.name``; each declares its own fields.
+* ``data``      :class:`~wav2vec2_lite.data.config.DataConfig`, with the data pipeline.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import asdict, dataclass, field, make_dataclass
+from enum import StrEnum
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
+from wav2vec2_lite.data.config import DataConfig
 from wav2vec2_lite.train.health import HealthConfig
+from wav2vec2_lite.train.precision import parse_precision
+from wav2vec2_lite.train.schedules import make_schedule
 
 __all__ = [
-    "OptimConfig", "ScheduleConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig",
+    "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "validation_mode", "flatten_lr_scale",
+    "flatten_lr_scale", "config_container", "BestMode", "DistBackend",
 ]
+
+
+def _positive(section: str, obj: Any, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise ValueError(f"{section}.{key}: must be > 0 (got {getattr(obj, key)})")
+
+
+def flatten_lr_scale(lr_scale: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"wav2vec2": {"context": 0.5}}`` → ``{"wav2vec2.context": 0.5}`` (Hydra nests dotted keys)."""
+    flat: dict[str, Any] = {}
+    for key, value in lr_scale.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten_lr_scale(value, name))
+        else:
+            flat[name] = value
+    return flat
 
 
 @dataclass
@@ -45,62 +75,20 @@ class OptimConfig:
     scale of its longest matching prefix (1.0 if none matches) and the schedule moves every
     part alike. Empty = one lr for every part, as fairseq and transformers do."""
 
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule, see :mod:`wav2vec2_lite.train.schedules`."""
-
-    name: str = "polynomial"  # polynomial | tri_stage | constant
-    warmup_updates: int = 32000
-    total_updates: Optional[int] = None
-    """Updates the schedule spans; None = trainer.max_updates."""
-    end_lr: float = 0.0
-    power: float = 1.0
-    phase_ratio: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])
-    init_lr_scale: float = 0.01
-    final_lr_scale: float = 0.05
+    def check(self) -> None:
+        _positive("optim", self, "lr", "eps")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas: two values in [0, 1) (got {self.betas})")
+        for key in ("weight_decay", "clip_norm"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"optim.{key}: must be >= 0 (got {getattr(self, key)})")
+        for prefix, scale in flatten_lr_scale(self.lr_scale).items():
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+                raise ValueError(f"optim.lr_scale.{prefix}: a number > 0 (got {scale!r})")
 
 
-@dataclass
-class DataConfig:
-    """fairseq-style manifests: ``{manifest_dir}/{subset}.tsv`` (+ ``.ltr``, ``dict.ltr.txt``)."""
-
-    manifest_dir: str = MISSING
-    train_subset: str = "train"
-    valid_subset: Optional[str] = "valid"
-    labels: str = "ltr"
-    """Label extension for fine-tuning (``ltr`` or ``wrd``)."""
-    sample_rate: int = 16000
-    resample: str = "error"  # error | soxr
-    mono: str = "error"  # error | mix
-    normalize: bool = False
-    """Zero-mean unit-variance per utterance (fairseq ``normalize``; LARGE / layer-norm models)."""
-    max_sample_size: Optional[int] = 250000
-    min_sample_size: int = 32000
-    max_tokens: int = 1400000
-    """Samples per batch per GPU (padded size ``max_len * batch``)."""
-    max_tokens_valid: Optional[int] = None
-    max_batch_size: Optional[int] = None
-    crop_to_shortest: bool = True
-    """Pretraining: crop every batch to its shortest utterance (fairseq ``pad=False``: no
-    padding); fine-tuning always pads."""
-    num_buckets: int = 0
-    num_workers: int = 0
-    too_long: str = "error"  # error | skip
-    validate: str = "header"
-    """Check every row of the train and valid manifests (and labels) before training:
-    ``header`` reads file headers and decodes only float files (NaN/inf), ``full`` decodes
-    every file, ``false`` skips the pass. Problems stop the run before any update with one
-    error listing every bad row (``manifest:line: file: reason``), unless ``skip_invalid``."""
-    skip_invalid: bool = False
-    """Drop the rows the validation pass rejects (counted, logged, an ``event`` record in
-    metrics.jsonl) and train on the rest."""
-    max_duration_s: Optional[float] = 600.0
-    """Longer files are invalid (validation) or dropped and counted (``validate=false``);
-    null = no limit. A whole file is read to crop it, so hour-long files make training crawl."""
-    max_unreadable_fraction: float = 0.1
-    """Files that become unreadable during the run are skipped, counted and logged; when more
-    than this fraction of the training set has been skipped the run stops (storage gone?)."""
+BestMode = StrEnum("BestMode", ["min", "max"], module=__name__)
+DistBackend = StrEnum("DistBackend", ["auto", "gloo", "nccl"], module=__name__)
 
 
 @dataclass
@@ -109,8 +97,10 @@ class TrainerConfig:
     max_epochs: Optional[int] = None
     update_freq: int = 1
     """Gradient accumulation: micro-batches per update (per process)."""
-    precision: str = "32"  # 32 | bf16 | fp16
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    precision: str = "32"
+    """``32``, ``bf16`` or ``fp16`` (also ``fp32``, ``16-mixed``, ``bf16-mixed``...)."""
+    device: str = "auto"
+    """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     seed: int = 1
     num_threads: Optional[int] = None
     log_interval: int = 200
@@ -122,7 +112,7 @@ class TrainerConfig:
     """Write ``checkpoints/last`` every N updates (and at the end)."""
     best_metric: Optional[str] = None
     """Validation metric for ``checkpoints/best`` (default: ``loss`` pretraining, ``wer`` fine-tuning)."""
-    best_mode: str = "min"
+    best_mode: BestMode = BestMode.min
     resume: bool = True
     """Continue from ``RUN/checkpoints/last`` when it exists."""
     max_consecutive_nonfinite: int = 10
@@ -131,27 +121,36 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     tensorboard: bool = False
     progress: bool = True
-    dist_backend: str = "auto"  # auto (nccl on cuda, gloo on cpu) | gloo | nccl
+    dist_backend: DistBackend = DistBackend.auto
+    """``auto``: nccl on cuda, gloo on cpu."""
     find_unused_parameters: Optional[bool] = None
     """DDP: None = on when layerdrop > 0 or the encoder is frozen for some updates."""
 
+    def check(self) -> None:
+        self.precision = parse_precision(self.precision)
+        _positive("trainer", self, "max_updates", "update_freq", "log_interval", "save_interval",
+                  "max_consecutive_nonfinite")
+        if self.max_epochs is not None:
+            _positive("trainer", self, "max_epochs")
+        if self.valid_interval < 0:
+            raise ValueError(f"trainer.valid_interval: must be >= 0 (got {self.valid_interval})")
 
-@dataclass
-class CTCConfig:
-    """Fine-tuning settings applied on top of the pretrained model's config (fairseq ``wav2vec_ctc``)."""
 
-    mask_time_prob: float = 0.5
-    mask_time_length: int = 10
-    mask_channel_prob: float = 0.0
-    mask_channel_length: int = 10
-    layerdrop: float = 0.0
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    dropout_input: float = 0.0
-    final_dropout: float = 0.0
-    feature_grad_mult: float = 0.0
-    ctc_zero_infinity: bool = True
+def _model_overrides(name: str, values: dict[str, Any], doc: str) -> type:
+    """A dataclass of some Wav2Vec2Config fields (their types, other defaults): a config group
+    that sets model fields without declaring them again."""
+    types = typing.get_type_hints(Wav2Vec2Config)
+    cls = make_dataclass(name, [(k, types[k], field(default=v)) for k, v in values.items()])
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
+
+
+CTCConfig = _model_overrides("CTCConfig", dict(
+    mask_time_prob=0.5, mask_time_length=10, mask_channel_prob=0.0, mask_channel_length=10, layerdrop=0.0,
+    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0, final_dropout=0.0,
+    feature_grad_mult=0.0, ctc_zero_infinity=True),
+    """Fine-tuning values of model fields, applied on top of the pretrained model's config
+    (fairseq ``wav2vec_ctc`` defaults): ``ctc.FIELD=VALUE``, validated by Wav2Vec2Config.""")
 
 
 @dataclass
@@ -165,105 +164,9 @@ class FinetuneConfig:
     sentence_avg: bool = True
     """Normalise the summed CTC loss by sentences (fairseq ``sentence_avg``), else by characters."""
 
-
-@dataclass
-class PretrainRunConfig:
-    model: dict = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    run_dir: Optional[str] = None
-    """Where outputs go; None = Hydra's output directory (or the working directory)."""
-    task: str = "pretrain"
-
-
-@dataclass
-class FinetuneRunConfig:
-    model: Optional[dict] = None
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="tri_stage"))
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    health: HealthConfig = field(default_factory=HealthConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    ctc: CTCConfig = field(default_factory=CTCConfig)
-    run_dir: Optional[str] = None
-    task: str = "finetune"
-
-
-def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (``pretrain_schema``, ``finetune_schema``)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="pretrain_schema", node=PretrainRunConfig)
-    cs.store(name="finetune_schema", node=FinetuneRunConfig)
-
-
-def flatten_lr_scale(lr_scale: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"wav2vec2": {"context": 0.5}}`` → ``{"wav2vec2.context": 0.5}`` (Hydra nests dotted keys)."""
-    flat: dict[str, Any] = {}
-    for key, value in lr_scale.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(flatten_lr_scale(value, name))
-        else:
-            flat[name] = value
-    return flat
-
-
-def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
-    """Validate a composed config against its schema and return the typed object."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
-    kind = kind or cfg.get("task", "pretrain")
-    schema = {"pretrain": PretrainRunConfig, "finetune": FinetuneRunConfig}.get(kind)
-    if schema is None:
-        raise ValueError(f"task: expected 'pretrain' or 'finetune', got {kind!r}")
-    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    obj = OmegaConf.to_object(merged)
-    _check(obj)
-    return obj
-
-
-def _check(cfg: Any) -> None:
-    from wav2vec2_lite.train.precision import parse_precision
-
-    t = cfg.trainer
-    parse_precision(t.precision)
-    for key in ("max_updates", "update_freq", "log_interval", "save_interval", "max_consecutive_nonfinite"):
-        if getattr(t, key) <= 0:
-            raise ValueError(f"trainer.{key}: must be > 0 (got {getattr(t, key)})")
-    if t.best_mode not in ("min", "max"):
-        raise ValueError(f"trainer.best_mode: 'min' or 'max' (got {t.best_mode!r})")
-    o = cfg.optim
-    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-        raise ValueError(f"optim.betas: two values in [0, 1) (got {o.betas})")
-    if o.eps <= 0 or o.weight_decay < 0 or o.clip_norm < 0:
-        raise ValueError("optim.eps must be > 0, optim.weight_decay and optim.clip_norm >= 0")
-    for prefix, scale in flatten_lr_scale(o.lr_scale).items():
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"optim.lr_scale.{prefix}: a number > 0 (got {scale!r})")
-    if cfg.data.resample not in ("error", "soxr"):
-        raise ValueError(f"data.resample: 'error' or 'soxr' (got {cfg.data.resample!r})")
-    if cfg.data.mono not in ("error", "mix"):
-        raise ValueError(f"data.mono: 'error' or 'mix' (got {cfg.data.mono!r})")
-    cfg.data.validate = validation_mode(cfg.data.validate)
-    if cfg.data.max_duration_s is not None and cfg.data.max_duration_s <= 0:
-        raise ValueError(f"data.max_duration_s: > 0 or null (got {cfg.data.max_duration_s})")
-    if not 0.0 <= cfg.data.max_unreadable_fraction <= 1.0:
-        raise ValueError(f"data.max_unreadable_fraction: in [0, 1] (got {cfg.data.max_unreadable_fraction})")
-
-
-def validation_mode(value: Any) -> str:
-    """``data.validate`` as ``"header"``, ``"full"`` or ``"false"`` (YAML booleans accepted: true = header)."""
-    v = str(value).strip().lower()
-    v = {"true": "header", "on": "header", "yes": "header", "off": "false", "no": "false", "none": "false"}.get(v, v)
-    if v not in ("header", "full", "false"):
-        raise ValueError(f"data.validate: 'header', 'full' or false (got {value!r})")
-    return v
+    def check(self) -> None:
+        if self.freeze_finetune_updates < 0:
+            raise ValueError(f"finetune.freeze_finetune_updates: must be >= 0 (got {self.freeze_finetune_updates})")
 
 
 def build_model_config(model: dict | None, **overrides: Any) -> Wav2Vec2Config:
@@ -273,3 +176,79 @@ def build_model_config(model: dict | None, **overrides: Any) -> Wav2Vec2Config:
     fields = {k: v for k, v in dict(model).items() if k != "preset"}
     preset = model.get("preset", "base")
     return Wav2Vec2Config.preset(preset, **{**fields, **overrides})
+
+
+@dataclass
+class RunConfig:
+    """What every run has; ``schedule`` is a mapping until :meth:`check` makes it a Schedule."""
+
+    model: Optional[dict] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: Any = field(default_factory=lambda: {"name": "polynomial"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    run_dir: Optional[str] = None
+    """Where outputs go; None = Hydra's output directory (or the working directory)."""
+    task: str = "pretrain"
+
+    def check(self) -> None:
+        self.data.check()
+        self.optim.check()
+        self.trainer.check()
+        self.schedule = make_schedule(self.schedule)
+        if self.model:
+            build_model_config(self.model)
+
+
+@dataclass
+class PretrainRunConfig(RunConfig):
+    model: dict = field(default_factory=dict)
+    task: str = "pretrain"
+
+
+@dataclass
+class FinetuneRunConfig(RunConfig):
+    schedule: Any = field(default_factory=lambda: {"name": "tri_stage"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    ctc: CTCConfig = field(default_factory=CTCConfig)
+    task: str = "finetune"
+
+    def check(self) -> None:
+        super().check()
+        self.finetune.check()
+        try:
+            Wav2Vec2Config(**asdict(self.ctc))
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("Wav2Vec2Config.", "ctc.", 1)) from e
+
+
+_SCHEMAS = {"pretrain": PretrainRunConfig, "finetune": FinetuneRunConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (``pretrain_schema``, ``finetune_schema``)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for kind, schema in _SCHEMAS.items():
+        cs.store(name=f"{kind}_schema", node=schema)
+
+
+def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
+    """Validate a composed config against its schema and return the typed object."""
+    # plain containers first: a key that Hydra added to a typed node (``+trainer.typo=1``) is then
+    # an error naming it, not dropped
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+    kind = kind or cfg.get("task", "pretrain")
+    if kind not in _SCHEMAS:
+        raise ValueError(f"task: one of {', '.join(_SCHEMAS)} (got {kind!r})")
+    obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), cfg))
+    obj.check()
+    return obj
+
+
+def config_container(cfg: RunConfig) -> dict[str, Any]:
+    """A run config as plain containers (enums as strings): what checkpoints and config.yaml hold,
+    and what :func:`to_run_config` reads back."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

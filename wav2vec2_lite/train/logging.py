@@ -23,19 +23,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+import wav2vec2_lite
 from wav2vec2_lite.train.checkpoint import atomic_write_text
 
-__all__ = ["MetricsLogger", "code_version", "peak_memory_mb", "write_run_info", "read_metrics"]
+__all__ = ["MetricsLogger", "UpdateWindow", "code_version", "peak_memory_mb", "write_run_info", "read_metrics"]
 
 
 def code_version() -> str:
     """``git describe --always --dirty`` of the package's repo, else the package version."""
-    import wav2vec2_lite
-
     pkg_dir = Path(wav2vec2_lite.__file__).resolve().parent
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=pkg_dir,
@@ -73,6 +72,35 @@ def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, e
     }
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(run_dir / "config.yaml", config_yaml)
+
+
+class UpdateWindow:
+    """The updates between two ``train`` records: their stats summed (values that are a state,
+    not a count, such as the lr, keep the last update's) and their wall time."""
+
+    LAST = ("lr", "grad_norm", "gumbel_temp", "loss_scale", "encoder_frozen", "fp16_overflows")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.seconds, self.updates = 0.0, 0
+
+    def add(self, stats: dict[str, Any], seconds: float) -> None:
+        self.seconds += seconds
+        self.updates += 1
+        for k, v in stats.items():
+            if isinstance(v, (int, float)):
+                self.sums[k] = v if k in self.LAST else self.sums.get(k, 0.0) + v
+
+    def record(self, summarize: Callable[[dict], dict[str, float]], sample_rate: int) -> dict[str, Any]:
+        """``summarize`` of the sums, the last values, throughput; then the window starts over."""
+        s, seconds = self.sums, max(self.seconds, 1e-9)
+        rec = {**summarize(s), **{k: s[k] for k in self.LAST if k in s}, "step_time_s": self.seconds / self.updates,
+               "audio_s_per_s": s["samples"] / sample_rate / seconds, "samples_per_s": s["samples"] / seconds}
+        self.reset()
+        return rec
 
 
 def _clean(value: Any) -> Any:

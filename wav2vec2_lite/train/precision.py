@@ -2,7 +2,7 @@
 
 * ``32``   float32 everywhere, no autocast.
 * ``bf16`` autocast to bfloat16 (weights and optimizer state stay float32); no scaler
-  is needed since bf16 has float32's exponent range. Runs on this CPU (avx512_bf16).
+  is needed since bf16 has float32's exponent range (CPUs emulate bf16 where they lack it).
 * ``fp16`` autocast to float16 with a :class:`torch.amp.GradScaler` (supported on CPU
   since torch 2.3, so the scaled path is tested here; it is meant for GPUs).
 

@@ -1,4 +1,4 @@
-"""A tiny synthetic "phone" corpus for smoke-testing training on a CPU in seconds.
+"""A tiny synthetic "phone" corpus for smoke-testing training on a CPU.
 
 Speech-like but fully controlled: each utterance is a sequence of words, each word a
 sequence of 2-4 "phones" drawn from a small inventory. Voiced phones are harmonic
@@ -18,6 +18,8 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+
+from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, write_manifest
 
 __all__ = ["PHONE_LETTERS", "synth_utterance", "make_toy_corpus"]
 
@@ -78,9 +80,6 @@ def make_toy_corpus(out_dir: str | Path, *, train: int = 200, valid: int = 20, s
                     min_words: int = 2, max_words: int = 4, phone_s: tuple[float, float] = (0.08, 0.2)) -> Path:
     """Write wavs, ``{train,valid}.tsv`` manifests, ``.ltr``/``.wrd`` labels and ``dict.ltr.txt``."""
     import soundfile as sf
-
-    from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, \
-        write_manifest
 
     out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,79 @@
+"""The run folder: checked before training, and where a run resumes from.
+
+``RUN/checkpoints/{last,best}`` hold the checkpoints (:mod:`wav2vec2_lite.train.checkpoint`).
+Before the first update the folder must be writable (a probe file is written, fsync'ed and
+removed) and have room for two checkpoints (one is written in full before the previous one
+is deleted), so a run fails at once rather than at its first save. Temporary folders left by
+a process killed while saving are removed. :meth:`RunDir.resume_state` finds
+``checkpoints/last`` (recovering one interrupted mid-swap), loads its weights and refuses a
+checkpoint of another task or with other per-part learning rates.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from wav2vec2_lite.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, resolve_checkpoint
+from wav2vec2_lite.train.config import flatten_lr_scale
+
+__all__ = ["RunDir", "RunDirError"]
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot hold the run's outputs (not writable, not enough free space)."""
+
+
+class RunDir:
+    """``path`` and its ``checkpoints`` folder."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).resolve()
+        self.checkpoints = self.path / "checkpoints"
+
+    def prepare(self) -> None:
+        """Create the folders, check that they are writable, remove stale temporary saves."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            for folder in (self.path, self.checkpoints):
+                probe = folder / f".write-probe-{os.getpid()}"
+                with open(probe, "wb") as f:
+                    f.write(b"ok")
+                    f.flush()
+                    os.fsync(f.fileno())
+                probe.unlink()
+        except OSError as e:
+            raise RunDirError(f"run directory {self.path} is not writable ({e}); set run_dir to a writable "
+                              f"folder") from e
+        remove_stale_temps(self.checkpoints)  # left by a process killed while saving
+
+    def check_free_space(self, model: nn.Module) -> None:
+        """Two checkpoints of ``model`` (weights and AdamW moments) must fit."""
+        weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+        moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        free = shutil.disk_usage(self.checkpoints).free
+        if free < 2 * (weights + moments):
+            raise RunDirError(
+                f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; a checkpoint of this model takes about "
+                f"{(weights + moments) / 2**20:.1f} MiB and two must fit while one replaces the other. Free some "
+                f"space or set run_dir to a larger disk.")
+
+    def resume_state(self, model: nn.Module, task: str, lr_scale: dict) -> dict[str, Any] | None:
+        """The training state of ``checkpoints/last`` with its weights loaded into ``model``; None if none."""
+        folder = resolve_checkpoint(self.checkpoints, "last")
+        if folder is None:
+            return None
+        state = load_checkpoint(folder, model)
+        if state.get("task") != task:
+            raise CheckpointError(f"{folder}: is a {state.get('task')!r} checkpoint, this run is {task!r}")
+        saved = flatten_lr_scale((state.get("config") or {}).get("optim", {}).get("lr_scale") or {})
+        wanted = flatten_lr_scale(lr_scale)
+        if saved != wanted:
+            raise CheckpointError(f"{folder}: was written with optim.lr_scale={saved}, this run asks for "
+                                  f"{wanted}; resume with the same per-part learning rates, or start a new "
+                                  f"run directory")
+        return state
