@@ -41,11 +41,15 @@ class DataConfig:
     """fairseq-style manifests: ``{manifest_dir}/{subset}.tsv`` (+ ``.ltr``, ``dict.ltr.txt``)."""
 
     manifest_dir: str = MISSING
+    """Folder of the ``{subset}.tsv`` manifests (``python scripts/make_manifest.py``)."""
     train_subset: str = "train"
+    """Manifest to train on."""
     valid_subset: Optional[str] = "valid"
+    """Manifest to validate on (null: no validation)."""
     labels: str = "ltr"
     """Label extension for fine-tuning (``ltr`` or ``wrd``)."""
     sample_rate: int = 16000
+    """Hz the model expects; other rates are errors or resampled (``resample``)."""
     resample: Resample = Resample.error
     """Files at another rate: ``error``, or ``soxr`` to resample them."""
     mono: Mono = Mono.error
@@ -53,16 +57,22 @@ class DataConfig:
     normalize: bool = False
     """Zero-mean unit-variance per utterance (fairseq ``normalize``; LARGE / layer-norm models)."""
     max_sample_size: Optional[int] = 250000
+    """Training crops are at most this many samples (null: no crop; labelled rows longer than it are dropped)."""
     min_sample_size: int = 32000
+    """Training rows shorter than this are dropped (fairseq; always at least the receptive field)."""
     max_tokens: int = 1400000
     """Samples per batch per GPU (padded size ``max_len * batch``)."""
     max_tokens_valid: Optional[int] = None
+    """``max_tokens`` for validation (null: the same)."""
     max_batch_size: Optional[int] = None
+    """At most this many utterances per batch (null: only ``max_tokens`` bounds it)."""
     crop_to_shortest: bool = True
     """Pretraining: crop every batch to its shortest utterance (fairseq ``pad=False``: no
     padding); fine-tuning always pads."""
     num_buckets: int = 0
+    """Shuffle within this many length buckets (0: sort by length, ties shuffled)."""
     num_workers: int = 0
+    """DataLoader worker processes."""
     too_long: TooLong = TooLong.error
     """An utterance longer than ``max_tokens``: ``error``, or ``skip`` it (counted)."""
     validate: str = "header"

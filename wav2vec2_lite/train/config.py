@@ -60,9 +60,13 @@ class OptimConfig:
     """AdamW (fairseq ``adam`` = decoupled weight decay)."""
 
     lr: float = 5e-4
+    """Peak learning rate (the schedule scales it per update)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam (beta1, beta2), each in [0, 1)."""
     eps: float = 1e-6
+    """Adam epsilon."""
     weight_decay: float = 0.01
+    """Decoupled weight decay (AdamW)."""
     decay_bias_and_norm: bool = False
     """False: biases, norm weights and other 1-D parameters get no weight decay (the usual
     practice); True: decay every parameter as fairseq does."""
@@ -94,7 +98,9 @@ DistBackend = StrEnum("DistBackend", ["auto", "gloo", "nccl"], module=__name__)
 @dataclass
 class TrainerConfig:
     max_updates: int = 400000
+    """Optimizer updates of the run."""
     max_epochs: Optional[int] = None
+    """Stop after this many passes over the training set (null: only ``max_updates``)."""
     update_freq: int = 1
     """Gradient accumulation: micro-batches per update (per process)."""
     precision: str = "32"
@@ -102,25 +108,35 @@ class TrainerConfig:
     device: str = "auto"
     """``auto`` (cuda if available), ``cpu``, ``cuda`` or ``cuda:N``."""
     seed: int = 1
+    """Seeds every random draw (see the trainer's docstring), so runs repeat bit for bit."""
     num_threads: Optional[int] = None
+    """``torch.set_num_threads`` (null: torch's default)."""
     log_interval: int = 200
+    """Write a ``train`` record (sums over the last N updates) every N updates."""
     valid_interval: int = 0
     """Validate every N updates (0: only at the end)."""
     valid_after_updates: int = 0
+    """No periodic validation before this update."""
     max_valid_batches: Optional[int] = None
+    """Validate on at most this many batches (null: all)."""
     save_interval: int = 25000
     """Write ``checkpoints/last`` every N updates (and at the end)."""
     best_metric: Optional[str] = None
     """Validation metric for ``checkpoints/best`` (default: ``loss`` pretraining, ``wer`` fine-tuning)."""
     best_mode: BestMode = BestMode.min
+    """``min`` or ``max``: which way ``best_metric`` improves."""
     resume: bool = True
     """Continue from ``RUN/checkpoints/last`` when it exists."""
     max_consecutive_nonfinite: int = 10
     """Stop after this many skipped (non-finite loss or gradient) updates in a row."""
     compile: bool = False
+    """``torch.compile(dynamic=True)`` the model."""
     gradient_checkpointing: bool = False
+    """Recompute transformer blocks in the backward pass (less memory, more time)."""
     tensorboard: bool = False
+    """Also write TensorBoard event files (needs ``tensorboard``)."""
     progress: bool = True
+    """A progress bar on the terminal."""
     dist_backend: DistBackend = DistBackend.auto
     """``auto``: nccl on cuda, gloo on cpu."""
     find_unused_parameters: Optional[bool] = None
@@ -161,6 +177,7 @@ class FinetuneConfig:
     freeze_finetune_updates: int = 0
     """Train only the CTC head for this many updates."""
     freeze_feature_encoder: bool = True
+    """Never train the conv feature encoder."""
     sentence_avg: bool = True
     """Normalise the summed CTC loss by sentences (fairseq ``sentence_avg``), else by characters."""
 
