@@ -110,3 +110,37 @@ def test_healthy_numbers_raise_nothing():
                              "loss_scale": 1024.0, "nonfinite": 0.0}, range(0, 500))
     assert symptoms == set()
     assert HealthMonitor(CFG, task="finetune").check_valid(100, {"blank_only": 0.0, "output_length_ratio": 0.9}) == []
+
+
+# ---------------------------------------------------------------- per objective (summaries from the task)
+def _best_rq_summary(**kw) -> dict:
+    """What PretrainTask.summarize reports under the best_rq objective (V = 1024)."""
+    return {"cross_entropy_loss": 6.9, "target_loss": 6.9, "chance_loss": math.log(1024), "accuracy": 0.0005,
+            "code_perplexity": 30.0, "code_perplexity_max": 1024.0, "codebook_frozen": 1.0, "grad_norm": 1.0, **kw}
+
+
+def test_best_rq_is_judged_against_ln_v_not_ln_k_plus_1(caplog):
+    # the trainer builds the monitor from the contrastive fields (K = 100, G x V = 2 x 320); the summary wins
+    mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)
+    with caplog.at_level(logging.WARNING, logger="wav2vec2_lite.train.health"):
+        symptoms, found = feed(mon, _best_rq_summary())
+    assert symptoms == {"stuck_at_chance", "low_accuracy"}
+    assert "target loss 6.900 nats/frame vs chance 6.931" in caplog.text
+    assert found[0].numbers == {"target_loss": 6.9, "chance": math.log(1024)}
+    # 4.6 nats is ln(101), the contrastive chance, but far below ln(1024): learning, not stuck;
+    # accuracy 20x chance (1/1024) is not low. A small per-batch code perplexity is no collapse
+    # for a frozen codebook (judged on the validation set instead).
+    mon = HealthMonitor(CFG, task="pretrain", num_negatives=100, num_codes_per_group=320)
+    symptoms, _ = feed(mon, _best_rq_summary(cross_entropy_loss=4.6, target_loss=4.6, accuracy=0.02))
+    assert symptoms == set()
+
+
+def test_frozen_codebook_targets_using_few_codes_are_flagged_on_validation():
+    mon = HealthMonitor(CFG, task="pretrain")
+    few = mon.check_valid(50, _best_rq_summary(code_perplexity_set=40.0))
+    assert [w.symptom for w in few] == ["few_target_codes"] and "codebook_dim" in few[0].message
+    assert "diversity_loss_weight" not in few[0].message  # no learned codebook to diversify
+    assert HealthMonitor(CFG, task="pretrain").check_valid(50, _best_rq_summary(code_perplexity_set=300.0)) == []
+    # a learned codebook's valid perplexity is not judged this way (its training rule is codebook_collapse)
+    assert HealthMonitor(CFG, task="pretrain").check_valid(
+        50, _best_rq_summary(code_perplexity_set=4.0, codebook_frozen=0.0)) == []

@@ -9,8 +9,11 @@ given in each docstring so that checkpoints map one to one (see ``docs/config.md
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
+
+from wav2vec2_lite.objectives.registry import OBJECTIVES
 
 __all__ = ["Wav2Vec2Config", "ConfigError"]
 
@@ -105,7 +108,18 @@ class Wav2Vec2Config:
     cross_sample_negatives: int = 0
     """Extra distractors drawn from the other utterances of the batch."""
 
-    # ---- pretraining losses ----
+    # ---- pretraining objective ----
+    objective: str = "contrastive"
+    """What pretraining predicts at masked frames: ``contrastive`` (wav2vec 2.0: Gumbel
+    product quantizer, contrastive + diversity + feature penalty, the fields below) or
+    ``best_rq`` (BEST-RQ: codes of a frozen random projection of log-mel frames). The names
+    are the keys of ``wav2vec2_lite.objectives.registry.OBJECTIVES`` (``docs/objectives.md``)."""
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    """Settings of objectives whose settings are not fields here, validated by the objective
+    (``best_rq``: ``codebook_size``, ``codebook_dim``, ``num_mel_bins``, ``seed``); empty for
+    ``contrastive``."""
+
+    # ---- contrastive objective's losses ----
     logit_temperature: float = 0.1
     """κ, cosine similarities are divided by it."""
     diversity_loss_weight: float = 0.1
@@ -132,6 +146,8 @@ class Wav2Vec2Config:
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
+        if isinstance(self.objective_options, Mapping) and not isinstance(self.objective_options, dict):
+            self.objective_options = dict(self.objective_options)  # e.g. an omegaconf DictConfig
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -177,6 +193,12 @@ class Wav2Vec2Config:
              "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1")
         need(self.layer_norm_eps > 0, "layer_norm_eps", "must be > 0")
         need(self.ctc_loss_reduction in ("sum", "mean"), "ctc_loss_reduction", "must be 'sum' or 'mean'")
+        need(self.objective in OBJECTIVES, "objective", f"must be one of {sorted(OBJECTIVES)}")
+        need(isinstance(self.objective_options, dict), "objective_options", "must be a mapping")
+        try:
+            OBJECTIVES[self.objective].validate_options(dict(self.objective_options), self)
+        except (ValueError, TypeError) as e:
+            need(False, "objective_options", f"invalid for objective {self.objective!r}: {e}")
 
     # ------------------------------------------------------------- derived
     @property
@@ -229,17 +251,17 @@ class Wav2Vec2Config:
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "Wav2Vec2Config":
-        """3.7 M parameters: conv widths 32..128, 4 layers x 256, 2x64 codes (CPU pretraining)."""
+        """conv widths 32..128, 4 layers x 256, 2x64 codes (CPU pretraining)."""
         return cls.preset("tiny", **overrides)
 
     @classmethod
     def base(cls, **overrides: Any) -> "Wav2Vec2Config":
-        """BASE (95 M): fairseq ``wav2vec2_base_librispeech``."""
+        """BASE: fairseq ``wav2vec2_base_librispeech``."""
         return cls.preset("base", **overrides)
 
     @classmethod
     def large(cls, **overrides: Any) -> "Wav2Vec2Config":
-        """LARGE (317 M): fairseq ``wav2vec2_large_librivox`` (LV-60k)."""
+        """LARGE: fairseq ``wav2vec2_large_librivox`` (LV-60k)."""
         return cls.preset("large", **overrides)
 
 

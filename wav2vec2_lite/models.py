@@ -4,9 +4,12 @@ Data flows one way::
 
     wave (B, S) -> FeatureEncoder -> (B, C, T) -> FeatureProjection -> (B, T, D)
          -> span mask (mask embedding) -> ContextNetwork -> c_t (B, T, D)
-    normed features (B, T, C) -> GumbelProductQuantizer -> q_t      (pretraining only)
-    c_t, q_t -> contrastive + diversity + feature penalty            (pretraining only)
+    wave, features, c_t, mask -> objective -> loss                  (pretraining only)
     c_t -> Linear -> CTC logits                                       (fine-tuning)
+
+The pretraining objective (``config.objective``) is a module of its own
+(:mod:`wav2vec2_lite.objectives`): ``contrastive`` (the paper's Gumbel quantizer, contrastive
++ diversity + feature penalty) or ``best_rq`` (frozen random-projection targets).
 
 Conventions: right padding only; ``padding_mask`` (B, S) bool is True at padded samples.
 """
@@ -18,21 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, ctc_loss, diversity_loss, feature_penalty
-from wav2vec2_lite.objectives.masking import (
-    compute_channel_mask,
-    compute_span_mask,
-    sample_cross_negatives,
-    sample_negatives,
-    validate_negatives,
-)
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
-from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, perplexity
+from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
+from wav2vec2_lite.objectives.base import ObjectiveInputs
+from wav2vec2_lite.objectives.losses import ctc_loss
+from wav2vec2_lite.objectives.masking import compute_channel_mask, compute_span_mask
+from wav2vec2_lite.objectives.registry import build_objective
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
 from wav2vec2_lite.serialization import load_model, register_model_class
 
@@ -124,7 +122,6 @@ class Wav2Vec2Model(nn.Module):
             frame_padding = torch.arange(frames, device=conv.device)[None, :] >= frame_lengths[:, None]
             if not frame_padding.any():
                 frame_padding = None
-        penalty = feature_penalty(conv, frame_padding)
         hidden, normed = self.feature_projection(conv.transpose(1, 2))
 
         if sample_mask is None:
@@ -151,7 +148,7 @@ class Wav2Vec2Model(nn.Module):
         return Wav2Vec2ModelOutput(
             last_hidden_state=context,
             extract_features=normed,
-            feature_penalty=penalty,
+            conv_features=conv,
             frame_lengths=frame_lengths,
             padding_mask=frame_padding,
             mask_indices=mask_indices,
@@ -161,27 +158,41 @@ class Wav2Vec2Model(nn.Module):
 
 @register_model_class
 class Wav2Vec2ForPreTraining(nn.Module):
-    """Self-supervised wav2vec 2.0: contrastive task over quantized latents + diversity + L2 penalty."""
+    """Self-supervised pretraining: the backbone plus the objective ``config.objective`` names.
+
+    ``self.objective`` owns every target-side part (contrastive: ``quantizer``,
+    ``project_q``, ``final_proj``; best_rq: the frozen random-projection quantizer and the
+    prediction head), saved under ``objective.``. ``model.quantizer`` is an alias of
+    ``model.objective.quantizer``.
+    """
 
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         self.config = config
         self.wav2vec2 = Wav2Vec2Model(config)
-        self.dropout_features = nn.Dropout(config.dropout_features)
-        self.quantizer = GumbelProductQuantizer(config)
-        self.project_q = nn.Linear(config.codevector_dim, config.final_dim)
-        self.final_proj = nn.Linear(config.hidden_size, config.final_dim)
+        self.objective = build_objective(config)
 
     # ----------------------------------------------------------------- helpers
     def feature_output_lengths(self, lengths: Tensor) -> Tensor:
         return self.wav2vec2.feature_output_lengths(lengths)
 
+    @property
+    def quantizer(self) -> nn.Module:
+        """The objective's quantizer (contrastive: Gumbel, learned; best_rq: random projection, frozen)."""
+        return self.objective.quantizer
+
+    def _gumbel(self) -> GumbelProductQuantizer:
+        if not isinstance(self.objective.quantizer, GumbelProductQuantizer):
+            raise AttributeError(f"the {self.config.objective!r} objective has no Gumbel temperature")
+        return self.objective.quantizer
+
     def gumbel_temperature_at(self, update: int) -> float:
-        """The configured annealing schedule at a given update."""
-        return gumbel_temperature(update, *self.config.gumbel_temperature)
+        """The configured annealing schedule at a given update (contrastive objective)."""
+        self._gumbel()
+        return self.objective.temperature_at(update)
 
     def set_gumbel_temperature(self, temperature: float) -> None:
-        self.quantizer.temperature = float(temperature)
+        self._gumbel().temperature = float(temperature)
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -195,92 +206,20 @@ class Wav2Vec2ForPreTraining(nn.Module):
         output_hidden_states: bool = False,
     ) -> PreTrainingOutput:
         """waveform (B, S); padding_mask (B, S) True = padded; mask_indices (B, T) bool;
-        negative_indices (B, T, K) long frame indices inside the same utterance (entries at
-        unmasked positions are ignored). Masks and distractors are sampled from ``generator``
-        when not given (in eval mode too, so validation has a loss).
+        negative_indices (B, T, K) long frame indices inside the same utterance (contrastive
+        only; entries at unmasked positions are ignored). Masks and distractors are sampled
+        from ``generator`` when not given (in eval mode too, so validation has a loss).
         """
-        cfg = self.config
         out = self.wav2vec2(waveform, padding_mask, mask_indices, sample_mask=True, generator=generator,
                             output_hidden_states=output_hidden_states)
-        mask = out.mask_indices
-        num_masked = mask.sum()
-        if int(num_masked) == 0:
-            raise ValueError("no frame was masked: pretraining needs mask_time_prob > 0 or mask_indices with "
-                             "at least one True at a valid frame")
-        device = mask.device
-        batch, frames = mask.shape
-        if negative_indices is None:
-            negative_indices = sample_negatives(mask.cpu(), cfg.num_negatives, generator=generator).to(device)
-        else:
-            negative_indices = negative_indices.to(device=device, dtype=torch.long)
-            validate_negatives(negative_indices, mask, out.frame_lengths)
-        cross = None
-        if cfg.cross_sample_negatives > 0:
-            cross = sample_cross_negatives(mask.cpu(), cfg.cross_sample_negatives, generator=generator).to(device)
-
-        # which frames must be quantized: the masked ones and every distractor they point at
-        b_m, t_m = mask.nonzero(as_tuple=True)  # (N,) each
-        cand_frames = torch.cat([t_m[:, None], negative_indices[b_m, t_m]], dim=1)  # (N, 1 + K)
-        needed = mask.clone()
-        needed[b_m[:, None].expand_as(cand_frames), cand_frames] = True
-        if cross is not None:
-            needed.view(-1)[cross[b_m, t_m].flatten()] = True
-        slot = needed.long().cumsum(1) - 1  # (B, T) rank of each needed frame in its utterance
-
-        features = self.dropout_features(out.extract_features)  # (B, T, C)
-        quant = self.quantizer(features[needed], generator=generator)
-        targets = self.project_q(quant.codevectors)  # (Q, F)
-        b_q, t_q = needed.nonzero(as_tuple=True)
-        max_q = int(needed.sum(1).max())
-        target_pad = targets.new_zeros(batch, max_q, targets.shape[-1])
-        target_pad = target_pad.index_put((b_q, slot[b_q, t_q]), targets)
-
-        codes = torch.full((batch, frames, cfg.num_code_groups), -1, dtype=torch.long, device=device)
-        codes[b_q, t_q] = quant.codes
-        cand_codes = codes[b_m[:, None], cand_frames]  # (N, 1 + K, G)
-        same_as_pos = (cand_codes == cand_codes[:, :1]).all(-1)
-        same_as_pos[:, 0] = False
-
-        cross_targets = None
-        if cross is not None:
-            flat_row = needed.flatten().long().cumsum(0) - 1
-            cross_idx = cross[b_m, t_m]  # (N, Kc) flat
-            cross_targets = targets[flat_row[cross_idx]]
-            same_cross = (codes.view(-1, cfg.num_code_groups)[cross_idx] == cand_codes[:, :1]).all(-1)
-            same_as_pos = torch.cat([same_as_pos, same_cross], dim=1)
-
-        predictions = self.final_proj(out.last_hidden_state[b_m, t_m])  # (N, F)
-        pred_slot = mask.long().cumsum(1)[b_m, t_m] - 1
-        logits = contrastive_logits(
-            predictions, target_pad, slot[b_m[:, None], cand_frames], same_as_pos,
-            b_m, pred_slot, cfg.logit_temperature, cross_targets=cross_targets,
+        features = ObjectiveInputs(
+            waveform=waveform, sample_padding=padding_mask, conv_features=out.conv_features,
+            extract_features=out.extract_features, context=out.last_hidden_state, mask_indices=out.mask_indices,
+            frame_padding=out.padding_mask, frame_lengths=out.frame_lengths,
         )
-        contrastive_sum, num_correct = contrastive_loss(logits)
-
-        masked_rows = mask[b_q, t_q]  # which quantized rows are masked frames
-        div, soft_ppl = diversity_loss(quant.soft_probs[masked_rows])
-        hard_ppl = perplexity(F.one_hot(quant.hard_codes[masked_rows], cfg.num_codes_per_group).float())
-        n = num_masked.to(contrastive_sum.dtype)
-        loss_sum = contrastive_sum + n * (cfg.diversity_loss_weight * div + cfg.feature_penalty_weight * out.feature_penalty)
-        return PreTrainingOutput(
-            loss=loss_sum / n,
-            loss_sum=loss_sum,
-            contrastive_loss=contrastive_sum,
-            diversity_loss=div,
-            feature_penalty=out.feature_penalty,
-            code_perplexity=hard_ppl,
-            prob_perplexity=soft_ppl,
-            num_masked=num_masked,
-            num_correct=num_correct,
-            accuracy=num_correct.float() / n,
-            logits=logits,
-            mask_indices=mask,
-            negative_indices=negative_indices,
-            codes=codes,
-            last_hidden_state=out.last_hidden_state,
-            cross_negative_indices=cross,
-            hidden_states=out.hidden_states,
-        )
+        targets = self.objective.targets(features, generator=generator, negative_indices=negative_indices)
+        result = self.objective.predict(features, targets)  # predict the masked targets
+        return PreTrainingOutput.from_objective(result, out)
 
 
 @register_model_class
@@ -307,7 +246,7 @@ class Wav2Vec2ForCTC(nn.Module):
         """A CTC model whose backbone is a pretrained model's (instance, or a saved model folder).
 
         ``overrides`` change config fields for fine-tuning (e.g. ``mask_time_prob=0.65``,
-        ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the quantizer is dropped.
+        ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped.
         """
         if isinstance(source, (str, Path)):
             source = load_model(source)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from torch import Tensor
+
+from wav2vec2_lite.objectives.base import ObjectiveOutput
+from wav2vec2_lite.objectives.losses import feature_penalty as _feature_penalty
 
 __all__ = ["Wav2Vec2ModelOutput", "PreTrainingOutput", "CTCOutput"]
 
@@ -15,8 +18,8 @@ class Wav2Vec2ModelOutput:
     """(B, T, D) context vectors c_t."""
     extract_features: Tensor
     """(B, T, C) layer-normed encoder features (the quantizer's input, before dropout)."""
-    feature_penalty: Tensor
-    """() mean squared conv-encoder activation over valid frames."""
+    conv_features: Tensor
+    """(B, C, T) conv feature-encoder output before its layer norm (the L2 penalty's input)."""
     frame_lengths: Tensor
     """(B,) valid frames per utterance."""
     padding_mask: Tensor | None = None
@@ -26,43 +29,69 @@ class Wav2Vec2ModelOutput:
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, each (B, T, D), if requested."""
 
+    @property
+    def feature_penalty(self) -> Tensor:
+        """() mean squared conv-encoder activation over valid frames, computed on access
+        (the forward pass no longer computes it: only the contrastive objective needs it)."""
+        return _feature_penalty(self.conv_features, self.padding_mask)
+
 
 @dataclass
 class PreTrainingOutput:
+    """What ``Wav2Vec2ForPreTraining`` returns, for every objective. Fields an objective does
+    not produce are None (e.g. ``contrastive_loss`` under ``best_rq``)."""
+
     loss: Tensor
-    """() per masked frame: contrastive_loss / num_masked + α·diversity_loss + β·feature_penalty."""
+    """() per masked frame: ``loss_sum / num_masked`` (contrastive: contrastive_loss / num_masked
+    + α·diversity_loss + β·feature_penalty; best_rq: the mean cross-entropy)."""
     loss_sum: Tensor
     """() = loss · num_masked; divide by the global masked count under data parallelism."""
-    contrastive_loss: Tensor
-    """() summed over masked frames (as transformers reports it)."""
-    diversity_loss: Tensor
-    """() (G·V − soft perplexity) / (G·V) over masked frames."""
-    feature_penalty: Tensor
-    """() L2 penalty on the conv encoder output."""
-    code_perplexity: Tensor
-    """() hard (argmax) code perplexity over masked frames, summed over groups."""
-    prob_perplexity: Tensor
-    """() soft code perplexity over masked frames (what the diversity loss uses)."""
     num_masked: Tensor
     """() long, masked frames in the batch."""
     num_correct: Tensor
-    """() long, masked frames whose positive scored highest."""
+    """() long, masked frames whose target scored highest."""
     accuracy: Tensor
     """() num_correct / num_masked."""
     logits: Tensor
-    """(num_masked, 1 + K [+ Kc]) contrastive logits (cosine / κ), positive first."""
+    """contrastive: (num_masked, 1 + K [+ Kc]) cosine / κ, positive first; best_rq: (num_masked, V)."""
     mask_indices: Tensor
     """(B, T) bool, the masks used."""
-    negative_indices: Tensor
-    """(B, T, K) long frame indices within each utterance, the distractors used."""
-    codes: Tensor
-    """(B, T, G) long, quantizer codes of the frames that were quantized, −1 elsewhere."""
     last_hidden_state: Tensor
     """(B, T, D) context vectors."""
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    """The objective's unweighted loss parts, each summed over masked frames."""
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    """The objective's per-batch metrics (``code_perplexity``, ...)."""
+    code_perplexity: Tensor | None = None
+    """() contrastive: hard (argmax) code perplexity over masked frames, summed over groups;
+    best_rq: usage perplexity of the masked frames' target codes."""
+    codes: Tensor | None = None
+    """(B, T, G) long, codes of the frames that were quantized (best_rq: the masked frames'
+    targets, G = 1), −1 elsewhere."""
+    contrastive_loss: Tensor | None = None
+    """() contrastive: summed over masked frames (as transformers reports it)."""
+    diversity_loss: Tensor | None = None
+    """() contrastive: (G·V − soft perplexity) / (G·V) over masked frames."""
+    feature_penalty: Tensor | None = None
+    """() contrastive: L2 penalty on the conv encoder output."""
+    prob_perplexity: Tensor | None = None
+    """() contrastive: soft code perplexity over masked frames (what the diversity loss uses)."""
+    negative_indices: Tensor | None = None
+    """(B, T, K) contrastive: long frame indices within each utterance, the distractors used."""
     cross_negative_indices: Tensor | None = None
     """(B, T, Kc) flat ``b·T + t`` indices of cross-utterance distractors, if configured."""
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, if requested."""
+
+    @classmethod
+    def from_objective(cls, result: ObjectiveOutput, backbone: Wav2Vec2ModelOutput) -> "PreTrainingOutput":
+        """Combine an objective's result with the backbone output it was computed from."""
+        named = {k: v for k, v in {**result.metrics, **result.extras}.items() if k in _PRETRAINING_FIELDS}
+        n = result.num_masked.to(result.loss_sum.dtype)
+        return cls(loss=result.loss_sum / n, loss_sum=result.loss_sum, num_masked=result.num_masked,
+                   num_correct=result.num_correct, accuracy=result.num_correct.float() / n, logits=result.logits,
+                   mask_indices=backbone.mask_indices, last_hidden_state=backbone.last_hidden_state,
+                   losses=result.losses, metrics=result.metrics, hidden_states=backbone.hidden_states, **named)
 
 
 @dataclass
@@ -75,3 +104,8 @@ class CTCOutput:
     """() CTC loss with the config's reduction, when labels are given."""
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, if requested."""
+
+
+_PRETRAINING_FIELDS = {f.name for f in fields(PreTrainingOutput)} - {
+    "loss", "loss_sum", "num_masked", "num_correct", "accuracy", "logits", "mask_indices", "last_hidden_state",
+    "losses", "metrics", "hidden_states"}

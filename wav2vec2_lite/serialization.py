@@ -1,5 +1,10 @@
 """Save and load models as a folder: ``model.safetensors`` + ``config.json``; atomic files.
 
+``config.json`` records a ``format_version``. Version 2 moved the pretraining model's
+target-side modules under its objective (``quantizer.*`` -> ``objective.quantizer.*``,
+likewise ``project_q`` and ``final_proj``); :func:`load_model` renames the keys of
+version-1 folders (:func:`upgrade_state_dict`), so folders saved before still load.
+
 Weights never go through pickle. Every file is written atomically (:func:`atomic_write_bytes`:
 temporary file in the same folder, flush, fsync, ``os.replace``, fsync of the folder), so
 a crash mid-save leaves the previous file intact. The training checkpoints
@@ -24,12 +29,18 @@ from wav2vec2_lite.config import Wav2Vec2Config
 __all__ = [
     "find_model_folder",
     "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
-    "CONFIG_NAME", "CheckpointError",
+    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# key prefixes renamed when a folder of an older format version is loaded: version -> class -> (old, new)
+_KEY_RENAMES: dict[int, dict[str, tuple[tuple[str, str], ...]]] = {
+    1: {"Wav2Vec2ForPreTraining": (("quantizer.", "objective.quantizer."), ("project_q.", "objective.project_q."),
+                                   ("final_proj.", "objective.final_proj."))},
+}
 
 
 class CheckpointError(RuntimeError):
@@ -98,6 +109,26 @@ def _model_classes() -> dict[str, type[nn.Module]]:
     return dict(_MODEL_CLASSES)
 
 
+def upgrade_state_dict(state: dict[str, torch.Tensor], model_class: str,
+                       format_version: int) -> dict[str, torch.Tensor]:
+    """Rename the keys of a ``model_class`` state dict saved at ``format_version`` to today's
+    layout (:data:`FORMAT_VERSION`); keys that did not change are kept as they are."""
+    if format_version > FORMAT_VERSION:
+        raise CheckpointError(f"saved with format_version {format_version}, newer than this library's "
+                              f"{FORMAT_VERSION}: upgrade wav2vec2_lite to load it")
+    for version in range(format_version, FORMAT_VERSION):
+        renames = _KEY_RENAMES.get(version, {}).get(model_class, ())
+        out = {}
+        for key, value in state.items():
+            for old, new in renames:
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            out[key] = value
+        state = out
+    return state
+
+
 def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (class name, config, metadata) to ``directory``."""
     directory = Path(directory)
@@ -127,6 +158,7 @@ def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_lo
         info = json.loads(cfg_path.read_text())
         config = Wav2Vec2Config.from_dict(info["config"])
         saved_class = info["model_class"]
+        version = int(info.get("format_version", 1))
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e
     classes = _model_classes()
@@ -138,6 +170,10 @@ def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_lo
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
+    try:
+        state = upgrade_state_dict(state, saved_class, version)
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
     model = cls(config)
     try:
         model.load_state_dict(state, strict=True)

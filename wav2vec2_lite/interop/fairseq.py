@@ -388,10 +388,10 @@ def fairseq_rules(model: nn.Module) -> list[Rule]:
         ]
     if isinstance(model, Wav2Vec2ForPreTraining):
         return [(r"wav2vec2\." + p, ts) for p, ts in backbone] + [
-            (r"quantizer\.codebook", ("quantizer.vars",)),  # (1, G·V, d) there, (G, V, d) here
-            (r"quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
-            (r"project_q\.(\w+)", (r"project_q.\1",)),
-            (r"final_proj\.(\w+)", (r"final_proj.\1",)),
+            (r"objective\.quantizer\.codebook", ("quantizer.vars",)),  # (1, G·V, d) there, (G, V, d) here
+            (r"objective\.quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
+            (r"objective\.project_q\.(\w+)", (r"project_q.\1",)),
+            (r"objective\.final_proj\.(\w+)", (r"final_proj.\1",)),
         ]
     raise TypeError("fairseq checkpoints load into Wav2Vec2ForPreTraining or Wav2Vec2ForCTC; "
                     f"got {type(model).__name__}")

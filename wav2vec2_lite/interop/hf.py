@@ -44,10 +44,10 @@ def _rules(kind: type[nn.Module]) -> list[Rule]:
     prefixed = [(r"wav2vec2\." + p, tuple("wav2vec2." + t for t in ts)) for p, ts in BACKBONE_RULES]
     if kind is Wav2Vec2ForPreTraining:
         return prefixed + [
-            (r"quantizer\.codebook", ("quantizer.codevectors",)),
-            (r"quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
-            (r"project_q\.(\w+)", (r"project_q.\1",)),
-            (r"final_proj\.(\w+)", (r"project_hid.\1",)),
+            (r"objective\.quantizer\.codebook", ("quantizer.codevectors",)),
+            (r"objective\.quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
+            (r"objective\.project_q\.(\w+)", (r"project_q.\1",)),
+            (r"objective\.final_proj\.(\w+)", (r"project_hid.\1",)),
         ]
     return prefixed + [(r"lm_head\.(\w+)", (r"lm_head.\1",))]
 
@@ -176,6 +176,10 @@ def to_hf(model: nn.Module) -> Any:
     cls = type(model)
     if cls not in _HF_CLASS:
         raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
+    if cls is Wav2Vec2ForPreTraining and model.config.objective != "contrastive":
+        raise ConfigError(f"transformers' Wav2Vec2ForPreTraining has only the contrastive objective; this model's "
+                          f"is {model.config.objective!r}: export its backbone (to_hf(model.wav2vec2)) or a CTC "
+                          "model fine-tuned from it")
     hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config))
     target = hf.state_dict()
     state = export_state_dict(model.state_dict(), _rules(cls), {k: v.shape for k, v in target.items()})

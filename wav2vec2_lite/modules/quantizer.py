@@ -9,13 +9,12 @@ The temperature is set from outside (annealed per update by the trainer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-
-from wav2vec2_lite.config import Wav2Vec2Config
 
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature"]
 
@@ -48,9 +47,13 @@ class QuantizerOutput:
 
 
 class GumbelProductQuantizer(nn.Module):
-    """``(frames, C) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``."""
+    """``(frames, C) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``.
 
-    def __init__(self, cfg: Wav2Vec2Config) -> None:
+    ``cfg`` is a :class:`~wav2vec2_lite.config.Wav2Vec2Config` (not imported here: the config
+    validates objectives through their registry, which imports this module).
+    """
+
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.num_groups = cfg.num_code_groups
         self.num_vars = cfg.num_codes_per_group

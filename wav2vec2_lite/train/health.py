@@ -7,10 +7,12 @@ after a grace period, names the symptom with its numbers and the known remedies:
 =========================  ===============================================================
 symptom                    detected when (defaults in :class:`HealthConfig`)
 =========================  ===============================================================
-``stuck_at_chance``        contrastive loss per masked frame within 3 % of ln(K+1) (nats)
-                           while accuracy is below 2/(K+1)
-``low_accuracy``           contrastive accuracy below 1.25/(K+1) (chance is 1/(K+1))
-``codebook_collapse``      hard code perplexity of a group below 10 % of V
+``stuck_at_chance``        the objective's loss per masked frame within 3 % of chance (nats)
+                           while accuracy is below 2x chance
+``low_accuracy``           accuracy below 1.25x chance
+``codebook_collapse``      learned codebook: hard code perplexity of a group below 10 % of V
+``few_target_codes``       frozen codebook (BEST-RQ): the validation targets' code perplexity
+                           (over the whole set) below 10 % of V
 ``gradient_explosion``     gradient norm non-finite, or above 1e3 after the grace period
 ``vanishing_gradients``    gradient norm below 1e-7
 ``loss_scale_collapse``    fp16 loss scale below 1/128
@@ -19,6 +21,14 @@ symptom                    detected when (defaults in :class:`HealthConfig`)
 ``blank_only_outputs``     more than 90 % of validation transcripts empty
 ``short_outputs``          validation transcripts under 30 % of the reference length
 =========================  ===============================================================
+
+Chance depends on the objective, which the training task reports with each summary
+(``target_loss``, ``chance_loss``, ``code_perplexity_max``, ``codebook_frozen``):
+contrastive: ln(K+1) nats and accuracy 1/(K+1) among K distractors, a learned Gumbel
+codebook of G x V codes; BEST-RQ: ln V nats and accuracy 1/V over a frozen codebook of V
+codes, which cannot collapse — a low target perplexity there means the inputs (silence,
+clipping, a broken normalisation) map to few codes. Without those keys the monitor falls
+back to the contrastive numbers from its constructor (K, G, V).
 
 Each symptom warns once, then again only if it persists ``repeat_every`` updates later.
 Warnings go to :mod:`logging` and are returned as records for the run's metrics.
@@ -43,6 +53,9 @@ REMEDIES: dict[str, str] = {
                        "16 kHz speech and normalised as the model expects; keep feature_grad_mult at 0.1",
     "low_accuracy": "as for a loss stuck at chance: lower lr, longer warmup; check masking (mask_time_prob) "
                     "leaves unmasked context",
+    "few_target_codes": "the frozen random-projection targets fall on few codes: check the audio (long "
+                        "silences, clipping, wrong sample rate) and that crops are long enough; a smaller "
+                        "model.objective_options.codebook_dim spreads the codes more evenly",
     "codebook_collapse": "raise diversity_loss_weight, slow the Gumbel temperature decay (gumbel_temperature), "
                          "lower the learning rate (transformers #14471, #19588)",
     "gradient_explosion": "lower lr, enable gradient clipping (optim.clip_norm), use bf16 instead of fp16, "
@@ -137,7 +150,7 @@ class HealthMonitor:
 
     @property
     def chance_loss(self) -> float:
-        """ln(K+1) nats per masked frame (fairseq logs it in bits: log2(K+1))."""
+        """Contrastive: ln(K+1) nats per masked frame (fairseq logs it in bits: log2(K+1))."""
         return math.log(self.k + 1)
 
     def _mean(self, key: str, value: float | None) -> float | None:
@@ -186,7 +199,7 @@ class HealthMonitor:
             out.append(self._warn("ctc_infinite_loss", update,
                                   f"{int(stats['ctc_inf'])} utterance(s) with infinite CTC loss (shorter than the label)",
                                   {"ctc_inf": stats["ctc_inf"]}))
-        loss = self._mean("contrastive_loss", stats.get("contrastive_loss"))
+        loss = self._mean("target_loss", stats.get("target_loss", stats.get("contrastive_loss")))
         acc = self._mean("accuracy", stats.get("accuracy"))
         ppl = self._mean("code_perplexity", stats.get("code_perplexity"))
         gmean = self._mean("grad_norm", grad if grad is not None and math.isfinite(grad) else None)
@@ -196,27 +209,40 @@ class HealthMonitor:
             out.append(self._warn("vanishing_gradients", update, f"mean gradient norm {gmean:.3g} < {c.grad_norm_min:g}",
                                   {"grad_norm": gmean}))
         if self.task == "pretrain":
-            learning = acc is not None and acc >= c.stuck_accuracy_factor / (self.k + 1)
-            if loss is not None and loss > self.chance_loss * (1 - c.chance_margin) and not learning:
-                out.append(self._warn(
-                    "stuck_at_chance", update,
-                    f"contrastive loss {loss:.3f} nats/frame vs chance ln(K+1) = {self.chance_loss:.3f} "
-                    f"({loss / math.log(2):.3f} vs {math.log2(self.k + 1):.3f} bits, as fairseq logs it)",
-                    {"contrastive_loss": loss, "chance": self.chance_loss}))
-            if acc is not None and acc < c.accuracy_factor / (self.k + 1):
-                out.append(self._warn("low_accuracy", update,
-                                      f"contrastive accuracy {acc:.4f} < {c.accuracy_factor:g}/(K+1) = "
-                                      f"{c.accuracy_factor / (self.k + 1):.4f}", {"accuracy": acc}))
-            if ppl is not None and ppl / self.g < c.collapse_fraction * self.v:
-                out.append(self._warn("codebook_collapse", update,
-                                      f"code perplexity {ppl:.1f} over {self.g} groups = {ppl / self.g:.1f} per group, "
-                                      f"< {c.collapse_fraction:g}·V = {c.collapse_fraction * self.v:.1f}",
-                                      {"code_perplexity": ppl, "codes_per_group": self.v}))
+            out += self._pretrain_rules(update, stats, loss, acc, ppl)
         return [w for w in out if w]
+
+    def _pretrain_rules(self, update: int, stats: dict[str, float], loss: float | None, acc: float | None,
+                        ppl: float | None) -> list[HealthWarning | None]:
+        """stuck_at_chance, low_accuracy and the codebook rule, with the objective's chance levels."""
+        c, out = self.cfg, []
+        chance = stats.get("chance_loss", self.chance_loss)
+        chance_acc = math.exp(-chance)  # 1/(K+1) or 1/V: the uniform guess
+        what = "contrastive" if "chance_loss" not in stats or "contrastive_loss" in stats else "target"
+        learning = acc is not None and acc >= c.stuck_accuracy_factor * chance_acc
+        if loss is not None and loss > chance * (1 - c.chance_margin) and not learning:
+            out.append(self._warn(
+                "stuck_at_chance", update,
+                f"{what} loss {loss:.3f} nats/frame vs chance {chance:.3f} "
+                f"({loss / math.log(2):.3f} vs {chance / math.log(2):.3f} bits, as fairseq logs it)",
+                {f"{what}_loss": loss, "chance": chance}))
+        if acc is not None and acc < c.accuracy_factor * chance_acc:
+            out.append(self._warn("low_accuracy", update,
+                                  f"{what} accuracy {acc:.4f} < {c.accuracy_factor:g} x chance = "
+                                  f"{c.accuracy_factor * chance_acc:.4f}", {"accuracy": acc}))
+        if stats.get("codebook_frozen", 0.0) == 0:  # a frozen codebook is judged on the validation set
+            most = stats.get("code_perplexity_max", float(self.g * self.v))
+            if ppl is not None and ppl / self.g < c.collapse_fraction * most / self.g:
+                out.append(self._warn("codebook_collapse", update,
+                                      f"code perplexity {ppl:.1f} over {self.g} groups = {ppl / self.g:.1f} per "
+                                      f"group, < {c.collapse_fraction:g}·V = {c.collapse_fraction * most / self.g:.1f}",
+                                      {"code_perplexity": ppl, "codes_per_group": most / self.g}))
+        return out
 
     def check_valid(self, update: int, stats: dict[str, float]) -> list[HealthWarning]:
         """Validation numbers: ``blank_only`` (fraction of empty transcripts), ``output_length_ratio``
-        (hypothesis / reference characters); pretraining: ``code_perplexity``."""
+        (hypothesis / reference characters); pretraining with a frozen codebook:
+        ``code_perplexity_set``, ``code_perplexity_max``, ``codebook_frozen``."""
         if not self.cfg.enabled or update < self.start:
             return []
         out: list[HealthWarning | None] = []
@@ -226,6 +252,12 @@ class HealthMonitor:
             out.append(self._warn("blank_only_outputs", update,
                                   f"{100 * blank:.0f}% of validation transcripts are empty (the blank-only plateau)",
                                   {"blank_only": blank}))
+        used, most = stats.get("code_perplexity_set"), stats.get("code_perplexity_max")
+        if stats.get("codebook_frozen", 0.0) > 0 and used is not None and most and used < c.collapse_fraction * most:
+            out.append(self._warn("few_target_codes", update,
+                                  f"the validation targets' code perplexity is {used:.1f} of {most:.0f} codes, "
+                                  f"< {c.collapse_fraction:g}·V = {c.collapse_fraction * most:.1f}",
+                                  {"code_perplexity_set": used, "codes": most}))
         ratio = stats.get("output_length_ratio")
         if ratio is not None and (blank is None or blank <= c.blank_fraction) and ratio < c.min_output_ratio:
             out.append(self._warn("short_outputs", update,

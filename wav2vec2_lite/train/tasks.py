@@ -9,6 +9,7 @@ fairseq does, so the update is the same however the global batch is split.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.dataset import AudioDataset
 from wav2vec2_lite.train.health import count_impossible_ctc
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.objectives.registry import objective_class
 from wav2vec2_lite.serialization import WEIGHTS_NAME, find_model_folder
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
 
@@ -55,7 +57,15 @@ def _code_perplexity(counts: Tensor) -> float:
 
 
 class PretrainTask:
-    """Contrastive pretraining of :class:`Wav2Vec2ForPreTraining`."""
+    """Self-supervised pretraining of :class:`Wav2Vec2ForPreTraining` with the objective its
+    config names (``model.objective``: ``contrastive`` or ``best_rq``).
+
+    Logged per objective: ``loss``, ``accuracy``, each loss part per masked frame under its
+    own name (``contrastive_loss``, ``diversity_loss``, ``feature_penalty``;
+    ``cross_entropy_loss``), the batch metrics (``code_perplexity``, ``prob_perplexity``),
+    ``target_loss`` (the main part) with its ``chance_loss``, and what the health monitor
+    needs to judge the codes (``code_perplexity_max``, ``codebook_frozen``).
+    """
 
     name = "pretrain"
     default_best_metric = "loss"
@@ -65,6 +75,8 @@ class PretrainTask:
         self.cfg = cfg
         self.model_config: Wav2Vec2Config = build_model_config(cfg.model)
         self.crop_to_shortest = cfg.data.crop_to_shortest
+        self.objective = objective_class(self.model_config.objective)
+        self.reference = self.objective.health_reference(self.model_config)
 
     def build_model(self) -> nn.Module:
         return Wav2Vec2ForPreTraining(self.model_config)
@@ -78,9 +90,8 @@ class PretrainTask:
         return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices)
 
     def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
-        temp = model.gumbel_temperature_at(update)
-        model.set_gumbel_temperature(temp)
-        return {"gumbel_temp": temp}
+        """The objective's per-update schedule (contrastive: the Gumbel temperature)."""
+        return model.objective.before_update(update)
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
         out = model(batch["waveform"], batch["padding_mask"], generator=generator)
@@ -88,33 +99,33 @@ class PretrainTask:
 
     @staticmethod
     def _stats(out) -> dict[str, Tensor]:
-        n = out.num_masked.float()
-        return {
-            "sample_size": n, "loss_sum": out.loss_sum.detach().float(),
-            "contrastive_sum": out.contrastive_loss.detach().float(), "num_correct": out.num_correct.float(),
-            "diversity_sum": out.diversity_loss.detach().float() * n,
-            "penalty_sum": out.feature_penalty.detach().float() * n,
-            "code_ppl_sum": out.code_perplexity.detach().float(), "prob_ppl_sum": out.prob_perplexity.detach().float(),
-            "batches": torch.ones(()),
-        }
+        """Additive statistics: loss parts summed over masked frames, batch metrics summed over batches."""
+        stats = {"sample_size": out.num_masked.float(), "loss_sum": out.loss_sum.detach().float(),
+                 "num_correct": out.num_correct.float(), "batches": torch.ones(())}
+        stats.update({f"part:{k}": v.detach().float() for k, v in out.losses.items()})
+        stats.update({f"batch:{k}": v.detach().float() for k, v in out.metrics.items()})
+        return stats
 
     @torch.no_grad()
     def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
-        """Held-out masks from ``generator``; adds the hard-code histogram (G, V) of masked frames."""
+        """Held-out masks from ``generator``; adds the histogram (G, V) of the masked frames' codes
+        (contrastive: the argmax codes in eval mode; best_rq: the target codes)."""
         out = model(batch["waveform"], batch["padding_mask"], generator=generator)
         stats = self._stats(out)
-        codes = out.codes[out.mask_indices]  # (N, G), argmax codes in eval mode
-        stats["code_hist"] = F.one_hot(codes, self.model_config.num_codes_per_group).sum(0).float()
+        codes = out.codes[out.mask_indices]  # (N, G)
+        stats["code_hist"] = F.one_hot(codes, int(self.reference["codes_per_group"])).sum(0).float()
         return stats
 
-    @staticmethod
-    def summarize(s: dict[str, Any]) -> dict[str, float]:
+    def summarize(self, s: dict[str, Any]) -> dict[str, float]:
         n, b = max(float(s["sample_size"]), 1.0), max(float(s["batches"]), 1.0)
-        out = {"loss": s["loss_sum"] / n, "contrastive_loss": s["contrastive_sum"] / n,
-               "accuracy": s["num_correct"] / n, "diversity_loss": s["diversity_sum"] / n,
-               "feature_penalty": s["penalty_sum"] / n, "code_perplexity": s["code_ppl_sum"] / b,
-               "prob_perplexity": s["prob_ppl_sum"] / b, "masked_frames": s["sample_size"]}
+        out = {"loss": s["loss_sum"] / n, "accuracy": s["num_correct"] / n}
+        out.update({k[len("part:"):]: v / n for k, v in s.items() if k.startswith("part:")})
+        out.update({k[len("batch:"):]: v / b for k, v in s.items() if k.startswith("batch:")})
         out = {k: float(v) for k, v in out.items()}
+        ref = self.reference
+        out.update(masked_frames=float(s["sample_size"]), target_loss=out.get(self.objective.main_loss, math.nan),
+                   chance_loss=ref["chance_loss"], codebook_frozen=ref["codebook_frozen"],
+                   code_perplexity_max=ref["code_groups"] * ref["codes_per_group"])
         if "code_hist" in s:  # over the whole validation set, not per batch
             out["code_perplexity_set"] = _code_perplexity(torch.as_tensor(s["code_hist"]))
         return out

@@ -1,0 +1,240 @@
+"""BEST-RQ targets: log-mel alignment, a frozen random-projection quantizer, and a tiny run that learns."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from _helpers import deep_merge
+from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
+from wav2vec2_lite.config import ConfigError
+from wav2vec2_lite.modules.log_mel import LogMel, mel_filterbank, normalize_per_utterance
+from wav2vec2_lite.objectives.best_rq import RandomProjectionQuantizer, usage_perplexity
+from wav2vec2_lite.serialization import load_model, save_model
+from wav2vec2_lite.train.config import build_model_config, to_run_config
+from wav2vec2_lite.train.toy_data import make_toy_corpus
+from wav2vec2_lite.train.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "wav2vec2_lite" / "configs"
+V = 1024
+
+
+def brq(**kw) -> Wav2Vec2Config:
+    options = {"codebook_size": V, "codebook_dim": 16, **kw.pop("objective_options", {})}
+    return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
+                                  "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
+                                  "objective": "best_rq", "objective_options": options, **kw})
+
+
+# ------------------------------------------------------------------------- log-mel front end
+def test_mel_filterbank_is_triangles_on_the_mel_scale():
+    fb = mel_filterbank(400, 80, 16000)  # (201, 80)
+    assert fb.shape == (201, 80) and (fb >= 0).all() and fb.max() <= 1.0
+    peaks = fb.argmax(0)
+    assert (peaks[1:] >= peaks[:-1]).all()  # centres rise with the filter index
+    assert (fb.sum(0) > 0).all()  # every filter catches at least one FFT bin
+    # a pure tone lights up the filter whose centre is nearest to it
+    wave = torch.sin(2 * math.pi * 1000.0 * torch.arange(4000) / 16000)[None]
+    mel = LogMel()(wave)  # (1, M, 80)
+    mel_1k = 2595 * math.log10(1 + 1000 / 700)
+    centres = torch.linspace(0, 2595 * math.log10(1 + 8000 / 700), 82)[1:-1]
+    assert int(mel[0].mean(0).argmax()) == int((centres - mel_1k).abs().argmin())
+
+
+def test_log_mel_frames_are_25ms_windows_every_10ms():
+    lm = LogMel()
+    assert (lm.win, lm.hop, lm.n_mels) == (400, 160, 80)
+    wave = torch.randn(1, 16000)
+    mel = lm(wave)
+    assert mel.shape == (1, lm.num_frames(16000), 80) == (1, 98, 80)
+    # frame j is exactly the log-mel of samples [160 j, 160 j + 400)
+    for j in (0, 7, 97):
+        assert torch.allclose(mel[0, j], lm(wave[:, 160 * j: 160 * j + 400])[0, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("stack", [
+    dict(conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2)),  # reference: J 320, R 400
+    dict(conv_kernel=(10, 3, 3, 2), conv_stride=(5, 4, 4, 4), conv_dim=(16,) * 4),  # J 320, R 140
+    dict(conv_kernel=(10, 3, 3, 3, 3, 2, 3), conv_stride=(5, 2, 2, 2, 2, 2, 3)),  # J 480: 3 mel frames per frame
+])
+def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stack):
+    """For every length from 400 samples on, one stacked frame per encoder frame, and stacked frame
+    t starts at the encoder frame's first sample J·t; at most J - 160 (+ 400 - R) samples of zero
+    padding, R being the encoder's receptive field."""
+    cfg = Wav2Vec2Config.tiny(num_layers=1, **{"conv_dim": (16,) * len(stack["conv_kernel"]), **stack})
+    model = Wav2Vec2ForPreTraining(cfg.replace(objective="best_rq"))
+    lm, J = model.objective.log_mel, cfg.frame_stride
+    s = J // 160
+    lengths = torch.arange(max(400, cfg.receptive_field), 6401)  # shorter input is refused by the model
+    frames = model.feature_output_lengths(lengths)
+    wave = torch.randn(1, 6400, generator=torch.Generator().manual_seed(0))
+    full = lm(wave)[0]  # (M, 80) of the longest wave: every shorter wave's frames are a prefix
+    for n, t in zip(lengths.tolist(), frames.tolist()):
+        needed = 160 * (s * t - 1) + 400
+        # only the last stacked frame's later windows may read past the end (and what R < 400 lacks)
+        assert needed - n <= J - 160 + 400 - cfg.receptive_field, (n, t)
+        if n in (400, 401, 559, 560, 719, 720, 721, 1000, 1039, 1040, 3333, 6400) or n % 997 == 0:
+            out = lm.encoder_frames(wave[:, :n], t, J)
+            assert out.shape == (1, t, s * 80)
+            complete = (n - 400) // 160 + 1  # mel frames that lie inside the wave
+            ref = full[: min(complete, s * t)].reshape(-1, 80)
+            got = out[0].reshape(-1, 80)[: ref.shape[0]]
+            assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_padded_batch_gives_the_same_targets_as_one_at_a_time():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(brq()).eval()
+    wave = torch.randn(2, 6000)
+    pad = torch.zeros(2, 6000, dtype=torch.bool)
+    pad[1, 4100:] = True
+    wave[1, 4100:] = 3.0  # garbage in the padding must not matter
+    mask = torch.zeros(2, 18, dtype=torch.bool)
+    mask[:, 2:9] = True
+    both = model(wave, pad, mask_indices=mask).codes[..., 0]
+    alone = model(wave[1:, :4100], mask_indices=mask[1:, :12]).codes[0, :, 0]
+    assert torch.equal(both[1, :12], alone)
+
+
+def test_per_utterance_normalisation_ignores_padded_frames():
+    x = torch.randn(2, 10, 3) * 5 + 2
+    lengths = torch.tensor([10, 6])
+    y = normalize_per_utterance(x, lengths)
+    assert torch.allclose(y[1, :6], normalize_per_utterance(x[1:, :6])[0], atol=1e-5)
+    assert torch.allclose(y[0].mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(y[0].std(0, unbiased=False), torch.ones(3), atol=1e-3)
+    assert (y[1, 6:] == 0).all()
+
+
+# ------------------------------------------------------------------------- frozen quantizer
+def test_quantizer_is_seeded_xavier_and_unit_codebook_and_spreads_isotropic_inputs():
+    q = RandomProjectionQuantizer(160, 16, V, seed=3)
+    assert list(q.parameters()) == [] and {n for n, _ in q.named_buffers()} == {"projection", "codebook"}
+    bound = math.sqrt(6 / (160 + 16))
+    assert q.projection.abs().max() <= bound and q.projection.abs().max() > 0.9 * bound
+    assert abs(q.projection.var().item() - bound**2 / 3) < 0.1 * bound**2 / 3  # uniform(-a, a)
+    assert torch.allclose(q.codebook.norm(dim=-1), torch.ones(V), atol=1e-6)
+    assert torch.equal(q.codebook, RandomProjectionQuantizer(160, 16, V, seed=3).codebook)
+    assert not torch.equal(q.codebook, RandomProjectionQuantizer(160, 16, V, seed=4).codebook)
+    x = torch.randn(20000, 160, generator=torch.Generator().manual_seed(0))
+    codes = q(x)
+    # nearest entry in L2 between unit vectors, computed the long way
+    z = torch.nn.functional.normalize(x[:50] @ q.projection, dim=-1)
+    assert torch.equal(codes[:50], torch.cdist(z, q.codebook).argmin(-1))
+    assert usage_perplexity(codes, V) >= V / 4  # no built-in collapse: isotropic inputs use most codes
+
+
+def test_frozen_parts_get_no_gradient_and_the_head_and_backbone_do():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(brq()).train()
+    out = model(torch.randn(2, 6000), generator=torch.Generator().manual_seed(1))
+    out.loss.backward()
+    obj = model.objective
+    assert not any(b.requires_grad for b in obj.buffers())
+    assert {n for n, _ in obj.named_parameters()} == {"head.weight", "head.bias"}
+    assert obj.head.weight.grad.abs().sum() > 0
+    assert model.wav2vec2.feature_encoder.conv_layers[0].conv.weight.grad.abs().sum() > 0
+    assert {k for k in model.state_dict() if k.startswith("objective.")} == {
+        "objective.quantizer.projection", "objective.quantizer.codebook", "objective.head.weight",
+        "objective.head.bias"}
+
+
+def test_loss_is_cross_entropy_against_the_codes_of_masked_frames():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(brq()).eval()
+    out = model(torch.randn(2, 6000), generator=torch.Generator().manual_seed(2))
+    mask = out.mask_indices
+    target = out.codes[mask][:, 0]
+    assert (out.codes[~mask] == -1).all() and (target >= 0).all()
+    n = int(mask.sum())
+    assert out.logits.shape == (n, V) and out.num_masked.item() == n
+    ce = torch.nn.functional.cross_entropy(out.logits, target, reduction="sum")
+    assert torch.allclose(out.loss_sum, ce) and torch.allclose(out.loss, ce / n)
+    assert out.losses.keys() == {"cross_entropy_loss"}
+    assert out.num_correct.item() == int((out.logits.argmax(-1) == target).sum())
+    assert torch.allclose(out.code_perplexity, usage_perplexity(target, V))
+    assert abs(out.loss.item() - math.log(V)) < 1.0  # near chance at initialisation
+    assert out.contrastive_loss is None and out.negative_indices is None
+    with pytest.raises(ValueError, match="negative_indices"):
+        model(torch.randn(1, 6000), negative_indices=torch.zeros(1, 18, 3, dtype=torch.long))
+
+
+def test_options_are_validated_by_the_objective_and_named():
+    with pytest.raises(ConfigError, match=r"objective_options.*codebook_sise"):
+        brq(objective_options={"codebook_sise": 10})
+    with pytest.raises(ConfigError, match=r"objective_options.*codebook_dim must be a positive int"):
+        brq(objective_options={"codebook_dim": 0})
+    with pytest.raises(ConfigError, match=r"objective_options.*multiple of 160"):
+        brq(conv_kernel=(10, 3), conv_stride=(5, 2), conv_dim=(32, 32))
+
+
+def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
+    data = yaml.safe_load((CONFIGS / "model" / "tiny_best_rq.yaml").read_text())
+    cfg = build_model_config(data)
+    assert cfg == Wav2Vec2Config.tiny(objective="best_rq", mask_time_prob=0.6, mask_time_length=8,
+                                      objective_options={"codebook_size": 1024, "codebook_dim": 16,
+                                                         "num_mel_bins": 80, "seed": 0})
+    assert set(data) - {"preset"} == set(Wav2Vec2Config.tiny().to_dict())  # every field listed
+
+
+# ------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=80, valid=40, seed=0, min_words=2, max_words=3)
+
+
+def run_cfg(corpus: Path, **over):
+    model = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
+                 pos_conv_kernel=16, pos_conv_groups=16, layerdrop=0.0, feature_grad_mult=1.0,
+                 objective="best_rq", objective_options={"codebook_size": V, "codebook_dim": 16},
+                 mask_time_prob=0.6, mask_time_length=4)
+    base = {"task": "pretrain", "model": model,
+            "data": {"manifest_dir": str(corpus), "max_sample_size": 12000, "min_sample_size": 4000,
+                     "max_tokens": 48000},
+            "optim": {"lr": 2e-3, "clip_norm": 5.0}, "schedule": {"name": "polynomial", "warmup_updates": 10},
+            "trainer": {"max_updates": 2, "log_interval": 1, "save_interval": 1000, "progress": False,
+                        "valid_interval": 0, "seed": 3}}
+    return to_run_config(deep_merge(base, over))
+
+
+def test_codes_survive_training_updates_and_save_load(corpus, tmp_path):
+    trainer = Trainer(run_cfg(corpus), tmp_path / "run")
+    model = trainer.model
+    before = {k: v.clone() for k, v in model.objective.quantizer.state_dict().items()}
+    head_before = model.objective.head.weight.detach().clone()
+    trainer.fit()
+    assert trainer.update == 2
+    assert not torch.equal(model.objective.head.weight, head_before)  # the head trained
+    for k, v in model.objective.quantizer.state_dict().items():
+        assert torch.equal(v, before[k]), k  # the targets did not
+    save_model(model, tmp_path / "saved")
+    back = load_model(tmp_path / "saved")
+    for k, v in back.objective.quantizer.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    wave = torch.randn(1, 6000)
+    mask = torch.zeros(1, 18, dtype=torch.bool)
+    mask[0, 3:12] = True
+    assert torch.equal(back.eval()(wave, mask_indices=mask).codes, model.eval()(wave, mask_indices=mask).codes)
+
+
+def test_tiny_run_beats_chance_with_widely_used_codes(corpus, tmp_path):
+    """Valid cross-entropy below ln V; the valid targets use many codes.
+
+    The toy corpus (8 stationary synthetic phones) limits the targets' code-usage perplexity
+    to about 110-120 of V = 1024 however many utterances are drawn (its normalised log-mel
+    frames are nearly low-rank: the first principal component holds ~40 % of the variance),
+    so the bound here is V / 16; isotropic inputs reach V / 4 (the quantizer test above).
+    """
+    cfg = run_cfg(corpus, schedule={"warmup_updates": 20}, trainer={"max_updates": 150, "log_interval": 50},
+                  health={"grace_updates": 100, "window": 10})
+    result = Trainer(cfg, tmp_path).fit()
+    valid = result["valid"]
+    print({k: round(v, 3) for k, v in valid.items()})
+    assert valid["cross_entropy_loss"] < math.log(V) - 1.0
+    assert valid["target_loss"] == valid["cross_entropy_loss"] and valid["chance_loss"] == math.log(V)
+    assert valid["code_perplexity_set"] >= V / 16
+    assert valid["accuracy"] > 5 / V

@@ -1,0 +1,230 @@
+"""The pretraining-objective seam: registry and config key, the three-step forward, the saved
+format (version 1 folders still load), the training task per objective, a toy objective added
+through the registry."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.config import ConfigError
+from wav2vec2_lite.objectives import contrastive as contrastive_module
+from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
+from wav2vec2_lite.objectives.registry import OBJECTIVES, build_objective
+from wav2vec2_lite.serialization import FORMAT_VERSION, CheckpointError, load_model, save_model, upgrade_state_dict
+from wav2vec2_lite.train.config import to_run_config
+from wav2vec2_lite.train.tasks import PretrainTask
+
+
+def small(**kw) -> Wav2Vec2Config:
+    return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
+                                  "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
+                                  "num_codes_per_group": 16, "codevector_dim": 32, "final_dim": 32,
+                                  "num_negatives": 10, **kw})
+
+
+BRQ = {"objective": "best_rq", "objective_options": {"codebook_size": 1024, "codebook_dim": 16}}
+
+
+# ----------------------------------------------------------------------------- registry, config key
+def test_the_config_key_selects_a_registered_objective_and_names_the_valid_ones():
+    assert set(OBJECTIVES) == {"contrastive", "best_rq"}
+    assert Wav2Vec2Config.base().objective == "contrastive"
+    assert type(build_objective(small())).__name__ == "ContrastiveObjective"
+    assert type(build_objective(small(**BRQ))).__name__ == "BestRQObjective"
+    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective: must be one of \['best_rq', 'contrastive'\]"):
+        small(objective="hubert")
+    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective_options: .*'contrastive' objective takes no"):
+        small(objective_options={"codebook_size": 4})
+    assert Wav2Vec2Config.from_dict(small(**BRQ).to_dict()) == small(**BRQ)  # round trip through JSON types
+
+
+def test_the_pretraining_forward_is_backbone_then_targets_then_prediction():
+    """Running the backbone and the objective by hand gives the model's output exactly."""
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(small(cross_sample_negatives=3)).train()
+    wave = torch.randn(2, 6000)
+    pad = torch.zeros(2, 6000, dtype=torch.bool)
+    pad[1, 5000:] = True
+    torch.manual_seed(1)  # dropout draws from the global generator
+    out = model(wave, pad, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(5)
+    b = model.wav2vec2(wave, pad, sample_mask=True, generator=g)
+    inputs = ObjectiveInputs(waveform=wave, sample_padding=pad, conv_features=b.conv_features,
+                             extract_features=b.extract_features, context=b.last_hidden_state,
+                             mask_indices=b.mask_indices, frame_padding=b.padding_mask, frame_lengths=b.frame_lengths)
+    res = model.objective(inputs, generator=g)
+    assert isinstance(res, ObjectiveOutput)
+    assert torch.equal(res.loss_sum, out.loss_sum) and torch.equal(res.logits, out.logits)
+    assert torch.equal(res.extras["cross_negative_indices"], out.cross_negative_indices)
+    # the loss parts, summed over masked frames, weighted as documented
+    n = out.num_masked.float()
+    assert torch.allclose(sum(res.weights[k] * v for k, v in res.losses.items()), out.loss_sum)
+    assert torch.allclose(out.losses["diversity_loss"] / n, out.diversity_loss)
+    assert torch.allclose(out.losses["feature_penalty"] / n, out.feature_penalty)
+    assert torch.equal(out.losses["contrastive_loss"], out.contrastive_loss)
+    assert out.metrics.keys() == {"code_perplexity", "prob_perplexity"}
+
+
+def test_the_feature_penalty_is_computed_only_by_the_contrastive_objective(monkeypatch):
+    calls = []
+    real = contrastive_module.feature_penalty
+    monkeypatch.setattr(contrastive_module, "feature_penalty", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    wave = torch.randn(1, 5000)
+    Wav2Vec2ForCTC(small()).eval()(wave)
+    Wav2Vec2ForPreTraining(small(**BRQ))(wave, generator=torch.Generator().manual_seed(0))
+    assert calls == []  # neither CTC nor BEST-RQ pay for it
+    pre = Wav2Vec2ForPreTraining(small()).eval()
+    out = pre(wave, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 1
+    # the backbone output keeps `feature_penalty` as a property computed on access
+    backbone = pre.wav2vec2(wave)
+    assert torch.allclose(backbone.feature_penalty, out.feature_penalty)
+    assert torch.allclose(out.feature_penalty, backbone.conv_features.pow(2).mean())
+
+
+def test_no_masked_frame_is_an_error_for_every_objective():
+    for cfg in (small(), small(**BRQ)):
+        model = Wav2Vec2ForPreTraining(cfg)
+        with pytest.raises(ValueError, match="no frame was masked"):
+            model(torch.randn(1, 5000), mask_indices=torch.zeros(1, 15, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- a new objective
+class MeanFeatureObjective(PretrainingObjective):
+    """Regress each masked frame's mean conv activation (a toy objective for the seam's test)."""
+
+    name = "mean_feature"
+    main_loss = "mse"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.head = nn.Linear(config.hidden_size, 1)
+
+    @classmethod
+    def health_reference(cls, config) -> dict[str, float]:
+        return {"chance_loss": 1.0, "chance_accuracy": 0.0, "code_groups": 1.0, "codes_per_group": 1.0,
+                "codebook_frozen": 1.0}
+
+    def targets(self, inputs, *, generator=None, negative_indices=None):
+        return inputs.conv_features.mean(1).detach()  # (B, T)
+
+    def predict(self, inputs, targets):
+        mask = inputs.mask_indices
+        err = (self.head(inputs.context[mask])[:, 0] - targets[mask]).pow(2).sum()
+        return ObjectiveOutput(loss_sum=err, num_masked=frame_counts(mask), num_correct=torch.zeros((), dtype=torch.long),
+                               logits=self.head(inputs.context[mask]), losses={"mse": err}, weights={"mse": 1.0})
+
+
+def test_a_new_objective_needs_only_its_class_and_one_registry_entry(monkeypatch, tmp_path):
+    monkeypatch.setitem(OBJECTIVES, "mean_feature", MeanFeatureObjective)
+    cfg = small(objective="mean_feature")
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(cfg)
+    out = model(torch.randn(2, 5000), generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert model.objective.head.weight.grad is not None and out.losses.keys() == {"mse"}
+    assert out.contrastive_loss is None and out.code_perplexity is None
+    save_model(model, tmp_path / "m")
+    assert set(load_model(tmp_path / "m").state_dict()) == set(model.state_dict())
+
+
+# ----------------------------------------------------------------------------- saved format
+def _as_version_1(folder) -> None:
+    """Rewrite a folder saved today as the library wrote it before the objective seam."""
+    weights = folder / "model.safetensors"
+    state = load_file(str(weights))
+    old = {k.removeprefix("objective."): v for k, v in state.items()}
+    save_file(old, str(weights), metadata={"format": "pt"})
+    info = json.loads((folder / "config.json").read_text())
+    info["format_version"] = 1
+    del info["config"]["objective"], info["config"]["objective_options"]
+    (folder / "config.json").write_text(json.dumps(info))
+
+
+def test_version_1_folders_load_through_the_key_rename(tmp_path):
+    assert FORMAT_VERSION == 2
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(small())
+    save_model(model, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["format_version"] == 2
+    _as_version_1(tmp_path / "m")
+    assert "quantizer.codebook" in load_file(str(tmp_path / "m" / "model.safetensors"))
+    back = load_model(tmp_path / "m")
+    assert back.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+    # a CTC model started from the old folder gets its backbone
+    ctc = Wav2Vec2ForCTC.from_pretraining(tmp_path / "m", vocab_size=7)
+    assert torch.equal(ctc.wav2vec2.mask_emb, model.wav2vec2.mask_emb)
+    # only the pretraining model's target-side prefixes move; a backbone key keeps its name
+    renamed = upgrade_state_dict({"quantizer.codebook": 1, "project_q.weight": 2, "final_proj.bias": 3,
+                                  "wav2vec2.mask_emb": 4}, "Wav2Vec2ForPreTraining", 1)
+    assert renamed == {"objective.quantizer.codebook": 1, "objective.project_q.weight": 2,
+                       "objective.final_proj.bias": 3, "wav2vec2.mask_emb": 4}
+    assert upgrade_state_dict({"lm_head.weight": 1}, "Wav2Vec2ForCTC", 1) == {"lm_head.weight": 1}
+
+
+def test_a_folder_from_a_newer_format_is_refused_by_name(tmp_path):
+    save_model(Wav2Vec2ForCTC(small()), tmp_path / "m")
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    info["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "m" / "config.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match=r"config\.json.*format_version 3"):
+        load_model(tmp_path / "m")
+
+
+def test_best_rq_models_are_not_exported_as_transformers_pretraining_models():
+    pytest.importorskip("transformers")
+    from wav2vec2_lite.interop import to_hf
+
+    model = Wav2Vec2ForPreTraining(small(**BRQ))
+    with pytest.raises(ConfigError, match="only the contrastive objective"):
+        to_hf(model)
+    assert type(to_hf(model.wav2vec2)).__name__ == "Wav2Vec2Model"  # its backbone is
+
+
+# ----------------------------------------------------------------------------- training task
+def _task(**model) -> PretrainTask:
+    m = {"preset": "tiny", **small().to_dict(), **model}
+    return PretrainTask(to_run_config({"task": "pretrain", "model": m, "data": {"manifest_dir": "/nonexistent"}}))
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "best_rq"])
+def test_the_task_logs_each_objective_with_its_own_chance(objective):
+    task = _task(**(BRQ if objective == "best_rq" else {}))
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    extra = task.before_update(model, 1000)
+    if objective == "contrastive":
+        assert extra == {"gumbel_temp": model.gumbel_temperature_at(1000)}
+        assert model.quantizer.temperature == extra["gumbel_temp"]
+    else:
+        assert extra == {}
+        with pytest.raises(AttributeError, match="no Gumbel temperature"):
+            model.gumbel_temperature_at(1000)
+    batch = {"waveform": torch.randn(2, 6000), "padding_mask": torch.zeros(2, 6000, dtype=torch.bool)}
+    loss_sum, stats = task.loss(model, batch, torch.Generator().manual_seed(0))
+    evals = task.eval_batch(model.eval(), batch, torch.Generator().manual_seed(0))
+    summary = task.summarize({k: stats[k] + evals[k] for k in stats} | {"code_hist": evals["code_hist"]})
+    n = float(stats["sample_size"] + evals["sample_size"])
+    main = "contrastive_loss" if objective == "contrastive" else "cross_entropy_loss"
+    assert summary["target_loss"] == summary[main]
+    assert math.isclose(summary["loss"], float(stats["loss_sum"] + evals["loss_sum"]) / n, rel_tol=1e-6)
+    if objective == "contrastive":
+        assert summary["chance_loss"] == math.log(11) and summary["code_perplexity_max"] == 2 * 16
+        assert {"diversity_loss", "feature_penalty", "prob_perplexity"} <= set(summary)
+        assert summary["codebook_frozen"] == 0.0
+    else:
+        assert summary["chance_loss"] == math.log(1024) and summary["code_perplexity_max"] == 1024
+        assert "diversity_loss" not in summary and summary["codebook_frozen"] == 1.0
+    assert evals["code_hist"].sum() == evals["sample_size"] * (2 if objective == "contrastive" else 1)
+    assert 1.0 <= summary["code_perplexity_set"] <= summary["code_perplexity_max"]

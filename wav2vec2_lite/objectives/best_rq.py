@@ -1,0 +1,150 @@
+"""BEST-RQ targets (Chiu et al. 2022, arXiv 2202.01855): predict a frozen random quantizer's codes.
+
+Targets: 80-dim log-mel frames (25 ms window, 10 ms hop) of the *unmasked* wave, two
+stacked per 20 ms encoder frame (:meth:`LogMel.encoder_frames`), normalised to zero mean
+and unit variance per dimension over each utterance's valid frames (SpeechBrain's recipe:
+``InputNormalization(norm_type="sentence")``; no statistics to estimate, store or freeze),
+projected by a frozen Xavier-uniform matrix A (input_dim × d) and assigned to the nearest
+entry of a frozen codebook of V L2-normalised Gaussian vectors (nearest in L2 after
+normalising the projection = highest cosine). A and the codebook are drawn from
+``torch.Generator().manual_seed(seed)`` and stored as buffers: saved with the model,
+never trained.
+
+Loss: a linear head maps each masked frame's context vector to V logits; cross-entropy
+with the target code, summed over masked frames. Chance level: ln V nats per frame.
+Metrics: accuracy (the target code ranked first) and the code-usage perplexity of the
+masked frames' targets (exp of the entropy of their histogram; at most V).
+
+Defaults follow the paper and SpeechBrain's ``BEST-RQ.yaml`` (d = 16, V = 8192,
+80 mel bins); ``configs/model/tiny_best_rq.yaml`` uses V = 1024 at tiny scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wav2vec2_lite.modules.log_mel import LogMel, normalize_per_utterance
+from wav2vec2_lite.objectives.base import (
+    ObjectiveInputs,
+    ObjectiveOutput,
+    PretrainingObjective,
+    frame_counts,
+    options_from_dict,
+)
+
+__all__ = ["BestRQOptions", "RandomProjectionQuantizer", "BestRQObjective", "usage_perplexity"]
+
+
+@dataclass(kw_only=True)
+class BestRQOptions:
+    """``Wav2Vec2Config.objective_options`` of the ``best_rq`` objective."""
+
+    codebook_size: int = 8192
+    """V, entries of the frozen codebook (the paper and SpeechBrain: 8192)."""
+    codebook_dim: int = 16
+    """d, width of the projection and of each codebook entry (the paper: 16)."""
+    num_mel_bins: int = 80
+    """Mel bins of the log-mel front end (the paper: 80)."""
+    seed: int = 0
+    """Seed of the generator that draws the frozen projection and codebook."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "seed" else 1):
+                raise ValueError(f"{f.name} must be a {'non-negative' if f.name == 'seed' else 'positive'} int "
+                                 f"(got {value!r})")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2 (got {self.codebook_size})")
+
+
+def usage_perplexity(codes: Tensor, num_codes: int) -> Tensor:
+    """exp(entropy) of the histogram of ``codes`` (any shape, values in [0, num_codes))."""
+    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
+    probs = counts / counts.sum().clamp(min=1.0)
+    return torch.exp(-torch.xlogy(probs, probs).sum())
+
+
+class RandomProjectionQuantizer(nn.Module):
+    """``(N, input_dim) -> (N,)`` codes: nearest L2-normalised codebook entry to the projected,
+    L2-normalised input. Frozen: the projection and the codebook are buffers."""
+
+    def __init__(self, input_dim: int, codebook_dim: int, codebook_size: int, seed: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        bound = math.sqrt(6.0 / (input_dim + codebook_dim))  # Xavier (Glorot) uniform
+        projection = torch.rand(input_dim, codebook_dim, generator=g) * (2 * bound) - bound
+        codebook = F.normalize(torch.randn(codebook_size, codebook_dim, generator=g), dim=-1)
+        self.register_buffer("projection", projection)
+        self.register_buffer("codebook", codebook)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            z = F.normalize(x.float() @ self.projection.float(), dim=-1)  # (N, d)
+            return (z @ self.codebook.float().T).argmax(-1)  # max cosine = min L2 between unit vectors
+
+
+class BestRQObjective(PretrainingObjective):
+    """Log-mel -> frozen random-projection codes; a linear head predicts them at masked frames."""
+
+    name = "best_rq"
+    main_loss = "cross_entropy_loss"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.validate_options(config.objective_options, config)
+        self.options = options_from_dict(BestRQOptions, config.objective_options)
+        o = self.options
+        self.log_mel = LogMel(n_mels=o.num_mel_bins)
+        stack = config.frame_stride // self.log_mel.hop
+        self.quantizer = RandomProjectionQuantizer(stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed)
+        self.head = nn.Linear(config.hidden_size, o.codebook_size)
+
+    @classmethod
+    def validate_options(cls, options: dict[str, Any], config: Any = None) -> None:
+        options_from_dict(BestRQOptions, options)
+        if config is not None and config.frame_stride % 160:
+            raise ValueError(f"best_rq stacks 10 ms log-mel frames onto encoder frames: the conv stack's frame "
+                             f"stride ({config.frame_stride} samples) must be a multiple of 160")
+
+    @classmethod
+    def health_reference(cls, config: Any) -> dict[str, float]:
+        v = options_from_dict(BestRQOptions, config.objective_options).codebook_size
+        loss, acc = cls.chance(v)
+        return {"chance_loss": loss, "chance_accuracy": acc, "code_groups": 1.0, "codes_per_group": float(v),
+                "codebook_frozen": 1.0}
+
+    @torch.no_grad()
+    def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
+                negative_indices: Tensor | None = None) -> Tensor:
+        """(B, T) long codes of every frame (padded frames too; only masked ones are used)."""
+        if negative_indices is not None:
+            raise ValueError("negative_indices are distractors of the contrastive objective; the best_rq "
+                             "objective has none")
+        frame_counts(inputs.mask_indices)
+        frames = inputs.conv_features.shape[-1]
+        mel = self.log_mel.encoder_frames(inputs.waveform, frames, self.config.frame_stride,
+                                          inputs.sample_padding)  # (B, T, stack · n_mels)
+        mel = normalize_per_utterance(mel, inputs.frame_lengths)
+        return self.quantizer(mel.flatten(0, 1)).view(mel.shape[:2])
+
+    def predict(self, inputs: ObjectiveInputs, targets: Tensor) -> ObjectiveOutput:
+        """Cross-entropy of the head's V logits against each masked frame's target code."""
+        mask = inputs.mask_indices
+        target = targets[mask]  # (N,)
+        logits = self.head(inputs.context[mask]).float()  # (N, V)
+        ce_sum = F.cross_entropy(logits, target, reduction="sum")
+        num_correct = (logits.detach().argmax(-1) == target).sum()
+        return ObjectiveOutput(
+            loss_sum=ce_sum, num_masked=frame_counts(mask), num_correct=num_correct, logits=logits,
+            losses={"cross_entropy_loss": ce_sum}, weights={"cross_entropy_loss": 1.0},
+            metrics={"code_perplexity": usage_perplexity(target, self.options.codebook_size)},
+            extras={"codes": targets.masked_fill(~mask, -1)[..., None]},
+        )
