@@ -181,6 +181,25 @@ def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
     assert set(data) - {"preset"} == set(Wav2Vec2Config.tiny().to_dict())  # every field listed
 
 
+def test_hydra_selects_best_rq_with_the_model_group_and_options_reach_the_model():
+    from hydra import compose, initialize_config_dir
+
+    from wav2vec2_lite.train.config import register_configs
+
+    register_configs()
+
+    def model(*overrides):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose(config_name="pretrain_tiny", overrides=["data.manifest_dir=/x", *overrides])
+        return build_model_config(to_run_config(cfg).model)
+
+    m = model("model=tiny_best_rq", "model.objective_options.codebook_size=2048")
+    assert m.objective == "best_rq" and m.objective_options["codebook_size"] == 2048
+    assert model("model.objective=best_rq").objective_options == {}  # the paper's defaults (V = 8192)
+    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective:.*\['best_rq', 'contrastive'\]"):
+        model("model.objective=bestrq")
+
+
 # ------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:

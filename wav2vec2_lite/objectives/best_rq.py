@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.modules.log_mel import LogMel, normalize_per_utterance
+from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
     ObjectiveOutput,
@@ -67,8 +68,7 @@ class BestRQOptions:
 def usage_perplexity(codes: Tensor, num_codes: int) -> Tensor:
     """exp(entropy) of the histogram of ``codes`` (any shape, values in [0, num_codes))."""
     counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
-    probs = counts / counts.sum().clamp(min=1.0)
-    return torch.exp(-torch.xlogy(probs, probs).sum())
+    return perplexity((counts / counts.sum().clamp(min=1.0))[None, None])  # one "frame" holding the histogram
 
 
 class RandomProjectionQuantizer(nn.Module):
