@@ -1,7 +1,8 @@
 """Data pipeline: manifests, audio I/O, dataset, bucketing sampler, collate, tokenizer, validation.
 
 Flow: ``build_manifests`` -> ``validate_dataset`` -> ``AudioDataset`` ->
-``BucketBatchSampler(ds.sizes, max_tokens=...)`` -> ``collate`` -> model.
+``BucketBatchSampler(ds.sizes, max_tokens=...)`` -> ``collate`` -> model. For training,
+``pipeline.TrainingData`` builds all of it from a ``config.DataConfig`` (the ``data`` group).
 """
 
 from wav2vec2_lite.data.audio import AudioError, audio_info, load_audio, normalize

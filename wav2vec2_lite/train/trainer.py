@@ -198,7 +198,6 @@ class Trainer:
     # ------------------------------------------------------------------ one update
     def train_step(self, group: list[dict]) -> dict[str, float] | None:
         """Forward/backward over the micro-batches of one update; returns stats or None if skipped."""
-        t = self.cfg.trainer
         self.model.train()
         extra = self.task.before_update(self.model, self.update)
         lr = self.schedule.step(self.optimizer, self.update)
@@ -207,8 +206,9 @@ class Trainer:
         self.precision.unscale_(self.optimizer)
         n = totals["sample_size"]
         if n > 0:
+            scale = self.dist.world_size / n  # gradients of the global mean
             for p in params:
-                p.grad.mul_(self.dist.world_size / n)
+                p.grad.mul_(scale)
         if totals["nonfinite_loss"] > 0 or n <= 0:
             grad_norm = float("nan")
         elif self.cfg.optim.clip_norm > 0:
