@@ -17,7 +17,14 @@ from wav2vec2_lite.config import ConfigError
 from wav2vec2_lite.objectives import contrastive as contrastive_module
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.registry import OBJECTIVES, build_objective
-from wav2vec2_lite.serialization import FORMAT_VERSION, CheckpointError, load_model, save_model, upgrade_state_dict
+from wav2vec2_lite.serialization import (
+    FORMAT_VERSION,
+    CheckpointError,
+    load_model,
+    read_weights,
+    save_model,
+    upgrade_state_dict,
+)
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.tasks import PretrainTask
 
@@ -160,6 +167,7 @@ def test_version_1_folders_load_through_the_key_rename(tmp_path):
     assert "quantizer.codebook" in load_file(str(tmp_path / "m" / "model.safetensors"))
     back = load_model(tmp_path / "m")
     assert back.config == model.config
+    assert read_weights(tmp_path / "m").keys() == model.state_dict().keys()  # for training checkpoints
     for k, v in model.state_dict().items():
         assert torch.equal(v, back.state_dict()[k]), k
     # a CTC model started from the old folder gets its backbone

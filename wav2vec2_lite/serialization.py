@@ -29,7 +29,7 @@ from wav2vec2_lite.config import Wav2Vec2Config
 __all__ = [
     "find_model_folder",
     "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
-    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict",
+    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict", "read_weights",
 ]
 
 WEIGHTS_NAME = "model.safetensors"
@@ -145,40 +145,54 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     return directory
 
 
-def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_location: str = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_model`. ``cls`` overrides the saved class
-    (e.g. load a pretraining folder's backbone into ``Wav2Vec2ForCTC`` is *not* done here:
-    use ``Wav2Vec2ForCTC.from_pretraining``)."""
-    directory = Path(directory)
+def _read_info(directory: Path) -> dict[str, Any]:
+    """config.json of a saved folder: the parsed config, class name and format version."""
     cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise CheckpointError(f"{p}: missing (expected a folder written by save_model)")
     try:
         info = json.loads(cfg_path.read_text())
-        config = Wav2Vec2Config.from_dict(info["config"])
-        saved_class = info["model_class"]
-        version = int(info.get("format_version", 1))
+        return {"config": Wav2Vec2Config.from_dict(info["config"]), "model_class": info["model_class"],
+                "format_version": int(info.get("format_version", 1))}
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e
-    classes = _model_classes()
-    if cls is None:
-        if saved_class not in classes:
-            raise CheckpointError(f"{cfg_path}: unknown model_class {saved_class!r}")
-        cls = classes[saved_class]
+
+
+def read_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a folder written by :func:`save_model`, under today's key names (a
+    folder of an older ``format_version`` has its keys renamed by :func:`upgrade_state_dict`)."""
+    directory = Path(directory)
+    info = _read_info(directory)
+    w_path = directory / WEIGHTS_NAME
     try:
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
     try:
-        state = upgrade_state_dict(state, saved_class, version)
+        return upgrade_state_dict(state, info["model_class"], info["format_version"])
     except CheckpointError as e:
-        raise CheckpointError(f"{cfg_path}: {e}") from None
-    model = cls(config)
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+
+
+def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_model`. ``cls`` overrides the saved class
+    (e.g. load a pretraining folder's backbone into ``Wav2Vec2ForCTC`` is *not* done here:
+    use ``Wav2Vec2ForCTC.from_pretraining``)."""
+    directory = Path(directory)
+    info = _read_info(directory)
+    classes = _model_classes()
+    if cls is None:
+        if info["model_class"] not in classes:
+            raise CheckpointError(f"{directory / CONFIG_NAME}: unknown model_class {info['model_class']!r}")
+        cls = classes[info["model_class"]]
+    state = read_weights(directory, map_location)
+    model = cls(info["config"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{w_path}: weights do not fit {cls.__name__} with the saved config ({e})") from e
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights do not fit {cls.__name__} with the saved "
+                              f"config ({e})") from e
     return model.to(map_location)
 
 
