@@ -98,8 +98,7 @@ class BestRQObjective(PretrainingObjective):
     main_loss = "cross_entropy_loss"
 
     def __init__(self, config: Any) -> None:
-        super().__init__(config)
-        self.validate_options(config.objective_options, config)
+        super().__init__(config)  # the config validated its options (validate_options below)
         self.options = options_from_dict(BestRQOptions, config.objective_options)
         o = self.options
         self.log_mel = LogMel(n_mels=o.num_mel_bins)

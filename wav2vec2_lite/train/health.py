@@ -130,9 +130,11 @@ class HealthMonitor:
     Args:
         config: thresholds.
         task: ``"pretrain"`` or ``"finetune"``.
-        num_negatives: K (pretraining), for the chance level ln(K+1).
-        num_codes_per_group: V (pretraining), for the collapse threshold.
-        num_code_groups: G (pretraining).
+        num_negatives: K (pretraining), for the chance level ln(K+1) when a summary carries no
+            ``chance_loss`` (the training task's summaries always do, per objective).
+        num_codes_per_group: V (pretraining), for the collapse threshold when a summary carries
+            no ``code_perplexity_max``.
+        num_code_groups: G (pretraining, learned codebook).
         warmup_updates: the grace period starts after warmup.
     """
 
@@ -172,7 +174,9 @@ class HealthMonitor:
         return w
 
     def check_train(self, update: int, stats: dict[str, float]) -> list[HealthWarning]:
-        """Per-update numbers: ``contrastive_loss`` (per masked frame, nats), ``accuracy``,
+        """Per-update numbers: ``target_loss`` (the objective's main loss per masked frame, nats;
+        else ``contrastive_loss``) with ``chance_loss``, ``code_perplexity_max`` and
+        ``codebook_frozen`` (see the module docstring), ``accuracy``,
         ``code_perplexity`` (summed over groups), ``grad_norm``, ``loss_scale``, ``nonfinite``
         (1 if the step was skipped), ``ctc_inf`` (count of infinite CTC losses)."""
         if not self.cfg.enabled:
