@@ -1,4 +1,5 @@
-"""Write docs/config.md from the docstrings of ``Wav2Vec2Config`` (run after changing config.py)."""
+"""Write the model part of docs/config.md from the docstrings of ``Wav2Vec2Config`` (run after
+changing config.py). The run-config part, from ``## Run config`` on, is kept as it is."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from wav2vec2_lite.config import Wav2Vec2Config  # noqa: E402
+
+RUN_CONFIG_HEADING = "## Run config"
 
 # the paper's / fairseq's value where it differs from our BASE default or needs saying
 PAPER = {
@@ -58,7 +61,10 @@ def main() -> None:
         vals = [getattr(c, name) for c in (base, tiny, large)]
         cells = [f"`{v}`" for v in vals]
         lines.append(f"| `{name}` | {' | '.join(cells)} | {PAPER.get(name, 'same as base')} | {doc} |")
-    (ROOT / "docs" / "config.md").write_text("\n".join(lines) + "\n")
+    path = ROOT / "docs" / "config.md"
+    old = path.read_text() if path.exists() else ""
+    kept = old[old.index(RUN_CONFIG_HEADING):] if RUN_CONFIG_HEADING in old else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print("wrote docs/config.md")
 
 

@@ -161,14 +161,17 @@ def _read_info(directory: Path) -> dict[str, Any]:
 
 def read_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:
     """The tensors of a folder written by :func:`save_model`, under today's key names (a
-    folder of an older ``format_version`` has its keys renamed by :func:`upgrade_state_dict`)."""
+    folder of an older ``format_version`` has its keys renamed by :func:`upgrade_state_dict`).
+    Weights without a ``config.json`` beside them (another writer's) are returned as stored."""
     directory = Path(directory)
-    info = _read_info(directory)
     w_path = directory / WEIGHTS_NAME
+    info = _read_info(directory) if (directory / CONFIG_NAME).exists() else None
     try:
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
+    if info is None:
+        return state
     try:
         return upgrade_state_dict(state, info["model_class"], info["format_version"])
     except CheckpointError as e:

@@ -35,8 +35,12 @@ def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str =
     model = load_model(model_dir)
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise TypeError(f"{model_dir}: codebook usage needs a pretraining model, found {type(model).__name__}")
-    model.eval()
     cfg = model.config
+    if cfg.objective != "contrastive":
+        raise TypeError(f"{model_dir}: codebook usage is that of the contrastive objective's learned codebook; "
+                        f"this model's objective is {cfg.objective!r}, whose valid code usage is logged as "
+                        f"code_perplexity in metrics.jsonl")
+    model.eval()
     counts = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.long)
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     for rel in manifest.paths[:limit]:

@@ -39,7 +39,7 @@ from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
 from wav2vec2_lite.serialization import (
-    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, save_model,
+    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, read_weights, save_model,
 )
 from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
 
@@ -229,13 +229,7 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module | None = None) -
         raise CheckpointError(f"{weights}: content does not match the sha256 recorded in {folder / STATE_FILE} "
                               f"(corrupt, truncated, or replaced after saving)")
     if model is not None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(weights), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{weights}: unreadable safetensors file ({e})") from e
+        tensors = read_weights(folder)  # today's key names, also for an older format_version
         missing, unexpected = _load_into(model, tensors)
         if missing or unexpected:
             raise CheckpointError(f"{weights}: does not fit the model (missing {missing[:5]}, "
