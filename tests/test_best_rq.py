@@ -1,4 +1,9 @@
-"""BEST-RQ targets: log-mel alignment, a frozen random-projection quantizer, and a tiny run that learns."""
+"""BEST-RQ targets: log-mel alignment, frozen normalisation, a frozen random-projection quantizer,
+and tiny runs that learn.
+
+``OMP_NUM_THREADS=1 python tests/test_best_rq.py`` prints the code-usage measurements quoted in
+docs/objectives.md (both normalisations, V = 1024 and 8192, espeak and toy corpora).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import yaml
 from _helpers import deep_merge
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError
-from wav2vec2_lite.modules.log_mel import LogMel, mel_filterbank, normalize_per_utterance
+from wav2vec2_lite.modules.log_mel import FrozenNormalization, LogMel, mel_filterbank, normalize_per_utterance
 from wav2vec2_lite.objectives.best_rq import RandomProjectionQuantizer, usage_perplexity
 from wav2vec2_lite.serialization import load_model, save_model
 from wav2vec2_lite.train.config import build_model_config, to_run_config
@@ -84,13 +89,16 @@ def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stac
         assert torch.allclose(out[0].reshape(-1, 80)[: ref.shape[0]], ref, atol=1e-4), n
 
 
-def test_padded_batch_gives_the_same_targets_as_one_at_a_time():
+@pytest.mark.parametrize("normalization", ["global", "utterance"])
+def test_padded_batch_gives_the_same_targets_as_one_at_a_time(normalization):
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(brq()).eval()
+    model = Wav2Vec2ForPreTraining(brq(objective_options={"normalization": normalization})).eval()
     wave = torch.randn(2, 6000)
     pad = torch.zeros(2, 6000, dtype=torch.bool)
     pad[1, 4100:] = True
     wave[1, 4100:] = 3.0  # garbage in the padding must not matter
+    if normalization == "global":
+        assert model.objective.fit_normalization(wave, pad) == 18 + 12  # valid frames only
     mask = torch.zeros(2, 18, dtype=torch.bool)
     mask[:, 2:9] = True
     both = model(wave, pad, mask_indices=mask).codes[..., 0]
@@ -106,6 +114,58 @@ def test_per_utterance_normalisation_ignores_padded_frames():
     assert torch.allclose(y[0].mean(0), torch.zeros(3), atol=1e-5)
     assert torch.allclose(y[0].std(0, unbiased=False), torch.ones(3), atol=1e-3)
     assert (y[1, 6:] == 0).all()
+
+
+def test_frozen_normalisation_merges_batches_exactly_then_freezes_at_its_limit():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 10, 3, generator=g) * 4 + 1, torch.randn(1, 30, 3, generator=g) * 2 - 3
+    la = torch.tensor([10, 6])  # the padded frames of `a` must not count
+    norm = FrozenNormalization(3, limit=40)
+    assert not norm.has_statistics and not norm.is_frozen
+    with pytest.raises(RuntimeError, match="not been estimated"):
+        norm(a)
+    norm.update(a, la)
+    assert int(norm.frames) == 16 and not norm.is_frozen
+    norm.update(b)
+    seen = torch.cat([a[0], a[1, :6], b[0]]).double()  # the 46 valid frames, all at once
+    assert int(norm.frames) == 46 and norm.is_frozen
+    assert torch.allclose(norm.mean.double(), seen.mean(0), atol=1e-5)
+    assert torch.allclose(norm.var.double(), seen.var(0, unbiased=False), atol=1e-4)
+    frozen = {k: v.clone() for k, v in norm.state_dict().items()}
+    norm.update(a * 100)  # frozen: nothing changes any more
+    assert all(torch.equal(v, frozen[k]) for k, v in norm.state_dict().items())
+    y = norm(a, la)
+    assert torch.allclose(y[0], (a[0] - norm.mean) / (norm.var + 1e-5).sqrt(), atol=1e-6) and (y[1, 6:] == 0).all()
+    norm.fit(b)  # fit: these frames alone, frozen at once whatever the limit
+    assert int(norm.frames) == 30 and norm.is_frozen
+    assert torch.allclose(norm.mean, b[0].mean(0), atol=1e-5)
+    assert {n for n, _ in norm.named_buffers()} == {"mean", "var", "frames", "frozen"}
+
+
+def test_statistics_come_from_the_first_training_frames_then_freeze():
+    torch.manual_seed(0)
+    model = Wav2Vec2ForPreTraining(brq(objective_options={"normalization_frames": 40}))
+    norm = model.objective.normalization
+    wave = torch.randn(1, 6000)  # 18 frames
+    with pytest.raises(RuntimeError, match="not been estimated"):
+        model.eval()(wave)  # eval mode never estimates them
+    model.train()
+    for expected in (18, 36, 54):
+        model(wave * expected, generator=torch.Generator().manual_seed(0))
+        assert int(norm.frames) == expected and norm.is_frozen == (expected >= 40)
+    stats = {k: v.clone() for k, v in norm.state_dict().items()}
+    model(torch.randn(2, 9000) * 7, generator=torch.Generator().manual_seed(0))  # frozen now
+    model.eval()(torch.randn(1, 6000))
+    assert all(torch.equal(v, stats[k]) for k, v in norm.state_dict().items())
+    utt = Wav2Vec2ForPreTraining(brq(objective_options={"normalization": "utterance"})).objective
+    assert utt.normalization is None
+    with pytest.raises(ValueError, match="normalization='utterance'"):
+        utt.fit_normalization(wave)
+    # a list of waves is padded to a batch; too-short waves give no frame
+    obj = Wav2Vec2ForPreTraining(brq()).objective
+    assert obj.fit_normalization([torch.randn(6000), torch.randn(4100)]) == 18 + 12
+    with pytest.raises(ValueError, match="no valid frame"):
+        obj.fit_normalization(torch.randn(1, 300))
 
 
 # ------------------------------------------------------------------------- frozen quantizer
@@ -138,13 +198,16 @@ def test_frozen_parts_get_no_gradient_and_the_head_and_backbone_do():
     assert model.wav2vec2.feature_encoder.conv_layers[0].conv.weight.grad.abs().sum() > 0
     assert {k for k in model.state_dict() if k.startswith("objective.")} == {
         "objective.quantizer.projection", "objective.quantizer.codebook", "objective.head.weight",
-        "objective.head.bias"}
+        "objective.head.bias", "objective.normalization.mean", "objective.normalization.var",
+        "objective.normalization.frames", "objective.normalization.frozen"}
 
 
 def test_loss_is_cross_entropy_against_the_codes_of_masked_frames():
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(brq()).eval()
-    out = model(torch.randn(2, 6000), generator=torch.Generator().manual_seed(2))
+    wave = torch.randn(2, 6000)
+    model.objective.fit_normalization(wave)
+    out = model(wave, generator=torch.Generator().manual_seed(2))
     mask = out.mask_indices
     target = out.codes[mask][:, 0]
     assert (out.codes[~mask] == -1).all() and (target >= 0).all()
@@ -168,6 +231,10 @@ def test_options_are_validated_by_the_objective_and_named():
         brq(objective_options={"codebook_dim": 0})
     with pytest.raises(ConfigError, match=r"objective_options.*multiple of 160"):
         brq(conv_kernel=(10, 3), conv_stride=(5, 2), conv_dim=(32, 32))
+    with pytest.raises(ConfigError, match=r"objective_options.*normalization must be one of \['global', 'utterance'\]"):
+        brq(objective_options={"normalization": "batch"})
+    with pytest.raises(ConfigError, match=r"objective_options.*normalization_frames must be a positive int"):
+        brq(objective_options={"normalization_frames": 0})
 
 
 def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
@@ -175,7 +242,8 @@ def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
     cfg = build_model_config(data)
     assert cfg == Wav2Vec2Config.tiny(objective="best_rq", mask_time_prob=0.6, mask_time_length=8,
                                       objective_options={"codebook_size": 1024, "codebook_dim": 16,
-                                                         "num_mel_bins": 80, "seed": 0})
+                                                         "num_mel_bins": 80, "seed": 0, "normalization": "global",
+                                                         "normalization_frames": 2000})
     assert set(data) - {"preset"} == set(Wav2Vec2Config.tiny().to_dict())  # every field listed
 
 
@@ -204,10 +272,25 @@ def corpus(tmp_path_factory) -> Path:
     return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=80, valid=40, seed=0, min_words=2, max_words=3)
 
 
-def run_cfg(corpus: Path, **over):
+ESPEAK = dict(seed=0, workers=1, unlabeled_minutes=1.5, train_10min_minutes=0.1, train_1h_minutes=0.1,
+              valid_minutes=1.0, test_minutes=0.1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def espeak_corpus(tmp_path_factory) -> Path:
+    """The project's offline eSpeak NG corpus, tiny (1.5 min to train on, 1 min to validate; ~3 s to build)."""
+    pytest.importorskip("espeakng_loader")
+    from wav2vec2_lite.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("espeak") / "demo"
+    build_corpus(out, **ESPEAK)
+    return out
+
+
+def run_cfg(corpus: Path, *, options: dict | None = None, **over):
     model = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
                  pos_conv_kernel=16, pos_conv_groups=16, layerdrop=0.0, feature_grad_mult=1.0,
-                 objective="best_rq", objective_options={"codebook_size": V, "codebook_dim": 16},
+                 objective="best_rq", objective_options={"codebook_size": V, "codebook_dim": 16, **(options or {})},
                  mask_time_prob=0.6, mask_time_length=4)
     base = {"task": "pretrain", "model": model,
             "data": {"manifest_dir": str(corpus), "max_sample_size": 12000, "min_sample_size": 4000,
@@ -219,39 +302,73 @@ def run_cfg(corpus: Path, **over):
 
 
 def test_codes_survive_training_updates_and_save_load(corpus, tmp_path):
-    trainer = Trainer(run_cfg(corpus), tmp_path / "run")
-    model = trainer.model
-    before = {k: v.clone() for k, v in model.objective.quantizer.state_dict().items()}
-    head_before = model.objective.head.weight.detach().clone()
+    """Statistics frozen after the first update (150-frame batches, limit 100 frames); then 2 more
+    updates (resumed from the training checkpoint) and a save/load leave every code unchanged."""
+    options = {"normalization_frames": 100}
+    first = Trainer(run_cfg(corpus, options=options, trainer={"max_updates": 1}), tmp_path / "run")
+    first.fit()
+    obj = first.model.objective
+    assert obj.normalization.is_frozen and int(obj.normalization.frames) >= 100
+    before = {k: v.clone() for k, v in obj.state_dict().items() if not k.startswith("head.")}
+    head_before = obj.head.weight.detach().clone()
+    wave = torch.randn(2, 6000, generator=torch.Generator().manual_seed(5))
+    mask = torch.zeros(2, 18, dtype=torch.bool)
+    mask[:, 3:12] = True
+    codes = first.model.eval()(wave, mask_indices=mask).codes
+    assert (codes[mask] >= 0).all()
+
+    trainer = Trainer(run_cfg(corpus, options=options, trainer={"max_updates": 3}), tmp_path / "run")  # resumes
+    assert trainer.update == 1
     trainer.fit()
-    assert trainer.update == 2
+    assert trainer.update == 3
+    model = trainer.model
     assert not torch.equal(model.objective.head.weight, head_before)  # the head trained
-    for k, v in model.objective.quantizer.state_dict().items():
-        assert torch.equal(v, before[k]), k  # the targets did not
+    for k, v in model.objective.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, before[k]), k  # the targets did not: quantizer and statistics
+    assert torch.equal(model.eval()(wave, mask_indices=mask).codes, codes)
     save_model(model, tmp_path / "saved")
     back = load_model(tmp_path / "saved")
-    for k, v in back.objective.quantizer.state_dict().items():
-        assert torch.equal(v, before[k]), k
-    wave = torch.randn(1, 6000)
-    mask = torch.zeros(1, 18, dtype=torch.bool)
-    mask[0, 3:12] = True
-    assert torch.equal(back.eval()(wave, mask_indices=mask).codes, model.eval()(wave, mask_indices=mask).codes)
+    for k, v in back.objective.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, before[k]), k
+    assert torch.equal(back.eval()(wave, mask_indices=mask).codes, codes)
+    back.train()(wave, mask_indices=mask)  # a training forward of the loaded model: still frozen
+    assert torch.equal(back.eval()(wave, mask_indices=mask).codes, codes)
 
 
-def test_tiny_run_beats_chance_with_widely_used_codes(corpus, tmp_path):
-    """Valid cross-entropy below ln V; the valid targets use many codes.
+TINY_RUN = dict(schedule={"warmup_updates": 20}, trainer={"max_updates": 150, "log_interval": 50},
+                health={"grace_updates": 100, "window": 10})
 
-    The toy corpus (8 stationary synthetic phones) limits the targets' code-usage perplexity
-    to about 110-120 of V = 1024 however many utterances are drawn (its normalised log-mel
-    frames are nearly low-rank: the first principal component holds ~40 % of the variance),
-    so the bound here is V / 16; isotropic inputs reach V / 4 (the quantizer test above).
+
+def test_tiny_run_on_espeak_speech_beats_chance_with_widely_used_codes(espeak_corpus, tmp_path):
+    """Valid cross-entropy below ln V; the valid targets' code-usage perplexity >= V / 16.
+
+    V / 4 is not a property of the method on this audio: the stacked log-mel frames of speech
+    are far from isotropic (the first principal component of the normalised frames holds
+    ~50 % of the variance), so with d = 16 the frozen quantizer uses about 90-115 codes of
+    V = 1024 on this corpus with either normalisation (docs/objectives.md has the table;
+    isotropic inputs reach V / 4, see the quantizer test above). Measured here: ~90.
     """
-    cfg = run_cfg(corpus, schedule={"warmup_updates": 20}, trainer={"max_updates": 150, "log_interval": 50},
-                  health={"grace_updates": 100, "window": 10})
-    result = Trainer(cfg, tmp_path).fit()
-    valid = result["valid"]
+    cfg = run_cfg(espeak_corpus, data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
+                  **TINY_RUN)
+    trainer = Trainer(cfg, tmp_path)
+    valid = trainer.fit()["valid"]
     print({k: round(v, 3) for k, v in valid.items()})
+    assert trainer.model.objective.normalization.is_frozen  # 2000 frames seen by update ~11 of 150
     assert valid["cross_entropy_loss"] < math.log(V) - 1.0
     assert valid["target_loss"] == valid["cross_entropy_loss"] and valid["chance_loss"] == math.log(V)
+    assert valid["masked_frames"] > 1000
     assert valid["code_perplexity_set"] >= V / 16
+    assert valid["accuracy"] > 20 / V
+
+
+def test_tiny_run_on_the_toy_corpus_beats_chance(corpus, tmp_path):
+    """Without eSpeak: the same on the 8-phone synthetic corpus, whose targets use fewer codes
+    (~50 of 1024 with global statistics, ~110 per utterance; docs/objectives.md)."""
+    trainer = Trainer(run_cfg(corpus, **TINY_RUN), tmp_path)
+    valid = trainer.fit()["valid"]
+    print({k: round(v, 3) for k, v in valid.items()})
+    assert valid["cross_entropy_loss"] < math.log(V) - 1.0
+    assert valid["code_perplexity_set"] >= V / 32
     assert valid["accuracy"] > 5 / V

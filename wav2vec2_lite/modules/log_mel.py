@@ -15,6 +15,10 @@ right-padded with zeros, as padded samples of a batch are.
 
 All computation is float32 with autocast off; the filterbank and window are
 non-persistent buffers (rebuilt from the hyperparameters, never saved).
+
+Normalisation of the (stacked) frames: :class:`FrozenNormalization` (per-dimension mean and
+standard deviation estimated once, then frozen and saved as buffers) or
+:func:`normalize_per_utterance` (each utterance by its own valid frames).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["LogMel", "mel_filterbank", "normalize_per_utterance"]
+__all__ = ["LogMel", "mel_filterbank", "normalize_per_utterance", "FrozenNormalization", "valid_frames"]
 
 
 def _hz_to_mel(f: float | Tensor) -> float | Tensor:
@@ -44,20 +48,96 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0
     return torch.clamp(torch.minimum(rise, fall), min=0.0).float()
 
 
+def valid_frames(x: Tensor, lengths: Tensor | None = None) -> Tensor:
+    """(B, M) bool, True at each utterance's first ``lengths`` frames of ``x`` (B, M, F) (None: all)."""
+    if lengths is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    return torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+
+
 def normalize_per_utterance(x: Tensor, lengths: Tensor | None = None, eps: float = 1e-5) -> Tensor:
     """Zero mean, unit variance per feature over each utterance's first ``lengths`` frames.
 
     x: (B, M, F); lengths: (B,) valid frames (None: all). Padded frames are set to 0.
     """
-    if lengths is None:
-        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-    else:
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
-    w = valid[..., None].to(x.dtype)
+    w = valid_frames(x, lengths)[..., None].to(x.dtype)
     count = w.sum(1, keepdim=True).clamp(min=1.0)
     mean = (x * w).sum(1, keepdim=True) / count
     var = ((x - mean).pow(2) * w).sum(1, keepdim=True) / count
     return ((x - mean) / (var + eps).sqrt()) * w
+
+
+class FrozenNormalization(nn.Module):
+    """Per-dimension ``(x - mean) / sqrt(var + eps)`` with statistics estimated once, then frozen.
+
+    Buffers (saved with the model, never trained): ``mean`` and ``var`` (F,) of the frames
+    seen so far, ``frames`` (long: how many) and ``frozen`` (bool). :meth:`update` merges
+    the valid frames of a batch into the statistics (exactly, as if all frames had been
+    seen at once) until ``frames >= limit``, after which they are frozen and never change
+    again; :meth:`fit` sets them from one batch and freezes them at once. :meth:`forward`
+    only applies them.
+    """
+
+    def __init__(self, num_features: int, limit: int = 2000, eps: float = 1e-5) -> None:
+        super().__init__()
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1 frame (got {limit})")
+        self.limit, self.eps = limit, eps
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("var", torch.ones(num_features))
+        self.register_buffer("frames", torch.zeros((), dtype=torch.long))
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def is_frozen(self) -> bool:
+        return bool(self.frozen)
+
+    @property
+    def has_statistics(self) -> bool:
+        """Whether any frame has been seen (``frames > 0``)."""
+        return int(self.frames) > 0
+
+    @torch.no_grad()
+    def update(self, x: Tensor, lengths: Tensor | None = None) -> None:
+        """Merge the valid frames of ``x`` (B, M, F) (``lengths``: (B,) valid frames; None: all)
+        into the statistics, in float64; freeze them once ``limit`` frames have been seen.
+        A no-op once frozen."""
+        if self.is_frozen:
+            return
+        batch = x[valid_frames(x, lengths)].double()  # (N, F)
+        n_b = batch.shape[0]
+        if n_b == 0:
+            return
+        n_a = int(self.frames)
+        mean_b = batch.mean(0)
+        m2_b = (batch - mean_b).pow(2).sum(0)
+        mean_a, m2_a = self.mean.double(), self.var.double() * n_a
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        self.mean.copy_(mean_a + delta * (n_b / n))
+        self.var.copy_((m2_a + m2_b + delta.pow(2) * (n_a * n_b / n)) / n)  # Chan et al.'s pairwise merge
+        self.frames.fill_(n)
+        if n >= self.limit:
+            self.frozen.fill_(True)
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, lengths: Tensor | None = None) -> None:
+        """Set the statistics from the valid frames of ``x`` alone and freeze them (whatever
+        ``limit`` says); a ``ValueError`` if there is no valid frame."""
+        if not bool(valid_frames(x, lengths).any()):
+            raise ValueError("no valid frame to estimate the normalisation statistics from")
+        self.frames.zero_()
+        self.frozen.fill_(False)
+        self.update(x, lengths)
+        self.frozen.fill_(True)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """(B, M, F) -> normalised frames in float32; padded frames (beyond ``lengths``) set to 0."""
+        if not self.has_statistics:
+            raise RuntimeError("the normalisation statistics have not been estimated yet: run a training "
+                               "forward (which estimates them) or fit them first")
+        w = valid_frames(x, lengths)[..., None].to(torch.float32)
+        return (x.float() - self.mean.float()) / (self.var.float() + self.eps).sqrt() * w
 
 
 class LogMel(nn.Module):

@@ -2,13 +2,28 @@
 
 Targets: 80-dim log-mel frames (25 ms window, 10 ms hop) of the *unmasked* wave, two
 stacked per 20 ms encoder frame (:meth:`LogMel.encoder_frames`), normalised to zero mean
-and unit variance per dimension over each utterance's valid frames (SpeechBrain's recipe:
-``InputNormalization(norm_type="sentence")``; no statistics to estimate, store or freeze),
-projected by a frozen Xavier-uniform matrix A (input_dim × d) and assigned to the nearest
-entry of a frozen codebook of V L2-normalised Gaussian vectors (nearest in L2 after
-normalising the projection = highest cosine). A and the codebook are drawn from
-``torch.Generator().manual_seed(seed)`` and stored as buffers: saved with the model,
-never trained.
+and unit variance per dimension, projected by a frozen Xavier-uniform matrix A
+(input_dim × d) and assigned to the nearest entry of a frozen codebook of V L2-normalised
+Gaussian vectors (nearest in L2 after normalising the projection = highest cosine). A and
+the codebook are drawn from ``torch.Generator().manual_seed(seed)`` and stored as buffers:
+saved with the model, never trained.
+
+Normalisation (option ``normalization``):
+
+* ``"global"`` (default): one per-dimension mean and variance
+  (:class:`~wav2vec2_lite.modules.log_mel.FrozenNormalization`, buffers
+  ``objective.normalization.{mean,var,frames,frozen}``), accumulated over the valid frames
+  of the training batches (train mode) until ``normalization_frames`` frames (default
+  2000 = 40 s of audio) have been seen, each batch merged in before its own targets are
+  computed; then frozen: never updated again, saved and loaded with the model (training
+  checkpoints too), so from then on the codes of an utterance never change.
+  :meth:`BestRQObjective.fit_normalization` estimates them on given audio and freezes
+  them at once (call it before training to have the same targets from the first update).
+  Eval mode never updates them; an eval forward before any statistics exist is an error.
+  Under DDP each rank accumulates its own frames; DDP broadcasts rank 0's buffers before
+  every forward, so all ranks use rank 0's statistics.
+* ``"utterance"``: each utterance by its own valid frames (SpeechBrain's recipe,
+  ``InputNormalization(norm_type="sentence")``); no statistics.
 
 Loss: a linear head maps each masked frame's context vector to V logits; cross-entropy
 with the target code, summed over masked frames. Chance level: ln V nats per frame.
@@ -23,13 +38,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.log_mel import LogMel, normalize_per_utterance
+from wav2vec2_lite.modules.log_mel import FrozenNormalization, LogMel, normalize_per_utterance
 from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
@@ -39,7 +54,9 @@ from wav2vec2_lite.objectives.base import (
     options_from_dict,
 )
 
-__all__ = ["BestRQOptions", "RandomProjectionQuantizer", "BestRQObjective", "usage_perplexity"]
+__all__ = ["BestRQOptions", "RandomProjectionQuantizer", "BestRQObjective", "usage_perplexity", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("global", "utterance")
 
 
 @dataclass(kw_only=True)
@@ -54,9 +71,20 @@ class BestRQOptions:
     """Mel bins of the log-mel front end (the paper: 80)."""
     seed: int = 0
     """Seed of the generator that draws the frozen projection and codebook."""
+    normalization: str = "global"
+    """``global``: per-dimension mean/std estimated on the first ``normalization_frames``
+    training frames, then frozen buffers; ``utterance``: each utterance normalised by its
+    own frames (SpeechBrain's recipe)."""
+    normalization_frames: int = 2000
+    """``global``: valid encoder frames (20 ms each; 2000 = 40 s of audio) the statistics are
+    estimated on before they freeze."""
 
     def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)} (got {self.normalization!r})")
         for f in fields(self):
+            if f.name == "normalization":
+                continue
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "seed" else 1):
                 raise ValueError(f"{f.name} must be a {'non-negative' if f.name == 'seed' else 'positive'} int "
@@ -104,6 +132,8 @@ class BestRQObjective(PretrainingObjective):
         self.log_mel = LogMel(n_mels=o.num_mel_bins)
         stack = config.frame_stride // self.log_mel.hop
         self.quantizer = RandomProjectionQuantizer(stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed)
+        self.normalization = (FrozenNormalization(stack * o.num_mel_bins, limit=o.normalization_frames)
+                              if o.normalization == "global" else None)
         self.head = nn.Linear(config.hidden_size, o.codebook_size)
 
     @classmethod
@@ -120,18 +150,63 @@ class BestRQObjective(PretrainingObjective):
         return {"chance_loss": loss, "chance_accuracy": acc, "code_groups": 1.0, "codes_per_group": float(v),
                 "codebook_frozen": 1.0}
 
+    def _features(self, waveform: Tensor, sample_padding: Tensor | None, frames: int) -> Tensor:
+        """(B, T, stack · n_mels) log-mel frames on the encoder's frames, not normalised."""
+        return self.log_mel.encoder_frames(waveform, frames, self.config.frame_stride, sample_padding)
+
+    def _frame_lengths(self, samples: Tensor) -> Tensor:
+        """(B,) encoder frames of utterances of ``samples`` samples: floor((S - R) / J) + 1, at least 0."""
+        r, j = self.config.receptive_field, self.config.frame_stride
+        return torch.div(samples - r, j, rounding_mode="floor").add(1).clamp(min=0)
+
+    @torch.no_grad()
+    def fit_normalization(self, waveform: Tensor | Sequence[Tensor], sample_padding: Tensor | None = None) -> int:
+        """Estimate the normalisation statistics on ``waveform`` alone and freeze them.
+
+        ``waveform``: a (B, S) batch with ``sample_padding`` (True at padded samples), or a
+        list of 1-D waves. Call it before training (every code computed earlier is then
+        stale). Returns the number of frames used. Only for ``normalization="global"``.
+        """
+        if self.normalization is None:
+            raise ValueError("fit_normalization: this objective normalises each utterance by its own frames "
+                             "(normalization='utterance'); there are no statistics to estimate")
+        if not isinstance(waveform, Tensor):
+            waves = [torch.as_tensor(w).flatten() for w in waveform]
+            longest = max(w.shape[0] for w in waves)
+            sample_padding = torch.stack([torch.arange(longest) >= w.shape[0] for w in waves])
+            waveform = torch.stack([F.pad(w.float(), (0, longest - w.shape[0])) for w in waves])
+        device = self.quantizer.codebook.device
+        waveform = waveform.to(device)
+        samples = torch.full((waveform.shape[0],), waveform.shape[1], device=device)
+        if sample_padding is not None:
+            sample_padding = sample_padding.to(device)
+            samples = samples - sample_padding.sum(1)
+        lengths = self._frame_lengths(samples)
+        frames = int(self._frame_lengths(samples.new_tensor(waveform.shape[1])))
+        mel = self._features(waveform, sample_padding, frames)
+        self.normalization.fit(mel, lengths)
+        return int(self.normalization.frames)
+
     @torch.no_grad()
     def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
                 negative_indices: Tensor | None = None) -> Tensor:
-        """(B, T) long codes of every frame (padded frames too; only masked ones are used)."""
+        """(B, T) long codes of every frame (padded frames too; only masked ones are used).
+
+        With ``normalization="global"`` in train mode, this batch's valid frames are merged
+        into the normalisation statistics first, until they are frozen.
+        """
         if negative_indices is not None:
             raise ValueError("negative_indices are distractors of the contrastive objective; the best_rq "
                              "objective has none")
         frame_counts(inputs.mask_indices)
-        frames = inputs.conv_features.shape[-1]
-        mel = self.log_mel.encoder_frames(inputs.waveform, frames, self.config.frame_stride,
-                                          inputs.sample_padding)  # (B, T, stack · n_mels)
-        mel = normalize_per_utterance(mel, inputs.frame_lengths)
+        mel = self._features(inputs.waveform, inputs.sample_padding,
+                             inputs.conv_features.shape[-1])  # (B, T, stack · n_mels)
+        if self.normalization is None:
+            mel = normalize_per_utterance(mel, inputs.frame_lengths)
+        else:
+            if self.training:
+                self.normalization.update(mel, inputs.frame_lengths)  # a no-op once frozen
+            mel = self.normalization(mel, inputs.frame_lengths)
         return self.quantizer(mel.flatten(0, 1)).view(mel.shape[:2])
 
     def predict(self, inputs: ObjectiveInputs, targets: Tensor) -> ObjectiveOutput:
