@@ -17,7 +17,12 @@ import yaml
 from _helpers import deep_merge
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError
-from wav2vec2_lite.modules.log_mel import FrozenNormalization, LogMel, mel_filterbank, normalize_per_utterance
+from wav2vec2_lite.modules.log_mel import (
+    FrozenNormalization,
+    LogMel,
+    mel_filterbank,
+    normalize_per_utterance,
+)
 from wav2vec2_lite.objectives.best_rq import RandomProjectionQuantizer, usage_perplexity
 from wav2vec2_lite.serialization import load_model, save_model
 from wav2vec2_lite.train.config import build_model_config, to_run_config
@@ -346,8 +351,8 @@ def test_tiny_run_on_espeak_speech_beats_chance_with_widely_used_codes(espeak_co
 
     V / 4 is not a property of the method on this audio: the stacked log-mel frames of speech
     are far from isotropic (the first principal component of the normalised frames holds
-    ~50 % of the variance), so with d = 16 the frozen quantizer uses about 90-115 codes of
-    V = 1024 on this corpus with either normalisation (docs/objectives.md has the table;
+    ~50 % of the variance, the frame's overall level), so with d = 16 the frozen quantizer
+    uses about 90-105 codes of V = 1024 on this corpus with either normalisation (docs/objectives.md has the table;
     isotropic inputs reach V / 4, see the quantizer test above). Measured here: ~90.
     """
     cfg = run_cfg(espeak_corpus, data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
@@ -372,3 +377,91 @@ def test_tiny_run_on_the_toy_corpus_beats_chance(corpus, tmp_path):
     assert valid["cross_entropy_loss"] < math.log(V) - 1.0
     assert valid["code_perplexity_set"] >= V / 32
     assert valid["accuracy"] > 5 / V
+
+
+# ------------------------------------------------------------------------- measurements (not a test)
+def _valid_code_perplexity(obj, waves: list[torch.Tensor]) -> tuple[float, float]:
+    """(code-usage perplexity of every valid frame's target, first principal component's share of
+    the normalised frames' variance) over whole utterances, with ``obj``'s normalisation."""
+    feats = []
+    for w in waves:
+        t = int(obj._frame_lengths(torch.tensor(w.shape[0])))
+        mel = obj._features(w[None], None, t)
+        feats.append(normalize_per_utterance(mel)[0] if obj.normalization is None else obj.normalization(mel)[0])
+    x = torch.cat(feats)
+    s = torch.linalg.svdvals(x - x.mean(0))
+    return float(usage_perplexity(obj.quantizer(x), obj.options.codebook_size)), float(s[0] ** 2 / (s**2).sum())
+
+
+def measure(out: Path) -> None:
+    """The numbers of docs/objectives.md: valid code usage of the targets and tiny runs, per corpus,
+    normalisation and V."""
+    import tempfile
+
+    import soundfile as sf
+
+    from wav2vec2_lite.corpus import build_corpus
+    from wav2vec2_lite.data.manifest import read_manifest
+
+    corpora = {"toy": (make_toy_corpus(out / "toy", train=80, valid=40, seed=0, min_words=2, max_words=3), "train")}
+    build_corpus(out / "espeak", **{**ESPEAK, "unlabeled_minutes": 3.0, "valid_minutes": 2.0})
+    corpora["espeak"] = (out / "espeak", "unlabeled")
+
+    def waves(manifest: Path) -> list[torch.Tensor]:
+        m = read_manifest(manifest)
+        return [torch.from_numpy(sf.read(Path(m.root) / rel, dtype="float32")[0]) for rel in m.paths]
+
+    for name, (path, train_subset) in corpora.items():
+        train, valid = waves(path / f"{train_subset}.tsv"), waves(path / "valid.tsv")
+        print(f"== {name}: {len(valid)} valid utterances, {sum(w.shape[0] for w in valid) / 16000:.0f} s")
+        for norm in ("global", "utterance"):
+            for v in (1024, 8192):
+                obj = Wav2Vec2ForPreTraining(brq(objective_options={"codebook_size": v, "normalization": norm})).objective
+                if norm == "global":  # the first 2000 frames of the training manifest, as a run would
+                    first, frames = [], 0
+                    while frames < 2000:
+                        first.append(train[len(first)])
+                        frames += (first[-1].shape[0] - 400) // 320 + 1
+                    obj.fit_normalization(first)
+                ppl, pc1 = _valid_code_perplexity(obj, valid)
+                cfg = run_cfg(path, options={"codebook_size": v, "normalization": norm},
+                              data={"train_subset": train_subset, "max_sample_size": 64000, "max_tokens": 64000},
+                              **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}})
+                with tempfile.TemporaryDirectory() as d:
+                    r = Trainer(cfg, d).fit()["valid"]
+                print(f"  {norm:9s} V={v:5d}: targets of all valid frames: perplexity {ppl:6.1f} (V/{v / ppl:4.1f}), "
+                      f"PC1 {pc1:.2f} | tiny run (150 updates): valid CE {r['cross_entropy_loss']:.2f} "
+                      f"(ln V {math.log(v):.2f}), accuracy {r['accuracy']:.3f}, masked-frame code perplexity "
+                      f"{r['code_perplexity_set']:.1f} over {r['masked_frames']:.0f} frames")
+        # not BEST-RQ's settings, for reference: a narrower projection, and whitened (decorrelated) frames
+        x = torch.cat([obj._features(w[None], None, int(obj._frame_lengths(torch.tensor(w.shape[0]))))[0]
+                       for w in valid])
+        level = x.mean(1)  # each frame's mean log-mel
+        x = (x - x.mean(0)) / x.std(0)
+        pc1 = torch.linalg.svd(x, full_matrices=False)[2][0]
+        corr = float(torch.corrcoef(torch.stack([x @ pc1, level]))[0, 1].abs())
+        print(f"  first principal component: loadings all of one sign {bool((pc1 > 0).all() or (pc1 < 0).all())}, "
+              f"|correlation| of its score with the frame's mean log-mel {corr:.4f}")
+        narrow = {d: float(usage_perplexity(RandomProjectionQuantizer(160, d, 1024, 0)(x), 1024)) for d in (4, 8)}
+        e, u = torch.linalg.eigh(x.T @ x / len(x))
+        white = float(usage_perplexity(RandomProjectionQuantizer(160, 16, 1024, 0)(x @ u / e.clamp(min=1e-6).sqrt()), 1024))
+        print(f"  reference, V=1024, valid statistics: d=4 {narrow[4]:.1f}, d=8 {narrow[8]:.1f}, "
+              f"whitened frames (d=16) {white:.1f}")
+    cfg = run_cfg(out / "espeak", options={"normalization_frames": 1},
+                  data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
+                  **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}})
+    with tempfile.TemporaryDirectory() as d:
+        trainer = Trainer(cfg, d)
+        r = trainer.fit()["valid"]
+    print(f"== espeak, global statistics of the first batch only ({int(trainer.model.objective.normalization.frames)} "
+          f"frames), V=1024: tiny-run masked-frame code perplexity {r['code_perplexity_set']:.1f}")
+    q = RandomProjectionQuantizer(160, 16, 1024, seed=0)
+    iso = usage_perplexity(q(torch.randn(20000, 160, generator=torch.Generator().manual_seed(0))), 1024)
+    print(f"== isotropic Gaussian inputs (20000 frames), V=1024: perplexity {float(iso):.1f}")
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measure(Path(tmp))

@@ -29,7 +29,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-__all__ = ["LogMel", "mel_filterbank", "normalize_per_utterance", "FrozenNormalization", "valid_frames"]
+__all__ = ["FrozenNormalization", "LogMel", "mel_filterbank", "normalize_per_utterance", "valid_frames"]
 
 
 def _hz_to_mel(f: float | Tensor) -> float | Tensor:
@@ -134,8 +134,8 @@ class FrozenNormalization(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, M, F) -> normalised frames in float32; padded frames (beyond ``lengths``) set to 0."""
         if not self.has_statistics:
-            raise RuntimeError("the normalisation statistics have not been estimated yet: run a training "
-                               "forward (which estimates them) or fit them first")
+            raise RuntimeError("the normalisation statistics have not been estimated yet: run a train-mode "
+                               "forward (which estimates them) or fit them first (BestRQObjective.fit_normalization)")
         w = valid_frames(x, lengths)[..., None].to(torch.float32)
         return (x.float() - self.mean.float()) / (self.var.float() + self.eps).sqrt() * w
 

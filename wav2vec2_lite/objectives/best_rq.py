@@ -37,14 +37,19 @@ Defaults follow the paper and SpeechBrain's ``BEST-RQ.yaml`` (d = 16, V = 8192,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.log_mel import FrozenNormalization, LogMel, normalize_per_utterance
+from wav2vec2_lite.modules.log_mel import (
+    FrozenNormalization,
+    LogMel,
+    normalize_per_utterance,
+)
 from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
@@ -54,7 +59,7 @@ from wav2vec2_lite.objectives.base import (
     options_from_dict,
 )
 
-__all__ = ["BestRQOptions", "RandomProjectionQuantizer", "BestRQObjective", "usage_perplexity", "NORMALIZATIONS"]
+__all__ = ["NORMALIZATIONS", "BestRQObjective", "BestRQOptions", "RandomProjectionQuantizer", "usage_perplexity"]
 
 NORMALIZATIONS = ("global", "utterance")
 
