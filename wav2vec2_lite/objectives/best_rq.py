@@ -20,8 +20,9 @@ Normalisation (option ``normalization``):
   :meth:`BestRQObjective.fit_normalization` estimates them on given audio and freezes
   them at once (call it before training to have the same targets from the first update).
   Eval mode never updates them; an eval forward before any statistics exist is an error.
-  Under DDP each rank accumulates its own frames; DDP broadcasts rank 0's buffers before
-  every forward, so all ranks use rank 0's statistics.
+  Under DDP each rank accumulates its own frames; DDP's buffer broadcast (on by default)
+  overwrites them with rank 0's at every synchronised forward, so once rank 0's are
+  frozen every rank uses them (not tested: no multi-process test).
 * ``"utterance"``: each utterance by its own valid frames (SpeechBrain's recipe,
   ``InputNormalization(norm_type="sentence")``); no statistics.
 
