@@ -116,8 +116,8 @@ class Wav2Vec2Config:
     are the keys of ``wav2vec2_lite.objectives.registry.OBJECTIVES`` (``docs/objectives.md``)."""
     objective_options: dict[str, Any] = field(default_factory=dict)
     """Settings of objectives whose settings are not fields here, validated by the objective
-    (``best_rq``: ``codebook_size``, ``codebook_dim``, ``num_mel_bins``, ``seed``); empty for
-    ``contrastive``."""
+    (``best_rq``: ``codebook_size``, ``codebook_dim``, ``num_mel_bins``, ``seed``,
+    ``normalization``, ``normalization_frames``); empty for ``contrastive``."""
 
     # ---- contrastive objective's losses ----
     logit_temperature: float = 0.1

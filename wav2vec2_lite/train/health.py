@@ -12,7 +12,7 @@ symptom                    detected when (defaults in :class:`HealthConfig`)
 ``low_accuracy``           accuracy below 1.25x chance
 ``codebook_collapse``      learned codebook: hard code perplexity of a group below 10 % of V
 ``few_target_codes``       frozen codebook (BEST-RQ): the validation targets' code perplexity
-                           (over the whole set) below 10 % of V
+                           (over the whole set) below 1 % of V
 ``gradient_explosion``     gradient norm non-finite, or above 1e3 after the grace period
 ``vanishing_gradients``    gradient norm below 1e-7
 ``loss_scale_collapse``    fp16 loss scale below 1/128
@@ -98,6 +98,9 @@ class HealthConfig:
     """low_accuracy: accuracy below accuracy_factor / (K+1)."""
     collapse_fraction: float = 0.1
     """codebook_collapse: hard perplexity per group below this fraction of V."""
+    few_codes_fraction: float = 0.01
+    """few_target_codes: validation code perplexity below this fraction of V. Speech itself uses
+    a small share of a frozen random codebook (docs/objectives.md), so this is set far lower."""
     grad_norm_max: float = 1e3
     """gradient_explosion threshold (a non-finite norm is flagged at once, a large one after the grace period)."""
     grad_norm_min: float = 1e-7
@@ -257,10 +260,10 @@ class HealthMonitor:
                                   f"{100 * blank:.0f}% of validation transcripts are empty (the blank-only plateau)",
                                   {"blank_only": blank}))
         used, most = stats.get("code_perplexity_set"), stats.get("code_perplexity_max")
-        if stats.get("codebook_frozen", 0.0) > 0 and used is not None and most and used < c.collapse_fraction * most:
+        if stats.get("codebook_frozen", 0.0) > 0 and used is not None and most and used < c.few_codes_fraction * most:
             out.append(self._warn("few_target_codes", update,
                                   f"the validation targets' code perplexity is {used:.1f} of {most:.0f} codes, "
-                                  f"< {c.collapse_fraction:g}·V = {c.collapse_fraction * most:.1f}",
+                                  f"< {c.few_codes_fraction:g}·V = {c.few_codes_fraction * most:.1f}",
                                   {"code_perplexity_set": used, "codes": most}))
         ratio = stats.get("output_length_ratio")
         if ratio is not None and (blank is None or blank <= c.blank_fraction) and ratio < c.min_output_ratio:
