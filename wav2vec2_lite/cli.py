@@ -17,7 +17,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "run_from_hydra", "CONFIG_DIR"]
+__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "run_from_hydra", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
 
@@ -102,3 +102,11 @@ def export_hf(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     tr = Transcriber.from_path(args.model)
     print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, args.out)}")
+
+
+def probe(argv: list[str] | None = None) -> None:
+    """``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes (valid CER) of a model, its
+    architecture at random init and the log-mel front end (``wav2vec2_lite.probes``, docs/probes.md)."""
+    from wav2vec2_lite.probes.cli import main
+
+    main(argv)

@@ -1,0 +1,247 @@
+"""Frozen-feature probes (wav2vec2_lite.probes): the linear CTC probe, per-layer runs, baselines, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from wav2vec2_lite import Wav2Vec2Config
+from wav2vec2_lite.data.tokenizer import CharTokenizer
+from wav2vec2_lite.models import Wav2Vec2ForPreTraining, Wav2Vec2Model
+from wav2vec2_lite.modules.log_mel import LogMel
+from wav2vec2_lite.probes import (
+    FrameFeatures,
+    ProbeError,
+    ProbeProtocol,
+    layer_names,
+    log_mel_features,
+    run_probes,
+    train_ctc_probe,
+)
+from wav2vec2_lite.serialization import save_model
+from wav2vec2_lite.train.toy_data import make_toy_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+MICRO = dict(num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=(16,) * 7, pos_conv_kernel=16,
+             pos_conv_groups=16, codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5,
+             mask_time_length=3, layerdrop=0.0)
+FAST = ProbeProtocol(steps=15, lr=1e-2, batch_size=4, random_init_seeds=2, log_mel=True)
+
+
+# ----------------------------------------------------------------------------- the probe itself
+LETTERS = "ABCDEFGH"
+
+
+def toy_frames(tok: CharTokenizer, codes: torch.Tensor, n: int, g: torch.Generator, noise: float = 0.1):
+    """Utterances whose frames linearly encode the letters: each label is 1-3 frames of its fixed
+    random vector (+ noise), blanks (the vector of id 0) 0-2 frames after it, always >= 1 between
+    two equal labels (a CTC-feasible path)."""
+    feats, labels, texts = [], [], []
+    for _ in range(n):
+        words = ["".join(LETTERS[int(i)] for i in torch.randint(0, len(LETTERS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g))
+                 for _ in range(int(torch.randint(1, 4, (1,), generator=g)))]
+        text = " ".join(words)
+        ids = tok.encode_text(text)
+        rows: list[torch.Tensor] = []
+        for k, i in enumerate(ids):
+            rows += [codes[i]] * int(torch.randint(1, 4, (1,), generator=g))
+            blanks = int(torch.randint(0, 3, (1,), generator=g))
+            if k + 1 < len(ids) and ids[k + 1] == i:
+                blanks = max(blanks, 1)
+            rows += [codes[0]] * blanks
+        x = torch.stack(rows)
+        feats.append(x + noise * torch.randn(x.shape, generator=g))
+        labels.append(torch.tensor(ids))
+        texts.append(text)
+    return FrameFeatures.from_list(feats), labels, texts
+
+
+def test_linear_probe_reads_letters_that_frames_encode_linearly():
+    tok = CharTokenizer(list(LETTERS) + ["|"])
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randn(len(tok), 16, generator=g)  # one fixed vector per token (blank = id 0)
+    tr, tr_lab, _ = toy_frames(tok, codes, 100, g)
+    va, va_lab, va_txt = toy_frames(tok, codes, 30, g)
+    protocol = ProbeProtocol(steps=300, lr=1e-2, batch_size=8)
+    r = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
+    assert r.valid_cer <= 0.05, (r.valid_cer, r.hypotheses[:3], va_txt[:3])
+    assert r.train_loss < 0.5 and r.valid_loss < 0.5
+    # same protocol and seed: the same numbers
+    again = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
+    assert again.valid_cer == r.valid_cer and again.valid_loss == r.valid_loss
+    # control: frames that carry no letter information leave the probe far from that
+    noise = tr.map_frames(lambda x: torch.randn(x.shape, generator=g))
+    noise_va = va.map_frames(lambda x: torch.randn(x.shape, generator=g))
+    control = train_ctc_probe(noise, tr_lab, noise_va, va_lab, va_txt, tok.vocab, protocol)
+    assert control.valid_cer >= 0.5, control.valid_cer
+
+
+def test_standardisation_uses_training_statistics_only():
+    """A feature scaled by 1000 and shifted by 50 probes exactly as the unscaled one (standardised)."""
+    tok = CharTokenizer(list(LETTERS) + ["|"])
+    g = torch.Generator().manual_seed(1)
+    codes = torch.randn(len(tok), 8, generator=g)
+    tr, tr_lab, _ = toy_frames(tok, codes, 40, g)
+    va, va_lab, va_txt = toy_frames(tok, codes, 10, g)
+    protocol = ProbeProtocol(steps=60, batch_size=8)
+    a = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
+    b = train_ctc_probe(tr.map_frames(lambda x: 1000 * x + 50), tr_lab, va.map_frames(lambda x: 1000 * x + 50),
+                        va_lab, va_txt, tok.vocab, protocol)
+    assert b.valid_cer == pytest.approx(a.valid_cer, abs=0.02)
+    assert b.valid_loss == pytest.approx(a.valid_loss, rel=1e-2)
+
+
+def test_protocol_validate_names_the_field():
+    assert ProbeProtocol().validate() == ProbeProtocol()
+    for bad, field in ((dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"),
+                       (dict(batch_size=0), "batch_size"), (dict(random_init_seeds=-1), "random_init_seeds"),
+                       (dict(max_train_utterances=0), "max_train_utterances"), (dict(steps=2.5), "steps")):
+        with pytest.raises(ProbeError, match=field):
+            ProbeProtocol(**bad).validate()
+    with pytest.raises(ProbeError, match="unknown"):
+        ProbeProtocol.from_dict({"stpes": 3})
+    assert ProbeProtocol.from_dict(ProbeProtocol(steps=7).to_dict()).steps == 7
+
+
+# ----------------------------------------------------------------------------- features
+def test_log_mel_features_have_exactly_the_encoders_frame_count():
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config.tiny(**MICRO)).eval()
+    cfg = model.config
+    lm = LogMel()
+    for samples in (400, 401, 719, 720, 721, 4000, 4321, 8159, 16000):
+        wave = torch.randn(samples)
+        with torch.no_grad():
+            encoder_frames = model(wave[None]).last_hidden_state.shape[1]
+        assert int(model.feature_output_lengths(torch.tensor([samples]))[0]) == encoder_frames
+        feats = log_mel_features([wave], [encoder_frames], cfg.frame_stride, lm)
+        assert feats.frames.shape == (encoder_frames, 2 * lm.n_mels), samples
+        # frame t = mel frames 2t and 2t + 1, the first starting where encoder frame t starts
+        mel = lm(torch.nn.functional.pad(wave, (0, 160))[None])[0]
+        t = encoder_frames - 1
+        assert torch.allclose(feats.frames[t], torch.cat([mel[2 * t], mel[2 * t + 1]]), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- run_probes
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=10, valid=4, seed=0, min_words=1, max_words=2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(5)
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO))
+    return save_model(model, tmp_path_factory.mktemp("run") / "checkpoints" / "best").parent.parent
+
+
+def test_run_probes_every_layer_random_init_mean_of_two_seeds_and_log_mel(corpus, tmp_path):
+    torch.manual_seed(5)
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO)).train()
+    lines: list[str] = []
+    report = run_probes(model, corpus, "train", "valid", FAST, log=lines.append)
+    assert model.training  # mode restored
+    names = layer_names(MICRO["num_layers"])
+    assert names == ["conv", "layer_0", "layer_1", "layer_2"]
+    ckpt, rand, lm = report.models["checkpoint"], report.models["random_init"], report.models["log_mel"]
+    assert [s.layer for s in ckpt.layers] == names and [s.layer for s in rand.layers] == names
+    assert [s.dim for s in ckpt.layers] == [16, 32, 32, 32]
+    assert [s.layer for s in lm.layers] == ["log_mel"] and lm.layers[0].dim == 160
+    assert rand.seeds == [0, 1]
+    for s in rand.layers:
+        assert len(s.per_seed["valid_cer"]) == 2
+        assert s.valid_cer == pytest.approx(sum(s.per_seed["valid_cer"]) / 2)
+        assert s.valid_loss == pytest.approx(sum(s.per_seed["valid_loss"]) / 2)
+    # the two random inits are different networks: their probes differ somewhere
+    assert any(s.per_seed["valid_loss"][0] != s.per_seed["valid_loss"][1] for s in rand.layers)
+    for m in report.models.values():
+        assert m.best.valid_cer == min(s.valid_cer for s in m.layers)
+        assert all(s.valid_cer >= 0 and s.valid_loss >= 0 for s in m.layers)
+    assert len(lines) == len(names) * 3 + 1
+    d = report.to_dict()
+    assert d["protocol"] == FAST.to_dict()
+    assert d["data"]["train_utterances"] == 10 and d["data"]["valid_utterances"] == 4
+    assert d["data"]["train_frames"] == sum(int(x) for x in model.feature_output_lengths(
+        torch.tensor([int(r.split("\t")[1]) for r in (corpus / "train.tsv").read_text().splitlines()[1:]])))
+    md = report.to_markdown()
+    assert "| layer_2 | 32 |" in md and "log-mel" in md and "random init (mean of 2 seeds)" in md
+    # a checkpoint of this model probes exactly as the model in memory
+    folder = save_model(model, tmp_path / "saved")
+    again = run_probes(folder, corpus, "train", "valid", ProbeProtocol(steps=15, lr=1e-2, batch_size=4,
+                                                                        random_init_seeds=0))
+    assert [s.valid_loss for s in again.models["checkpoint"].layers] == [s.valid_loss for s in ckpt.layers]
+    assert set(again.models) == {"checkpoint"}
+
+
+def test_run_probes_user_errors_are_probe_errors(corpus, model_dir, tmp_path):
+    with pytest.raises(ProbeError, match="train_1h"):
+        run_probes(model_dir, corpus, "train_1h", "valid", FAST)
+    with pytest.raises(ProbeError, match="data folder not found"):
+        run_probes(model_dir, tmp_path / "nowhere", "train", "valid", FAST)
+    with pytest.raises(ProbeError, match="no such file"):
+        run_probes(tmp_path / "no_model", corpus, "train", "valid", FAST)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ProbeError, match="cannot load a model"):
+        run_probes(tmp_path / "empty", corpus, "train", "valid", FAST)
+    with pytest.raises(ProbeError, match="different"):
+        run_probes(model_dir, corpus, "train", "train", FAST)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_writes_json_with_the_expected_keys(corpus, model_dir, tmp_path, capsys):
+    from wav2vec2_lite.cli import probe
+
+    out = tmp_path / "probes.json"
+    probe([str(model_dir), "--data", str(corpus), "--steps", "10", "--batch-size", "4", "--log-mel",
+           "--random-init-seeds", "2", "--json", str(out), "--markdown", str(tmp_path / "p.md"), "--quiet"])
+    report = json.loads(out.read_text())
+    assert set(report) == {"protocol", "data", "models"}
+    assert set(report["models"]) == {"checkpoint", "random_init", "log_mel"}
+    assert report["protocol"]["steps"] == 10 and report["protocol"]["log_mel"] is True
+    assert report["models"]["checkpoint"]["source"].endswith("checkpoints/best")
+    for m in report["models"].values():
+        assert {"layers", "best_layer", "best_valid_cer", "source"} <= set(m)
+        for layer in m["layers"]:
+            assert {"layer", "dim", "valid_cer", "valid_loss", "train_loss"} <= set(layer)
+    assert [x["layer"] for x in report["models"]["checkpoint"]["layers"]] == ["conv", "layer_0", "layer_1", "layer_2"]
+    assert report["models"]["random_init"]["seeds"] == [0, 1]
+    assert "| conv | 16 |" in capsys.readouterr().out
+    assert (tmp_path / "p.md").read_text().startswith("| layer | dim |")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "wav2vec2_lite.probes.cli", *args], check=False,
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_subprocess_exit_codes(corpus, model_dir, tmp_path):
+    ok = _cli(str(model_dir), "--data", str(corpus), "--steps", "3", "--random-init-seeds", "0", "--quiet",
+              "--json", str(tmp_path / "r.json"))
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["models"].keys() == {"checkpoint"}
+    bad = _cli(str(tmp_path / "missing_run"), "--data", str(corpus))
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("w2v2-probe: error: ")
+    assert "missing_run" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--train", "train_1h"], "train_1h"),
+    (["--steps", "0"], "steps"),
+    (["--lr", "abc"], "--lr"),
+    (["--bogus"], "--bogus"),
+])
+def test_cli_user_errors_are_one_line_and_exit_2(corpus, model_dir, capsys, args, match):
+    from wav2vec2_lite.cli import probe
+
+    with pytest.raises(SystemExit) as e:
+        probe([str(model_dir), "--data", str(corpus), "--steps", "2", "--quiet", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("w2v2-probe: error: ") and match in err, err

@@ -1,0 +1,99 @@
+"""``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes; a markdown table on stdout, JSON on request.
+
+    w2v2-probe outputs/pretrain/RUN --data data/demo --train train_10min --valid valid --log-mel --json probes.json
+
+User errors (a missing folder or split, a bad option) are one ``w2v2-probe: error: ...`` line
+on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+PROG = "w2v2-probe"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        _fail(f"{message} (see {PROG} --help)")
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {' '.join(str(message).split())}\n")
+    raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wav2vec2_lite.probes.protocol import ProbeProtocol
+
+    d = ProbeProtocol()
+    p = _Parser(prog=PROG, description="Linear CTC probes over letters on the frozen output of every layer of a "
+                "model (conv features and each transformer layer), of the same architecture at random init and "
+                "optionally of the log-mel front end; prints per-layer valid CER.")
+    p.add_argument("model", help="run folder, saved model folder, model.safetensors or Hugging Face folder")
+    p.add_argument("--data", required=True, help="folder of SPLIT.tsv + SPLIT.ltr manifests (and dict.ltr.txt)")
+    p.add_argument("--train", default="train", help="training split (default: train)")
+    p.add_argument("--valid", default="valid", help="validation split (default: valid)")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"updates per probe (default: {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak Adam learning rate (default: {d.lr:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"training utterances per update (default: {d.batch_size})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default: {d.seed})")
+    p.add_argument("--random-init-seeds", type=int, default=d.random_init_seeds,
+                   help=f"random-init copies to probe and average, 0 for none (default: {d.random_init_seeds})")
+    p.add_argument("--log-mel", action="store_true", help="also probe the log-mel front end")
+    p.add_argument("--no-standardize", action="store_true", help="skip per-dimension standardisation")
+    p.add_argument("--max-train", type=int, help="use only the first N training utterances")
+    p.add_argument("--max-valid", type=int, help="use only the first N validation utterances")
+    p.add_argument("--json", help="write the report as JSON here")
+    p.add_argument("--markdown", help="write the markdown table here too")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--quiet", action="store_true", help="no per-probe progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
+
+    try:
+        protocol = ProbeProtocol(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                                 standardize=not args.no_standardize, seed=args.seed,
+                                 random_init_seeds=args.random_init_seeds, log_mel=args.log_mel,
+                                 max_train_utterances=args.max_train,
+                                 max_valid_utterances=args.max_valid).validate()
+        if args.threads is not None and args.threads < 1:
+            raise ProbeError(f"--threads must be >= 1, found {args.threads}")
+        if not Path(args.model).exists():
+            raise ProbeError(f"{args.model}: no such file or folder (expected a run folder, a saved model folder or "
+                             f"a Hugging Face folder)")
+        if not Path(args.data).is_dir():
+            raise ProbeError(f"{args.data}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
+    except ProbeError as e:
+        _fail(str(e))
+    import torch
+
+    from wav2vec2_lite.probes.run import run_probes
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda msg: sys.stderr.write(msg + "\n"))
+    try:
+        report = run_probes(args.model, args.data, args.train, args.valid, protocol, log=log)
+    except ProbeError as e:
+        _fail(str(e))
+    table = report.to_markdown()
+    sys.stdout.write(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table, encoding="utf-8")
+    if args.json:
+        report.save_json(args.json)
+        sys.stderr.write(f"wrote {args.json}\n")
+
+
+if __name__ == "__main__":
+    main()

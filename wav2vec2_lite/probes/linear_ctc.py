@@ -1,0 +1,138 @@
+"""A linear CTC probe over frozen frames: train on one split, greedy-decode and score the other.
+
+    result = train_ctc_probe(train_feats, train_labels, valid_feats, valid_labels, valid_texts, vocab, protocol)
+    result.valid_cer, result.valid_loss, result.train_loss
+
+Features are :class:`~wav2vec2_lite.probes.features.FrameFeatures` (frames of each utterance);
+labels are token ids (blank = 0, the ``CharTokenizer`` layout). The recipe is
+:class:`~wav2vec2_lite.probes.protocol.ProbeProtocol`'s: zero-initialised ``Linear(D, V)``,
+Adam with a half-cosine learning rate, optional per-dimension standardisation estimated on the
+training frames. Decoding and CER are the library's own (``asr/decode.greedy_decode``,
+``asr/metrics.cer``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from wav2vec2_lite.asr.decode import greedy_decode
+from wav2vec2_lite.asr.metrics import cer
+from wav2vec2_lite.objectives.losses import ctc_loss
+from wav2vec2_lite.probes.features import FrameFeatures
+from wav2vec2_lite.probes.protocol import ProbeProtocol
+
+__all__ = ["ProbeResult", "pad_labels", "standardizer", "train_ctc_probe"]
+
+STD_EPS = 1e-5
+
+
+@dataclass
+class ProbeResult:
+    """One trained probe: its validation CER and CTC loss (nats per label, averaged over
+    utterances), the mean training loss over the last 10 % of updates, and the hypotheses."""
+
+    dim: int
+    valid_cer: float
+    valid_loss: float
+    train_loss: float
+    hypotheses: list[str]
+
+    def to_dict(self) -> dict:
+        return {"dim": self.dim, "valid_cer": self.valid_cer, "valid_loss": self.valid_loss,
+                "train_loss": self.train_loss}
+
+
+def standardizer(train: FrameFeatures) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and standard deviation (D,) of the training frames (float64 sums)."""
+    x = train.frames.double()
+    mean = x.mean(0)
+    std = (x.var(0, unbiased=False) + STD_EPS).sqrt()
+    return mean.float(), std.float()
+
+
+def pad_labels(labels: Sequence[Tensor]) -> Tensor:
+    """(B, L) long, padded with -100 (what ``objectives.losses.ctc_loss`` ignores)."""
+    longest = max(len(lab) for lab in labels)
+    out = torch.full((len(labels), longest), -100, dtype=torch.long)
+    for b, lab in enumerate(labels):
+        out[b, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
+    return out
+
+
+def _per_label_loss(logits: Tensor, lengths: Tensor, labels: Tensor) -> Tensor:
+    """(B,) CTC loss of each utterance divided by its label length (infeasible ones: 0)."""
+    per_utt = ctc_loss(logits, lengths, labels, blank=0, reduction="none", zero_infinity=True)
+    return per_utt / (labels >= 0).sum(-1).clamp(min=1)
+
+
+def _batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
+    """``steps`` batches of utterance indices, epochs of a fresh permutation each."""
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < min(batch_size, n):
+            order += torch.randperm(n, generator=generator).tolist()
+        yield order[:batch_size]
+        del order[:batch_size]
+
+
+def train_ctc_probe(
+    train: FrameFeatures,
+    train_labels: Sequence[Tensor],
+    valid: FrameFeatures,
+    valid_labels: Sequence[Tensor],
+    valid_texts: Sequence[str],
+    vocab: Sequence[str],
+    protocol: ProbeProtocol,
+) -> ProbeResult:
+    """Train ``Linear(D, len(vocab))`` on ``train`` with CTC and score it on ``valid``.
+
+    ``train_labels[i]`` / ``valid_labels[i]``: (L_i,) token ids of utterance i (blank = 0 never
+    among them); ``valid_texts``: the references for the CER (``ltr_to_text`` of the labels).
+    """
+    protocol.validate()
+    if len(train) != len(train_labels) or len(valid) != len(valid_labels) or len(valid) != len(valid_texts):
+        raise ValueError(f"features and labels disagree: train {len(train)} vs {len(train_labels)}, "
+                         f"valid {len(valid)} vs {len(valid_labels)} labels and {len(valid_texts)} texts")
+    if train.dim != valid.dim:
+        raise ValueError(f"train frames have {train.dim} dims, valid frames {valid.dim}")
+    if protocol.standardize:
+        mean, std = standardizer(train)
+        train = train.map_frames(lambda x: (x - mean) / std)
+        valid = valid.map_frames(lambda x: (x - mean) / std)
+
+    probe = nn.Linear(train.dim, len(vocab))
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    opt = torch.optim.Adam(probe.parameters(), lr=protocol.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / protocol.steps)))
+    gen = torch.Generator().manual_seed(protocol.seed)
+    tail = max(1, protocol.steps // 10)
+    tail_losses: list[float] = []
+    for step, idx in enumerate(_batches(len(train), protocol.batch_size, protocol.steps, gen)):
+        x, lengths = train.batch(idx)  # (B, T, D), (B,)
+        loss = _per_label_loss(probe(x), lengths, pad_labels([train_labels[i] for i in idx])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= protocol.steps - tail:
+            tail_losses.append(float(loss.detach()))
+
+    hyps: list[str] = []
+    losses: list[Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(valid), protocol.eval_batch_size):
+            idx = list(range(start, min(start + protocol.eval_batch_size, len(valid))))
+            x, lengths = valid.batch(idx)
+            logits = probe(x)  # (B, T, V)
+            losses.append(_per_label_loss(logits, lengths, pad_labels([valid_labels[i] for i in idx])))
+            hyps += greedy_decode(logits, lengths, vocab)
+    return ProbeResult(dim=train.dim, valid_cer=float(cer(list(valid_texts), hyps)),
+                       valid_loss=float(torch.cat(losses).mean()), train_loss=sum(tail_losses) / len(tail_losses),
+                       hypotheses=hyps)

@@ -1,0 +1,134 @@
+"""Results of a probing run: per-layer valid CER and loss of each model, the best layer, the protocol.
+
+JSON layout (``ProbeReport.to_dict``)::
+
+    {"protocol": {steps, lr, batch_size, standardize, seed, random_init_seeds, log_mel, ...},
+     "data": {manifest_dir, train_split, valid_split, train_utterances, valid_utterances,
+              train_frames, valid_frames, vocab, ...},
+     "models": {"checkpoint": {"source", "layers": [{"layer", "dim", "valid_cer", "valid_loss",
+                                                    "train_loss"}, ...],
+                               "best_layer", "best_valid_cer", "seconds_features", "seconds_probes"},
+                "random_init": {... "seeds": [s0, s1], each layer also "per_seed": {...}},
+                "log_mel": {... one layer "log_mel"}}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wav2vec2_lite.probes.protocol import ProbeProtocol
+
+__all__ = ["LayerScore", "ModelProbes", "ProbeReport"]
+
+
+@dataclass
+class LayerScore:
+    """One layer's probe (for ``random_init``: the mean over seeds, each seed in ``per_seed``)."""
+
+    layer: str
+    dim: int
+    valid_cer: float
+    valid_loss: float
+    train_loss: float
+    per_seed: dict[str, list[float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"layer": self.layer, "dim": self.dim, "valid_cer": self.valid_cer,
+                             "valid_loss": self.valid_loss, "train_loss": self.train_loss}
+        if self.per_seed is not None:
+            d["per_seed"] = self.per_seed
+        return d
+
+
+@dataclass
+class ModelProbes:
+    """Every probed layer of one model, in order."""
+
+    name: str
+    source: str
+    layers: list[LayerScore]
+    seeds: list[int] | None = None
+    seconds_features: float = 0.0
+    seconds_probes: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> LayerScore:
+        """The layer with the lowest valid CER (ties: the lower valid loss, then the earlier layer)."""
+        return min(self.layers, key=lambda s: (s.valid_cer, s.valid_loss))
+
+    def layer(self, name: str) -> LayerScore:
+        for s in self.layers:
+            if s.layer == name:
+                return s
+        raise KeyError(f"{self.name} has no layer {name!r}; it has {[s.layer for s in self.layers]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "layers": [s.to_dict() for s in self.layers],
+                             "best_layer": self.best.layer, "best_valid_cer": self.best.valid_cer,
+                             "seconds_features": round(self.seconds_features, 2),
+                             "seconds_probes": round(self.seconds_probes, 2), **self.extra}
+        if self.seeds is not None:
+            d["seeds"] = self.seeds
+        return d
+
+
+@dataclass
+class ProbeReport:
+    protocol: ProbeProtocol
+    data: dict[str, Any]
+    models: dict[str, ModelProbes]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol.to_dict(), "data": self.data,
+                "models": {name: m.to_dict() for name, m in self.models.items()}}
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    def to_markdown(self) -> str:
+        """Per-layer valid CER (and loss) of each model side by side, then the best layers and the protocol."""
+        layered = [m for m in self.models.values() if m.name != "log_mel"]
+        names: list[str] = []
+        for m in layered:
+            names += [s.layer for s in m.layers if s.layer not in names]
+        header = "| layer | dim | " + " | ".join(f"{_title(m)} CER (loss)" for m in layered) + " |"
+        lines = [header, "|" + " --- |" * (2 + len(layered))]
+        for name in names:
+            cells, dim = [], ""
+            for m in layered:
+                try:
+                    s = m.layer(name)
+                except KeyError:
+                    cells.append("")
+                    continue
+                dim = str(s.dim)
+                mark = "**" if s is m.best else ""
+                cells.append(f"{mark}{s.valid_cer:.3f}{mark} ({s.valid_loss:.3f})")
+            lines.append(f"| {name} | {dim} | " + " | ".join(cells) + " |")
+        out = ["\n".join(lines), ""]
+        if "log_mel" in self.models:
+            s = self.models["log_mel"].layers[0]
+            out.append(f"log-mel front end ({s.dim} dims, stacked onto the encoder's frames): "
+                       f"valid CER {s.valid_cer:.3f} (loss {s.valid_loss:.3f})")
+        for m in layered:
+            out.append(f"best layer of {_title(m)}: {m.best.layer} (valid CER {m.best.valid_cer:.3f})")
+        p, d = self.protocol, self.data
+        out.append("")
+        out.append(f"protocol: linear CTC probe, train `{d['train_split']}` ({d['train_utterances']} utterances, "
+                   f"{d['train_frames']} frames), valid `{d['valid_split']}` ({d['valid_utterances']} utterances); "
+                   f"{p.steps} Adam steps, lr {p.lr:g} (half-cosine), batch {p.batch_size} utterances, "
+                   f"standardize={p.standardize}, seed {p.seed}. CER: greedy CTC decoding, bold = best layer.")
+        return "\n".join(out) + "\n"
+
+
+def _title(m: ModelProbes) -> str:
+    if m.name == "random_init" and m.seeds:
+        return f"random init (mean of {len(m.seeds)} seeds)"
+    return m.name.replace("_", " ")
