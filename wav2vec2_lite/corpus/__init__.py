@@ -4,18 +4,23 @@
 * ``sentences``: seeded sentence generator (general English + a closed command domain) and
   ``normalize_transcript``.
 * ``build.build_corpus``: wav files, fairseq manifests/labels/dictionary, corpus.json.
+* ``augment``: speed perturbation, EQ tilt, synthetic reverberation, coloured noise
+  (``Diversity``, presets ``DIVERSITY_PRESETS``: "none", "diverse", "diverse_train").
 
 See docs/corpus.md.
 """
 
+from wav2vec2_lite.corpus.augment import DIVERSITY_PRESETS, Diversity
 from wav2vec2_lite.corpus.build import (
     DEFAULT_MINUTES,
+    EXTRA_VARIANTS,
     FULL_MINUTES,
     SPLITS,
     Speaker,
     UtteranceSpec,
     build_corpus,
     corpus_minutes,
+    make_extra_speakers,
     make_speakers,
     render_utterance,
 )
@@ -24,8 +29,11 @@ from wav2vec2_lite.corpus.sentences import Sentence, SentenceGenerator, normaliz
 
 __all__ = [
     "DEFAULT_MINUTES",
+    "DIVERSITY_PRESETS",
+    "EXTRA_VARIANTS",
     "FULL_MINUTES",
     "SPLITS",
+    "Diversity",
     "Sentence",
     "SentenceGenerator",
     "Speaker",
@@ -34,6 +42,7 @@ __all__ = [
     "UtteranceSpec",
     "build_corpus",
     "corpus_minutes",
+    "make_extra_speakers",
     "make_speakers",
     "normalize_transcript",
     "number_to_words",

@@ -6,7 +6,8 @@ writes into ``out_dir``::
 
     wav/{unlabeled,train,valid,test}/<utt_id>.wav      16 kHz mono PCM-16
     unlabeled.tsv                                      for pretraining
-    train_10min.{tsv,ltr,wrd}  train_1h.{tsv,ltr,wrd}  labeled; train_1h starts with train_10min
+    train_1min.{tsv,ltr,wrd}  train_10min.{tsv,ltr,wrd}  train_1h.{tsv,ltr,wrd}
+                                                       labeled; nested prefixes: 1min of 10min of 1h
     valid.{tsv,ltr,wrd}  test.{tsv,ltr,wrd}
     dict.ltr.txt                                       letters, counts from train_1h
     utterances.jsonl                                   one line per utterance: speaker, voice settings, text
@@ -18,6 +19,12 @@ pitch a little, gets 0.05-0.3 s of leading/trailing silence, a random peak level
 probability ``noise_prob``, white noise at 25-40 dB SNR. Test and valid speakers are held
 out: they appear in no other split, and every sentence occurs at most once in the corpus.
 
+``diversity`` (``augment.Diversity`` or a preset name, e.g. ``"diverse"``) adds speed
+perturbation, EQ tilt, synthetic room reverberation, coloured noise and extra eSpeak
+variants to chosen pools (by default none; the ``"diverse"`` preset: unlabeled only), drawn
+per utterance and recorded in ``utterances.jsonl``; valid and test stay as they are unless
+a ``Diversity`` names them.
+
 Determinism: every choice comes from ``random.Random`` / ``numpy`` generators seeded by
 ``seed`` and the split name, and each utterance is synthesized in isolation (see
 ``espeak.py``), so a seed gives the same files whatever ``workers`` is. Splits are filled
@@ -26,6 +33,7 @@ in a fixed order (test, valid, train, unlabeled) until their minutes are reached
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -35,12 +43,22 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from wav2vec2_lite.corpus.augment import (
+    DIVERSITY_PRESETS,
+    Diversity,
+    coloured_noise,
+    convolve,
+    eq_tilt,
+    resolve_diversity,
+    room_impulse_response,
+    speed_perturb,
+)
 from wav2vec2_lite.corpus.espeak import ENGLISH_VOICES, SAMPLE_RATE, VARIANTS, Synthesizer
 from wav2vec2_lite.corpus.sentences import GENERATOR_VERSION, Sentence, SentenceGenerator
 from wav2vec2_lite.data.manifest import text_to_ltr, write_dictionary, write_labels, write_manifest
@@ -48,22 +66,31 @@ from wav2vec2_lite.data.manifest import text_to_ltr, write_dictionary, write_lab
 __all__ = [
     "CORPUS_VERSION",
     "DEFAULT_MINUTES",
+    "DIVERSITY_PRESETS",
+    "EXTRA_VARIANTS",
     "FULL_MINUTES",
     "SPLITS",
+    "Diversity",
     "Speaker",
     "UtteranceSpec",
     "build_corpus",
     "corpus_minutes",
+    "make_extra_speakers",
     "make_speakers",
     "render_utterance",
 ]
 
-CORPUS_VERSION = 1  # bump when a change alters the audio or the splits a seed produces
-SPLITS = ("unlabeled", "train_10min", "train_1h", "valid", "test")
+# 2: train_1min split, diversity options and utterance fields (the default audio is unchanged)
+CORPUS_VERSION = 2  # bump when a change alters the audio or the splits a seed produces
+SPLITS = ("unlabeled", "train_1min", "train_10min", "train_1h", "valid", "test")
+POOLS = ("unlabeled", "train", "valid", "test")  # folders under wav/; train holds every train_* split
+LABELED_TRAIN = ("train_1min", "train_10min", "train_1h")  # nested prefixes of the train pool
 # Small enough to build in a few minutes on 2 cores; train_1h is scaled down to 30 min.
-DEFAULT_MINUTES = {"unlabeled": 30.0, "train_10min": 10.0, "train_1h": 30.0, "valid": 3.0, "test": 3.0}
-# Libri-light's labeled sizes (10 min, 1 h), a 10 h unlabeled set, 10 min valid/test.
-FULL_MINUTES = {"unlabeled": 600.0, "train_10min": 10.0, "train_1h": 60.0, "valid": 10.0, "test": 10.0}
+DEFAULT_MINUTES = {"unlabeled": 30.0, "train_1min": 1.0, "train_10min": 10.0, "train_1h": 30.0, "valid": 3.0,
+                   "test": 3.0}  # fmt: skip
+# Libri-light's labeled sizes (1 min = its first fold's scale, 10 min, 1 h), 10 h unlabeled, 10 min valid/test.
+FULL_MINUTES = {"unlabeled": 600.0, "train_1min": 1.0, "train_10min": 10.0, "train_1h": 60.0, "valid": 10.0,
+                "test": 10.0}  # fmt: skip
 
 NUM_TEST_SPEAKERS = 12
 NUM_VALID_SPEAKERS = 12
@@ -79,6 +106,23 @@ SILENCE_S = (0.05, 0.3)
 PEAK = (0.3, 0.9)
 SNR_DB = (25.0, 40.0)
 ENGINE_VOLUME = 70  # keeps the engine's own int16 output clear of clipping
+# eSpeak NG 1.52's other variants (voices/!v), used only with ``Diversity.extra_variants`` for
+# unlabeled/train speakers; "Mr serious" is left out (a space in its name).
+EXTRA_VARIANTS = (
+    "m8", "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
+    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot",
+    "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward",
+    "edward2", "fast", "grandma", "grandpa", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john",
+    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "marcelo", "max",
+    "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "sandro",
+    "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+)  # fmt: skip
+# wider speaking styles of the extra speakers
+EXTRA_RATE_WPM = (110, 230)
+EXTRA_PITCH = (15, 85)
+EXTRA_PITCH_RANGE = (20, 95)
 AVG_UTTERANCE_S = 3.0  # first guess of an utterance's length, for batch sizing only
 MAX_BATCH = 64
 
@@ -128,6 +172,12 @@ class UtteranceSpec:
     peak: float
     snr_db: float | None
     seed: int  # seeds the engine's breath noise and the added noise
+    # diversity (build_corpus(diversity=...)); the defaults are "not applied"
+    speed: float = 1.0  # speed-perturbation factor
+    tilt_db: float = 0.0  # EQ tilt, dB per octave around 1 kHz
+    rt60_s: float | None = None  # synthetic room: RT60 (s) and direct-to-reverberant ratio (dB)
+    drr_db: float | None = None
+    noise_color: str = "white"  # colour of the noise at snr_db (when snr_db is not None)
 
     @property
     def rel_path(self) -> str:
@@ -153,6 +203,17 @@ def make_speakers(seed: int) -> list[Speaker]:
     return speakers
 
 
+def make_extra_speakers(seed: int) -> list[Speaker]:
+    """English voices x ``EXTRA_VARIANTS``, wider styles drawn from ``seed`` (never valid/test)."""
+    rng = random.Random(f"{seed}:extra-speakers")
+    return [
+        Speaker(voice=voice, variant=variant, rate=rng.randint(*EXTRA_RATE_WPM), pitch=rng.randint(*EXTRA_PITCH),
+                pitch_range=rng.randint(*EXTRA_PITCH_RANGE), word_gap=rng.choice(WORD_GAPS))
+        for voice in ENGLISH_VOICES
+        for variant in EXTRA_VARIANTS
+    ]
+
+
 def _split_speakers(speakers: list[Speaker], seed: int) -> dict[str, list[Speaker]]:
     """Disjoint test / valid / train speaker sets; unlabeled uses the train speakers."""
     order = sorted(speakers, key=lambda s: s.id)
@@ -172,9 +233,12 @@ class _Planner:
     """Endless stream of utterance specs for one pool (speakers in shuffled round robin)."""
 
     def __init__(self, pool: str, speakers: list[Speaker], seed: int, used: set[str], *,
-                 domain_fraction: float, noise_prob: float) -> None:  # fmt: skip
+                 domain_fraction: float, noise_prob: float, diversity: Diversity | None = None) -> None:  # fmt: skip
         self.pool, self.speakers, self.used = pool, speakers, used
         self.rng = random.Random(f"{seed}:{pool}:utterances")
+        # a separate stream, so the base choices are the same with or without diversity
+        self.diversity = diversity if diversity is not None and diversity.applies_to(pool) else None
+        self.drng = random.Random(f"{seed}:{pool}:diversity")
         self.sentences = SentenceGenerator(seed=_stable_seed(seed, pool), domain_fraction=domain_fraction)
         self.noise_prob = noise_prob
         self.count = 0
@@ -204,7 +268,7 @@ class _Planner:
         spk, sent, r = self._next_speaker(), self._next_sentence(), self.rng
         self.count += 1
         noisy = r.random() < self.noise_prob
-        return UtteranceSpec(
+        spec = UtteranceSpec(
             utt_id=f"{self.pool}-{self.count:06d}",
             pool=self.pool,
             speaker=spk.id,
@@ -223,25 +287,57 @@ class _Planner:
             snr_db=round(r.uniform(*SNR_DB), 1) if noisy else None,
             seed=r.getrandbits(63),
         )
+        return spec if self.diversity is None else self._diversify(spec)
+
+    def _diversify(self, spec: UtteranceSpec) -> UtteranceSpec:
+        """Draw this utterance's diversity (a fixed number of draws, whatever is applied)."""
+        d, r = self.diversity, self.drng
+        speed = r.choice(d.speed_factors)
+        tilt, tilt_db = r.random() < d.tilt_prob, round(r.uniform(*d.tilt_db_per_octave), 2)
+        reverb, rt60, drr = r.random() < d.reverb_prob, round(r.uniform(*d.rt60_s), 3), round(r.uniform(*d.drr_db), 1)
+        noisy, color, snr = r.random() < d.noise_prob, r.choice(d.noise_colors), round(r.uniform(*d.snr_db), 1)
+        over: dict = {"speed": float(speed), "tilt_db": tilt_db if tilt else 0.0}
+        if reverb:
+            over.update(rt60_s=rt60, drr_db=drr)
+        if d.noise_prob > 0:  # this noise replaces the base white noise
+            over.update(snr_db=snr if noisy else None, noise_color=color if noisy else "white")
+        return replace(spec, **over)
 
 
 def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
-    """The utterance's 16 kHz float32 wave: speech, silence padding, level, optional noise."""
+    """The utterance's 16 kHz float32 wave: speech, [speed, tilt], level, silence padding,
+    [reverberation], optional noise (see ``augment.py``; bracketed steps only when the spec asks).
+
+    The noise's SNR is relative to the mean power of the speech segment (``lead_s`` on, as
+    long as the speech) before noise; a result louder than full scale is scaled down, not clipped.
+    """
     speech = synth.synthesize(
         spec.text, voice=spec.voice, variant=spec.variant, rate=spec.rate, pitch=spec.pitch,
         pitch_range=spec.pitch_range, word_gap=spec.word_gap, volume=ENGINE_VOLUME,
         seed=spec.seed & 0x7FFFFFFF,
     )  # fmt: skip
     sr = synth.sample_rate
+    speech = speed_perturb(speech, spec.speed, sr)
+    speech = eq_tilt(speech, spec.tilt_db, sr)
     speech = speech * np.float32(spec.peak / max(float(np.abs(speech).max()), 1e-6))
-    wave = np.concatenate([
-        np.zeros(round(spec.lead_s * sr), np.float32), speech, np.zeros(round(spec.tail_s * sr), np.float32),
-    ])  # fmt: skip
+    lead = round(spec.lead_s * sr)
+    wave = np.concatenate([np.zeros(lead, np.float32), speech, np.zeros(round(spec.tail_s * sr), np.float32)])
+    if spec.rt60_s is not None:
+        ir = room_impulse_response(spec.rt60_s, spec.drr_db if spec.drr_db is not None else 0.0,
+                                   np.random.default_rng([spec.seed, 1]), sr)  # fmt: skip
+        wave = convolve(wave, ir)
+        wave = wave * np.float32(spec.peak / max(float(np.abs(wave).max()), 1e-6))
     if spec.snr_db is not None:
-        power = float(np.mean(speech.astype(np.float64) ** 2))
+        power = float(np.mean(wave[lead : lead + speech.shape[0]].astype(np.float64) ** 2))
         noise_std = math.sqrt(power / 10.0 ** (spec.snr_db / 10.0))
-        noise = np.random.default_rng(spec.seed).standard_normal(wave.shape[0])
+        if spec.noise_color == "white":  # the base corpus' noise, as in CORPUS_VERSION 1
+            noise = np.random.default_rng(spec.seed).standard_normal(wave.shape[0])
+        else:
+            noise = coloured_noise(wave.shape[0], spec.noise_color, np.random.default_rng([spec.seed, 2]), sr)
         wave = wave + (noise * noise_std).astype(np.float32)
+    top = float(np.abs(wave).max())
+    if top > 1.0:
+        wave = wave * np.float32(0.999 / top)
     return np.clip(wave, -1.0, 1.0).astype(np.float32)
 
 
@@ -319,17 +415,19 @@ def _fill(planner: _Planner, target_s: float, renderer: _Renderer, out_dir: Path
 
 _OUTPUT_FILES = (
     ["unlabeled.tsv", "dict.ltr.txt", "utterances.jsonl"]
-    + [f"{s}.{ext}" for s in ("train_10min", "train_1h", "valid", "test") for ext in ("tsv", "ltr", "wrd")]
+    + [f"{s}.{ext}" for s in (*LABELED_TRAIN, "valid", "test") for ext in ("tsv", "ltr", "wrd")]
 )
 
 
-def _settings(minutes: dict[str, float], seed: int, domain_fraction: float, noise_prob: float) -> dict:
+def _settings(minutes: dict[str, float], seed: int, domain_fraction: float, noise_prob: float,
+              diversity: Diversity) -> dict:  # fmt: skip
     return {
         "seed": int(seed),
         "minutes": {k: float(minutes[k]) for k in SPLITS},
         "sample_rate": SAMPLE_RATE,
         "domain_fraction": float(domain_fraction),
         "noise_prob": float(noise_prob),
+        "diversity": diversity.to_dict() if diversity.active else None,
         "generator_version": GENERATOR_VERSION,
         "corpus_version": CORPUS_VERSION,
     }
@@ -356,11 +454,30 @@ def _prefix(rows: list[tuple[UtteranceSpec, int]], target_s: float) -> list[tupl
     return rows
 
 
+def _diversity_counts(rows: list[tuple[UtteranceSpec, int]]) -> dict:
+    """How many utterances of a pool got each effect (details per utterance: utterances.jsonl)."""
+    speeds: dict[str, int] = {}
+    noise: dict[str, int] = {}
+    for spec, _ in rows:
+        speeds[f"{spec.speed:g}"] = speeds.get(f"{spec.speed:g}", 0) + 1
+        if spec.snr_db is not None:
+            noise[spec.noise_color] = noise.get(spec.noise_color, 0) + 1
+    return {
+        "utterances": len(rows),
+        "speed": dict(sorted(speeds.items())),
+        "tilt": sum(spec.tilt_db != 0.0 for spec, _ in rows),
+        "reverb": sum(spec.rt60_s is not None for spec, _ in rows),
+        "noise": dict(sorted(noise.items())),
+        "extra_variant_speakers": sum(spec.variant not in VARIANTS for spec, _ in rows),
+    }
+
+
 def build_corpus(
     out_dir: str | os.PathLike,
     *,
     unlabeled_minutes: float = DEFAULT_MINUTES["unlabeled"],
     train_10min_minutes: float = DEFAULT_MINUTES["train_10min"],
+    train_1min_minutes: float | None = None,
     train_1h_minutes: float = DEFAULT_MINUTES["train_1h"],
     valid_minutes: float = DEFAULT_MINUTES["valid"],
     test_minutes: float = DEFAULT_MINUTES["test"],
@@ -368,30 +485,39 @@ def build_corpus(
     workers: int = 2,
     domain_fraction: float = 0.5,
     noise_prob: float = 0.5,
+    diversity: str | Diversity | dict | None = None,
     force: bool = False,
     progress: bool = False,
 ) -> dict:
     """Synthesize the corpus into ``out_dir`` (see the module docstring); return corpus.json's content.
 
+    ``train_1min_minutes`` defaults to ``min(1, train_10min_minutes)``. ``diversity``: None
+    (plain audio, as before), a preset name of ``DIVERSITY_PRESETS`` (``"diverse"``: the
+    unlabeled pool only; ``"diverse_train"``: unlabeled and the labeled training splits),
+    a ``Diversity``, or a dict of its fields (``{"preset": "diverse", "reverb_prob": 1.0}``).
+
     Skips the work (and says so) when ``out_dir/corpus.json`` records the same settings and
     every output file exists, unless ``force``. ``workers`` changes speed, never the output.
     """
+    if train_1min_minutes is None:
+        train_1min_minutes = min(DEFAULT_MINUTES["train_1min"], train_10min_minutes)
     minutes = {
-        "unlabeled": unlabeled_minutes, "train_10min": train_10min_minutes, "train_1h": train_1h_minutes,
-        "valid": valid_minutes, "test": test_minutes,
+        "unlabeled": unlabeled_minutes, "train_1min": train_1min_minutes, "train_10min": train_10min_minutes,
+        "train_1h": train_1h_minutes, "valid": valid_minutes, "test": test_minutes,
     }  # fmt: skip
     for name, value in minutes.items():
         if not value > 0:
             raise ValueError(f"{name} minutes must be > 0, found {value}")
-    if train_1h_minutes < train_10min_minutes:
-        raise ValueError(
-            f"train_1h ({train_1h_minutes} min) must be at least train_10min ({train_10min_minutes} min): "
-            "it contains it"
-        )
+    for small, big in itertools.pairwise(LABELED_TRAIN):
+        if minutes[big] < minutes[small]:
+            raise ValueError(
+                f"{big} ({minutes[big]} min) must be at least {small} ({minutes[small]} min): it contains it"
+            )
+    diversity = resolve_diversity(diversity)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
     out_dir = Path(out_dir)
-    settings = _settings(minutes, seed, domain_fraction, noise_prob)
+    settings = _settings(minutes, seed, domain_fraction, noise_prob, diversity)
     if not force and _is_complete(out_dir, settings):
         print(f"corpus in {out_dir} is up to date (same settings in corpus.json); not rebuilding")
         return json.loads((out_dir / "corpus.json").read_text())
@@ -405,9 +531,13 @@ def build_corpus(
 
     speakers = make_speakers(seed)
     by_pool = _split_speakers(speakers, seed)
+    extra = make_extra_speakers(seed) if diversity.extra_variants else []
+    for pool in ("train", "unlabeled"):
+        if extra and diversity.applies_to(pool):
+            by_pool[pool] = by_pool[pool] + extra
     targets_s = {
         "test": minutes["test"] * 60, "valid": minutes["valid"] * 60,
-        "train": max(minutes["train_1h"], minutes["train_10min"]) * 60, "unlabeled": minutes["unlabeled"] * 60,
+        "train": max(minutes[s] for s in LABELED_TRAIN) * 60, "unlabeled": minutes["unlabeled"] * 60,
     }  # fmt: skip
     bar = None
     if progress:
@@ -420,7 +550,8 @@ def build_corpus(
     renderer = _Renderer(out_dir, workers)
     try:
         for pool in ("test", "valid", "train", "unlabeled"):  # fixed order: see module docstring
-            planner = _Planner(pool, by_pool[pool], seed, used, domain_fraction=domain_fraction, noise_prob=noise_prob)
+            planner = _Planner(pool, by_pool[pool], seed, used, domain_fraction=domain_fraction,
+                               noise_prob=noise_prob, diversity=diversity)  # fmt: skip
             if bar is not None:
                 bar.set_description_str(f"synthesizing {pool}")
             rows[pool] = _fill(planner, targets_s[pool], renderer, out_dir, bar)
@@ -431,8 +562,7 @@ def build_corpus(
 
     splits = {
         "unlabeled": rows["unlabeled"],
-        "train_10min": _prefix(rows["train"], minutes["train_10min"] * 60),
-        "train_1h": _prefix(rows["train"], minutes["train_1h"] * 60),
+        **{name: _prefix(rows["train"], minutes[name] * 60) for name in LABELED_TRAIN},
         "valid": rows["valid"],
         "test": rows["test"],
     }
@@ -465,8 +595,9 @@ def build_corpus(
             }
             for name, split_rows in splits.items()
         },
-        "speaker_sets": {pool: sorted(s.id for s in by_pool[pool]) for pool in ("train", "valid", "test")},
-        "speakers": {s.id: asdict(s) for s in speakers},
+        "speaker_sets": {pool: sorted(s.id for s in by_pool[pool]) for pool in POOLS},
+        "speakers": {s.id: asdict(s) for s in speakers + extra},
+        "diversity_applied": {pool: _diversity_counts(rows[pool]) for pool in POOLS},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
     tmp = out_dir / "corpus.json.tmp"
