@@ -27,6 +27,7 @@ from wav2vec2_lite.corpus import (  # noqa: E402
     make_extra_speakers,
     normalize_transcript,
     number_to_words,
+    plan_capacity,
     render_utterance,
 )
 from wav2vec2_lite.corpus.augment import coloured_noise, convolve, room_impulse_response, speed_perturb  # noqa: E402
@@ -580,3 +581,23 @@ def test_extra_speakers_never_in_valid_or_test():
     assert len(extra) == 8 * len(EXTRA_VARIANTS) and len({s.id for s in extra}) == len(extra)
     assert not {s.variant for s in extra} & {"m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"}
     assert make_extra_speakers(0) == extra and make_extra_speakers(1) != extra
+
+
+def test_ten_hours_of_diverse_unlabeled_audio_can_be_planned():
+    """A dry run of the planner (no audio) for the --full sizes with the "diverse" preset:
+    10 h of unlabeled audio gets new sentences and 800 speakers, none of valid/test's."""
+    report = plan_capacity(unlabeled_minutes=600, diversity="diverse")
+    unl = report["unlabeled"]
+    assert unl["utterances"] >= 600 * 60 / 2.5 and unl["speakers"] == 72 + len(make_extra_speakers(0))
+    assert unl["max_per_speaker"] <= 20
+    assert report["sentences"] == sum(report[p]["utterances"] for p in ("test", "valid", "train", "unlabeled"))
+    assert report["test"]["speakers"] == report["valid"]["speakers"] == 12
+
+
+def test_plan_capacity_stops_like_the_build(monkeypatch):
+    from wav2vec2_lite.corpus import build as build_mod
+
+    fixed = Sentence(text="turn the lights on.", transcript="TURN THE LIGHTS ON", kind="domain")
+    monkeypatch.setattr(build_mod.SentenceGenerator, "sample", lambda self: fixed)
+    with pytest.raises(RuntimeError, match="ask for fewer minutes"):
+        plan_capacity(unlabeled_minutes=1.0)

@@ -22,6 +22,7 @@ from wav2vec2_lite.corpus.build import (
     corpus_minutes,
     make_extra_speakers,
     make_speakers,
+    plan_capacity,
     render_utterance,
 )
 from wav2vec2_lite.corpus.espeak import SynthesisError, Synthesizer
@@ -46,5 +47,6 @@ __all__ = [
     "make_speakers",
     "normalize_transcript",
     "number_to_words",
+    "plan_capacity",
     "render_utterance",
 ]

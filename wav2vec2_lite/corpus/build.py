@@ -77,6 +77,7 @@ __all__ = [
     "corpus_minutes",
     "make_extra_speakers",
     "make_speakers",
+    "plan_capacity",
     "render_utterance",
 ]
 
@@ -442,6 +443,56 @@ def _is_complete(out_dir: Path, settings: dict) -> bool:
     except (OSError, json.JSONDecodeError):
         return False
     return old.get("settings") == settings and all((out_dir / f).is_file() for f in _OUTPUT_FILES)
+
+
+def plan_capacity(
+    *,
+    unlabeled_minutes: float = FULL_MINUTES["unlabeled"],
+    train_minutes: float = FULL_MINUTES["train_1h"],
+    valid_minutes: float = FULL_MINUTES["valid"],
+    test_minutes: float = FULL_MINUTES["test"],
+    seed: int = 0,
+    domain_fraction: float = 0.5,
+    noise_prob: float = 0.5,
+    diversity: str | Diversity | dict | None = None,
+    seconds_per_utterance: float = 2.5,
+) -> dict:
+    """Dry run of the build's planning, without audio: can these minutes get new sentences?
+
+    Draws the same utterance specs as ``build_corpus`` (same seed, order and sentence
+    de-duplication) for ``minutes * 60 / seconds_per_utterance`` utterances per pool (2.5 s is
+    below the corpus' ~2.7 s average, so the count errs high) and returns, per pool, the
+    number of utterances, distinct speakers, most utterances of one speaker and the share of
+    closed-domain sentences. Raises the build's ``RuntimeError`` ("ask for fewer minutes")
+    when the sentence space runs out. Seconds per 10 h: see docs/corpus.md.
+    """
+    diversity = resolve_diversity(diversity)
+    by_pool = _split_speakers(make_speakers(seed), seed)
+    extra = make_extra_speakers(seed) if diversity.extra_variants else []
+    for pool in ("train", "unlabeled"):
+        if extra and diversity.applies_to(pool):
+            by_pool[pool] = by_pool[pool] + extra
+    minutes = {"test": test_minutes, "valid": valid_minutes, "train": train_minutes, "unlabeled": unlabeled_minutes}
+    used: set[str] = set()
+    report: dict = {}
+    for pool in ("test", "valid", "train", "unlabeled"):
+        planner = _Planner(pool, by_pool[pool], seed, used, domain_fraction=domain_fraction,
+                           noise_prob=noise_prob, diversity=diversity)  # fmt: skip
+        n = math.ceil(minutes[pool] * 60 / seconds_per_utterance)
+        per_speaker: dict[str, int] = {}
+        domain = 0
+        for _ in range(n):
+            spec = next(planner)
+            per_speaker[spec.speaker] = per_speaker.get(spec.speaker, 0) + 1
+            domain += spec.kind == "domain"
+        report[pool] = {
+            "utterances": n,
+            "speakers": len(per_speaker),
+            "max_per_speaker": max(per_speaker.values(), default=0),
+            "domain_share": round(domain / max(n, 1), 3),
+        }
+    report["sentences"] = len(used)
+    return report
 
 
 def _prefix(rows: list[tuple[UtteranceSpec, int]], target_s: float) -> list[tuple[UtteranceSpec, int]]:
