@@ -555,6 +555,7 @@ def test_diverse_train_preset_and_idempotence(tmp_path, capsys):
     meta = _meta(out)
     train = [d for d in meta.values() if d["pool"] == "train"]
     assert any(d["speed"] != 1.0 or d["rt60_s"] is not None for d in train)
+    assert not any(d["variant"] in EXTRA_VARIANTS for d in train)  # extra speakers: unlabeled only
     assert all(d["rt60_s"] is None and d["speed"] == 1.0 for d in meta.values() if d["pool"] in ("valid", "test"))
     capsys.readouterr()
     build_corpus(out, seed=2, workers=1, diversity="diverse_train", **small)

@@ -63,8 +63,9 @@ class Diversity:
             corpus' base white noise (``noise_prob`` of ``build_corpus``) in these pools.
         extra_variants: add speakers made of every English voice with each of
             ``build.EXTRA_VARIANTS`` (eSpeak's other variants: klatt, whisper, Andy, ...),
-            with wider speaking styles, to the unlabeled and train pools in ``pools``.
-            Valid and test never use these variants, so their speakers stay held out.
+            with wider speaking styles, to the unlabeled pool (if in ``pools``). The labeled
+            splits keep the 72 training speakers (the label curve's speakers do not depend on
+            the preset) and valid/test never use these variants, so their speakers stay held out.
     """
 
     pools: tuple[str, ...] = ()

@@ -107,8 +107,8 @@ SILENCE_S = (0.05, 0.3)
 PEAK = (0.3, 0.9)
 SNR_DB = (25.0, 40.0)
 ENGINE_VOLUME = 70  # keeps the engine's own int16 output clear of clipping
-# eSpeak NG 1.52's other variants (voices/!v), used only with ``Diversity.extra_variants`` for
-# unlabeled/train speakers; "Mr serious" is left out (a space in its name).
+# eSpeak NG 1.52's other variants (voices/!v), used only with ``Diversity.extra_variants``, for
+# unlabeled speakers; "Mr serious" is left out (a space in its name).
 EXTRA_VARIANTS = (
     "m8", "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
     "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed",
@@ -223,6 +223,18 @@ def _split_speakers(speakers: list[Speaker], seed: int) -> dict[str, list[Speake
     valid = order[NUM_TEST_SPEAKERS : NUM_TEST_SPEAKERS + NUM_VALID_SPEAKERS]
     train = order[NUM_TEST_SPEAKERS + NUM_VALID_SPEAKERS :]
     return {"test": test, "valid": valid, "train": train, "unlabeled": train}
+
+
+def _speaker_pools(seed: int, diversity: Diversity) -> tuple[dict[str, list[Speaker]], list[Speaker]]:
+    """(speakers per pool, every speaker used): ``_split_speakers``, plus the extra-variant
+    speakers in the unlabeled pool when ``diversity`` asks for them there."""
+    speakers = make_speakers(seed)
+    by_pool = _split_speakers(speakers, seed)
+    if diversity.extra_variants and diversity.applies_to("unlabeled"):
+        extra = make_extra_speakers(seed)
+        by_pool["unlabeled"] = by_pool["unlabeled"] + extra
+        speakers = speakers + extra
+    return by_pool, speakers
 
 
 def _stable_seed(seed: int, name: str) -> int:
@@ -467,11 +479,7 @@ def plan_capacity(
     when the sentence space runs out. Seconds per 10 h: see docs/corpus.md.
     """
     diversity = resolve_diversity(diversity)
-    by_pool = _split_speakers(make_speakers(seed), seed)
-    extra = make_extra_speakers(seed) if diversity.extra_variants else []
-    for pool in ("train", "unlabeled"):
-        if extra and diversity.applies_to(pool):
-            by_pool[pool] = by_pool[pool] + extra
+    by_pool, _ = _speaker_pools(seed, diversity)
     minutes = {"test": test_minutes, "valid": valid_minutes, "train": train_minutes, "unlabeled": unlabeled_minutes}
     used: set[str] = set()
     report: dict = {}
@@ -580,12 +588,7 @@ def build_corpus(
     for name in _OUTPUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
 
-    speakers = make_speakers(seed)
-    by_pool = _split_speakers(speakers, seed)
-    extra = make_extra_speakers(seed) if diversity.extra_variants else []
-    for pool in ("train", "unlabeled"):
-        if extra and diversity.applies_to(pool):
-            by_pool[pool] = by_pool[pool] + extra
+    by_pool, speakers = _speaker_pools(seed, diversity)
     targets_s = {
         "test": minutes["test"] * 60, "valid": minutes["valid"] * 60,
         "train": max(minutes[s] for s in LABELED_TRAIN) * 60, "unlabeled": minutes["unlabeled"] * 60,
@@ -647,7 +650,7 @@ def build_corpus(
             for name, split_rows in splits.items()
         },
         "speaker_sets": {pool: sorted(s.id for s in by_pool[pool]) for pool in POOLS},
-        "speakers": {s.id: asdict(s) for s in speakers + extra},
+        "speakers": {s.id: asdict(s) for s in speakers},
         "diversity_applied": {pool: _diversity_counts(rows[pool]) for pool in POOLS},
         "build_seconds": round(time.perf_counter() - start, 1),
     }
