@@ -5,6 +5,7 @@
     python scripts/synth_corpus.py --out data/full --full          # Libri-light sizes, 10 h unlabeled
     python scripts/synth_corpus.py --out data/big --scale 4        # default sizes x 4
     python scripts/synth_corpus.py --out data/demo --test-minutes 10 --seed 1
+    python scripts/synth_corpus.py --out data/science --full --diversity diverse   # varied unlabeled audio
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import sys
 import time
 
+from wav2vec2_lite.corpus.augment import DIVERSITY_PRESETS
 from wav2vec2_lite.corpus.build import SPLITS, build_corpus, corpus_minutes
 
 
@@ -29,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"minutes of {split} audio (overrides --full/--scale)")  # fmt: skip
     p.add_argument("--domain-fraction", type=float, default=0.5, help="share of closed-domain command sentences")
     p.add_argument("--noise-prob", type=float, default=0.5, help="share of utterances with 25-40 dB SNR noise")
+    p.add_argument("--diversity", choices=sorted(DIVERSITY_PRESETS), default="none",
+                   help="audio diversity preset (docs/corpus.md): diverse = speed, reverb, coloured noise, EQ "
+                        "and extra speakers in the unlabeled pool; diverse_train adds the effects to train splits")
     p.add_argument("--force", action="store_true", help="rebuild even if corpus.json matches")
     args = p.parse_args(argv)
 
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         domain_fraction=args.domain_fraction,
         noise_prob=args.noise_prob,
+        diversity=args.diversity,
         force=args.force,
         progress=True,
     )
