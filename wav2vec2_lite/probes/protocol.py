@@ -29,9 +29,9 @@ class ProbeProtocol:
     validation split: its CER and loss are measured once, after the last update.
     """
 
-    steps: int = 1000
+    steps: int = 2000
     """Updates per probe."""
-    lr: float = 1e-2
+    lr: float = 3e-2
     """Peak Adam learning rate (half-cosine decay to 0 over ``steps``)."""
     batch_size: int = 8
     """Training utterances per update."""
