@@ -1,0 +1,504 @@
+"""The label-curve protocol: pretrained vs from-scratch CTC fine-tuning at several label sizes.
+
+A small spec (YAML or JSON) names the corpus, the label sizes (nested subsets), each arm's
+budgets and lr trials, the pretrained checkpoints (one per pretraining seed) and the
+fine-tuning seeds; ``plan`` validates it (equal budgets and equal trials for both arms, head-lr
+multipliers offered to both, the protocol's minimum seeds) and writes every run's full config
+into a plan file, to be committed before the first run. ``run`` trains the plan's runs (one at
+a time in this process, or ``--jobs N`` subprocesses side by side), skipping every run whose
+summary already exists, and writes one small JSON summary per finished run (config, seed,
+valid curve, final and best valid metrics; no weights) under ``RESULTS/runs/``. Choosing on
+valid, scoring test once and the report live in :mod:`wav2vec2_lite.tools.label_curve_report`.
+
+    python scripts/label_curve.py plan --spec SPEC --out PLAN
+    python scripts/label_curve.py run --plan PLAN [--only PATTERN] [--jobs N]
+    python scripts/label_curve.py status --plan PLAN
+    python scripts/label_curve.py score-test --plan PLAN      # once; a second call is refused
+    python scripts/label_curve.py report --plan PLAN
+
+The protocol and the spec's keys: docs/results/label_curve.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
+           "load_summaries", "write_transcribed_unlabeled", "main", "ARMS", "MANAGED_KEYS"]
+
+PLAN_FORMAT = "wav2vec2_lite.label_curve.plan/1"
+RUN_FORMAT = "wav2vec2_lite.label_curve.run/1"
+ARMS = ("pretrained", "scratch")
+TOPLINE = "topline"
+# keys the plan sets for each run; an override of one of them in the spec would silently fight it
+MANAGED_KEYS = ("optim.lr", "optim.lr_scale", "trainer.seed", "trainer.max_updates", "trainer.num_threads",
+                "data.train_subset", "data.manifest_dir", "finetune.pretrained", "run_dir")
+PROTOCOL_DEFAULTS = {"min_seeds": 3, "min_trials": 2, "min_pretrain_seeds": 2,
+                     "min_pretrain_seeds_at": ["train_10min"], "collapse_threshold": 0.9,
+                     "bootstrap_resamples": 10_000, "bootstrap_seed": 0}
+SPEC_KEYS = {"name", "corpus", "runs_dir", "results_dir", "config_name", "common_overrides", "threads_per_run",
+             "sizes", "seeds", "arms", "topline", "protocol"}
+TOPLINE_SUBSET = "unlabeled_text"
+
+
+class LabelCurveError(Exception):
+    """A user error: the CLI prints it on one line and exits with status 2."""
+
+
+# ----------------------------------------------------------------------------- spec -> plan
+def _load_mapping(path: Path) -> dict:
+    if not path.is_file():
+        raise LabelCurveError(f"{path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise LabelCurveError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
+                              f"({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise LabelCurveError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _check_overrides(where: str, overrides: Any) -> list[str]:
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise LabelCurveError(f"{where}: a list of Hydra overrides KEY=VALUE (got {overrides!r})")
+    for o in overrides:
+        key = _override_key(o)
+        if any(key == m or key.startswith(m + ".") for m in MANAGED_KEYS):
+            raise LabelCurveError(f"{where}: {o!r} sets {key}, which the plan sets for each run "
+                                  f"(sizes, trials, seeds, checkpoints, corpus, threads_per_run)")
+    return list(overrides)
+
+
+def _trial(where: str, t: Any) -> dict:
+    if not isinstance(t, dict) or set(t) - {"lr", "lr_scale"} or "lr" not in t:
+        raise LabelCurveError(f"{where}: a trial is {{lr: X[, lr_scale: {{PREFIX: SCALE}}]}} (got {t!r})")
+    lr, scale = t["lr"], t.get("lr_scale") or {}
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise LabelCurveError(f"{where}: lr must be a number > 0 (got {lr!r})")
+    if not isinstance(scale, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                              for v in scale.values()):
+        raise LabelCurveError(f"{where}: lr_scale maps parameter prefixes to numbers > 0 (got {scale!r})")
+    return {"lr": float(lr), "lr_scale": {str(k): float(v) for k, v in sorted(scale.items())}}
+
+
+def _updates(where: str, updates: Any, subsets: list[str]) -> dict[str, int]:
+    if not isinstance(updates, dict) or set(updates) != set(subsets):
+        raise LabelCurveError(f"{where}: one budget per size, {{{', '.join(f'{s}: N' for s in subsets)}}} "
+                              f"(got {updates!r})")
+    for s, n in updates.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise LabelCurveError(f"{where}.{s}: a whole number of updates > 0 (got {n!r})")
+    return {s: int(updates[s]) for s in subsets}
+
+
+def _seeds(where: str, seeds: Any) -> list[int]:
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise LabelCurveError(f"{where}: a list of distinct integer seeds (got {seeds!r})")
+    return list(seeds)
+
+
+def validate_spec(spec: dict) -> dict:
+    """The spec with defaults filled in; a :class:`LabelCurveError` names the first problem."""
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise LabelCurveError(f"spec: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
+    for key in ("name", "corpus", "sizes", "seeds", "arms"):
+        if key not in spec:
+            raise LabelCurveError(f"spec: '{key}' is required")
+    protocol = {**PROTOCOL_DEFAULTS, **(spec.get("protocol") or {})}
+    if set(protocol) - set(PROTOCOL_DEFAULTS):
+        raise LabelCurveError(f"spec.protocol: unknown key(s) {', '.join(sorted(set(protocol) - set(PROTOCOL_DEFAULTS)))}")
+    sizes = spec["sizes"]
+    if not isinstance(sizes, list) or not sizes:
+        raise LabelCurveError("spec.sizes: a list of {subset: NAME, minutes: M}")
+    for i, s in enumerate(sizes):
+        if not isinstance(s, dict) or set(s) != {"subset", "minutes"} or not float(s["minutes"]) > 0:
+            raise LabelCurveError(f"spec.sizes[{i}]: {{subset: NAME, minutes: M > 0}} (got {s!r})")
+    subsets = [str(s["subset"]) for s in sizes]
+    if len(set(subsets)) != len(subsets):
+        raise LabelCurveError(f"spec.sizes: a subset appears twice ({subsets})")
+    seeds = _seeds("spec.seeds", spec["seeds"])
+    if len(seeds) < protocol["min_seeds"]:
+        raise LabelCurveError(f"spec.seeds: the protocol asks for >= {protocol['min_seeds']} fine-tuning seeds per "
+                              f"cell (got {len(seeds)})")
+    arms = spec["arms"]
+    if not isinstance(arms, dict) or set(arms) != set(ARMS):
+        raise LabelCurveError(f"spec.arms: exactly {' and '.join(ARMS)} (got {sorted(arms) if isinstance(arms, dict) else arms!r})")
+    out_arms = {}
+    for arm in ARMS:
+        a, where = arms[arm], f"spec.arms.{arm}"
+        allowed = {"overrides", "updates", "trials"} | ({"checkpoints"} if arm == "pretrained" else set())
+        if not isinstance(a, dict) or set(a) - allowed or not {"updates", "trials"} <= set(a):
+            raise LabelCurveError(f"{where}: keys {', '.join(sorted(allowed))} (updates and trials required; got "
+                                  f"{sorted(a) if isinstance(a, dict) else a!r})")
+        trials = a["trials"]
+        if not isinstance(trials, list) or not trials:
+            raise LabelCurveError(f"{where}.trials: a non-empty list of {{lr: X[, lr_scale: {{...}}]}}")
+        out_arms[arm] = {"overrides": _check_overrides(f"{where}.overrides", a.get("overrides", [])),
+                         "updates": _updates(f"{where}.updates", a["updates"], subsets),
+                         "trials": [_trial(f"{where}.trials[{i}]", t) for i, t in enumerate(trials)]}
+    ckpts = arms["pretrained"].get("checkpoints")
+    if not isinstance(ckpts, list) or not ckpts:
+        raise LabelCurveError("spec.arms.pretrained.checkpoints: a list of {name: NAME, path: DIR[, sizes: [SUBSET...]]}, "
+                              "one per pretraining seed")
+    out_ckpts = []
+    for i, c in enumerate(ckpts):
+        if not isinstance(c, dict) or not {"name", "path"} <= set(c) or set(c) - {"name", "path", "sizes"}:
+            raise LabelCurveError(f"spec.arms.pretrained.checkpoints[{i}]: {{name, path[, sizes]}} (got {c!r})")
+        at = c.get("sizes", subsets)
+        if not isinstance(at, list) or set(at) - set(subsets):
+            raise LabelCurveError(f"spec.arms.pretrained.checkpoints[{i}].sizes: subsets among {subsets} (got {at!r})")
+        out_ckpts.append({"name": str(c["name"]), "path": str(c["path"]), "sizes": [s for s in subsets if s in at]})
+    if len({c["name"] for c in out_ckpts}) != len(out_ckpts):
+        raise LabelCurveError("spec.arms.pretrained.checkpoints: names must be distinct")
+    out_arms["pretrained"]["checkpoints"] = out_ckpts
+
+    # the fairness rules: same budgets, same number of trials, the same head-lr multipliers offered
+    p, s = out_arms["pretrained"], out_arms["scratch"]
+    for subset in subsets:
+        if p["updates"][subset] != s["updates"][subset]:
+            raise LabelCurveError(f"unequal budgets between arms at {subset}: pretrained {p['updates'][subset]} updates, "
+                                  f"scratch {s['updates'][subset]}; both arms get the same budget per size")
+    if len(p["trials"]) != len(s["trials"]):
+        raise LabelCurveError(f"unequal number of lr trials: pretrained {len(p['trials'])}, scratch {len(s['trials'])}; "
+                              f"both arms get the same number of trials")
+    if len(p["trials"]) < protocol["min_trials"]:
+        raise LabelCurveError(f"spec.arms: the protocol asks for >= {protocol['min_trials']} lr trials per arm "
+                              f"(got {len(p['trials'])})")
+    scales = [sorted(json.dumps(t["lr_scale"], sort_keys=True) for t in out_arms[arm]["trials"]) for arm in ARMS]
+    if scales[0] != scales[1]:
+        raise LabelCurveError(f"per-part lr multipliers differ between arms (pretrained {scales[0]}, scratch "
+                              f"{scales[1]}): a multiplier counts as a trial and is offered to both arms")
+    for subset in protocol["min_pretrain_seeds_at"]:
+        n = sum(subset in c["sizes"] for c in out_ckpts)
+        if subset in subsets and n < protocol["min_pretrain_seeds"]:
+            raise LabelCurveError(f"spec.arms.pretrained.checkpoints: {n} pretrained checkpoint(s) at {subset}; the "
+                                  f"protocol asks for >= {protocol['min_pretrain_seeds']} pretraining seeds there")
+    topline = spec.get("topline")
+    if topline is not None:
+        if not isinstance(topline, dict) or set(topline) - {"updates", "minutes", "seeds", "overrides"} \
+                or not {"updates", "minutes"} <= set(topline):
+            raise LabelCurveError("spec.topline: {updates: N, minutes: M[, seeds: [...], overrides: [...]]}; it trains "
+                                  "the scratch arm's recipe and trials on the unlabeled pool's synthesized transcripts")
+        topline = {"updates": _updates("spec.topline.updates", {TOPLINE_SUBSET: topline["updates"]},
+                                       [TOPLINE_SUBSET])[TOPLINE_SUBSET],
+                   "minutes": float(topline["minutes"]), "seeds": _seeds("spec.topline.seeds", topline.get("seeds", seeds)),
+                   "overrides": _check_overrides("spec.topline.overrides", topline.get("overrides", s["overrides"]))}
+    threads = spec.get("threads_per_run", 1)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise LabelCurveError(f"spec.threads_per_run: an integer >= 1 (got {threads!r})")
+    return {"name": str(spec["name"]), "corpus": str(spec["corpus"]),
+            "runs_dir": str(spec.get("runs_dir", f"runs/label_curve/{spec['name']}")),
+            "results_dir": str(spec.get("results_dir", "docs/results/label_curve")),
+            "config_name": str(spec.get("config_name", "finetune_demo")),
+            "common_overrides": _check_overrides("spec.common_overrides", spec.get("common_overrides", [])),
+            "threads_per_run": threads, "sizes": [{"subset": str(x["subset"]), "minutes": float(x["minutes"])} for x in sizes],
+            "seeds": seeds, "arms": out_arms, "topline": topline, "protocol": protocol}
+
+
+def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
+               trial: dict, overrides: list[str], ckpt: dict | None) -> dict:
+    pre = ckpt["name"] if ckpt else "none"
+    run_id = f"{arm}-{subset}-{pre}-s{seed}-t{trial_index}"
+    full = [*spec["common_overrides"], *overrides, f"data.manifest_dir={spec['corpus']}",
+            f"data.train_subset={subset}", f"optim.lr={trial['lr']:g}",
+            *(f"+optim.lr_scale.{k}={v:g}" for k, v in trial["lr_scale"].items()),
+            f"trainer.seed={seed}", f"trainer.max_updates={updates}", f"trainer.num_threads={spec['threads_per_run']}"]
+    if ckpt:
+        full.append(f"finetune.pretrained={ckpt['path']}")
+    return {"id": run_id, "arm": arm, "subset": subset, "minutes": minutes, "pretrain": ckpt["name"] if ckpt else None,
+            "pretrain_path": ckpt["path"] if ckpt else None, "seed": seed, "trial": trial_index, "lr": trial["lr"],
+            "lr_scale": trial["lr_scale"], "updates": updates, "config_name": spec["config_name"],
+            "overrides": full, "run_dir": str(Path(spec["runs_dir"]) / run_id)}
+
+
+def compose_config(config_name: str, overrides: list[str]):
+    """The typed run config Hydra composes from the package's configs and ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from wav2vec2_lite.cli import CONFIG_DIR
+    from wav2vec2_lite.train.config import register_configs, to_run_config
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    return to_run_config(cfg, "finetune")
+
+
+def make_plan(spec: dict, check_configs: bool = True) -> dict:
+    """Every run of the experiment from a (validated) spec; with ``check_configs`` each run's
+    config is composed and checked now, so a typo fails before the first run, not hours in."""
+    spec = validate_spec(spec)
+    runs = []
+    for size in spec["sizes"]:
+        subset, minutes = size["subset"], size["minutes"]
+        for arm in ARMS:
+            a = spec["arms"][arm]
+            ckpts = [c for c in a.get("checkpoints", []) if subset in c["sizes"]] if arm == "pretrained" else [None]
+            for ckpt in ckpts:
+                for seed in spec["seeds"]:
+                    for i, trial in enumerate(a["trials"]):
+                        runs.append(_run_entry(spec, arm, subset, minutes, a["updates"][subset], seed, i, trial,
+                                               a["overrides"], ckpt))
+    if spec["topline"]:
+        top = spec["topline"]
+        for seed in top["seeds"]:
+            for i, trial in enumerate(spec["arms"]["scratch"]["trials"]):
+                runs.append(_run_entry(spec, TOPLINE, TOPLINE_SUBSET, top["minutes"], top["updates"], seed, i, trial,
+                                       top["overrides"], None))
+    if check_configs:
+        for run in runs:
+            try:
+                cfg = compose_config(run["config_name"], run["overrides"])
+            except Exception as e:  # noqa: BLE001 - Hydra/config errors are the spec's
+                raise LabelCurveError(f"run {run['id']}: its config does not compose: {str(e).splitlines()[0]}") from e
+            if cfg.trainer.best_metric != "cer":
+                raise LabelCurveError(f"run {run['id']}: trainer.best_metric is {cfg.trainer.best_metric!r}; the "
+                                      f"protocol chooses checkpoints and trials by valid CER (set trainer.best_metric=cer)")
+            if not cfg.data.valid_subset:
+                raise LabelCurveError(f"run {run['id']}: data.valid_subset is empty; trials are chosen on valid")
+    body = {"format": PLAN_FORMAT, "spec": spec, "runs": runs}
+    body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return body
+
+
+def write_plan(plan: dict, out: Path, force: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not force:
+        old = json.loads(out.read_text()) if out.suffix == ".json" else None
+        if not old or old.get("sha256") != plan["sha256"]:
+            raise LabelCurveError(f"{out} exists and holds another plan; a committed plan is the protocol's record "
+                                  f"(pass --force to replace it before any run, or another --out)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(out, {**plan, "created": _now()})
+    return out
+
+
+def load_plan(path: Path) -> dict:
+    plan = _load_mapping(Path(path))
+    if plan.get("format") != PLAN_FORMAT or "runs" not in plan:
+        raise LabelCurveError(f"{path}: not a label-curve plan (format {plan.get('format')!r}); make one with `plan`")
+    return plan
+
+
+# ----------------------------------------------------------------------------- runs
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def summary_path(plan: dict, run_id: str) -> Path:
+    return Path(plan["spec"]["results_dir"]) / "runs" / f"{run_id}.json"
+
+
+def load_summaries(plan: dict) -> dict[str, dict]:
+    """The summaries of the plan's finished runs, by id; one made under another config is an error."""
+    out = {}
+    for run in plan["runs"]:
+        path = summary_path(plan, run["id"])
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            if summary.get("overrides") != run["overrides"] or summary.get("config_name") != run["config_name"]:
+                raise LabelCurveError(f"{path}: made with another config than the plan's run {run['id']} (was the plan "
+                                      f"changed after runs were made?)")
+            out[run["id"]] = summary
+    return out
+
+
+def write_transcribed_unlabeled(corpus: Path, name: str = TOPLINE_SUBSET) -> Path:
+    """``NAME.{tsv,ltr,wrd}``: the unlabeled pool with the transcripts the corpus synthesized it
+    from (``utterances.jsonl``), for the supervised topline. Same rows and order as unlabeled.tsv."""
+    from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels, write_manifest
+
+    corpus = Path(corpus)
+    index, manifest = corpus / "utterances.jsonl", corpus / "unlabeled.tsv"
+    if not index.is_file() or not manifest.is_file():
+        raise LabelCurveError(f"{corpus}: the topline needs utterances.jsonl and unlabeled.tsv (a synthesized corpus)")
+    text = {}
+    for line in index.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        text[rec["path"]] = rec["transcript"]
+    m = read_manifest(manifest)
+    missing = [p for p in m.paths if p not in text]
+    if missing:
+        raise LabelCurveError(f"{index}: no transcript for {len(missing)} unlabeled file(s), e.g. {missing[0]}")
+    write_manifest(corpus / f"{name}.tsv", m.root, list(zip(m.paths, m.sizes)))
+    write_labels(corpus / f"{name}.wrd", [text[p] for p in m.paths])
+    write_labels(corpus / f"{name}.ltr", [text_to_ltr(text[p]) for p in m.paths])
+    return corpus / f"{name}.tsv"
+
+
+def _train_one(plan: dict, run: dict) -> dict:
+    from wav2vec2_lite.train.logging import read_metrics
+    from wav2vec2_lite.train.trainer import train
+
+    run_dir = Path(run["run_dir"])
+    recipe = {"config_name": run["config_name"], "overrides": run["overrides"]}
+    marker = run_dir / "label_curve_run.json"
+    if marker.is_file() and json.loads(marker.read_text()) != recipe:
+        raise LabelCurveError(f"{run_dir}: trained with another config than the plan's run {run['id']}; remove it")
+    if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
+        raise LabelCurveError(f"{run_dir}: holds a run without a label-curve record; remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(marker, recipe)
+    if run["arm"] == TOPLINE and not (Path(plan["spec"]["corpus"]) / f"{TOPLINE_SUBSET}.tsv").is_file():
+        write_transcribed_unlabeled(Path(plan["spec"]["corpus"]))
+    cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"])
+    t0 = time.time()
+    train(cfg, run_dir)
+    valid = [r for r in read_metrics(run_dir / "metrics.jsonl", kind="valid") if "cer" in r]
+    if not valid:
+        raise LabelCurveError(f"{run_dir}: the run logged no valid CER")
+    curve = [{k: r.get(k) for k in ("update", "cer", "wer", "loss", "blank_only", "output_length_ratio")} for r in valid]
+    best = min(curve, key=lambda r: (r["cer"], r["wer"], r["update"]))
+    threshold = plan["spec"]["protocol"]["collapse_threshold"]
+    summary = {"format": RUN_FORMAT, **{k: v for k, v in run.items()}, "plan_sha256": plan["sha256"],
+               "valid_curve": curve, "final_valid": curve[-1], "best_valid": best,
+               "blank_collapse": curve[-1]["blank_only"] >= threshold,
+               "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": _now()}
+    path = summary_path(plan, run["id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(path, summary)
+    return summary
+
+
+def _test_marker(plan: dict) -> Path:
+    return Path(plan["spec"]["results_dir"]) / "test_scores.json"
+
+
+def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print) -> list[str]:
+    """Train the plan's runs that have no summary yet (those matching ``only``, an fnmatch pattern
+    on run ids); ``jobs`` > 1 runs that many subprocesses side by side. Returns the ids trained."""
+    plan = load_plan(plan_path)
+    if _test_marker(plan).is_file():
+        raise LabelCurveError(f"{_test_marker(plan)} exists: test was scored already, and runs added now could change "
+                              f"the choices it was scored on")
+    runs = [r for r in plan["runs"] if only is None or fnmatch.fnmatchcase(r["id"], only)]
+    if not runs:
+        raise LabelCurveError(f"--only {only!r} matches none of the plan's {len(plan['runs'])} run ids "
+                              f"(e.g. {plan['runs'][0]['id']})")
+    done = load_summaries(plan)
+    todo = [r for r in runs if r["id"] not in done]
+    log(f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; {len(todo)} to train")
+    if jobs <= 1:
+        for r in todo:
+            log(f"[label_curve] training {r['id']}")
+            _train_one(plan, r)
+        return [r["id"] for r in todo]
+    _side_by_side(plan_path, plan, todo, jobs, log)
+    return [r["id"] for r in todo]
+
+
+def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(plan["spec"]["threads_per_run"]),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    pending, active, failed = list(todo), {}, []
+    while pending or active:
+        while pending and len(active) < jobs:
+            r = pending.pop(0)
+            Path(r["run_dir"]).mkdir(parents=True, exist_ok=True)
+            logf = open(Path(r["run_dir"]) / "label_curve.log", "a")
+            cmd = [sys.executable, "-m", "wav2vec2_lite.tools.label_curve", "run", "--plan", str(plan_path),
+                   "--only", r["id"], "--jobs", "1"]
+            log(f"[label_curve] training {r['id']} (log: {logf.name})")
+            active[r["id"]] = (subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf)
+        time.sleep(0.5)
+        for run_id, (proc, logf) in list(active.items()):
+            if proc.poll() is not None:
+                logf.close()
+                del active[run_id]
+                if proc.returncode != 0:
+                    failed.append(run_id)
+                    pending.clear()  # let the running ones finish; start nothing new
+    if failed:
+        raise LabelCurveError(f"run(s) {', '.join(failed)} failed; see label_curve.log in their run folders")
+
+
+def plan_status(plan: dict) -> str:
+    """Done / left per arm and size, and whether test was scored."""
+    done = load_summaries(plan)
+    cells: dict[tuple[str, str], list[int]] = {}
+    for r in plan["runs"]:
+        c = cells.setdefault((r["arm"], r["subset"]), [0, 0])
+        c[0 if r["id"] in done else 1] += 1
+    lines = [f"plan {plan['spec']['name']} ({plan['sha256'][:12]}): {len(done)} of {len(plan['runs'])} runs done"]
+    lines += [f"  {arm:<10} {subset:<16} done {d:>3}  left {left:>3}" for (arm, subset), (d, left) in cells.items()]
+    left = [r["id"] for r in plan["runs"] if r["id"] not in done]
+    if left:
+        lines.append(f"next: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
+    marker = _test_marker(plan)
+    lines.append(f"test: scored ({marker})" if marker.is_file() else "test: not scored yet")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="label_curve", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("plan", help="validate a spec and write the plan (commit it before the first run)")
+    sp.add_argument("--spec", type=Path, required=True)
+    sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--force", action="store_true", help="replace an existing plan file")
+    sr = sub.add_parser("run", help="train the runs without a summary (resumable)")
+    sr.add_argument("--plan", type=Path, required=True)
+    sr.add_argument("--only", help="fnmatch pattern on run ids, e.g. 'pretrained-train_10min-*'")
+    sr.add_argument("--jobs", type=int, default=1, help="runs side by side (threads_per_run threads each)")
+    for name, text in (("status", "what is done and left"), ("score-test", "score test once, for the choices on valid"),
+                       ("report", "markdown tables and the plot")):
+        sub.add_parser(name, help=text).add_argument("--plan", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "plan":
+            plan = make_plan(_load_mapping(args.spec))
+            print(f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; commit it before the first run")
+        elif args.cmd == "run":
+            if args.jobs < 1:
+                raise LabelCurveError(f"--jobs: an integer >= 1 (got {args.jobs})")
+            run_plan(args.plan, args.only, args.jobs)
+        elif args.cmd == "status":
+            print(plan_status(load_plan(args.plan)))
+        else:
+            from wav2vec2_lite.tools import label_curve_report as rep
+
+            if args.cmd == "score-test":
+                print(f"wrote {rep.score_test(load_plan(args.plan))}; commit it")
+            else:
+                for path in rep.write_report(load_plan(args.plan)):
+                    print(f"wrote {path}")
+    except LabelCurveError as e:
+        print(f"label_curve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
