@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wav2vec2_lite.tools.label_curve import main  # noqa: E402
+from wav2vec2_lite.tools.label_curve_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from wav2vec2_lite.data.manifest import read_labels, read_manifest, write_labels, write_manifest
-from wav2vec2_lite.tools.label_curve import load_plan, load_summaries, main, run_plan, summary_path
+from wav2vec2_lite.tools.label_curve import load_plan, load_summaries, run_plan, summary_path
+from wav2vec2_lite.tools.label_curve_cli import main
 from wav2vec2_lite.tools.label_curve_report import choose_on_valid
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.toy_data import make_toy_corpus

@@ -21,7 +21,6 @@ The protocol and the spec's keys: docs/results/label_curve.md.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import hashlib
 import json
@@ -33,189 +32,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT, TOPLINE, TOPLINE_SUBSET,
+                                                  LabelCurveError, load_mapping, validate_spec)
+
 __all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
-           "load_summaries", "write_transcribed_unlabeled", "main", "ARMS", "MANAGED_KEYS"]
-
-PLAN_FORMAT = "wav2vec2_lite.label_curve.plan/1"
-RUN_FORMAT = "wav2vec2_lite.label_curve.run/1"
-ARMS = ("pretrained", "scratch")
-TOPLINE = "topline"
-# keys the plan sets for each run; an override of one of them in the spec would silently fight it
-MANAGED_KEYS = ("optim.lr", "optim.lr_scale", "trainer.seed", "trainer.max_updates", "trainer.num_threads",
-                "data.train_subset", "data.manifest_dir", "finetune.pretrained", "run_dir")
-PROTOCOL_DEFAULTS = {"min_seeds": 3, "min_trials": 2, "min_pretrain_seeds": 2,
-                     "min_pretrain_seeds_at": ["train_10min"], "collapse_threshold": 0.9,
-                     "bootstrap_resamples": 10_000, "bootstrap_seed": 0}
-SPEC_KEYS = {"name", "corpus", "runs_dir", "results_dir", "config_name", "common_overrides", "threads_per_run",
-             "sizes", "seeds", "arms", "topline", "protocol"}
-TOPLINE_SUBSET = "unlabeled_text"
-
-
-class LabelCurveError(Exception):
-    """A user error: the CLI prints it on one line and exits with status 2."""
-
-
-# ----------------------------------------------------------------------------- spec -> plan
-def _load_mapping(path: Path) -> dict:
-    if not path.is_file():
-        raise LabelCurveError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        raise LabelCurveError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "
-                              f"({str(e).splitlines()[0]})") from e
-    if not isinstance(data, dict):
-        raise LabelCurveError(f"{path}: expected a mapping at the top level")
-    return data
-
-
-def _override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _check_overrides(where: str, overrides: Any) -> list[str]:
-    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
-        raise LabelCurveError(f"{where}: a list of Hydra overrides KEY=VALUE (got {overrides!r})")
-    for o in overrides:
-        key = _override_key(o)
-        if any(key == m or key.startswith(m + ".") for m in MANAGED_KEYS):
-            raise LabelCurveError(f"{where}: {o!r} sets {key}, which the plan sets for each run "
-                                  f"(sizes, trials, seeds, checkpoints, corpus, threads_per_run)")
-    return list(overrides)
-
-
-def _trial(where: str, t: Any) -> dict:
-    if not isinstance(t, dict) or set(t) - {"lr", "lr_scale"} or "lr" not in t:
-        raise LabelCurveError(f"{where}: a trial is {{lr: X[, lr_scale: {{PREFIX: SCALE}}]}} (got {t!r})")
-    lr, scale = t["lr"], t.get("lr_scale") or {}
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise LabelCurveError(f"{where}: lr must be a number > 0 (got {lr!r})")
-    if not isinstance(scale, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                                              for v in scale.values()):
-        raise LabelCurveError(f"{where}: lr_scale maps parameter prefixes to numbers > 0 (got {scale!r})")
-    return {"lr": float(lr), "lr_scale": {str(k): float(v) for k, v in sorted(scale.items())}}
-
-
-def _updates(where: str, updates: Any, subsets: list[str]) -> dict[str, int]:
-    if not isinstance(updates, dict) or set(updates) != set(subsets):
-        raise LabelCurveError(f"{where}: one budget per size, {{{', '.join(f'{s}: N' for s in subsets)}}} "
-                              f"(got {updates!r})")
-    for s, n in updates.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise LabelCurveError(f"{where}.{s}: a whole number of updates > 0 (got {n!r})")
-    return {s: int(updates[s]) for s in subsets}
-
-
-def _seeds(where: str, seeds: Any) -> list[int]:
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
-        raise LabelCurveError(f"{where}: a list of distinct integer seeds (got {seeds!r})")
-    return list(seeds)
-
-
-def validate_spec(spec: dict) -> dict:
-    """The spec with defaults filled in; a :class:`LabelCurveError` names the first problem."""
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise LabelCurveError(f"spec: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(SPEC_KEYS))}")
-    for key in ("name", "corpus", "sizes", "seeds", "arms"):
-        if key not in spec:
-            raise LabelCurveError(f"spec: '{key}' is required")
-    protocol = {**PROTOCOL_DEFAULTS, **(spec.get("protocol") or {})}
-    if set(protocol) - set(PROTOCOL_DEFAULTS):
-        raise LabelCurveError(f"spec.protocol: unknown key(s) {', '.join(sorted(set(protocol) - set(PROTOCOL_DEFAULTS)))}")
-    sizes = spec["sizes"]
-    if not isinstance(sizes, list) or not sizes:
-        raise LabelCurveError("spec.sizes: a list of {subset: NAME, minutes: M}")
-    for i, s in enumerate(sizes):
-        if not isinstance(s, dict) or set(s) != {"subset", "minutes"} or not float(s["minutes"]) > 0:
-            raise LabelCurveError(f"spec.sizes[{i}]: {{subset: NAME, minutes: M > 0}} (got {s!r})")
-    subsets = [str(s["subset"]) for s in sizes]
-    if len(set(subsets)) != len(subsets):
-        raise LabelCurveError(f"spec.sizes: a subset appears twice ({subsets})")
-    seeds = _seeds("spec.seeds", spec["seeds"])
-    if len(seeds) < protocol["min_seeds"]:
-        raise LabelCurveError(f"spec.seeds: the protocol asks for >= {protocol['min_seeds']} fine-tuning seeds per "
-                              f"cell (got {len(seeds)})")
-    arms = spec["arms"]
-    if not isinstance(arms, dict) or set(arms) != set(ARMS):
-        raise LabelCurveError(f"spec.arms: exactly {' and '.join(ARMS)} (got {sorted(arms) if isinstance(arms, dict) else arms!r})")
-    out_arms = {}
-    for arm in ARMS:
-        a, where = arms[arm], f"spec.arms.{arm}"
-        allowed = {"overrides", "updates", "trials"} | ({"checkpoints"} if arm == "pretrained" else set())
-        if not isinstance(a, dict) or set(a) - allowed or not {"updates", "trials"} <= set(a):
-            raise LabelCurveError(f"{where}: keys {', '.join(sorted(allowed))} (updates and trials required; got "
-                                  f"{sorted(a) if isinstance(a, dict) else a!r})")
-        trials = a["trials"]
-        if not isinstance(trials, list) or not trials:
-            raise LabelCurveError(f"{where}.trials: a non-empty list of {{lr: X[, lr_scale: {{...}}]}}")
-        out_arms[arm] = {"overrides": _check_overrides(f"{where}.overrides", a.get("overrides", [])),
-                         "updates": _updates(f"{where}.updates", a["updates"], subsets),
-                         "trials": [_trial(f"{where}.trials[{i}]", t) for i, t in enumerate(trials)]}
-    ckpts = arms["pretrained"].get("checkpoints")
-    if not isinstance(ckpts, list) or not ckpts:
-        raise LabelCurveError("spec.arms.pretrained.checkpoints: a list of {name: NAME, path: DIR[, sizes: [SUBSET...]]}, "
-                              "one per pretraining seed")
-    out_ckpts = []
-    for i, c in enumerate(ckpts):
-        if not isinstance(c, dict) or not {"name", "path"} <= set(c) or set(c) - {"name", "path", "sizes"}:
-            raise LabelCurveError(f"spec.arms.pretrained.checkpoints[{i}]: {{name, path[, sizes]}} (got {c!r})")
-        at = c.get("sizes", subsets)
-        if not isinstance(at, list) or set(at) - set(subsets):
-            raise LabelCurveError(f"spec.arms.pretrained.checkpoints[{i}].sizes: subsets among {subsets} (got {at!r})")
-        out_ckpts.append({"name": str(c["name"]), "path": str(c["path"]), "sizes": [s for s in subsets if s in at]})
-    if len({c["name"] for c in out_ckpts}) != len(out_ckpts):
-        raise LabelCurveError("spec.arms.pretrained.checkpoints: names must be distinct")
-    out_arms["pretrained"]["checkpoints"] = out_ckpts
-
-    # the fairness rules: same budgets, same number of trials, the same head-lr multipliers offered
-    p, s = out_arms["pretrained"], out_arms["scratch"]
-    for subset in subsets:
-        if p["updates"][subset] != s["updates"][subset]:
-            raise LabelCurveError(f"unequal budgets between arms at {subset}: pretrained {p['updates'][subset]} updates, "
-                                  f"scratch {s['updates'][subset]}; both arms get the same budget per size")
-    if len(p["trials"]) != len(s["trials"]):
-        raise LabelCurveError(f"unequal number of lr trials: pretrained {len(p['trials'])}, scratch {len(s['trials'])}; "
-                              f"both arms get the same number of trials")
-    if len(p["trials"]) < protocol["min_trials"]:
-        raise LabelCurveError(f"spec.arms: the protocol asks for >= {protocol['min_trials']} lr trials per arm "
-                              f"(got {len(p['trials'])})")
-    scales = [sorted(json.dumps(t["lr_scale"], sort_keys=True) for t in out_arms[arm]["trials"]) for arm in ARMS]
-    if scales[0] != scales[1]:
-        raise LabelCurveError(f"per-part lr multipliers differ between arms (pretrained {scales[0]}, scratch "
-                              f"{scales[1]}): a multiplier counts as a trial and is offered to both arms")
-    for subset in protocol["min_pretrain_seeds_at"]:
-        n = sum(subset in c["sizes"] for c in out_ckpts)
-        if subset in subsets and n < protocol["min_pretrain_seeds"]:
-            raise LabelCurveError(f"spec.arms.pretrained.checkpoints: {n} pretrained checkpoint(s) at {subset}; the "
-                                  f"protocol asks for >= {protocol['min_pretrain_seeds']} pretraining seeds there")
-    topline = spec.get("topline")
-    if topline is not None:
-        if not isinstance(topline, dict) or set(topline) - {"updates", "minutes", "seeds", "overrides"} \
-                or not {"updates", "minutes"} <= set(topline):
-            raise LabelCurveError("spec.topline: {updates: N, minutes: M[, seeds: [...], overrides: [...]]}; it trains "
-                                  "the scratch arm's recipe and trials on the unlabeled pool's synthesized transcripts")
-        topline = {"updates": _updates("spec.topline.updates", {TOPLINE_SUBSET: topline["updates"]},
-                                       [TOPLINE_SUBSET])[TOPLINE_SUBSET],
-                   "minutes": float(topline["minutes"]), "seeds": _seeds("spec.topline.seeds", topline.get("seeds", seeds)),
-                   "overrides": _check_overrides("spec.topline.overrides", topline.get("overrides", s["overrides"]))}
-    threads = spec.get("threads_per_run", 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise LabelCurveError(f"spec.threads_per_run: an integer >= 1 (got {threads!r})")
-    return {"name": str(spec["name"]), "corpus": str(spec["corpus"]),
-            "runs_dir": str(spec.get("runs_dir", f"runs/label_curve/{spec['name']}")),
-            "results_dir": str(spec.get("results_dir", "docs/results/label_curve")),
-            "config_name": str(spec.get("config_name", "finetune_demo")),
-            "common_overrides": _check_overrides("spec.common_overrides", spec.get("common_overrides", [])),
-            "threads_per_run": threads, "sizes": [{"subset": str(x["subset"]), "minutes": float(x["minutes"])} for x in sizes],
-            "seeds": seeds, "arms": out_arms, "topline": topline, "protocol": protocol}
+           "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso"]
 
 
 def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
@@ -274,7 +95,7 @@ def make_plan(spec: dict, check_configs: bool = True) -> dict:
         for run in runs:
             try:
                 cfg = compose_config(run["config_name"], run["overrides"])
-            except Exception as e:  # noqa: BLE001 - Hydra/config errors are the spec's
+            except Exception as e:  # Hydra/config errors are the spec's
                 raise LabelCurveError(f"run {run['id']}: its config does not compose: {str(e).splitlines()[0]}") from e
             if cfg.trainer.best_metric != "cer":
                 raise LabelCurveError(f"run {run['id']}: trainer.best_metric is {cfg.trainer.best_metric!r}; the "
@@ -294,23 +115,23 @@ def write_plan(plan: dict, out: Path, force: bool = False) -> Path:
             raise LabelCurveError(f"{out} exists and holds another plan; a committed plan is the protocol's record "
                                   f"(pass --force to replace it before any run, or another --out)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(out, {**plan, "created": _now()})
+    write_json(out, {**plan, "created": now_iso()})
     return out
 
 
 def load_plan(path: Path) -> dict:
-    plan = _load_mapping(Path(path))
+    plan = load_mapping(Path(path))
     if plan.get("format") != PLAN_FORMAT or "runs" not in plan:
         raise LabelCurveError(f"{path}: not a label-curve plan (format {plan.get('format')!r}); make one with `plan`")
     return plan
 
 
 # ----------------------------------------------------------------------------- runs
-def _now() -> str:
+def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -369,7 +190,7 @@ def _train_one(plan: dict, run: dict) -> dict:
     if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
         raise LabelCurveError(f"{run_dir}: holds a run without a label-curve record; remove it")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(marker, recipe)
+    write_json(marker, recipe)
     if run["arm"] == TOPLINE and not (Path(plan["spec"]["corpus"]) / f"{TOPLINE_SUBSET}.tsv").is_file():
         write_transcribed_unlabeled(Path(plan["spec"]["corpus"]))
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"])
@@ -384,14 +205,14 @@ def _train_one(plan: dict, run: dict) -> dict:
     summary = {"format": RUN_FORMAT, **{k: v for k, v in run.items()}, "plan_sha256": plan["sha256"],
                "valid_curve": curve, "final_valid": curve[-1], "best_valid": best,
                "blank_collapse": curve[-1]["blank_only"] >= threshold,
-               "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": _now()}
+               "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": now_iso()}
     path = summary_path(plan, run["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(path, summary)
+    write_json(path, summary)
     return summary
 
 
-def _test_marker(plan: dict) -> Path:
+def test_marker(plan: dict) -> Path:
     return Path(plan["spec"]["results_dir"]) / "test_scores.json"
 
 
@@ -399,8 +220,8 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
     """Train the plan's runs that have no summary yet (those matching ``only``, an fnmatch pattern
     on run ids); ``jobs`` > 1 runs that many subprocesses side by side. Returns the ids trained."""
     plan = load_plan(plan_path)
-    if _test_marker(plan).is_file():
-        raise LabelCurveError(f"{_test_marker(plan)} exists: test was scored already, and runs added now could change "
+    if test_marker(plan).is_file():
+        raise LabelCurveError(f"{test_marker(plan)} exists: test was scored already, and runs added now could change "
                               f"the choices it was scored on")
     runs = [r for r in plan["runs"] if only is None or fnmatch.fnmatchcase(r["id"], only)]
     if not runs:
@@ -427,7 +248,7 @@ def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log)
             r = pending.pop(0)
             Path(r["run_dir"]).mkdir(parents=True, exist_ok=True)
             logf = open(Path(r["run_dir"]) / "label_curve.log", "a")
-            cmd = [sys.executable, "-m", "wav2vec2_lite.tools.label_curve", "run", "--plan", str(plan_path),
+            cmd = [sys.executable, "-m", "wav2vec2_lite.tools.label_curve_cli", "run", "--plan", str(plan_path),
                    "--only", r["id"], "--jobs", "1"]
             log(f"[label_curve] training {r['id']} (log: {logf.name})")
             active[r["id"]] = (subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf)
@@ -455,50 +276,6 @@ def plan_status(plan: dict) -> str:
     left = [r["id"] for r in plan["runs"] if r["id"] not in done]
     if left:
         lines.append(f"next: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
-    marker = _test_marker(plan)
+    marker = test_marker(plan)
     lines.append(f"test: scored ({marker})" if marker.is_file() else "test: not scored yet")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="label_curve", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sp = sub.add_parser("plan", help="validate a spec and write the plan (commit it before the first run)")
-    sp.add_argument("--spec", type=Path, required=True)
-    sp.add_argument("--out", type=Path, required=True)
-    sp.add_argument("--force", action="store_true", help="replace an existing plan file")
-    sr = sub.add_parser("run", help="train the runs without a summary (resumable)")
-    sr.add_argument("--plan", type=Path, required=True)
-    sr.add_argument("--only", help="fnmatch pattern on run ids, e.g. 'pretrained-train_10min-*'")
-    sr.add_argument("--jobs", type=int, default=1, help="runs side by side (threads_per_run threads each)")
-    for name, text in (("status", "what is done and left"), ("score-test", "score test once, for the choices on valid"),
-                       ("report", "markdown tables and the plot")):
-        sub.add_parser(name, help=text).add_argument("--plan", type=Path, required=True)
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "plan":
-            plan = make_plan(_load_mapping(args.spec))
-            print(f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; commit it before the first run")
-        elif args.cmd == "run":
-            if args.jobs < 1:
-                raise LabelCurveError(f"--jobs: an integer >= 1 (got {args.jobs})")
-            run_plan(args.plan, args.only, args.jobs)
-        elif args.cmd == "status":
-            print(plan_status(load_plan(args.plan)))
-        else:
-            from wav2vec2_lite.tools import label_curve_report as rep
-
-            if args.cmd == "score-test":
-                print(f"wrote {rep.score_test(load_plan(args.plan))}; commit it")
-            else:
-                for path in rep.write_report(load_plan(args.plan)):
-                    print(f"wrote {path}")
-    except LabelCurveError as e:
-        print(f"label_curve: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

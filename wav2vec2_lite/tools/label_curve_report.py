@@ -19,8 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
-from wav2vec2_lite.tools.label_curve import (ARMS, TOPLINE, LabelCurveError, _now, _test_marker, _write_json,
-                                             load_summaries)
+from wav2vec2_lite.tools.label_curve import load_summaries, now_iso, test_marker, write_json
+from wav2vec2_lite.tools.label_curve_spec import ARMS, TOPLINE, LabelCurveError
 from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, median, welch_t
 
 __all__ = ["choose_on_valid", "score_test", "load_test_scores", "write_report", "report_markdown", "plot_curve"]
@@ -47,7 +47,7 @@ def score_test(plan: dict) -> Path:
     """Score test once for the runs chosen on valid; the results file is the refusal marker."""
     from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
 
-    marker = _test_marker(plan)
+    marker = test_marker(plan)
     if marker.exists():
         raise LabelCurveError(f"test already scored: {marker} exists; the protocol scores test once (its numbers are "
                               f"in that file, `report` reads them)")
@@ -72,12 +72,12 @@ def score_test(plan: dict) -> Path:
                        "test_by_kind": {k: {"cer": r.cer, "wer": r.wer, "utterances": r.utterances}
                                         for k, r in by_kind(res, kinds).items()}})
     marker.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(marker, {"format": TEST_FORMAT, "plan_sha256": plan["sha256"], "scored": _now(), "chosen": rows})
+    write_json(marker, {"format": TEST_FORMAT, "plan_sha256": plan["sha256"], "scored": now_iso(), "chosen": rows})
     return marker
 
 
 def load_test_scores(plan: dict) -> dict | None:
-    marker = _test_marker(plan)
+    marker = test_marker(plan)
     if not marker.is_file():
         return None
     scores = json.loads(marker.read_text())
@@ -125,11 +125,11 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
              f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized; "
              + ("test scored once (`test_scores.json`)." if scored else "**test not scored yet**: every CER below is the "
                 "best valid CER of the trial chosen on valid."),
-             f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, ≥ "
+             (f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, ≥ "
              f"{proto['min_pretrain_seeds']} pretraining seeds at {', '.join(proto['min_pretrain_seeds_at'])}; trial chosen "
              f"per arm × size × pretraining seed × fine-tuning seed by best valid CER. CIs: percentile bootstrap, {B} "
              f"resamples, seed {seed}; two-level for the pretrained arm (pretraining seeds, then fine-tuning seeds "
-             f"within each). Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty.", ""]
+             f"within each). Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."), ""]
     curve: dict = {arm: [] for arm in ARMS}
     lines += [f"## {metric} per arm and size", "",
               "| arm | labeled | runs | mean % | median % | sd | 95 % CI of the mean | blank collapse (all runs) | trials chosen |",
@@ -148,8 +148,9 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
             picks: dict[str, int] = {}
             for r in cell:
                 picks[_trial_name(r)] = picks.get(_trial_name(r), 0) + 1
+            ci = f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–"
             lines.append(f"| {arm} | {subset} ({minutes:g} min) | {len(vals)} | {_pct(statistics.mean(vals))} | "
-                         f"{_pct(median(vals))} | {_pct(sd)} | {_pct(lo)}–{_pct(hi)} | {collapse} | "
+                         f"{_pct(median(vals))} | {_pct(sd)} | {ci} | {collapse} | "
                          + "; ".join(f"{k} ×{n}" for k, n in picks.items()) + " |")
             if arm in curve:
                 curve[arm].append((minutes, statistics.mean(vals), lo, hi, vals))
@@ -169,8 +170,8 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
         w = welch_t([r["cer"] for r in pre], [r["cer"] for r in scr])
         lines.append(f"| {subset} ({minutes:g} min) | {ratio:.3f} | {lo2:.3f}–{hi2:.3f} | {lo1:.3f}–{hi1:.3f} | "
                      f"{w.t:.3f} | {w.df:.2f} | {w.p:.4g} |")
-    lines += ["", "Welch's t pools the pretrained arm's pretraining seeds (it ignores that level; the two-level CI "
-              "does not).", ""]
+    lines += ["", ("Welch's t pools the pretrained arm's pretraining seeds (it ignores that level; the two-level CI "
+               "does not)."), ""]
     if scored:
         kinds = sorted({k for r in rows for k in r.get("test_by_kind", {})})
         if kinds:
