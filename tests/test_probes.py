@@ -127,6 +127,26 @@ def test_log_mel_features_have_exactly_the_encoders_frame_count():
         assert torch.allclose(feats.frames[t], torch.cat([mel[2 * t], mel[2 * t + 1]]), atol=1e-5)
 
 
+def test_extracted_frames_are_the_models_own_the_ctc_head_gives_its_logits():
+    """The last layer's extracted frames through a CTC model's lm_head are its forward's logits, and
+    the conv / layer_0 frames are its extract_features / hidden_states[0] (one utterance, eval mode)."""
+    from wav2vec2_lite.models import Wav2Vec2ForCTC
+    from wav2vec2_lite.probes import extract_layer_features
+
+    torch.manual_seed(2)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.tiny(**MICRO, vocab_size=12)).eval()
+    waves = [torch.randn(n) for n in (3000, 5210)]
+    feats = extract_layer_features(model, waves)
+    assert list(feats) == layer_names(2)
+    with torch.no_grad():
+        for i, w in enumerate(waves):
+            out = model(w[None], output_hidden_states=True)
+            torch.testing.assert_close(model.lm_head(feats["layer_2"].utterance(i)), out.logits[0])
+            torch.testing.assert_close(feats["layer_0"].utterance(i), out.hidden_states[0][0])
+            backbone = model.wav2vec2(w[None])
+            torch.testing.assert_close(feats["conv"].utterance(i), backbone.extract_features[0])
+
+
 # ----------------------------------------------------------------------------- run_probes
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
