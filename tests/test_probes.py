@@ -212,6 +212,28 @@ def test_run_probes_user_errors_are_probe_errors(corpus, model_dir, tmp_path):
         run_probes(model_dir, corpus, "train", "train", FAST)
 
 
+def test_log_mel_needs_a_frame_stride_the_mel_hop_divides(corpus):
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(Wav2Vec2Config.tiny(**MICRO, conv_stride=(4, 2, 2, 2, 2, 2, 2)))  # 256 samples
+    with pytest.raises(ProbeError, match="frame stride"):
+        run_probes(model, corpus, "train", "valid", FAST)
+
+
+def test_a_hugging_face_folder_probes_as_the_converted_model(corpus, tmp_path):
+    pytest.importorskip("transformers")
+    from wav2vec2_lite.interop.hf import to_hf
+
+    torch.manual_seed(4)
+    ours = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO, masked_group_norm=False))
+    to_hf(ours).save_pretrained(tmp_path / "hf")
+    protocol = ProbeProtocol(steps=5, batch_size=4, random_init_seeds=0)
+    from_folder = run_probes(tmp_path / "hf", corpus, "train", "valid", protocol)
+    in_memory = run_probes(ours, corpus, "train", "valid", protocol)
+    assert [s.layer for s in from_folder.models["checkpoint"].layers] == layer_names(2)
+    for a, b in zip(from_folder.models["checkpoint"].layers, in_memory.models["checkpoint"].layers):
+        assert a.valid_loss == pytest.approx(b.valid_loss, rel=1e-4)
+
+
 # ----------------------------------------------------------------------------- CLI
 def test_cli_writes_json_with_the_expected_keys(corpus, model_dir, tmp_path, capsys):
     from wav2vec2_lite.cli import probe

@@ -88,11 +88,14 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e))
     table = report.to_markdown()
     sys.stdout.write(table)
-    if args.markdown:
-        Path(args.markdown).write_text(table, encoding="utf-8")
-    if args.json:
-        report.save_json(args.json)
-        sys.stderr.write(f"wrote {args.json}\n")
+    try:
+        if args.markdown:
+            Path(args.markdown).write_text(table, encoding="utf-8")
+        if args.json:
+            report.save_json(args.json)
+            sys.stderr.write(f"wrote {args.json}\n")
+    except OSError as e:
+        _fail(f"cannot write the report ({e}); the table above is the result")
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
         raise ProbeError(f"{manifest_dir}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
     backbone, normalize, source = load_backbone(model_or_path)
     cfg = backbone.config
+    if protocol.log_mel and cfg.frame_stride % LogMel().hop:
+        raise ProbeError(f"the encoder's frame stride ({cfg.frame_stride} samples) is not a multiple of the "
+                         f"log-mel hop ({LogMel().hop} samples): log-mel frames cannot be stacked onto its frames")
     try:
         tokenizer = _tokenizer(manifest_dir, train_split)
     except (OSError, ManifestError, TokenizerError) as e:
@@ -220,9 +223,6 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
 
     # (c) the log-mel front end, stacked onto the encoder's frames
     if protocol.log_mel:
-        if cfg.frame_stride % 160:
-            raise ProbeError(f"the encoder's frame stride ({cfg.frame_stride} samples) is not a multiple of the "
-                             f"log-mel hop (160 samples): log-mel frames cannot be stacked onto its frames")
         t0 = time.perf_counter()
         lm = LogMel()
         feats = {"log_mel": (log_mel_features(train.waves, train_frames, cfg.frame_stride, lm),
