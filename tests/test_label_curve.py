@@ -173,12 +173,18 @@ def test_plan_validation_errors(setup, tmp_path, capsys, change, message):
 
 
 def test_user_errors_are_one_line(setup, tmp_path, capsys):
+    spec = _set(setup["spec"], "results_dir", str(tmp_path / "results"))    # no test scores from other tests
     assert main(["status", "--plan", str(tmp_path / "missing.json")]) == 2
     plan = tmp_path / "plan.json"
-    assert main(["plan", "--spec", str(_write_spec(tmp_path / "s.json", setup["spec"])), "--out", str(plan)]) == 0
+    assert main(["plan", "--spec", str(_write_spec(tmp_path / "s.json", spec)), "--out", str(plan)]) == 0
     assert main(["run", "--plan", str(plan), "--only", "nothing-*"]) == 2
-    other = _set(setup["spec"], "seeds", [1, 3])
+    other = _set(spec, "seeds", [1, 3])
     assert main(["plan", "--spec", str(_write_spec(tmp_path / "s2.json", other)), "--out", str(plan)]) == 2
+    gone = _set(spec, "arms.pretrained.checkpoints", [{"name": "p1", "path": str(tmp_path / "gone")},
+                                                               {"name": "p2", "path": str(tmp_path / "gone2")}])
+    gone_plan = tmp_path / "gone_plan.json"
+    assert main(["plan", "--spec", str(_write_spec(tmp_path / "s3.json", gone)), "--out", str(gone_plan)]) == 0
+    assert main(["run", "--plan", str(gone_plan), "--only", "pretrained-*"]) == 2
     errs = [e for e in capsys.readouterr().err.splitlines() if e]
-    assert len(errs) == 3 and all(e.startswith("label_curve: error:") for e in errs)
-    assert "holds another plan" in errs[-1]
+    assert len(errs) == 4 and all(e.startswith("label_curve: error:") for e in errs)
+    assert "holds another plan" in errs[2] and "pretrained checkpoint(s) not found" in errs[3]

@@ -114,6 +114,7 @@ def write_plan(plan: dict, out: Path, force: bool = False) -> Path:
         if not old or old.get("sha256") != plan["sha256"]:
             raise LabelCurveError(f"{out} exists and holds another plan; a committed plan is the protocol's record "
                                   f"(pass --force to replace it before any run, or another --out)")
+        return out  # the same plan: the committed file stays as it is
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {**plan, "created": now_iso()})
     return out
@@ -229,6 +230,13 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
                               f"(e.g. {plan['runs'][0]['id']})")
     done = load_summaries(plan)
     todo = [r for r in runs if r["id"] not in done]
+    corpus = Path(plan["spec"]["corpus"])
+    if todo and not (corpus / "valid.tsv").is_file():
+        raise LabelCurveError(f"{corpus}: no valid.tsv; build the corpus first (docs/results/label_curve.md)")
+    absent = sorted({r["pretrain_path"] for r in todo if r["pretrain_path"] and not Path(r["pretrain_path"]).exists()})
+    if absent:
+        raise LabelCurveError(f"pretrained checkpoint(s) not found: {', '.join(absent)}; pretrain them first "
+                              f"(docs/results/label_curve.md)")
     log(f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; {len(todo)} to train")
     if jobs <= 1:
         for r in todo:
