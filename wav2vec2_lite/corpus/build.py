@@ -472,8 +472,8 @@ def plan_capacity(
     """Dry run of the build's planning, without audio: can these minutes get new sentences?
 
     Draws the same utterance specs as ``build_corpus`` (same seed, order and sentence
-    de-duplication) for ``minutes * 60 / seconds_per_utterance`` utterances per pool (2.5 s is
-    below the corpus' ~2.7 s average, so the count errs high) and returns, per pool, the
+    de-duplication) for ``minutes * 60 / seconds_per_utterance`` utterances per pool (the
+    default is below the corpus' average utterance length, so the count errs high) and returns, per pool, the
     number of utterances, distinct speakers, most utterances of one speaker and the share of
     closed-domain sentences. Raises the build's ``RuntimeError`` ("ask for fewer minutes")
     when the sentence space runs out. Seconds per 10 h: see docs/corpus.md.
