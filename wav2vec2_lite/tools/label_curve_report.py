@@ -26,6 +26,8 @@ from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, med
 __all__ = ["choose_on_valid", "score_test", "load_test_scores", "write_report", "report_markdown", "plot_curve"]
 
 TEST_FORMAT = "wav2vec2_lite.label_curve.test/1"
+# the corpus's sentence kinds (corpus/build.py, utterances.jsonl)
+KIND_NAMES = {"domain": "domain (closed-domain commands)", "general": "general (open sentences)"}
 
 
 def choose_on_valid(plan: dict, summaries: dict[str, dict]) -> tuple[list[dict], list[str]]:
@@ -176,7 +178,8 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
         kinds = sorted({k for r in rows for k in r.get("test_by_kind", {})})
         if kinds:
             lines += ["## Test CER by sentence kind (mean over runs, %)", "",
-                      "| arm | labeled | " + " | ".join(kinds) + " |", "| --- | --- |" + " --- |" * len(kinds)]
+                      "| arm | labeled | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
+                      "| --- | --- |" + " --- |" * len(kinds)]
             for subset, minutes in sizes:
                 for arm in ARMS:
                     cell = [r for r in rows if r["arm"] == arm and r["subset"] == subset]
@@ -186,10 +189,14 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
                             if any(k in r["test_by_kind"] for r in cell) else "–" for k in kinds) + " |")
             lines.append("")
     lines += ["## Per run (chosen on valid)", "",
-              "| run | trial | valid CER % | " + ("test CER % | test WER % |" if scored else "") + "",
-              "| --- | --- | --- |" + (" --- | --- |" if scored else "")]
+              "| run | trial chosen | valid CER % of each trial | valid CER % | "
+              + ("test CER % | test WER % |" if scored else ""),
+              "| --- | --- | --- | --- |" + (" --- | --- |" if scored else "")]
     for r in sorted(rows, key=lambda r: r["id"]):
-        lines.append(f"| {r['id']} | {_trial_name(r)} | {_pct(r['valid_cer'])} | "
+        stem = r["id"].rsplit("-t", 1)[0]
+        each = " / ".join(_pct(s["best_valid"]["cer"]) for _, s in sorted(
+            (s["trial"], s) for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem))
+        lines.append(f"| {r['id']} | {_trial_name(r)} | {each} | {_pct(r['valid_cer'])} | "
                      + (f"{_pct(r['test_cer'])} | {_pct(r['test_wer'])} |" if scored else ""))
     return "\n".join(lines) + "\n", {"curve": curve, "metric": metric}
 
@@ -215,6 +222,10 @@ def plot_curve(curve: dict, metric: str, out: Path) -> Path:
     if isinstance(curve.get(TOPLINE), float):
         ax.axhline(100 * curve[TOPLINE], color="grey", ls="--", label="supervised topline")
     ax.set_xscale("log")
+    xs = sorted({p[0] for arm in ARMS for p in curve.get(arm, [])})
+    if xs:
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
     ax.set_xlabel("labeled minutes (log)")
     ax.set_ylabel(f"{metric} %")
     ax.legend(fontsize=8)
