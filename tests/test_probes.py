@@ -69,16 +69,16 @@ def test_linear_probe_reads_letters_that_frames_encode_linearly():
     va, va_lab, va_txt = toy_frames(tok, codes, 30, g)
     protocol = ProbeProtocol(steps=300, lr=1e-2, batch_size=8)
     r = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
-    assert r.valid_cer <= 0.05, (r.valid_cer, r.hypotheses[:3], va_txt[:3])
+    assert r.valid_error <= 0.05, (r.valid_error, r.hypotheses[:3], va_txt[:3])
     assert r.train_loss < 0.5 and r.valid_loss < 0.5
     # same protocol and seed: the same numbers
     again = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
-    assert again.valid_cer == r.valid_cer and again.valid_loss == r.valid_loss
+    assert again.valid_error == r.valid_error and again.valid_loss == r.valid_loss
     # control: frames that carry no letter information leave the probe far from that
     noise = tr.map_frames(lambda x: torch.randn(x.shape, generator=g))
     noise_va = va.map_frames(lambda x: torch.randn(x.shape, generator=g))
     control = train_ctc_probe(noise, tr_lab, noise_va, va_lab, va_txt, tok.vocab, protocol)
-    assert control.valid_cer >= 0.5, control.valid_cer
+    assert control.valid_error >= 0.5, control.valid_error
 
 
 def test_standardisation_uses_training_statistics_only():
@@ -92,7 +92,7 @@ def test_standardisation_uses_training_statistics_only():
     a = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
     b = train_ctc_probe(tr.map_frames(lambda x: 1000 * x + 50), tr_lab, va.map_frames(lambda x: 1000 * x + 50),
                         va_lab, va_txt, tok.vocab, protocol)
-    assert b.valid_cer == pytest.approx(a.valid_cer, abs=0.02)
+    assert b.valid_error == pytest.approx(a.valid_error, abs=0.02)
     assert b.valid_loss == pytest.approx(a.valid_loss, rel=1e-2)
 
 
@@ -174,14 +174,14 @@ def test_run_probes_every_layer_random_init_mean_of_two_seeds_and_log_mel(corpus
     assert [s.layer for s in lm.layers] == ["log_mel"] and lm.layers[0].dim == 160
     assert rand.seeds == [0, 1]
     for s in rand.layers:
-        assert len(s.per_seed["valid_cer"]) == 2
-        assert s.valid_cer == pytest.approx(sum(s.per_seed["valid_cer"]) / 2)
+        assert len(s.per_seed["valid_error"]) == 2
+        assert s.valid_error == pytest.approx(sum(s.per_seed["valid_error"]) / 2)
         assert s.valid_loss == pytest.approx(sum(s.per_seed["valid_loss"]) / 2)
     # the two random inits are different networks: their probes differ somewhere
     assert any(s.per_seed["valid_loss"][0] != s.per_seed["valid_loss"][1] for s in rand.layers)
     for m in report.models.values():
-        assert m.best.valid_cer == min(s.valid_cer for s in m.layers)
-        assert all(s.valid_cer >= 0 and s.valid_loss >= 0 for s in m.layers)
+        assert m.best.valid_error == min(s.valid_error for s in m.layers)
+        assert all(s.valid_error >= 0 and s.valid_loss >= 0 for s in m.layers)
     assert len(lines) == len(names) * 3 + 1
     d = report.to_dict()
     assert d["protocol"] == FAST.to_dict()
@@ -232,6 +232,100 @@ def test_a_hugging_face_folder_probes_as_the_converted_model(corpus, tmp_path):
     assert [s.layer for s in from_folder.models["checkpoint"].layers] == layer_names(2)
     for a, b in zip(from_folder.models["checkpoint"].layers, in_memory.models["checkpoint"].layers):
         assert a.valid_loss == pytest.approx(b.valid_loss, rel=1e-4)
+
+
+PHONES = {"A": "aɪ", "E": "iː", "I": "ɪ", "O": "oʊ", "U": "uː", "S": "s", "F": "f", "H": "tʃ"}
+
+
+def test_token_unit_scores_phonemes_not_characters():
+    """Multi-character phonemes: with unit="token" the probe's error rate (PER) counts a phoneme as one token."""
+    from wav2vec2_lite.asr.metrics import align_counts
+
+    tok = CharTokenizer(sorted(set(PHONES.values())))
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randn(len(tok), 16, generator=g)
+
+    def utterances(n: int):
+        feats, labels, refs = [], [], []
+        for _ in range(n):
+            ids = (4 + torch.randint(0, len(tok) - 4, (int(torch.randint(3, 9, (1,), generator=g)),),
+                                     generator=g)).tolist()
+            rows: list[torch.Tensor] = []
+            for k, i in enumerate(ids):
+                rows += [codes[i]] * int(torch.randint(1, 4, (1,), generator=g))
+                repeat = k + 1 < len(ids) and ids[k + 1] == i
+                rows += [codes[0]] * max(int(torch.randint(0, 3, (1,), generator=g)), int(repeat))
+            x = torch.stack(rows)
+            feats.append(x + 0.1 * torch.randn(x.shape, generator=g))
+            labels.append(torch.tensor(ids))
+            refs.append(" ".join(tok.vocab[i] for i in ids))
+        return FrameFeatures.from_list(feats), labels, refs
+
+    tr, tr_lab, _ = utterances(80)
+    va, va_lab, refs = utterances(30)
+    r = train_ctc_probe(tr, tr_lab, va, va_lab, refs, tok.vocab, ProbeProtocol(steps=300), unit="token")
+    assert r.valid_error <= 0.05, (r.valid_error, r.hypotheses[:2], refs[:2])
+    # the rate is over phoneme tokens: recomputed from the hypotheses' tokens
+    errors = sum(align_counts(ref.split(), hyp.split()).errors for ref, hyp in zip(refs, r.hypotheses))
+    assert r.valid_error == pytest.approx(errors / sum(len(ref.split()) for ref in refs))
+    weak = train_ctc_probe(tr, tr_lab, va, va_lab, refs, tok.vocab, ProbeProtocol(steps=5), unit="token")
+    errors = sum(align_counts(ref.split(), hyp.split()).errors for ref, hyp in zip(refs, weak.hypotheses))
+    assert weak.valid_error == pytest.approx(errors / sum(len(ref.split()) for ref in refs)) and weak.valid_error > 0.05
+    with pytest.raises(ValueError, match="unit"):
+        train_ctc_probe(tr, tr_lab, va, va_lab, refs, tok.vocab, ProbeProtocol(steps=1), unit="word")
+
+
+def test_run_probes_on_phoneme_labels_reports_per(corpus, tmp_path):
+    """``labels="phn"``: SPLIT.phn + dict.phn.txt read like .ltr; the report's keys say per."""
+    import shutil
+
+    from wav2vec2_lite.data.manifest import (
+        count_symbols,
+        read_labels,
+        write_dictionary,
+        write_labels,
+    )
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus, data, ignore=shutil.ignore_patterns("wav"))
+    for split in ("train", "valid"):
+        lines = [" ".join(PHONES[c] for c in ltr.split() if c != "|") for ltr in read_labels(data / f"{split}.ltr")]
+        write_labels(data / f"{split}.phn", lines)
+    write_dictionary(data / "dict.phn.txt", count_symbols(read_labels(data / "train.phn")))
+    torch.manual_seed(5)
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO))
+    report = run_probes(model, data, "train", "valid", ProbeProtocol(steps=10, batch_size=4, random_init_seeds=0),
+                        labels="phn")
+    d = report.to_dict()
+    assert d["data"]["labels"] == "phn" and d["data"]["metric"] == "per"
+    assert "valid_per" in d["models"]["checkpoint"]["layers"][0] and "best_valid_per" in d["models"]["checkpoint"]
+    assert "checkpoint PER (loss)" in report.to_markdown()
+    assert d["data"]["valid_label_symbols"] == sum(len(x.split()) for x in read_labels(data / "valid.phn"))
+    with pytest.raises(ProbeError, match=r"dict\.wrd2\.txt"):
+        run_probes(model, data, "train", "valid", FAST, labels="wrd2")
+
+
+def test_espeak_phonemes_of_the_corpus(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    from wav2vec2_lite.corpus import build_corpus
+    from wav2vec2_lite.data.manifest import read_dictionary, read_labels
+    from wav2vec2_lite.probes.phonemes import EspeakPhonemizer, write_phoneme_labels
+
+    ph = EspeakPhonemizer()
+    # /work/shared/FACTS.md: "s ˈɛ t  ɐ n  ɐ l ˈɑːɹ m ..." for en-us, stress marks dropped here
+    assert ph.phonemes("set an alarm", "en-us") == ["s", "ɛ", "t", "ɐ", "n", "ɐ", "l", "ɑːɹ", "m"]
+    assert ph.phonemes("set an alarm", "en-gb") != []  # the corpus's 'en-gb' is eSpeak's 'en'
+    build_corpus(tmp_path / "c", unlabeled_minutes=0.1, train_10min_minutes=0.1, train_1h_minutes=0.1,
+                 valid_minutes=0.1, test_minutes=0.1, seed=0, workers=1)
+    written = write_phoneme_labels(tmp_path / "c", ["train_10min", "valid"])
+    for split in ("train_10min", "valid"):
+        phn = read_labels(written[split])
+        assert len(phn) == len(read_labels(tmp_path / "c" / f"{split}.ltr")) and all(line.split() for line in phn)
+        assert not any(m in line for line in phn for m in "ˈˌ")
+    assert set(read_dictionary(written["dict"])) == {p for split in ("train_10min", "valid")
+                                                     for line in read_labels(written[split]) for p in line.split()}
+    with pytest.raises(ProbeError, match="utterances.jsonl"):
+        write_phoneme_labels(tmp_path, ["train"])
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -3,7 +3,8 @@
 What a layer's frames encode about the letters, without fine-tuning: for the conv features
 and every transformer layer of (a) a checkpoint, (b) the same architecture at random init
 and (c) the log-mel front end, a linear CTC probe is trained under one fixed
-:class:`ProbeProtocol` and scored by greedy-decoding CER on a held-out split. See
+:class:`ProbeProtocol` and scored by greedy-decoding CER on a held-out split (or PER over
+phonemes, ``labels="phn"``, with labels from :mod:`wav2vec2_lite.probes.phonemes`). See
 ``docs/probes.md``; the CLI is ``w2v2-probe``.
 """
 

@@ -31,13 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     from wav2vec2_lite.probes.protocol import ProbeProtocol
 
     d = ProbeProtocol()
-    p = _Parser(prog=PROG, description="Linear CTC probes over letters on the frozen output of every layer of a "
+    p = _Parser(prog=PROG, description="Linear CTC probes over letters (or phonemes) on the frozen output of every layer of a "
                 "model (conv features and each transformer layer), of the same architecture at random init and "
                 "optionally of the log-mel front end; prints per-layer valid CER.")
     p.add_argument("model", help="run folder, saved model folder, model.safetensors or Hugging Face folder")
     p.add_argument("--data", required=True, help="folder of SPLIT.tsv + SPLIT.ltr manifests (and dict.ltr.txt)")
     p.add_argument("--train", default="train", help="training split (default: train)")
     p.add_argument("--valid", default="valid", help="validation split (default: valid)")
+    p.add_argument("--labels", default="ltr", help="label files SPLIT.EXT + dict.EXT.txt: ltr (letters, CER; default) "
+                   "or phn (phonemes, PER; python -m wav2vec2_lite.probes.phonemes writes them)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"updates per probe (default: {d.steps})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak Adam learning rate (default: {d.lr:g})")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: sys.stderr.write(msg + "\n"))
     try:
-        report = run_probes(args.model, args.data, args.train, args.valid, protocol, log=log)
+        report = run_probes(args.model, args.data, args.train, args.valid, protocol, labels=args.labels, log=log)
     except ProbeError as e:
         _fail(str(e))
     table = report.to_markdown()

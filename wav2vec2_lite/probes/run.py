@@ -52,32 +52,46 @@ class LabelledSplit:
     skipped: int  # rows dropped: shorter than the receptive field, or an empty transcript
 
 
-def _tokenizer(manifest_dir: Path, train_split: str) -> CharTokenizer:
-    """``dict.ltr.txt`` of the corpus; without one, the symbols of the training labels (others -> <unk>)."""
-    d = manifest_dir / "dict.ltr.txt"
+METRICS = {"ltr": "cer", "phn": "per"}  # label extension -> error-rate name (others: "ter", token error rate)
+
+
+def _tokenizer(manifest_dir: Path, train_split: str, labels: str = "ltr") -> CharTokenizer:
+    """``dict.LABELS.txt`` of the corpus; without one, the symbols of the training labels (others -> <unk>)."""
+    d = manifest_dir / f"dict.{labels}.txt"
     if d.is_file():
         return CharTokenizer.from_dictionary(d)
     symbols: list[str] = []
-    for line in (manifest_dir / f"{train_split}.ltr").read_text(encoding="utf-8").split("\n"):
+    for line in (manifest_dir / f"{train_split}.{labels}").read_text(encoding="utf-8").split("\n"):
         symbols += [s for s in line.split() if s not in symbols]
-    return CharTokenizer(symbols, unk="map", source=f"the symbols of {manifest_dir / (train_split + '.ltr')}")
+    return CharTokenizer(symbols, unk="map", source=f"the symbols of {manifest_dir / (train_split + '.' + labels)}")
 
 
 def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *, min_samples: int = 400,
-               limit: int | None = None) -> LabelledSplit:
-    """``DIR/SPLIT.tsv`` + ``DIR/SPLIT.ltr``: waves (mono, resampled to 16 kHz if needed) and labels."""
+               limit: int | None = None, labels: str = "ltr") -> LabelledSplit:
+    """``DIR/SPLIT.tsv`` + ``DIR/SPLIT.LABELS``: waves (mono, resampled to 16 kHz if needed) and labels.
+
+    ``labels="ltr"``: letters (fairseq ``.ltr``); any other extension holds space-separated
+    symbols too (``phn``: phonemes, :mod:`wav2vec2_lite.probes.phonemes`); its texts are the lines.
+    """
     manifest_dir = Path(manifest_dir)
-    tsv, ltr = manifest_dir / f"{split}.tsv", manifest_dir / f"{split}.ltr"
-    for p, what in ((tsv, "manifest"), (ltr, "letter labels")):
+    tsv, ltr = manifest_dir / f"{split}.tsv", manifest_dir / f"{split}.{labels}"
+    for p, what in ((tsv, "manifest"), (ltr, f".{labels} labels")):
         if not p.is_file():
-            found = sorted(q.stem for q in manifest_dir.glob("*.ltr"))
+            found = sorted(q.stem for q in manifest_dir.glob(f"*.{labels}"))
             raise ProbeError(f"split {split!r}: {what} {p} not found (labelled splits in {manifest_dir}: "
                              f"{', '.join(found) or 'none'})")
+    letters = labels == "ltr"
     try:
-        ds = AudioDataset(tsv, labels_path=ltr, tokenizer=tokenizer, min_sample_size=min_samples,
+        ds = AudioDataset(tsv, labels_path=ltr, tokenizer=tokenizer if letters else None, min_sample_size=min_samples,
                           mono="mix", resample="soxr", indices=None)
-        rows = range(len(ds) if limit is None else min(limit, len(ds)))
+        rows = [i for i in range(len(ds)) if letters or ds.texts[i].strip()][:limit]  # type: ignore[index]
         items = [ds[i] for i in rows]
+        if not letters:
+            for i, it in zip(rows, items):
+                try:
+                    it["labels"] = torch.tensor(tokenizer.encode_ltr(it["text"]), dtype=torch.long)
+                except TokenizerError as e:
+                    raise DatasetError(f"{ltr}:{ds.rows[i] + 1}: {e}") from None
     except (ManifestError, DatasetError, TokenizerError, AudioError, OSError) as e:
         raise ProbeError(f"split {split!r}: {e}") from None
     if not items:
@@ -125,11 +139,13 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
 
 
 def _probe_layers(features: dict[str, tuple[FrameFeatures, FrameFeatures]], train: LabelledSplit,
-                  valid: LabelledSplit, vocab: list[str], protocol: ProbeProtocol, log: Log, tag: str) -> list[Any]:
+                  valid: LabelledSplit, vocab: list[str], protocol: ProbeProtocol, log: Log, tag: str,
+                  metric: str = "cer") -> list[Any]:
     results = []
     for name, (tr, va) in features.items():
-        r = train_ctc_probe(tr, train.labels, va, valid.labels, valid.texts, vocab, protocol)
-        log(f"{tag} {name:>9} dim {r.dim:4d}: valid CER {r.valid_cer:.3f}  loss {r.valid_loss:.3f}  "
+        r = train_ctc_probe(tr, train.labels, va, valid.labels, valid.texts, vocab, protocol,
+                            unit="char" if metric == "cer" else "token")
+        log(f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  loss {r.valid_loss:.3f}  "
             f"train loss {r.train_loss:.3f}")
         results.append((name, r))
     return results
@@ -148,13 +164,18 @@ def _frames(backbone: Wav2Vec2Model, waves: list[Tensor]) -> list[int]:
 
 def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, train_split: str = "train",
                valid_split: str = "valid", protocol: ProbeProtocol | None = None, *,
-               log: Log | None = None) -> ProbeReport:
+               labels: str = "ltr", log: Log | None = None) -> ProbeReport:
     """Linear CTC probes of every layer of a model (``checkpoint``), of the same architecture at
     random init (``random_init``, averaged over ``protocol.random_init_seeds`` seeds) and, with
     ``protocol.log_mel``, of the log-mel front end (``log_mel``); trained on ``train_split`` and
     scored on ``valid_split`` of ``manifest_dir`` (``SPLIT.tsv`` + ``SPLIT.ltr``, ``dict.ltr.txt``).
-    ``log`` receives one line per probe. User errors raise :class:`ProbeError`.
+    ``labels``: the label files' extension, ``ltr`` (letters, CER) or e.g. ``phn`` (phonemes,
+    ``SPLIT.phn`` + ``dict.phn.txt``, PER). ``log`` receives one line per probe. User errors
+    raise :class:`ProbeError`.
     """
+    if not labels or not labels.isalnum():
+        raise ProbeError(f"labels must be a file extension such as 'ltr' or 'phn', found {labels!r}")
+    metric = METRICS.get(labels, "ter")
     protocol = (protocol or ProbeProtocol()).validate()
     log = log or (lambda _msg: None)
     if not train_split or not valid_split or train_split == valid_split:
@@ -169,16 +190,17 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
         raise ProbeError(f"the encoder's frame stride ({cfg.frame_stride} samples) is not a multiple of the "
                          f"log-mel hop ({LogMel().hop} samples): log-mel frames cannot be stacked onto its frames")
     try:
-        tokenizer = _tokenizer(manifest_dir, train_split)
+        tokenizer = _tokenizer(manifest_dir, train_split, labels)
     except (OSError, ManifestError, TokenizerError) as e:
-        raise ProbeError(f"{manifest_dir}: no usable letter dictionary ({e})") from None
+        raise ProbeError(f"{manifest_dir}: no usable dict.{labels}.txt or {train_split}.{labels} ({e})") from None
     train = load_split(manifest_dir, train_split, tokenizer, min_samples=cfg.receptive_field,
-                       limit=protocol.max_train_utterances)
+                       limit=protocol.max_train_utterances, labels=labels)
     valid = load_split(manifest_dir, valid_split, tokenizer, min_samples=cfg.receptive_field,
-                       limit=protocol.max_valid_utterances)
+                       limit=protocol.max_valid_utterances, labels=labels)
     train_frames, valid_frames = _frames(backbone, train.waves), _frames(backbone, valid.waves)
     data = {
         "manifest_dir": str(manifest_dir), "train_split": train_split, "valid_split": valid_split,
+        "labels": labels, "metric": metric,
         "train_utterances": len(train.waves), "valid_utterances": len(valid.waves),
         "train_skipped": train.skipped, "valid_skipped": valid.skipped,
         "train_frames": sum(train_frames), "valid_frames": sum(valid_frames),
@@ -192,8 +214,8 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
     t0 = time.perf_counter()
     feats = _model_features(backbone, train, valid, normalize)
     t1 = time.perf_counter()
-    scores = [LayerScore(n, r.dim, r.valid_cer, r.valid_loss, r.train_loss)
-              for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint")]
+    scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss)
+              for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
     models["checkpoint"] = ModelProbes("checkpoint", source, scores, seconds_features=t1 - t0,
                                        seconds_probes=time.perf_counter() - t1)
     del feats
@@ -210,13 +232,13 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
                 random_model = Wav2Vec2Model(cfg)
             feats = _model_features(random_model, train, valid, normalize)
             t1 = time.perf_counter()
-            per_seed.append(_probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, f"random{seed}"))
+            per_seed.append(_probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, f"random{seed}", metric))
             t_feat, t_probe = t_feat + t1 - t0, t_probe + time.perf_counter() - t1
             del feats, random_model
         scores = []
         for k, (name, first) in enumerate(per_seed[0]):
             runs = [rs[k][1] for rs in per_seed]
-            vals = {key: [getattr(r, key) for r in runs] for key in ("valid_cer", "valid_loss", "train_loss")}
+            vals = {key: [getattr(r, key) for r in runs] for key in ("valid_error", "valid_loss", "train_loss")}
             scores.append(LayerScore(name, first.dim, *(sum(v) / len(v) for v in vals.values()), per_seed=vals))
         models["random_init"] = ModelProbes("random_init", f"{type(backbone).__name__}(config) at random init",
                                             scores, seeds=seeds, seconds_features=t_feat, seconds_probes=t_probe)
@@ -228,8 +250,8 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
         feats = {"log_mel": (log_mel_features(train.waves, train_frames, cfg.frame_stride, lm),
                              log_mel_features(valid.waves, valid_frames, cfg.frame_stride, lm))}
         t1 = time.perf_counter()
-        scores = [LayerScore(n, r.dim, r.valid_cer, r.valid_loss, r.train_loss)
-                  for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "log-mel")]
+        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss)
+                  for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "log-mel", metric)]
         models["log_mel"] = ModelProbes(
             "log_mel", f"LogMel(n_mels={lm.n_mels}, 25 ms / 10 ms) x {cfg.frame_stride // lm.hop} stacked",
             scores, seconds_features=t1 - t0, seconds_probes=time.perf_counter() - t1)
