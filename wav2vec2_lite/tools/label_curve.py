@@ -179,7 +179,21 @@ def write_transcribed_unlabeled(corpus: Path, name: str = TOPLINE_SUBSET) -> Pat
     return corpus / f"{name}.tsv"
 
 
+def _weights_sha(run: dict) -> str | None:
+    """sha256 of the pretrained weights a run started from (a checkpoint replaced mid-experiment shows)."""
+    if not run["pretrain_path"]:
+        return None
+    from wav2vec2_lite.train.tasks import resolve_pretrained
+
+    digest = hashlib.sha256()
+    with open(resolve_pretrained(run["pretrain_path"]) / "model.safetensors", "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _train_one(plan: dict, run: dict) -> dict:
+    from wav2vec2_lite.train.config import config_container
     from wav2vec2_lite.train.logging import read_metrics
     from wav2vec2_lite.train.trainer import train
 
@@ -204,6 +218,7 @@ def _train_one(plan: dict, run: dict) -> dict:
     best = min(curve, key=lambda r: (r["cer"], r["wer"], r["update"]))
     threshold = plan["spec"]["protocol"]["collapse_threshold"]
     summary = {"format": RUN_FORMAT, **{k: v for k, v in run.items()}, "plan_sha256": plan["sha256"],
+               "resolved_config": config_container(cfg), "pretrain_weights_sha256": _weights_sha(run),
                "valid_curve": curve, "final_valid": curve[-1], "best_valid": best,
                "blank_collapse": curve[-1]["blank_only"] >= threshold,
                "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": now_iso()}

@@ -107,7 +107,8 @@ def validate_spec(spec: dict) -> dict:
     if not isinstance(sizes, list) or not sizes:
         raise LabelCurveError("spec.sizes: a list of {subset: NAME, minutes: M}")
     for i, s in enumerate(sizes):
-        if not isinstance(s, dict) or set(s) != {"subset", "minutes"} or not float(s["minutes"]) > 0:
+        if (not isinstance(s, dict) or set(s) != {"subset", "minutes"} or isinstance(s["minutes"], bool)
+                or not isinstance(s["minutes"], (int, float)) or not s["minutes"] > 0):
             raise LabelCurveError(f"spec.sizes[{i}]: {{subset: NAME, minutes: M > 0}} (got {s!r})")
     subsets = [str(s["subset"]) for s in sizes]
     if len(set(subsets)) != len(subsets):
@@ -175,6 +176,8 @@ def validate_spec(spec: dict) -> dict:
                 or not {"updates", "minutes"} <= set(topline):
             raise LabelCurveError("spec.topline: {updates: N, minutes: M[, seeds: [...], overrides: [...]]}; it trains "
                                   "the scratch arm's recipe and trials on the unlabeled pool's synthesized transcripts")
+        if isinstance(topline["minutes"], bool) or not isinstance(topline["minutes"], (int, float)):
+            raise LabelCurveError(f"spec.topline.minutes: a number (got {topline['minutes']!r})")
         topline = {"updates": _updates("spec.topline.updates", {TOPLINE_SUBSET: topline["updates"]},
                                        [TOPLINE_SUBSET])[TOPLINE_SUBSET],
                    "minutes": float(topline["minutes"]), "seeds": _seeds("spec.topline.seeds", topline.get("seeds", seeds)),
