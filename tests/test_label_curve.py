@@ -161,6 +161,8 @@ def _set(spec: dict, path: str, value) -> dict:
     (("seeds", [1]), ">= 2 fine-tuning seeds"),
     (("arms.pretrained.checkpoints", [{"name": "p1", "path": "x"}]), "1 pretrained checkpoint(s) at train_b"),
     (("common_overrides", ["optim.lr=1e-3"]), "the plan sets for each run"),
+    (("protocol.min_pretrain_seeds_at", ["train_10min"]), "not among the sizes"),
+    (("sizes", [{"subset": "train-a*", "minutes": 1}]), "names use letters"),
     (("arms.scratch.overrides", ["model=tiny", "model.no_such_field=1"]), "does not compose"),
 ])
 def test_plan_validation_errors(setup, tmp_path, capsys, change, message):

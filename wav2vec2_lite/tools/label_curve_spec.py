@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,12 @@ def _seeds(where: str, seeds: Any) -> list[int]:
     return list(seeds)
 
 
+def _name(where: str, name: str) -> None:
+    """Subsets and checkpoint names become run ids, file names and --only patterns."""
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.]+", name) or "-" in name:
+        raise LabelCurveError(f"{where}: {name!r}: names use letters, digits, '_' and '.' only (they become run ids)")
+
+
 def validate_spec(spec: dict) -> dict:
     """The spec with defaults filled in; a :class:`LabelCurveError` names the first problem."""
     unknown = set(spec) - SPEC_KEYS
@@ -113,6 +120,8 @@ def validate_spec(spec: dict) -> dict:
     subsets = [str(s["subset"]) for s in sizes]
     if len(set(subsets)) != len(subsets):
         raise LabelCurveError(f"spec.sizes: a subset appears twice ({subsets})")
+    for s in subsets:
+        _name("spec.sizes", s)
     seeds = _seeds("spec.seeds", spec["seeds"])
     if len(seeds) < protocol["min_seeds"]:
         raise LabelCurveError(f"spec.seeds: the protocol asks for >= {protocol['min_seeds']} fine-tuning seeds per "
@@ -145,6 +154,8 @@ def validate_spec(spec: dict) -> dict:
         if not isinstance(at, list) or set(at) - set(subsets):
             raise LabelCurveError(f"spec.arms.pretrained.checkpoints[{i}].sizes: subsets among {subsets} (got {at!r})")
         out_ckpts.append({"name": str(c["name"]), "path": str(c["path"]), "sizes": [s for s in subsets if s in at]})
+    for c in out_ckpts:
+        _name("spec.arms.pretrained.checkpoints", c["name"])
     if len({c["name"] for c in out_ckpts}) != len(out_ckpts):
         raise LabelCurveError("spec.arms.pretrained.checkpoints: names must be distinct")
     out_arms["pretrained"]["checkpoints"] = out_ckpts
@@ -166,8 +177,11 @@ def validate_spec(spec: dict) -> dict:
         raise LabelCurveError(f"per-part lr multipliers differ between arms (pretrained {scales[0]}, scratch "
                               f"{scales[1]}): a multiplier counts as a trial and is offered to both arms")
     for subset in protocol["min_pretrain_seeds_at"]:
+        if subset not in subsets:
+            raise LabelCurveError(f"spec.protocol.min_pretrain_seeds_at names {subset!r}, which is not among the sizes "
+                                  f"{subsets}")
         n = sum(subset in c["sizes"] for c in out_ckpts)
-        if subset in subsets and n < protocol["min_pretrain_seeds"]:
+        if n < protocol["min_pretrain_seeds"]:
             raise LabelCurveError(f"spec.arms.pretrained.checkpoints: {n} pretrained checkpoint(s) at {subset}; the "
                                   f"protocol asks for >= {protocol['min_pretrain_seeds']} pretraining seeds there")
     topline = spec.get("topline")
