@@ -568,10 +568,10 @@ def test_diverse_train_preset_and_idempotence(tmp_path, capsys):
 
 def test_exhausted_sentences_ask_for_fewer_minutes(tmp_path, monkeypatch):
     """When the sentence space runs out the build stops with a clear error and leaves no corpus.json."""
-    from wav2vec2_lite.corpus import build as build_mod
+    from wav2vec2_lite.corpus import plan as plan_mod
 
     fixed = Sentence(text="turn the lights on.", transcript="TURN THE LIGHTS ON", kind="domain")
-    monkeypatch.setattr(build_mod.SentenceGenerator, "sample", lambda self: fixed)
+    monkeypatch.setattr(plan_mod.SentenceGenerator, "sample", lambda self: fixed)
     with pytest.raises(RuntimeError, match="ask for fewer minutes"):
         build_corpus(tmp_path, seed=0, workers=1, **TINY)
     assert not (tmp_path / "corpus.json").exists()
@@ -596,9 +596,9 @@ def test_ten_hours_of_diverse_unlabeled_audio_can_be_planned():
 
 
 def test_plan_capacity_stops_like_the_build(monkeypatch):
-    from wav2vec2_lite.corpus import build as build_mod
+    from wav2vec2_lite.corpus import plan as plan_mod
 
     fixed = Sentence(text="turn the lights on.", transcript="TURN THE LIGHTS ON", kind="domain")
-    monkeypatch.setattr(build_mod.SentenceGenerator, "sample", lambda self: fixed)
+    monkeypatch.setattr(plan_mod.SentenceGenerator, "sample", lambda self: fixed)
     with pytest.raises(RuntimeError, match="ask for fewer minutes"):
         plan_capacity(unlabeled_minutes=1.0)
