@@ -100,7 +100,8 @@ def test_protocol_validate_names_the_field():
     assert ProbeProtocol().validate() == ProbeProtocol()
     for bad, field in ((dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"),
                        (dict(batch_size=0), "batch_size"), (dict(random_init_seeds=-1), "random_init_seeds"),
-                       (dict(max_train_utterances=0), "max_train_utterances"), (dict(steps=2.5), "steps")):
+                       (dict(max_train_utterances=0), "max_train_utterances"), (dict(steps=2.5), "steps"),
+                       (dict(probe_seeds=0), "probe_seeds")):
         with pytest.raises(ProbeError, match=field):
             ProbeProtocol(**bad).validate()
     with pytest.raises(ProbeError, match="unknown"):
@@ -196,6 +197,23 @@ def test_run_probes_every_layer_random_init_mean_of_two_seeds_and_log_mel(corpus
                                                                         random_init_seeds=0))
     assert [s.valid_loss for s in again.models["checkpoint"].layers] == [s.valid_loss for s in ckpt.layers]
     assert set(again.models) == {"checkpoint"}
+
+
+def test_probe_seeds_average_probes_of_different_batch_orders(corpus):
+    torch.manual_seed(5)
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO))
+    protocol = ProbeProtocol(steps=15, batch_size=4, random_init_seeds=0, probe_seeds=2, log_mel=True)
+    report = run_probes(model, corpus, "train", "valid", protocol)
+    single = run_probes(model, corpus, "train", "valid", ProbeProtocol(steps=15, batch_size=4, random_init_seeds=0))
+    d = report.to_dict()
+    for name in ("checkpoint", "log_mel"):
+        for s, layer in zip(report.models[name].layers, d["models"][name]["layers"]):
+            errors = layer["probe_seeds_valid_cer"]
+            assert len(errors) == 2 and s.valid_error == pytest.approx(sum(errors) / 2)
+    # the first probe seed is the single-probe run's seed: its number is the single run's
+    first = [layer["probe_seeds_valid_cer"][0] for layer in d["models"]["checkpoint"]["layers"]]
+    assert first == [s.valid_error for s in single.models["checkpoint"].layers]
+    assert "probe_seeds_valid_cer" not in single.to_dict()["models"]["checkpoint"]["layers"][0]
 
 
 def test_run_probes_user_errors_are_probe_errors(corpus, model_dir, tmp_path):

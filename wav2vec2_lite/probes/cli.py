@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"training utterances per update (default: {d.batch_size})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default: {d.seed})")
+    p.add_argument("--probe-seeds", type=int, default=d.probe_seeds,
+                   help=f"probes per layer (seeds SEED, SEED+1, ...), averaged (default: {d.probe_seeds})")
     p.add_argument("--random-init-seeds", type=int, default=d.random_init_seeds,
                    help=f"random-init copies to probe and average, 0 for none (default: {d.random_init_seeds})")
     p.add_argument("--log-mel", action="store_true", help="also probe the log-mel front end")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         protocol = ProbeProtocol(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                 standardize=not args.no_standardize, seed=args.seed,
+                                 standardize=not args.no_standardize, seed=args.seed, probe_seeds=args.probe_seeds,
                                  random_init_seeds=args.random_init_seeds, log_mel=args.log_mel,
                                  max_train_utterances=args.max_train,
                                  max_valid_utterances=args.max_valid).validate()

@@ -38,12 +38,15 @@ class LayerScore:
     valid_loss: float
     train_loss: float
     per_seed: dict[str, list[float]] | None = None
+    probe_seed_errors: list[float] | None = None  # each probe seed's valid error (when several)
 
     def to_dict(self, metric: str = "cer") -> dict[str, Any]:
         d: dict[str, Any] = {"layer": self.layer, "dim": self.dim, f"valid_{metric}": self.valid_error,
                              "valid_loss": self.valid_loss, "train_loss": self.train_loss}
         if self.per_seed is not None:
             d["per_seed"] = {k.replace("valid_error", f"valid_{metric}"): v for k, v in self.per_seed.items()}
+        if self.probe_seed_errors is not None and len(self.probe_seed_errors) > 1:
+            d[f"probe_seeds_valid_{metric}"] = self.probe_seed_errors
         return d
 
 

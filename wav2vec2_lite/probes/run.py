@@ -11,6 +11,7 @@ memory: ``frames x (C + (L + 1) x D) x 4`` bytes per split (BASE on 10 minutes: 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from wav2vec2_lite.probes.features import (
     extract_layer_features,
     log_mel_features,
 )
-from wav2vec2_lite.probes.linear_ctc import train_ctc_probe
+from wav2vec2_lite.probes.linear_ctc import ProbeResult, train_ctc_probe
 from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
 from wav2vec2_lite.probes.report import LayerScore, ModelProbes, ProbeReport
 
@@ -140,14 +141,23 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
 
 def _probe_layers(features: dict[str, tuple[FrameFeatures, FrameFeatures]], train: LabelledSplit,
                   valid: LabelledSplit, vocab: list[str], protocol: ProbeProtocol, log: Log, tag: str,
-                  metric: str = "cer") -> list[Any]:
+                  metric: str = "cer") -> list[tuple[str, ProbeResult, list[float]]]:
+    """Each layer's probe, averaged over ``protocol.probe_seeds`` probe seeds: ``(name, mean result,
+    each probe seed's valid error)``."""
     results = []
     for name, (tr, va) in features.items():
-        r = train_ctc_probe(tr, train.labels, va, valid.labels, valid.texts, vocab, protocol,
-                            unit="char" if metric == "cer" else "token")
+        runs = [train_ctc_probe(tr, train.labels, va, valid.labels, valid.texts, vocab,
+                                dataclasses.replace(protocol, seed=protocol.seed + j),
+                                unit="char" if metric == "cer" else "token")
+                for j in range(protocol.probe_seeds)]
+        errors = [r.valid_error for r in runs]
+        r = ProbeResult(dim=runs[0].dim, valid_error=sum(errors) / len(runs),
+                        valid_loss=sum(x.valid_loss for x in runs) / len(runs),
+                        train_loss=sum(x.train_loss for x in runs) / len(runs), hypotheses=runs[0].hypotheses)
+        spread = f" (probe seeds: {', '.join(f'{e:.3f}' for e in errors)})" if len(runs) > 1 else ""
         log(f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  loss {r.valid_loss:.3f}  "
-            f"train loss {r.train_loss:.3f}")
-        results.append((name, r))
+            f"train loss {r.train_loss:.3f}{spread}")
+        results.append((name, r, errors))
     return results
 
 
@@ -214,8 +224,8 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
     t0 = time.perf_counter()
     feats = _model_features(backbone, train, valid, normalize)
     t1 = time.perf_counter()
-    scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss)
-              for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
+    scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
+              for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
     models["checkpoint"] = ModelProbes("checkpoint", source, scores, seconds_features=t1 - t0,
                                        seconds_probes=time.perf_counter() - t1)
     del feats
@@ -236,7 +246,7 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
             t_feat, t_probe = t_feat + t1 - t0, t_probe + time.perf_counter() - t1
             del feats, random_model
         scores = []
-        for k, (name, first) in enumerate(per_seed[0]):
+        for k, (name, first, _) in enumerate(per_seed[0]):
             runs = [rs[k][1] for rs in per_seed]
             vals = {key: [getattr(r, key) for r in runs] for key in ("valid_error", "valid_loss", "train_loss")}
             scores.append(LayerScore(name, first.dim, *(sum(v) / len(v) for v in vals.values()), per_seed=vals))
@@ -250,8 +260,8 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
         feats = {"log_mel": (log_mel_features(train.waves, train_frames, cfg.frame_stride, lm),
                              log_mel_features(valid.waves, valid_frames, cfg.frame_stride, lm))}
         t1 = time.perf_counter()
-        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss)
-                  for n, r in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "log-mel", metric)]
+        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
+                  for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "log-mel", metric)]
         models["log_mel"] = ModelProbes(
             "log_mel", f"LogMel(n_mels={lm.n_mels}, 25 ms / 10 ms) x {cfg.frame_stride // lm.hop} stacked",
             scores, seconds_features=t1 - t0, seconds_probes=time.perf_counter() - t1)
