@@ -54,6 +54,7 @@ __all__ = [
     "ENGLISH_VOICES",
     "VARIANTS",
     "SAMPLE_RATE",
+    "VOICE_ALIASES",
 ]
 
 SAMPLE_RATE = 16_000  # output rate of Synthesizer.synthesize
@@ -71,7 +72,7 @@ ENGLISH_VOICES = (
     "en-us-nyc",
 )
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
-_VOICE_ALIASES = {"en-gb": "en"}
+VOICE_ALIASES = {"en-gb": "en"}
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 0x02
@@ -416,7 +417,7 @@ class Synthesizer:
     def voice_name(self, voice: str, variant: str | None = None) -> str:
         """The eSpeak name for ``voice`` (+ ``variant``), checked against the installed data."""
         v = voice.lower()
-        v = _VOICE_ALIASES.get(v, v)
+        v = VOICE_ALIASES.get(v, v)
         eng = self._engine
         if eng.voices is not None and v not in eng.voices:
             raise SynthesisError(f"unknown eSpeak NG voice {voice!r}; English voices: {', '.join(ENGLISH_VOICES)}")

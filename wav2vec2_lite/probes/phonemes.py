@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wav2vec2_lite.corpus.espeak import (
-    _VOICE_ALIASES,  # the corpus's voice names -> eSpeak's
+    VOICE_ALIASES,  # the corpus's voice names -> eSpeak's
 )
 from wav2vec2_lite.data.manifest import (
     count_symbols,
@@ -57,7 +57,7 @@ class EspeakPhonemizer:
 
     def phonemes(self, text: str, voice: str = "en-us") -> list[str]:
         if voice != self._voice:
-            if self.lib.espeak_SetVoiceByName(_VOICE_ALIASES.get(voice, voice).encode()) != 0:
+            if self.lib.espeak_SetVoiceByName(VOICE_ALIASES.get(voice, voice).encode()) != 0:
                 raise ProbeError(f"eSpeak NG has no voice {voice!r}")
             self._voice = voice
         ptr = ctypes.pointer(ctypes.c_char_p(text.encode()))
