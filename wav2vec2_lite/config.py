@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from wav2vec2_lite.objectives.registry import OBJECTIVES
+from wav2vec2_lite.objectives.registry import OBJECTIVES, objective_class
 
 __all__ = ["Wav2Vec2Config", "ConfigError"]
 
@@ -196,7 +196,7 @@ class Wav2Vec2Config:
         need(self.objective in OBJECTIVES, "objective", f"must be one of {sorted(OBJECTIVES)}")
         need(isinstance(self.objective_options, dict), "objective_options", "must be a mapping")
         try:
-            OBJECTIVES[self.objective].validate_options(dict(self.objective_options), self)
+            objective_class(self.objective).validate_options(dict(self.objective_options), self)
         except (ValueError, TypeError) as e:
             need(False, "objective_options", f"invalid for objective {self.objective!r}: {e}")
 

@@ -1,30 +1,34 @@
 """Pretraining objectives by name: ``Wav2Vec2Config.objective`` selects one of :data:`OBJECTIVES`.
 
 Adding an objective: a new module with a :class:`~wav2vec2_lite.objectives.base.PretrainingObjective`
-subclass, and one line below (``docs/objectives.md``).
+subclass, and one line below naming it (``docs/objectives.md``). Entries are import paths,
+imported when first used, so the registry imports no objective (and no cycle can form).
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from wav2vec2_lite.objectives.base import PretrainingObjective
-from wav2vec2_lite.objectives.best_rq import BestRQObjective
-from wav2vec2_lite.objectives.contrastive import ContrastiveObjective
 
 __all__ = ["OBJECTIVES", "objective_class", "build_objective"]
 
-OBJECTIVES: dict[str, type[PretrainingObjective]] = {
-    "contrastive": ContrastiveObjective,
-    "best_rq": BestRQObjective,
+OBJECTIVES: dict[str, str | type[PretrainingObjective]] = {
+    "contrastive": "wav2vec2_lite.objectives.contrastive:ContrastiveObjective",
+    "best_rq": "wav2vec2_lite.objectives.best_rq:BestRQObjective",
 }
 
 
 def objective_class(name: str) -> type[PretrainingObjective]:
-    """The class registered as ``name``; ``KeyError`` naming the valid names otherwise."""
+    """The class registered as ``name`` (imported on first use); ``KeyError`` naming the valid names otherwise."""
     if name not in OBJECTIVES:
         raise KeyError(f"unknown pretraining objective {name!r}; valid names: {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]
+    entry = OBJECTIVES[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = OBJECTIVES[name] = getattr(importlib.import_module(module), attr)
+    return entry
 
 
 def build_objective(config: Any) -> PretrainingObjective:
