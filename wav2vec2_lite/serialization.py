@@ -164,8 +164,13 @@ def read_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, 
     folder of an older ``format_version`` has its keys renamed by :func:`upgrade_state_dict`).
     Weights without a ``config.json`` beside them (another writer's) are returned as stored."""
     directory = Path(directory)
-    w_path = directory / WEIGHTS_NAME
     info = _read_info(directory) if (directory / CONFIG_NAME).exists() else None
+    return _read_state(directory, info, map_location)
+
+
+def _read_state(directory: Path, info: dict[str, Any] | None, map_location: str) -> dict[str, torch.Tensor]:
+    """The weights file of ``directory``, keys upgraded per ``info`` (its parsed config.json, if any)."""
+    w_path = directory / WEIGHTS_NAME
     try:
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
@@ -189,7 +194,7 @@ def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_lo
         if info["model_class"] not in classes:
             raise CheckpointError(f"{directory / CONFIG_NAME}: unknown model_class {info['model_class']!r}")
         cls = classes[info["model_class"]]
-    state = read_weights(directory, map_location)
+    state = _read_state(directory, info, map_location)
     model = cls(info["config"])
     try:
         model.load_state_dict(state, strict=True)

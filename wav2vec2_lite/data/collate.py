@@ -9,9 +9,19 @@ import torch
 
 from wav2vec2_lite.data.dataset import is_skipped
 
-__all__ = ["collate", "LABEL_PAD", "SeededCollate", "derive_seed"]
+__all__ = ["collate", "pad_labels", "LABEL_PAD", "SeededCollate", "derive_seed"]
 
 LABEL_PAD = -100  # ignored by the CTC loss wrapper and by CrossEntropyLoss
+
+
+def pad_labels(labels: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label sequences -> ``(B, L)`` long padded with ``LABEL_PAD`` and their ``(B,)`` lengths."""
+    rows = [torch.as_tensor(lab, dtype=torch.long) for lab in labels]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    padded = torch.full((len(rows), int(lengths.max())), LABEL_PAD, dtype=torch.long)
+    for b, r in enumerate(rows):
+        padded[b, : len(r)] = r
+    return padded, lengths
 
 
 def collate(
@@ -79,14 +89,7 @@ def collate(
     if any(has_labels):
         if not all(has_labels):
             raise ValueError("some items have labels and some do not; batch labelled and unlabelled data apart")
-        labels = [torch.as_tensor(it["labels"], dtype=torch.long) for it in items]
-        label_lengths = torch.tensor([len(lab) for lab in labels], dtype=torch.long)
-        L = int(label_lengths.max())
-        padded = torch.full((B, L), LABEL_PAD, dtype=torch.long)
-        for b, lab in enumerate(labels):
-            padded[b, : len(lab)] = lab
-        batch["labels"] = padded
-        batch["label_lengths"] = label_lengths
+        batch["labels"], batch["label_lengths"] = pad_labels([it["labels"] for it in items])
     if all("text" in it for it in items):
         batch["texts"] = [it["text"] for it in items]
     return batch

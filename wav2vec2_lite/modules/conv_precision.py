@@ -16,18 +16,22 @@ from torch import Tensor, nn
 __all__ = ["conv_compute_dtype", "conv_forward"]
 
 
+def _under_cpu_autocast(x: Tensor) -> bool:
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+
+
 def conv_compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a convolution over ``x`` runs in: ``x.dtype`` without autocast, float32
     under CPU autocast, the autocast dtype under any other device's autocast."""
+    if _under_cpu_autocast(x):
+        return torch.float32
     device = x.device.type
-    if not torch.is_autocast_enabled(device):
-        return x.dtype
-    return torch.float32 if device == "cpu" else torch.get_autocast_dtype(device)
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def conv_forward(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)``, in float32 with autocast off when CPU autocast is on; unchanged otherwise."""
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if _under_cpu_autocast(x):
         with torch.autocast("cpu", enabled=False):
             return conv(x.float())
     return conv(x)

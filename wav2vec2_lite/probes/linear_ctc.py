@@ -25,12 +25,13 @@ from torch import Tensor, nn
 
 from wav2vec2_lite.asr.decode import greedy_decode
 from wav2vec2_lite.asr.metrics import ErrorCounts, align_counts, cer
+from wav2vec2_lite.data.collate import pad_labels
 from wav2vec2_lite.data.tokenizer import SPECIAL_TOKENS
 from wav2vec2_lite.objectives.losses import ctc_loss
 from wav2vec2_lite.probes.features import FrameFeatures
 from wav2vec2_lite.probes.protocol import ProbeProtocol
 
-__all__ = ["ProbeResult", "pad_labels", "standardizer", "train_ctc_probe"]
+__all__ = ["ProbeResult", "standardizer", "train_ctc_probe"]
 
 STD_EPS = 1e-5
 
@@ -63,15 +64,6 @@ def standardizer(train: FrameFeatures) -> tuple[Tensor, Tensor]:
     mean = x.mean(0)
     std = (x.var(0, unbiased=False) + STD_EPS).sqrt()
     return mean.float(), std.float()
-
-
-def pad_labels(labels: Sequence[Tensor]) -> Tensor:
-    """(B, L) long, padded with -100 (what ``objectives.losses.ctc_loss`` ignores)."""
-    longest = max(len(lab) for lab in labels)
-    out = torch.full((len(labels), longest), -100, dtype=torch.long)
-    for b, lab in enumerate(labels):
-        out[b, : len(lab)] = torch.as_tensor(lab, dtype=torch.long)
-    return out
 
 
 def _per_label_loss(logits: Tensor, lengths: Tensor, labels: Tensor) -> Tensor:
@@ -132,7 +124,7 @@ def train_ctc_probe(
     tail_losses: list[float] = []
     for step, idx in enumerate(_batches(len(train), protocol.batch_size, protocol.steps, gen)):
         x, lengths = train.batch(idx)  # (B, T, D), (B,)
-        loss = _per_label_loss(probe(x), lengths, pad_labels([train_labels[i] for i in idx])).mean()
+        loss = _per_label_loss(probe(x), lengths, pad_labels([train_labels[i] for i in idx])[0]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -148,7 +140,7 @@ def train_ctc_probe(
             idx = list(range(start, min(start + protocol.eval_batch_size, len(valid))))
             x, lengths = valid.batch(idx)
             logits = probe(x)  # (B, T, V)
-            losses.append(_per_label_loss(logits, lengths, pad_labels([valid_labels[i] for i in idx])))
+            losses.append(_per_label_loss(logits, lengths, pad_labels([valid_labels[i] for i in idx])[0]))
             if unit == "char":
                 hyps += greedy_decode(logits, lengths, vocab)
                 continue

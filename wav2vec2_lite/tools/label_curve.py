@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT, TOPLINE, TOPLINE_SUBSET,
                                                   LabelCurveError, load_mapping, validate_spec)
 
@@ -133,9 +134,8 @@ def now_iso() -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """``obj`` as indented JSON, written all at once (serialization.atomic_write_text)."""
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def summary_path(plan: dict, run_id: str) -> Path:
@@ -183,13 +183,10 @@ def _weights_sha(run: dict) -> str | None:
     """sha256 of the pretrained weights a run started from (a checkpoint replaced mid-experiment shows)."""
     if not run["pretrain_path"]:
         return None
+    from wav2vec2_lite.train.checkpoint import file_sha256
     from wav2vec2_lite.train.tasks import resolve_pretrained
 
-    digest = hashlib.sha256()
-    with open(resolve_pretrained(run["pretrain_path"]) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(resolve_pretrained(run["pretrain_path"]) / "model.safetensors")
 
 
 def _train_one(plan: dict, run: dict) -> dict:
