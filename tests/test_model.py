@@ -291,6 +291,46 @@ def test_save_load_round_trip_and_corruption(tmp_path):
     assert not list((tmp_path / "m").glob("*.tmp"))
 
 
+def test_every_load_checks_the_weights_checksum_and_finiteness(tmp_path, caplog):
+    """config.json records the weights' sha256: bytes changed in place (same size) are an error
+    naming the file; a folder without the checksum (older/foreign) loads with a notice;
+    NaN weights are refused on save and on load."""
+    import json
+    import logging
+
+    from wav2vec2_lite.serialization import file_sha256, read_weights
+
+    model = Wav2Vec2ForCTC(small(vocab_size=9))
+    folder = save_model(model, tmp_path / "m")
+    info = json.loads((folder / "config.json").read_text())
+    weights = folder / "model.safetensors"
+    assert info["weights_sha256"] == file_sha256(weights)
+    data = bytearray(weights.read_bytes())
+    data[-4096:] = b"\xff" * 4096  # same size, other bytes
+    weights.write_bytes(bytes(data))
+    for load in (load_model, read_weights):
+        with pytest.raises(CheckpointError, match=r"model.safetensors: corrupted: its sha256 .* does not match"):
+            load(folder)
+    # an older (or foreign) folder without the checksum: loads, with a one-line notice
+    save_model(model, folder)
+    info = json.loads((folder / "config.json").read_text())
+    del info["weights_sha256"]
+    (folder / "config.json").write_text(json.dumps(info))
+    with caplog.at_level(logging.INFO, logger="wav2vec2_lite.serialization"):
+        back = load_model(folder)
+    assert torch.equal(back.lm_head.weight, model.lm_head.weight)
+    assert any("no weights_sha256" in r.getMessage() for r in caplog.records)
+    # non-finite weights: refused when saving, and when a file holding them is loaded
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite weights.*lm_head.weight"):
+        save_model(model, tmp_path / "nan")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: non-finite weights \(NaN/Inf\) in lm_head.weight"):
+        load_model(folder)
+
+
 def _encoder_grads(enc, wave, lean: bool, autocast: bool = False):
     enc.lean_backward = lean
     enc.zero_grad()

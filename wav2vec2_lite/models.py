@@ -243,13 +243,16 @@ class Wav2Vec2ForCTC(nn.Module):
     def from_pretraining(
         cls, source: "Wav2Vec2ForPreTraining | Wav2Vec2Model | str | Path", vocab_size: int, **overrides: Any
     ) -> "Wav2Vec2ForCTC":
-        """A CTC model whose backbone is a pretrained model's (instance, or a saved model folder).
+        """A CTC model whose backbone is a pretrained model's (instance, saved model folder, or the
+        name of a shipped checkpoint: :mod:`wav2vec2_lite.pretrained`).
 
         ``overrides`` change config fields for fine-tuning (e.g. ``mask_time_prob=0.65``,
         ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped.
         """
         if isinstance(source, (str, Path)):
-            source = load_model(source)
+            from wav2vec2_lite.pretrained import resolve
+
+            source = load_model(resolve(source))
         backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
         if not isinstance(backbone, Wav2Vec2Model):
             raise TypeError(f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}")

@@ -5,6 +5,12 @@ target-side modules under its objective (``quantizer.*`` -> ``objective.quantize
 likewise ``project_q`` and ``final_proj``); :func:`load_model` renames the keys of
 version-1 folders (:func:`upgrade_state_dict`), so folders saved before still load.
 
+``config.json`` also records ``weights_sha256``, the sha256 of ``model.safetensors``;
+:func:`load_model` and :func:`read_weights` check it on every load, so a weights file that was
+corrupted in place (same size, other bytes) is an error rather than a silently wrong model. A
+folder without it (saved before, or by another tool) loads with a one-line notice. Non-finite
+weights are an error too.
+
 Weights never go through pickle. Every file is written atomically (:func:`atomic_write_bytes`:
 temporary file in the same folder, flush, fsync, ``os.replace``, fsync of the folder), so
 a crash mid-save leaves the previous file intact. The training checkpoints
@@ -13,7 +19,9 @@ a crash mid-save leaves the previous file intact. The training checkpoints
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -29,8 +37,10 @@ from wav2vec2_lite.config import Wav2Vec2Config
 __all__ = [
     "find_model_folder",
     "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
-    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict", "read_weights",
+    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict", "read_weights", "file_sha256",
 ]
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -98,6 +108,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {}
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: ``save_model`` / ``load_model`` know a model class by its name.
     The models register themselves (``models.py``), so this module never imports them."""
@@ -137,9 +156,12 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     if name not in classes:
         raise TypeError(f"save_model supports {sorted(classes)}; got {name}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{directory}: refusing to save non-finite weights ({_name_some(bad)})")
     atomic_write_bytes(directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"}))
     info = {"format_version": FORMAT_VERSION, "model_class": name, "config": model.config.to_dict(),
-            "metadata": metadata or {}}
+            "weights_sha256": file_sha256(directory / WEIGHTS_NAME), "metadata": metadata or {}}
     text = json.dumps(info, indent=2, sort_keys=True)
     atomic_write_text(directory / CONFIG_NAME, text)
     return directory
@@ -153,8 +175,11 @@ def _read_info(directory: Path) -> dict[str, Any]:
             raise CheckpointError(f"{p}: missing (expected a folder written by save_model)")
     try:
         info = json.loads(cfg_path.read_text())
+        sha = info.get("weights_sha256")
+        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+            raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}")
         return {"config": Wav2Vec2Config.from_dict(info["config"]), "model_class": info["model_class"],
-                "format_version": int(info.get("format_version", 1))}
+                "format_version": int(info.get("format_version", 1)), "weights_sha256": sha}
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e
 
@@ -171,16 +196,39 @@ def read_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, 
 def _read_state(directory: Path, info: dict[str, Any] | None, map_location: str) -> dict[str, torch.Tensor]:
     """The weights file of ``directory``, keys upgraded per ``info`` (its parsed config.json, if any)."""
     w_path = directory / WEIGHTS_NAME
+    if info is not None:
+        _verify_checksum(directory, info.get("weights_sha256"))
     try:
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{w_path}: non-finite weights (NaN/Inf) in {_name_some(bad)}; this model cannot "
+                              f"be used: load an earlier checkpoint")
     if info is None:
         return state
     try:
         return upgrade_state_dict(state, info["model_class"], info["format_version"])
     except CheckpointError as e:
         raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
+
+
+def _verify_checksum(directory: Path, expected: str | None) -> None:
+    """Compare ``model.safetensors`` with the sha256 its ``config.json`` records."""
+    w_path = directory / WEIGHTS_NAME
+    if expected is None:
+        log.info("%s: no weights_sha256 in config.json (saved by an older version or another tool): "
+                 "loading without an integrity check", directory)
+        return
+    actual = file_sha256(w_path)
+    if actual != expected:
+        raise CheckpointError(f"{w_path}: corrupted: its sha256 {actual[:12]}… does not match the "
+                              f"{expected[:12]}… recorded in {CONFIG_NAME} (the file was changed after saving)")
+
+
+def _name_some(keys: list[str], n: int = 3) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_location: str = "cpu") -> nn.Module:

@@ -104,7 +104,8 @@ def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *
 
 def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model, bool, str]:
     """``(backbone, normalize_waves, source)`` from a model (pretraining, CTC or backbone), a run
-    folder (its ``checkpoints/best``, else ``last``), a saved model folder or a Hugging Face folder.
+    folder (its ``checkpoints/best``, else ``last``), a saved model folder, a Hugging Face folder
+    or the name of a shipped checkpoint (:mod:`wav2vec2_lite.pretrained`).
 
     ``normalize_waves``: the saved ``metadata.normalize`` if any, else True for layer-norm
     (LARGE-style) encoders, as ``w2v2-transcribe`` decides.
@@ -117,10 +118,13 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
     from wav2vec2_lite.asr.transcribe import resolve_model_folder
     from wav2vec2_lite.serialization import CheckpointError, load_model
 
-    path = Path(model_or_path)
-    if not path.exists():
-        raise ProbeError(f"{path}: no such file or folder (expected a run folder, a saved model folder or a "
-                         f"Hugging Face folder)")
+    from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+
+    try:
+        path = resolve(model_or_path)
+    except UnknownPretrainedError as e:
+        raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder or a "
+                         f"shipped checkpoint's name)") from None
     try:
         folder = resolve_model_folder(path)
         info = json.loads((folder / "config.json").read_text())

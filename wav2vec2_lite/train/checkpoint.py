@@ -23,7 +23,6 @@ names the file at fault.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import pickle
 import random
@@ -39,7 +38,7 @@ from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
 from wav2vec2_lite.serialization import (
-    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, read_weights, save_model,
+    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, file_sha256, read_weights, save_model,
 )
 from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
 
@@ -57,14 +56,6 @@ WEIGHTS_FILE = WEIGHTS_NAME
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through :func:`atomic_write_bytes` (streamed into the temporary file)."""
     return atomic_write_bytes(path, lambda f: torch.save(obj, f))
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_training_state(path: str | os.PathLike) -> dict:

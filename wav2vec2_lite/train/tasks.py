@@ -239,8 +239,14 @@ def build_task(cfg) -> PretrainTask | FinetuneTask:
 
 
 def resolve_pretrained(path: str | Path) -> Path:
-    """A saved-model folder from a run directory (best, else last checkpoint) or the folder itself."""
-    p = Path(path)
+    """A saved-model folder from a run directory (best, else last checkpoint), the folder itself,
+    or the name of a shipped checkpoint (:mod:`wav2vec2_lite.pretrained`; an existing path wins)."""
+    from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+
+    try:
+        p = resolve(path)
+    except UnknownPretrainedError as e:
+        raise FileNotFoundError(f"finetune.pretrained={e}") from None
     folder = find_model_folder(p, WEIGHTS_NAME)
     if folder is not None:
         return folder
