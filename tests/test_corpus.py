@@ -350,6 +350,32 @@ def test_train_1min_default_follows_train_10min(tmp_path):
     assert corpus_minutes()["train_1min"] == 1.0 and corpus_minutes(full=True, scale=2)["train_1min"] == 2.0
 
 
+def test_held_out_splits_of_a_smaller_build_are_prefixes_of_a_larger_one(tmp_path):
+    """With one seed, valid and test of a smaller corpus (the demo's) are the first utterances of
+    a larger one's (the shipped checkpoint's), so they stay out of the larger one's unlabeled pool
+    (speakers and sentences), whatever diversity the larger one applies to it."""
+    small = dict(unlabeled_minutes=0.1, train_10min_minutes=0.1, train_1h_minutes=0.1, valid_minutes=0.15,
+                 test_minutes=0.15)  # fmt: skip
+    large = dict(unlabeled_minutes=0.6, train_10min_minutes=0.2, train_1h_minutes=0.3, valid_minutes=0.4,
+                 test_minutes=0.4)  # fmt: skip
+    build_corpus(tmp_path / "small", seed=3, workers=1, **small)
+    build_corpus(tmp_path / "large", seed=3, workers=1, diversity="diverse", **large)
+
+    def rows(root, split):
+        return [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()
+                if json.loads(line)["pool"] == split]
+
+    for split in ("valid", "test"):
+        a, b = rows(tmp_path / "small", split), rows(tmp_path / "large", split)
+        assert 0 < len(a) < len(b)
+        assert [(r["speaker"], r["text"]) for r in a] == [(r["speaker"], r["text"]) for r in b[: len(a)]]
+        for r in a:
+            assert sf.read(tmp_path / "small" / r["path"])[0].tolist() == sf.read(tmp_path / "large" / r["path"])[0].tolist()
+        unlabeled = rows(tmp_path / "large", "unlabeled")
+        assert not {r["speaker"] for r in a} & {r["speaker"] for r in unlabeled}
+        assert not {r["text"] for r in a} & {r["text"] for r in unlabeled}
+
+
 # ---------------------------------------------------------------------------- diversity
 
 

@@ -73,9 +73,13 @@ def main(argv: list[str] | None = None) -> None:
                                  max_valid_utterances=args.max_valid).validate()
         if args.threads is not None and args.threads < 1:
             raise ProbeError(f"--threads must be >= 1, found {args.threads}")
-        if not Path(args.model).exists():
-            raise ProbeError(f"{args.model}: no such file or folder (expected a run folder, a saved model folder or "
-                             f"a Hugging Face folder)")
+        from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+
+        try:
+            resolve(args.model)
+        except UnknownPretrainedError as e:
+            raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder or a "
+                             f"shipped checkpoint's name)") from None
         if not Path(args.data).is_dir():
             raise ProbeError(f"{args.data}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
     except ProbeError as e:

@@ -1,0 +1,154 @@
+"""Turn a finished pretraining run into a shipped checkpoint folder with its provenance.
+
+    python scripts/ship_pretrained.py runs/shipped/contrastive_s1 --name tiny-espeak-10h
+
+The run's ``checkpoints/best`` (chosen on valid loss by the trainer) is re-saved with
+:func:`save_model` (so ``config.json`` records the weights' sha256) beside ``provenance.json``:
+the exact commands (corpus and pretraining), code version, CPU kind, corpus facts, hours of
+audio seen, the valid curve and the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, file_sha256, load_model, save_model
+from wav2vec2_lite.train.logging import read_metrics
+
+__all__ = ["cpu_kind", "audio_seen_hours", "make_bundle"]
+
+VALID_KEYS = ("loss", "accuracy", "contrastive_loss", "diversity_loss", "code_perplexity", "prob_perplexity",
+              "chance_loss")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_kind() -> dict[str, Any]:
+    """CPU model, the bf16-relevant flags it has and torch's CPU capability."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+
+
+def audio_seen_hours(train_records: list[dict]) -> float:
+    """Hours of audio the run trained on: each ``train`` record's samples/s × its window's seconds."""
+    total, prev = 0.0, 0
+    for r in sorted(train_records, key=lambda r: r["update"]):
+        updates = r["update"] - prev
+        total += r["samples_per_s"] * r["step_time_s"] * updates
+        prev = r["update"]
+    return total / 16000 / 3600
+
+
+def _corpus_facts(manifest_dir: Path, valid_subset: str) -> dict[str, Any]:
+    info = json.loads((manifest_dir / "corpus.json").read_text())
+    settings, splits = info["settings"], info["splits"]
+    minutes = settings["minutes"]
+    diversity = settings.get("diversity") or {}
+    cmd = ["python", "scripts/synth_corpus.py", "--out", str(manifest_dir), "--seed", str(settings["seed"])]
+    for split, m in minutes.items():
+        cmd += [f"--{split.replace('_', '-')}-minutes", f"{m:g}"]
+    if diversity:
+        cmd += ["--diversity", diversity.get("preset", "diverse")]
+    return {
+        "path": str(manifest_dir), "seed": settings["seed"], "build_command": shlex.join(cmd),
+        "synthesizer": info.get("synthesizer"), "diversity": diversity,
+        "unlabeled": {k: splits["unlabeled"][k] for k in ("utterances", "minutes", "num_speakers")},
+        "valid": {k: splits[valid_subset][k] for k in ("utterances", "minutes", "num_speakers")},
+        "valid_speakers": splits[valid_subset]["speakers"],
+        "pretraining_speakers_disjoint_from": [s for s in splits if s not in ("unlabeled",)
+                                               and not set(splits[s]["speakers"]) & set(splits["unlabeled"]["speakers"])],
+    }
+
+
+CHECK_TOLERANCE = 0.01  # absolute, on accuracy: same audio, same masks; only float rounding may differ
+
+
+def fresh_valid_check(model: torch.nn.Module, corpus_seed: int, normalize_waves: bool) -> dict[str, Any]:
+    """Accuracy on a freshly synthesized valid set (mask seed 0, re-measured by the tests) and its
+    spread over mask seeds 0-4 (what a different draw of masks alone changes)."""
+    import tempfile
+
+    from wav2vec2_lite.pretrained.check import FRESH_VALID, fresh_valid_set, pretext_accuracy
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = fresh_valid_set(Path(tmp) / "valid", corpus_seed)
+        runs = [pretext_accuracy(model, d, seed=s, normalize_waves=normalize_waves) for s in range(5)]
+    accs = torch.tensor([r["accuracy"] for r in runs], dtype=torch.float64)
+    return {"corpus_seed": corpus_seed, "valid_minutes": FRESH_VALID["valid_minutes"], "mask_seed": 0,
+            "accuracy": runs[0]["accuracy"], "loss": runs[0]["loss"], "masked_frames": runs[0]["masked_frames"],
+            "utterances": runs[0]["utterances"], "accuracy_over_mask_seeds_0_4": accs.tolist(),
+            "accuracy_sd_over_mask_seeds": float(accs.std()), "tolerance": CHECK_TOLERANCE,
+            "how": "wav2vec2_lite.pretrained.check: fresh_valid_set(dir, corpus_seed) then "
+                   "pretext_accuracy(model, dir, seed=0)"}
+
+
+def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, description: str = "",
+                code_commit: str | None = None, force: bool = False) -> Path:
+    """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run."""
+    run_dir, out = Path(run_dir), Path(out_root) / name
+    best = run_dir / "checkpoints" / "best"
+    if not (best / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/best/{WEIGHTS_NAME} (is it a finished pretraining run?)")
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: exists (pass force=True / --force to replace it)")
+    run = json.loads((run_dir / "run.json").read_text())
+    state = torch.load(best / "training_state.pt", map_location="cpu", weights_only=True)
+    model = load_model(best).eval()
+    cfg_yaml = (run_dir / "config.yaml").read_text()
+    import yaml  # hydra's dependency
+
+    cfg = yaml.safe_load(cfg_yaml)
+    train = read_metrics(run_dir / "metrics.jsonl", "train")
+    valid = read_metrics(run_dir / "metrics.jsonl", "valid")
+    if not valid:
+        raise ValueError(f"{run_dir}: no valid records in metrics.jsonl")
+    curve = [{"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid]
+    best_update = int(state["update"])
+    chosen = next((r for r in curve if r["update"] == best_update), None)
+    started = train[0]["time"] - train[0]["step_time_s"] * train[0]["update"] if train else None
+    provenance = {
+        "name": name,
+        "description": description,
+        "model_class": type(model).__name__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "objective": model.config.objective,
+        "command": shlex.join(["python", *run["argv"]]),
+        "code_version": run.get("code_version"),
+        "code_commit": code_commit or str(run.get("code_version", "")).rpartition("+git.")[2] or None,
+        "torch": run.get("torch"), "python": run.get("python"), "num_threads": run.get("num_threads"),
+        "cpu": cpu_kind(),
+        "seed": run.get("seed"),
+        "start_time": run.get("start_time"),
+        "wall_clock_minutes": round((train[-1]["time"] - started) / 60, 1) if train else None,
+        "updates": train[-1]["update"] if train else 0,
+        "hours_of_audio_seen": round(audio_seen_hours(train), 2),
+        "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
+        "chosen_checkpoint": {"update": best_update, "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"},
+        "valid_curve": curve,
+        "final_metrics": {"chosen": chosen, "last": curve[-1]},
+        "train_loss_log": [{"update": r["update"], "loss": r["loss"]} for r in train],
+        "config": cfg,
+    }
+    provenance["fresh_valid_check"] = fresh_valid_check(model, provenance["corpus"]["seed"],
+                                                        bool(cfg["data"].get("normalize", False)))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out, metadata={"normalize": bool(cfg["data"].get("normalize", False)),
+                                     "pretrained_name": name})
+    provenance["weights_sha256"] = json.loads((out / CONFIG_NAME).read_text())["weights_sha256"]
+    assert provenance["weights_sha256"] == file_sha256(out / WEIGHTS_NAME)
+    atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=1, sort_keys=False) + "\n")
+    return out
