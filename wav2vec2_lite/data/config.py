@@ -15,14 +15,16 @@ from omegaconf import MISSING
 
 from wav2vec2_lite.data.audio import MonoPolicy, ResamplePolicy
 from wav2vec2_lite.data.sampler import TooLongPolicy
+from wav2vec2_lite.data.tokenizer import UnkPolicy
 
-__all__ = ["DataConfig", "Mono", "Resample", "TooLong", "validation_mode"]
+__all__ = ["DataConfig", "Mono", "Resample", "TooLong", "Unk", "validation_mode"]
 
 # The loaders' policies as enums (OmegaConf checks them on every override; a wrong value is
 # an error naming the key and the valid values). Members are strings: Mono.mix == "mix".
 Mono = StrEnum("Mono", get_args(MonoPolicy), module=__name__)
 Resample = StrEnum("Resample", get_args(ResamplePolicy), module=__name__)
 TooLong = StrEnum("TooLong", get_args(TooLongPolicy), module=__name__)
+Unk = StrEnum("Unk", get_args(UnkPolicy), module=__name__)
 
 _VALIDATION_MODES = ("header", "full", "false")
 
@@ -45,9 +47,13 @@ class DataConfig:
     train_subset: str = "train"
     """Manifest to train on."""
     valid_subset: Optional[str] = "valid"
-    """Manifest to validate on (null: no validation)."""
+    """Manifest to validate on; null switches validation off (no ``best`` checkpoint). A
+    validation set left with no usable row is an error."""
     labels: str = "ltr"
     """Label extension for fine-tuning (``ltr`` or ``wrd``)."""
+    unk: Unk = Unk.error
+    """Fine-tuning transcripts with a symbol outside ``dict.ltr.txt``: ``error`` (the row is
+    invalid, naming the symbol), or ``map`` it to ``<unk>`` and train on the row."""
     sample_rate: int = 16000
     """Hz the model expects; other rates are errors or resampled (``resample``)."""
     resample: Resample = Resample.error

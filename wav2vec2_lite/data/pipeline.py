@@ -7,6 +7,10 @@ length-bucketed samplers and the loaders, and yields the micro-batches of each u
 file that becomes unreadable later is skipped when read and counted; more than
 ``data.max_unreadable_fraction`` of the training set stops the run.
 
+A validation set left with no usable row is an error (:func:`check_valid_set`); a run
+without validation says so with ``data.valid_subset=null``. Audio that is silent or heavily
+clipped is a warning (an ``audio_warnings`` event), not a skip.
+
 Nothing here logs: what happened to the data (rows checked, rows dropped, files skipped)
 is queued in :attr:`TrainingData.events` as records for ``metrics.jsonl``, and
 :func:`describe` words the ones a user should see. The task (pretraining or fine-tuning)
@@ -28,14 +32,16 @@ from wav2vec2_lite.data.manifest import ManifestError
 from wav2vec2_lite.data.sampler import BucketBatchSampler
 from wav2vec2_lite.data.validate import validate_dataset
 
-__all__ = ["DatasetSource", "TrainingData", "describe", "SUMMARY_EVENTS"]
+__all__ = ["DatasetSource", "TrainingData", "describe", "check_valid_set", "SUMMARY_EVENTS"]
 
 SUMMARY_EVENTS = ("data_validated", "dataset_filtered")
 """Events that summarise (``data`` records); every other event reports a skip (``event`` records)."""
 
 
 class DatasetSource(Protocol):
-    """What a task provides: the files to check for a subset, and its dataset."""
+    """What a task provides: the files to check for a subset, and its dataset. A task with
+    labels also has a ``tokenizer``, whose unknown-symbol policy :class:`TrainingData` sets
+    from ``data.unk``."""
 
     crop_to_shortest: bool
 
@@ -76,7 +82,10 @@ def validate_rows(cfg: DataConfig, source: DatasetSource, subsets: list[str],
     for subset, r in reports.items():
         where = {"subset": subset, "manifest": str(r.manifest_path)}
         events.append({"event": "data_validated", **where, "mode": mode, "rows": r.num_rows,
-                       "invalid": r.num_invalid, "seconds": round(seconds, 3)})
+                       "invalid": r.num_invalid, "warnings": len(r.warnings), "seconds": round(seconds, 3)})
+        if r.warnings:
+            events.append({"event": "audio_warnings", **where, "count": len(r.warnings),
+                           "warnings": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.warnings]})
         if r.problems:
             events.append({"event": "skipped_invalid", **where, "count": r.num_invalid,
                            "problems": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.problems]})
@@ -103,6 +112,23 @@ def dataset_events(cfg: DataConfig, subset: str, ds: AudioDataset, rows: list[in
     return events
 
 
+def check_valid_set(cfg: DataConfig, vset: AudioDataset, sampler: BucketBatchSampler,
+                    events: list[dict[str, Any]]) -> None:
+    """A validation set with no usable row is an error, not a run without validation or ``best``
+    checkpoint; switching validation off is explicit (``data.valid_subset=null``)."""
+    if len(sampler) > 0:
+        return
+    gone = [f"{e['count']} {e['event'].removeprefix('skipped_').replace('_', ' ')}" for e in events
+            if e.get("manifest") == str(vset.manifest_path) and e["event"].startswith("skipped_")]
+    if sampler.num_skipped_long:
+        gone.append(f"{sampler.num_skipped_long} longer than max_tokens_valid")
+    raise DatasetError(
+        f"data.valid_subset={cfg.valid_subset}: {vset.manifest_path} has no usable row ({len(vset.manifest)} in the "
+        f"manifest" + (f"; dropped: {', '.join(gone)}" if gone else "") + "); nothing was trained. Fix the "
+        f"validation set, choose another with data.valid_subset=NAME, or set data.valid_subset=null to train "
+        f"without validation (no best checkpoint)")
+
+
 _MESSAGES = {
     "skipped_too_short": "{manifest}: skipping {count} row(s) shorter than the {min_samples}-sample receptive field",
     "skipped_too_long": "{manifest}: skipping {count} row(s) longer than data.max_duration_s={max_duration_s}",
@@ -115,12 +141,18 @@ _MESSAGES = {
 }
 
 
+def _listing(lines: list[str], limit: int = 20) -> str:
+    """The first ``limit`` lines, indented, then ``...`` if there are more."""
+    return "\n  " + "\n  ".join(lines[:limit]) + ("\n  ..." if len(lines) > limit else "")
+
+
 def describe(e: dict[str, Any]) -> str:
-    """One terminal message for a skip event."""
+    """One terminal message for a skip or warning event."""
     if e["event"] == "skipped_invalid":
-        shown = e["problems"][:20]
-        return (f"{e['manifest']}: skipping {e['count']} invalid row(s) (data.skip_invalid=true):\n  "
-                + "\n  ".join(shown) + ("\n  ..." if len(e["problems"]) > len(shown) else ""))
+        return (f"{e['manifest']}: skipping {e['count']} invalid row(s) (data.skip_invalid=true):"
+                + _listing(e["problems"]))
+    if e["event"] == "audio_warnings":
+        return f"{e['manifest']}: {e['count']} warning(s), training on them anyway:" + _listing(e["warnings"])
     template = _MESSAGES.get(e["event"])
     return template.format(**e) if template else f"{e.get('manifest', 'train set')}: {e}"
 
@@ -139,6 +171,8 @@ class TrainingData:
     def __init__(self, cfg: DataConfig, source: DatasetSource, model: Wav2Vec2Config, *, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg = cfg
+        if getattr(source, "tokenizer", None) is not None:
+            source.tokenizer.unk = str(cfg.unk)  # data.unk: the remedy the out-of-vocabulary error names
         subsets = [cfg.train_subset] + ([cfg.valid_subset] if cfg.valid_subset else [])
         rows, self.events = validate_rows(cfg, source, subsets, model)
         rf = model.receptive_field
@@ -158,6 +192,7 @@ class TrainingData:
             self.events += dataset_events(cfg, "valid", vset, rows[cfg.valid_subset], rf)
             vsampler = BucketBatchSampler(vset.sizes, max_tokens=cfg.max_tokens_valid or cfg.max_tokens,
                                           shuffle=False, **sampler_kw)
+            check_valid_set(cfg, vset, vsampler, self.events)
             self.valid_loader = DataLoader(vset, batch_sampler=vsampler, collate_fn=SeededCollate(False, seed),
                                            num_workers=cfg.num_workers)
         self.epoch = 0
@@ -194,13 +229,21 @@ class TrainingData:
             self.consumed = 0
 
     def valid_batches(self, limit: int | None = None) -> Iterator[dict]:
-        """The usable validation batches (at most ``limit`` read)."""
+        """The usable validation batches (at most ``limit`` read); none at all, every file
+        unreadable, is an error (a run without validation is asked for with data.valid_subset=null)."""
+        usable = False
         for i, batch in enumerate(self.valid_loader or ()):
             if limit is not None and i >= limit:
                 break
             self._note_unreadable(batch["skipped"], "valid")
             if "waveform" in batch:
+                usable = True
                 yield batch
+        if self.valid_loader is not None and not usable:
+            raise DatasetError(
+                f"validation gave no usable batch: every file of data.valid_subset={self.cfg.valid_subset} read was "
+                f"unreadable (is the storage still there?); the run's last checkpoint is intact. Fix the files and "
+                f"rerun the same command to resume, or set data.valid_subset=null to train without validation")
 
     def _note_unreadable(self, skipped: list[dict], subset: str) -> None:
         """Count and queue an event per utterance whose file could not be read; stop if too many."""

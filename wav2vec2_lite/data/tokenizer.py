@@ -15,10 +15,11 @@ from typing import Iterable, Literal
 
 from wav2vec2_lite.data.manifest import read_dictionary
 
-__all__ = ["TokenizerError", "CharTokenizer", "SPECIAL_TOKENS"]
+__all__ = ["TokenizerError", "CharTokenizer", "SPECIAL_TOKENS", "UnkPolicy"]
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 UnkPolicy = Literal["error", "map"]
+"""A symbol outside the vocabulary: ``error``, or ``map`` it to ``<unk>`` (the ``data.unk`` key of a run)."""
 
 
 class TokenizerError(ValueError):
@@ -136,7 +137,7 @@ class CharTokenizer:
         raise TokenizerError(
             f"symbol {sym!r} ({cp}) at position {pos} of {context!r} is not in {self.source} "
             f"({len(self.vocab)} entries); fix the transcript, add it to the dictionary, "
-            f"or pass unk='map' to map it to <unk>"
+            f"or map unknown symbols to <unk> with data.unk=map (CharTokenizer(unk='map') in Python)"
         )
 
     def encode_ltr(self, ltr: str) -> list[int]:

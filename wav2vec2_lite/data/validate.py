@@ -8,6 +8,11 @@ and with labels: empty transcript, symbols outside the dictionary, labelled rows
 than ``max_sample_size`` (AudioDataset would drop them), and transcripts longer than
 the CTC frames the audio gives (the CTC loss would be inf).
 
+Warnings (counted in the report, the rows stay usable): silence (whole-file RMS below
+``SILENCE_DBFS``) and heavy clipping (at least ``CLIP_FRACTION`` of the samples at
+``|x| >= CLIP_LEVEL``). They need the samples, so they are checked on the files that are
+decoded: every file with ``check_audio="full"``, float files with ``"header"``.
+
 Cost. Every check but two reads only the file header (and, for WAV, the chunk list;
 docs/benchmarks.md has the time per file). Decoding the samples is needed only to find NaN/inf values and damage
 inside compressed data. ``check_audio="header"`` decodes just the files stored as floats
@@ -25,12 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 from wav2vec2_lite.data.audio import AudioError, audio_info, read_samples
 from wav2vec2_lite.data.dataset import DatasetError, is_ltr
 from wav2vec2_lite.data.manifest import iter_manifest, read_labels, write_labels, write_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
 
-__all__ = ["Problem", "ValidationReport", "validate_dataset", "num_frames", "ctc_min_frames", "DatasetError"]
+__all__ = ["Problem", "ValidationReport", "validate_dataset", "num_frames", "ctc_min_frames", "audio_warnings",
+           "DatasetError", "SILENCE_DBFS", "CLIP_LEVEL", "CLIP_FRACTION"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,11 @@ CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 # sample formats (soundfile subtypes) that can hold NaN/inf
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+# warnings: a whole file quieter than this (dB relative to full scale 1.0) is silent ...
+SILENCE_DBFS = -60.0
+# ... and one with at least CLIP_FRACTION of its samples at |x| >= CLIP_LEVEL is clipped
+CLIP_LEVEL = 0.999
+CLIP_FRACTION = 0.01
 
 
 class Problem(NamedTuple):
@@ -58,6 +71,8 @@ class ValidationReport:
     num_rows: int
     valid_indices: list[int]
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    """Usable rows worth a look (silent, clipped); they stay in ``valid_indices``."""
 
     @property
     def num_invalid(self) -> int:
@@ -67,9 +82,10 @@ class ValidationReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def format(self) -> str:
-        """One line per problem: ``manifest:line: path: message``."""
-        return "\n".join(f"  {self.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in self.problems)
+    def format(self, warnings: bool = False) -> str:
+        """One line per problem (or per warning): ``manifest:line: path: message``."""
+        found = self.warnings if warnings else self.problems
+        return "\n".join(f"  {self.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in found)
 
     def write_subset(self, tsv_out: str | os.PathLike, labels_out: str | os.PathLike | None = None) -> None:
         """Write the valid rows as a new manifest (and their labels, if any)."""
@@ -150,10 +166,10 @@ def validate_dataset(
         raise ValueError(f"check_audio: True/'full', 'header' or False, found {check_audio!r}")
     decode = "all" if check_audio in (True, "full") else "float" if check_audio == "header" else "none"
 
-    def audio_problems(item: tuple[int, str, int | None, str | None]) -> list[str]:
+    def audio_problems(item: tuple[int, str, int | None, str | None]) -> tuple[list[str], list[str]]:
         _, rel, size, err = item
         if err is not None:
-            return []
+            return [], []
         return _check_audio_row(str(root / rel), size, sample_rate, min_sample_size,  # type: ignore[arg-type]
                                 max_duration_s, decode, mono, resample)
 
@@ -164,6 +180,7 @@ def validate_dataset(
         audio_found = [audio_problems(r) for r in rows]
 
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     valid: list[int] = []
     seen: dict[str, int] = {}
     for row, (line_no, rel, size, err) in enumerate(rows):
@@ -176,7 +193,7 @@ def validate_dataset(
             if rel in seen:
                 found.append(f"duplicate of line {seen[rel]}")
             seen.setdefault(rel, line_no)
-            found += audio_found[row]
+            found += audio_found[row][0]
             if labels is not None:
                 found += _check_label_row(
                     labels[row], row, Path(labels_path), tokenizer, size, max_sample_size,  # type: ignore[arg-type]
@@ -185,8 +202,10 @@ def validate_dataset(
         problems += [Problem(line_no, path, m) for m in found]
         if not found:
             valid.append(row)
+            warnings += [Problem(line_no, path, m) for m in audio_found[row][1]]
 
-    report = ValidationReport(manifest_path, Path(labels_path) if labels_path else None, len(rows), valid, problems)
+    report = ValidationReport(manifest_path, Path(labels_path) if labels_path else None, len(rows), valid, problems,
+                              warnings)
     if problems and not skip_invalid:
         raise DatasetError(
             f"{manifest_path}: {len(problems)} problem(s) in {report.num_invalid} of {len(rows)} rows "
@@ -197,7 +216,22 @@ def validate_dataset(
             "%s: skipping %d of %d rows with %d problem(s):\n%s",
             manifest_path, report.num_invalid, len(rows), len(problems), report.format(),
         )
+    if report.warnings and warn:
+        log.warning("%s: %d warning(s):\n%s", manifest_path, len(report.warnings), report.format(warnings=True))
     return report
+
+
+def audio_warnings(wave) -> list[str]:
+    """Silence (whole-file RMS below ``SILENCE_DBFS``) and heavy clipping of decoded samples ``(S, C)``."""
+    found = []
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+    if rms < 10 ** (SILENCE_DBFS / 20):
+        level = f"{20 * np.log10(rms):.1f} dBFS" if rms > 0 else "digital zero"
+        found.append(f"silent: RMS {level}, below {SILENCE_DBFS:g} dBFS")
+    clipped = float(np.mean(np.abs(wave) >= CLIP_LEVEL))
+    if clipped >= CLIP_FRACTION:
+        found.append(f"clipped: {clipped:.1%} of samples at |x| >= {CLIP_LEVEL} (limit {CLIP_FRACTION:.0%})")
+    return found
 
 
 def _strip_path(msg: str, path: str) -> str:
@@ -208,12 +242,13 @@ def _strip_path(msg: str, path: str) -> str:
 def _check_audio_row(
     path: str, size: int, sample_rate: int, min_sample_size: int, max_duration_s: float | None, decode: str,
     mono: str, resample: str,
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
+    """Problems and warnings of one audio file (warnings only when its samples are decoded)."""
     found: list[str] = []
     try:
         info = audio_info(path)
     except AudioError as e:
-        return [_strip_path(str(e), path)]
+        return [_strip_path(str(e), path)], []
     if info.num_samples != size:
         found.append(f"manifest says {size} samples, the file header says {info.num_samples}; rebuild the manifest")
     if info.channels != 1 and mono == "error":
@@ -227,12 +262,13 @@ def _check_audio_row(
         )
     if max_duration_s is not None and info.num_samples > max_duration_s * info.sample_rate:
         found.append(f"{info.num_samples / info.sample_rate:.1f} s is longer than max_duration_s={max_duration_s}")
+    warnings: list[str] = []
     if info.num_samples > 0 and (decode == "all" or (decode == "float" and info.subtype in FLOAT_SUBTYPES)):
         try:
-            read_samples(path, info)
+            warnings = audio_warnings(read_samples(path, info))
         except AudioError as e:
             found.append(_strip_path(str(e), path))
-    return found
+    return found, warnings
 
 
 def _check_label_row(

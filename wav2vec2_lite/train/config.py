@@ -13,27 +13,35 @@ keys and wrong types are errors that name the key). Every value has one home:
 * ``schedule``  one of the registered schedules (:mod:`wav2vec2_lite.train.schedules`), chosen
   by ``schedule.name``; each declares its own fields.
 * ``data``      :class:`~wav2vec2_lite.data.config.DataConfig`, with the data pipeline.
+
+Unknown keys are errors in every group, one line naming the closest valid key
+(:func:`check_keys`): Hydra checks ``key=value`` against the schema, but ``+key=value`` adds a
+key without looking, so the composed config is checked again here. The free-form maps stay
+free: ``optim.lr_scale.*`` (parameter prefixes), ``model.extra`` and ``model.objective_options``
+(validated by the objective).
 """
 
 from __future__ import annotations
 
+import difflib
 import typing
-from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
 from wav2vec2_lite.data.config import DataConfig
 from wav2vec2_lite.train.health import HealthConfig
 from wav2vec2_lite.train.precision import parse_precision
-from wav2vec2_lite.train.schedules import make_schedule
+from wav2vec2_lite.train.schedules import SCHEDULES, make_schedule
 
 __all__ = [
     "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "flatten_lr_scale", "config_container", "BestMode", "DistBackend",
+    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "check_keys",
 ]
 
 
@@ -118,7 +126,7 @@ class TrainerConfig:
     valid_after_updates: int = 0
     """No periodic validation before this update."""
     max_valid_batches: Optional[int] = None
-    """Validate on at most this many batches (null: all)."""
+    """Validate on at most this many batches (null: all; to switch validation off, ``data.valid_subset=null``)."""
     save_interval: int = 25000
     """Write ``checkpoints/last`` every N updates (and at the end)."""
     best_metric: Optional[str] = None
@@ -150,6 +158,9 @@ class TrainerConfig:
             _positive("trainer", self, "max_epochs")
         if self.valid_interval < 0:
             raise ValueError(f"trainer.valid_interval: must be >= 0 (got {self.valid_interval})")
+        if self.max_valid_batches is not None and self.max_valid_batches <= 0:
+            raise ValueError(f"trainer.max_valid_batches: > 0 or null (got {self.max_valid_batches}); "
+                             f"data.valid_subset=null switches validation off")
 
 
 def _model_overrides(name: str, values: dict[str, Any], doc: str) -> type:
@@ -252,15 +263,95 @@ def register_configs() -> None:
         cs.store(name=f"{kind}_schema", node=schema)
 
 
+def _node_keys(path: str, schema: Any, node: dict) -> dict[str, Any] | None:
+    """The keys a node may hold, each with the schema of its value (None: not checked below);
+    None for a node this pass leaves to others (a schedule whose name is unknown)."""
+    if path == "model":
+        return {"preset": None, **{f.name: None for f in fields(Wav2Vec2Config)}}
+    if path == "schedule":
+        cls = SCHEDULES.get(node.get("name"))
+        return None if cls is None else {f.name: None for f in fields(cls)}
+    hints = typing.get_type_hints(schema)
+    return {f.name: _dataclass_of(hints[f.name]) for f in fields(schema)}
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass a field holds (``Optional[X]`` too), else None: its value is a leaf or a free map."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    hint = args[0] if len(args) == 1 else hint
+    return hint if isinstance(hint, type) and is_dataclass(hint) else None
+
+
+def _any_schedule_has(key: str) -> bool:
+    """A field of some registered schedule: left to make_schedule, which names the schedule to switch to."""
+    return any(key in {f.name for f in fields(cls)} for cls in SCHEDULES.values())
+
+
+def _groups(schema: type) -> dict[str, type]:
+    """The groups of a run schema with a fixed set of keys (data, optim, trainer, ..., model)."""
+    hints = typing.get_type_hints(schema)
+    groups = {f.name: cls for f in fields(schema) if (cls := _dataclass_of(hints[f.name])) is not None}
+    return {**groups, "model": Wav2Vec2Config}
+
+
+def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
+    """``group.name`` of another group whose key is ``key`` or nearly (``+trainer.lr`` -> ``optim.lr``)."""
+    names = sorted((f.name, f"{g}.{f.name}") for g, cls in _groups(root).items() if g != path for f in fields(cls))
+    close = difflib.get_close_matches(key, sorted({n for n, _ in names}), n=1, cutoff=0.8)
+    return next((full for name, full in names if close and name == close[0]), None)
+
+
+def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict) -> ConfigError:
+    """One line: the unknown key and the closest valid one (in its group, else in another group)."""
+    key = full.rsplit(".", 1)[-1]
+    note = f" (the {node.get('name')!r} schedule's keys; schedule=NAME switches schedules)" if path == "schedule" else ""
+    close = difflib.get_close_matches(key, valid, n=1)
+    if close:
+        return ConfigError(f"unknown config key {full}: did you mean {path + '.' if path else ''}{close[0]}?{note}")
+    other = [k for k, schema in _SCHEMAS.items() if schema is not root and key in {f.name for f in fields(schema)}]
+    if not path and other:
+        return ConfigError(f"unknown config key {full}: only {other[0]} configs have it")
+    elsewhere = _closest_elsewhere(key, path, root) if path else None
+    if elsewhere:
+        return ConfigError(f"unknown config key {full}: did you mean {elsewhere}?")
+    return ConfigError(f"unknown config key {full}: the keys of {path or 'a run config'} are "
+                       f"{', '.join(sorted(valid))}{note}")
+
+
+def check_keys(node: dict, schema: type, path: str = "", root: type | None = None) -> None:
+    """Raise :class:`ConfigError` at the first key of ``node`` (a plain config) that ``schema``
+    does not have, naming the closest valid key; maps without a schema stay free."""
+    allowed = _node_keys(path, schema, node)
+    if allowed is None:
+        return
+    for key, value in node.items():
+        full = f"{path}.{key}" if path else str(key)
+        if key not in allowed and not (path == "schedule" and _any_schedule_has(key)):
+            raise _unknown_key(full, path, list(allowed), root or schema, node)
+        if isinstance(value, dict) and (allowed.get(key) is not None or full in ("model", "schedule")):
+            check_keys(value, allowed[key], full, root or schema)
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    """OmegaConf's error without its trailing ``full_key:``/``object_type=`` lines."""
+    msg = str(getattr(e, "msg", None) or e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    return f"{key}: {msg}" if key else msg
+
+
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
     """Validate a composed config against its schema and return the typed object."""
-    # plain containers first: a key that Hydra added to a typed node (``+trainer.typo=1``) is then
-    # an error naming it, not dropped
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
-    kind = kind or cfg.get("task", "pretrain")
+    # plain containers first: a key that Hydra added to a typed node (``+trainer.typo=1``) is
+    # then checked by check_keys, not dropped
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    kind = kind or plain.get("task", "pretrain")
     if kind not in _SCHEMAS:
-        raise ValueError(f"task: one of {', '.join(_SCHEMAS)} (got {kind!r})")
-    obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), cfg))
+        raise ConfigError(f"task: one of {', '.join(_SCHEMAS)} (got {kind!r})")
+    check_keys(plain, _SCHEMAS[kind])
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), OmegaConf.create(plain)))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_one_line(e)) from e
     obj.check()
     return obj
 
