@@ -9,17 +9,96 @@ Configs are read from the package's ``wav2vec2_lite/configs/`` (or ``$W2V2_CONFI
 Outputs go to Hydra's run directory (``outputs/<task>/<time>``; ``hydra.run.dir=DIR`` to
 choose it, which is also how a killed run is resumed: the same dir continues from its
 ``checkpoints/last``).
+
+Conventions shared by every command here:
+
+* a user error (bad path, bad config key or value, bad input file) is one
+  ``PROG: error: ...`` message on stderr, without a traceback unless ``--debug`` is given or
+  ``HYDRA_FULL_ERROR=1`` is set; hints use the command's own syntax (``data.mono=mix``);
+* exit status 0: all done; 1: some inputs failed (or training stopped after some updates)
+  and the rest was processed; 2: a usage error, or nothing ran;
+* options may come before or after positional arguments.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import pickle
+import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Iterator, NoReturn
 
-__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "run_from_hydra", "CONFIG_DIR"]
+__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "run_from_hydra", "CONFIG_DIR",
+           "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+# Library errors state hints in Python keywords; the training commands take Hydra overrides.
+_OVERRIDE_HINTS = {"mono='mix'": "data.mono=mix", "resample='soxr'": "data.resample=soxr",
+                   "skip_invalid=True": "data.skip_invalid=true", "set run_dir to": "set hydra.run.dir to"}
+
+
+# --------------------------------------------------------------------------------- errors
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input or settings, not a bug: reported as one message."""
+    from wav2vec2_lite.serialization import CheckpointError
+    from wav2vec2_lite.train.run_dir import RunDirError
+    from wav2vec2_lite.train.trainer import NonFiniteError
+
+    return ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointError, RunDirError, NonFiniteError
+
+
+def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug``, ``HYDRA_FULL_ERROR=1``)."""
+    rest = [a for a in argv if a != "--debug"]
+    return rest, len(rest) != len(argv) or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _message(e: BaseException, hints: dict[str, str] | None = None) -> str:
+    """The error's text (and notes), hints rewritten to the command's syntax; the type for built-in errors."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    text = "\n".join([text, *getattr(e, "__notes__", [])]).strip() or type(e).__name__
+    for python, override in (hints or {}).items():
+        text = text.replace(python, override)
+    builtin = type(e).__module__ == "builtins" and not isinstance(e, OSError)
+    return f"{type(e).__name__}: {text}" if builtin and type(e) is not ValueError else text
+
+
+def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """``PROG: error: MESSAGE`` on stderr, then exit with ``code``."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+@contextmanager
+def _reported(prog: str, debug: bool, hints: dict[str, str] | None = None) -> Iterator[None]:
+    """User errors inside become one message and exit 2 (1 once training had run updates); ``debug`` re-raises."""
+    try:
+        yield
+    except _user_errors() as e:
+        if debug:
+            raise
+        _fail(prog, _message(e, hints), EXIT_PARTIAL if getattr(e, "updates_run", 0) else EXIT_USAGE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) and a ``--debug`` option."""
+
+    def __init__(self, prog: str, description: str | None) -> None:
+        super().__init__(prog=prog, description=description)
+        self.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self.prog, f"{message} (see {self.prog} --help)")
+
+
+# --------------------------------------------------------------------------------- training
 
 
 def run_from_hydra(cfg) -> dict:
@@ -34,74 +113,154 @@ def run_from_hydra(cfg) -> dict:
     return train(run_cfg, run_dir)
 
 
-def _main(config_name: str) -> None:
+def _check_run_dir_overrides(argv: list[str]) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it."""
+    from wav2vec2_lite.train.run_dir import RunDir
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            RunDir(value).check_folder(key.lstrip("+"))
+
+
+def _hydra_task(prog: str, debug: bool):
+    """``run_from_hydra`` with user errors reported as one message (inside the job, before Hydra's own report)."""
+
+    def task(cfg) -> dict:
+        with _reported(prog, debug, _OVERRIDE_HINTS):
+            return run_from_hydra(cfg)
+
+    return task
+
+
+def _main(config_name: str, prog: str) -> None:
+    """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override) become one message."""
     import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     from wav2vec2_lite.train.config import register_configs
 
+    argv, debug = _debug_wanted(sys.argv[1:])
     if not CONFIG_DIR.is_dir():
-        raise SystemExit(f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
+        _fail(prog, f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
+    with _reported(prog, debug, _OVERRIDE_HINTS):
+        _check_run_dir_overrides(argv)
     register_configs()
-    hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(run_from_hydra)()
+    sys.argv[1:] = argv
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report; we report
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+            _hydra_task(prog, debug))()
+    except (HydraException, OmegaConfBaseException) as e:
+        if debug:
+            raise
+        _fail(prog, _hydra_message(e))
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def _hydra_message(e: BaseException) -> str:
+    """A Hydra/OmegaConf error in one line: its first line, its cause's, then the rest (a hint), without
+    OmegaConf's indented details."""
+    own = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
+    cause = str(e.__cause__).splitlines()[:1] if isinstance(e.__cause__, Exception) else []
+    lines = dict.fromkeys(own[:1] + [ln.strip() for ln in cause] + own[1:])
+    return " ".join(ln if ln[-1] in ".:;!?" else f"{ln}." for ln in lines)
 
 
 def pretrain() -> None:
     """``w2v2-pretrain``: self-supervised pretraining (configs/pretrain.yaml)."""
-    _main("pretrain")
+    _main("pretrain", "w2v2-pretrain")
 
 
 def finetune() -> None:
     """``w2v2-finetune``: CTC fine-tuning (configs/finetune.yaml)."""
-    _main("finetune")
+    _main("finetune", "w2v2-finetune")
 
 
-# ---------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------- transcription
 def transcribe(argv: list[str] | None = None) -> None:
-    """``w2v2-transcribe MODEL AUDIO...``: text (or JSON with word timings) for files or a manifest.
+    """``w2v2-transcribe MODEL INPUT...``: text (or JSON with word timings) for audio files, folders
+    (searched recursively) and .tsv manifests, each result printed as soon as it is done.
 
     MODEL is a run folder, a saved model folder, a model.safetensors path or a Hugging Face
-    folder. Long files are transcribed in overlapping windows (bounded memory).
+    folder. Long files are transcribed in overlapping windows (bounded memory). Stereo files
+    are averaged to mono and other sample rates resampled (soxr), with a note on stderr. A
+    bad input is one error line on stderr (with --json, an {"path", "error"} record on
+    stdout) and the others are still transcribed. Exit status: 0 all transcribed, 1 some
+    failed, 2 usage error or none transcribed.
     """
-    import argparse
-    import json
-    import sys
+    from wav2vec2_lite.asr.transcribe import Failure, Transcriber, transcribe_all
 
-    from wav2vec2_lite.asr.transcribe import Transcriber
-
-    p = argparse.ArgumentParser(prog="w2v2-transcribe", description=transcribe.__doc__)
+    prog = "w2v2-transcribe"
+    p = _Parser(prog, transcribe.__doc__)
     p.add_argument("model", help="run dir, model folder, model.safetensors or Hugging Face folder")
-    p.add_argument("audio", nargs="*", help="audio files (wav/flac/ogg)")
-    p.add_argument("--manifest", help="a fairseq TSV manifest to transcribe instead of files")
-    p.add_argument("--limit", type=int, help="at most this many manifest rows")
+    p.add_argument("audio", nargs="*", help="audio files (wav/flac/ogg), folders of them, or .tsv manifests")
+    p.add_argument("--manifest", action="append", default=[], help="a fairseq TSV manifest (repeatable)")
+    p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
     p.add_argument("--json", action="store_true", help="JSON lines with per-word timings")
     p.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files (seconds)")
     p.add_argument("--overlap-s", type=float, default=4.0, help="overlap between windows (seconds)")
     p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    if not args.audio and not args.manifest:
-        p.error("give audio files or --manifest")
-    tr = Transcriber.from_path(args.model, chunk_s=args.chunk_s, overlap_s=args.overlap_s, device=args.device)
-    results = [tr.transcribe_file(a) for a in args.audio]
-    if args.manifest:
-        results += tr.transcribe_manifest(args.manifest, args.limit)
-    for r in results:
-        sys.stdout.write((json.dumps(r.to_dict()) if args.json else f"{r.path}\t{r.text}") + "\n")
+    args = p.parse_intermixed_args(argv)
+    inputs = args.audio + args.manifest
+    if not inputs:
+        p.error("give audio files, folders or manifests")
+    with _reported(prog, args.debug):
+        tr = Transcriber.from_path(args.model, chunk_s=args.chunk_s, overlap_s=args.overlap_s, device=args.device)
+    done = failed = 0
+    for out in transcribe_all(tr, inputs, limit=args.limit):
+        if isinstance(out, Failure):
+            failed += 1
+            _report_failure(prog, out, args.json, args.debug)
+            continue
+        done += 1
+        if out.notice:
+            sys.stderr.write(f"{prog}: note: {out.notice}\n")
+        sys.stdout.write((json.dumps(out.to_dict()) if args.json else f"{out.path}\t{out.text}") + "\n")
+        sys.stdout.flush()
+    if failed:
+        sys.stderr.write(f"{prog}: {failed} of {done + failed} inputs failed\n")
+        raise SystemExit(EXIT_PARTIAL if done else EXIT_USAGE)
 
 
+def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
+    """One error line on stderr, or a JSON record on stdout; the traceback first with ``--debug``."""
+    if debug and failure.exception is not None:
+        import traceback
+
+        traceback.print_exception(failure.exception, file=sys.stderr)
+    if as_json:
+        sys.stdout.write(json.dumps(failure.to_dict()) + "\n")
+        sys.stdout.flush()
+    else:
+        sys.stderr.write(f"{prog}: error: {failure.path}: {failure.error}\n")
+        sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------- export
 def export_hf(argv: list[str] | None = None) -> None:
-    """``w2v2-export-hf RUN OUT``: a fine-tuned run -> a Hugging Face folder that
+    """``w2v2-export-hf MODEL OUT``: a fine-tuned run -> a Hugging Face folder that
     ``transformers.pipeline("automatic-speech-recognition", model=OUT)`` loads offline."""
-    import argparse
-
-    from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
     from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
 
-    p = argparse.ArgumentParser(prog="w2v2-export-hf", description=export_hf.__doc__)
+    prog = "w2v2-export-hf"
+    p = _Parser(prog, export_hf.__doc__)
     p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt)")
     p.add_argument("out", help="output folder")
-    args = p.parse_args(argv)
-    tr = Transcriber.from_path(args.model)
-    print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, args.out)}")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; the export needs a folder")
+        tr = Transcriber.from_path(args.model)
+        print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, out)}")
 
 
 def probe(argv: list[str] | None = None) -> None:

@@ -1,31 +1,43 @@
-"""Transcribe audio with a fine-tuned CTC model: files or a manifest -> text (+ word timings).
+"""Transcribe audio with a fine-tuned CTC model: files, folders or manifests -> text (+ word timings).
 
 Loads from a run folder (``RUN/checkpoints/best`` or ``last``), a saved model folder
 (``model.safetensors`` + ``config.json``), a ``model.safetensors`` path, or a Hugging
 Face folder (``Wav2Vec2ForCTC`` + ``vocab.json``). Long files are transcribed in
 overlapping windows, so memory stays bounded whatever the duration.
+
+Audio policy: transcription converts what training refuses by default. Multi-channel
+files are averaged to mono and other sample rates resampled (soxr); the transcript then
+carries a one-line ``notice`` saying so. :func:`transcribe_all` streams a batch: each
+input gives a :class:`Transcript` or a :class:`Failure` naming it, so one bad file costs
+only itself.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import torch
 
 from wav2vec2_lite.asr.chunking import chunked_logits
-from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
-from wav2vec2_lite.data.manifest import read_manifest
+from wav2vec2_lite.data.audio import AudioError, AudioInfo, audio_info, load_audio, normalize as normalize_wave
+from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 from wav2vec2_lite.serialization import find_model_folder
 
-__all__ = ["Transcriber", "Transcript", "resolve_model_folder"]
+__all__ = ["Transcriber", "Transcript", "Failure", "resolve_model_folder", "expand_inputs", "transcribe_all",
+           "conversion_notice", "AUDIO_SUFFIXES"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "dict.ltr.txt")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what a folder is searched for
+USER_ERRORS = (AudioError, ManifestError, OSError)  # bad input, reported without the exception's type
 
 
 @dataclass
@@ -34,9 +46,23 @@ class Transcript:
     text: str
     words: list[dict[str, Any]]
     duration_s: float
+    notice: str | None = None  # what was converted to feed the model (channels mixed, resampled)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3), "words": self.words}
+        out = {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3), "words": self.words}
+        return out if self.notice is None else {**out, "notice": self.notice}
+
+
+@dataclass
+class Failure:
+    """An input that gave no transcript: its path (or ``manifest:line``) and why."""
+
+    path: str
+    error: str
+    exception: BaseException | None = None  # kept for --debug tracebacks
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "error": self.error}
 
 
 def resolve_model_folder(path: str | Path) -> Path:
@@ -119,11 +145,94 @@ class Transcriber:
         )
         return Transcript(path=path, text=text, words=words, duration_s=wave.shape[0] / self.sample_rate)
 
+    def load(self, path: str | Path) -> tuple[np.ndarray, str | None]:
+        """The file as a mono wave at the model's rate (channels averaged, soxr) and a notice of what changed.
+
+        Raises AudioError naming the file when it is unreadable or shorter than the receptive field.
+        """
+        info = audio_info(path)
+        wave = load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
+        field = self.model.config.receptive_field
+        if wave.shape[0] < field:
+            raise AudioError(f"{path}: {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than the model's "
+                             f"{field}-sample receptive field; too short to transcribe")
+        return wave, conversion_notice(path, info, self.sample_rate)
+
     def transcribe_file(self, path: str | Path) -> Transcript:
-        wave = torch.from_numpy(load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr"))
-        return self.transcribe_wave(wave, str(path))
+        wave, notice = self.load(path)
+        out = self.transcribe_wave(torch.from_numpy(wave), str(path))
+        out.notice = notice
+        return out
 
     def transcribe_manifest(self, tsv: str | Path, limit: int | None = None) -> list[Transcript]:
         manifest = read_manifest(tsv)
         paths = [manifest.root / p for p in manifest.paths][:limit]
         return [self.transcribe_file(p) for p in paths]
+
+
+def conversion_notice(path: str | Path, info: AudioInfo, sample_rate: int) -> str | None:
+    """One line saying how ``path`` was converted for the model, or None when it was used as is."""
+    changes = []
+    if info.channels > 1:
+        changes.append(f"{info.channels} channels averaged to mono")
+    if info.sample_rate != sample_rate:
+        changes.append(f"resampled from {info.sample_rate} Hz to {sample_rate} Hz (soxr)")
+    return f"{path}: " + ", ".join(changes) if changes else None
+
+
+def expand_inputs(inputs: Iterable[str | Path], limit: int | None = None) -> Iterator[Failure | str]:
+    """Audio paths to transcribe: files as given, folders searched recursively, ``.tsv`` manifests row by row.
+
+    An input that yields no file (an empty folder, a malformed manifest line) comes out as a Failure.
+    ``limit`` caps the rows taken from each manifest.
+    """
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            yield from _folder_files(path)
+        elif path.suffix == ".tsv":
+            yield from _manifest_files(path, limit)
+        else:
+            yield str(path)
+
+
+def _folder_files(folder: Path) -> Iterator[Failure | str]:
+    """The audio files under ``folder`` (sorted), or one Failure when there are none."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        yield Failure(str(folder), f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder or below")
+    yield from (str(p) for p in files)
+
+
+def _manifest_files(tsv: Path, limit: int | None) -> Iterator[Failure | str]:
+    """The files a manifest lists; a malformed line is a Failure named ``manifest:line``."""
+    try:
+        root, rows = iter_manifest(tsv)
+    except ManifestError as e:
+        yield Failure(str(tsv), _reason(e, tsv), e)
+        return
+    for n, (line_no, rel, _size, error) in enumerate(rows):
+        if limit is not None and n >= limit:
+            return
+        yield Failure(f"{tsv}:{line_no}", error) if error else str(root / rel)
+
+
+def _reason(e: BaseException, path: str | Path) -> str:
+    """The error as one line, without a leading ``path:`` (the record names it); the type when it is a bug's."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    for prefix in (f"{path}: ", f"{path}:"):
+        msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+    return msg if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {msg}"
+
+
+def transcribe_all(tr: Transcriber, inputs: Iterable[str | Path], limit: int | None = None
+                   ) -> Iterator[Transcript | Failure]:
+    """Each input's Transcript or Failure, one at a time, in order: one bad file costs only itself."""
+    for item in expand_inputs(inputs, limit):
+        if isinstance(item, Failure):
+            yield item
+            continue
+        try:
+            yield tr.transcribe_file(item)
+        except Exception as e:  # noqa: BLE001 - reported as this file's failure, the batch goes on
+            yield Failure(item, _reason(e, item), e)

@@ -35,8 +35,17 @@ class RunDir:
         self.path = Path(path).resolve()
         self.checkpoints = self.path / "checkpoints"
 
+    def check_folder(self, key: str = "run_dir") -> None:
+        """RunDirError if the path, or a folder above it, is an existing file (``key`` names the setting)."""
+        for p in (self.path, *self.path.parents):
+            if p.exists() and not p.is_dir():
+                what = "is" if p == self.path else f"is inside {p}, which is"
+                raise RunDirError(f"{key}={self.path}: {what} a file, not a folder; set {key} to a folder for "
+                                  f"the run's outputs")
+
     def prepare(self) -> None:
         """Create the folders, check that they are writable, remove stale temporary saves."""
+        self.check_folder()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             for folder in (self.path, self.checkpoints):

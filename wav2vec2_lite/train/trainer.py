@@ -95,6 +95,7 @@ class Trainer:
 
         # progress (all checkpointed, with the data's position)
         self.update = 0
+        self.saved_update: int | None = None  # the update checkpoints/last holds, once one exists
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self.overflow_total = 0  # fp16 overflows (skipped, not failures)
@@ -110,6 +111,8 @@ class Trainer:
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
                                     progress=t.progress, total_updates=t.max_updates,
                                     resume_update=self.update if resumed else None)
+        if resumed:
+            self.logger.write(f"resuming from update {self.update} ({self.ckpt_dir / 'last'})")
         if self.is_main:
             write_run_info(self.run_dir, seed=t.seed, config_yaml=OmegaConf.to_yaml(config_container(cfg)),
                            device=str(self.device), extra={
@@ -130,6 +133,7 @@ class Trainer:
         self.precision.load_state_dict(state["precision"])
         restore_rng_state(state["rng"], self.generator)
         self.update, self.best = int(state["update"]), state.get("best")
+        self.saved_update = self.update
         for counter in ("nonfinite_total", "nonfinite_in_row", "overflow_total"):
             setattr(self, counter, int(state.get(counter, 0)))
         self.data.load_state_dict(state, rank=self.dist.rank)
@@ -154,7 +158,7 @@ class Trainer:
         t = self.cfg.trainer
         last_valid: dict[str, float] | None = None
         window = UpdateWindow()
-        step_start = time.perf_counter()
+        step_start, start_update = time.perf_counter(), self.update
         try:
             if self.update >= t.max_updates:
                 return {"update": self.update, "valid": self.validate()}
@@ -189,6 +193,11 @@ class Trainer:
             else:  # max_epochs reached
                 last_valid = self._validate_and_keep_best()
                 self.save("last")
+        except Exception as e:
+            e.updates_run = self.update - start_update  # type: ignore[attr-defined]  # the CLI's exit status
+            if not isinstance(e, (NonFiniteError, CheckpointError)):  # those say it in their message
+                e.add_note(self.checkpoint_status())
+            raise
         finally:
             self._log_data_events()  # what the data pipeline reported before an error, too
             self.logger.close()
@@ -276,8 +285,8 @@ class Trainer:
         if self.nonfinite_in_row >= self.cfg.trainer.max_consecutive_nonfinite:
             raise NonFiniteError(
                 f"{self.nonfinite_in_row} updates in a row had a non-finite loss or gradient (last at update "
-                f"{self.update}); stopping. The last good checkpoint is {self.ckpt_dir / 'last'}. Try a lower "
-                f"optim.lr, a longer schedule.warmup_updates, optim.clip_norm, or trainer.precision=bf16/32.")
+                f"{self.update}); stopping. {self.checkpoint_status()} Try a lower optim.lr, a longer "
+                f"schedule.warmup_updates, optim.clip_norm, or trainer.precision=bf16/32.")
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -353,10 +362,22 @@ class Trainer:
                  "nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
                  "overflow_total": self.overflow_total, "config": config_container(self.cfg)}
         try:
-            return save_checkpoint(self.ckpt_dir, name, self.model, state, save_weights=weights)
+            path = save_checkpoint(self.ckpt_dir, name, self.model, state, save_weights=weights)
         except CheckpointError as e:
-            raise CheckpointError(f"{e}. Training stopped at update {self.update}; once the cause is fixed, rerun "
-                                  f"the same command to resume from the last checkpoint written.") from e
+            raise CheckpointError(f"{e}. Training stopped at update {self.update}. {self.checkpoint_status()} "
+                                  f"Fix the cause first.") from e
+        if name == "last":
+            self.saved_update = self.update
+        return path
+
+    def checkpoint_status(self) -> str:
+        """What a rerun of the same command resumes from: a true sentence, whether or not a checkpoint exists."""
+        if self.saved_update is None:
+            return "No checkpoint was written: rerunning the same command starts again from update 0."
+        last = f"The last checkpoint is {self.ckpt_dir / 'last'} (update {self.saved_update})"
+        if not self.cfg.trainer.resume:
+            return f"{last}; with trainer.resume=false rerunning the same command starts again from update 0."
+        return f"{last}: rerunning the same command resumes from update {self.saved_update}."
 
 
 def train(cfg, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
