@@ -20,7 +20,7 @@ from wav2vec2_lite.data.config import DataConfig
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.pipeline import TrainingData, describe
 from wav2vec2_lite.data.validate import validate_dataset
-from wav2vec2_lite.train.config import register_configs, to_run_config
+from wav2vec2_lite.train.config import register_configs, to_run_config, unknown_key_error
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +109,18 @@ def test_cli_typo_stops_before_training_naming_the_closest_key(corpus, tmp_path)
     assert proc.returncode != 0
     assert "unknown config key trainer.max_update: did you mean trainer.max_updates?" in proc.stderr
     assert not (run / "checkpoints" / "last").exists()
+    refused = _cli("pretrain.py", "pretrain_tiny", corpus, run, "trainer.max_update=1")  # Hydra's own check
+    assert refused.returncode != 0 and "trainer.max_update" in refused.stderr
+    assert not (run / "checkpoints" / "last").exists()
+
+
+def test_the_line_for_a_key_hydra_refuses_is_the_same():
+    """For a CLI that catches Hydra's refusal of ``group.key=value``: the same line as for ``+group.key``."""
+    assert str(unknown_key_error("trainer.max_update", "pretrain")) == (
+        "unknown config key trainer.max_update: did you mean trainer.max_updates?")
+    assert str(unknown_key_error("schedule.warmup_update", "finetune")) == (
+        "unknown config key schedule.warmup_update: did you mean schedule.warmup_updates?")
+    assert str(unknown_key_error("ctc", "pretrain")) == "unknown config key ctc: only finetune configs have it"
 
 
 def test_cli_out_of_vocabulary_error_names_data_unk_and_data_unk_map_trains(corpus, tmp_path):

@@ -41,7 +41,7 @@ from wav2vec2_lite.train.schedules import SCHEDULES, make_schedule
 __all__ = [
     "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "check_keys",
+    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "check_keys", "unknown_key_error",
 ]
 
 
@@ -304,7 +304,8 @@ def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
 def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict) -> ConfigError:
     """One line: the unknown key and the closest valid one (in its group, else in another group)."""
     key = full.rsplit(".", 1)[-1]
-    note = f" (the {node.get('name')!r} schedule's keys; schedule=NAME switches schedules)" if path == "schedule" else ""
+    name = node.get("name") if path == "schedule" else None
+    note = f" (the {name!r} schedule's keys; schedule=NAME switches schedules)" if name else ""
     close = difflib.get_close_matches(key, valid, n=1)
     if close:
         return ConfigError(f"unknown config key {full}: did you mean {path + '.' if path else ''}{close[0]}?{note}")
@@ -330,6 +331,23 @@ def check_keys(node: dict, schema: type, path: str = "", root: type | None = Non
             raise _unknown_key(full, path, list(allowed), root or schema, node)
         if isinstance(value, dict) and (allowed.get(key) is not None or full in ("model", "schedule")):
             check_keys(value, allowed[key], full, root or schema)
+
+
+def unknown_key_error(full_key: str, kind: str) -> ConfigError:
+    """The error :func:`check_keys` gives for ``full_key`` in a ``kind`` run config, for a CLI
+    that catches Hydra's own refusal of ``group.key=value`` (a key the schema lacks)."""
+    root = _SCHEMAS[kind]
+    path, _, _ = full_key.rpartition(".")
+    groups = _groups(root)
+    if not path:
+        valid = [f.name for f in fields(root)]
+    elif path == "schedule":
+        valid = sorted({f.name for cls in SCHEDULES.values() for f in fields(cls)})
+    elif path in groups:
+        valid = [f.name for f in fields(groups[path])] + (["preset"] if path == "model" else [])
+    else:
+        return ConfigError(f"unknown config key {full_key}")
+    return _unknown_key(full_key, path, valid, root, {})
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
