@@ -255,8 +255,8 @@ def test_run_dir_that_is_a_file_gets_the_projects_error(corpus, tmp_path):
     (tmp_path / "taken").write_text("a file")
     proc = _pretrain(corpus, tmp_path / "taken", "trainer.max_updates=1")
     assert proc.returncode == 2
-    assert _one_error(proc) == (f"w2v2-pretrain: error: hydra.run.dir={tmp_path / 'taken'}: is a file, not a "
-                                f"folder; set hydra.run.dir to a folder for the run's outputs\n")
+    assert _one_error(proc) == (f"w2v2-pretrain: error: run directory {tmp_path / 'taken'} is not writable: it is "
+                                f"a file, not a folder; set hydra.run.dir to a folder for the run's outputs\n")
 
 
 # ----------------------------------------------------------------------------- item 7: true messages

@@ -39,9 +39,9 @@ class RunDir:
         """RunDirError if the path, or a folder above it, is an existing file (``key`` names the setting)."""
         for p in (self.path, *self.path.parents):
             if p.exists() and not p.is_dir():
-                what = "is" if p == self.path else f"is inside {p}, which is"
-                raise RunDirError(f"{key}={self.path}: {what} a file, not a folder; set {key} to a folder for "
-                                  f"the run's outputs")
+                what = "it is" if p == self.path else f"it is inside {p}, which is"
+                raise RunDirError(f"run directory {self.path} is not writable: {what} a file, not a folder; set "
+                                  f"{key} to a folder for the run's outputs")
 
     def prepare(self) -> None:
         """Create the folders, check that they are writable, remove stale temporary saves."""
