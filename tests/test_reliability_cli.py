@@ -20,7 +20,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC
+from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.asr.transcribe import Transcriber
 from wav2vec2_lite.cli import export_hf, transcribe
 from wav2vec2_lite.data.manifest import write_manifest
@@ -148,6 +148,12 @@ def test_every_input_failing_or_a_bad_model_is_exit_2_in_one_line(model_dir, aud
     code, out, err = _run_transcribe([str(tmp_path / "no_model"), str(audio / "good.wav")], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
     assert err.startswith(f"{PROG}: error: {tmp_path / 'no_model'}: no model found")
+    pretraining = tmp_path / "pretraining"
+    save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), pretraining)
+    code, out, err = _run_transcribe([str(pretraining), str(audio / "good.wav")], capsys)
+    assert code == 2 and out == "" and err == (f"{PROG}: error: {pretraining}: holds a Wav2Vec2ForPreTraining, "
+                                               f"not a fine-tuned Wav2Vec2ForCTC; give a fine-tuning run or its "
+                                               f"model folder\n")
     code, _, err = _run_transcribe([str(model_dir), "--bogus", str(audio / "good.wav")], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"{PROG}: error: ") and "--bogus" in err
     code, _, err = _run_transcribe([str(model_dir)], capsys)
@@ -283,7 +289,6 @@ def test_nonfinite_stop_without_a_checkpoint_says_none_was_written(corpus, tmp_p
 def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(corpus, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from wav2vec2_lite import Wav2Vec2ForPreTraining
     from wav2vec2_lite.train.checkpoint import file_sha256
 
     pre = tmp_path / "pre"

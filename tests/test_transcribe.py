@@ -89,3 +89,21 @@ def test_cli_prints_text_and_json(run_dir, tmp_path, capsys):
     transcribe([str(root), str(tmp_path / "b.wav"), "--json"])
     row = json.loads(capsys.readouterr().out)
     assert row["text"] == text and row["words"]
+
+
+def test_transcribe_all_yields_a_failure_per_bad_input_and_goes_on(run_dir, tmp_path):
+    from wav2vec2_lite.asr.transcribe import Failure, transcribe_all
+    from wav2vec2_lite.data.audio import AudioError
+
+    root, _, _ = run_dir
+    rng = np.random.default_rng(3)
+    sf.write(tmp_path / "ok.wav", rng.standard_normal(8000).astype(np.float32) * 0.1, 16000)
+    sf.write(tmp_path / "short.wav", rng.standard_normal(399).astype(np.float32) * 0.1, 16000)
+    tr = Transcriber.from_path(root)
+    with pytest.raises(AudioError, match=r"short.wav: 399 samples at 16000 Hz, shorter than the model's 400-sample"):
+        tr.transcribe_file(tmp_path / "short.wav")
+    out = list(transcribe_all(tr, [tmp_path / "short.wav", tmp_path / "gone.wav", tmp_path / "ok.wav"]))
+    assert [type(o).__name__ for o in out] == ["Failure", "Failure", "Transcript"]
+    assert out[1] == Failure(str(tmp_path / "gone.wav"), "audio file not found", out[1].exception)
+    assert out[2].notice is None and "notice" not in out[2].to_dict()  # 16 kHz mono: used as is
+    assert out[2].text == tr.transcribe_file(tmp_path / "ok.wav").text

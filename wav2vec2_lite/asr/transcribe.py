@@ -32,12 +32,16 @@ from wav2vec2_lite.asr.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 from wav2vec2_lite.serialization import find_model_folder
 
-__all__ = ["Transcriber", "Transcript", "Failure", "resolve_model_folder", "expand_inputs", "transcribe_all",
+__all__ = ["Transcriber", "Transcript", "Failure", "NotACTCModelError", "resolve_model_folder", "expand_inputs", "transcribe_all",
            "conversion_notice", "AUDIO_SUFFIXES"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "dict.ltr.txt")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what a folder is searched for
 USER_ERRORS = (AudioError, ManifestError, OSError)  # bad input, reported without the exception's type
+
+
+class NotACTCModelError(TypeError, ValueError):
+    """The model folder holds another kind of model (e.g. a pretraining checkpoint): a user error."""
 
 
 @dataclass
@@ -112,7 +116,8 @@ class Transcriber:
 
             model = load_model(folder)
             if not isinstance(model, Wav2Vec2ForCTC):
-                raise TypeError(f"{folder}: holds a {info['model_class']}, not a fine-tuned Wav2Vec2ForCTC")
+                raise NotACTCModelError(f"{folder}: holds a {info['model_class']}, not a fine-tuned "
+                                        f"Wav2Vec2ForCTC; give a fine-tuning run or its model folder")
             normalize = info.get("metadata", {}).get("normalize", model.config.feat_extract_norm == "layer")
         else:  # a Hugging Face folder
             from wav2vec2_lite.interop.hf import from_hf
