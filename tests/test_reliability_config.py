@@ -69,6 +69,7 @@ def _copy(corpus: Path, dest: Path) -> Path:
     ("pretrain_tiny", "+data.max_token=9", "unknown config key data.max_token: did you mean data.max_tokens?"),
     ("pretrain_tiny", "+optim.weight_decai=0", "unknown config key optim.weight_decai: did you mean optim.weight_decay?"),
     ("pretrain_tiny", "+model.num_layerz=2", "unknown config key model.num_layerz: did you mean model.num_layers?"),
+    ("finetune_tiny", "+model.num_layerz=2", "unknown config key model.num_layerz: did you mean model.num_layers?"),
     ("pretrain_tiny", "+health.windows=5", "unknown config key health.windows: did you mean health.window?"),
     ("pretrain_tiny", "+trainer.lr=1", "unknown config key trainer.lr: did you mean optim.lr?"),
     ("finetune_tiny", "+ctc.mask_time_probs=0.1", "unknown config key ctc.mask_time_probs: did you mean ctc.mask_time_prob?"),

@@ -237,6 +237,9 @@ class PretrainRunConfig(RunConfig):
 
 @dataclass
 class FinetuneRunConfig(RunConfig):
+    model: Optional[dict] = field(default_factory=dict)
+    """Empty unless training from scratch (``model=tiny|base|large``); a mapping, so that a model
+    key given without a model group is checked (``+model.num_layerz``), not a Hydra crash."""
     schedule: Any = field(default_factory=lambda: {"name": "tri_stage"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
