@@ -245,7 +245,12 @@ def test_training_refuses_stereo_and_other_rates_naming_the_overrides(tmp_path):
 def test_user_errors_are_one_line_exit_2_and_debug_shows_the_traceback(corpus, tmp_path):
     bad_key = _pretrain(corpus, tmp_path / "r", "data.bogus=1")
     assert bad_key.returncode == 2
-    assert _one_error(bad_key).startswith("w2v2-pretrain: error: Could not override 'data.bogus'.")
+    assert _one_error(bad_key).startswith("w2v2-pretrain: error: unknown config key data.bogus: the keys of data "
+                                          "are ")
+    typo = _pretrain(corpus, tmp_path / "r", "trainer.max_update=1")  # refused by Hydra: the project's line
+    assert typo.returncode == 2
+    assert _one_error(typo) == ("w2v2-pretrain: error: unknown config key trainer.max_update: did you mean "
+                                "trainer.max_updates?\n")
     bad_value = _pretrain(corpus, tmp_path / "r", "trainer.update_freq=0")
     assert bad_value.returncode == 2
     assert _one_error(bad_value) == "w2v2-pretrain: error: trainer.update_freq: must be > 0 (got 0)\n"

@@ -156,7 +156,7 @@ def _main(config_name: str, prog: str) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         if debug:
             raise
-        _fail(prog, _hydra_message(e))
+        _fail(prog, _hydra_message(e, kind=config_name))
     finally:
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -164,9 +164,18 @@ def _main(config_name: str, prog: str) -> None:
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
-def _hydra_message(e: BaseException) -> str:
-    """A Hydra/OmegaConf error in one line: its first line, its cause's, then the rest (a hint), without
-    OmegaConf's indented details."""
+def _hydra_message(e: BaseException, kind: str) -> str:
+    """A Hydra/OmegaConf error in one line. A key the schema lacks gets the project's unknown-key line
+    (closest valid key); otherwise Hydra's first line, its cause's, then the rest, without OmegaConf's
+    indented details."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from wav2vec2_lite.train.config import unknown_key_error
+
+    head = str(e).split("'")
+    if isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)) and head[0] == "Could not override " \
+            and len(head) > 2:
+        return str(unknown_key_error(head[1].lstrip("+~"), kind))
     own = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
     cause = str(e.__cause__).splitlines()[:1] if isinstance(e.__cause__, Exception) else []
     lines = dict.fromkeys(own[:1] + [ln.strip() for ln in cause] + own[1:])
