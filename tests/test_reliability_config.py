@@ -20,7 +20,7 @@ from wav2vec2_lite.data.config import DataConfig
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.pipeline import TrainingData, describe
 from wav2vec2_lite.data.validate import validate_dataset
-from wav2vec2_lite.train.config import register_configs, to_run_config, unknown_key_error
+from wav2vec2_lite.train.config import config_container, register_configs, to_run_config, unknown_key_error
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,6 +94,14 @@ def test_a_key_far_from_any_lists_the_group_keys_and_free_maps_stay_free():
     assert cfg.optim.lr_scale == {"lm_head": 4, "wav2vec2": {"context": 0.5}} and cfg.model["extra"] == {"note": "x"}
     cfg = to_run_config(_compose("pretrain_tiny", ["model=tiny_best_rq", "model.objective_options.codebook_size=64"]))
     assert cfg.model["objective_options"]["codebook_size"] == 64  # checked by the objective, not here
+
+
+def test_a_wrong_type_in_a_plain_config_is_one_line_naming_the_key():
+    plain = config_container(to_run_config(_compose("pretrain_tiny", [])))
+    plain["trainer"]["max_updates"] = "many"
+    with pytest.raises(ConfigError) as e:
+        to_run_config(plain)
+    assert str(e.value) == "trainer.max_updates: Value 'many' of type 'str' could not be converted to Integer"
 
 
 def test_data_unk_is_a_typed_key_with_its_values_checked():
