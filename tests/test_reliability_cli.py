@@ -270,6 +270,60 @@ def test_run_dir_that_is_a_file_gets_the_projects_error(corpus, tmp_path):
                                 f"a file, not a folder; set hydra.run.dir to a folder for the run's outputs\n")
 
 
+def _bad_corpus(corpus: Path, dest: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of ``corpus`` whose train manifest holds one good row and one row per kind of bad input."""
+    import shutil
+
+    from wav2vec2_lite.data.manifest import read_labels, write_labels
+
+    shutil.copytree(corpus, dest)
+    w, rng = dest / "wav", np.random.default_rng(11)
+    (w / "empty.wav").write_bytes(b"")
+    sf.write(w / "cut.wav", rng.standard_normal(16000) * 0.1, 16000)
+    (w / "cut.wav").write_bytes((w / "cut.wav").read_bytes()[:16000])
+    (w / "text.wav").write_text("not audio")
+    nan = rng.standard_normal(16000).astype(np.float32) * 0.1
+    nan[5] = np.nan
+    sf.write(w / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(w / "stereo.wav", rng.standard_normal((16000, 2)) * 0.1, 16000)
+    sf.write(w / "rate.wav", rng.standard_normal(8000) * 0.1, 8000)
+    sf.write(w / "short.wav", rng.standard_normal(300) * 0.1, 16000)
+    sf.write(w / "long.wav", rng.standard_normal(48000) * 0.1, 16000)
+    good = sf.info(w / "train_00000.wav").frames
+    rows = [("wav/train_00000.wav", good), ("wav/empty.wav", 16000), ("wav/cut.wav", 16000), ("wav/text.wav", 16000),
+            ("wav/nan.wav", 16000), ("wav/stereo.wav", 16000), ("wav/rate.wav", 8000), ("wav/short.wav", 300),
+            ("wav/missing.wav", 16000), ("wav/long.wav", 48000)]
+    write_manifest(dest / "train.tsv", dest, rows)
+    (dest / "train.tsv").write_text((dest / "train.tsv").read_text() + "malformed line\n")
+    write_labels(dest / "train.ltr", read_labels(corpus / "train.ltr")[:1] + ["A |"] * 9 + ["A |"])
+    expected = {"empty": "file is empty (0 bytes)", "cut": "truncated WAV", "text": "not a readable audio file",
+                "nan": "1 NaN/inf sample(s)", "stereo": "has 2 channels", "rate": "sample rate is 8000 Hz",
+                "short": "300 samples", "missing": "audio file not found"}
+    return dest, expected
+
+
+def test_every_kind_of_bad_row_through_pretrain_finetune_and_transcribe(corpus, model_dir, tmp_path, capsys):
+    data, expected = _bad_corpus(corpus, tmp_path / "bad")
+    for command, extra in (("pretrain", ["--config-name", "pretrain_tiny", *TINY]),
+                           ("finetune", ["--config-name", "finetune_tiny", "model=tiny", *TINY[:7]])):
+        proc = _cli(command, *extra, f"data.manifest_dir={data}", "data.max_duration_s=2", "trainer.max_updates=1",
+                    "trainer.progress=false", f"hydra.run.dir={tmp_path / command}")
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        message = _one_error(proc, f"w2v2-{command}")
+        assert "nothing was trained" in message and not (tmp_path / command / "checkpoints" / "last").exists()
+        for name, reason in {**expected, "long": "3.0 s is longer than max_duration_s=2"}.items():
+            assert any(f"{data / 'wav' / name}.wav: {reason}" in ln for ln in message.splitlines()), (name, message)
+        assert f"{data / 'train.tsv'}:12: -: malformed manifest line" in message
+    code, out, err = _run_transcribe([str(model_dir), str(data / "train.tsv")], capsys)
+    assert code == 1
+    assert [Path(ln.split("\t")[0]).stem for ln in out.splitlines()] == ["train_00000", "stereo", "rate", "long"]
+    for name, reason in expected.items():
+        if name not in ("stereo", "rate"):  # converted, with a note
+            assert f"{PROG}: error: {data / 'wav' / name}.wav: " in err and reason in err, (name, err)
+    assert f"{PROG}: error: {data / 'train.tsv'}:12: expected 'relative/path<TAB>num_samples'" in err
+    assert err.splitlines()[-1] == f"{PROG}: 7 of 11 inputs failed"
+
+
 # ----------------------------------------------------------------------------- item 7: true messages
 def test_resume_says_from_which_update(corpus, tmp_path):
     first = _pretrain(corpus, tmp_path / "run", "trainer.max_updates=2")
