@@ -176,8 +176,8 @@ def test_transcription_converts_stereo_and_other_rates_with_a_notice(model_dir, 
                                       str(tmp_path / "mono8k.wav")], capsys)
     assert code == 0
     assert err.splitlines() == [
-        f"{PROG}: note: {tmp_path / 'stereo44k.wav'}: 2 channels averaged to mono, "
-        f"resampled from 44100 Hz to 16000 Hz (soxr)",
+        (f"{PROG}: note: {tmp_path / 'stereo44k.wav'}: 2 channels averaged to mono, "
+         f"resampled from 44100 Hz to 16000 Hz (soxr)"),
         f"{PROG}: note: {tmp_path / 'mono8k.wav'}: resampled from 8000 Hz to 16000 Hz (soxr)"]
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["notice"].endswith("2 channels averaged to mono, resampled from 44100 Hz to 16000 Hz (soxr)")
@@ -197,7 +197,7 @@ TINY = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=2", "mode
 def _cli(command: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a console entry point of wav2vec2_lite.cli in a fresh process."""
     return subprocess.run([sys.executable, "-c", f"from wav2vec2_lite.cli import {command}; {command}()", *args],
-                          capture_output=True, text=True, timeout=600, cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=600, cwd=cwd or REPO, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
@@ -353,7 +353,7 @@ def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(c
     pre = tmp_path / "pre"
     save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), pre)
     weights = load_file(pre / "model.safetensors")
-    weights[sorted(weights)[0]].fill_(float("nan"))
+    weights[min(weights)].fill_(float("nan"))
     save_file(weights, pre / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((pre / "config.json").read_text())
     config["weights_sha256"] = file_sha256(pre / "model.safetensors")  # damaged at save time, not on disk

@@ -27,10 +27,11 @@ import json
 import os
 import pickle
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 __all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "run_from_hydra", "CONFIG_DIR",
            "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
@@ -99,8 +100,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------- training
-
-
 def run_from_hydra(cfg) -> dict:
     """Typed config from Hydra's composed one, run dir from Hydra, then train."""
     from hydra.core.hydra_config import HydraConfig

@@ -225,8 +225,7 @@ def _manifest_files(tsv: Path, limit: int | None) -> Iterator[Failure | str]:
 def _reason(e: BaseException, path: str | Path) -> str:
     """The error as one line, without a leading ``path:`` (the record names it); the type when it is a bug's."""
     msg = " ".join(str(e).split()) or type(e).__name__
-    for prefix in (f"{path}: ", f"{path}:"):
-        msg = msg[len(prefix):] if msg.startswith(prefix) else msg
+    msg = msg.removeprefix(f"{path}: ").removeprefix(f"{path}:")
     return msg if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {msg}"
 
 
