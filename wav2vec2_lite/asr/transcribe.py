@@ -150,7 +150,7 @@ class Transcriber:
         )
         return Transcript(path=path, text=text, words=words, duration_s=wave.shape[0] / self.sample_rate)
 
-    def load(self, path: str | Path) -> tuple[np.ndarray, str | None]:
+    def read_wave(self, path: str | Path) -> tuple[np.ndarray, str | None]:
         """The file as a mono wave at the model's rate (channels averaged, soxr) and a notice of what changed.
 
         Raises AudioError naming the file when it is unreadable or shorter than the receptive field.
@@ -164,7 +164,8 @@ class Transcriber:
         return wave, conversion_notice(path, info, self.sample_rate)
 
     def transcribe_file(self, path: str | Path) -> Transcript:
-        wave, notice = self.load(path)
+        """One file's transcript, with the notice of :meth:`read_wave` when it was converted."""
+        wave, notice = self.read_wave(path)
         out = self.transcribe_wave(torch.from_numpy(wave), str(path))
         out.notice = notice
         return out
