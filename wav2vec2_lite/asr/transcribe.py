@@ -32,8 +32,8 @@ from wav2vec2_lite.asr.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 from wav2vec2_lite.serialization import find_model_folder
 
-__all__ = ["Transcriber", "Transcript", "Failure", "NotACTCModelError", "resolve_model_folder", "expand_inputs", "transcribe_all",
-           "conversion_notice", "AUDIO_SUFFIXES"]
+__all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
+           "expand_inputs", "resolve_model_folder", "transcribe_all"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "dict.ltr.txt")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what a folder is searched for
