@@ -40,8 +40,7 @@ SUMMARY_EVENTS = ("data_validated", "dataset_filtered")
 
 class DatasetSource(Protocol):
     """What a task provides: the files to check for a subset, and its dataset. A task with
-    labels also has a ``tokenizer``, whose unknown-symbol policy :class:`TrainingData` sets
-    from ``data.unk``."""
+    labels also has a ``tokenizer``, built with the unknown-symbol policy ``data.unk``."""
 
     crop_to_shortest: bool
 
@@ -171,8 +170,6 @@ class TrainingData:
     def __init__(self, cfg: DataConfig, source: DatasetSource, model: Wav2Vec2Config, *, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg = cfg
-        if getattr(source, "tokenizer", None) is not None:
-            source.tokenizer.unk = str(cfg.unk)  # data.unk: the remedy the out-of-vocabulary error names
         subsets = [cfg.train_subset] + ([cfg.valid_subset] if cfg.valid_subset else [])
         rows, self.events = validate_rows(cfg, source, subsets, model)
         rf = model.receptive_field

@@ -145,7 +145,7 @@ class FinetuneTask:
         self.dict_path = Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
         if not self.dict_path.is_file():
             self.dict_path = Path(cfg.data.manifest_dir) / "dict.ltr.txt"
-        self.tokenizer = CharTokenizer.from_dictionary(self.dict_path)
+        self.tokenizer = CharTokenizer.from_dictionary(self.dict_path, unk=str(cfg.data.unk))  # data.unk
         ctc = {k: getattr(cfg.ctc, k) for k in cfg.ctc.__dataclass_fields__}
         self.overrides = {**ctc, "vocab_size": len(self.tokenizer), "ctc_loss_reduction": "sum"}
         self.pretrained = resolve_pretrained(cfg.finetune.pretrained) if cfg.finetune.pretrained else None
