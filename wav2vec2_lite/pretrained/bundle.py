@@ -96,6 +96,16 @@ def fresh_valid_check(model: torch.nn.Module, corpus_seed: int, normalize_waves:
                    "pretext_accuracy(model, dir, seed=0)"}
 
 
+def _command(argv: list[str], stopped_at: int | None, best_update: int) -> list[str]:
+    """The run's command; for a run stopped before its end, the same with ``trainer.max_updates``
+    set to the shipped checkpoint's update (the lr and temperature schedules are unchanged)."""
+    if stopped_at is None:
+        return list(argv)
+    if not any(a.startswith("schedule.total_updates=") for a in argv):
+        raise ValueError("a run stopped early can be shipped only if its command fixes schedule.total_updates")
+    return [a for a in argv if not a.startswith("trainer.max_updates=")] + [f"trainer.max_updates={best_update}"]
+
+
 def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, description: str = "",
                 code_commit: str | None = None, force: bool = False) -> Path:
     """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run."""
@@ -119,6 +129,9 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     curve = [{"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid]
     best_update = int(state["update"])
     chosen = next((r for r in curve if r["update"] == best_update), None)
+    seen = [r for r in train if r["update"] <= best_update]
+    planned = int(cfg["trainer"]["max_updates"])
+    stopped_at = train[-1]["update"] if train and train[-1]["update"] < planned else None
     started = train[0]["time"] - train[0]["step_time_s"] * train[0]["update"] if train else None
     provenance = {
         "name": name,
@@ -126,16 +139,21 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
         "model_class": type(model).__name__,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "objective": model.config.objective,
-        "command": shlex.join(["python", *run["argv"]]),
+        "command": shlex.join(["python", *_command(run["argv"], stopped_at, best_update)]),
+        "stopped_early": None if stopped_at is None else {
+            "schedule_updates": planned, "last_logged_update": stopped_at, "shipped_update": best_update,
+            "note": f"the run was stopped at update ~{stopped_at} of its {planned}-update schedule; `command` "
+                    f"(trainer.max_updates={best_update}, schedule unchanged) reproduces the shipped weights"},
         "code_version": run.get("code_version"),
         "code_commit": code_commit or str(run.get("code_version", "")).rpartition("+git.")[2] or None,
         "torch": run.get("torch"), "python": run.get("python"), "num_threads": run.get("num_threads"),
         "cpu": cpu_kind(),
         "seed": run.get("seed"),
         "start_time": run.get("start_time"),
-        "wall_clock_minutes": round((train[-1]["time"] - started) / 60, 1) if train else None,
-        "updates": train[-1]["update"] if train else 0,
-        "hours_of_audio_seen": round(audio_seen_hours(train), 2),
+        # what the shipped weights saw: the run up to the chosen checkpoint
+        "wall_clock_minutes": round((seen[-1]["time"] - started) / 60, 1) if seen else None,
+        "updates": best_update,
+        "hours_of_audio_seen": round(audio_seen_hours(seen), 2),
         "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
         "chosen_checkpoint": {"update": best_update, "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"},
         "valid_curve": curve,
