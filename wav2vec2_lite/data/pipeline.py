@@ -239,8 +239,8 @@ class TrainingData:
         if self.valid_loader is not None and not usable:
             raise DatasetError(
                 f"validation gave no usable batch: every file of data.valid_subset={self.cfg.valid_subset} read was "
-                f"unreadable (is the storage still there?); the run's last checkpoint is intact. Fix the files and "
-                f"rerun the same command to resume, or set data.valid_subset=null to train without validation")
+                f"unreadable (is the storage still there?). Fix the files and rerun the same command, or set "
+                f"data.valid_subset=null to train without validation")
 
     def _note_unreadable(self, skipped: list[dict], subset: str) -> None:
         """Count and queue an event per utterance whose file could not be read; stop if too many."""
@@ -256,8 +256,8 @@ class TrainingData:
             raise DatasetError(
                 f"{len(self.unreadable_ids)} of {len(self.train_set)} training files became unreadable during the "
                 f"run, more than data.max_unreadable_fraction={self.cfg.max_unreadable_fraction}; stopping "
-                f"(is the storage still there?). Last: {last['path']}: {last['reason']}. The run's last checkpoint "
-                f"is intact: fix the files and rerun the same command to resume.")
+                f"(is the storage still there?). Last: {last['path']}: {last['reason']}. Fix the files and rerun the "
+                f"same command.")
 
     def take_events(self) -> list[dict[str, Any]]:
         """The queued events, oldest first; the queue is emptied."""

@@ -252,9 +252,9 @@ def _check_audio_row(
     if info.num_samples != size:
         found.append(f"manifest says {size} samples, the file header says {info.num_samples}; rebuild the manifest")
     if info.channels != 1 and mono == "error":
-        found.append(f"has {info.channels} channels, expected mono (or set mono='mix')")
+        found.append(f"has {info.channels} channels, expected mono (or set data.mono=mix)")
     if info.sample_rate != sample_rate and resample == "error":
-        found.append(f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (or set resample='soxr')")
+        found.append(f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (or set data.resample=soxr)")
     if info.num_samples < min_sample_size:
         found.append(
             f"{info.num_samples} samples is shorter than min_sample_size={min_sample_size} "

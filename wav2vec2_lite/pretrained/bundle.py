@@ -62,7 +62,8 @@ def _corpus_facts(manifest_dir: Path, valid_subset: str) -> dict[str, Any]:
     for split, m in minutes.items():
         cmd += [f"--{split.replace('_', '-')}-minutes", f"{m:g}"]
     if diversity:
-        cmd += ["--diversity", diversity.get("preset", "diverse")]
+        preset = diversity.get("preset") or ("diverse" if diversity.get("pools") == ["unlabeled"] else "diverse_train")
+        cmd += ["--diversity", preset]
     return {
         "path": str(manifest_dir), "seed": settings["seed"], "build_command": shlex.join(cmd),
         "synthesizer": info.get("synthesizer"), "diversity": diversity,
