@@ -153,7 +153,7 @@ def _as_version_1(folder) -> None:
     save_file(old, str(weights), metadata={"format": "pt"})
     info = json.loads((folder / "config.json").read_text())
     info["format_version"] = 1
-    del info["config"]["objective"], info["config"]["objective_options"]
+    del info["config"]["objective"], info["config"]["objective_options"], info["weights_sha256"]  # not in version 1
     (folder / "config.json").write_text(json.dumps(info))
 
 
