@@ -156,7 +156,7 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     if name not in classes:
         raise TypeError(f"save_model supports {sorted(classes)}; got {name}")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"{directory}: refusing to save non-finite weights ({_name_some(bad)})")
     atomic_write_bytes(directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"}))
@@ -202,7 +202,7 @@ def _read_state(directory: Path, info: dict[str, Any] | None, map_location: str)
         state = load_file(str(w_path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"{w_path}: non-finite weights (NaN/Inf) in {_name_some(bad)}; this model cannot "
                               f"be used: load an earlier checkpoint")
@@ -225,6 +225,11 @@ def _verify_checksum(directory: Path, expected: str | None) -> None:
     if actual != expected:
         raise CheckpointError(f"{w_path}: corrupted: its sha256 {actual[:12]}… does not match the "
                               f"{expected[:12]}… recorded in {CONFIG_NAME} (the file was changed after saving)")
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or Inf."""
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _name_some(keys: list[str], n: int = 3) -> str:

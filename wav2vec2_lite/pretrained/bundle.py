@@ -11,38 +11,20 @@ audio seen, the valid curve and the final metrics.
 from __future__ import annotations
 
 import json
-import platform
 import shlex
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, file_sha256, load_model, save_model
+from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, load_model, save_model
+from wav2vec2_lite.tools.hardware import cpu_kind
 from wav2vec2_lite.train.logging import read_metrics
 
-__all__ = ["cpu_kind", "audio_seen_hours", "make_bundle"]
+__all__ = ["audio_seen_hours", "make_bundle"]
 
 VALID_KEYS = ("loss", "accuracy", "contrastive_loss", "diversity_loss", "code_perplexity", "prob_perplexity",
               "chance_loss")
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-
-
-def cpu_kind() -> dict[str, Any]:
-    """CPU model, the bf16-relevant flags it has and torch's CPU capability."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("unknown", "", "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags],
-            "torch_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
-
-
 def audio_seen_hours(train_records: list[dict]) -> float:
     """Hours of audio the run trained on: each ``train`` record's samples/s × its window's seconds."""
     total, prev = 0.0, 0
@@ -167,7 +149,6 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     out.mkdir(parents=True, exist_ok=True)
     save_model(model, out, metadata={"normalize": bool(cfg["data"].get("normalize", False)),
                                      "pretrained_name": name})
-    provenance["weights_sha256"] = json.loads((out / CONFIG_NAME).read_text())["weights_sha256"]
-    assert provenance["weights_sha256"] == file_sha256(out / WEIGHTS_NAME)
+    provenance["weights_sha256"] = json.loads((out / CONFIG_NAME).read_text())["weights_sha256"]  # save_model's
     atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=1, sort_keys=False) + "\n")
     return out

@@ -62,16 +62,36 @@ def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_ma
     return 3.0 * fwd
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_kind() -> dict:
+    """CPU model, which of the bf16-relevant ``CPU_FLAGS`` it has (None where /proc/cpuinfo is
+    unreadable) and torch's CPU capability."""
+    import platform
+
+    model, flags = platform.processor() or "unknown", None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and flags is None:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {"model": model, "flags": None if flags is None else [f for f in CPU_FLAGS if f in flags],
+            "torch_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+
+
 def native_bf16(device: str = "cpu") -> bool:
     """Whether bf16 matmuls run in hardware here (CUDA, or a CPU with AVX512-BF16 / AMX)."""
     if device.startswith("cuda"):
         return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:  # not Linux: let torch decide
-        return "AVX512" in torch.backends.cpu.get_cpu_capability()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    cpu = cpu_kind()
+    if cpu["flags"] is None:  # not Linux: let torch decide
+        return "AVX512" in cpu["torch_capability"]
+    return "avx512_bf16" in cpu["flags"] or "amx_bf16" in cpu["flags"]
 
 
 def matmul_peak(dtype: torch.dtype, device: str = "cpu", n: int = 2048, repeats: int = 5) -> float:
