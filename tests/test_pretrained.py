@@ -67,13 +67,13 @@ def test_names_resolve_in_the_apis_and_an_existing_path_wins(tmp_path, monkeypat
     from wav2vec2_lite.train.tasks import resolve_pretrained
 
     name = SHIPPED[0]
-    assert resolve_pretrained(name) == pretrained.folder(name)
+    assert resolve_pretrained(name).path == pretrained.folder(name)
     ctc = Wav2Vec2ForCTC.from_pretraining(name, vocab_size=7)
     shipped = pretrained.load(name).wav2vec2.state_dict()
     assert all(torch.equal(v, shipped[k]) for k, v in ctc.wav2vec2.state_dict().items())
     monkeypatch.chdir(tmp_path)
     (tmp_path / name).mkdir()  # a folder of that name here: the path wins (and holds no model)
-    with pytest.raises(FileNotFoundError, match=f"{name}: no model.safetensors here"):
+    with pytest.raises(FileNotFoundError, match=f"{name}: no checkpoint found"):
         resolve_pretrained(name)
     with pytest.raises(FileNotFoundError, match=r"not the name of a shipped pretrained checkpoint \(available: "
                                                  + name):

@@ -147,7 +147,7 @@ def test_every_input_failing_or_a_bad_model_is_exit_2_in_one_line(model_dir, aud
     assert (code, out) == (2, "") and err.splitlines()[-1] == f"{PROG}: 1 of 1 inputs failed"
     code, out, err = _run_transcribe([str(tmp_path / "no_model"), str(audio / "good.wav")], capsys)
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert err.startswith(f"{PROG}: error: {tmp_path / 'no_model'}: no model found")
+    assert err.startswith(f"{PROG}: error: {tmp_path / 'no_model'}: no such file or folder")
     pretraining = tmp_path / "pretraining"
     save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), pretraining)
     code, out, err = _run_transcribe([str(pretraining), str(audio / "good.wav")], capsys)
@@ -324,6 +324,15 @@ def test_every_kind_of_bad_row_through_pretrain_finetune_and_transcribe(corpus, 
     assert err.splitlines()[-1] == f"{PROG}: 7 of 11 inputs failed"
 
 
+def test_a_too_long_utterance_names_the_cli_keys(corpus, tmp_path):
+    proc = _cli("finetune", "--config-name", "finetune_tiny", "model=tiny", *TINY[:7], f"data.manifest_dir={corpus}",
+                "data.max_tokens=1000", "trainer.max_updates=1", f"hydra.run.dir={tmp_path / 'ft'}")
+    assert proc.returncode == 2
+    message = _one_error(proc, "w2v2-finetune")
+    assert "more than max_tokens=1000" in message and "or set data.too_long=skip" in message
+    assert "too_long='skip'" not in message
+
+
 # ----------------------------------------------------------------------------- item 7: true messages
 def test_resume_says_from_which_update(corpus, tmp_path):
     first = _pretrain(corpus, tmp_path / "run", "trainer.max_updates=2")
@@ -369,7 +378,7 @@ def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(c
 
 # ----------------------------------------------------------------------------- export
 def test_export_user_errors_are_one_line_exit_2(model_dir, tmp_path, capsys):
-    for argv, expected in (([str(tmp_path / "none"), str(tmp_path / "out")], "no model found"),
+    for argv, expected in (([str(tmp_path / "none"), str(tmp_path / "out")], "no such file or folder"),
                            ([str(model_dir), str(model_dir / "tokenizer.json")], "is a file")):
         with pytest.raises(SystemExit) as e:
             export_hf(argv)

@@ -13,7 +13,8 @@ from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import greedy_decode
 from wav2vec2_lite.serialization import save_model
-from wav2vec2_lite.asr.transcribe import Transcriber, resolve_model_folder
+from wav2vec2_lite.asr.transcribe import Transcriber
+from wav2vec2_lite.interop.sources import detect
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def run_dir(tmp_path_factory):
 
 def test_resolve_and_transcribe_file(run_dir, tmp_path):
     root, model, tok = run_dir
-    assert resolve_model_folder(root) == root / "checkpoints" / "best"
+    assert detect(root).path == root / "checkpoints" / "best"
     wave = np.random.default_rng(0).standard_normal(24000).astype(np.float32) * 0.1
     sf.write(tmp_path / "a.wav", wave, 16000)
     tr = Transcriber.from_path(root)
@@ -74,7 +75,7 @@ def test_long_file_is_chunked_in_bounded_memory(run_dir, tmp_path):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model found"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
         Transcriber.from_path(tmp_path)
 
 

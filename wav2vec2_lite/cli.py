@@ -41,7 +41,11 @@ EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 # Library errors state hints in Python keywords; the training commands take Hydra overrides.
 _OVERRIDE_HINTS = {"mono='mix'": "data.mono=mix", "resample='soxr'": "data.resample=soxr",
-                   "skip_invalid=True": "data.skip_invalid=true", "set run_dir to": "set hydra.run.dir to"}
+                   "skip_invalid=True": "data.skip_invalid=true", "set run_dir to": "set hydra.run.dir to",
+                   "load_fairseq(path, trust=True)": "finetune.trust_pickle=true",
+                   "raise max_tokens, crop with max_sample_size, or pass too_long='skip'":
+                       "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip"}
+_TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools that read a fine-tuned model
 
 
 # --------------------------------------------------------------------------------- errors
@@ -196,19 +200,20 @@ def transcribe(argv: list[str] | None = None) -> None:
     """``w2v2-transcribe MODEL INPUT...``: text (or JSON with word timings) for audio files, folders
     (searched recursively) and .tsv manifests, each result printed as soon as it is done.
 
-    MODEL is a run folder, a saved model folder, a model.safetensors path or a Hugging Face
-    folder. Long files are transcribed in overlapping windows (bounded memory). Stereo files
-    are averaged to mono and other sample rates resampled (soxr), with a note on stderr. A
-    bad input is one error line on stderr (with --json, an {"path", "error"} record on
-    stdout) and the others are still transcribed. Exit status: 0 all transcribed, 1 some
-    failed, 2 usage error or none transcribed.
+    MODEL is a run folder, a saved model folder, a Hugging Face folder or a fairseq fine-tuned
+    .pt (with --dict, or its dict.ltr.txt beside it). Long files are transcribed in overlapping
+    windows (bounded memory). Stereo files are averaged to mono and other sample rates
+    resampled (soxr), with a note on stderr. A bad input is one error line on stderr (with
+    --json, an {"path", "error"} record on stdout) and the others are still transcribed.
+    Exit status: 0 all transcribed, 1 some failed, 2 usage error or none transcribed.
     """
     from wav2vec2_lite.asr.transcribe import Failure, Transcriber, transcribe_all
 
     prog = "w2v2-transcribe"
     p = _Parser(prog, transcribe.__doc__)
-    p.add_argument("model", help="run dir, model folder, model.safetensors or Hugging Face folder")
+    p.add_argument("model", help="run dir, model folder, Hugging Face folder or fairseq fine-tuned .pt")
     p.add_argument("audio", nargs="*", help="audio files (wav/flac/ogg), folders of them, or .tsv manifests")
+    _add_checkpoint_options(p)
     p.add_argument("--manifest", action="append", default=[], help="a fairseq TSV manifest (repeatable)")
     p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
     p.add_argument("--json", action="store_true", help="JSON lines with per-word timings")
@@ -219,8 +224,9 @@ def transcribe(argv: list[str] | None = None) -> None:
     inputs = args.audio + args.manifest
     if not inputs:
         p.error("give audio files, folders or manifests")
-    with _reported(prog, args.debug):
-        tr = Transcriber.from_path(args.model, chunk_s=args.chunk_s, overlap_s=args.overlap_s, device=args.device)
+    with _reported(prog, args.debug, _TRUST_HINT):
+        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
+                                   overlap_s=args.overlap_s, device=args.device)
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -235,6 +241,14 @@ def transcribe(argv: list[str] | None = None) -> None:
     if failed:
         sys.stderr.write(f"{prog}: {failed} of {done + failed} inputs failed\n")
         raise SystemExit(EXIT_PARTIAL if done else EXIT_USAGE)
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """``--dict`` and ``--trust-pickle``: what a fairseq fine-tuned ``.pt`` may need."""
+    p.add_argument("--dict", metavar="DICT", help="the model's dict.ltr.txt (default: the tokenizer saved beside "
+                   "the model; for a fairseq .pt, the dict.ltr.txt next to it)")
+    p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it "
+                   "(only for files you trust; by default no code from the file runs)")
 
 
 def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
@@ -260,14 +274,16 @@ def export_hf(argv: list[str] | None = None) -> None:
 
     prog = "w2v2-export-hf"
     p = _Parser(prog, export_hf.__doc__)
-    p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt)")
+    p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt), Hugging Face folder "
+                   "or fairseq fine-tuned .pt")
     p.add_argument("out", help="output folder")
+    _add_checkpoint_options(p)
     args = p.parse_intermixed_args(argv)
-    with _reported(prog, args.debug):
+    with _reported(prog, args.debug, _TRUST_HINT):
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"{out}: is a file; the export needs a folder")
-        tr = Transcriber.from_path(args.model)
+        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
         print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, out)}")
 
 

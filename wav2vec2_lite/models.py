@@ -32,9 +32,60 @@ from wav2vec2_lite.objectives.losses import ctc_loss
 from wav2vec2_lite.objectives.masking import compute_channel_mask, compute_span_mask
 from wav2vec2_lite.objectives.registry import build_objective
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
-from wav2vec2_lite.serialization import load_model, register_model_class
+from wav2vec2_lite.serialization import register_model_class
 
 __all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC"]
+
+
+class _SavedModelMixin:
+    """``from_pretrained`` / ``save_pretrained`` in the style users know from transformers."""
+
+    config: Wav2Vec2Config
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors`` + ``config.json`` (with the weights' sha256) to ``directory``."""
+        from wav2vec2_lite.serialization import save_model
+
+        return save_model(self, directory, metadata)
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path, *, trust: bool = False, **overrides: Any):
+        """This class from any checkpoint :func:`wav2vec2_lite.interop.sources.detect` accepts: our
+        run/model folders, Hugging Face folders, fairseq ``.pt`` files, shipped names.
+
+        ``Wav2Vec2Model`` takes the backbone of any of them; ``Wav2Vec2ForCTC`` from a model without
+        a CTC head (or with ``vocab_size`` other than its head's) is :meth:`Wav2Vec2ForCTC.from_pretraining`
+        and needs ``vocab_size``; ``Wav2Vec2ForPreTraining`` needs a pretraining checkpoint.
+        ``overrides`` change config fields; ``trust`` is for fairseq files that need full pickle.
+        Returned in eval mode.
+        """
+        from wav2vec2_lite.interop.sources import load_any
+
+        if cls is Wav2Vec2ForCTC:
+            vocab_size = overrides.pop("vocab_size", None)
+            loaded = load_any(path_or_name, trust=trust)
+            if isinstance(loaded.model, Wav2Vec2ForCTC) and vocab_size in (None, loaded.model.config.vocab_size):
+                return _with_overrides(loaded.model, overrides)
+            if vocab_size is None:
+                raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
+                                 f"give vocab_size= for the new head")
+            return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
+        loaded = load_any(path_or_name, trust=trust)
+        if cls is Wav2Vec2Model:
+            return _with_overrides(loaded.backbone, overrides)
+        if not isinstance(loaded.model, cls):
+            raise TypeError(f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
+                            f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC")
+        return _with_overrides(loaded.model, overrides)
+
+
+def _with_overrides(model: nn.Module, overrides: dict[str, Any]) -> nn.Module:
+    """``model``, or the same weights in a model whose config has ``overrides`` applied; eval mode."""
+    if overrides:
+        new = type(model)(model.config.replace(**overrides))
+        new.load_state_dict(model.state_dict(), strict=True)
+        model = new
+    return model.eval()
 
 
 def _check_inputs(waveform: Tensor, padding_mask: Tensor | None, receptive_field: int) -> Tensor | None:
@@ -75,7 +126,7 @@ def _init_transformer(module: nn.Module) -> None:
 
 
 @register_model_class
-class Wav2Vec2Model(nn.Module):
+class Wav2Vec2Model(_SavedModelMixin, nn.Module):
     """The backbone: wave -> context vectors. ``(B, S) -> Wav2Vec2ModelOutput``."""
 
     def __init__(self, config: Wav2Vec2Config) -> None:
@@ -157,7 +208,7 @@ class Wav2Vec2Model(nn.Module):
 
 
 @register_model_class
-class Wav2Vec2ForPreTraining(nn.Module):
+class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
     """Self-supervised pretraining: the backbone plus the objective ``config.objective`` names.
 
     ``self.objective`` owns every target-side part (contrastive: ``quantizer``,
@@ -223,7 +274,7 @@ class Wav2Vec2ForPreTraining(nn.Module):
 
 
 @register_model_class
-class Wav2Vec2ForCTC(nn.Module):
+class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
     """Fine-tuning model: backbone + linear CTC head over characters (blank = index 0)."""
 
     def __init__(self, config: Wav2Vec2Config) -> None:
@@ -243,16 +294,17 @@ class Wav2Vec2ForCTC(nn.Module):
     def from_pretraining(
         cls, source: "Wav2Vec2ForPreTraining | Wav2Vec2Model | str | Path", vocab_size: int, **overrides: Any
     ) -> "Wav2Vec2ForCTC":
-        """A CTC model whose backbone is a pretrained model's (instance, saved model folder, or the
-        name of a shipped checkpoint: :mod:`wav2vec2_lite.pretrained`).
+        """A CTC model with a new head over ``vocab_size`` symbols and a pretrained model's backbone
+        (an instance, or any checkpoint :func:`wav2vec2_lite.interop.sources.detect` accepts: our
+        folders, Hugging Face folders, fairseq ``.pt`` files, shipped names).
 
         ``overrides`` change config fields for fine-tuning (e.g. ``mask_time_prob=0.65``,
         ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped.
         """
         if isinstance(source, (str, Path)):
-            from wav2vec2_lite.pretrained import resolve
+            from wav2vec2_lite.interop.sources import load_backbone
 
-            source = load_model(resolve(source))
+            source = load_backbone(source).model
         backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
         if not isinstance(backbone, Wav2Vec2Model):
             raise TypeError(f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}")

@@ -1,8 +1,8 @@
 """Transcribe audio with a fine-tuned CTC model: files, folders or manifests -> text (+ word timings).
 
 Loads from a run folder (``RUN/checkpoints/best`` or ``last``), a saved model folder
-(``model.safetensors`` + ``config.json``), a ``model.safetensors`` path, or a Hugging
-Face folder (``Wav2Vec2ForCTC`` + ``vocab.json``). Long files are transcribed in
+(``model.safetensors`` + ``config.json``), a Hugging Face folder (``Wav2Vec2ForCTC`` +
+``vocab.json``) or a fairseq fine-tuned ``.pt`` (+ its ``dict.ltr.txt``). Long files are transcribed in
 overlapping windows, so memory stays bounded whatever the duration.
 
 Audio policy: transcription converts what training refuses by default. Multi-channel
@@ -14,7 +14,6 @@ only itself.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,9 @@ from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manif
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
-from wav2vec2_lite.serialization import find_model_folder
 
 __all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
-           "expand_inputs", "resolve_model_folder", "transcribe_all"]
+           "expand_inputs", "transcribe_all"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "dict.ltr.txt")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what a folder is searched for
@@ -69,18 +67,6 @@ class Failure:
         return {"path": self.path, "error": self.error}
 
 
-def resolve_model_folder(path: str | Path) -> Path:
-    """The folder holding the weights: a run dir's best (else last) checkpoint, or the path itself."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return path.parent
-    folder = find_model_folder(path)  # HF folders hold a config.json too
-    if folder is not None:
-        return folder
-    raise FileNotFoundError(f"{path}: no model found (expected a run folder with checkpoints/best or last, "
-                            f"a folder with config.json + model.safetensors, or a Hugging Face folder)")
-
-
 def _find_tokenizer(folder: Path) -> CharTokenizer:
     for base in (folder, folder.parent, folder.parent.parent):
         for name in TOKENIZER_FILES:
@@ -108,25 +94,29 @@ class Transcriber:
         self.chunk_s, self.overlap_s, self.sample_rate = chunk_s, overlap_s, sample_rate
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs: Any) -> "Transcriber":
-        folder = resolve_model_folder(path)
-        info = json.loads((folder / "config.json").read_text())
-        if "model_class" in info:  # ours
-            from wav2vec2_lite.serialization import load_model
+    def from_path(cls, path: str | Path, *, dictionary: str | Path | None = None, trust: bool = False,
+                  **kwargs: Any) -> "Transcriber":
+        """A fine-tuned CTC model from any checkpoint :func:`~wav2vec2_lite.interop.sources.detect`
+        accepts (our run or model folder, a Hugging Face folder, a fairseq fine-tuned ``.pt``).
 
-            model = load_model(folder)
-            if not isinstance(model, Wav2Vec2ForCTC):
-                raise NotACTCModelError(f"{folder}: holds a {info['model_class']}, not a fine-tuned "
-                                        f"Wav2Vec2ForCTC; give a fine-tuning run or its model folder")
-            normalize = info.get("metadata", {}).get("normalize", model.config.feat_extract_norm == "layer")
-        else:  # a Hugging Face folder
-            from wav2vec2_lite.interop.hf import from_hf
+        The vocabulary is ``dictionary`` if given, else the tokenizer file saved beside the model
+        (``tokenizer.json``, ``vocab.json``, ``dict.ltr.txt``; for a fairseq ``.pt``, the
+        ``dict.ltr.txt`` it was fine-tuned with, next to it). Input normalisation follows what the
+        checkpoint records, else LayerNorm encoders (LARGE-style) normalise.
+        """
+        from wav2vec2_lite.interop.sources import load_any
 
-            model = from_hf(folder)
-            pre = folder / "preprocessor_config.json"
-            normalize = json.loads(pre.read_text()).get("do_normalize", False) if pre.is_file() else False
+        loaded = load_any(path, trust=trust)
+        if not isinstance(loaded.model, Wav2Vec2ForCTC):
+            raise NotACTCModelError(f"{loaded.source}: holds a {type(loaded.model).__name__}, not a fine-tuned "
+                                    f"Wav2Vec2ForCTC; give a fine-tuning run or its model folder")
+        normalize = loaded.normalize
+        if normalize is None:
+            normalize = loaded.model.config.feat_extract_norm == "layer"
         kwargs.setdefault("normalize", bool(normalize))
-        return cls(model, _find_tokenizer(folder), **kwargs)
+        folder = loaded.source.path if loaded.source.path.is_dir() else loaded.source.path.parent
+        tokenizer = CharTokenizer.from_dictionary(dictionary) if dictionary else _find_tokenizer(folder)
+        return cls(loaded.model, tokenizer, **kwargs)
 
     @torch.no_grad()
     def logits(self, wave: torch.Tensor) -> torch.Tensor:

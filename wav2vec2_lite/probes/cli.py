@@ -34,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Linear CTC probes over letters (or phonemes) on the frozen output of every layer of a "
                 "model (conv features and each transformer layer), of the same architecture at random init and "
                 "optionally of the log-mel front end; prints per-layer valid CER.")
-    p.add_argument("model", help="run folder, saved model folder, model.safetensors, Hugging Face folder or the "
-                   "name of a shipped pretrained checkpoint (wav2vec2_lite.pretrained.available())")
+    p.add_argument("model", help="run folder, saved model folder, Hugging Face folder, fairseq .pt or the name of "
+                   "a shipped pretrained checkpoint (wav2vec2_lite.pretrained.available())")
     p.add_argument("--data", required=True, help="folder of SPLIT.tsv + SPLIT.ltr manifests (and dict.ltr.txt)")
     p.add_argument("--train", default="train", help="training split (default: train)")
     p.add_argument("--valid", default="valid", help="validation split (default: valid)")
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             resolve(args.model)
         except UnknownPretrainedError as e:
-            raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder or a "
-                             f"shipped checkpoint's name)") from None
+            raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder, a "
+                             f"fairseq .pt or a shipped checkpoint's name)") from None
         if not Path(args.data).is_dir():
             raise ProbeError(f"{args.data}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
     except ProbeError as e:

@@ -12,7 +12,6 @@ memory: ``frames x (C + (L + 1) x D) x 4`` bytes per split (BASE on 10 minutes: 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,9 +102,9 @@ def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *
 
 
 def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model, bool, str]:
-    """``(backbone, normalize_waves, source)`` from a model (pretraining, CTC or backbone), a run
-    folder (its ``checkpoints/best``, else ``last``), a saved model folder, a Hugging Face folder
-    or the name of a shipped checkpoint (:mod:`wav2vec2_lite.pretrained`).
+    """``(backbone, normalize_waves, source)`` from a model (pretraining, CTC or backbone) or any
+    checkpoint :func:`wav2vec2_lite.interop.sources.detect` accepts (our run or model folder, a
+    Hugging Face folder, a fairseq ``.pt``, a shipped checkpoint's name).
 
     ``normalize_waves``: the saved ``metadata.normalize`` if any, else True for layer-norm
     (LARGE-style) encoders, as ``w2v2-transcribe`` decides.
@@ -115,32 +114,15 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
         if not isinstance(backbone, Wav2Vec2Model):
             raise ProbeError(f"expected a wav2vec2_lite model or backbone, found {type(model_or_path).__name__}")
         return backbone, backbone.config.feat_extract_norm == "layer", type(model_or_path).__name__
-    from wav2vec2_lite.asr.transcribe import resolve_model_folder
-    from wav2vec2_lite.serialization import CheckpointError, load_model
-
-    from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+    from wav2vec2_lite.interop.sources import load_backbone as load_any_backbone
+    from wav2vec2_lite.serialization import CheckpointError
 
     try:
-        path = resolve(model_or_path)
-    except UnknownPretrainedError as e:
-        raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder or a "
-                         f"shipped checkpoint's name)") from None
-    try:
-        folder = resolve_model_folder(path)
-        info = json.loads((folder / "config.json").read_text())
-        if "model_class" in info:
-            model = load_model(folder)
-            normalize = info.get("metadata", {}).get("normalize")
-        else:
-            from wav2vec2_lite.interop.hf import from_hf
-
-            model = from_hf(folder)
-            pre = folder / "preprocessor_config.json"
-            normalize = json.loads(pre.read_text()).get("do_normalize") if pre.is_file() else None
+        loaded = load_any_backbone(model_or_path)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError, ImportError) as e:
-        raise ProbeError(f"{path}: cannot load a model ({e})") from None
-    backbone, default_norm, _ = load_backbone(model)
-    return backbone, default_norm if normalize is None else bool(normalize), str(folder)
+        raise ProbeError(f"cannot load a model from {model_or_path} ({e})") from None
+    normalize = loaded.model.config.feat_extract_norm == "layer" if loaded.normalize is None else loaded.normalize
+    return loaded.model, normalize, str(loaded.source.path)
 
 
 def _probe_layers(features: dict[str, tuple[FrameFeatures, FrameFeatures]], train: LabelledSplit,

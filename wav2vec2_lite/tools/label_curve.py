@@ -186,7 +186,8 @@ def _weights_sha(run: dict) -> str | None:
     from wav2vec2_lite.train.checkpoint import file_sha256
     from wav2vec2_lite.train.tasks import resolve_pretrained
 
-    return file_sha256(resolve_pretrained(run["pretrain_path"]) / "model.safetensors")
+    src = resolve_pretrained(run["pretrain_path"])
+    return file_sha256(src.path if src.path.is_file() else src.path / "model.safetensors")
 
 
 def _train_one(plan: dict, run: dict) -> dict:

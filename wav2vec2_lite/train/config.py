@@ -183,8 +183,13 @@ CTCConfig = _model_overrides("CTCConfig", dict(
 @dataclass
 class FinetuneConfig:
     pretrained: Optional[str] = None
-    """Run directory or checkpoint folder of a pretraining run (None: train from scratch
-    with the ``model`` group)."""
+    """The checkpoint whose backbone is fine-tuned, detected from its files: our run or model
+    folder, a Hugging Face wav2vec2 folder, a fairseq ``.pt`` (pretraining or fine-tuned; a CTC
+    head in it is replaced), or a shipped checkpoint's name. None: train from scratch with the
+    ``model`` group."""
+    trust_pickle: bool = False
+    """Let a fairseq checkpoint that needs full pickle execute it (only for files you trust);
+    by default it is read without running code from the file."""
     freeze_finetune_updates: int = 0
     """Train only the CTC head for this many updates."""
     freeze_feature_encoder: bool = True

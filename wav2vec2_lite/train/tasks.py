@@ -9,10 +9,11 @@ fairseq does, so the update is the same however the global batch is split.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +24,15 @@ from wav2vec2_lite.data.dataset import AudioDataset
 from wav2vec2_lite.train.health import count_impossible_ctc
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.objectives.registry import objective_class
-from wav2vec2_lite.serialization import WEIGHTS_NAME, find_model_folder
+from wav2vec2_lite.serialization import CheckpointError
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
 
+if TYPE_CHECKING:
+    from wav2vec2_lite.interop.sources import CheckpointSource
+
 __all__ = ["PretrainTask", "FinetuneTask", "build_task", "resolve_pretrained"]
+
+log = logging.getLogger(__name__)
 
 
 def _manifest(cfg, subset: str) -> Path:
@@ -162,7 +168,12 @@ class FinetuneTask:
 
     def build_model(self) -> nn.Module:
         if self.pretrained is not None:
-            model = Wav2Vec2ForCTC.from_pretraining(self.pretrained, **self.overrides)
+            from wav2vec2_lite.interop.sources import load_backbone
+
+            loaded = load_backbone(self.pretrained.path, trust=self.cfg.finetune.trust_pickle)
+            model = Wav2Vec2ForCTC.from_pretraining(loaded.model, **self.overrides)
+            log.info("fine-tuning the backbone of %s with a new CTC head over the %d symbols of %s",
+                     loaded.source, len(self.tokenizer), self.dict_path)
             self.model_config = model.config
         else:
             model = Wav2Vec2ForCTC(self.model_config)
@@ -238,17 +249,15 @@ def build_task(cfg) -> PretrainTask | FinetuneTask:
     return PretrainTask(cfg) if cfg.task == "pretrain" else FinetuneTask(cfg)
 
 
-def resolve_pretrained(path: str | Path) -> Path:
-    """A saved-model folder from a run directory (best, else last checkpoint), the folder itself,
-    or the name of a shipped checkpoint (:mod:`wav2vec2_lite.pretrained`; an existing path wins)."""
-    from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+def resolve_pretrained(path: str | Path) -> "CheckpointSource":
+    """What ``finetune.pretrained`` names, detected from its files: our run or model folder, a
+    Hugging Face folder, a fairseq ``.pt`` or a shipped checkpoint's name (an existing path wins)."""
+    from wav2vec2_lite.interop.sources import detect
+    from wav2vec2_lite.pretrained import UnknownPretrainedError
 
     try:
-        p = resolve(path)
+        return detect(path)
     except UnknownPretrainedError as e:
         raise FileNotFoundError(f"finetune.pretrained={e}") from None
-    folder = find_model_folder(p, WEIGHTS_NAME)
-    if folder is not None:
-        return folder
-    raise FileNotFoundError(f"{p}: no model.safetensors here nor in {p}/checkpoints/best|last "
-                            f"(finetune.pretrained must be a pretraining run dir or checkpoint folder)")
+    except CheckpointError as e:
+        raise CheckpointError(f"finetune.pretrained: {e}") from None
