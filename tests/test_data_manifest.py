@@ -121,21 +121,3 @@ def test_build_manifests_deterministic_split(tmp_path: Path) -> None:
 def test_build_manifests_no_files(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"no \*.flac files"):
         build_manifests(tmp_path, tmp_path / "out", ext="flac")
-
-
-def test_make_manifest_script(tmp_path: Path, capsys) -> None:
-    import runpy
-
-    audio = tmp_path / "audio"
-    for i in range(5):
-        _write_wav(audio / f"u{i}.flac", 200 + i)
-    write_labels(tmp_path / "train.ltr", [text_to_ltr("abba"), text_to_ltr("a b c")])
-    script = Path(__file__).resolve().parents[1] / "scripts" / "make_manifest.py"
-    main = runpy.run_path(str(script), run_name="make_manifest")["main"]
-    rc = main([str(audio), "--dest", str(tmp_path / "m"), "--ext", "flac", "--valid-percent", "0",
-               "--dict", str(tmp_path / "train.ltr")])
-    assert rc == 0 and "5 files" in capsys.readouterr().out
-    m = read_manifest(tmp_path / "m" / "train.tsv")
-    assert m.paths == [f"u{i}.flac" for i in range(5)] and m.sizes == [200, 201, 202, 203, 204]
-    assert not (tmp_path / "m" / "valid.tsv").exists()
-    assert read_dictionary(tmp_path / "m" / "dict.ltr.txt") == ["|", "A", "B", "C"]

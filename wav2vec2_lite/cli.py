@@ -1,4 +1,5 @@
-"""Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``.
+"""Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``,
+``w2v2-probe``, ``w2v2-manifest``.
 
     w2v2-pretrain data.manifest_dir=/data/ls960 trainer.update_freq=8
     w2v2-pretrain --config-name pretrain_tiny data.manifest_dir=/tmp/toy model.num_layers=2
@@ -33,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "run_from_hydra", "CONFIG_DIR",
+__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
            "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
@@ -285,6 +286,54 @@ def export_hf(argv: list[str] | None = None) -> None:
             raise NotADirectoryError(f"{out}: is a file; the export needs a folder")
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
         print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, out)}")
+
+
+# --------------------------------------------------------------------------------- data preparation
+def manifest(argv: list[str] | None = None) -> None:
+    """``w2v2-manifest AUDIO_DIR --dest DIR``: fairseq manifests for a folder of audio, and with
+    transcripts (a path<TAB>text or CSV file, LibriSpeech *.trans.txt, or .txt/.lab sidecars)
+    the .ltr/.wrd labels and dict.ltr.txt, text normalised to a character set with a report of
+    what was dropped. Splits per file (--valid-percent, --test-percent: fractions) or per speaker
+    (--speaker-disjoint). A bad file stops it with one message naming it, or with --skip-bad is
+    skipped and listed (exit 1)."""
+    from wav2vec2_lite.data.prepare import AUDIO_EXTENSIONS, DEFAULT_CHARSET, prepare_dataset
+
+    prog = "w2v2-manifest"
+    p = _Parser(prog, manifest.__doc__)
+    p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
+    p.add_argument("--dest", required=True, help="output folder for SPLIT.tsv/.ltr/.wrd and dict.ltr.txt")
+    p.add_argument("--transcripts", metavar="FILE", help="path<TAB>text lines, or a CSV with path and text columns "
+                   "(default: LibriSpeech *.trans.txt or .txt/.lab sidecars if present, else unlabelled)")
+    p.add_argument("--ext", default=",".join(AUDIO_EXTENSIONS), help="audio extensions, comma-separated "
+                   "(default: %(default)s)")
+    p.add_argument("--valid-percent", type=float, default=0.01, help="fraction of the files (or of the "
+                   "utterances, by speaker) in valid (default: %(default)s; 0: no valid split)")
+    p.add_argument("--test-percent", type=float, default=0.0, help="fraction in test (default: 0, none)")
+    p.add_argument("--speaker-disjoint", action="store_true", help="whole speakers per split: the first folder "
+                   "below AUDIO_DIR, or the first group of --speaker-pattern")
+    p.add_argument("--speaker-pattern", metavar="REGEX", help="regular expression on the relative path whose "
+                   "first group is the speaker")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    p.add_argument("--charset", default=DEFAULT_CHARSET, help="characters kept in transcripts (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and list unusable files instead of stopping")
+    p.add_argument("--path-must-contain", metavar="TEXT", help="keep only files whose path contains TEXT")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        report = prepare_dataset(
+            args.audio_dir, args.dest, transcripts=args.transcripts, extensions=args.ext.split(","),
+            valid_percent=args.valid_percent, test_percent=args.test_percent,
+            speaker_disjoint=args.speaker_disjoint or args.speaker_pattern is not None,
+            speaker_pattern=args.speaker_pattern, seed=args.seed, charset=args.charset, skip_bad=args.skip_bad,
+            path_must_contain=args.path_must_contain)
+    for s in report.skipped:
+        sys.stderr.write(f"{prog}: skipped {s['path']}: {s['reason']}\n")
+    for line in report.summary():
+        print(line)
+    print(f"wrote {args.dest} ({', '.join(report.splits)}{' + labels, dict.ltr.txt' if report.labelled else ''}, "
+          f"prepare_report.json)")
+    if report.skipped:
+        sys.stderr.write(f"{prog}: {len(report.skipped)} of {report.audio_files} files skipped\n")
+        raise SystemExit(EXIT_PARTIAL)
 
 
 def probe(argv: list[str] | None = None) -> None:

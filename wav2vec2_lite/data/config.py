@@ -43,7 +43,7 @@ class DataConfig:
     """fairseq-style manifests: ``{manifest_dir}/{subset}.tsv`` (+ ``.ltr``, ``dict.ltr.txt``)."""
 
     manifest_dir: str = MISSING
-    """Folder of the ``{subset}.tsv`` manifests (``python scripts/make_manifest.py``)."""
+    """Folder of the ``{subset}.tsv`` manifests (``w2v2-manifest``)."""
     train_subset: str = "train"
     """Manifest to train on."""
     valid_subset: Optional[str] = "valid"

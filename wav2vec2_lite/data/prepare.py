@@ -1,0 +1,369 @@
+"""Data preparation: a folder of audio (+ transcripts) -> fairseq manifests, labels and dictionary.
+
+What ``w2v2-manifest`` runs. Transcripts are found, in this order:
+
+* ``transcripts=FILE``: ``path<TAB>text`` lines, or a CSV whose header names a path column
+  (``path``/``file``/``filename``/``audio``/``id``) and a text column
+  (``text``/``transcript``/``transcription``/``sentence``); a path may be relative to the audio
+  folder, absolute, or a file's stem;
+* LibriSpeech ``*.trans.txt`` files (``UTTERANCE-ID TEXT`` lines, audio ``UTTERANCE-ID.flac`` beside them);
+* sidecars: ``x.txt`` or ``x.lab`` next to ``x.wav``;
+* none of them: unlabelled audio (manifests only, for pretraining).
+
+Text is normalised to a character set (default ``A-Z`` and the apostrophe, upper case;
+accents stripped, dashes and slashes become spaces); every other character is dropped and
+counted in the report. Splits are drawn per file (``valid_percent``/``test_percent``) or per
+speaker (``speaker_disjoint``); an empty requested split is an error. Nothing is written
+until every file has been read, so an error leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from wav2vec2_lite.data.audio import AudioError, audio_info
+from wav2vec2_lite.data.manifest import (ManifestError, count_symbols, text_to_ltr, write_dictionary, write_labels,
+                                         write_manifest)
+
+__all__ = ["DEFAULT_CHARSET", "PrepareReport", "normalize_transcript", "read_transcripts", "prepare_dataset"]
+
+DEFAULT_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
+AUDIO_EXTENSIONS = ("wav", "flac", "ogg")
+_PATH_COLUMNS = ("path", "file", "filename", "file_name", "audio", "audio_path", "wav", "id", "utterance_id")
+_TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text", "label")
+_SEPARATORS = set("-‐‑‒–—_/")
+_APOSTROPHES = {"’": "'", "‘": "'", "ʼ": "'", "`": "'"}
+
+
+@dataclass
+class PrepareReport:
+    """What :func:`prepare_dataset` found and wrote (also saved as ``prepare_report.json``)."""
+
+    audio_files: int = 0
+    labelled: bool = False
+    transcript_source: str = "none"
+    splits: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    dropped_characters: dict[str, int] = field(default_factory=dict)
+    utterances_with_dropped_characters: int = 0
+    transcripts_without_audio: int = 0
+    not_16k: int = 0
+    multi_channel: int = 0
+
+    def summary(self) -> list[str]:
+        """Human-readable lines: splits, skips, dropped characters and conversion warnings."""
+        lines = [f"{name}: {s['files']} files, {s['hours']:.3f} h" for name, s in self.splits.items()]
+        lines.append(f"transcripts: {self.transcript_source}")
+        if self.skipped:
+            reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
+            lines.append(f"skipped {len(self.skipped)} files: " + ", ".join(f"{n} {r}" for r, n in reasons.items()))
+        if self.dropped_characters:
+            top = ", ".join(f"{c!r} x{n}" for c, n in sorted(self.dropped_characters.items(), key=lambda kv: -kv[1]))
+            lines.append(f"dropped characters outside the character set in {self.utterances_with_dropped_characters} "
+                         f"transcripts: {top}")
+        if self.transcripts_without_audio:
+            lines.append(f"{self.transcripts_without_audio} transcripts name no audio file found under the folder")
+        if self.not_16k or self.multi_channel:
+            lines.append(f"{self.not_16k} files not at 16000 Hz and {self.multi_channel} with several channels: "
+                         f"training refuses them unless data.resample=soxr / data.mono=mix")
+        return lines
+
+
+def normalize_transcript(text: str, charset: str = DEFAULT_CHARSET) -> tuple[str, Counter]:
+    """``text`` reduced to ``charset`` (words separated by single spaces) and the characters dropped.
+
+    Accents are stripped (``é`` -> ``E``), typographic apostrophes become ``'``, dashes,
+    underscores and slashes separate words; text is upper-cased unless ``charset`` has
+    lower-case letters.
+    """
+    t = unicodedata.normalize("NFKD", text)
+    t = "".join(c for c in t if not unicodedata.combining(c))
+    if not any(c.islower() for c in charset):
+        t = t.upper()
+    out, dropped = [], Counter()
+    for c in t:
+        c = _APOSTROPHES.get(c, c)
+        if c in charset:
+            out.append(c)
+        elif c.isspace() or c in _SEPARATORS:
+            out.append(" ")
+        else:
+            dropped[c] += 1
+    return " ".join("".join(out).split()), dropped
+
+
+def _read_text_file(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()  # utf-8-sig: a byte-order mark is not text
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e})") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def read_transcripts(path: str | Path) -> dict[str, str]:
+    """``{path or id: text}`` from a ``path<TAB>text`` file or a CSV with a header (see module docstring)."""
+    path = Path(path)
+    lines = _read_text_file(path)
+    if path.suffix.lower() == ".csv":
+        rows = list(csv.reader(lines))
+        if not rows:
+            raise ManifestError(f"{path}: empty CSV")
+        header = [h.strip().lower() for h in rows[0]]
+        key = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
+        val = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
+        if key is None or val is None:
+            raise ManifestError(f"{path}: the CSV header {rows[0]} needs a path column (one of {list(_PATH_COLUMNS)}) "
+                                f"and a text column (one of {list(_TEXT_COLUMNS)})")
+        out = {}
+        for n, row in enumerate(rows[1:], start=2):
+            if len(row) <= max(key, val):
+                raise ManifestError(f"{path}:{n}: expected {len(header)} columns, found {len(row)}")
+            out[row[key].strip()] = row[val]
+        return out
+    out = {}
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        name, sep, text = line.partition("\t")
+        if not sep:
+            raise ManifestError(f"{path}:{n}: expected 'path<TAB>text', found {line[:60]!r}")
+        out[name.strip()] = text
+    return out
+
+
+def _librispeech(root: Path) -> dict[str, str]:
+    """``{folder/ID: text}`` from every ``*.trans.txt`` under ``root``."""
+    out = {}
+    for tf in sorted(root.rglob("*.trans.txt")):
+        for n, line in enumerate(_read_text_file(tf), start=1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            if not text:
+                raise ManifestError(f"{tf}:{n}: expected 'UTTERANCE-ID TEXT', found {line[:60]!r}")
+            out[(tf.parent.relative_to(root) / uid).as_posix()] = text
+    return out
+
+
+def _sidecar(audio: Path) -> Path | None:
+    for ext in (".txt", ".lab"):
+        p = audio.with_suffix(ext)
+        if p.is_file():
+            return p
+    return None
+
+
+def _lookup(table: dict[str, str], root: Path, audio: Path) -> tuple[str, str] | None:
+    """The transcript table's key and text for ``audio``: relative path, absolute path, path without
+    extension, or stem."""
+    rel = audio.relative_to(root).as_posix()
+    for key in (rel, str(audio), rel.rsplit(".", 1)[0], audio.stem):
+        if key in table:
+            return key, table[key]
+    return None
+
+
+def _speaker(rel: str, pattern: re.Pattern | None) -> str:
+    if pattern is not None:
+        m = pattern.search(rel)
+        if not m:
+            raise ManifestError(f"{rel}: --speaker-pattern {pattern.pattern!r} does not match this path")
+        return m.group(1) if m.groups() else m.group(0)
+    parts = rel.split("/")
+    if len(parts) < 2:
+        raise ManifestError(f"{rel}: a speaker-disjoint split needs one folder per speaker below the audio folder "
+                            f"(or --speaker-pattern REGEX with one group)")
+    return parts[0]
+
+
+def _split_counts(n: int, percents: dict[str, float], unit: str) -> dict[str, int]:
+    counts = {name: int(round(p * n)) for name, p in percents.items() if p > 0}
+    for name, k in counts.items():
+        if k == 0:
+            raise ManifestError(f"the {name} split would be empty: {percents[name]:g} of {n} {unit} is less than "
+                                f"one; raise --{name}-percent or give more audio")
+    if sum(counts.values()) >= n:
+        raise ManifestError(f"the train split would be empty: valid/test take {sum(counts.values())} of {n} {unit}")
+    return counts
+
+
+def _assign(n_items: int, groups: dict[str, list[int]] | None, percents: dict[str, float], seed: int) -> list[str]:
+    """Each item's split: per file (a fixed count per split), or per speaker (whole speakers, each
+    split taking speakers until its share of the utterances is reached; at least one each)."""
+    rng = random.Random(seed)
+    out = ["train"] * n_items
+    wanted = [(name, p) for name, p in percents.items() if p > 0]
+    if groups is None:
+        counts = _split_counts(n_items, dict(wanted), "files")
+        order = list(range(n_items))
+        rng.shuffle(order)
+        start = 0
+        for name, k in counts.items():
+            for i in order[start:start + k]:
+                out[i] = name
+            start += k
+        return out
+    speakers = sorted(groups)
+    if len(speakers) < len(wanted) + 1:
+        raise ManifestError(f"a speaker-disjoint split into train + {' + '.join(n for n, _ in wanted)} needs at least "
+                            f"{len(wanted) + 1} speakers; found {len(speakers)}")
+    rng.shuffle(speakers)
+    for k, (name, p) in enumerate(wanted):
+        still_needed = len(wanted) - k  # one speaker left for each later split and one for train
+        target, taken = p * n_items, 0
+        while len(speakers) > still_needed:
+            size = len(groups[speakers[-1]])
+            if taken and taken + size / 2 > target:  # adding this speaker would overshoot more than it helps
+                break
+            for i in groups[speakers.pop()]:
+                out[i] = name
+            taken += size
+    return out
+
+
+def prepare_dataset(
+    audio_dir: str | Path,
+    dest: str | Path,
+    *,
+    transcripts: str | Path | None = None,
+    extensions: Iterable[str] = AUDIO_EXTENSIONS,
+    valid_percent: float = 0.01,
+    test_percent: float = 0.0,
+    speaker_disjoint: bool = False,
+    speaker_pattern: str | None = None,
+    seed: int = 0,
+    charset: str = DEFAULT_CHARSET,
+    skip_bad: bool = False,
+    path_must_contain: str | None = None,
+) -> PrepareReport:
+    """Write ``dest/{train,valid,test}.tsv`` (+ ``.ltr``, ``.wrd`` and ``dict.ltr.txt`` when
+    transcripts are found) and ``prepare_report.json``; returns the report.
+
+    A file that cannot be used (unreadable audio, no transcript, a transcript empty after
+    normalisation) is a :class:`ManifestError` naming it, or with ``skip_bad`` a skip listed in
+    the report. The dictionary counts the symbols of every split written.
+    """
+    for name, p in (("valid", valid_percent), ("test", test_percent)):
+        if not 0.0 <= p < 1.0:
+            raise ManifestError(f"--{name}-percent must be in [0, 1), found {p:g}")
+    if not charset:
+        raise ManifestError("the character set is empty")
+    root = Path(audio_dir).resolve()
+    if not root.is_dir():
+        raise ManifestError(f"{audio_dir}: audio folder not found")
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file()
+                   and (not path_must_contain or path_must_contain in str(p)))
+    if not files:
+        raise ManifestError(f"{root}: no audio files ({', '.join(sorted(exts))}) in this folder or below")
+    report = PrepareReport(audio_files=len(files))
+
+    table: dict[str, str] | None = None
+    if transcripts is not None:
+        table, report.transcript_source = read_transcripts(transcripts), str(transcripts)
+    else:
+        libri = _librispeech(root)
+        if libri:
+            table, report.transcript_source = libri, "LibriSpeech *.trans.txt"
+        elif any(_sidecar(f) for f in files):
+            report.transcript_source = "sidecar .txt/.lab files"
+    report.labelled = report.transcript_source != "none"
+
+    errors: list[str] = []
+
+    def bad(path: Path, reason: str) -> None:
+        if skip_bad:
+            report.skipped.append({"path": str(path), "reason": reason})
+        else:
+            errors.append(f"{path}: {reason}")
+
+    rows: list[tuple[str, int, float]] = []  # rel path, samples, seconds
+    texts: list[str] = []
+    used_keys: set[str] = set()
+    dropped_total: Counter = Counter()
+    for f in files:
+        try:
+            info = audio_info(f)
+        except AudioError as e:
+            bad(f, str(e).removeprefix(f"{f}: "))
+            continue
+        if info.num_samples == 0:
+            bad(f, "contains no audio samples (0 frames)")
+            continue
+        text = None
+        if report.labelled:
+            if table is not None:
+                found = _lookup(table, root, f)
+                if found is not None:
+                    used_keys.add(found[0])
+                    text = found[1]
+            else:
+                side = _sidecar(f)
+                text = " ".join(_read_text_file(side)) if side is not None else None
+            if text is None:
+                bad(f, "no transcript")
+                continue
+            text, dropped = normalize_transcript(text, charset)
+            if not text:
+                bad(f, "transcript empty after normalisation to the character set")
+                continue
+            if dropped:
+                dropped_total.update(dropped)
+                report.utterances_with_dropped_characters += 1
+            texts.append(text)
+        report.not_16k += info.sample_rate != 16000
+        report.multi_channel += info.channels > 1
+        rows.append((f.relative_to(root).as_posix(), info.num_samples, info.num_samples / info.sample_rate))
+    if errors:
+        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
+        raise ManifestError(f"{len(errors)} of {len(files)} files cannot be used (pass --skip-bad to skip them):"
+                            f"\n  {shown}")
+    if not rows:
+        raise ManifestError(f"{root}: every file was skipped ({len(report.skipped)}); nothing to write")
+    report.dropped_characters = dict(dropped_total)
+    if table is not None:
+        report.transcripts_without_audio = len(set(table) - used_keys)
+
+    percents = {"valid": valid_percent, "test": test_percent}
+    groups = None
+    if speaker_disjoint:
+        try:
+            pattern = re.compile(speaker_pattern) if speaker_pattern else None
+        except re.error as e:
+            raise ManifestError(f"--speaker-pattern {speaker_pattern!r}: not a regular expression ({e})") from None
+        groups = {}
+        for i, (rel, _, _) in enumerate(rows):
+            groups.setdefault(_speaker(rel, pattern), []).append(i)
+    assignment = _assign(len(rows), groups, percents, seed)
+
+    dest = Path(dest)
+    ltr_all = []
+    for name in ("train", "valid", "test"):
+        if name != "train" and percents[name] <= 0:
+            continue
+        idx = [i for i, s in enumerate(assignment) if s == name]
+        write_manifest(dest / f"{name}.tsv", root, [(rows[i][0], rows[i][1]) for i in idx])
+        if report.labelled:
+            write_labels(dest / f"{name}.wrd", [texts[i] for i in idx])
+            ltr = [text_to_ltr(texts[i]) for i in idx]
+            write_labels(dest / f"{name}.ltr", ltr)
+            ltr_all += ltr
+        report.splits[name] = {"files": len(idx), "hours": sum(rows[i][2] for i in idx) / 3600}
+        if groups is not None:
+            chosen = set(idx)
+            report.splits[name]["speakers"] = sum(members[0] in chosen for members in groups.values())
+    if report.labelled:
+        write_dictionary(dest / "dict.ltr.txt", count_symbols(ltr_all))
+    (dest / "prepare_report.json").write_text(json.dumps(asdict(report), indent=1, ensure_ascii=False) + "\n",
+                                              encoding="utf-8")
+    return report
+
