@@ -2,7 +2,6 @@ import itertools
 import math
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from wav2vec2_lite.asr.decode import (
     BeamSearchDecoder,
+    DecodingConfig,
     greedy_decode,
     greedy_decode_with_timings,
     labels_to_text,
@@ -198,24 +198,82 @@ def test_beam_search_argument_checks():
         prefix_beam_search(torch.zeros(2, 3), VOCAB)
 
 
-# ----------------------------------------------------------------------------- pyctcdecode (optional)
-def test_beam_search_decoder_without_pyctcdecode_says_how_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyctcdecode", None)  # import now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'wav2vec2_lite\[lm\]'"):
-        BeamSearchDecoder(VOCAB)
+# ----------------------------------------------------------------------------- beam search + n-gram LM
+def write_arpa(path, unigrams: dict[str, tuple[float, float | None]], bigrams: dict[tuple[str, str], float]):
+    """A bigram ARPA file: log10 probabilities (and back-off weights of the unigrams)."""
+    lines = ["\\data\\", f"ngram 1={len(unigrams)}", f"ngram 2={len(bigrams)}", "", "\\1-grams:"]
+    lines += [f"{p}\t{w}" + (f"\t{b}" if b is not None else "") for w, (p, b) in unigrams.items()]
+    lines += ["", "\\2-grams:"] + [f"{p}\t{a} {b}" for (a, b), p in bigrams.items()] + ["", "\\end\\", ""]
+    path.write_text("\n".join(lines))
+    return path
 
 
-def test_beam_search_decoder_matches_greedy_on_peaked_logits():
-    pytest.importorskip("pyctcdecode")
-    rows = [ids("_ H H _ I | | _ T H E R E _"), ids("<s> A L L _ L | T O _ _ _ _ _")]
-    logits = one_hot_logits(rows, peak=15.0)
-    dec = BeamSearchDecoder(VOCAB, beam_width=16)
-    assert dec.decode_batch(logits, torch.tensor([14, 8])) == ["HI THERE", "ALL T"]
-    assert dec.decode(np.asarray(logits[0])) == "HI THERE"
+@pytest.fixture
+def lm_path(tmp_path):
+    """An LM that finds TO THE HALL likely and TO THE HELL / HALE unlikely."""
+    uni = {"<unk>": (-3.0, None), "<s>": (-99.0, -0.3), "</s>": (-1.0, None), "TO": (-0.8, -0.3),
+           "THE": (-0.7, -0.3), "HALL": (-1.2, -0.3), "HELL": (-3.5, -0.3), "HALE": (-3.5, -0.3)}
+    bi = {("<s>", "TO"): -0.1, ("TO", "THE"): -0.1, ("THE", "HALL"): -0.2, ("HALL", "</s>"): -0.1}
+    return write_arpa(tmp_path / "lm.arpa", uni, bi)
 
 
-def test_beam_search_decoder_with_lm_path_but_no_kenlm_says_how_to_install(monkeypatch):
-    pytest.importorskip("pyctcdecode")
-    monkeypatch.setitem(sys.modules, "kenlm", None)
-    with pytest.raises(ImportError, match=r"kenlm.*pip install 'wav2vec2_lite\[lm\]'"):
-        BeamSearchDecoder(VOCAB, "model.arpa")
+def _frames(spec: list[dict[str, float]]) -> torch.Tensor:
+    """(T, V) log-probs: each frame's listed probabilities, the rest shared by every other token."""
+    out = []
+    for probs in spec:
+        rest = (1.0 - sum(probs.values())) / (len(VOCAB) - len(probs))
+        out.append(torch.tensor([probs.get(t, rest) for t in VOCAB]).log())
+    return torch.stack(out)
+
+
+def _hall_or_hell() -> torch.Tensor:
+    """TO THE H?LL where the audio slightly prefers E over A."""
+    spec = [{c: 0.9} for c in "TO|THE|H"] + [{"E": 0.5, "A": 0.4}] + [{"L": 0.9}, {"<pad>": 0.9}, {"L": 0.9},
+                                                                      {"|": 0.9}]
+    return _frames(spec)
+
+
+def test_the_lm_changes_a_hypothesis_the_right_way(lm_path):
+    pytest.importorskip("flashlight.lib.text.decoder")
+    lp = _hall_or_hell()
+    assert greedy_decode(lp[None], torch.tensor([lp.shape[0]]), VOCAB) == ["TO THE HELL"]
+    assert prefix_beam_search(lp, VOCAB, beam_width=16) == "TO THE HELL"
+    assert BeamSearchDecoder(VOCAB, lm_path, lm_weight=0.0).decode(lp) == "TO THE HELL"  # the acoustics alone
+    with_lm = BeamSearchDecoder(VOCAB, lm_path, lm_weight=1.0)
+    assert with_lm.decode(lp) == "TO THE HALL"
+    assert with_lm.decode_batch(torch.stack([lp, lp]), torch.tensor([lp.shape[0], 7])) == ["TO THE HALL", "TO THE"]
+
+
+def test_the_lexicon_limits_the_words_and_is_checked(lm_path, tmp_path):
+    pytest.importorskip("flashlight.lib.text.decoder")
+    lp = _hall_or_hell()
+    (tmp_path / "words.txt").write_text("TO\nTHE\nHELL\nhall\n")  # lower case: not spelled by the vocabulary
+    dec = BeamSearchDecoder(VOCAB, lm_path, lexicon=tmp_path / "words.txt", lm_weight=1.0)
+    assert dec.decode(lp) == "TO THE HELL" and dec.skipped_words == 1
+    with pytest.raises(ValueError, match="no word of the lexicon is spelled"):
+        BeamSearchDecoder(VOCAB, lm_path, lexicon=["cat", "dog"])
+    with pytest.raises(FileNotFoundError, match="language model not found"):
+        BeamSearchDecoder(VOCAB, tmp_path / "none.arpa")
+    (tmp_path / "bad.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 TO\n\\end\\\n")
+    with pytest.raises(ValueError, match="not a readable KenLM model"):
+        BeamSearchDecoder(VOCAB, tmp_path / "bad.arpa")
+
+
+def test_the_decoder_without_flashlight_says_how_to_install(monkeypatch, lm_path):
+    monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder", None)  # import now raises ImportError
+    with pytest.raises(ImportError, match=r"flashlight-text.*pip install 'wav2vec2_lite\[lm\]'"):
+        BeamSearchDecoder(VOCAB, lm_path)
+
+
+def test_decoding_config_builds_each_decoder_and_refuses_inconsistent_settings(lm_path):
+    pytest.importorskip("flashlight.lib.text.decoder")
+    lp = _hall_or_hell()
+    assert DecodingConfig().build(VOCAB) is None  # greedy: the caller keeps the word timings
+    assert DecodingConfig(decoder="beam", beam_size=4).build(VOCAB)(lp) == "TO THE HELL"
+    assert DecodingConfig(decoder="beam", lm=str(lm_path), lm_weight=1.0).build(VOCAB)(lp) == "TO THE HALL"
+    assert DecodingConfig(decoder="beam", lm="x.arpa").to_dict()["lexicon"] == "the LM's unigrams"
+    for bad, match in ((dict(decoder="viterbi"), "greedy' or 'beam"), (dict(lm="x.arpa"), "needs the beam decoder"),
+                       (dict(decoder="beam", lexicon="w.txt"), "with a language model only"),
+                       (dict(decoder="beam", beam_size=0), "beam size")):
+        with pytest.raises(ValueError, match=match):
+            DecodingConfig(**bad).validate()

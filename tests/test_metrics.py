@@ -189,3 +189,15 @@ def test_edit_distance_10k_characters_is_fast_and_exact():
     c = "".join(rng.choice("klmnopqrst") for _ in range(10_000))
     assert edit_distance(a, c) == 10_000
     assert elapsed < 5.0
+
+
+def test_corpus_wer_and_cer_match_jiwer_on_random_strings():
+    jiwer = pytest.importorskip("jiwer")
+    rng = random.Random(7)
+    words = ["A", "AB", "BA", "ABC", "C", "CAB", "BB"]
+    for _ in range(50):
+        n = rng.randint(1, 6)
+        refs = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) for _ in range(n)]
+        hyps = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 8))) for _ in range(n)]
+        assert wer(refs, hyps) == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
+        assert cer(refs, hyps) == pytest.approx(jiwer.cer(refs, hyps), abs=1e-12)

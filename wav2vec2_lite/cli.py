@@ -1,5 +1,5 @@
 """Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``,
-``w2v2-probe``, ``w2v2-manifest``.
+``w2v2-evaluate``, ``w2v2-probe``, ``w2v2-manifest``.
 
     w2v2-pretrain data.manifest_dir=/data/ls960 trainer.update_freq=8
     w2v2-pretrain --config-name pretrain_tiny data.manifest_dir=/tmp/toy model.num_layers=2
@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["pretrain", "finetune", "transcribe", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
+__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
            "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
@@ -217,17 +217,18 @@ def transcribe(argv: list[str] | None = None) -> None:
     _add_checkpoint_options(p)
     p.add_argument("--manifest", action="append", default=[], help="a fairseq TSV manifest (repeatable)")
     p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
-    p.add_argument("--json", action="store_true", help="JSON lines with per-word timings")
+    p.add_argument("--json", action="store_true", help="JSON lines (with per-word timings when decoding greedily)")
     p.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files (seconds)")
     p.add_argument("--overlap-s", type=float, default=4.0, help="overlap between windows (seconds)")
     p.add_argument("--device", default="cpu")
+    _add_decoding_options(p)
     args = p.parse_intermixed_args(argv)
     inputs = args.audio + args.manifest
     if not inputs:
         p.error("give audio files, folders or manifests")
     with _reported(prog, args.debug, _TRUST_HINT):
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
-                                   overlap_s=args.overlap_s, device=args.device)
+                                   overlap_s=args.overlap_s, device=args.device, decoding=_decoding(args))
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -252,6 +253,26 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                    "(only for files you trust; by default no code from the file runs)")
 
 
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """Greedy, prefix beam search, or beam search with an n-gram LM (``asr.decode.DecodingConfig``)."""
+    p.add_argument("--decoder", choices=("greedy", "beam"), help="greedy (default; word timings) or beam search "
+                   "(the default with --lm)")
+    p.add_argument("--beam-size", type=int, default=16, help="beam width (default: %(default)s)")
+    p.add_argument("--lm", metavar="FILE", help="word n-gram LM, .arpa or KenLM binary (needs wav2vec2_lite[lm])")
+    p.add_argument("--lexicon", metavar="FILE", help="words the LM decoder may output, one per line "
+                   "(default: the .arpa's unigrams)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: %(default)s)")
+    p.add_argument("--word-score", type=float, default=0.0, help="score added per word (default: %(default)s)")
+
+
+def _decoding(args: argparse.Namespace):
+    from wav2vec2_lite.asr.decode import DecodingConfig
+
+    decoder = args.decoder or ("beam" if args.lm or args.lexicon else "greedy")
+    return DecodingConfig(decoder=decoder, beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
+                          lm_weight=args.lm_weight, word_score=args.word_score).validate()
+
+
 def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
     """One error line on stderr, or a JSON record on stdout; the traceback first with ``--debug``."""
     if debug and failure.exception is not None:
@@ -264,6 +285,63 @@ def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
     else:
         sys.stderr.write(f"{prog}: error: {failure.path}: {failure.error}\n")
         sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------- evaluation
+def evaluate(argv: list[str] | None = None) -> None:
+    """``w2v2-evaluate MODEL --data DIR``: corpus WER/CER of a fine-tuned model on a labelled split
+    (SPLIT.tsv + SPLIT.wrd), by sentence kind where the corpus records it, greedy or beam search
+    with an optional n-gram LM. With --out, writes summary.json (rates, error counts, decoder,
+    dtype, model) and utterances.jsonl (path, ref, hyp, errors). An utterance that cannot be
+    transcribed is named on stderr and scored as an empty hypothesis (exit 1)."""
+    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
+    from wav2vec2_lite.asr.metrics import char_errors, word_errors
+    from wav2vec2_lite.asr.transcribe import Transcriber
+
+    prog = "w2v2-evaluate"
+    p = _Parser(prog, evaluate.__doc__)
+    p.add_argument("model", help="fine-tuned run dir or model folder, Hugging Face folder or fairseq fine-tuned .pt")
+    p.add_argument("--data", required=True, help="folder of SPLIT.tsv and SPLIT.wrd (or .ltr)")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--labels", choices=("wrd", "ltr"), default="wrd", help="reference file (default: wrd)")
+    p.add_argument("--limit", type=int, help="score the first N utterances only")
+    p.add_argument("--out", metavar="DIR", help="write summary.json and utterances.jsonl here")
+    p.add_argument("--device", default="cpu")
+    _add_checkpoint_options(p)
+    _add_decoding_options(p)
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug, _TRUST_HINT):
+        out = Path(args.out) if args.out else None
+        if out is not None and out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
+        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
+                                   decoding=_decoding(args))
+        result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
+                                progress=sys.stderr.isatty())
+        kinds = sentence_kinds(args.data)
+    for path, why in result.failed.items():
+        sys.stderr.write(f"{prog}: error: {path}: {why}\n")
+    decoding = tr.decoding.to_dict()
+    print(f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  ({result.utterances} utterances; "
+          f"{' '.join(f'{k}={v}' for k, v in decoding.items())}; {tr.dtype})")
+    parts = by_kind(result, kinds)
+    for kind, part in parts.items():
+        print(f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        w, c = word_errors(result.references, result.hypotheses), char_errors(result.references, result.hypotheses)
+        summary = {"model": str(args.model), "data": str(args.data), "split": args.split, "labels": args.labels,
+                   **result.to_dict(), "word_errors": vars(w), "char_errors": vars(c), "decoding": decoding,
+                   "dtype": tr.dtype, "by_kind": {k: v.to_dict() for k, v in parts.items()},
+                   "failed_utterances": result.failed}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        with open(out / "utterances.jsonl", "w", encoding="utf-8") as f:
+            for rec in result.records(kinds):
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        print(f"wrote {out / 'summary.json'} and {out / 'utterances.jsonl'}")
+    if result.failed:
+        sys.stderr.write(f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n")
+        raise SystemExit(EXIT_PARTIAL)
 
 
 # --------------------------------------------------------------------------------- export

@@ -9,14 +9,16 @@ and the ends are stripped.
     texts = greedy_decode(out.logits, out.output_lengths, tok.vocab)          # (B, T, V) -> B strings
     text, words = greedy_decode_with_timings(out.logits[0], tok.vocab)        # words: start_s/end_s/confidence
     text = prefix_beam_search(out.logits[0].log_softmax(-1), tok.vocab, beam_width=8)
-    lm = BeamSearchDecoder(tok.vocab, "4gram.arpa", alpha=0.5, beta=1.0)      # needs wav2vec2_lite[lm]
+    lm = BeamSearchDecoder(tok.vocab, "4gram.arpa", lm_weight=0.5, word_score=1.0)  # wav2vec2_lite[lm]
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +33,8 @@ __all__ = [
     "prefix_beam_search_nbest",
     "labels_to_text",
     "BeamSearchDecoder",
+    "DecodingConfig",
+    "arpa_unigrams",
 ]
 
 LM_INSTALL_HINT = "pip install 'wav2vec2_lite[lm]'"
@@ -286,80 +290,104 @@ def prefix_beam_search(
                           skip_tokens=skip_tokens)
 
 
-# ----------------------------------------------------------------------------- pyctcdecode (optional)
-def _require(module: str, what: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(
-            f"{what} needs the optional package '{module}', which is not installed. "
-            f"Install the LM extra: {LM_INSTALL_HINT}  (pyctcdecode pins numpy<2; "
-            f"consider a separate environment)"
-        ) from e
-
-
+# ----------------------------------------------------------------------------- beam search + n-gram LM
 class BeamSearchDecoder:
-    """Beam search with an optional KenLM n-gram model, through pyctcdecode.
+    """CTC beam search with a word n-gram language model (KenLM: ``.arpa`` or binary) through
+    flashlight-text, the decoder torchaudio wraps.
 
-    Optional extra: ``pip install 'wav2vec2_lite[lm]'`` (pyctcdecode + kenlm). The
-    special tokens other than the blank are removed from the search (their columns
-    are dropped), ``|`` becomes pyctcdecode's space. The n-gram model must use the
-    same casing as the vocabulary (fairseq letter vocabularies are upper case).
+    Optional extra ``pip install 'wav2vec2_lite[lm]'`` (flashlight-text: binary wheels with
+    KenLM, beside numpy 2). Beam search without an LM is :func:`prefix_beam_search`: exact
+    prefix merging, which flashlight's lexicon-free search does not do without an LM state
+    (it merges hypotheses by their last token). Words are spelled from the lexicon: ``lexicon`` (a file of ``WORD`` or ``WORD<TAB>spelling`` lines, or a
+    list of words), by default the unigrams of the ``.arpa``; words with a symbol outside the
+    vocabulary are left out of it (counted in ``skipped_words``). Hypotheses are then made of
+    lexicon words only. The LM must use the vocabulary's casing (letter dictionaries are upper
+    case).
 
     Args:
-        vocab: the V tokens of the CTC head.
-        kenlm_model_path: ``.arpa`` or KenLM ``.bin``; ``None``: beam search without LM.
-        unigrams: known words (read from an ``.arpa`` automatically).
-        alpha: LM weight; beta: word insertion bonus.
-        beam_width: beams kept per frame.
+        vocab: the V tokens of the CTC head (blank at ``blank``, ``|`` the word delimiter).
+        lm: path of the n-gram model.
+        lm_weight: weight of the LM log-probability; word_score: bonus per word;
+        unk_score: score of a word outside the lexicon (-inf: never);
+        beam_size, beam_size_token, beam_threshold: flashlight's search widths.
     """
 
-    def __init__(
-        self,
-        vocab: Sequence[str],
-        kenlm_model_path: str | None = None,
-        *,
-        unigrams: Sequence[str] | None = None,
-        alpha: float = 0.5,
-        beta: float = 1.0,
-        beam_width: int = 100,
-        blank: int = 0,
-        word_delimiter: str = "|",
-        skip_tokens: Collection[str] = SPECIAL_TOKENS,
-    ) -> None:
-        pyctcdecode = _require("pyctcdecode", "BeamSearchDecoder")
-        if kenlm_model_path is not None:
-            _require("kenlm", "BeamSearchDecoder with a KenLM model")
-        pieces = _pieces(vocab, blank, word_delimiter, skip_tokens)
-        # keep the blank and every column that produces text
-        self.columns = [i for i, p in enumerate(pieces) if i == blank or p]
-        self.labels = [pieces[i] for i in self.columns]  # blank -> "" (pyctcdecode's blank)
-        self.vocab_size = len(vocab)
-        self.beam_width = beam_width
-        self._decoder = pyctcdecode.build_ctcdecoder(
-            self.labels,
-            kenlm_model_path=None if kenlm_model_path is None else str(kenlm_model_path),
-            unigrams=None if unigrams is None else list(unigrams),
-            alpha=alpha,
-            beta=beta,
-        )
+    def __init__(self, vocab: Sequence[str], lm: str | Path, *, lexicon=None, lm_weight: float = 0.5,
+                 word_score: float = 0.0, unk_score: float = -math.inf, beam_size: int = 50,
+                 beam_size_token: int | None = None, beam_threshold: float = 25.0, blank: int = 0,
+                 word_delimiter: str = "|") -> None:
+        dec = _require("flashlight.lib.text.decoder", "BeamSearchDecoder")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, found {beam_size}")
+        if word_delimiter not in vocab:
+            raise ValueError(f"the word delimiter {word_delimiter!r} is not in the vocabulary")
+        if not 0 <= blank < len(vocab):
+            raise ValueError(f"blank index {blank} is outside the vocabulary of size {len(vocab)}")
+        self.vocab = list(vocab)
+        self.blank, self.sil = blank, self.vocab.index(word_delimiter)
+        self.lm_path = str(lm)
+        self.skipped_words = 0
+        token_beam = beam_size_token if beam_size_token is not None else len(vocab)
+        from flashlight.lib.text.decoder.kenlm import KenLM
+        from flashlight.lib.text.dictionary import Dictionary
 
-    def _log_probs(self, logits) -> np.ndarray:
-        x = _as_tensor(logits)
-        if x.dim() != 2 or x.shape[-1] != self.vocab_size:
-            raise ValueError(f"expected (T, {self.vocab_size}) logits, found {tuple(x.shape)}")
-        lp = x.float().log_softmax(dim=-1)[:, self.columns]
-        return lp.numpy().astype(np.float32)
+        if not Path(lm).is_file():
+            raise FileNotFoundError(f"{lm}: language model not found")
+        spellings = self._lexicon(lm, lexicon, word_delimiter)
+        self.words = sorted(spellings)
+        word_dict = Dictionary(self.words + ["<unk>"])
+        try:
+            self._lm = KenLM(str(lm), word_dict)
+        except Exception as e:  # noqa: BLE001 - KenLM reports a bad file as a generic error
+            raise ValueError(f"{lm}: not a readable KenLM model (.arpa or binary): {e}") from None
+        trie = dec.Trie(len(vocab), self.sil)
+        start = self._lm.start(False)
+        for idx, word in enumerate(self.words):
+            _, score = self._lm.score(start, idx)
+            trie.insert(spellings[word], idx, score)
+        trie.smear(dec.SmearingMode.MAX)
+        options = dec.LexiconDecoderOptions(beam_size, token_beam, beam_threshold, lm_weight, word_score, unk_score,
+                                            0.0, True, dec.CriterionType.CTC)
+        self._decoder = dec.LexiconDecoder(options, trie, self._lm, self.sil, blank, word_dict.get_index("<unk>"),
+                                           [], False)
+
+    def _lexicon(self, lm: str | Path, lexicon, delimiter: str) -> dict[str, list[int]]:
+        """word -> token ids of its spelling (its letters, then the word delimiter)."""
+        if lexicon is None:
+            if Path(lm).suffix.lower() != ".arpa":
+                raise ValueError(f"{lm}: a binary LM needs lexicon= (the words it may output)")
+            words = arpa_unigrams(lm)
+        elif isinstance(lexicon, (str, Path)):
+            words = [ln.split("\t")[0].split()[0] for ln in Path(lexicon).read_text(encoding="utf-8").splitlines()
+                     if ln.strip()]
+        else:
+            words = list(lexicon)
+        index = {tok: i for i, tok in enumerate(self.vocab)}
+        out = {}
+        for w in words:
+            if w.startswith("<") and w.endswith(">"):  # <s>, </s>, <unk>
+                continue
+            if all(c in index for c in w):
+                out[w] = [index[c] for c in w] + [index[delimiter]]
+            else:
+                self.skipped_words += 1
+        if not out:
+            raise ValueError(f"{lexicon or lm}: no word of the lexicon is spelled with the vocabulary's symbols "
+                             f"(check the casing)")
+        return out
 
     def decode(self, logits, length: int | None = None) -> str:
         """Best transcript of one utterance; ``logits`` (T, V) logits or log-probs."""
         x = _as_tensor(logits)
+        if x.dim() != 2 or x.shape[-1] != len(self.vocab):
+            raise ValueError(f"expected (T, {len(self.vocab)}) logits, found {tuple(x.shape)}")
         if length is not None:
             x = x[:length]
-        text = self._decoder.decode(self._log_probs(x), beam_width=self.beam_width)
-        return _normalize_spaces(text)
+        emissions = x.float().log_softmax(dim=-1).contiguous()
+        if emissions.shape[0] == 0:
+            return ""
+        best = self._decoder.decode(emissions.data_ptr(), emissions.shape[0], emissions.shape[1])[0]
+        return " ".join(self.words[i] for i in best.words if 0 <= i < len(self.words))
 
     def decode_batch(self, logits, output_lengths=None) -> list[str]:
         """``(B, T, V)`` logits (+ ``(B,)`` valid frames) -> B transcripts."""
@@ -369,3 +397,79 @@ class BeamSearchDecoder:
         lengths = ([x.shape[1]] * x.shape[0] if output_lengths is None
                    else _as_tensor(output_lengths).reshape(-1).tolist())
         return [self.decode(x[b], int(n)) for b, n in enumerate(lengths)]
+
+
+def arpa_unigrams(path: str | Path) -> list[str]:
+    """The words of the ``\\1-grams:`` section of an ARPA file."""
+    words, inside = [], False
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                inside = line == "\\1-grams:"
+                continue
+            if inside and line:
+                parts = line.split()
+                if len(parts) >= 2:
+                    words.append(parts[1])
+    if not words:
+        raise ValueError(f"{path}: no \\1-grams: section (not an ARPA file?)")
+    return words
+
+
+def _require(module: str, what: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{what} needs flashlight-text, which is not installed: {LM_INSTALL_HINT}") from e
+
+
+# ----------------------------------------------------------------------------- decoding settings
+@dataclass(kw_only=True)
+class DecodingConfig:
+    """How logits become text, shared by transcription and evaluation.
+
+    ``greedy``: best path, with word timings. ``beam``: :func:`prefix_beam_search` over
+    ``beam_size`` prefixes; with ``lm`` (an n-gram ``.arpa`` or KenLM binary), the
+    :class:`BeamSearchDecoder` over the words of ``lexicon`` (default: the ARPA's unigrams).
+    """
+
+    decoder: str = "greedy"
+    beam_size: int = 16
+    lm: str | None = None
+    lexicon: str | None = None
+    lm_weight: float = 0.5
+    word_score: float = 0.0
+
+    def validate(self) -> "DecodingConfig":
+        if self.decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder must be 'greedy' or 'beam', found {self.decoder!r}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam size must be >= 1, found {self.beam_size}")
+        if (self.lm or self.lexicon) and self.decoder != "beam":
+            raise ValueError("a language model or lexicon needs the beam decoder, not greedy decoding")
+        if self.lexicon and not self.lm:
+            raise ValueError("a lexicon is used with a language model only: give the LM too")
+        return self
+
+    def build(self, vocab: Sequence[str]) -> Callable[[torch.Tensor], str] | None:
+        """``logits (T, V) -> text``, or None for greedy decoding (the caller keeps the timings)."""
+        self.validate()
+        if self.decoder == "greedy":
+            return None
+        if self.lm:
+            lm = BeamSearchDecoder(vocab, self.lm, lexicon=self.lexicon, lm_weight=self.lm_weight,
+                                   word_score=self.word_score, beam_size=self.beam_size)
+            return lm.decode
+        return lambda logits: prefix_beam_search(logits, vocab, beam_width=self.beam_size)
+
+    def to_dict(self) -> dict:
+        if self.decoder == "greedy":
+            return {"decoder": "greedy"}
+        out = {"decoder": "beam", "beam_size": self.beam_size}
+        if self.lm:
+            out.update(lm=self.lm, lexicon=self.lexicon or "the LM's unigrams", lm_weight=self.lm_weight,
+                       word_score=self.word_score)
+        return out

@@ -1,4 +1,7 @@
-"""Score a fine-tuned model on a labelled split: corpus WER / CER with greedy decoding.
+"""Score a fine-tuned model on a labelled split: corpus WER / CER, per-utterance records.
+
+Decoding is the :class:`Transcriber`'s: greedy, prefix beam search, or beam search with an
+n-gram LM (:class:`~wav2vec2_lite.asr.decode.DecodingConfig`); ``w2v2-evaluate`` is the CLI.
 
 On the synthesized demo corpus the scores also split by sentence kind (``by_kind``): the closed
 command domain (a few dozen words) is where WER means something for a small model, while on
@@ -11,7 +14,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wav2vec2_lite.data.manifest import read_labels, read_manifest
+from tqdm import tqdm
+
+from wav2vec2_lite.data.manifest import ltr_to_text, read_labels, read_manifest
 from wav2vec2_lite.asr.metrics import char_errors, word_errors
 from wav2vec2_lite.asr.transcribe import Transcriber
 
@@ -27,14 +32,30 @@ class EvalResult:
     references: list[str]
     paths: list[str] = field(default_factory=list)
     """Audio paths as the manifest names them, one per hypothesis."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """path -> why, for each utterance that could not be transcribed (scored as an empty hypothesis)."""
 
     def to_dict(self) -> dict:
-        return {"wer": self.wer, "cer": self.cer, "utterances": self.utterances}
+        return {"wer": self.wer, "cer": self.cer, "utterances": self.utterances, "failed": len(self.failed)}
+
+    def records(self, kinds: dict[str, str] | None = None) -> list[dict]:
+        """One record per utterance: path, ref, hyp, word and character errors (and kind, error)."""
+        out = []
+        for path, ref, hyp in zip(self.paths, self.references, self.hypotheses):
+            w, c = word_errors(ref, hyp), char_errors(ref, hyp)
+            rec = {"path": path, "ref": ref, "hyp": hyp, "word_errors": w.errors, "words": w.ref_len,
+                   "char_errors": c.errors, "chars": c.ref_len}
+            if kinds and path in kinds:
+                rec["kind"] = kinds[path]
+            if path in self.failed:
+                rec["error"] = self.failed[path]
+            out.append(rec)
+        return out
 
 
-def _score(hyps: list[str], refs: list[str], paths: list[str]) -> EvalResult:
+def _score(hyps: list[str], refs: list[str], paths: list[str], failed: dict[str, str] | None = None) -> EvalResult:
     return EvalResult(wer=word_errors(refs, hyps).rate, cer=char_errors(refs, hyps).rate, utterances=len(refs),
-                      hypotheses=hyps, references=refs, paths=paths)
+                      hypotheses=hyps, references=refs, paths=paths, failed=failed or {})
 
 
 def sentence_kinds(manifest_dir: str | Path) -> dict[str, str]:
@@ -66,17 +87,30 @@ def by_kind(result: EvalResult, kinds: dict[str, str]) -> dict[str, EvalResult]:
             for kind, idx in sorted(groups.items())}
 
 
-def evaluate_split(model_path: str | Path, manifest_dir: str | Path, split: str = "test",
-                   limit: int | None = None) -> EvalResult:
-    """Transcribe ``SPLIT.tsv`` one utterance at a time and score against ``SPLIT.wrd``."""
+def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
+                   limit: int | None = None, *, labels: str = "wrd", progress: bool = False) -> EvalResult:
+    """Transcribe ``SPLIT.tsv`` one utterance at a time and score against ``SPLIT.wrd``.
+
+    ``model``: a :class:`Transcriber` (its decoding settings apply) or any checkpoint path it
+    loads. An utterance that cannot be transcribed counts as an empty hypothesis and is listed
+    in ``failed``, so the corpus rates never silently leave it out.
+    """
     manifest_dir = Path(manifest_dir)
-    tr = Transcriber.from_path(model_path)
+    tr = model if isinstance(model, Transcriber) else Transcriber.from_path(model)
     manifest = read_manifest(manifest_dir / f"{split}.tsv")
-    refs = read_labels(manifest_dir / f"{split}.wrd")
+    label_path = manifest_dir / f"{split}.{labels}"
+    refs = read_labels(label_path)
+    if labels == "ltr":
+        refs = [ltr_to_text(r) for r in refs]
     if len(refs) != len(manifest.paths):
-        raise ValueError(f"{manifest_dir / (split + '.wrd')}: {len(refs)} lines for {len(manifest.paths)} "
-                         f"utterances in {split}.tsv")
+        raise ValueError(f"{label_path}: {len(refs)} lines for {len(manifest.paths)} utterances in {split}.tsv")
     n = len(refs) if limit is None else min(limit, len(refs))
     paths = manifest.paths[:n]
-    hyps = [tr.transcribe_file(manifest.root / p).text for p in paths]
-    return _score(hyps, refs[:n], paths)
+    hyps, failed = [], {}
+    for p in tqdm(paths, desc=f"evaluate {split}", unit="utt", disable=not progress, leave=False):
+        try:
+            hyps.append(tr.transcribe_file(manifest.root / p).text)
+        except Exception as e:  # noqa: BLE001 - scored as an empty hypothesis and reported
+            hyps.append("")
+            failed[p] = " ".join(str(e).split()).removeprefix(f"{manifest.root / p}: ") or type(e).__name__
+    return _score(hyps, refs[:n], paths, failed)

@@ -27,7 +27,7 @@ from wav2vec2_lite.asr.chunking import chunked_logits
 from wav2vec2_lite.data.audio import AudioError, AudioInfo, audio_info, load_audio, normalize as normalize_wave
 from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
-from wav2vec2_lite.asr.decode import greedy_decode_with_timings
+from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
 __all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
@@ -84,11 +84,14 @@ class Transcriber:
     """Greedy CTC transcription of whole files, chunked past ``chunk_s`` seconds."""
 
     def __init__(self, model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, *, normalize: bool = False,
-                 device: str = "cpu", chunk_s: float = 30.0, overlap_s: float = 4.0, sample_rate: int = 16000) -> None:
+                 device: str = "cpu", chunk_s: float = 30.0, overlap_s: float = 4.0, sample_rate: int = 16000,
+                 decoding: DecodingConfig | None = None) -> None:
         if len(tokenizer) != model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} symbols; the model's CTC head has {model.config.vocab_size}")
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
+        self.decoding = decoding or DecodingConfig()
+        self._decode = self.decoding.build(tokenizer.vocab)  # None: greedy, with word timings
         self.normalize = normalize
         self.device = device
         self.chunk_s, self.overlap_s, self.sample_rate = chunk_s, overlap_s, sample_rate
@@ -133,8 +136,17 @@ class Transcriber:
             num_frames_fn=lambda n: int(self.model.feature_output_lengths(torch.tensor([n]))[0]),
         )
 
+    @property
+    def dtype(self) -> str:
+        """The dtype the model computes in (``float32`` unless converted)."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
     def transcribe_wave(self, wave: torch.Tensor, path: str = "<array>") -> Transcript:
+        """One utterance's transcript; word timings with greedy decoding only (beam search: ``words`` is empty)."""
         logits = self.logits(wave)
+        if self._decode is not None:
+            return Transcript(path=path, text=self._decode(logits), words=[],
+                              duration_s=wave.shape[0] / self.sample_rate)
         text, words = greedy_decode_with_timings(
             logits, self.tokenizer.vocab, frame_stride_s=self.model.config.frame_stride / self.sample_rate
         )
