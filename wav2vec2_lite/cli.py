@@ -1,5 +1,5 @@
 """Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``,
-``w2v2-evaluate``, ``w2v2-probe``, ``w2v2-manifest``.
+``w2v2-evaluate``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-manifest``.
 
     w2v2-pretrain data.manifest_dir=/data/ls960 trainer.update_freq=8
     w2v2-pretrain --config-name pretrain_tiny data.manifest_dir=/tmp/toy model.num_layers=2
@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
+__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "extract", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
            "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
@@ -342,6 +342,50 @@ def evaluate(argv: list[str] | None = None) -> None:
     if result.failed:
         sys.stderr.write(f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n")
         raise SystemExit(EXIT_PARTIAL)
+
+
+# --------------------------------------------------------------------------------- representations
+def extract(argv: list[str] | None = None) -> None:
+    """``w2v2-extract MODEL INPUT... --out DIR``: frame states of chosen layers and per-frame
+    discrete units (--units: the pretraining objective's codes for every frame) for audio files,
+    folders (recursively) and .tsv manifests; one .safetensors (or .npy per array) per utterance
+    under DIR, mirroring the inputs' relative paths, and DIR/index.jsonl. A bad input is one
+    error line and the rest go on (exit 1)."""
+    from wav2vec2_lite.extract import FORMATS, ExtractionFailure, Extractor, extract_to_folder
+
+    prog = "w2v2-extract"
+    p = _Parser(prog, extract.__doc__)
+    p.add_argument("model", help="run dir, model folder, Hugging Face folder, fairseq .pt or shipped checkpoint name")
+    p.add_argument("audio", nargs="+", help="audio files, folders of them, or .tsv manifests")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--layers", default="last", help="comma-separated: conv, layer_0 ... layer_L, last, or all "
+                   "(default: last); empty with --units for units only")
+    p.add_argument("--units", action="store_true", help="also the objective's code of every frame (a pretraining "
+                   "checkpoint)")
+    p.add_argument("--format", choices=FORMATS, default="safetensors")
+    p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it")
+    args = p.parse_intermixed_args(argv)
+    layers = [x for x in args.layers.split(",") if x.strip()]
+    with _reported(prog, args.debug, _TRUST_HINT):
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
+        ex = Extractor.from_path(args.model, layers, units=args.units, trust=args.trust_pickle, device=args.device)
+    done = failed = 0
+    for item in extract_to_folder(ex, args.audio, out, fmt=args.format, limit=args.limit,
+                                  progress=sys.stderr.isatty()):
+        if isinstance(item, ExtractionFailure):
+            failed += 1
+            sys.stderr.write(f"{prog}: error: {item.path}: {item.error}\n")
+        else:
+            done += 1
+    print(f"wrote {done} utterance(s) to {out} ({', '.join(ex.layers + (['units'] if ex.units else []))}; "
+          f"index.jsonl)")
+    if failed:
+        sys.stderr.write(f"{prog}: {failed} of {done + failed} inputs failed\n")
+        raise SystemExit(EXIT_PARTIAL if done else EXIT_USAGE)
 
 
 # --------------------------------------------------------------------------------- export

@@ -150,6 +150,12 @@ class PretrainingObjective(nn.Module):
         """Predict ``targets`` from the context vectors of the masked frames: losses and metrics."""
         raise NotImplementedError
 
+    def frame_codes(self, inputs: ObjectiveInputs) -> Tensor:
+        """(B, T, G) long: the discrete unit of every frame in each of G code groups, as the
+        objective's quantizer assigns it without noise (the units ``w2v2-extract --units`` writes;
+        ``mask_indices`` is not used)."""
+        raise NotImplementedError
+
     def forward(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
                 negative_indices: Tensor | None = None) -> ObjectiveOutput:
         """:meth:`targets` then :meth:`predict`."""

@@ -194,6 +194,16 @@ class BestRQObjective(PretrainingObjective):
         return int(self.normalization.frames)
 
     @torch.no_grad()
+    def frame_codes(self, inputs: ObjectiveInputs) -> Tensor:
+        """(B, T, 1): the random-projection code of every frame (normalisation statistics untouched)."""
+        mel = self._features(inputs.waveform, inputs.sample_padding, inputs.conv_features.shape[-1])
+        if self.normalization is None:
+            mel = normalize_per_utterance(mel, inputs.frame_lengths)
+        else:
+            mel = self.normalization(mel, inputs.frame_lengths)
+        return self.quantizer(mel.flatten(0, 1)).view(*mel.shape[:2], 1)
+
+    @torch.no_grad()
     def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
                 negative_indices: Tensor | None = None) -> Tensor:
         """(B, T) long codes of every frame (padded frames too; only masked ones are used).

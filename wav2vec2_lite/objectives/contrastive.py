@@ -122,6 +122,14 @@ class ContrastiveObjective(PretrainingObjective):
         return ContrastiveTargets(negatives, cross, candidates, needed, slot, padded, flat, codes,
                                   quant.soft_probs, quant.hard_codes)
 
+    @torch.no_grad()
+    def frame_codes(self, inputs: ObjectiveInputs) -> Tensor:
+        """(B, T, G): the Gumbel quantizer's most probable entry per group (its eval-mode choice)."""
+        feats = inputs.extract_features
+        logits = self.quantizer.weight_proj(feats.flatten(0, 1)).float()
+        return logits.view(-1, self.config.num_code_groups, logits.shape[-1] // self.config.num_code_groups) \
+            .argmax(-1).view(*feats.shape[:2], -1)
+
     # ------------------------------------------------------------------- loss
     def predict(self, inputs: ObjectiveInputs, targets: ContrastiveTargets) -> ObjectiveOutput:
         """Score each masked frame's context vector against its candidates; sum the losses."""
