@@ -66,3 +66,35 @@ def test_export_checks_vocabulary_size(trained, tmp_path):
     model, _, _ = trained
     with pytest.raises(ValueError, match="CTC head"):
         export_ctc_to_hf(model, CharTokenizer(list("AB")), tmp_path / "bad")
+
+
+def test_export_writes_what_transformers_4_and_5_read_and_imports_read_either(tmp_path, caplog):
+    """Runs the installed transformers only (see the version in the assertion messages); the files a
+    4.40+ reader needs (preprocessor_config.json) are checked by content."""
+    import logging
+
+    from wav2vec2_lite.asr.transcribe import Transcriber
+
+    tok = CharTokenizer(list("|AB"))
+    torch.manual_seed(0)
+    for layer_mode in (False, True):  # BASE-style and LARGE-style (normalised input)
+        cfg = Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer" if layer_mode
+                                  else "group", layer_norm_first=layer_mode, conv_bias=layer_mode)
+        folder = tmp_path / f"hf_{layer_mode}"
+        with caplog.at_level(logging.WARNING):
+            caplog.clear()
+            export_ctc_to_hf(Wav2Vec2ForCTC(cfg).eval(), tok, folder)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # nothing to warn about
+        pre = json.loads((folder / "preprocessor_config.json").read_text())
+        assert pre["feature_extractor_type"] == "Wav2Vec2FeatureExtractor" and pre["sampling_rate"] == 16000
+        assert pre["do_normalize"] is layer_mode and pre["return_attention_mask"] is layer_mode
+        assert transformers.Wav2Vec2FeatureExtractor(**pre).do_normalize is layer_mode  # what 4.x builds from it
+        if (folder / "processor_config.json").exists():  # transformers 5 nests it here
+            nested = json.loads((folder / "processor_config.json").read_text())["feature_extractor"]
+            assert nested["do_normalize"] is layer_mode, transformers.__version__
+        assert transformers.AutoFeatureExtractor.from_pretrained(folder).do_normalize is layer_mode, \
+            transformers.__version__
+        assert Transcriber.from_path(folder).normalize is layer_mode
+        if (folder / "processor_config.json").exists():
+            (folder / "preprocessor_config.json").unlink()  # a folder written by transformers 5 itself
+            assert Transcriber.from_path(folder).normalize is layer_mode

@@ -91,26 +91,29 @@ def config_from_hf(hf: Any, **overrides: Any) -> Wav2Vec2Config:
     return Wav2Vec2Config.from_dict(fields)
 
 
-def config_to_hf(cfg: Wav2Vec2Config) -> Any:
+def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
     """Ours -> transformers ``Wav2Vec2Config``.
 
     Raises ``ConfigError`` for what transformers cannot represent (cross-utterance
-    negatives); logs a warning for training-only options it ignores.
+    negatives); logs a warning for the pretraining-only options it ignores (feature penalty,
+    encoder gradient scale) when ``pretraining``, and a note about masked GroupNorm, which
+    only changes padded batches.
     """
     import transformers
 
-    if cfg.cross_sample_negatives > 0:
+    if cfg.cross_sample_negatives > 0 and pretraining:
         raise ConfigError("transformers cannot represent cross_sample_negatives > 0 "
                           "(its pretraining loss samples distractors within each utterance only)")
     ignored = []
-    if cfg.feature_penalty_weight > 0:
+    if pretraining and cfg.feature_penalty_weight > 0:
         ignored.append(f"feature_penalty_weight={cfg.feature_penalty_weight} (no L2 feature penalty)")
-    if cfg.feature_grad_mult not in (0.0, 1.0):
+    if pretraining and cfg.feature_grad_mult not in (0.0, 1.0):
         ignored.append(f"feature_grad_mult={cfg.feature_grad_mult}")
-    if cfg.feat_extract_norm == "group" and cfg.masked_group_norm:
-        ignored.append("masked_group_norm=True (its GroupNorm includes padding: padded batches differ)")
     if ignored:
         log.warning("transformers ignores these wav2vec2_lite options: %s", "; ".join(ignored))
+    if cfg.feat_extract_norm == "group" and cfg.masked_group_norm:  # single utterances are unaffected
+        log.info("transformers' GroupNorm includes padding (masked_group_norm=True here): its outputs for padded "
+                 "batches differ from ours; unpadded utterances are the same")
     return transformers.Wav2Vec2Config(
         conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel), conv_stride=list(cfg.conv_stride),
         conv_bias=cfg.conv_bias, feat_extract_norm=cfg.feat_extract_norm, feat_extract_activation="gelu",
@@ -180,7 +183,7 @@ def to_hf(model: nn.Module) -> Any:
         raise ConfigError(f"transformers' Wav2Vec2ForPreTraining has only the contrastive objective; this model's "
                           f"is {model.config.objective!r}: export its backbone (to_hf(model.wav2vec2)) or a CTC "
                           "model fine-tuned from it")
-    hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config))
+    hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config, pretraining=cls is Wav2Vec2ForPreTraining))
     target = hf.state_dict()
     state = export_state_dict(model.state_dict(), _rules(cls), {k: v.shape for k, v in target.items()})
     # transformers builds masked_spec_embed only when masking is configured

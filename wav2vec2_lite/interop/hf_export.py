@@ -1,8 +1,10 @@
 """Export a fine-tuned CTC model as a complete Hugging Face folder.
 
 The folder holds the weights and config (``to_hf``), ``vocab.json`` and the tokenizer
-config of ``Wav2Vec2CTCTokenizer``, and a ``Wav2Vec2FeatureExtractor`` config, so that
-``transformers.pipeline("automatic-speech-recognition", model=folder)`` loads it offline.
+config of ``Wav2Vec2CTCTokenizer``, and the ``Wav2Vec2FeatureExtractor`` config both where
+transformers 4.40+ reads it (``preprocessor_config.json``) and where 5.x writes it
+(``processor_config.json``), so that ``transformers.pipeline("automatic-speech-recognition",
+model=folder)`` loads it offline with either.
 """
 
 from __future__ import annotations
@@ -45,4 +47,7 @@ def export_ctc_to_hf(model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, folder: st
         do_normalize=layer_mode, return_attention_mask=layer_mode,
     )
     transformers.Wav2Vec2Processor(feature_extractor=extractor, tokenizer=hf_tok).save_pretrained(folder)
+    # transformers 5 saves the processor's parts inside processor_config.json; 4.x loads the feature
+    # extractor only from preprocessor_config.json: write that file too, so that both load the folder
+    extractor.save_pretrained(folder)
     return folder
