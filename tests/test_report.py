@@ -56,3 +56,20 @@ def test_codebook_usage_counts_every_frame(tmp_path):
     counts = codebook_usage(run / "checkpoints" / "last", data)
     frames = 2 * int(model.feature_output_lengths(torch.tensor([8000]))[0])
     assert counts.shape == (2, 16) and counts.sum(-1).tolist() == [frames, frames]
+
+
+def test_report_reads_audio_as_the_run_did_and_keeps_timestamps_out_of_the_summary(tmp_path):
+    run, data, model = _run(tmp_path)
+    rng = np.random.default_rng(1)
+    sf.write(data / "wav" / "stereo44k.wav", rng.standard_normal((22050, 2)).astype(np.float32) * 0.1, 44100)
+    write_manifest(data / "valid.tsv", data, [("wav/0.wav", 8000), ("wav/stereo44k.wav", 22050)])
+    records = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(r.replace('{"kind": "train"', '{"kind": "train", "time": 1796055954.8')
+                                                 for r in records) + "\n")
+    (run / "config.yaml").write_text("model:\n  num_negatives: 10\ndata:\n  mono: mix\n  resample: soxr\n")
+    page = write_report(run, manifest_dir=data).read_text()
+    assert "Codebook usage on valid" in page and "final train time" not in page and "final train loss" in page
+    expected = codebook_usage(run / "checkpoints" / "last", data, mono="mix", resample="soxr")
+    assert int(expected.sum()) > 0
+    with pytest.raises(ValueError, match="channels"):  # what the report did before: the trainer's defaults
+        codebook_usage(run / "checkpoints" / "last", data)

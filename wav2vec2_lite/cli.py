@@ -1,5 +1,6 @@
 """Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``,
-``w2v2-evaluate``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-manifest``.
+``w2v2-evaluate``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-manifest``, ``w2v2-report``,
+``w2v2-sweep-summary``.
 
     w2v2-pretrain data.manifest_dir=/data/ls960 trainer.update_freq=8
     w2v2-pretrain --config-name pretrain_tiny data.manifest_dir=/tmp/toy model.num_layers=2
@@ -34,7 +35,8 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "extract", "export_hf", "probe", "manifest", "run_from_hydra", "CONFIG_DIR",
+__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "extract", "export_hf", "probe", "manifest",
+           "report", "sweep_summary", "run_from_hydra", "CONFIG_DIR",
            "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
@@ -137,6 +139,77 @@ def _hydra_task(prog: str, debug: bool):
     return task
 
 
+_MAIN_KEYS = {
+    "pretrain": ["data.manifest_dir", "data.max_tokens", "data.max_sample_size", "model.preset", "model.objective",
+                 "optim.lr", "schedule.warmup_updates", "trainer.max_updates", "trainer.update_freq",
+                 "trainer.precision", "trainer.seed", "trainer.num_threads"],
+    "finetune": ["data.manifest_dir", "data.max_tokens", "finetune.pretrained", "finetune.freeze_finetune_updates",
+                 "ctc.mask_time_prob", "optim.lr", "trainer.max_updates", "trainer.update_freq", "trainer.precision",
+                 "trainer.seed", "trainer.num_threads"],
+}
+
+
+def _first_comment(path: Path, width: int = 90) -> str:
+    """The first sentence of a config file's opening comment (what it is for), at most ``width`` characters."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words += line.lstrip("#").split()
+    return _clip(" ".join(words).split(". ")[0].split(": ")[0].rstrip("."), width)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text``, cut at a word boundary with an ellipsis when longer than ``width``."""
+    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _key_doc(kind: str, key: str) -> str:
+    """The first sentence of a run-config key's docstring (``group.name``), from the dataclass source."""
+    import ast
+    import inspect
+    import textwrap
+
+    from wav2vec2_lite.config import Wav2Vec2Config
+    from wav2vec2_lite.train.config import _SCHEMAS, _groups
+    from wav2vec2_lite.train.schedules import SCHEDULES
+
+    group, _, name = key.partition(".")
+    if name == "preset":
+        return "model size: tiny | base | large (a config group: model=tiny)"
+    classes = {"ctc": [Wav2Vec2Config], "schedule": list(SCHEDULES.values())}.get(group) or [_groups(_SCHEMAS[kind])[group]]
+    for cls in classes:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name \
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                return " ".join(str(after.value.value).split()).split(". ")[0].rstrip(".")
+    raise KeyError(f"{key}: no such documented key of a {kind} run")
+
+
+def _training_help(kind: str, prog: str) -> str:
+    """``--help`` of the training commands: the named configs, config groups and main keys."""
+    names = sorted(p.stem for p in CONFIG_DIR.glob(f"{kind}*.yaml"))
+    groups = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()
+              and any(d.glob("*.yaml"))}
+    lines = [f"usage: {prog} [--config-name NAME] [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--debug]", "",
+             f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'} with Hydra configs from "
+             f"{CONFIG_DIR}.", "", "named configs (--config-name NAME; default: " + kind + "):"]
+    width = max(len(n) for n in names)
+    lines += [f"  {n:<{width}}  {_first_comment(CONFIG_DIR / (n + '.yaml'))}" for n in names]
+    lines += ["", "config groups (GROUP=OPTION):"] + [f"  {g}: {' | '.join(opts)}" for g, opts in groups.items()]
+    lines += ["", "main keys (KEY=VALUE):"]
+    width = max(len(k) for k in _MAIN_KEYS[kind])
+    lines += [f"  {k:<{width}}  {_clip(_key_doc(kind, k), 90)}" for k in _MAIN_KEYS[kind]]
+    lines += ["", "other options:",
+              "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes from its last checkpoint",
+              "  -m                  multirun: comma-separated values sweep, one run folder per job",
+              "  --cfg job           print the composed config and exit",
+              "  --debug             show the traceback of an error",
+              "", "Every key with its default and meaning: docs/config.md."]
+    return "\n".join(lines)
+
+
 def _main(config_name: str, prog: str) -> None:
     """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override) become one message."""
     import hydra
@@ -148,6 +221,9 @@ def _main(config_name: str, prog: str) -> None:
     argv, debug = _debug_wanted(sys.argv[1:])
     if not CONFIG_DIR.is_dir():
         _fail(prog, f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
+    if "-h" in argv or "--help" in argv:
+        print(_training_help(config_name, prog))
+        return
     with _reported(prog, debug, _OVERRIDE_HINTS):
         _check_run_dir_overrides(argv)
     register_configs()
@@ -456,6 +532,46 @@ def manifest(argv: list[str] | None = None) -> None:
     if report.skipped:
         sys.stderr.write(f"{prog}: {len(report.skipped)} of {report.audio_files} files skipped\n")
         raise SystemExit(EXIT_PARTIAL)
+
+
+# --------------------------------------------------------------------------------- run reports
+def report(argv: list[str] | None = None) -> None:
+    """``w2v2-report RUN_DIR``: one self-contained HTML page for a training run (curves, health
+    events, config; codebook usage on a split with --manifest-dir)."""
+    from wav2vec2_lite.tools.report import write_report
+
+    prog = "w2v2-report"
+    p = _Parser(prog, report.__doc__)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="default: RUN_DIR/report.html")
+    p.add_argument("--manifest-dir", type=Path, help="pretraining runs: corpus folder for the codebook-usage plot")
+    p.add_argument("--split", default="valid")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        print(f"wrote {write_report(args.run_dir, args.out, manifest_dir=args.manifest_dir, split=args.split)}")
+
+
+def sweep_summary(argv: list[str] | None = None) -> None:
+    """``w2v2-sweep-summary SWEEP_DIR``: a Hydra multirun sweep as a markdown table of each run's
+    final validation metrics (SWEEP_DIR/summary.md), and with --plot a plot of one metric."""
+    from wav2vec2_lite.tools.sweep import collect_sweep, plot_sweep, sweep_table
+
+    prog = "w2v2-sweep-summary"
+    p = _Parser(prog, sweep_summary.__doc__)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--metrics", nargs="*", help="validation metrics to show (default: all)")
+    p.add_argument("--plot", metavar="METRIC", help="also write sweep_METRIC.png in the sweep folder")
+    p.add_argument("--out", type=Path, help="write the table here (default: SWEEP_DIR/summary.md)")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        runs = collect_sweep(args.sweep_dir)
+        table = sweep_table(runs, args.metrics)
+        out = args.out or args.sweep_dir / "summary.md"
+        out.write_text(table)
+        print(table)
+        print(f"wrote {out}")
+        if args.plot:
+            print(f"wrote {plot_sweep(runs, args.plot, args.sweep_dir / f'sweep_{args.plot}.png')}")
 
 
 def probe(argv: list[str] | None = None) -> None:

@@ -25,9 +25,13 @@ def _png_tag(write_png) -> str:
 
 
 @torch.no_grad()
-def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str = "valid", limit: int = 200) -> torch.Tensor:
-    """How often each codebook entry is picked (argmax, eval) on a split: (G, V) counts."""
-    from wav2vec2_lite.data.audio import load_audio, normalize
+def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str = "valid", limit: int = 200, *,
+                   mono: str = "error", resample: str = "error", normalize: bool | None = None) -> torch.Tensor:
+    """How often each codebook entry is picked (argmax, eval) on a split: (G, V) counts.
+
+    ``mono``, ``resample``, ``normalize``: the audio settings of the run (``data.*``); ``normalize``
+    None means the run's default (LayerNorm encoders normalise)."""
+    from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
     from wav2vec2_lite.data.manifest import read_manifest
     from wav2vec2_lite.models import Wav2Vec2ForPreTraining
     from wav2vec2_lite.serialization import load_model
@@ -44,13 +48,27 @@ def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str =
     counts = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.long)
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     for rel in manifest.paths[:limit]:
-        wave = load_audio(manifest.root / rel)
-        if cfg.feat_extract_norm == "layer":
-            wave = normalize(wave)
+        wave = load_audio(manifest.root / rel, mono=mono, resample=resample)
+        if normalize if normalize is not None else cfg.feat_extract_norm == "layer":
+            wave = normalize_wave(wave)
         out = model.wav2vec2(torch.from_numpy(wave)[None])
         codes = model.quantizer(out.extract_features[0]).codes  # (T, G)
         counts += model.quantizer.codebook_usage(codes)
     return counts
+
+
+_NOT_METRICS = {"time"}  # numbers in metrics.jsonl records that are not measurements of the run
+
+
+def _run_data_settings(run_dir: Path) -> dict[str, Any]:
+    """The ``data`` section of the run's ``config.yaml`` (how it read audio), ``{}`` without one."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return dict(cfg.get("data") or {})
 
 
 def _table(rows: list[list[Any]], head: list[str]) -> str:
@@ -85,12 +103,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest
     summary_rows = [[k, v] for k, v in info.items() if not isinstance(v, (dict, list))]
     for kind, recs in last.items():
         for key, value in (recs[0].items() if recs else []):
-            if isinstance(value, float):
+            if isinstance(value, float) and key not in _NOT_METRICS:
                 summary_rows.append([f"final {kind} {key}", f"{value:.5g}"])
     codebook_html = ""
     if pretrain and manifest_dir is not None:
         model_dir = run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
-        counts = codebook_usage(model_dir, manifest_dir, split)
+        data = _run_data_settings(run_dir)
+        counts = codebook_usage(model_dir, manifest_dir, split, mono=data.get("mono") or "error",
+                                resample=data.get("resample") or "error", normalize=data.get("normalize"))
         used = (counts > 0).sum(-1).tolist()
         codebook_html = (f"<h2>Codebook usage on {html.escape(split)}</h2><p>entries used per group: {used} of "
                          f"{counts.shape[1]}</p>" + _png_tag(lambda f: plot_codebook_usage(counts, f)))

@@ -77,8 +77,11 @@ class Polynomial(Schedule):
 
     name: str = "polynomial"
     warmup_updates: int = 32000
+    """Updates of linear warmup from 0 to ``optim.lr`` (the paper: 8 % of pretraining)."""
     end_lr: float = 0.0
+    """Learning rate reached at ``total_updates``."""
     power: float = 1.0
+    """Exponent of the decay (1: linear)."""
 
     def lr_at(self, update: int, *, lr: float, total: int) -> float:
         if 0 < self.warmup_updates and update < self.warmup_updates:
@@ -105,7 +108,9 @@ class TriStage(Schedule):
     phase_ratio: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])
     """Fractions of ``total_updates`` for warmup, hold and decay (they sum to 1)."""
     init_lr_scale: float = 0.01
+    """Warmup starts at ``init_lr_scale * lr``."""
     final_lr_scale: float = 0.05
+    """Decay ends at ``final_lr_scale * lr``, kept to the end."""
 
     def lr_at(self, update: int, *, lr: float, total: int) -> float:
         warmup, hold, decay = (int(r * total) for r in self.phase_ratio)
@@ -139,6 +144,7 @@ class Constant(Schedule):
 
     name: str = "constant"
     warmup_updates: int = 0
+    """Updates of linear warmup from 0 to ``optim.lr``."""
 
     def lr_at(self, update: int, *, lr: float, total: int) -> float:
         if 0 < self.warmup_updates and update < self.warmup_updates:
