@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +35,23 @@ from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOut
 from wav2vec2_lite.serialization import register_model_class
 
 __all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC"]
+
+
+_checkpoint_reader: Callable[..., Any] | None = None
+
+
+def register_checkpoint_reader(reader: Callable[..., Any]) -> None:
+    """Install the function ``from_pretrained`` reads checkpoints with: ``reader(path, trust=...)``
+    returns an object with ``.model``, ``.backbone`` and ``.source`` (``interop.sources.load_any``,
+    which registers itself when the package is imported; the models do not import interop)."""
+    global _checkpoint_reader
+    _checkpoint_reader = reader
+
+
+def _read_checkpoint(path_or_name: str | Path, trust: bool = False) -> Any:
+    if _checkpoint_reader is None:  # only if the package's __init__ was bypassed
+        raise RuntimeError("no checkpoint reader registered: import wav2vec2_lite first")
+    return _checkpoint_reader(path_or_name, trust=trust)
 
 
 class _SavedModelMixin:
@@ -59,18 +76,16 @@ class _SavedModelMixin:
         ``overrides`` change config fields; ``trust`` is for fairseq files that need full pickle.
         Returned in eval mode.
         """
-        from wav2vec2_lite.interop.sources import load_any
-
         if cls is Wav2Vec2ForCTC:
             vocab_size = overrides.pop("vocab_size", None)
-            loaded = load_any(path_or_name, trust=trust)
+            loaded = _read_checkpoint(path_or_name, trust=trust)
             if isinstance(loaded.model, Wav2Vec2ForCTC) and vocab_size in (None, loaded.model.config.vocab_size):
                 return _with_overrides(loaded.model, overrides)
             if vocab_size is None:
                 raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
                                  f"give vocab_size= for the new head")
             return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
-        loaded = load_any(path_or_name, trust=trust)
+        loaded = _read_checkpoint(path_or_name, trust=trust)
         if cls is Wav2Vec2Model:
             return _with_overrides(loaded.backbone, overrides)
         if not isinstance(loaded.model, cls):
@@ -302,9 +317,7 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
         ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped.
         """
         if isinstance(source, (str, Path)):
-            from wav2vec2_lite.interop.sources import load_backbone
-
-            source = load_backbone(source).model
+            source = _read_checkpoint(source).backbone
         backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
         if not isinstance(backbone, Wav2Vec2Model):
             raise TypeError(f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}")

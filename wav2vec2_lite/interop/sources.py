@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2Model, _with_overrides
+from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2Model, _with_overrides, register_checkpoint_reader
 from wav2vec2_lite.serialization import CONFIG_NAME, CheckpointError, find_model_folder, load_model
 
 __all__ = ["CheckpointSource", "LoadedCheckpoint", "detect", "load_any", "load_backbone", "SOURCE_KINDS"]
@@ -178,3 +178,5 @@ def _backbone_of(model: nn.Module) -> Wav2Vec2Model:
         raise TypeError(f"expected a wav2vec2_lite model or backbone; got {type(model).__name__}")
     return backbone
 
+
+register_checkpoint_reader(load_any)  # what Wav2Vec2*.from_pretrained read with

@@ -145,7 +145,7 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise RuntimeError("trainer.tensorboard=true needs the `tensorboard` package "
-                                   "(pip install tensorboard), or set trainer.tensorboard=false") from e
+                                   "(pip install 'wav2vec2_lite[tensorboard]'), or set trainer.tensorboard=false") from e
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if progress:
             from tqdm.auto import tqdm

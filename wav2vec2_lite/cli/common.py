@@ -1,0 +1,123 @@
+"""What every command shares: one-line user errors, exit codes, the argument parser, the options
+of the tools that read a fine-tuned model (conventions: ``wav2vec2_lite.cli``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import NoReturn
+
+CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+# Library errors state hints in Python keywords; the training commands take Hydra overrides.
+_OVERRIDE_HINTS = {"mono='mix'": "data.mono=mix", "resample='soxr'": "data.resample=soxr",
+                   "skip_invalid=True": "data.skip_invalid=true", "set run_dir to": "set hydra.run.dir to",
+                   "load_fairseq(path, trust=True)": "finetune.trust_pickle=true",
+                   "raise max_tokens, crop with max_sample_size, or pass too_long='skip'":
+                       "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip"}
+_TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools that read a fine-tuned model
+
+
+# --------------------------------------------------------------------------------- errors
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input or settings, not a bug: reported as one message."""
+    from wav2vec2_lite.serialization import CheckpointError
+    from wav2vec2_lite.train.run_dir import RunDirError
+    from wav2vec2_lite.train.trainer import NonFiniteError
+
+    return ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointError, RunDirError, NonFiniteError
+
+
+def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug``, ``HYDRA_FULL_ERROR=1``)."""
+    rest = [a for a in argv if a != "--debug"]
+    return rest, len(rest) != len(argv) or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def _message(e: BaseException, hints: dict[str, str] | None = None) -> str:
+    """The error's text (and notes), hints rewritten to the command's syntax; the type for built-in errors."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    text = "\n".join([text, *getattr(e, "__notes__", [])]).strip() or type(e).__name__
+    for python, override in (hints or {}).items():
+        text = text.replace(python, override)
+    builtin = type(e).__module__ == "builtins" and not isinstance(e, OSError)
+    return f"{type(e).__name__}: {text}" if builtin and type(e) is not ValueError else text
+
+
+def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """``PROG: error: MESSAGE`` on stderr, then exit with ``code``."""
+    sys.stderr.write(f"{prog}: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+@contextmanager
+def _reported(prog: str, debug: bool, hints: dict[str, str] | None = None) -> Iterator[None]:
+    """User errors inside become one message and exit 2 (1 once training had run updates); ``debug`` re-raises."""
+    try:
+        yield
+    except _user_errors() as e:
+        if debug:
+            raise
+        _fail(prog, _message(e, hints), EXIT_PARTIAL if getattr(e, "updates_run", 0) else EXIT_USAGE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) and a ``--debug`` option."""
+
+    def __init__(self, prog: str, description: str | None) -> None:
+        super().__init__(prog=prog, description=description)
+        self.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    def error(self, message: str) -> NoReturn:
+        _fail(self.prog, f"{message} (see {self.prog} --help)")
+
+
+def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
+    """``--dict`` and ``--trust-pickle``: what a fairseq fine-tuned ``.pt`` may need."""
+    p.add_argument("--dict", metavar="DICT", help="the model's dict.ltr.txt (default: the tokenizer saved beside "
+                   "the model; for a fairseq .pt, the dict.ltr.txt next to it)")
+    p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it "
+                   "(only for files you trust; by default no code from the file runs)")
+
+
+def _add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """Greedy, prefix beam search, or beam search with an n-gram LM (``asr.decode.DecodingConfig``)."""
+    p.add_argument("--decoder", choices=("greedy", "beam"), help="greedy (default; word timings) or beam search "
+                   "(the default with --lm)")
+    p.add_argument("--beam-size", type=int, default=16, help="beam width (default: %(default)s)")
+    p.add_argument("--lm", metavar="FILE", help="word n-gram LM, .arpa or KenLM binary (needs wav2vec2_lite[lm])")
+    p.add_argument("--lexicon", metavar="FILE", help="words the LM decoder may output, one per line "
+                   "(default: the .arpa's unigrams)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: %(default)s)")
+    p.add_argument("--word-score", type=float, default=0.0, help="score added per word (default: %(default)s)")
+
+
+def _decoding(args: argparse.Namespace):
+    from wav2vec2_lite.asr.decode import DecodingConfig
+
+    decoder = args.decoder or ("beam" if args.lm or args.lexicon else "greedy")
+    return DecodingConfig(decoder=decoder, beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
+                          lm_weight=args.lm_weight, word_score=args.word_score).validate()
+
+
+def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
+    """One error line on stderr, or a JSON record on stdout; the traceback first with ``--debug``."""
+    if debug and failure.exception is not None:
+        import traceback
+
+        traceback.print_exception(failure.exception, file=sys.stderr)
+    if as_json:
+        sys.stdout.write(json.dumps(failure.to_dict()) + "\n")
+        sys.stdout.flush()
+    else:
+        sys.stderr.write(f"{prog}: error: {failure.path}: {failure.error}\n")
+        sys.stderr.flush()

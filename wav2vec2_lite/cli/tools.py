@@ -1,0 +1,148 @@
+"""``w2v2-manifest``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-report``, ``w2v2-sweep-summary``: data
+preparation, representations and run reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from wav2vec2_lite.cli.common import EXIT_PARTIAL, EXIT_USAGE, _Parser, _reported, _TRUST_HINT
+
+# --------------------------------------------------------------------------------- representations
+def extract(argv: list[str] | None = None) -> None:
+    """``w2v2-extract MODEL INPUT... --out DIR``: frame states of chosen layers and per-frame
+    discrete units (--units: the pretraining objective's codes for every frame) for audio files,
+    folders (recursively) and .tsv manifests; one .safetensors (or .npy per array) per utterance
+    under DIR, mirroring the inputs' relative paths, and DIR/index.jsonl. A bad input is one
+    error line and the rest go on (exit 1)."""
+    from wav2vec2_lite.extract import FORMATS, ExtractionFailure, Extractor, extract_to_folder
+
+    prog = "w2v2-extract"
+    p = _Parser(prog, extract.__doc__)
+    p.add_argument("model", help="run dir, model folder, Hugging Face folder, fairseq .pt or shipped checkpoint name")
+    p.add_argument("audio", nargs="+", help="audio files, folders of them, or .tsv manifests")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--layers", default="last", help="comma-separated: conv, layer_0 ... layer_L, last, or all "
+                   "(default: last); empty with --units for units only")
+    p.add_argument("--units", action="store_true", help="also the objective's code of every frame (a pretraining "
+                   "checkpoint)")
+    p.add_argument("--format", choices=FORMATS, default="safetensors")
+    p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it")
+    args = p.parse_intermixed_args(argv)
+    layers = [x for x in args.layers.split(",") if x.strip()]
+    with _reported(prog, args.debug, _TRUST_HINT):
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
+        ex = Extractor.from_path(args.model, layers, units=args.units, trust=args.trust_pickle, device=args.device)
+    done = failed = 0
+    for item in extract_to_folder(ex, args.audio, out, fmt=args.format, limit=args.limit,
+                                  progress=sys.stderr.isatty()):
+        if isinstance(item, ExtractionFailure):
+            failed += 1
+            sys.stderr.write(f"{prog}: error: {item.path}: {item.error}\n")
+        else:
+            done += 1
+    print(f"wrote {done} utterance(s) to {out} ({', '.join(ex.layers + (['units'] if ex.units else []))}; "
+          f"index.jsonl)")
+    if failed:
+        sys.stderr.write(f"{prog}: {failed} of {done + failed} inputs failed\n")
+        raise SystemExit(EXIT_PARTIAL if done else EXIT_USAGE)
+
+
+# --------------------------------------------------------------------------------- data preparation
+def manifest(argv: list[str] | None = None) -> None:
+    """``w2v2-manifest AUDIO_DIR --dest DIR``: fairseq manifests for a folder of audio, and with
+    transcripts (a path<TAB>text or CSV file, LibriSpeech *.trans.txt, or .txt/.lab sidecars)
+    the .ltr/.wrd labels and dict.ltr.txt, text normalised to a character set with a report of
+    what was dropped. Splits per file (--valid-percent, --test-percent: fractions) or per speaker
+    (--speaker-disjoint). A bad file stops it with one message naming it, or with --skip-bad is
+    skipped and listed (exit 1)."""
+    from wav2vec2_lite.data.prepare import AUDIO_EXTENSIONS, DEFAULT_CHARSET, prepare_dataset
+
+    prog = "w2v2-manifest"
+    p = _Parser(prog, manifest.__doc__)
+    p.add_argument("audio_dir", metavar="AUDIO_DIR", help="folder searched recursively for audio files")
+    p.add_argument("--dest", required=True, help="output folder for SPLIT.tsv/.ltr/.wrd and dict.ltr.txt")
+    p.add_argument("--transcripts", metavar="FILE", help="path<TAB>text lines, or a CSV with path and text columns "
+                   "(default: LibriSpeech *.trans.txt or .txt/.lab sidecars if present, else unlabelled)")
+    p.add_argument("--ext", default=",".join(AUDIO_EXTENSIONS), help="audio extensions, comma-separated "
+                   "(default: %(default)s)")
+    p.add_argument("--valid-percent", type=float, default=0.01, help="fraction of the files (or of the "
+                   "utterances, by speaker) in valid (default: %(default)s; 0: no valid split)")
+    p.add_argument("--test-percent", type=float, default=0.0, help="fraction in test (default: 0, none)")
+    p.add_argument("--speaker-disjoint", action="store_true", help="whole speakers per split: the first folder "
+                   "below AUDIO_DIR, or the first group of --speaker-pattern")
+    p.add_argument("--speaker-pattern", metavar="REGEX", help="regular expression on the relative path whose "
+                   "first group is the speaker")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
+    p.add_argument("--charset", default=DEFAULT_CHARSET, help="characters kept in transcripts (default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and list unusable files instead of stopping")
+    p.add_argument("--path-must-contain", metavar="TEXT", help="keep only files whose path contains TEXT")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        report = prepare_dataset(
+            args.audio_dir, args.dest, transcripts=args.transcripts, extensions=args.ext.split(","),
+            valid_percent=args.valid_percent, test_percent=args.test_percent,
+            speaker_disjoint=args.speaker_disjoint or args.speaker_pattern is not None,
+            speaker_pattern=args.speaker_pattern, seed=args.seed, charset=args.charset, skip_bad=args.skip_bad,
+            path_must_contain=args.path_must_contain)
+    for s in report.skipped:
+        sys.stderr.write(f"{prog}: skipped {s['path']}: {s['reason']}\n")
+    for line in report.summary():
+        print(line)
+    print(f"wrote {args.dest} ({', '.join(report.splits)}{' + labels, dict.ltr.txt' if report.labelled else ''}, "
+          f"prepare_report.json)")
+    if report.skipped:
+        sys.stderr.write(f"{prog}: {len(report.skipped)} of {report.audio_files} files skipped\n")
+        raise SystemExit(EXIT_PARTIAL)
+
+
+# --------------------------------------------------------------------------------- run reports
+def report(argv: list[str] | None = None) -> None:
+    """``w2v2-report RUN_DIR``: one self-contained HTML page for a training run (curves, health
+    events, config; codebook usage on a split with --manifest-dir)."""
+    from wav2vec2_lite.tools.report import write_report
+
+    prog = "w2v2-report"
+    p = _Parser(prog, report.__doc__)
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="default: RUN_DIR/report.html")
+    p.add_argument("--manifest-dir", type=Path, help="pretraining runs: corpus folder for the codebook-usage plot")
+    p.add_argument("--split", default="valid")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        print(f"wrote {write_report(args.run_dir, args.out, manifest_dir=args.manifest_dir, split=args.split)}")
+
+
+def sweep_summary(argv: list[str] | None = None) -> None:
+    """``w2v2-sweep-summary SWEEP_DIR``: a Hydra multirun sweep as a markdown table of each run's
+    final validation metrics (SWEEP_DIR/summary.md), and with --plot a plot of one metric."""
+    from wav2vec2_lite.tools.sweep import collect_sweep, plot_sweep, sweep_table
+
+    prog = "w2v2-sweep-summary"
+    p = _Parser(prog, sweep_summary.__doc__)
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--metrics", nargs="*", help="validation metrics to show (default: all)")
+    p.add_argument("--plot", metavar="METRIC", help="also write sweep_METRIC.png in the sweep folder")
+    p.add_argument("--out", type=Path, help="write the table here (default: SWEEP_DIR/summary.md)")
+    args = p.parse_intermixed_args(argv)
+    with _reported(prog, args.debug):
+        runs = collect_sweep(args.sweep_dir)
+        table = sweep_table(runs, args.metrics)
+        out = args.out or args.sweep_dir / "summary.md"
+        out.write_text(table)
+        print(table)
+        print(f"wrote {out}")
+        if args.plot:
+            print(f"wrote {plot_sweep(runs, args.plot, args.sweep_dir / f'sweep_{args.plot}.png')}")
+
+
+def probe(argv: list[str] | None = None) -> None:
+    """``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes (valid CER) of a model, its
+    architecture at random init and the log-mel front end (``wav2vec2_lite.probes``, docs/probes.md)."""
+    from wav2vec2_lite.probes.cli import main
+
+    main(argv)

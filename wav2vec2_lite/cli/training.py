@@ -1,0 +1,192 @@
+"""``w2v2-pretrain`` / ``w2v2-finetune``: Hydra around the trainer, with the project's one-line errors,
+its own ``--help`` and one shared run folder under torchrun."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from wav2vec2_lite.cli.common import CONFIG_DIR, _OVERRIDE_HINTS, _debug_wanted, _fail, _reported
+
+# --------------------------------------------------------------------------------- training
+def run_from_hydra(cfg) -> dict:
+    """Typed config from Hydra's composed one, run dir from Hydra, then train."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from wav2vec2_lite.train.config import to_run_config
+    from wav2vec2_lite.train.trainer import train
+
+    run_cfg = to_run_config(cfg)
+    run_dir = run_cfg.run_dir or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
+    return train(run_cfg, run_dir)
+
+
+def _check_run_dir_overrides(argv: list[str]) -> None:
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it."""
+    from wav2vec2_lite.train.run_dir import RunDir
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            RunDir(value).check_folder(key.lstrip("+"))
+
+
+def _shared_run_dir(argv: list[str], task: str) -> list[str]:
+    """Under torchrun every rank must write to one run folder: without ``hydra.run.dir``, name it
+    after the rendezvous run id (the same on every rank and node) instead of each rank's clock."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "-m" in argv or "--multirun" in argv:
+        return argv
+    if any(a.partition("=")[0].lstrip("+") == "hydra.run.dir" for a in argv):
+        return argv
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    if not run_id or run_id == "none":
+        raise ValueError(f"{world} processes without hydra.run.dir and without a torchrun run id: give "
+                         f"hydra.run.dir=DIR (on storage every node sees) so that all ranks share one run folder")
+    kind = "pretrain" if task.startswith("pretrain") else "finetune"
+    return [*argv, f"hydra.run.dir=outputs/{kind}/torchrun_{run_id}"]
+
+
+def _hydra_task(prog: str, debug: bool):
+    """``run_from_hydra`` with user errors reported as one message (inside the job, before Hydra's own report)."""
+
+    def task(cfg) -> dict:
+        with _reported(prog, debug, _OVERRIDE_HINTS):
+            return run_from_hydra(cfg)
+
+    return task
+
+
+_MAIN_KEYS = {
+    "pretrain": ["data.manifest_dir", "data.max_tokens", "data.max_sample_size", "model.preset", "model.objective",
+                 "optim.lr", "schedule.warmup_updates", "trainer.max_updates", "trainer.update_freq",
+                 "trainer.precision", "trainer.seed", "trainer.num_threads"],
+    "finetune": ["data.manifest_dir", "data.max_tokens", "finetune.pretrained", "finetune.freeze_finetune_updates",
+                 "ctc.mask_time_prob", "optim.lr", "trainer.max_updates", "trainer.update_freq", "trainer.precision",
+                 "trainer.seed", "trainer.num_threads"],
+}
+
+
+def _first_comment(path: Path, width: int = 90) -> str:
+    """The first sentence of a config file's opening comment (what it is for), at most ``width`` characters."""
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words += line.lstrip("#").split()
+    return _clip(" ".join(words).split(". ")[0].split(": ")[0].rstrip("."), width)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text``, cut at a word boundary with an ellipsis when longer than ``width``."""
+    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _key_doc(kind: str, key: str) -> str:
+    """The first sentence of a run-config key's docstring (``group.name``), from the dataclass source."""
+    import ast
+    import inspect
+    import textwrap
+
+    from wav2vec2_lite.config import Wav2Vec2Config
+    from wav2vec2_lite.train.config import _SCHEMAS, _groups
+    from wav2vec2_lite.train.schedules import SCHEDULES
+
+    group, _, name = key.partition(".")
+    if name == "preset":
+        return "model size: tiny | base | large (a config group: model=tiny)"
+    classes = {"ctc": [Wav2Vec2Config], "schedule": list(SCHEDULES.values())}.get(group) or [_groups(_SCHEMAS[kind])[group]]
+    for cls in classes:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for node, after in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name \
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                return " ".join(str(after.value.value).split()).split(". ")[0].rstrip(".")
+    raise KeyError(f"{key}: no such documented key of a {kind} run")
+
+
+def _training_help(kind: str, prog: str) -> str:
+    """``--help`` of the training commands: the named configs, config groups and main keys."""
+    names = sorted(p.stem for p in CONFIG_DIR.glob(f"{kind}*.yaml"))
+    groups = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()
+              and any(d.glob("*.yaml"))}
+    lines = [f"usage: {prog} [--config-name NAME] [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--debug]", "",
+             f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'} with Hydra configs from "
+             f"{CONFIG_DIR}.", "", "named configs (--config-name NAME; default: " + kind + "):"]
+    width = max(len(n) for n in names)
+    lines += [f"  {n:<{width}}  {_first_comment(CONFIG_DIR / (n + '.yaml'))}" for n in names]
+    lines += ["", "config groups (GROUP=OPTION):"] + [f"  {g}: {' | '.join(opts)}" for g, opts in groups.items()]
+    lines += ["", "main keys (KEY=VALUE):"]
+    width = max(len(k) for k in _MAIN_KEYS[kind])
+    lines += [f"  {k:<{width}}  {_clip(_key_doc(kind, k), 90)}" for k in _MAIN_KEYS[kind]]
+    lines += ["", "other options:",
+              "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes from its last checkpoint",
+              "  -m                  multirun: comma-separated values sweep, one run folder per job",
+              "  --cfg job           print the composed config and exit",
+              "  --debug             show the traceback of an error",
+              "", "Every key with its default and meaning: docs/config.md."]
+    return "\n".join(lines)
+
+
+def _main(config_name: str, prog: str) -> None:
+    """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override) become one message."""
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from wav2vec2_lite.train.config import register_configs
+
+    argv, debug = _debug_wanted(sys.argv[1:])
+    if not CONFIG_DIR.is_dir():
+        _fail(prog, f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
+    if "-h" in argv or "--help" in argv:
+        print(_training_help(config_name, prog))
+        return
+    with _reported(prog, debug, _OVERRIDE_HINTS):
+        _check_run_dir_overrides(argv)
+        argv = _shared_run_dir(argv, config_name)
+    register_configs()
+    sys.argv[1:] = argv
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report; we report
+    try:
+        hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+            _hydra_task(prog, debug))()
+    except (HydraException, OmegaConfBaseException) as e:
+        if debug:
+            raise
+        _fail(prog, _hydra_message(e, kind=config_name))
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def _hydra_message(e: BaseException, kind: str) -> str:
+    """A Hydra/OmegaConf error in one line. A key the schema lacks gets the project's unknown-key line
+    (closest valid key); otherwise Hydra's first line, its cause's, then the rest, without OmegaConf's
+    indented details."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from wav2vec2_lite.train.config import unknown_key_error
+
+    head = str(e).split("'")
+    if isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)) and head[0] == "Could not override " \
+            and len(head) > 2:
+        return str(unknown_key_error(head[1].lstrip("+~"), kind))
+    own = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
+    cause = str(e.__cause__).splitlines()[:1] if isinstance(e.__cause__, Exception) else []
+    lines = dict.fromkeys(own[:1] + [ln.strip() for ln in cause] + own[1:])
+    return " ".join(ln if ln[-1] in ".:;!?" else f"{ln}." for ln in lines)
+
+
+def pretrain() -> None:
+    """``w2v2-pretrain``: self-supervised pretraining (configs/pretrain.yaml)."""
+    _main("pretrain", "w2v2-pretrain")
+
+
+def finetune() -> None:
+    """``w2v2-finetune``: CTC fine-tuning (configs/finetune.yaml)."""
+    _main("finetune", "w2v2-finetune")
