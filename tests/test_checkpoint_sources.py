@@ -177,7 +177,7 @@ def test_finetune_cli_takes_hf_and_fairseq_checkpoints_and_replaces_their_heads(
              f"hydra.run.dir={run}"],
             capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
-        log = proc.stdout + proc.stderr + (run / "cli.log").read_text()
+        log = proc.stdout + proc.stderr + (run / "train.log").read_text()
         assert "dropped its CTC head (20 outputs)" in log and f"new CTC head over the {n_symbols} symbols" in log
         tuned = load_model(run / "checkpoints" / "last")
         assert tuned.lm_head.out_features == n_symbols

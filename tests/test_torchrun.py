@@ -39,18 +39,20 @@ def _worst(a: Path, b: Path) -> float:
     return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=8, valid=2, seed=3)
-
-
-def test_pretraining_and_finetuning_under_torchrun_match_one_process_and_share_one_folder(corpus, tmp_path):
-    common = ["--config-name", "pretrain_tiny", f"data.manifest_dir={corpus}", *TINY, "trainer.max_updates=3"]
-    _launch("pretrain.py", *common, "trainer.update_freq=2", f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
-    _launch("pretrain.py", *common, "trainer.update_freq=1", cwd=tmp_path, nproc=2)  # no hydra.run.dir
+def test_torchrun_matches_one_process_shares_one_folder_and_resumes(tmp_path):
+    corpus = make_toy_corpus(tmp_path / "toy", train=8, valid=2, seed=3)
+    # the same learning-rate schedule whether a run stops at 2 or 4 updates
+    common = ["--config-name", "pretrain_tiny", f"data.manifest_dir={corpus}", *TINY, "schedule.total_updates=4",
+              "trainer.save_interval=2"]
+    _launch("pretrain.py", *common, "trainer.max_updates=4", "trainer.update_freq=2",
+            f"hydra.run.dir={tmp_path / 'one'}", cwd=tmp_path)
+    _launch("pretrain.py", *common, "trainer.max_updates=2", cwd=tmp_path, nproc=2)  # no hydra.run.dir
     shared = list((tmp_path / "outputs" / "pretrain").iterdir())
     assert len(shared) == 1 and shared[0].name.startswith("torchrun_"), shared  # every rank wrote here
-    assert _worst(tmp_path / "one", shared[0]) < 1e-4
+    again = _launch("pretrain.py", *common, "trainer.max_updates=4", f"hydra.run.dir={shared[0]}", cwd=tmp_path,
+                    nproc=2)
+    assert "resuming from update 2" in again.stdout + again.stderr
+    assert _worst(tmp_path / "one", shared[0]) < 1e-4  # 2 ranks x 1 micro-batch == 1 process x 2, resumed or not
 
     ft = ["--config-name", "finetune_tiny", f"data.manifest_dir={corpus}", f"finetune.pretrained={tmp_path / 'one'}",
           "trainer.max_updates=3", "trainer.progress=false", "trainer.num_threads=1", "trainer.valid_interval=0",
@@ -58,16 +60,3 @@ def test_pretraining_and_finetuning_under_torchrun_match_one_process_and_share_o
     _launch("finetune.py", *ft, "trainer.update_freq=2", f"hydra.run.dir={tmp_path / 'ft_one'}", cwd=tmp_path)
     _launch("finetune.py", *ft, "trainer.update_freq=1", f"hydra.run.dir={tmp_path / 'ft_two'}", cwd=tmp_path, nproc=2)
     assert _worst(tmp_path / "ft_one", tmp_path / "ft_two") < 1e-4
-
-
-def test_a_resume_under_torchrun_continues_the_same_run(corpus, tmp_path):
-    common = ["--config-name", "pretrain_tiny", f"data.manifest_dir={corpus}", *TINY, "trainer.save_interval=2",
-              "schedule.total_updates=4"]  # the same learning-rate schedule, stopped at 2 or 4 updates
-    _launch("pretrain.py", *common, "trainer.max_updates=4", f"hydra.run.dir={tmp_path / 'straight'}", cwd=tmp_path,
-            nproc=2)
-    _launch("pretrain.py", *common, "trainer.max_updates=2", f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path,
-            nproc=2)
-    again = _launch("pretrain.py", *common, "trainer.max_updates=4", f"hydra.run.dir={tmp_path / 'resumed'}",
-                    cwd=tmp_path, nproc=2)
-    assert "resuming from update 2" in again.stdout + again.stderr
-    assert _worst(tmp_path / "straight", tmp_path / "resumed") == 0.0

@@ -48,7 +48,8 @@ class CheckpointSource:
     path: Path
 
     def __str__(self) -> str:
-        return f"{self.kind} checkpoint {self.path}"
+        """The path, then the kind when it is another library's (messages start with the path)."""
+        return str(self.path) if self.kind == "wav2vec2_lite" else f"{self.path} ({self.kind} checkpoint)"
 
 
 @dataclass

@@ -148,7 +148,8 @@ class TrainerConfig:
     dist_backend: DistBackend = DistBackend.auto
     """``auto``: nccl on cuda, gloo on cpu."""
     find_unused_parameters: Optional[bool] = None
-    """DDP: None = on when layerdrop > 0 or the encoder is frozen for some updates."""
+    """DDP: None = on when layerdrop > 0, the encoder is frozen for some updates, or time masking
+    is off (an unused mask embedding)."""
 
     def check(self) -> None:
         self.precision = parse_precision(self.precision)

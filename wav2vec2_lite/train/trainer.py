@@ -147,7 +147,8 @@ class Trainer:
             find_unused = self.cfg.trainer.find_unused_parameters
             if find_unused is None:
                 freeze = getattr(getattr(self.cfg, "finetune", None), "freeze_finetune_updates", 0)
-                find_unused = self.model.config.layerdrop > 0 or freeze > self.update
+                cfg = self.model.config  # layers skipped, a frozen encoder, or an unused mask embedding
+                find_unused = cfg.layerdrop > 0 or freeze > self.update or cfg.mask_time_prob <= 0
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused)
