@@ -6,11 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from wav2vec2_lite.data.manifest import read_labels, read_manifest, write_labels, write_manifest
+from wav2vec2_lite.asr.evaluate import evaluate_split
 from wav2vec2_lite.tools.label_curve import load_plan, load_summaries, run_plan, summary_path
 from wav2vec2_lite.tools.label_curve_cli import main
 from wav2vec2_lite.tools.label_curve_report import choose_on_valid
@@ -124,10 +126,17 @@ def test_protocol_end_to_end(setup, capsys):
     assert main(["report", "--plan", str(plan_path)]) == 0
     assert "test not scored yet" in (Path(spec["results_dir"]) / "report.md").read_text()
 
+    sealed = sorted((Path(spec["results_dir"]) / "sealed").glob("*.json.gz"))
+    assert len(sealed) == len(plan["runs"])                                       # every run sealed its test
+    gone = chosen[0]                                                              # a folder lost before scoring:
+    expected = evaluate_split(gone["run_dir"], setup["corpus"], "test")           # scored from its sealed transcripts
+    shutil.rmtree(gone["run_dir"])
     assert main(["score-test", "--plan", str(plan_path)]) == 0
     marker = Path(spec["results_dir"]) / "test_scores.json"
     scores = json.loads(marker.read_text())
     assert sorted(r["id"] for r in scores["chosen"]) == sorted(c["id"] for c in chosen)
+    row = next(r for r in scores["chosen"] if r["id"] == gone["id"])
+    assert (row["test_cer"], row["test_wer"]) == (expected.cer, expected.wer)
     assert all(set(r["test_by_kind"]) == {"domain", "general"} for r in scores["chosen"])
     capsys.readouterr()
     assert main(["score-test", "--plan", str(plan_path)]) == 2                     # once only

@@ -20,7 +20,7 @@ from wav2vec2_lite.data.manifest import ltr_to_text, read_labels, read_manifest
 from wav2vec2_lite.asr.metrics import char_errors, word_errors
 from wav2vec2_lite.asr.transcribe import Transcriber
 
-__all__ = ["EvalResult", "by_kind", "evaluate_split", "sentence_kinds"]
+__all__ = ["EvalResult", "by_kind", "evaluate_split", "score_hypotheses", "sentence_kinds", "read_references"]
 
 
 @dataclass
@@ -53,7 +53,9 @@ class EvalResult:
         return out
 
 
-def _score(hyps: list[str], refs: list[str], paths: list[str], failed: dict[str, str] | None = None) -> EvalResult:
+def score_hypotheses(hyps: list[str], refs: list[str], paths: list[str],
+                     failed: dict[str, str] | None = None) -> EvalResult:
+    """Corpus WER/CER of hypotheses already made (``failed``: path -> why, scored as empty)."""
     return EvalResult(wer=word_errors(refs, hyps).rate, cer=char_errors(refs, hyps).rate, utterances=len(refs),
                       hypotheses=hyps, references=refs, paths=paths, failed=failed or {})
 
@@ -82,9 +84,22 @@ def by_kind(result: EvalResult, kinds: dict[str, str]) -> dict[str, EvalResult]:
     for i, path in enumerate(result.paths):
         if path in kinds:
             groups.setdefault(kinds[path], []).append(i)
-    return {kind: _score([result.hypotheses[i] for i in idx], [result.references[i] for i in idx],
+    return {kind: score_hypotheses([result.hypotheses[i] for i in idx], [result.references[i] for i in idx],
                          [result.paths[i] for i in idx])
             for kind, idx in sorted(groups.items())}
+
+
+def read_references(manifest_dir: str | Path, split: str, labels: str = "wrd"):
+    """``(manifest, reference texts)`` of ``SPLIT.tsv`` and ``SPLIT.wrd`` (or ``.ltr``), checked to align."""
+    manifest_dir = Path(manifest_dir)
+    manifest = read_manifest(manifest_dir / f"{split}.tsv")
+    label_path = manifest_dir / f"{split}.{labels}"
+    refs = read_labels(label_path)
+    if labels == "ltr":
+        refs = [ltr_to_text(r) for r in refs]
+    if len(refs) != len(manifest.paths):
+        raise ValueError(f"{label_path}: {len(refs)} lines for {len(manifest.paths)} utterances in {split}.tsv")
+    return manifest, refs
 
 
 def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
@@ -95,15 +110,8 @@ def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, sp
     loads. An utterance that cannot be transcribed counts as an empty hypothesis and is listed
     in ``failed``, so the corpus rates never silently leave it out.
     """
-    manifest_dir = Path(manifest_dir)
     tr = model if isinstance(model, Transcriber) else Transcriber.from_path(model)
-    manifest = read_manifest(manifest_dir / f"{split}.tsv")
-    label_path = manifest_dir / f"{split}.{labels}"
-    refs = read_labels(label_path)
-    if labels == "ltr":
-        refs = [ltr_to_text(r) for r in refs]
-    if len(refs) != len(manifest.paths):
-        raise ValueError(f"{label_path}: {len(refs)} lines for {len(manifest.paths)} utterances in {split}.tsv")
+    manifest, refs = read_references(manifest_dir, split, labels)
     n = len(refs) if limit is None else min(limit, len(refs))
     paths = manifest.paths[:n]
     hyps, failed = [], {}
@@ -113,4 +121,4 @@ def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, sp
         except Exception as e:  # noqa: BLE001 - scored as an empty hypothesis and reported
             hyps.append("")
             failed[p] = " ".join(str(e).split()).removeprefix(f"{manifest.root / p}: ") or type(e).__name__
-    return _score(hyps, refs[:n], paths, failed)
+    return score_hypotheses(hyps, refs[:n], paths, failed)

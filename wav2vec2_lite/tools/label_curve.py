@@ -7,7 +7,9 @@ multipliers offered to both, the protocol's minimum seeds) and writes every run'
 into a plan file, to be committed before the first run. ``run`` trains the plan's runs (one at
 a time in this process, or ``--jobs N`` subprocesses side by side), skipping every run whose
 summary already exists, and writes one small JSON summary per finished run (config, seed,
-valid curve, final and best valid metrics; no weights) under ``RESULTS/runs/``. Choosing on
+valid curve, final and best valid metrics; no weights) under ``RESULTS/runs/``, and the best
+checkpoint's test transcripts, unscored, under ``RESULTS/sealed/`` (so that test can be scored at
+the end without the run folders, which machines do not keep). Choosing on
 valid, scoring test once and the report live in :mod:`wav2vec2_lite.tools.label_curve_report`.
 
     python scripts/label_curve.py plan --spec SPEC --out PLAN
@@ -32,12 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wav2vec2_lite.serialization import atomic_write_text
+from wav2vec2_lite.serialization import atomic_write_bytes, atomic_write_text
 from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT, TOPLINE, TOPLINE_SUBSET,
                                                   LabelCurveError, load_mapping, validate_spec)
 
 __all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
-           "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso"]
+           "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso",
+           "seal_test_transcripts", "read_sealed", "sealed_path"]
 
 
 def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
@@ -209,6 +212,7 @@ def _train_one(plan: dict, run: dict) -> dict:
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"])
     t0 = time.time()
     train(cfg, run_dir)
+    seal_test_transcripts(plan, run, run_dir)
     valid = [r for r in read_metrics(run_dir / "metrics.jsonl", kind="valid") if "cer" in r]
     if not valid:
         raise LabelCurveError(f"{run_dir}: the run logged no valid CER")
@@ -224,6 +228,49 @@ def _train_one(plan: dict, run: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)
     return summary
+
+
+def sealed_path(plan: dict, run_id: str) -> Path:
+    return Path(plan["spec"]["results_dir"]) / "sealed" / f"{run_id}.json.gz"
+
+
+def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
+    """The run's best checkpoint transcribes ``test`` (greedy) and the hypotheses are written,
+    unscored and gzipped, to ``RESULTS/sealed/RUN.json.gz`` (committed with the summary), so that
+    test can be scored once at the end even if the run's folder is gone by then. Nothing reads
+    them but ``score-test``, and only for the runs chosen on valid."""
+    import gzip
+
+    from wav2vec2_lite.asr.evaluate import read_references
+    from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.interop.sources import detect
+    from wav2vec2_lite.serialization import file_sha256
+
+    folder = detect(run_dir).path
+    manifest, _ = read_references(plan["spec"]["corpus"], "test")
+    tr = Transcriber.from_path(folder)
+    hyps, failed = [], {}
+    for rel in manifest.paths:
+        try:
+            hyps.append(tr.transcribe_file(manifest.root / rel).text)
+        except Exception as e:  # noqa: BLE001 - scored as empty, as evaluate_split does
+            hyps.append("")
+            failed[rel] = " ".join(str(e).split()) or type(e).__name__
+    record = {"format": 1, "run": run["id"], "checkpoint": folder.name,
+              "weights_sha256": file_sha256(folder / "model.safetensors"), "paths": manifest.paths,
+              "hypotheses": hyps, "failed": failed}
+    out = sealed_path(plan, run["id"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, gzip.compress(json.dumps(record).encode(), mtime=0))
+    return out
+
+
+def read_sealed(plan: dict, run_id: str) -> dict | None:
+    """The sealed test transcripts of a run (for ``score-test`` only), or None."""
+    import gzip
+
+    path = sealed_path(plan, run_id)
+    return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else None
 
 
 def test_marker(plan: dict) -> Path:

@@ -19,7 +19,7 @@ import math
 import statistics
 from pathlib import Path
 
-from wav2vec2_lite.tools.label_curve import load_summaries, now_iso, test_marker, write_json
+from wav2vec2_lite.tools.label_curve import load_summaries, now_iso, read_sealed, sealed_path, test_marker, write_json
 from wav2vec2_lite.tools.label_curve_spec import ARMS, TOPLINE, LabelCurveError
 from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, median, welch_t
 
@@ -47,7 +47,7 @@ def choose_on_valid(plan: dict, summaries: dict[str, dict]) -> tuple[list[dict],
 
 def score_test(plan: dict) -> Path:
     """Score test once for the runs chosen on valid; the results file is the refusal marker."""
-    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
+    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, read_references, score_hypotheses, sentence_kinds
 
     marker = test_marker(plan)
     if marker.exists():
@@ -59,15 +59,27 @@ def score_test(plan: dict) -> Path:
         raise LabelCurveError(f"{len(missing)} planned run(s) have no summary yet (e.g. {missing[0]}); test is scored "
                               f"once, after every run (see `status`)")
     chosen, _ = choose_on_valid(plan, summaries)
-    absent = [s["run_dir"] for s in chosen if not Path(s["run_dir"]).is_dir()]
+    sealed = {s["id"]: read_sealed(plan, s["id"]) for s in chosen}
+    absent = [s["run_dir"] for s in chosen if not Path(s["run_dir"]).is_dir() and sealed[s["id"]] is None]
     if absent:
-        raise LabelCurveError(f"{len(absent)} chosen run folder(s) are missing (e.g. {absent[0]}); test needs their "
-                              f"best checkpoints")
+        raise LabelCurveError(f"{len(absent)} chosen run(s) have neither their folder nor sealed test transcripts "
+                              f"(e.g. {absent[0]}); test needs one of them")
     corpus = plan["spec"]["corpus"]
     kinds = sentence_kinds(corpus)
+    manifest, refs = read_references(corpus, "test")
     rows = []
     for s in chosen:
-        res = evaluate_split(s["run_dir"], corpus, "test")
+        seal = sealed[s["id"]]
+        if Path(s["run_dir"]).is_dir():
+            res = evaluate_split(s["run_dir"], corpus, "test")
+            if seal is not None and seal["hypotheses"] != res.hypotheses:
+                raise LabelCurveError(f"{sealed_path(plan, s['id'])}: the sealed test transcripts differ from what "
+                                      f"{s['run_dir']} transcribes now (another checkpoint or corpus?)")
+        else:  # the folder is gone: the transcripts sealed when the run finished
+            if seal["paths"] != manifest.paths:
+                raise LabelCurveError(f"{sealed_path(plan, s['id'])}: sealed for another test manifest than "
+                                      f"{corpus}/test.tsv")
+            res = score_hypotheses(seal["hypotheses"], refs, seal["paths"], seal["failed"])
         rows.append({k: s[k] for k in ("id", "arm", "subset", "minutes", "pretrain", "seed", "trial", "lr", "lr_scale")}
                     | {"valid_cer": s["best_valid"]["cer"], "valid_wer": s["best_valid"]["wer"],
                        "test_cer": res.cer, "test_wer": res.wer, "test_utterances": res.utterances,
