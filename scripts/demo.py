@@ -1,17 +1,21 @@
-"""The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus.
+"""The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus (minutes on 2 cores).
 
-    python scripts/demo.py            # default: the short demo (minutes on a CPU)
-    FULL=1 python scripts/demo.py     # the longer "does pretraining help?" experiment (hours, resumable)
-
-Timings and results of both: docs/results/history.md.
+    python scripts/demo.py                                # the shipped checkpoint vs scratch, 1 and 10 min of labels
+    python scripts/demo.py --pretrained runs/my_pretrain  # any pretraining run or model folder instead
 
 Steps (each is skipped when its output is already complete, so a re-run resumes):
- 1. build the espeak-ng corpus (unlabeled / train_10min / train_1h / valid / test);
- 2. pretrain a tiny wav2vec 2.0 on ``unlabeled`` (self-supervised, no transcripts);
- 3. fine-tune it with CTC on ``train_10min`` (head-only warm-up; feature encoder frozen, FULL: trained);
- 4. fine-tune the same architecture from scratch on the same labels and budget (all parameters);
-    the fine-tuning runs go side by side, one core each;
- 5. score both on ``test`` (CER, WER), print a table, write plots, transcribe a few test files.
+ 1. build the espeak-ng corpus (unlabeled / train_1min / train_10min / train_1h / valid / test; seed 0,
+    the same held-out valid/test speakers and sentences as the shipped checkpoint's corpus);
+ 2. a short pretraining on ``unlabeled``: a pipeline check (the loss falls, the codebook is used),
+    not the model that is fine-tuned;
+ 3. fine-tune the shipped pretrained checkpoint (``wav2vec2_lite.pretrained``) with CTC, and the
+    same architecture from scratch, on 1 and 10 minutes of labels, 2 seeds each, the same budget
+    per size for both arms; the runs go side by side, one core each;
+ 4. score every run's best-valid checkpoint on ``test``, print the table beside the committed label
+    curve, write plots, transcribe a few test files.
+
+This is a quick check, never used to choose anything: the label curve (docs/results/label_curve.md,
+``scripts/label_curve.py``) is the experiment, with lr trials chosen on valid and test scored once.
 """
 
 from __future__ import annotations
@@ -138,179 +142,153 @@ def train_cmd(script: str, config: str, overrides: list[str], run_dir: Path, upd
             f"trainer.max_updates={updates}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
-def lr_scale_tag(lr_scale: dict[str, float] | None) -> str:
-    """``{"lm_head": 4.0}`` → ``"_lrscale_lm_head4"``: names a per-part-lr variant's runs and results."""
-    return "_lrscale_" + "_".join(f"{k}{v:g}" for k, v in lr_scale.items()) if lr_scale else ""
-
-
-def finetune_arms(pre_dir: Path, pretrained_encoder: str = "frozen",
-                  lr_scale: dict[str, float] | None = None) -> dict[str, tuple[str, list[str]]]:
-    """Each fine-tuning arm's run folder and overrides: the pretrained model (its conv feature
-    encoder ``frozen`` or ``trained`` too; ``lr_scale``: per-part learning rates, in the folder
-    name) and the same architecture from scratch, which trains every parameter from the first
-    update at one lr."""
-    scratch = ["model=tiny", "model.layer_norm_first=true", "model.num_codes_per_group=8",
-               "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
-               "ctc.feature_grad_mult=1.0"]
-    pretrained = ("finetune_pretrained", [f"finetune.pretrained={pre_dir}"])
-    if pretrained_encoder == "trained":
-        pretrained = ("finetune_pretrained_encoder_trained",
-                      [*pretrained[1], "finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0"])
-    if lr_scale:
-        pretrained = (pretrained[0] + lr_scale_tag(lr_scale),
-                      [*pretrained[1], *(f"+optim.lr_scale.{k}={v:g}" for k, v in lr_scale.items())])
-    return {"pretrained": pretrained, "scratch": ("finetune_scratch", scratch)}
-
-
 def gumbel_decay(updates: int) -> float:
     """Per-update decay of the Gumbel temperature that anneals 2 -> 0.5 over ~92 % of a run of
-    ``updates`` (0.999 at the default 1500). The tiny recipe's fixed decay reaches the floor early
-    in a run and the contrastive task stalls; scaled to the run it keeps improving
-    (docs/results/history.md, "What the recipe search found")."""
+    ``updates`` (0.999 at 1500). A fixed decay reaches the floor early in a short run and the
+    contrastive task stalls (docs/results/history.md, "What the recipe search found")."""
     return round(0.999 ** (1500 / updates), 7)
 
 
+# Fine-tuning recipes: the first lr trial of each arm in the label curve's spec
+# (docs/results/label_curve/spec.yaml). Same architecture for both (the shipped checkpoint's:
+# tiny, pre-LN); scratch trains every parameter from the first update.
+ARMS = {
+    "pretrained": ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0", "optim.lr=4e-3"],
+    "scratch": ["model=tiny", "model.layer_norm_first=true", "model.num_codes_per_group=8",
+                "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
+                "ctc.feature_grad_mult=1.0", "optim.lr=2e-3"],
+}
+SIZES = {"train_1min": 1, "train_10min": 10}  # subset -> labeled minutes
+
+
+def pipeline_check_summary(run_dir: Path) -> str:
+    """One line: the short pretraining's first and last valid loss and accuracy, and code usage."""
+    valid = [r for r in _records(run_dir) if r.get("kind") == "valid"]
+    if not valid:
+        return "no validation recorded"
+    a, b = valid[0], valid[-1]
+    return (f"valid contrastive loss {a['loss']:.3f} -> {b['loss']:.3f} (chance {b.get('chance_loss', float('nan')):.3f}), "
+            f"accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, code perplexity {b['code_perplexity']:.1f}")
+
+
+def shipped_description(pretrained: str) -> str:
+    """Which model the pretrained arm starts from, and how it was made (its provenance)."""
+    from wav2vec2_lite import pretrained as bundles
+
+    if pretrained not in bundles.available() or Path(pretrained).exists():
+        return f"pretrained arm starts from {pretrained}"
+    p = bundles.provenance(pretrained)
+    c = p["corpus"]
+    last = p["final_metrics"]["chosen"]
+    return (f"pretrained arm starts from the shipped checkpoint '{pretrained}': {p['num_parameters']:,} parameters, "
+            f"{p['objective']} objective, {p['updates']:,} updates ({p['wall_clock_minutes']:.0f} min on "
+            f"{p['num_threads']} threads of a {p['cpu']['torch_capability']} CPU), {p['hours_of_audio_seen']:.0f} h of "
+            f"audio seen from {c['unlabeled']['minutes'] / 60:.0f} h of synthesized speech ({c['unlabeled']['num_speakers']} "
+            f"speakers, none of valid/test), valid accuracy {last['accuracy']:.3f}; code {p['code_version']}; "
+            f"wav2vec2_lite/pretrained/{pretrained}/provenance.json has the exact commands")
+
+
+def committed_curve() -> str:
+    """The ratio table of the committed label curve, or a line saying there is none yet."""
+    report = ROOT / "docs" / "results" / "label_curve" / "report.md"
+    if not report.is_file():
+        return ("The committed label curve: not run yet (protocol and plan: docs/results/label_curve.md); "
+                "until it is, this quick check is the only comparison, and two seeds cannot settle it.")
+    text = report.read_text(encoding="utf-8")
+    part = text[text.index("## Pretrained / scratch"):] if "## Pretrained / scratch" in text else text
+    return "The committed label curve (docs/results/label_curve/report.md):\n" + part.split("\n\n## ")[0]
+
+
 def main(argv: list[str] | None = None) -> None:
-    full = os.environ.get("FULL", "0") not in ("", "0")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT / ("data/demo_full" if full else "data/demo"))
-    p.add_argument("--out", type=Path, default=ROOT / ("runs/demo_full" if full else "runs/demo"))
-    # FULL: at the default 1500 updates the pretrained arm is level with scratch within the seed
-    # spread, so the long run pretrains 10x longer, in resumable stages (docs/results/history.md)
-    p.add_argument("--pretrain-updates", type=int, default=15000 if full else 1500)
-    p.add_argument("--pretrain-stage-updates", type=int, default=6000,
-                   help="FULL: pretrain in resumable stages of this many updates (each well under 1 h)")
-    # The demo recipes train without the paper's L2 feature penalty: the conv features then grow,
-    # but the paper's weight 10 held the task at chance in a probe, so it stays off by default
-    # (docs/results/history.md, first round; docs/benchmarks.md, "Figures formerly in docstrings")
-    p.add_argument("--feature-penalty", type=float, default=None,
-                   help="pretraining's feature_penalty_weight (default: the recipe's, 0; the paper: 10)")
-    # The pretrained arm's conv feature encoder: frozen during fine-tuning (the paper's recipe, the
-    # demo's default) or fine-tuned with the rest. FULL trains it: frozen, the long run's pretrained
-    # model under-fitted train_10min (docs/results/history.md, second round)
-    p.add_argument("--pretrained-encoder", choices=["frozen", "trained"], default="trained" if full else "frozen",
-                   help="fine-tune the pretrained model's conv feature encoder too (trained) or not (frozen)")
-    # FULL: at 1500 updates the pretrained arm still under-fitted; 3000 let it fit
-    # (docs/results/history.md, third round)
-    p.add_argument("--finetune-updates", type=int, default=3000 if full else 1000)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3] if full else [1])
-    # FULL: two trials per arm, each arm's pair from its own earlier valid results (1500 updates):
-    # 1e-3 lost to 2e-3 on every pretrained seed, so the pretrained arm tries 2e-3 and 4e-3; scratch
-    # chose 1e-3 once and 2e-3 twice (and 2e-3 stalled one seed), so it keeps those two
-    # (docs/results/history.md, third round)
-    p.add_argument("--lrs", type=float, nargs="+", default=[2e-3, 4e-3] if full else [2e-3],
-                   help="fine-tuning learning rates tried per arm (chosen on valid, never on test)")
-    p.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 2e-3] if full else None,
-                   help="the scratch arm's own learning rates (default: --lrs; FULL: 1e-3 2e-3); give it as many as --lrs, "
-                        "so both arms get the same number of trials")
-    p.add_argument("--lr-scale", nargs="+", default=[], metavar="PREFIX=SCALE",
-                   help="the pretrained arm's per-part learning rates (optim.lr_scale), e.g. lm_head=4 "
-                        "wav2vec2.context=0.5: multiples of each trial's lr; its runs go to their own folder")
+    p.add_argument("--data", type=Path, default=ROOT / "data/demo")
+    p.add_argument("--out", type=Path, default=ROOT / "runs/demo")
+    p.add_argument("--pretrained", default="tiny-espeak-10h",
+                   help="the pretrained arm's start: a shipped checkpoint's name, a run or a model folder")
+    p.add_argument("--check-updates", type=int, default=300, help="updates of the pipeline-check pretraining")
+    p.add_argument("--updates", nargs="+", default=["train_1min=250", "train_10min=500"], metavar="SUBSET=N",
+                   help="fine-tuning updates per label size, the same for both arms")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--transcribe", type=int, default=3, help="test files to transcribe at the end")
     p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                    help="CPU cores to use: pretraining uses all, fine-tuning runs go side by side, one per core")
     args = p.parse_args(argv)
-    lrs = {"pretrained": args.lrs, "scratch": args.scratch_lrs or args.lrs}
-    if len(lrs["scratch"]) != len(lrs["pretrained"]):
-        p.error(f"--scratch-lrs gives {len(lrs['scratch'])} learning rates and --lrs {len(lrs['pretrained'])}: "
-                f"both arms get the same number of trials")
-    lr_scale: dict[str, float] = {}
-    for item in args.lr_scale:
-        prefix, _, value = item.partition("=")
-        try:
-            lr_scale[prefix] = float(value)
-        except ValueError:
-            p.error(f"--lr-scale {item!r}: expected PREFIX=SCALE, e.g. lm_head=4")
-        if not prefix or not lr_scale[prefix] > 0:
-            p.error(f"--lr-scale {item!r}: expected PREFIX=SCALE with SCALE > 0, e.g. lm_head=4")
+    budgets: dict[str, int] = {}
+    for item in args.updates:
+        subset, _, n = item.partition("=")
+        if subset not in SIZES or not n.isdigit() or int(n) < 1:
+            p.error(f"--updates {item!r}: expected SUBSET=N with SUBSET in {sorted(SIZES)} and N >= 1")
+        budgets[subset] = int(n)
+    from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+
+    try:
+        resolve(args.pretrained)
+    except UnknownPretrainedError as e:
+        p.error(f"--pretrained {e}")
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
     # 1. corpus
     corpus_cmd = [sys.executable, "scripts/synth_corpus.py", "--out", str(args.data)]
-    if full:
-        corpus_cmd.append("--full")
     if args.corpus_scale is not None:
         corpus_cmd += ["--scale", str(args.corpus_scale)]
     run(corpus_cmd, args.data)
 
     common = [f"data.manifest_dir={args.data}", f"trainer.precision={args.precision}", "data.valid_subset=valid"]
-    # 2. pretraining (resumable stages), all cores
-    pre_dir = args.out / "pretrain"
-    pre_overrides = [*common, "data.train_subset=unlabeled", f"schedule.total_updates={args.pretrain_updates}",
-                     f"model.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.pretrain_updates)}]",
-                     f"trainer.num_threads={args.cores}"]
-    if args.feature_penalty is not None:
-        pre_overrides.append(f"model.feature_penalty_weight={args.feature_penalty}")
-    stage = args.pretrain_stage_updates if full else args.pretrain_updates
-    target = 0
-    while target < args.pretrain_updates:
-        target = min(target + stage, args.pretrain_updates)
-        cmd = train_cmd("pretrain.py", "pretrain_demo", pre_overrides, pre_dir, target)
-        if cmd is not None:
-            add_minutes(pre_dir, run(cmd, pre_dir), args.cores)
-    pre_minutes = core_minutes(pre_dir)
+    # 2. the pipeline check: a short pretraining, all cores
+    check_dir = args.out / "pretrain_check"
+    check = [*common, "data.train_subset=unlabeled", f"schedule.total_updates={args.check_updates}",
+             f"schedule.warmup_updates={max(1, args.check_updates // 10)}",
+             f"model.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.check_updates)}]",
+             f"trainer.valid_interval={max(1, args.check_updates // 3)}", f"trainer.num_threads={args.cores}"]
+    cmd = train_cmd("pretrain.py", "pretrain_demo", check, check_dir, args.check_updates)
+    if cmd is not None:
+        add_minutes(check_dir, run(cmd, check_dir), args.cores)
+    print(f"[demo] pipeline check ({args.check_updates} updates): {pipeline_check_summary(check_dir)}")
 
-    # 3 + 4. fine-tuning: pretrained vs from scratch, same labels, same budget, same trials; the
-    # runs go side by side, one core each (the thread count is part of each run's recorded recipe)
-    arms = finetune_arms(pre_dir, args.pretrained_encoder, lr_scale)
-    trials = [(arm, seed, lr) for arm in arms for seed in args.seeds for lr in lrs[arm]]
-    parallel = max(1, min(args.cores, len(trials)))
-    threads = max(1, args.cores // parallel)
+    # 3. fine-tuning: the shipped checkpoint vs scratch, same labels, same budget, side by side
+    arms = {"pretrained": ("finetune_pretrained", [f"finetune.pretrained={args.pretrained}", *ARMS["pretrained"]]),
+            "scratch": ("finetune_scratch", ARMS["scratch"])}
     jobs, dirs = [], {}
-    for arm, seed, lr in trials:
-        folder, overrides = arms[arm]
-        # the budget is in the folder name: a run of another length is another run, never resumed
-        # into this one (its lr schedule spans its own length)
-        rd = dirs[arm, seed, lr] = args.out / folder / f"seed{seed}_lr{lr:g}_u{args.finetune_updates}"
-        cmd = train_cmd("finetune.py", "finetune_demo",
-                        [*common, "data.train_subset=train_10min", f"optim.lr={lr}", f"trainer.seed={seed}",
-                         f"trainer.num_threads={threads}", "trainer.progress=false", *overrides],
-                        rd, args.finetune_updates)
-        if cmd is not None:
-            jobs.append((cmd, rd, args.finetune_updates))
+    parallel = max(1, min(args.cores, len(arms) * len(budgets) * len(args.seeds)))
+    threads = max(1, args.cores // parallel)
+    for subset, updates in budgets.items():
+        for arm, (folder, overrides) in arms.items():
+            for seed in args.seeds:
+                # the budget is in the folder name: a run of another length is another run
+                rd = dirs[arm, subset, seed] = args.out / folder / f"{subset}_seed{seed}_u{updates}"
+                cmd = train_cmd("finetune.py", "finetune_demo",
+                                [*common, f"data.train_subset={subset}", f"trainer.seed={seed}",
+                                 f"trainer.valid_interval={max(1, updates // 5)}", f"trainer.num_threads={threads}",
+                                 "trainer.progress=false", *overrides], rd, updates)
+                if cmd is not None:
+                    jobs.append((cmd, rd, updates))
     for (_, rd, _), minutes in zip(jobs, run_side_by_side(jobs, parallel)):
         add_minutes(rd, minutes, threads)
 
-    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
-    for arm in arms:
-        for seed in args.seeds:
-            tried = []
-            for lr in lrs[arm]:
-                rd = dirs[arm, seed, lr]
-                valid = [r for r in _records(rd) if r.get("kind") == "valid"]
-                # CER, then WER: at this size WER sits near 100 % for a long time while CER moves
-                best_valid = min(((r["cer"], r["wer"]) for r in valid), default=(float("inf"), float("inf")))
-                tried.append({"dir": rd, "lr": lr, "valid_cer": best_valid[0], "valid_wer": best_valid[1],
-                              "minutes": core_minutes(rd)})
-            best = min(tried, key=lambda t: (t["valid_cer"], t["valid_wer"]))  # chosen on valid, never on test
-            runs[arm].append({**best, "seed": seed, "trial_minutes": sum(t["minutes"] for t in tried)})
-
-    # 5. test scores
+    # 4. test scores of each run's best-valid checkpoint (nothing is chosen: one trial per arm)
     from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
 
     kinds = sentence_kinds(args.data)
-    for arm, trials in runs.items():
-        for t in trials:
-            res = evaluate_split(t["dir"], args.data, "test")
-            t.update(test_wer=res.wer, test_cer=res.cer)
-            # WER on the closed command domain: meaningful at a size where open-vocabulary WER is ~100 %
-            for kind, part in by_kind(res, kinds).items():
-                t.update({f"test_wer_{kind}": part.wer, f"test_cer_{kind}": part.cer})
-    table = _table(runs, pre_minutes, encoder_trained=args.pretrained_encoder == "trained", lr_scale=lr_scale)
-    print("\n" + table)
-    results = {arm: [{k: (str(v) if isinstance(v, Path) else v) for k, v in t.items()} for t in trials]
-               for arm, trials in runs.items()}
-    results["pretrain_minutes"] = pre_minutes
-    results["total_minutes"] = (time.time() - t_start) / 60
-    # a per-part-lr variant keeps its own results beside the one-lr demo's, never over them
-    tag = lr_scale_tag(lr_scale)
-    (args.out / f"results{tag}.json").write_text(json.dumps(results, indent=2))
-    (args.out / f"results{tag}.md").write_text(table)
-    _plots(args.out, pre_dir, runs, tag)
-    _transcribe(runs["pretrained"][0]["dir"], args.data, args.transcribe)
+    runs: dict[str, dict[str, list[dict]]] = {subset: {arm: [] for arm in arms} for subset in budgets}
+    for (arm, subset, seed), rd in dirs.items():
+        res = evaluate_split(rd, args.data, "test")
+        row = {"dir": str(rd), "seed": seed, "test_cer": res.cer, "test_wer": res.wer, "minutes": core_minutes(rd)}
+        for kind, part in by_kind(res, kinds).items():
+            row[f"test_cer_{kind}"] = part.cer
+        runs[subset][arm].append(row)
+    table = _table(runs, budgets)
+    print("\n[demo] " + shipped_description(args.pretrained))
+    print("\n" + table + "\n" + committed_curve())
+    results = {"pretrained": args.pretrained, "budgets": budgets, "runs": runs,
+               "pipeline_check": pipeline_check_summary(check_dir), "total_minutes": (time.time() - t_start) / 60}
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.md").write_text(table)
+    _plots(args.out, check_dir, dirs)
+    best = min(runs[max(budgets, key=SIZES.get)]["pretrained"], key=lambda r: r["test_cer"])
+    _transcribe(Path(best["dir"]), args.data, args.transcribe)
     print(f"\n[demo] done in {(time.time() - t_start) / 60:.1f} min; results, plots and runs in {args.out}")
 
 
@@ -326,30 +304,21 @@ def _mean_spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def _table(runs: dict[str, list[dict]], pre_minutes: float, encoder_trained: bool = False,
-           lr_scale: dict[str, float] | None = None) -> str:
-    domain = all("test_wer_domain" in t for trials in runs.values() for t in trials)
-    lines = ["| model | test CER % | test WER % |" + (" WER % on commands |" if domain else "")
-             + " seeds | fine-tune lr (chosen on valid) | compute (core-min) |",
-             "| --- | --- | --- |" + (" --- |" if domain else "") + " --- | --- | --- |"]
-    for arm, trials in runs.items():
-        compute = sum(t["trial_minutes"] for t in trials) + (pre_minutes if arm == "pretrained" else 0.0)
-        label = ("pretrained + fine-tuned" + (" (conv encoder trained too)" if encoder_trained else "")
-                 + "".join(f", lr × {v:g} on {k}" for k, v in (lr_scale or {}).items())
-                 if arm == "pretrained" else "from scratch (same labels, same budget)")
-        cells = [label, _mean_spread([t["test_cer"] for t in trials]), _mean_spread([t["test_wer"] for t in trials])]
-        if domain:
-            cells.append(_mean_spread([t["test_wer_domain"] for t in trials]))
-        cells += [str(len(trials)), ", ".join(format(t["lr"], "g") for t in trials), f"{compute:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    pre, scr = (statistics.mean(t["test_cer"] for t in runs[a]) for a in ("pretrained", "scratch"))
-    ratio = pre / scr if scr > 0 else float("nan")
-    lines.append("")
-    lines.append(f"CER ratio pretrained / scratch = {ratio:.2f} (the paper's effect: < 1; target of the long run ≤ 0.6)")
+def _table(runs: dict[str, dict[str, list[dict]]], budgets: dict[str, int]) -> str:
+    """Test CER per label size and arm (mean ± sd over seeds) and the pretrained / scratch ratio."""
+    lines = ["Quick check (short budgets, one lr per arm, 2 seeds; never used for selection):", "",
+             "| labeled | updates | pretrained test CER % | scratch test CER % | ratio | per seed (pretrained / scratch) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for subset, arms in runs.items():
+        pre, scr = ([r["test_cer"] for r in arms[a]] for a in ("pretrained", "scratch"))
+        ratio = statistics.mean(pre) / statistics.mean(scr) if statistics.mean(scr) > 0 else float("nan")
+        seeds = ", ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in zip(pre, scr))
+        lines.append(f"| {SIZES[subset]} min ({subset}) | {budgets[subset]} | {_mean_spread(pre)} | {_mean_spread(scr)} "
+                     f"| {ratio:.2f} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
-def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]], tag: str = "") -> None:
+def _plots(out: Path, check_dir: Path, dirs: dict[tuple[str, str, int], Path]) -> None:
     try:
         from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
     except ImportError:
@@ -357,11 +326,12 @@ def _plots(out: Path, pre_dir: Path, runs: dict[str, list[dict]], tag: str = "")
     import math
 
     try:
-        k = json.loads((pre_dir / "checkpoints" / "last" / "config.json").read_text())["config"]["num_negatives"]
+        k = json.loads((check_dir / "checkpoints" / "last" / "config.json").read_text())["config"]["num_negatives"]
         chance = {"contrastive_loss": math.log(k + 1)}
-        print(f"[demo] wrote {plot_curves({'pretrain': read_records(pre_dir)}, PRETRAIN_PANELS, out / 'pretrain.png', hlines=chance, title='self-supervised pretraining')}")
-        ft = {f"{arm} (seed {t['seed']})": read_records(t["dir"]) for arm, trials in runs.items() for t in trials}
-        print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune{tag}.png', title='CTC fine-tuning on train_10min')}")
+        print(f"[demo] wrote {plot_curves({'pipeline check': read_records(check_dir)}, PRETRAIN_PANELS, out / 'pretrain_check.png', hlines=chance, title='pipeline check: a short pretraining')}")
+        for subset in sorted({s for _, s, _ in dirs}):
+            ft = {f"{arm} (seed {seed})": read_records(rd) for (arm, s, seed), rd in dirs.items() if s == subset}
+            print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune_{subset}.png', title=f'CTC fine-tuning on {subset}')}")
     except ImportError:
         print("[demo] matplotlib missing: no plots (pip install 'wav2vec2_lite[plot]')")
 

@@ -24,25 +24,49 @@ def _demo_module():
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_resumes(tmp_path):
+    """Corpus -> pipeline-check pretraining -> the shipped checkpoint and scratch fine-tuned at two
+    label sizes -> test table beside the committed curve -> plots -> transcripts; then a rerun
+    redoes no training."""
     cmd = [sys.executable, str(ROOT / "scripts" / "demo.py"), "--data", str(tmp_path / "data"), "--out",
-           str(tmp_path / "runs"), "--corpus-scale", "0.04", "--pretrain-updates", "6", "--finetune-updates", "6",
-           "--transcribe", "2"]
+           str(tmp_path / "runs"), "--corpus-scale", "0.04", "--check-updates", "6",
+           "--updates", "train_1min=4", "train_10min=6", "--seeds", "1", "--transcribe", "2"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     results = json.loads((tmp_path / "runs" / "results.json").read_text())
-    for arm in ("pretrained", "scratch"):
-        (run,) = results[arm]
-        assert 0.0 <= run["test_cer"] <= 2.0 and 0.0 <= run["test_wer"] <= 2.0
-        assert f"| {100 * run['test_cer']:.1f} |" in first.stdout  # the table reports results.json's CER
-        assert Path(run["dir"], "checkpoints", "last", "model.safetensors").is_file()
-        assert Path(run["dir"]).name == "seed1_lr0.002_u6"  # the budget names the folder: never resumed into
-    assert "| pretrained + fine-tuned |" in first.stdout and "CER ratio pretrained / scratch" in first.stdout
+    assert results["pretrained"] == "tiny-espeak-10h" and results["budgets"] == {"train_1min": 4, "train_10min": 6}
+    for subset, updates in results["budgets"].items():
+        for arm in ("pretrained", "scratch"):
+            (run,) = results["runs"][subset][arm]
+            assert 0.0 <= run["test_cer"] <= 2.0 and 0.0 <= run["test_wer"] <= 2.0
+            assert Path(run["dir"], "checkpoints", "last", "model.safetensors").is_file()
+            assert Path(run["dir"]).name == f"{subset}_seed1_u{updates}"  # the budget names the folder
+        pre, scr = (results["runs"][subset][a][0]["test_cer"] for a in ("pretrained", "scratch"))
+        assert f"| {100 * pre:.1f} | {100 * scr:.1f} |" in first.stdout  # the table reports results.json's CER
+    assert "pipeline check (6 updates): valid contrastive loss" in first.stdout
+    assert "shipped checkpoint 'tiny-espeak-10h'" in first.stdout and "never used for selection" in first.stdout
+    assert "The committed label curve" in first.stdout
     assert first.stdout.count("ref: ") == 2 and first.stdout.count("hyp: ") == 2
-    for png in ("pretrain.png", "finetune.png"):
+    for png in ("pretrain_check.png", "finetune_train_1min.png", "finetune_train_10min.png"):
         assert (tmp_path / "runs" / png).stat().st_size > 10_000
+    # the pretrained arm really started from the shipped weights (conv layer 1 before any update is theirs)
+    from wav2vec2_lite import pretrained
+
+    shipped = pretrained.load("tiny-espeak-10h")
+    ft = json.loads(Path(results["runs"]["train_1min"]["pretrained"][0]["dir"], "run.json").read_text())
+    assert "finetune.pretrained=tiny-espeak-10h" in ft["argv"]
+    assert shipped.config.hidden_size == json.loads(
+        Path(results["runs"]["train_1min"]["scratch"][0]["dir"], "checkpoints", "last", "config.json").read_text()
+    )["config"]["hidden_size"]
     # a second run finds every step complete and redoes none of the training
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert again.returncode == 0 and again.stdout.count("already complete") == 3
+    assert again.returncode == 0 and again.stdout.count("already complete") == 5
+
+
+def test_demo_refuses_an_unknown_pretrained_model_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--pretrained", "no-such-model",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "not the name of a shipped pretrained checkpoint" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_demo_reuses_a_run_folder_only_for_its_own_recipe(tmp_path):
@@ -82,43 +106,13 @@ def test_side_by_side_runs_report_minutes_and_a_failure_names_its_log(tmp_path):
         demo.run_side_by_side(jobs, parallel=2)
 
 
-def test_result_table_adds_command_domain_wer_when_every_run_has_it(tmp_path):
+def test_result_table_gives_mean_spread_and_ratio_per_label_size():
     demo = _demo_module()
-
-    def trial(cer, wer, domain=None):
-        t = {"test_cer": cer, "test_wer": wer, "lr": 2e-3, "trial_minutes": 5.0}
-        return t if domain is None else {**t, "test_wer_domain": domain}
-
-    runs = {"pretrained": [trial(0.2, 0.6, 0.3), trial(0.4, 0.8, 0.5)], "scratch": [trial(0.5, 0.9, 0.7)]}
-    table = demo._table(runs, pre_minutes=10.0)
-    head, _, pre, scratch = table.splitlines()[:4]
-    assert "WER % on commands" in head
-    assert pre.split(" | ")[1:4] == ["30.0 ± 14.1", "70.0 ± 14.1", "40.0 ± 14.1"]
-    assert scratch.split(" | ")[1:4] == ["50.0", "90.0", "70.0"]
-    assert pre.endswith("| 20.0 |") and scratch.endswith("| 5.0 |")  # pretraining counted in its arm only
-    assert "CER ratio pretrained / scratch = 0.60" in table
-    runs["scratch"] = [trial(0.5, 0.9)]  # a corpus without the command domain: no such column
-    assert "commands" not in demo._table(runs, pre_minutes=10.0)
-
-
-def test_the_pretrained_arm_can_train_its_conv_encoder_in_its_own_folder(tmp_path):
-    demo = _demo_module()
-    frozen = demo.finetune_arms(tmp_path / "pretrain")
-    trained = demo.finetune_arms(tmp_path / "pretrain", "trained")
-    assert frozen["pretrained"] == ("finetune_pretrained", [f"finetune.pretrained={tmp_path / 'pretrain'}"])
-    folder, overrides = trained["pretrained"]
-    assert folder == "finetune_pretrained_encoder_trained"  # never resumes a frozen-encoder run
-    assert overrides[1:] == ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0"]
-    # the scratch arm is the same either way, so its runs serve both comparisons
-    assert frozen["scratch"] == trained["scratch"] and "model=tiny" in trained["scratch"][1]
-    assert "finetune.freeze_feature_encoder=false" in trained["scratch"][1]
-    run = {"test_cer": 0.3, "test_wer": 0.8, "lr": 1e-3, "trial_minutes": 4.0}
-    table = demo._table({"pretrained": [run], "scratch": [run]}, pre_minutes=1.0, encoder_trained=True)
-    assert "| pretrained + fine-tuned (conv encoder trained too) |" in table
-    # per-part learning rates: their own folder (never resumed into a one-lr run) and overrides
-    folder, overrides = demo.finetune_arms(tmp_path / "pretrain", "trained", {"lm_head": 4.0, "wav2vec2.context": 0.5})[
-        "pretrained"]
-    assert folder == "finetune_pretrained_encoder_trained_lrscale_lm_head4_wav2vec2.context0.5"
-    assert overrides[-2:] == ["+optim.lr_scale.lm_head=4", "+optim.lr_scale.wav2vec2.context=0.5"]
-    table = demo._table({"pretrained": [run], "scratch": [run]}, pre_minutes=1.0, lr_scale={"lm_head": 4.0})
-    assert "| pretrained + fine-tuned, lr × 4 on lm_head |" in table
+    runs = {"train_1min": {"pretrained": [{"test_cer": 0.2}, {"test_cer": 0.4}], "scratch": [{"test_cer": 0.6},
+                                                                                            {"test_cer": 0.6}]},
+            "train_10min": {"pretrained": [{"test_cer": 0.5}], "scratch": [{"test_cer": 0.5}]}}
+    table = demo._table(runs, {"train_1min": 500, "train_10min": 800})
+    one, ten = table.splitlines()[-2:]
+    assert one == "| 1 min (train_1min) | 500 | 30.0 ± 14.1 | 60.0 ± 0.0 | 0.50 | 20.0 / 60.0, 40.0 / 60.0 |"
+    assert ten == "| 10 min (train_10min) | 800 | 50.0 | 50.0 | 1.00 | 50.0 / 50.0 |"
+    assert "never used for selection" in table
