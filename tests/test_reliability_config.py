@@ -256,3 +256,24 @@ def test_cli_validation_report_counts_silence_and_clipping(corpus, tmp_path):
     assert warned["count"] == 2 and [w.split(": ")[1] for w in warned["warnings"]] == [str(silent), str(clipped)]
     assert "silent: RMS digital zero" in warned["warnings"][0] and "clipped: " in warned["warnings"][1]
     assert describe(warned).startswith(f"{data / 'train.tsv'}: 2 warning(s), training on them anyway:")
+
+
+def test_header_validation_finds_pcm_silence_and_clipping_as_training_loads_them(corpus, tmp_path):
+    """data.validate=header decodes only float files; the PCM ones are checked when first loaded."""
+    data = _copy(corpus, tmp_path / "warn_header")
+    silent, clipped = _silent_and_clipped(data)
+    run = tmp_path / "run"
+    # two epochs over the 6 training files: each silent/clipped file is reported once
+    proc = _cli("pretrain.py", "pretrain_tiny", data, run, "trainer.max_updates=1000", "trainer.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _events(run)
+    train = next(r for r in records if r.get("event") == "data_validated" and r["subset"] == "train")
+    assert (train["mode"], train["warnings"]) == ("header", 0)  # PCM: not decoded by validation
+    warned = [r for r in records if r.get("event") == "audio_warnings"]
+    assert {r["found_by"] for r in warned} == {"loading"} and {r["subset"] for r in warned} == {"train"}
+    paths = [p for r in warned for p in r["paths"]]
+    assert sorted(paths) == sorted([str(silent), str(clipped)])  # once each, although read twice
+    lines = [w for r in warned for w in r["warnings"]]
+    assert any(w.startswith(f"{silent}: silent: RMS digital zero") for w in lines)
+    assert any(w.startswith(f"{clipped}: clipped: ") for w in lines)
+    assert "warning(s) on loading, training on them anyway" in proc.stdout + proc.stderr

@@ -17,7 +17,14 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "read_samples", "load_audio", "normalize"]
+__all__ = ["AudioError", "AudioInfo", "audio_info", "read_samples", "load_audio", "normalize", "audio_warnings",
+           "SILENCE_DBFS", "CLIP_LEVEL", "CLIP_FRACTION"]
+
+# warnings: a whole file quieter than this (dB relative to full scale 1.0) is silent ...
+SILENCE_DBFS = -60.0
+# ... and one with at least CLIP_FRACTION of its samples at |x| >= CLIP_LEVEL is clipped
+CLIP_LEVEL = 0.999
+CLIP_FRACTION = 0.01
 
 MonoPolicy = Literal["error", "mix"]
 ResamplePolicy = Literal["error", "soxr"]
@@ -172,3 +179,16 @@ def normalize(wave: T, eps: float = 1e-5) -> T:
             return F.layer_norm(t, t.shape, eps=eps).numpy()
     with torch.no_grad():
         return F.layer_norm(wave, wave.shape, eps=eps)
+
+
+def audio_warnings(wave) -> list[str]:
+    """Silence (whole-file RMS below ``SILENCE_DBFS``) and heavy clipping of decoded samples ``(S, C)``."""
+    found = []
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+    if rms < 10 ** (SILENCE_DBFS / 20):
+        level = f"{20 * np.log10(rms):.1f} dBFS" if rms > 0 else "digital zero"
+        found.append(f"silent: RMS {level}, below {SILENCE_DBFS:g} dBFS")
+    clipped = float(np.mean(np.abs(wave) >= CLIP_LEVEL))
+    if clipped >= CLIP_FRACTION:
+        found.append(f"clipped: {clipped:.1%} of samples at |x| >= {CLIP_LEVEL} (limit {CLIP_FRACTION:.0%})")
+    return found

@@ -105,6 +105,7 @@ class SeededCollate:
 
     Items the dataset could not read (``is_skipped``) are left out and listed in the batch's
     ``skipped`` (``[{"id", "path", "reason"}]``); a batch of only such items has no ``waveform``.
+    Silent or clipped items (``level_warnings``) are listed in ``warned`` (``[{"id", "path", "warnings"}]``).
     """
 
     def __init__(self, crop_to_shortest: bool, seed: int) -> None:
@@ -120,4 +121,6 @@ class SeededCollate:
             gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, *[int(i["id"]) for i in items]))
         batch = collate(items, crop_to_shortest=self.crop_to_shortest, generator=gen)
         batch["skipped"] = skipped
+        batch["warned"] = [{"id": int(i["id"]), "path": i["path"], "warnings": i["level_warnings"]}
+                           for i in items if "level_warnings" in i]
         return batch

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wav2vec2_lite.data.audio import AudioError, MonoPolicy, ResamplePolicy, load_audio
+from wav2vec2_lite.data.audio import AudioError, MonoPolicy, ResamplePolicy, audio_warnings, load_audio
 from wav2vec2_lite.data.audio import normalize as normalize_wave
 from wav2vec2_lite.data.manifest import Manifest, ManifestError, iter_manifest, ltr_to_text, read_labels
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
@@ -129,6 +129,9 @@ class AudioDataset(Dataset):
         self.random_crop = random_crop
         self.seed = seed
         self.epoch = 0
+        self.check_levels = False
+        """Check each loaded wave for silence and clipping (``level_warnings`` in the item);
+        training sets it for the files data validation did not decode."""
 
         labels = self._read_labels()
         candidates = range(len(self.manifest)) if indices is None else indices
@@ -228,6 +231,7 @@ class AudioDataset(Dataset):
             reason = msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
             log.info("%s: skipped, cannot be read (%s)", path, reason)
             return {"id": index, "path": path, "error": reason}
+        found = audio_warnings(wave) if self.check_levels else []  # the whole file, before any crop
         if self.normalize:  # fairseq normalises the whole utterance, then crops
             wave = normalize_wave(wave)
         if self.max_sample_size is not None and len(wave) > self.max_sample_size:
@@ -242,4 +246,6 @@ class AudioDataset(Dataset):
             item["labels"] = torch.tensor(self.label_ids[index], dtype=torch.long)
         if self.texts is not None:
             item["text"] = self.texts[index]
+        if found:
+            item["level_warnings"] = found
         return item

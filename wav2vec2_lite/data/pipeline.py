@@ -9,7 +9,8 @@ file that becomes unreadable later is skipped when read and counted; more than
 
 A validation set left with no usable row is an error (:func:`check_valid_set`); a run
 without validation says so with ``data.valid_subset=null``. Audio that is silent or heavily
-clipped is a warning (an ``audio_warnings`` event), not a skip.
+clipped is a warning (an ``audio_warnings`` event), not a skip: found by validation on the
+files it decodes, and on the others as training first loads them (once per file).
 
 Nothing here logs: what happened to the data (rows checked, rows dropped, files skipped)
 is queued in :attr:`TrainingData.events` as records for ``metrics.jsonl``, and
@@ -83,8 +84,9 @@ def validate_rows(cfg: DataConfig, source: DatasetSource, subsets: list[str],
         events.append({"event": "data_validated", **where, "mode": mode, "rows": r.num_rows,
                        "invalid": r.num_invalid, "warnings": len(r.warnings), "seconds": round(seconds, 3)})
         if r.warnings:
-            events.append({"event": "audio_warnings", **where, "count": len(r.warnings),
-                           "warnings": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.warnings]})
+            events.append({"event": "audio_warnings", **where, "count": len(r.warnings), "found_by": "validation",
+                           "warnings": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.warnings],
+                           "paths": sorted({p.path for p in r.warnings})})
         if r.problems:
             events.append({"event": "skipped_invalid", **where, "count": r.num_invalid,
                            "problems": [f"{r.manifest_path}:{p.line_no}: {p.path}: {p.message}" for p in r.problems]})
@@ -151,7 +153,8 @@ def describe(e: dict[str, Any]) -> str:
         return (f"{e['manifest']}: skipping {e['count']} invalid row(s) (data.skip_invalid=true):"
                 + _listing(e["problems"]))
     if e["event"] == "audio_warnings":
-        return f"{e['manifest']}: {e['count']} warning(s), training on them anyway:" + _listing(e["warnings"])
+        when = " on loading" if e.get("found_by") == "loading" else ""
+        return f"{e['manifest']}: {e['count']} warning(s){when}, training on them anyway:" + _listing(e["warnings"])
     template = _MESSAGES.get(e["event"])
     return template.format(**e) if template else f"{e.get('manifest', 'train set')}: {e}"
 
@@ -177,6 +180,7 @@ class TrainingData:
                           too_long=cfg.too_long)
 
         self.train_set = source.dataset(cfg.train_subset, train=True, min_samples=rf, indices=rows[cfg.train_subset])
+        self.train_set.check_levels = cfg.validate != "full"  # "full" decoded and checked every file already
         self.events += dataset_events(cfg, "train", self.train_set, rows[cfg.train_subset], rf)
         self.sampler = BucketBatchSampler(self.train_set.sizes, max_tokens=cfg.max_tokens, shuffle=True,
                                           num_buckets=cfg.num_buckets, **sampler_kw)
@@ -186,6 +190,7 @@ class TrainingData:
         self.valid_loader = None
         if cfg.valid_subset:
             vset = source.dataset(cfg.valid_subset, train=False, min_samples=rf, indices=rows[cfg.valid_subset])
+            vset.check_levels = self.train_set.check_levels
             self.events += dataset_events(cfg, "valid", vset, rows[cfg.valid_subset], rf)
             vsampler = BucketBatchSampler(vset.sizes, max_tokens=cfg.max_tokens_valid or cfg.max_tokens,
                                           shuffle=False, **sampler_kw)
@@ -196,6 +201,8 @@ class TrainingData:
         self.consumed = 0  # batches of this rank processed in self.epoch
         self.unreadable_total = 0  # utterances skipped because their file could not be read
         self.unreadable_ids: set[int] = set()  # distinct training-set indices among them
+        # files found silent or clipped, each reported once (by validation or when first loaded)
+        self.level_warned: set[str] = {p for e in self.events if e["event"] == "audio_warnings" for p in e["paths"]}
 
     # ------------------------------------------------------------------ iteration
     def groups(self, update_freq: int, max_epochs: int | None) -> Iterator[list[dict]]:
@@ -210,6 +217,7 @@ class TrainingData:
             for batch in self.loader:
                 self.consumed += 1  # saved only between updates, when every batch read has been used
                 self._note_unreadable(batch["skipped"], "train")
+                self._note_level_warnings(batch.get("warned", ()), "train")
                 if "waveform" not in batch:  # every utterance of the batch was unreadable
                     continue
                 produced = True
@@ -233,6 +241,7 @@ class TrainingData:
             if limit is not None and i >= limit:
                 break
             self._note_unreadable(batch["skipped"], "valid")
+            self._note_level_warnings(batch.get("warned", ()), "valid")
             if "waveform" in batch:
                 usable = True
                 yield batch
@@ -259,6 +268,18 @@ class TrainingData:
                 f"(is the storage still there?). Last: {last['path']}: {last['reason']}. Fix the files and rerun the "
                 f"same command.")
 
+    def _note_level_warnings(self, warned: Sequence[dict], subset: str) -> None:
+        """Queue an ``audio_warnings`` event for loaded files found silent or clipped, once per file."""
+        new = [w for w in warned if w["path"] not in self.level_warned]
+        if not new:
+            return
+        self.level_warned.update(w["path"] for w in new)
+        dataset = self.train_set if subset == "train" else self.valid_loader.dataset
+        self.events.append({"event": "audio_warnings", "subset": subset, "manifest": str(dataset.manifest_path),
+                            "count": len(new), "found_by": "loading",
+                            "warnings": [f"{w['path']}: {m}" for w in new for m in w["warnings"]],
+                            "paths": sorted(w["path"] for w in new)})
+
     def take_events(self) -> list[dict[str, Any]]:
         """The queued events, oldest first; the queue is emptied."""
         events, self.events = self.events, []
@@ -270,13 +291,14 @@ class TrainingData:
         return {"epoch": self.epoch,
                 "sampler": {**self.sampler.state_dict(), "epoch": self.epoch, "consumed": self.consumed},
                 "unreadable_total": self.unreadable_total, "unreadable_ids": sorted(self.unreadable_ids),
-                "train_rows": len(self.train_set)}
+                "level_warned": sorted(self.level_warned), "train_rows": len(self.train_set)}
 
     def load_state_dict(self, state: dict[str, Any], rank: int = 0) -> None:
         self.epoch, self.consumed = int(state["epoch"]), int(state["sampler"]["consumed"])
         self.sampler.load_state_dict({**state["sampler"], "rank": rank})
         self.unreadable_total = int(state.get("unreadable_total", 0))
         self.unreadable_ids = {int(i) for i in state.get("unreadable_ids", [])}
+        self.level_warned |= set(state.get("level_warned", []))
         rows = state.get("train_rows")
         if rows is not None and int(rows) != len(self.train_set):
             self.events.append({"event": "train_rows_changed", "checkpoint_rows": int(rows),

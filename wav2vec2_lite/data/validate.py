@@ -10,8 +10,9 @@ the CTC frames the audio gives (the CTC loss would be inf).
 
 Warnings (counted in the report, the rows stay usable): silence (whole-file RMS below
 ``SILENCE_DBFS``) and heavy clipping (at least ``CLIP_FRACTION`` of the samples at
-``|x| >= CLIP_LEVEL``). They need the samples, so they are checked on the files that are
-decoded: every file with ``check_audio="full"``, float files with ``"header"``.
+``|x| >= CLIP_LEVEL``). They need the samples, so they are checked here on the files that are
+decoded (every file with ``check_audio="full"``, float files with ``"header"``); training
+checks the others as it first loads them (``AudioDataset.check_levels``).
 
 Cost. Every check but two reads only the file header (and, for WAV, the chunk list;
 docs/benchmarks.md has the time per file). Decoding the samples is needed only to find NaN/inf values and damage
@@ -32,7 +33,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from wav2vec2_lite.data.audio import AudioError, audio_info, read_samples
+from wav2vec2_lite.data.audio import (CLIP_FRACTION, CLIP_LEVEL, SILENCE_DBFS, AudioError, audio_info, audio_warnings,
+                                      read_samples)
 from wav2vec2_lite.data.dataset import DatasetError, is_ltr
 from wav2vec2_lite.data.manifest import iter_manifest, read_labels, write_labels, write_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
@@ -47,11 +49,6 @@ CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)
 CONV_STRIDES = (5, 2, 2, 2, 2, 2, 2)
 # sample formats (soundfile subtypes) that can hold NaN/inf
 FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
-# warnings: a whole file quieter than this (dB relative to full scale 1.0) is silent ...
-SILENCE_DBFS = -60.0
-# ... and one with at least CLIP_FRACTION of its samples at |x| >= CLIP_LEVEL is clipped
-CLIP_LEVEL = 0.999
-CLIP_FRACTION = 0.01
 
 
 class Problem(NamedTuple):
@@ -219,19 +216,6 @@ def validate_dataset(
     if report.warnings and warn:
         log.warning("%s: %d warning(s):\n%s", manifest_path, len(report.warnings), report.format(warnings=True))
     return report
-
-
-def audio_warnings(wave) -> list[str]:
-    """Silence (whole-file RMS below ``SILENCE_DBFS``) and heavy clipping of decoded samples ``(S, C)``."""
-    found = []
-    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
-    if rms < 10 ** (SILENCE_DBFS / 20):
-        level = f"{20 * np.log10(rms):.1f} dBFS" if rms > 0 else "digital zero"
-        found.append(f"silent: RMS {level}, below {SILENCE_DBFS:g} dBFS")
-    clipped = float(np.mean(np.abs(wave) >= CLIP_LEVEL))
-    if clipped >= CLIP_FRACTION:
-        found.append(f"clipped: {clipped:.1%} of samples at |x| >= {CLIP_LEVEL} (limit {CLIP_FRACTION:.0%})")
-    return found
 
 
 def _strip_path(msg: str, path: str) -> str:
