@@ -116,3 +116,25 @@ def test_the_cli_reports_bad_inputs_in_one_line_each(audio, tmp_path, capsys):
         extract([str(tmp_path / "ctc"), str(audio), "--out", str(tmp_path / "o2"), "--units"])
     err = capsys.readouterr().err
     assert code.value.code == 2 and err.count("\n") == 1 and "units come from a pretraining objective" in err
+
+
+def test_named_layers_of_a_backbone_output_and_their_errors():
+    from wav2vec2_lite.models import backbone_of
+
+    model = _model().eval()
+    backbone = backbone_of(model)
+    assert backbone is model.wav2vec2 and backbone_of(backbone) is backbone
+    with pytest.raises(TypeError, match="expected a wav2vec2_lite model or backbone; got Linear"):
+        backbone_of(torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        out = backbone(_wave()[None], output_hidden_states=True)
+        plain = backbone(_wave()[None])
+    L = backbone.config.num_layers
+    assert out.layer("conv") is out.extract_features and out.layer("last") is out.last_hidden_state
+    assert out.layer(f"layer_{L}") is out.hidden_states[L]
+    with pytest.raises(ValueError, match=f"no layer_{L + 1}: this model has layer_0 .. layer_{L}"):
+        out.layer(f"layer_{L + 1}")
+    with pytest.raises(ValueError, match="unknown layer name 'layer_x'"):
+        out.layer("layer_x")
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        plain.layer("layer_0")

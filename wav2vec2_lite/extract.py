@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
-from wav2vec2_lite.models import Wav2Vec2ForPreTraining
+from wav2vec2_lite.models import Wav2Vec2ForPreTraining, backbone_of
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 
 __all__ = ["Extractor", "ExtractionFailure", "extract_to_folder", "FORMATS"]
@@ -59,7 +59,7 @@ class Extractor:
         from wav2vec2_lite.probes.features import layer_names
 
         self.model = model.to(device).eval()
-        self.backbone = getattr(model, "wav2vec2", model)
+        self.backbone = backbone_of(model)
         valid = layer_names(self.backbone.config.num_layers) + ["last"]
         layers = list(layers)
         self.layers = valid if layers == ["all"] else layers
@@ -93,15 +93,7 @@ class Extractor:
         w = normalize_wave(wave.float()) if self.normalize else wave.float()
         w = w[None].to(self.device)
         out = self.backbone(w, output_hidden_states=True)
-        result = {}
-        for name in self.layers:
-            if name == "conv":
-                x = out.extract_features
-            elif name == "last":
-                x = out.last_hidden_state
-            else:
-                x = out.hidden_states[int(name.split("_")[1])]
-            result[name] = x[0].float().cpu().contiguous()
+        result = {name: out.layer(name)[0].float().cpu().contiguous() for name in self.layers}
         if self.units:
             inputs = ObjectiveInputs(waveform=w, sample_padding=None, conv_features=out.conv_features,
                                      extract_features=out.extract_features, context=out.last_hidden_state,

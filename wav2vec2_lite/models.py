@@ -34,7 +34,7 @@ from wav2vec2_lite.objectives.registry import build_objective
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
 from wav2vec2_lite.serialization import register_model_class
 
-__all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC"]
+__all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC", "backbone_of", "with_config_overrides"]
 
 
 _checkpoint_reader: Callable[..., Any] | None = None
@@ -80,21 +80,21 @@ class _SavedModelMixin:
             vocab_size = overrides.pop("vocab_size", None)
             loaded = _read_checkpoint(path_or_name, trust=trust)
             if isinstance(loaded.model, Wav2Vec2ForCTC) and vocab_size in (None, loaded.model.config.vocab_size):
-                return _with_overrides(loaded.model, overrides)
+                return with_config_overrides(loaded.model, overrides)
             if vocab_size is None:
                 raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
                                  f"give vocab_size= for the new head")
             return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
         loaded = _read_checkpoint(path_or_name, trust=trust)
         if cls is Wav2Vec2Model:
-            return _with_overrides(loaded.backbone, overrides)
+            return with_config_overrides(loaded.backbone, overrides)
         if not isinstance(loaded.model, cls):
             raise TypeError(f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
                             f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC")
-        return _with_overrides(loaded.model, overrides)
+        return with_config_overrides(loaded.model, overrides)
 
 
-def _with_overrides(model: nn.Module, overrides: dict[str, Any]) -> nn.Module:
+def with_config_overrides(model: nn.Module, overrides: dict[str, Any]) -> nn.Module:
     """``model``, or the same weights in a model whose config has ``overrides`` applied; eval mode."""
     if overrides:
         new = type(model)(model.config.replace(**overrides))
@@ -371,3 +371,11 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
             loss = ctc_loss(logits, out.frame_lengths, labels, blank=0, reduction=self.config.ctc_loss_reduction,
                             zero_infinity=self.config.ctc_zero_infinity)
         return CTCOutput(logits=logits, output_lengths=out.frame_lengths, loss=loss, hidden_states=out.hidden_states)
+
+
+def backbone_of(model: nn.Module) -> Wav2Vec2Model:
+    """The :class:`Wav2Vec2Model` inside a pretraining or CTC model (or the backbone itself)."""
+    backbone = getattr(model, "wav2vec2", model)
+    if not isinstance(backbone, Wav2Vec2Model):
+        raise TypeError(f"expected a wav2vec2_lite model or backbone; got {type(model).__name__}")
+    return backbone

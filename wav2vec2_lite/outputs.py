@@ -35,6 +35,22 @@ class Wav2Vec2ModelOutput:
         (the forward pass no longer computes it: only the contrastive objective needs it)."""
         return _feature_penalty(self.conv_features, self.padding_mask)
 
+    def layer(self, name: str) -> Tensor:
+        """The frames of one named layer: ``conv`` (= ``extract_features``), ``layer_k`` (the
+        k-th of ``hidden_states``, which must have been requested) or ``last`` (c_t)."""
+        if name == "conv":
+            return self.extract_features
+        if name == "last":
+            return self.last_hidden_state
+        if not name.startswith("layer_") or not name[6:].isdigit():
+            raise ValueError(f"unknown layer name {name!r}: conv, layer_<k> or last")
+        if self.hidden_states is None:
+            raise ValueError(f"layer {name!r} needs the hidden states: call the model with output_hidden_states=True")
+        k = int(name[6:])
+        if k >= len(self.hidden_states):
+            raise ValueError(f"no {name}: this model has layer_0 .. layer_{len(self.hidden_states) - 1}")
+        return self.hidden_states[k]
+
 
 @dataclass
 class PreTrainingOutput:

@@ -17,10 +17,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wav2vec2_lite.data.manifest import ltr_to_text, read_labels, read_manifest
-from wav2vec2_lite.asr.metrics import char_errors, word_errors
+from wav2vec2_lite.asr.metrics import ErrorCounts, char_errors, word_errors
 from wav2vec2_lite.asr.transcribe import Transcriber
 
-__all__ = ["EvalResult", "by_kind", "evaluate_split", "score_hypotheses", "sentence_kinds", "read_references"]
+__all__ = ["EvalResult", "by_kind", "evaluate_split", "transcribe_split", "score_hypotheses", "sentence_kinds",
+           "read_references"]
 
 
 @dataclass
@@ -34,6 +35,10 @@ class EvalResult:
     """Audio paths as the manifest names them, one per hypothesis."""
     failed: dict[str, str] = field(default_factory=dict)
     """path -> why, for each utterance that could not be transcribed (scored as an empty hypothesis)."""
+    word_counts: ErrorCounts = field(default_factory=ErrorCounts)
+    """Corpus word errors (substitutions, insertions, deletions, reference words): ``wer`` is their rate."""
+    char_counts: ErrorCounts = field(default_factory=ErrorCounts)
+    """Corpus character errors: ``cer`` is their rate."""
 
     def to_dict(self) -> dict:
         return {"wer": self.wer, "cer": self.cer, "utterances": self.utterances, "failed": len(self.failed)}
@@ -56,8 +61,9 @@ class EvalResult:
 def score_hypotheses(hyps: list[str], refs: list[str], paths: list[str],
                      failed: dict[str, str] | None = None) -> EvalResult:
     """Corpus WER/CER of hypotheses already made (``failed``: path -> why, scored as empty)."""
-    return EvalResult(wer=word_errors(refs, hyps).rate, cer=char_errors(refs, hyps).rate, utterances=len(refs),
-                      hypotheses=hyps, references=refs, paths=paths, failed=failed or {})
+    w, c = word_errors(refs, hyps), char_errors(refs, hyps)
+    return EvalResult(wer=w.rate, cer=c.rate, utterances=len(refs), hypotheses=hyps, references=refs, paths=paths,
+                      failed=failed or {}, word_counts=w, char_counts=c)
 
 
 def sentence_kinds(manifest_dir: str | Path) -> dict[str, str]:
@@ -102,23 +108,35 @@ def read_references(manifest_dir: str | Path, split: str, labels: str = "wrd"):
     return manifest, refs
 
 
+def transcribe_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
+                     limit: int | None = None, *, progress: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+    """``(paths, hypotheses, failed)`` for the first ``limit`` rows of ``SPLIT.tsv``, unscored.
+
+    An utterance that cannot be transcribed gets an empty hypothesis and its path -> why in
+    ``failed``, so that scoring never silently leaves it out.
+    """
+    tr = model if isinstance(model, Transcriber) else Transcriber.from_path(model)
+    manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
+    paths = manifest.paths if limit is None else manifest.paths[:limit]
+    hyps, failed = [], {}
+    for p in tqdm(paths, desc=f"transcribe {split}", unit="utt", disable=not progress, leave=False):
+        try:
+            hyps.append(tr.transcribe_file(manifest.root / p).text)
+        except Exception as e:  # noqa: BLE001 - an empty hypothesis, reported
+            hyps.append("")
+            failed[p] = " ".join(str(e).split()).removeprefix(f"{manifest.root / p}: ") or type(e).__name__
+    return list(paths), hyps, failed
+
+
 def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
                    limit: int | None = None, *, labels: str = "wrd", progress: bool = False) -> EvalResult:
-    """Transcribe ``SPLIT.tsv`` one utterance at a time and score against ``SPLIT.wrd``.
+    """Transcribe ``SPLIT.tsv`` one utterance at a time (:func:`transcribe_split`) and score
+    against ``SPLIT.wrd``.
 
     ``model``: a :class:`Transcriber` (its decoding settings apply) or any checkpoint path it
     loads. An utterance that cannot be transcribed counts as an empty hypothesis and is listed
     in ``failed``, so the corpus rates never silently leave it out.
     """
-    tr = model if isinstance(model, Transcriber) else Transcriber.from_path(model)
-    manifest, refs = read_references(manifest_dir, split, labels)
-    n = len(refs) if limit is None else min(limit, len(refs))
-    paths = manifest.paths[:n]
-    hyps, failed = [], {}
-    for p in tqdm(paths, desc=f"evaluate {split}", unit="utt", disable=not progress, leave=False):
-        try:
-            hyps.append(tr.transcribe_file(manifest.root / p).text)
-        except Exception as e:  # noqa: BLE001 - scored as an empty hypothesis and reported
-            hyps.append("")
-            failed[p] = " ".join(str(e).split()).removeprefix(f"{manifest.root / p}: ") or type(e).__name__
-    return score_hypotheses(hyps, refs[:n], paths, failed)
+    _, refs = read_references(manifest_dir, split, labels)  # checked before the slow part
+    paths, hyps, failed = transcribe_split(model, manifest_dir, split, limit, progress=progress)
+    return score_hypotheses(hyps, refs[:len(paths)], paths, failed)

@@ -66,7 +66,6 @@ def evaluate(argv: list[str] | None = None) -> None:
     dtype, model) and utterances.jsonl (path, ref, hyp, errors). An utterance that cannot be
     transcribed is named on stderr and scored as an empty hypothesis (exit 1)."""
     from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
-    from wav2vec2_lite.asr.metrics import char_errors, word_errors
     from wav2vec2_lite.asr.transcribe import Transcriber
 
     prog = "w2v2-evaluate"
@@ -100,9 +99,9 @@ def evaluate(argv: list[str] | None = None) -> None:
         print(f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        w, c = word_errors(result.references, result.hypotheses), char_errors(result.references, result.hypotheses)
         summary = {"model": str(args.model), "data": str(args.data), "split": args.split, "labels": args.labels,
-                   **result.to_dict(), "word_errors": vars(w), "char_errors": vars(c), "decoding": decoding,
+                   **result.to_dict(), "word_errors": vars(result.word_counts),
+                   "char_errors": vars(result.char_counts), "decoding": decoding,
                    "dtype": tr.dtype, "by_kind": {k: v.to_dict() for k, v in parts.items()},
                    "failed_utterances": result.failed}
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

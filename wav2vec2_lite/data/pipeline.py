@@ -126,8 +126,8 @@ def check_valid_set(cfg: DataConfig, vset: AudioDataset, sampler: BucketBatchSam
     raise DatasetError(
         f"data.valid_subset={cfg.valid_subset}: {vset.manifest_path} has no usable row ({len(vset.manifest)} in the "
         f"manifest" + (f"; dropped: {', '.join(gone)}" if gone else "") + "); nothing was trained. Fix the "
-        f"validation set, choose another with data.valid_subset=NAME, or set data.valid_subset=null to train "
-        f"without validation (no best checkpoint)")
+        "validation set, choose another with data.valid_subset=NAME, or set data.valid_subset=null to train "
+        "without validation (no best checkpoint)")
 
 
 _MESSAGES = {

@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import numpy as np
-
 from wav2vec2_lite.data.audio import (CLIP_FRACTION, CLIP_LEVEL, SILENCE_DBFS, AudioError, audio_info, audio_warnings,
                                       read_samples)
 from wav2vec2_lite.data.dataset import DatasetError, is_ltr

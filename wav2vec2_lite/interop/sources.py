@@ -26,7 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2Model, _with_overrides, register_checkpoint_reader
+from wav2vec2_lite.models import (Wav2Vec2ForCTC, Wav2Vec2Model, backbone_of, register_checkpoint_reader,
+                                  with_config_overrides)
 from wav2vec2_lite.serialization import CONFIG_NAME, CheckpointError, find_model_folder, load_model
 
 __all__ = ["CheckpointSource", "LoadedCheckpoint", "detect", "load_any", "load_backbone", "SOURCE_KINDS"]
@@ -67,7 +68,7 @@ class LoadedCheckpoint:
 
     @property
     def backbone(self) -> Wav2Vec2Model:
-        return _backbone_of(self.model)
+        return backbone_of(self.model)
 
     @property
     def has_ctc_head(self) -> bool:
@@ -141,7 +142,7 @@ def load_any(path_or_name: str | Path, *, trust: bool = False, map_location: str
     src = detect(path_or_name)
     if src.kind == "wav2vec2_lite":
         model = load_model(src.path, map_location=map_location)
-        model = _with_overrides(model, config_overrides)
+        model = with_config_overrides(model, config_overrides)
         info = _read_json(src.path / CONFIG_NAME)
         normalize = (info.get("metadata") or {}).get("normalize")
         return LoadedCheckpoint(model.eval(), src, None if normalize is None else bool(normalize))
@@ -171,13 +172,6 @@ def load_backbone(path_or_name: str | Path, *, trust: bool = False, map_location
                    else "its pretraining objective (quantizer, projections)")
         log.info("%s: took the backbone (%s); dropped %s", loaded.source, type(loaded.model).__name__, dropped)
     return LoadedCheckpoint(backbone, loaded.source, loaded.normalize)
-
-
-def _backbone_of(model: nn.Module) -> Wav2Vec2Model:
-    backbone = getattr(model, "wav2vec2", model)
-    if not isinstance(backbone, Wav2Vec2Model):
-        raise TypeError(f"expected a wav2vec2_lite model or backbone; got {type(model).__name__}")
-    return backbone
 
 
 register_checkpoint_reader(load_any)  # what Wav2Vec2*.from_pretrained read with

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from wav2vec2_lite.data.audio import normalize as normalize_wave
+from wav2vec2_lite.models import backbone_of
 from wav2vec2_lite.modules.log_mel import LogMel
 
 __all__ = ["FrameFeatures", "extract_layer_features", "layer_names", "log_mel_features"]
@@ -74,10 +75,6 @@ class FrameFeatures:
         return FrameFeatures(fn(self.frames), self.lengths.clone())
 
 
-def _backbone(model: nn.Module) -> nn.Module:
-    return model.wav2vec2 if hasattr(model, "wav2vec2") else model
-
-
 def layer_names(num_layers: int) -> list[str]:
     """``["conv", "layer_0", ..., "layer_L"]`` for a backbone of L transformer blocks."""
     return ["conv"] + [f"layer_{k}" for k in range(num_layers + 1)]
@@ -92,7 +89,7 @@ def extract_layer_features(model: nn.Module, waves: Sequence[Tensor], *, normali
     in eval mode (its mode is restored afterwards). ``normalize``: zero-mean unit-variance
     waves first (what models trained with ``data.normalize`` expect).
     """
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     was_training = backbone.training
     backbone.eval()
     names = layer_names(backbone.config.num_layers)
@@ -101,9 +98,8 @@ def extract_layer_features(model: nn.Module, waves: Sequence[Tensor], *, normali
         for wave in waves:
             w = normalize_wave(wave.float()) if normalize else wave.float()
             out = backbone(w[None].to(device), output_hidden_states=True)
-            per_layer["conv"].append(out.extract_features[0].float().cpu())  # (T, C)
-            for k, h in enumerate(out.hidden_states):
-                per_layer[f"layer_{k}"].append(h[0].float().cpu())  # (T, D)
+            for name in names:
+                per_layer[name].append(out.layer(name)[0].float().cpu())  # (T, C) conv, (T, D) layers
     finally:
         backbone.train(was_training)
     return {n: FrameFeatures.from_list(per_layer[n]) for n in names}

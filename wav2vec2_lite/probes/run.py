@@ -25,7 +25,7 @@ from wav2vec2_lite.data.audio import AudioError
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.manifest import ManifestError
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
-from wav2vec2_lite.models import Wav2Vec2Model
+from wav2vec2_lite.models import Wav2Vec2Model, backbone_of
 from wav2vec2_lite.modules.log_mel import LogMel
 from wav2vec2_lite.probes.features import (
     FrameFeatures,
@@ -110,9 +110,10 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
     (LARGE-style) encoders, as ``w2v2-transcribe`` decides.
     """
     if isinstance(model_or_path, nn.Module):
-        backbone = model_or_path.wav2vec2 if hasattr(model_or_path, "wav2vec2") else model_or_path
-        if not isinstance(backbone, Wav2Vec2Model):
-            raise ProbeError(f"expected a wav2vec2_lite model or backbone, found {type(model_or_path).__name__}")
+        try:
+            backbone = backbone_of(model_or_path)
+        except TypeError as e:
+            raise ProbeError(str(e)) from None
         return backbone, backbone.config.feat_extract_norm == "layer", type(model_or_path).__name__
     from wav2vec2_lite.interop.sources import load_backbone as load_any_backbone
     from wav2vec2_lite.serialization import CheckpointError

@@ -241,23 +241,14 @@ def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
     them but ``score-test``, and only for the runs chosen on valid."""
     import gzip
 
-    from wav2vec2_lite.asr.evaluate import read_references
-    from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.asr.evaluate import transcribe_split
     from wav2vec2_lite.interop.sources import detect
     from wav2vec2_lite.serialization import file_sha256
 
     folder = detect(run_dir).path
-    manifest, _ = read_references(plan["spec"]["corpus"], "test")
-    tr = Transcriber.from_path(folder)
-    hyps, failed = [], {}
-    for rel in manifest.paths:
-        try:
-            hyps.append(tr.transcribe_file(manifest.root / rel).text)
-        except Exception as e:  # noqa: BLE001 - scored as empty, as evaluate_split does
-            hyps.append("")
-            failed[rel] = " ".join(str(e).split()) or type(e).__name__
+    paths, hyps, failed = transcribe_split(folder, plan["spec"]["corpus"], "test")
     record = {"format": 1, "run": run["id"], "checkpoint": folder.name,
-              "weights_sha256": file_sha256(folder / "model.safetensors"), "paths": manifest.paths,
+              "weights_sha256": file_sha256(folder / "model.safetensors"), "paths": paths,
               "hypotheses": hyps, "failed": failed}
     out = sealed_path(plan, run["id"])
     out.parent.mkdir(parents=True, exist_ok=True)
