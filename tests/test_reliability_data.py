@@ -278,6 +278,9 @@ def test_validation_off_bad_files_are_counted_skips_during_training(corpus, tmp_
         _, path, reason = expected[case]
         assert path in seen and reason in seen[path], (case, seen)
     assert [e["unreadable_total"] for e in unreadable] == list(range(1, len(unreadable) + 1))
+    # remedies in the run's own syntax, not the loader's Python keywords
+    assert "set data.mono=mix" in seen[expected["stereo"][1]] and "mono='mix'" not in seen[expected["stereo"][1]]
+    assert "set data.resample=soxr" in seen[expected["wrong_rate"][1]]
     by_event = {e["event"]: e for e in events}
     assert by_event["skipped_too_short"]["count"] == 1 and by_event["skipped_too_short"]["min_samples"] == 400
     assert by_event["skipped_too_long"]["count"] == 1

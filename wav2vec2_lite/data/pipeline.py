@@ -142,6 +142,16 @@ _MESSAGES = {
 }
 
 
+# the loader's errors give their remedies as Python keywords; a run is configured with data.* keys
+_CONFIG_HINTS = {"pass mono='mix'": "set data.mono=mix", "pass resample='soxr'": "set data.resample=soxr"}
+
+
+def _config_hints(reason: str) -> str:
+    for python, key in _CONFIG_HINTS.items():
+        reason = reason.replace(python, key)
+    return reason
+
+
 def _listing(lines: list[str], limit: int = 20) -> str:
     """The first ``limit`` lines, indented, then ``...`` if there are more."""
     return "\n  " + "\n  ".join(lines[:limit]) + ("\n  ..." if len(lines) > limit else "")
@@ -258,14 +268,14 @@ class TrainingData:
             if subset == "train":
                 self.unreadable_ids.add(item["id"])
             self.events.append({"event": "skipped_unreadable", "subset": subset, "path": item["path"],
-                                "reason": item["reason"], "unreadable_total": self.unreadable_total})
+                                "reason": _config_hints(item["reason"]), "unreadable_total": self.unreadable_total})
         limit = self.cfg.max_unreadable_fraction * len(self.train_set)
         if skipped and len(self.unreadable_ids) > limit:
             last = skipped[-1]
             raise DatasetError(
                 f"{len(self.unreadable_ids)} of {len(self.train_set)} training files became unreadable during the "
                 f"run, more than data.max_unreadable_fraction={self.cfg.max_unreadable_fraction}; stopping "
-                f"(is the storage still there?). Last: {last['path']}: {last['reason']}. Fix the files and rerun the "
+                f"(is the storage still there?). Last: {last['path']}: {_config_hints(last['reason'])}. Fix the files and rerun the "
                 f"same command.")
 
     def _note_level_warnings(self, warned: Sequence[dict], subset: str) -> None:
