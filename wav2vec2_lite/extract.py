@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining, backbone_of
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 
@@ -52,13 +53,16 @@ class Extractor:
         layers: layer names (``conv``, ``layer_0`` ... ``layer_L``, ``last``); ``["all"]`` for every one.
         units: also return the objective's per-frame codes (a pretraining model only).
         normalize: zero-mean unit-variance waves first (what the checkpoint was trained on).
+        dtype: ``float32`` or ``bfloat16`` (:func:`~wav2vec2_lite.inference_dtype.cast_for_inference`);
+            the features are returned in float32 either way.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str] = ("last",), *, units: bool = False,
-                 normalize: bool = False, device: str = "cpu", sample_rate: int = 16000) -> None:
+                 normalize: bool = False, device: str = "cpu", sample_rate: int = 16000,
+                 dtype: str | torch.dtype = "float32") -> None:
         from wav2vec2_lite.probes.features import layer_names
 
-        self.model = model.to(device).eval()
+        self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
         self.backbone = backbone_of(model)
         valid = layer_names(self.backbone.config.num_layers) + ["last"]
         layers = list(layers)
@@ -72,6 +76,8 @@ class Extractor:
         if not self.layers and not units:
             raise ValueError("nothing to extract: choose layers and/or units")
         self.units, self.normalize, self.device, self.sample_rate = units, normalize, device, sample_rate
+        self.dtype = inference_dtype_of(self.model)
+        """The dtype the model ran in (``float32`` or ``bfloat16``); features are written in float32."""
 
     @classmethod
     def from_path(cls, path: str | Path, layers: Iterable[str] = ("last",), *, units: bool = False,
@@ -175,7 +181,7 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
             stem.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "safetensors":
                 files = [str(stem.with_suffix(".safetensors"))]
-                save_file(arrays, files[0], metadata={"source": path})
+                save_file(arrays, files[0], metadata={"source": path, "dtype": extractor.dtype})
             else:
                 files = []
                 for key, value in arrays.items():
@@ -183,7 +189,7 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
                     np.save(files[-1], value.numpy())
             frames = next(iter(arrays.values())).shape[0]
             record = {"path": path, "out": [str(Path(f).relative_to(out_dir)) for f in files], "frames": frames,
-                      "arrays": {k: list(v.shape) for k, v in arrays.items()}}
+                      "arrays": {k: list(v.shape) for k, v in arrays.items()}, "dtype": extractor.dtype}
             index.write(json.dumps(record) + "\n")
             index.flush()
             yield record

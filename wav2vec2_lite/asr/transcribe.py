@@ -28,6 +28,7 @@ from wav2vec2_lite.data.audio import AudioError, AudioInfo, audio_info, load_aud
 from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
+from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
 __all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
@@ -85,10 +86,10 @@ class Transcriber:
 
     def __init__(self, model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, *, normalize: bool = False,
                  device: str = "cpu", chunk_s: float = 30.0, overlap_s: float = 4.0, sample_rate: int = 16000,
-                 decoding: DecodingConfig | None = None) -> None:
+                 decoding: DecodingConfig | None = None, dtype: str | torch.dtype = "float32") -> None:
         if len(tokenizer) != model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} symbols; the model's CTC head has {model.config.vocab_size}")
-        self.model = model.to(device).eval()
+        self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
         self.tokenizer = tokenizer
         self.decoding = decoding or DecodingConfig()
         self._decode = self.decoding.build(tokenizer.vocab)  # None: greedy, with word timings
@@ -126,7 +127,7 @@ class Transcriber:
         """(S,) wave -> (T, vocab) logits, in windows when longer than ``chunk_s``."""
         if self.normalize:
             wave = normalize_wave(wave)
-        fn = lambda w: self.model(w.to(self.device)).logits.cpu()  # noqa: E731
+        fn = lambda w: self.model(w.to(self.device)).logits.float().cpu()  # noqa: E731
         cfg = self.model.config
         if wave.shape[0] <= self.chunk_s * self.sample_rate:
             return fn(wave[None])[0]
@@ -138,8 +139,8 @@ class Transcriber:
 
     @property
     def dtype(self) -> str:
-        """The dtype the model computes in (``float32`` unless converted)."""
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        """The dtype the model's weights compute in: ``float32`` or ``bfloat16`` (``dtype=``)."""
+        return inference_dtype_of(self.model)
 
     def transcribe_wave(self, wave: torch.Tensor, path: str = "<array>") -> Transcript:
         """One utterance's transcript; word timings with greedy decoding only (beam search: ``words`` is empty)."""

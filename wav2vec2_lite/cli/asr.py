@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_checkpoint_options, _add_decoding_options,
-                                      _decoding, _Parser, _report_failure, _reported, _TRUST_HINT)
+                                      _add_dtype_option, _decoding, _dtype_note, _Parser, _report_failure, _reported,
+                                      _TRUST_HINT)
 
 # --------------------------------------------------------------------------------- transcription
 def transcribe(argv: list[str] | None = None) -> None:
@@ -34,14 +35,17 @@ def transcribe(argv: list[str] | None = None) -> None:
     p.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files (seconds)")
     p.add_argument("--overlap-s", type=float, default=4.0, help="overlap between windows (seconds)")
     p.add_argument("--device", default="cpu")
+    _add_dtype_option(p)
     _add_decoding_options(p)
     args = p.parse_intermixed_args(argv)
     inputs = args.audio + args.manifest
     if not inputs:
         p.error("give audio files, folders or manifests")
+    _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
-                                   overlap_s=args.overlap_s, device=args.device, decoding=_decoding(args))
+                                   overlap_s=args.overlap_s, device=args.device, decoding=_decoding(args),
+                                   dtype=args.dtype)
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -77,15 +81,17 @@ def evaluate(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, help="score the first N utterances only")
     p.add_argument("--out", metavar="DIR", help="write summary.json and utterances.jsonl here")
     p.add_argument("--device", default="cpu")
+    _add_dtype_option(p)
     _add_checkpoint_options(p)
     _add_decoding_options(p)
     args = p.parse_intermixed_args(argv)
+    _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
         out = Path(args.out) if args.out else None
         if out is not None and out.exists() and not out.is_dir():
             raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
-                                   decoding=_decoding(args))
+                                   decoding=_decoding(args), dtype=args.dtype)
         result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
                                 progress=sys.stderr.isatty())
         kinds = sentence_kinds(args.data)

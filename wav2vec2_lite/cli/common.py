@@ -89,6 +89,23 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
                    "(only for files you trust; by default no code from the file runs)")
 
 
+def _add_dtype_option(p: argparse.ArgumentParser) -> None:
+    """``--dtype float32|bfloat16``: the weights inference runs in (``inference_dtype``)."""
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "bf16"), default="float32",
+                   help="float32 (default) or bfloat16: the transformer's weights and activations in bf16, "
+                   "convolutions and norms in float32 (fast on GPUs and CPUs with AVX512-BF16/AMX; emulated, "
+                   "slow, elsewhere)")
+
+
+def _dtype_note(prog: str, dtype: str, device: str) -> None:
+    """One line on stderr when bf16 is asked for where the hardware only emulates it."""
+    from wav2vec2_lite.tools.hardware import native_bf16
+
+    if dtype in ("bfloat16", "bf16") and not native_bf16(device):
+        sys.stderr.write(f"{prog}: note: this CPU has no bf16 units (avx512_bf16/amx_bf16): bfloat16 is emulated "
+                         f"and slower than float32 here\n")
+
+
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     """Greedy, prefix beam search, or beam search with an n-gram LM (``asr.decode.DecodingConfig``)."""
     p.add_argument("--decoder", choices=("greedy", "beam"), help="greedy (default; word timings) or beam search "

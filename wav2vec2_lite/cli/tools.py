@@ -6,7 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from wav2vec2_lite.cli.common import EXIT_PARTIAL, EXIT_USAGE, _Parser, _reported, _TRUST_HINT
+from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_dtype_option, _dtype_note, _Parser, _reported,
+                                      _TRUST_HINT)
 
 # --------------------------------------------------------------------------------- representations
 def extract(argv: list[str] | None = None) -> None:
@@ -29,14 +30,17 @@ def extract(argv: list[str] | None = None) -> None:
     p.add_argument("--format", choices=FORMATS, default="safetensors")
     p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
     p.add_argument("--device", default="cpu")
+    _add_dtype_option(p)
     p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it")
     args = p.parse_intermixed_args(argv)
     layers = [x for x in args.layers.split(",") if x.strip()]
+    _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
-        ex = Extractor.from_path(args.model, layers, units=args.units, trust=args.trust_pickle, device=args.device)
+        ex = Extractor.from_path(args.model, layers, units=args.units, trust=args.trust_pickle, device=args.device,
+                                 dtype=args.dtype)
     done = failed = 0
     for item in extract_to_folder(ex, args.audio, out, fmt=args.format, limit=args.limit,
                                   progress=sys.stderr.isatty()):

@@ -30,8 +30,13 @@ def conv_compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def conv_forward(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv(x)``, in float32 with autocast off when CPU autocast is on; unchanged otherwise."""
+    """``conv(x)``, in float32 with autocast off when CPU autocast is on; in the conv's own
+    dtype, and back to ``x``'s, when they differ (a bf16 stream into a float32 conv, as
+    ``inference_dtype.cast_for_inference`` leaves it); unchanged otherwise."""
     if _under_cpu_autocast(x):
         with torch.autocast("cpu", enabled=False):
             return conv(x.float())
+    weight_dtype = conv.bias.dtype if conv.bias is not None else next(conv.parameters()).dtype
+    if x.dtype != weight_dtype:
+        return conv(x.to(weight_dtype)).to(x.dtype)
     return conv(x)

@@ -151,5 +151,6 @@ class FeatureProjection(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout_input)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        normed = self.layer_norm(features)
-        return self.dropout(self.projection(normed)), normed
+        normed = self.layer_norm(features)  # float32 from the conv stack
+        # a bf16-weights model (inference_dtype.cast_for_inference) projects in bf16
+        return self.dropout(self.projection(normed.to(self.projection.weight.dtype))), normed

@@ -1,0 +1,125 @@
+"""bf16 inference (``--dtype bfloat16``): what is cast, and how close it stays to float32."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from _helpers import deep_merge
+from wav2vec2_lite import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.asr.evaluate import evaluate_split
+from wav2vec2_lite.asr.transcribe import Transcriber
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.extract import Extractor
+from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of, parse_inference_dtype
+from wav2vec2_lite.train.config import to_run_config
+from wav2vec2_lite.train.toy_data import make_toy_corpus
+from wav2vec2_lite.train.trainer import Trainer
+
+# the positional conv of this width (4 channels per group, kernel 16) is one of the shapes
+# oneDNN's bf16 convolution gets wrong on AMX CPUs: it must stay float32
+MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
+             pos_conv_kernel=16, pos_conv_groups=16, codevector_dim=32, final_dim=32, num_codes_per_group=16,
+             num_negatives=10, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
+
+
+def test_parse_inference_dtype_spellings_and_errors():
+    assert parse_inference_dtype("bf16") is torch.bfloat16 and parse_inference_dtype("float32") is torch.float32
+    assert parse_inference_dtype(torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        parse_inference_dtype("float16")
+
+
+def test_cast_keeps_convolutions_norms_and_the_objective_float32():
+    torch.manual_seed(0)
+    model = cast_for_inference(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**{k: v for k, v in MICRO.items()
+                                                                             if k != "preset"})), "bf16")
+    assert not model.training and inference_dtype_of(model) == "bfloat16"
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        want = torch.bfloat16 if isinstance(module, nn.Linear) and name.startswith("wav2vec2.") else torch.float32
+        assert {p.dtype for p in own} == {want}, name
+    assert inference_dtype_of(cast_for_inference(model, "float32")) == "float32"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def _finetune(corpus: Path, out: Path) -> Path:
+    cfg = to_run_config(deep_merge({
+        "task": "finetune", "model": dict(MICRO),
+        "data": {"manifest_dir": str(corpus), "max_tokens": 48000, "max_sample_size": None, "min_sample_size": 0},
+        "optim": {"lr": 3e-3, "clip_norm": 5.0}, "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
+        "trainer": {"max_updates": 300, "log_interval": 100, "save_interval": 1000, "progress": False,
+                    "valid_interval": 0, "seed": 3},
+        "ctc": {"mask_time_prob": 0.0, "feature_grad_mult": 1.0, "mask_channel_prob": 0.0},
+        "finetune": {"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
+    }, {}))
+    Trainer(cfg, out).fit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CTC model fine-tuned 300 updates on the toy corpus (valid CER well below 0.5)."""
+    root = tmp_path_factory.mktemp("bf16")
+    corpus = make_toy_corpus(root / "toy", train=80, valid=16, seed=0, min_words=2, max_words=3)
+    return _finetune(corpus, root / "run"), corpus
+
+
+def test_bf16_transcripts_stay_within_tolerance_of_float32(trained):
+    """The stated tolerance: corpus CER within 0.02 (absolute) of float32, and frame log-probs
+    within 0.25 nats; bf16 keeps ~3 significant digits, so a few near-tied frames may flip."""
+    run, corpus = trained
+    fp32 = Transcriber.from_path(run)
+    bf16 = Transcriber.from_path(run, dtype="bfloat16")
+    assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16")
+    r32 = evaluate_split(fp32, corpus, "valid")
+    r16 = evaluate_split(bf16, corpus, "valid")
+    print(f"valid CER float32 {r32.cer:.4f}  bf16 {r16.cer:.4f}; WER {r32.wer:.4f} / {r16.wer:.4f}")
+    assert r32.cer < 0.5  # a model that learned something, else the comparison says little
+    assert abs(r16.cer - r32.cer) <= 0.02
+    same = sum(a == b for a, b in zip(r32.hypotheses, r16.hypotheses))
+    assert same >= 0.8 * len(r32.hypotheses)
+    wave = torch.from_numpy(__import__("soundfile").read(str(corpus / "wav" / "valid_00000.wav"),
+                                                         dtype="float32")[0])
+    lp32, lp16 = fp32.logits(wave).log_softmax(-1), bf16.logits(wave).log_softmax(-1)
+    assert lp16.dtype == torch.float32 and lp16.shape == lp32.shape
+    assert (lp16 - lp32).abs().max() < 0.25
+
+
+def test_bf16_features_and_the_cli_record_the_dtype(trained, tmp_path, capsys):
+    from wav2vec2_lite.cli import evaluate, extract
+
+    run, corpus = trained
+    wave = torch.randn(8000) * 0.1
+    f32 = Extractor.from_path(run, ["conv", "layer_1", "last"]).extract_wave(wave)
+    ex16 = Extractor.from_path(run, ["conv", "layer_1", "last"], dtype="bf16")
+    f16 = ex16.extract_wave(wave)
+    assert ex16.dtype == "bfloat16"
+    assert torch.equal(f16["conv"], f32["conv"])  # the conv stack runs in float32 either way
+    for name in ("layer_1", "last"):
+        assert f16[name].dtype == torch.float32
+        rel = (f16[name] - f32[name]).norm() / f32[name].norm()
+        assert rel < 0.05, (name, float(rel))
+    evaluate([str(run), "--data", str(corpus), "--split", "valid", "--dtype", "bfloat16", "--limit", "4",
+              "--out", str(tmp_path / "eval")])  # returns: every utterance scored
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["dtype"] == "bfloat16"
+    extract([str(run), str(corpus / "valid.tsv"), "--limit", "2", "--out", str(tmp_path / "x"), "--dtype", "bf16"])
+    records = [json.loads(line) for line in (tmp_path / "x" / "index.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and {r["dtype"] for r in records} == {"bfloat16"}
+    capsys.readouterr()
+
+
+def test_a_cpu_without_bf16_units_gets_a_one_line_note(monkeypatch, capsys):
+    from wav2vec2_lite.cli import common
+
+    monkeypatch.setattr("wav2vec2_lite.tools.hardware.native_bf16", lambda device="cpu": False)
+    common._dtype_note("w2v2-transcribe", "bfloat16", "cpu")
+    common._dtype_note("w2v2-transcribe", "float32", "cpu")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("w2v2-transcribe: note: this CPU has no bf16 units")
