@@ -25,7 +25,7 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
 
-__all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork"]
+__all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork", "low_precision_attention"]
 
 
 class SelfAttention(nn.Module):
@@ -50,12 +50,32 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         dropout_p = self.dropout if self.training else 0.0
+        attend = F.scaled_dot_product_attention
+        if dropout_p > 0 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            attend = low_precision_attention  # torch's CPU SDPA would run it all in float32
         if dropout_p > 0 and torch.is_grad_enabled() and x.shape[1] >= self.recompute_min_frames:
-            y = checkpoint(F.scaled_dot_product_attention, q, k, v, attn_mask, dropout_p,
-                           use_reentrant=False, preserve_rng_state=True)
+            y = checkpoint(attend, q, k, v, attn_mask, dropout_p, use_reentrant=False, preserve_rng_state=True)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            y = attend(q, k, v, attn_mask, dropout_p)
         return self.out_proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+def low_precision_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                            dropout_p: float = 0.0) -> Tensor:
+    """Scaled dot-product attention with dropout that stays in q's dtype (bf16/fp16) on CPU.
+
+    ``(B, H, T, d) x3, key mask (B, 1, 1, T) bool True=attend -> (B, H, T, d)``. torch's CPU
+    SDPA has no low-precision kernel with dropout: its math fallback casts q, k, v up and runs
+    both matmuls in float32 (five casts per layer, none of the bf16 speed). Here both matmuls
+    run in q's dtype (float32 accumulation inside the kernel) and the softmax reduces in
+    float32 internally, as CUDA's flash attention does; every query has at least one valid key.
+    """
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))  # (B, H, T, T)
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p, training=dropout_p > 0)
+        return torch.matmul(probs, v)
 
 
 class FeedForward(nn.Module):

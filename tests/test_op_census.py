@@ -1,0 +1,60 @@
+"""Counting casts and FLOPs by dtype (tools/op_census.py), and the bf16 step's casts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wav2vec2_lite.modules.context import low_precision_attention
+from wav2vec2_lite.tools import benchmarking as B
+from wav2vec2_lite.tools.op_census import census
+
+
+def test_census_counts_casts_and_flops_by_dtype():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    r = census(lambda: (a.bfloat16() @ b.bfloat16()).float() + a.sum())
+    assert r.cast_calls == 3 and r.casts_by_kind == {"float32->bfloat16": 2, "bfloat16->float32": 1}
+    assert r.cast_bytes == 8 * 16 * 2 + 16 * 4 * 2 + 8 * 4 * 4
+    assert r.flops == {"bfloat16": 2 * 8 * 16 * 4} and r.flop_share("bfloat16") == 1.0
+    x, w = torch.randn(2, 3, 50), torch.randn(5, 3, 4)
+    r = census(lambda: F.conv1d(x, w, stride=2))
+    assert r.cast_calls == 0 and r.flops == {"float32": 2 * (2 * 5 * 24) * 3 * 4}
+    assert census(lambda: a.clone()).cast_calls == 0  # a copy in the same dtype is not a cast
+
+
+def test_low_precision_attention_matches_sdpa_and_never_leaves_bf16():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 16) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 40, dtype=torch.bool)
+    mask[1, ..., 30:] = False  # padded keys of the second utterance
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(low_precision_attention(q, k, v, mask), ref, atol=1e-5)  # same math in float32
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    out = low_precision_attention(qb, kb, vb, mask)
+    assert out.dtype == torch.bfloat16 and (out.float() - ref).abs().max() < 0.05
+    r = census(lambda: low_precision_attention(qb, kb, vb, mask, 0.1).sum().backward())
+    assert r.cast_calls == 0 and set(r.flops) == {"bfloat16"}
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in (qb, kb, vb))
+    # dropout zeroes whole attention weights: a row's outputs are no longer a convex combination
+    torch.manual_seed(1)
+    dropped = low_precision_attention(qb, kb, vb, mask, 0.5)
+    assert not torch.equal(dropped, out)
+
+
+@pytest.mark.parametrize("task", ["pretrain", "infer"])
+def test_bf16_step_census_of_the_tiny_model(task):
+    """The benchmark's bf16 autocast step: attention with dropout stays bf16 (no float32 SDPA
+    fallback), so the casts are the weights' and the float32 islands' (convs, norms, losses)."""
+    spec = B.BenchSpec(config="tiny", task=task, dtype="bfloat16", seconds=1.0, threads=1)
+    cfg = spec.model_config()
+    step = B._step_fn("ours", B._ours_model(spec, cfg), spec, B._inputs(spec, cfg))
+    r = census(step)
+    fp32 = census(B._step_fn("ours", B._ours_model(spec, cfg), B.BenchSpec(**{**spec.__dict__, "dtype": "float32"}),
+                             B._inputs(spec, cfg)))
+    assert fp32.flop_share("bfloat16") == 0.0
+    assert sum(r.flops.values()) == pytest.approx(sum(fp32.flops.values()), rel=0.02)  # same work, other dtypes
+    assert r.flop_share("bfloat16") > 0.4
+    print(task, r.to_dict())
+    if task == "pretrain":
+        assert r.cast_calls <= 135  # 168 before attention kept its dropout path in bf16
