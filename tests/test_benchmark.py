@@ -48,9 +48,32 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
         assert row["flops"] > 0 and 0 < row["utilisation"]["ours"]
         assert row["memory"]["ours"]["rss_peak_mb"] > 0 and "memory_ratio" in row
         assert set(row["profile"]["total_ms"]) == {"ours", row["hf_best"]}
+        census = row["census"]["ours"]
+        assert census["bf16_flop_share"] == 0.0 and sum(census["gflops"].values()) > 0
     assert report["scaling"][0]["seconds"] == 0.5 and report["scaling"][0]["speedup"] > 0
     md = (tmp_path / "bench.md").read_text()
-    assert md == render_markdown(report) and "| pretrain | float32 |" in md
+    assert md == render_markdown(report) and "| pretrain | float32 |" in md and "casts ours (calls / MB)" in md
+
+
+def test_bf16_inference_row_meets_hf_with_bf16_weights_too(tmp_path, monkeypatch):
+    """Our bf16 mode (bf16 weights, no autocast) against HF autocast and HF bf16 weights."""
+
+    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
+                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
+    real = BenchSpec.model_config
+    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
+    out = tmp_path / "bench.json"
+    torch_threads = torch.get_num_threads()
+    try:
+        main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
+              "--dtype", "bfloat16", "--tasks", "infer", "--no-memory", "--out", str(out)])
+    finally:
+        torch.set_num_threads(torch_threads)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa", "hf_eager_bf16w", "hf_sdpa_bf16w"}
+    ours, hf = row["census"]["ours"], row["census"][row["hf_best"]]
+    assert ours["bf16_flop_share"] > 0 and hf["bf16_flop_share"] > 0  # this micro model is mostly conv FLOPs
+    assert ours["casts_by_kind"].get("float32->bfloat16", 0) <= 6  # weights are bf16 already: few casts
 
 
 def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from _helpers import deep_merge
-from wav2vec2_lite import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite import Wav2Vec2ForPreTraining
 from wav2vec2_lite.asr.evaluate import evaluate_split
 from wav2vec2_lite.asr.transcribe import Transcriber
 from wav2vec2_lite.config import Wav2Vec2Config

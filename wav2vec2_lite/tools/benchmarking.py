@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -38,6 +39,13 @@ __all__ = ["BenchSpec", "model_flops", "matmul_peak", "profile_ops", "run_benchm
 
 TASKS = ("pretrain", "finetune", "infer")
 IMPLS = ("ours", "hf_eager", "hf_sdpa")
+BF16_WEIGHTS = "_bf16w"  # an HF impl whose weights and inputs are bf16 (no autocast)
+BF16_INFER_IMPLS = IMPLS + ("hf_eager" + BF16_WEIGHTS, "hf_sdpa" + BF16_WEIGHTS)
+
+
+def impls_for(task: str, dtype: str) -> tuple[str, ...]:
+    """bf16 inference also meets HF with bf16 weights: ours runs that way (``--dtype bfloat16``)."""
+    return BF16_INFER_IMPLS if (task, dtype) == ("infer", "bfloat16") else IMPLS
 SAMPLE_RATE = 16000
 
 
@@ -66,8 +74,13 @@ class BenchSpec:
 # ----------------------------------------------------------------------------- models and steps
 
 
-def _autocast(spec: BenchSpec):
-    if spec.dtype == "bfloat16":
+def _bf16_weights(impl: str, spec: BenchSpec) -> bool:
+    """Runs with bf16 weights and no autocast: our bf16 inference mode, HF's ``*_bf16w``."""
+    return spec.dtype == "bfloat16" and spec.task == "infer" and (impl == "ours" or impl.endswith(BF16_WEIGHTS))
+
+
+def _autocast(spec: BenchSpec, impl: str = "ours"):
+    if spec.dtype == "bfloat16" and not _bf16_weights(impl, spec):
         return torch.autocast(spec.device.split(":")[0], dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -79,13 +92,27 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
     model = Wav2Vec2ForPreTraining(cfg) if spec.task == "pretrain" else Wav2Vec2ForCTC(cfg)
     if spec.task == "finetune":
         model.freeze_feature_encoder()
-    return model.train(spec.task != "infer").to(spec.device)
+    model = model.train(spec.task != "infer").to(spec.device)
+    if _bf16_weights("ours", spec):
+        from wav2vec2_lite.inference_dtype import cast_for_inference
+
+        cast_for_inference(model, torch.bfloat16)  # bf16 Linear weights, float32 convs and norms
+    return model
 
 
 def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Module:
+    """HF's model with ``ours``' weights; ``attn`` is ``eager`` or ``sdpa``, with ``_bf16w``
+    for the whole model in bf16 (``torch_dtype=bfloat16``)."""
     from wav2vec2_lite.interop import to_hf
 
-    hf = to_hf(ours.cpu() if spec.device != "cpu" else ours)
+    bf16_weights = attn.endswith(BF16_WEIGHTS)
+    attn = attn.removesuffix(BF16_WEIGHTS)
+    source = ours.cpu() if spec.device != "cpu" else ours
+    if any(p.dtype != torch.float32 for p in source.parameters()):  # ours in its bf16 mode: HF from a float32 copy
+        source = copy.deepcopy(source).float()
+    hf = to_hf(source)
+    if bf16_weights:
+        hf = hf.to(torch.bfloat16)
     hf.set_attn_implementation(attn)
     if spec.task == "finetune":
         hf.freeze_feature_encoder()
@@ -142,9 +169,11 @@ def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, to
                 loss = model(x["wave"], labels=x["labels"]).loss
         loss.backward()
 
+    wave = x["wave"].bfloat16() if impl.endswith(BF16_WEIGHTS) else x["wave"]
+
     def infer() -> None:
-        with torch.no_grad(), _autocast(spec):
-            model(x["wave"]).logits
+        with torch.no_grad(), _autocast(spec, impl):
+            model(wave).logits
 
     return {"pretrain": pretrain, "finetune": finetune, "infer": infer}[spec.task]
 
@@ -235,6 +264,27 @@ def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), 
     del models, ours
     gc.collect()
     return {"total_ms": total, "ops": [(op, {i: t.get(i, 0.0) for i in impls}) for op, t in ranked]}
+
+
+def census_steps(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_sdpa")) -> dict[str, dict[str, Any]]:
+    """Casts (calls, MB) and FLOPs by dtype of one step of each implementation
+    (:mod:`~wav2vec2_lite.tools.op_census`): counts, so they do not depend on the machine's load."""
+    from wav2vec2_lite.tools.op_census import census
+
+    _setup(spec)
+    cfg = spec.model_config()
+    ours = _ours_model(spec, cfg)
+    models = {"ours": ours, **{i: _hf_from(ours, spec, i[3:]) for i in impls if i.startswith("hf_")}}
+    x = _inputs(spec, cfg)
+    out = {}
+    for impl in impls:
+        step = _step_fn(impl, models[impl], spec, x)
+        step()  # warm: lazily built buffers are not part of a step
+        torch.manual_seed(spec.seed)
+        out[impl] = census(step).to_dict()
+    del models, ours
+    gc.collect()
+    return out
 
 
 # ----------------------------------------------------------------------------- subprocess probes
@@ -342,9 +392,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     for task in tasks:
         for dt in dtypes:
             spec = BenchSpec(args.config, args.batch, args.seconds, task, dt, args.device, args.threads)
-            res = time_interleaved(spec, warmup=args.warmup, repeats=args.repeats, log=log)
+            res = time_interleaved(spec, impls_for(task, dt), warmup=args.warmup, repeats=args.repeats, log=log)
             med = res["median_s"]
-            hf_best = min(("hf_eager", "hf_sdpa"), key=lambda k: med[k])
+            hf_best = min((k for k in med if k.startswith("hf_")), key=lambda k: med[k])
             row = {"task": task, "dtype": dt, "median_s": med, "times_s": res["times_s"], "hf_best": hf_best,
                    "speedup": med[hf_best] / med["ours"],
                    "speedup_vs_eager": med["hf_eager"] / med["ours"], "speedup_vs_sdpa": med["hf_sdpa"] / med["ours"],
@@ -359,6 +409,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
                     row["memory_ratio"] = mem["ours"][key] / mem[hf_best][key]
                     if key == "rss_peak_mb":
                         row["step_memory_ratio"] = mem["ours"]["step_rss_mb"] / max(mem[hf_best]["step_rss_mb"], 1e-9)
+            row["census"] = census_steps(spec, ("ours", hf_best))
             if args.profile:
                 row["profile"] = profile_ops(spec, ("ours", hf_best))
             report["rows"].append(row)
@@ -412,6 +463,18 @@ def render_markdown(report: dict[str, Any]) -> str:
             + (f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |" if "memory_ratio" in r else "– | – |")
             + f" {r.get('speedup_cpu_time', float('nan')):.2f}× |"
         )
+    if any("census" in r for r in report["rows"]):
+        lines += ["", "Casts and FLOPs of one step (`tools/op_census.py`: dtype casts, and the share of matmul, "
+                      "conv and attention FLOPs computed in bf16)", "",
+                  "| task | dtype | HF | casts ours (calls / MB) | casts HF | bf16 FLOP share ours | HF |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["rows"]:
+            if "census" not in r:
+                continue
+            c, hf = r["census"], r["hf_best"]
+            lines.append(f"| {r['task']} | {r['dtype']} | {hf[3:]} | {c['ours']['cast_calls']} / "
+                         f"{c['ours']['cast_mb']:.0f} | {c[hf]['cast_calls']} / {c[hf]['cast_mb']:.0f} | "
+                         f"{c['ours']['bf16_flop_share']:.0%} | {c[hf]['bf16_flop_share']:.0%} |")
     for r in report["rows"]:
         if "profile" not in r:
             continue
