@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
+from wav2vec2_lite.modules.linear import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.objectives.losses import ctc_loss
@@ -297,7 +298,7 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
         self.config = config
         self.wav2vec2 = Wav2Vec2Model(config)
         self.dropout = nn.Dropout(config.final_dropout)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size)
         nn.init.normal_(self.lm_head.weight, std=1.0 / math.sqrt(config.hidden_size))
         nn.init.zeros_(self.lm_head.bias)
         self._encoder_frozen = False

@@ -148,6 +148,12 @@ def upgrade_state_dict(state: dict[str, torch.Tensor], model_class: str,
     return state
 
 
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it is a slice of a larger storage (parameters bound to one flat buffer by
+    mixed-precision training): safetensors refuses tensors that share memory."""
+    return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
+
+
 def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (class name, config, metadata) to ``directory``."""
     directory = Path(directory)
@@ -155,7 +161,7 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     name = type(model).__name__
     if name not in classes:
         raise TypeError(f"save_model supports {sorted(classes)}; got {name}")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: _own_storage(v.detach().contiguous().cpu()) for k, v in model.state_dict().items()}
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"{directory}: refusing to save non-finite weights ({_name_some(bad)})")

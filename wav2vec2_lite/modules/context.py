@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
+from wav2vec2_lite.modules.linear import Linear
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
 
 __all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork", "low_precision_attention"]
@@ -43,8 +44,8 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out_proj = Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = cfg.attention_dropout
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -83,8 +84,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.ffn_dim)
-        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.ffn_dim)
+        self.fc2 = Linear(cfg.ffn_dim, cfg.hidden_size)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 

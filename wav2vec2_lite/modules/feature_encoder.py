@@ -21,6 +21,7 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.conv_precision import conv_forward
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.lean_conv_stack import LeanConvStack
+from wav2vec2_lite.modules.linear import Linear
 
 __all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply"]
 
@@ -147,7 +148,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
         self.layer_norm = Fp32LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
-        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
+        self.projection = Linear(cfg.conv_dim[-1], cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout_input)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from wav2vec2_lite.modules.linear import Linear
+
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature"]
 
 
@@ -57,7 +59,7 @@ class GumbelProductQuantizer(nn.Module):
         super().__init__()
         self.num_groups = cfg.num_code_groups
         self.num_vars = cfg.num_codes_per_group
-        self.weight_proj = nn.Linear(cfg.conv_dim[-1], self.num_groups * self.num_vars)
+        self.weight_proj = Linear(cfg.conv_dim[-1], self.num_groups * self.num_vars)
         # codebook: (G, V, codevector_dim // G)
         self.codebook = nn.Parameter(torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups))
         self.temperature = float(cfg.gumbel_temperature[0])

@@ -51,6 +51,7 @@ from wav2vec2_lite.modules.log_mel import (
     LogMel,
     normalize_per_utterance,
 )
+from wav2vec2_lite.modules.linear import Linear
 from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
@@ -140,7 +141,7 @@ class BestRQObjective(PretrainingObjective):
         self.quantizer = RandomProjectionQuantizer(stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed)
         self.normalization = (FrozenNormalization(stack * o.num_mel_bins, limit=o.normalization_frames)
                               if o.normalization == "global" else None)
-        self.head = nn.Linear(config.hidden_size, o.codebook_size)
+        self.head = Linear(config.hidden_size, o.codebook_size)
 
     @classmethod
     def validate_options(cls, options: dict[str, Any], config: Any = None) -> None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wav2vec2_lite.modules.linear import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, perplexity
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, diversity_loss, feature_penalty
@@ -61,8 +62,8 @@ class ContrastiveObjective(PretrainingObjective):
         super().__init__(config)
         self.dropout_features = nn.Dropout(config.dropout_features)
         self.quantizer = GumbelProductQuantizer(config)
-        self.project_q = nn.Linear(config.codevector_dim, config.final_dim)
-        self.final_proj = nn.Linear(config.hidden_size, config.final_dim)
+        self.project_q = Linear(config.codevector_dim, config.final_dim)
+        self.final_proj = Linear(config.hidden_size, config.final_dim)
 
     @classmethod
     def health_reference(cls, config: Any) -> dict[str, float]:

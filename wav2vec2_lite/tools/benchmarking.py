@@ -8,8 +8,8 @@ is the peak RSS (``VmHWM``) of a fresh subprocess per measurement (CUDA: ``max_m
 Scaling runs each implementation in its own process per input length.
 
 Utilisation uses one analytic FLOP count for both implementations (:func:`model_flops`)
-over the matmul peak measured in the same run and dtype.
-
+over the matmul peak measured in the same run and dtype; each row also counts casts and the
+bf16 share of FLOPs (``op_census``). bf16 inference meets HF's autocast and HF's bf16 weights.
 Entry point: ``scripts/benchmark.py`` (or ``python -m wav2vec2_lite.tools.benchmarking``).
 """
 
@@ -33,6 +33,7 @@ import torch
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
+from wav2vec2_lite.tools.benchmark_report import render_markdown
 from wav2vec2_lite.tools.hardware import matmul_peak, model_flops, native_bf16, sync
 
 __all__ = ["BenchSpec", "model_flops", "matmul_peak", "profile_ops", "run_benchmark", "render_markdown", "main"]
@@ -97,6 +98,10 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
         from wav2vec2_lite.inference_dtype import cast_for_inference
 
         cast_for_inference(model, torch.bfloat16)  # bf16 Linear weights, float32 convs and norms
+    elif spec.dtype == "bfloat16":  # training as the trainer does it: Linear weights cast in one op
+        from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
+
+        model.low_precision_weights = LowPrecisionWeights(model, torch.bfloat16)
     return model
 
 
@@ -148,11 +153,13 @@ def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, to
     """A closure running one step of ``spec.task`` on ``model`` (ours or HF)."""
     hf = impl != "ours"
     params = [p for p in model.parameters() if p.requires_grad]
+    weights = getattr(model, "low_precision_weights", None)
+    cast_weights = weights.cast if weights is not None else contextlib.nullcontext
 
     def pretrain() -> None:
         for p in params:
             p.grad = None
-        with _autocast(spec):
+        with _autocast(spec, impl), cast_weights():
             if hf:
                 loss = model(x["wave"], mask_time_indices=x["mask"], sampled_negative_indices=x["hf_negatives"]).loss
             else:
@@ -162,7 +169,7 @@ def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, to
     def finetune() -> None:
         for p in params:
             p.grad = None
-        with _autocast(spec):
+        with _autocast(spec, impl), cast_weights():
             if hf:
                 loss = model(x["wave"], labels=x["labels"]).loss
             else:
@@ -440,64 +447,6 @@ def run_scaling(args: argparse.Namespace, log: Callable[[str], None] = print) ->
         rows.append(row)
         log(f"scaling {seconds:g}s x{batch}: " + json.dumps({k: row.get(k) for k in ("speedup", "memory_ratio")}))
     return rows
-
-
-# ----------------------------------------------------------------------------- report
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"config `{report['config']}`, batch {report['batch']} × {report['seconds']:g} s, device {report['device']}, "
-        f"{report['threads']} threads, median of {report['repeats']} interleaved runs after {report['warmup']} warmup; "
-        f"torch {report['torch']}, transformers {report.get('transformers')}",
-        "",
-        "matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["peak_flops"].items()),
-        "",
-        "| task | dtype | speedup vs HF best | vs HF eager | vs HF sdpa | HF best | util ours | util HF best "
-        "| peak mem ours/HF | step mem ours/HF | speedup, CPU-time clock |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["rows"]:
-        u = r["utilisation"]
-        lines.append(
-            f"| {r['task']} | {r['dtype']} | **{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
-            f"{r['speedup_vs_sdpa']:.2f}× | {r['hf_best'][3:]} | {u['ours']:.0%} | {u[r['hf_best']]:.0%} | "
-            + (f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |" if "memory_ratio" in r else "– | – |")
-            + f" {r.get('speedup_cpu_time', float('nan')):.2f}× |"
-        )
-    if any("census" in r for r in report["rows"]):
-        lines += ["", "Casts and FLOPs of one step (`tools/op_census.py`: dtype casts, and the share of matmul, "
-                      "conv and attention FLOPs computed in bf16)", "",
-                  "| task | dtype | HF | casts ours (calls / MB) | casts HF | bf16 FLOP share ours | HF |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in report["rows"]:
-            if "census" not in r:
-                continue
-            c, hf = r["census"], r["hf_best"]
-            lines.append(f"| {r['task']} | {r['dtype']} | {hf[3:]} | {c['ours']['cast_calls']} / "
-                         f"{c['ours']['cast_mb']:.0f} | {c[hf]['cast_calls']} / {c[hf]['cast_mb']:.0f} | "
-                         f"{c['ours']['bf16_flop_share']:.0%} | {c[hf]['bf16_flop_share']:.0%} |")
-    for r in report["rows"]:
-        if "profile" not in r:
-            continue
-        prof, hf = r["profile"], r["hf_best"]
-        lines += ["", f"{r['task']} / {r['dtype']}: self time per op in one step (`torch.profiler`, ms)", "",
-                  f"| op | ours | HF {hf[3:]} |", "|---|---|---|"]
-        lines += [f"| `{op}` | {t['ours']:.0f} | {t[hf]:.0f} |" for op, t in prof["ops"]]
-        lines.append(f"| all ops | {prof['total_ms']['ours']:.0f} | {prof['total_ms'][hf]:.0f} |")
-    if report.get("scaling"):
-        lines += ["", "| input | batch | task | dtype | HF | s per audio-s, ours | s per audio-s, HF | speedup "
-                      "| peak RSS ours / HF (MB) |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in report["scaling"]:
-            if "speedup" not in r:
-                lines.append(f"| {r['seconds']:g} s | {r['batch']} | {r['task']} | {r['dtype']} | {r['hf'][3:]} | "
-                             f"failed: {json.dumps({k: v.get('error') for k, v in r['results'].items()})} ||||")
-                continue
-            sp = r["s_per_audio_s"]
-            mem = r["results"]
-            lines.append(f"| {r['seconds']:g} s | {r['batch']} | {r['task']} | {r['dtype']} | {r['hf'][3:]} | "
-                         f"{sp['ours']:.3f} | {sp[r['hf']]:.3f} | **{r['speedup']:.2f}×** | "
-                         f"{mem['ours']['rss_peak_mb']:.0f} / {mem[r['hf']]['rss_peak_mb']:.0f} "
-                         f"({r['memory_ratio']:.2f}) |")
-    return "\n".join(lines) + "\n"
 
 
 def build_parser() -> argparse.ArgumentParser:

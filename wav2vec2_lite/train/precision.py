@@ -3,6 +3,8 @@
 * ``32``   float32 everywhere, no autocast.
 * ``bf16`` autocast to bfloat16 (weights and optimizer state stay float32); no scaler
   is needed since bf16 has float32's exponent range (CPUs emulate bf16 where they lack it).
+  The Linear weights are cast in one op per forward (``low_precision_weights``), not one
+  per layer.
 * ``fp16`` autocast to float16 with a :class:`torch.amp.GradScaler` (supported on CPU
   since torch 2.3, so the scaled path is tested here; it is meant for GPUs).
 
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 
 __all__ = ["Precision", "parse_precision"]
 
@@ -50,6 +54,14 @@ class Precision:
         self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale,
                                            growth_interval=self.growth_interval,
                                            enabled=self.mode == "fp16")
+        self.weights: LowPrecisionWeights | None = None
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """In bf16/fp16, cast ``model``'s Linear weights in one op per forward
+        (:class:`~wav2vec2_lite.train.low_precision_weights.LowPrecisionWeights`; same numbers
+        as autocast's per-weight casts). Call once the model is on its device."""
+        if self.mode != "32":
+            self.weights = LowPrecisionWeights(model, self.dtype)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -66,7 +78,8 @@ class Precision:
             yield
             return
         with torch.autocast(device_type=self.device_type, dtype=self.dtype):
-            yield
+            with self.weights.cast() if self.weights is not None else contextlib.nullcontext():
+                yield
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss) if self.uses_scaler else loss

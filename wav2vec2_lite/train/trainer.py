@@ -84,9 +84,10 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         if t.gradient_checkpointing:
             self.model.wav2vec2.context.gradient_checkpointing = True
+        self.precision = Precision(t.precision, self.device.type)
+        self.precision.attach(self.model)  # bf16/fp16: Linear weights cast in one op per forward
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.schedule = build_schedule(cfg.schedule, cfg.optim.lr, t.max_updates)
-        self.precision = Precision(t.precision, self.device.type)
         self.generator = torch.Generator()  # masks / distractors / Gumbel noise (drawn on CPU by the model)
         if self.is_main:
             self.run.check_free_space(self.model)
