@@ -96,12 +96,15 @@ def test_health_monitor_flags_a_run_stuck_at_chance(corpus, tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume
-def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path):
-    """6 updates straight == 3 updates, a new process-like Trainer resuming from `last`, 3 more."""
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path, precision):
+    """6 updates straight == 3 updates, a new process-like Trainer resuming from `last`, 3 more
+    (in bf16 too, whose Linear weights live in one flat buffer cast once per forward)."""
     over = dict(model={"dropout": 0.1, "attention_dropout": 0.1, "layerdrop": 0.3, "dropout_features": 0.1},
-                schedule={"total_updates": 6}, trainer={"save_interval": 3, "update_freq": 2})
+                schedule={"total_updates": 6}, trainer={"save_interval": 3, "update_freq": 2, "precision": precision})
     straight = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a")
     straight.fit()
+    assert (straight.precision.weights is not None) == (precision == "bf16")
     first = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 3}})), tmp_path / "b")
     first.fit()
     resumed = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "b")

@@ -85,7 +85,10 @@ class Trainer:
         if t.gradient_checkpointing:
             self.model.wav2vec2.context.gradient_checkpointing = True
         self.precision = Precision(t.precision, self.device.type)
-        self.precision.attach(self.model)  # bf16/fp16: Linear weights cast in one op per forward
+        if not (self.dist.world_size > 1 and self.model.config.layerdrop > 0):
+            # bf16/fp16: Linear weights cast in one op per forward. Not under DDP with LayerDrop: a
+            # skipped block's weights would reach that op without a gradient, which DDP waits for.
+            self.precision.attach(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.schedule = build_schedule(cfg.schedule, cfg.optim.lr, t.max_updates)
         self.generator = torch.Generator()  # masks / distractors / Gumbel noise (drawn on CPU by the model)
