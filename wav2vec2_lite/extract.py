@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining, backbone_of
 from wav2vec2_lite.objectives.base import ObjectiveInputs
@@ -53,16 +54,19 @@ class Extractor:
         layers: layer names (``conv``, ``layer_0`` ... ``layer_L``, ``last``); ``["all"]`` for every one.
         units: also return the objective's per-frame codes (a pretraining model only).
         normalize: zero-mean unit-variance waves first (what the checkpoint was trained on).
+        compile: ``torch.compile`` the dense part (:func:`~wav2vec2_lite.compile.compile_dense`).
         dtype: ``float32`` or ``bfloat16`` (:func:`~wav2vec2_lite.inference_dtype.cast_for_inference`);
             the features are returned in float32 either way.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str] = ("last",), *, units: bool = False,
                  normalize: bool = False, device: str = "cpu", sample_rate: int = 16000,
-                 dtype: str | torch.dtype = "float32") -> None:
+                 dtype: str | torch.dtype = "float32", compile: bool = False) -> None:
         from wav2vec2_lite.probes.features import layer_names
 
         self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
+        if compile:  # the dense part, traced on the first file (wav2vec2_lite.compile)
+            compile_dense(self.model)
         self.backbone = backbone_of(model)
         valid = layer_names(self.backbone.config.num_layers) + ["last"]
         layers = list(layers)

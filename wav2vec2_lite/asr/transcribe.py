@@ -28,6 +28,7 @@ from wav2vec2_lite.data.audio import AudioError, AudioInfo, audio_info, load_aud
 from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
+from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
@@ -86,10 +87,13 @@ class Transcriber:
 
     def __init__(self, model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, *, normalize: bool = False,
                  device: str = "cpu", chunk_s: float = 30.0, overlap_s: float = 4.0, sample_rate: int = 16000,
-                 decoding: DecodingConfig | None = None, dtype: str | torch.dtype = "float32") -> None:
+                 decoding: DecodingConfig | None = None, dtype: str | torch.dtype = "float32",
+                 compile: bool = False) -> None:
         if len(tokenizer) != model.config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} symbols; the model's CTC head has {model.config.vocab_size}")
         self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
+        if compile:  # the dense part, traced on the first file (wav2vec2_lite.compile)
+            compile_dense(self.model)
         self.tokenizer = tokenizer
         self.decoding = decoding or DecodingConfig()
         self._decode = self.decoding.build(tokenizer.vocab)  # None: greedy, with word timings

@@ -45,7 +45,7 @@ def transcribe(argv: list[str] | None = None) -> None:
     with _reported(prog, args.debug, _TRUST_HINT):
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
                                    overlap_s=args.overlap_s, device=args.device, decoding=_decoding(args),
-                                   dtype=args.dtype)
+                                   dtype=args.dtype, compile=args.compile)
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -91,7 +91,7 @@ def evaluate(argv: list[str] | None = None) -> None:
         if out is not None and out.exists() and not out.is_dir():
             raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
-                                   decoding=_decoding(args), dtype=args.dtype)
+                                   decoding=_decoding(args), dtype=args.dtype, compile=args.compile)
         result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
                                 progress=sys.stderr.isatty())
         kinds = sentence_kinds(args.data)

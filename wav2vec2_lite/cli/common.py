@@ -90,11 +90,13 @@ def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_dtype_option(p: argparse.ArgumentParser) -> None:
-    """``--dtype float32|bfloat16``: the weights inference runs in (``inference_dtype``)."""
+    """``--dtype float32|bfloat16`` (the weights inference runs in, ``inference_dtype``) and ``--compile``."""
     p.add_argument("--dtype", choices=("float32", "bfloat16", "bf16"), default="float32",
                    help="float32 (default) or bfloat16: the transformer's weights and activations in bf16, "
                    "convolutions and norms in float32 (fast on GPUs and CPUs with AVX512-BF16/AMX; emulated, "
                    "slow, elsewhere)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's dense part (projection, "
+                   "transformer, CTC head): slower start, faster per file where it pays (docs/benchmarks.md)")
 
 
 def _dtype_note(prog: str, dtype: str, device: str) -> None:

@@ -40,7 +40,7 @@ def extract(argv: list[str] | None = None) -> None:
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
         ex = Extractor.from_path(args.model, layers, units=args.units, trust=args.trust_pickle, device=args.device,
-                                 dtype=args.dtype)
+                                 dtype=args.dtype, compile=args.compile)
     done = failed = 0
     for item in extract_to_folder(ex, args.audio, out, fmt=args.format, limit=args.limit,
                                   progress=sys.stderr.isatty()):

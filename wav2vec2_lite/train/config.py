@@ -138,7 +138,8 @@ class TrainerConfig:
     max_consecutive_nonfinite: int = 10
     """Stop after this many skipped (non-finite loss or gradient) updates in a row."""
     compile: bool = False
-    """``torch.compile(dynamic=True)`` the model."""
+    """``torch.compile(dynamic=True)`` the model's dense parts (feature projection, context
+    network, CTC head; ``wav2vec2_lite.compile``); conv encoder, masking, objective stay eager."""
     gradient_checkpointing: bool = False
     """Recompute transformer blocks in the backward pass (less memory, more time)."""
     tensorboard: bool = False

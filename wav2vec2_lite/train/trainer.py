@@ -35,6 +35,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.data.pipeline import SUMMARY_EVENTS, TrainingData, describe
 from wav2vec2_lite.serialization import save_model
@@ -146,7 +147,7 @@ class Trainer:
     def _wrap(self) -> nn.Module:
         model: nn.Module = self.model
         if self.cfg.trainer.compile:
-            model = torch.compile(model, dynamic=True)
+            compile_dense(self.model)  # in place: projection, context network, CTC head
         if self.dist.world_size > 1:
             find_unused = self.cfg.trainer.find_unused_parameters
             if find_unused is None:
