@@ -4,7 +4,7 @@
     python scripts/benchmark.py --config base --batch 2 --seconds 4 --dtype both --out bench.json
 """
 
-from wav2vec2_lite.tools.benchmarking import main
+from wav2vec2_lite.tools.benchmark_cli import main
 
 if __name__ == "__main__":
     main()

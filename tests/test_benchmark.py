@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("transformers")
 
 from wav2vec2_lite import Wav2Vec2Config  # noqa: E402
-from wav2vec2_lite.tools.benchmarking import BenchSpec, main, model_flops, render_markdown  # noqa: E402
+from wav2vec2_lite.tools.benchmark_cli import main  # noqa: E402
+from wav2vec2_lite.tools.benchmarking import BenchSpec, model_flops, render_markdown  # noqa: E402
 
 
 def test_flop_formula_counts_the_known_parts():
@@ -101,3 +102,14 @@ def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
     md = render_markdown({"config": "tiny", "batch": 1, "seconds": 0.5, "device": "cpu", "threads": 1, "repeats": 1,
                           "warmup": 0, "torch": torch.__version__, "peak_flops": {}, "rows": [row]})
     assert "| `aten::convolution_backward` |" in md and "| all ops |" in md
+
+
+def test_compiled_rows_render_their_compile_time():
+    row = {"task": "infer", "dtype": "float32", "compile": True, "speedup": 1.5, "speedup_vs_eager": 1.6,
+           "speedup_vs_sdpa": 1.5, "hf_best": "hf_sdpa", "utilisation": {"ours": 0.5, "hf_sdpa": 0.3},
+           "median_s": {"ours": 0.2, "hf_sdpa": 0.3}, "first_call_s": {"ours": 12.2, "hf_sdpa": 30.3}}
+    report = {"config": "base", "batch": 2, "seconds": 4.0, "device": "cpu", "threads": 2, "repeats": 3,
+              "warmup": 1, "torch": "x", "peak_flops": {"float32": 3e11}, "rows": [row]}
+    md = render_markdown(report)
+    assert "| infer | float32 compiled | **1.50×** |" in md
+    assert "| infer | float32 | 12.0 | 30.0 |" in md

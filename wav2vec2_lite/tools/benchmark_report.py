@@ -23,11 +23,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         u = r["utilisation"]
         lines.append(
-            f"| {r['task']} | {r['dtype']} | **{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
+            f"| {r['task']} | {r['dtype']}{' compiled' if r.get('compile') else ''} | **{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
             f"{r['speedup_vs_sdpa']:.2f}× | {r['hf_best'][3:]} | {u['ours']:.0%} | {u[r['hf_best']]:.0%} | "
             + (f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |" if "memory_ratio" in r else "– | – |")
             + f" {r.get('speedup_cpu_time', float('nan')):.2f}× |"
         )
+    compiled = [r for r in report["rows"] if r.get("compile")]
+    if compiled:
+        lines += ["", "Compilation (first call minus the median step, seconds)", "", "| task | dtype | ours | HF best |",
+                  "|---|---|---|---|"]
+        for r in compiled:
+            first, med, hf = r["first_call_s"], r["median_s"], r["hf_best"]
+            lines.append(f"| {r['task']} | {r['dtype']} | {first['ours'] - med['ours']:.1f} | "
+                         f"{first[hf] - med[hf]:.1f} |")
     if any("census" in r for r in report["rows"]):
         lines += ["", "Casts and FLOPs of one step (`tools/op_census.py`: dtype casts, and the share of matmul, "
                       "conv and attention FLOPs computed in bf16)", "",

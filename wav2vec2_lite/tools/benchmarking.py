@@ -10,12 +10,11 @@ Scaling runs each implementation in its own process per input length.
 Utilisation uses one analytic FLOP count for both implementations (:func:`model_flops`)
 over the matmul peak measured in the same run and dtype; each row also counts casts and the
 bf16 share of FLOPs (``op_census``). bf16 inference meets HF's autocast and HF's bf16 weights.
-Entry point: ``scripts/benchmark.py`` (or ``python -m wav2vec2_lite.tools.benchmarking``).
+Command line: ``scripts/benchmark.py`` (:mod:`.benchmark_cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import gc
@@ -34,9 +33,10 @@ import torch
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
 from wav2vec2_lite.tools.benchmark_report import render_markdown
-from wav2vec2_lite.tools.hardware import matmul_peak, model_flops, native_bf16, sync
+from wav2vec2_lite.tools.hardware import model_flops, sync
 
-__all__ = ["BenchSpec", "model_flops", "matmul_peak", "profile_ops", "run_benchmark", "render_markdown", "main"]
+__all__ = ["BenchSpec", "census_steps", "impls_for", "model_flops", "probe", "profile_ops", "run_probe",
+           "time_interleaved", "render_markdown"]
 
 TASKS = ("pretrain", "finetune", "infer")
 IMPLS = ("ours", "hf_eager", "hf_sdpa")
@@ -47,6 +47,8 @@ BF16_INFER_IMPLS = IMPLS + ("hf_eager" + BF16_WEIGHTS, "hf_sdpa" + BF16_WEIGHTS)
 def impls_for(task: str, dtype: str) -> tuple[str, ...]:
     """bf16 inference also meets HF with bf16 weights: ours runs that way (``--dtype bfloat16``)."""
     return BF16_INFER_IMPLS if (task, dtype) == ("infer", "bfloat16") else IMPLS
+
+
 SAMPLE_RATE = 16000
 
 
@@ -62,6 +64,8 @@ class BenchSpec:
     device: str = "cpu"
     threads: int = 2
     seed: int = 0
+    compile: bool = False
+    """``torch.compile`` both: ours' dense part (``compile_dense``), HF's whole model (in place)."""
 
     def model_config(self) -> Wav2Vec2Config:
         # layerdrop 0 so that every step does the same work (a skipped block is a timing
@@ -102,6 +106,10 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
         from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 
         model.low_precision_weights = LowPrecisionWeights(model, torch.bfloat16)
+    if spec.compile:
+        from wav2vec2_lite.compile import compile_dense
+
+        compile_dense(model)
     return model
 
 
@@ -119,6 +127,8 @@ def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Modu
     if bf16_weights:
         hf = hf.to(torch.bfloat16)
     hf.set_attn_implementation(attn)
+    if spec.compile:
+        hf.compile(dynamic=True)
     if spec.task == "finetune":
         hf.freeze_feature_encoder()
     hf = hf.train(spec.task != "infer").to(spec.device)
@@ -218,12 +228,14 @@ def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: in
     steps = {k: _step_fn(k, m, spec, x) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in steps}
     cpu: dict[str, list[float]] = {k: [] for k in steps}
+    first: dict[str, float] = {}  # the first call: compilation, lazy buffers
     order = list(steps)
     for r in range(warmup + repeats):
         for k in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
             torch.manual_seed(spec.seed + r)
             c: list[float] = []
             t = _timed(steps[k], spec.device, c)
+            first.setdefault(k, t)
             if r >= warmup:
                 times[k].append(t)
                 cpu[k].append(c[0])
@@ -235,7 +247,7 @@ def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: in
     del models, steps, ours
     gc.collect()
     return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times,
-            "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()}, "flops": flops}
+            "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()}, "flops": flops, "first_call_s": first}
 
 
 def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), warmup: int = 1,
@@ -367,133 +379,6 @@ def run_probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, tim
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-# ----------------------------------------------------------------------------- the whole benchmark
-def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
-    if args.dtype == "auto":
-        dtypes = ["float32", "bfloat16"] if native_bf16(args.device) else ["float32"]
-        if dtypes == ["float32"]:
-            log("this CPU has no native bf16 (no avx512_bf16/amx_bf16): bf16 skipped; force it with --dtype bfloat16")
-    else:
-        dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
-    tasks = list(TASKS) if args.tasks == "all" else [] if args.tasks in ("", "none") else args.tasks.split(",")
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {
-        "config": args.config, "batch": args.batch, "seconds": args.seconds, "device": args.device,
-        "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
-        "torch": torch.__version__, "memory_method": "peak RSS (VmHWM) of a fresh process per measurement"
-        if args.device == "cpu" else "torch.cuda.max_memory_allocated in a fresh process",
-        "peak_flops": {}, "rows": [], "scaling": [], "native_bf16": native_bf16(args.device),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability() if args.device == "cpu" else None,
-    }
-    try:
-        import transformers
-
-        report["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        raise SystemExit("the benchmark needs transformers (pip install 'wav2vec2_lite[hf]')")
-    for dt in dtypes:
-        n = 2048 if dt == "float32" or report["native_bf16"] else 512  # emulated bf16 is far slower
-        report["peak_flops"][dt] = matmul_peak(getattr(torch, dt), args.device, n=n)
-        log(f"matmul peak {dt}: {report['peak_flops'][dt] / 1e9:.0f} GFLOP/s")
-    for task in tasks:
-        for dt in dtypes:
-            spec = BenchSpec(args.config, args.batch, args.seconds, task, dt, args.device, args.threads)
-            res = time_interleaved(spec, impls_for(task, dt), warmup=args.warmup, repeats=args.repeats, log=log)
-            med = res["median_s"]
-            hf_best = min((k for k in med if k.startswith("hf_")), key=lambda k: med[k])
-            row = {"task": task, "dtype": dt, "median_s": med, "times_s": res["times_s"], "hf_best": hf_best,
-                   "speedup": med[hf_best] / med["ours"],
-                   "speedup_vs_eager": med["hf_eager"] / med["ours"], "speedup_vs_sdpa": med["hf_sdpa"] / med["ours"],
-                   "speedup_cpu_time": res["median_cpu_s"][hf_best] / res["median_cpu_s"]["ours"],
-                   "median_cpu_s": res["median_cpu_s"], "flops": res["flops"],
-                   "utilisation": {k: res["flops"] / v / report["peak_flops"][dt] for k, v in med.items()}}
-            if args.memory:
-                mem = {impl: run_probe(spec, impl) for impl in ("ours", hf_best)}
-                row["memory"] = mem
-                if all("rss_peak_mb" in m for m in mem.values()):
-                    key = "cuda_peak_mb" if args.device.startswith("cuda") else "rss_peak_mb"
-                    row["memory_ratio"] = mem["ours"][key] / mem[hf_best][key]
-                    if key == "rss_peak_mb":
-                        row["step_memory_ratio"] = mem["ours"]["step_rss_mb"] / max(mem[hf_best]["step_rss_mb"], 1e-9)
-            row["census"] = census_steps(spec, ("ours", hf_best))
-            if args.profile:
-                row["profile"] = profile_ops(spec, ("ours", hf_best))
-            report["rows"].append(row)
-            log(f"{task}/{dt}: speedup {row['speedup']:.2f}x vs HF {hf_best}"
-                + (f", memory ratio {row.get('memory_ratio', float('nan')):.2f}" if args.memory else ""))
-    if args.scaling:
-        report["scaling"] = run_scaling(args, log)
-    return report
-
-
-def run_scaling(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Time per audio-second at each length; every implementation in its own process."""
-    rows = []
-    for seconds in [float(s) for s in args.scaling.split(",")]:
-        batch = 1 if seconds >= args.scaling_batch1_from else args.batch
-        spec = BenchSpec(args.config, batch, seconds, args.scaling_task, args.scaling_dtype, args.device, args.threads)
-        hf_impl = "hf_" + args.scaling_hf_attn
-        res = {}
-        for impl in ("ours", hf_impl):
-            res[impl] = run_probe(spec, impl, warmup=1, repeats=args.scaling_repeats)
-        audio = batch * seconds
-        row = {"seconds": seconds, "batch": batch, "task": spec.task, "dtype": spec.dtype, "hf": hf_impl,
-               "results": res}
-        if all(r.get("median_s") for r in res.values()):
-            row["s_per_audio_s"] = {k: r["median_s"] / audio for k, r in res.items()}
-            row["speedup"] = res[hf_impl]["median_s"] / res["ours"]["median_s"]
-            row["memory_ratio"] = res["ours"]["rss_peak_mb"] / res[hf_impl]["rss_peak_mb"]
-        rows.append(row)
-        log(f"scaling {seconds:g}s x{batch}: " + json.dumps({k: row.get(k) for k in ("speedup", "memory_ratio")}))
-    return rows
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", default="base", choices=["tiny", "base", "large"])
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=4.0)
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "both"],
-                   help="auto: float32, plus bfloat16 where the hardware has it")
-    p.add_argument("--tasks", default="all", help="comma list of pretrain,finetune,infer (default all; none: only --scaling)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the fresh-process memory probes")
-    p.add_argument("--profile", action="store_true",
-                   help="also profile one step of ours and HF's best per row: self time per aten op")
-    p.add_argument("--scaling", default="", help="comma list of input seconds, e.g. 2,4,8,16,32 (off by default)")
-    p.add_argument("--scaling-task", default="pretrain", choices=list(TASKS))
-    p.add_argument("--scaling-dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--scaling-hf-attn", default="sdpa", choices=["eager", "sdpa"])
-    p.add_argument("--scaling-batch1-from", type=float, default=16.0,
-                   help="use batch 1 from this length on (memory: HF needs 18 GB at 2 x 32 s eager)")
-    p.add_argument("--scaling-repeats", type=int, default=1)
-    p.add_argument("--out", default="", help="write the JSON report here (and the markdown next to it)")
-    p.add_argument("--probe", default="", help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    args = build_parser().parse_args(argv)
-    if args.probe:
-        payload = json.loads(args.probe)
-        print(json.dumps(probe(BenchSpec(**payload["spec"]), payload["impl"], payload["warmup"], payload["repeats"])))
-        return None
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    report = run_benchmark(args, log=lambda s: print(s, file=sys.stderr, flush=True))
-    md = render_markdown(report)
-    print(md)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
-            f.write(md)
-    return report
-
-
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # the fresh process of run_probe: --probe PAYLOAD
+    _payload = json.loads(sys.argv[sys.argv.index("--probe") + 1])
+    print(json.dumps(probe(BenchSpec(**_payload["spec"]), _payload["impl"], _payload["warmup"], _payload["repeats"])))
