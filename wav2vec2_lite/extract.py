@@ -105,8 +105,9 @@ class Extractor:
         out = self.backbone(w, output_hidden_states=True)
         result = {name: out.layer(name)[0].float().cpu().contiguous() for name in self.layers}
         if self.units:
-            inputs = ObjectiveInputs(waveform=w, sample_padding=None, conv_features=out.conv_features,
-                                     extract_features=out.extract_features, context=out.last_hidden_state,
+            inputs = ObjectiveInputs(waveform=w, sample_padding=None, conv_features=out.conv_features.float(),
+                                     extract_features=out.extract_features.float(),
+                                     context=out.last_hidden_state.float(),
                                      mask_indices=torch.zeros_like(out.extract_features[..., 0], dtype=torch.bool),
                                      frame_padding=None, frame_lengths=out.frame_lengths)
             result["units"] = self.model.objective.frame_codes(inputs)[0].long().cpu().contiguous()

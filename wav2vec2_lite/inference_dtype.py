@@ -4,11 +4,15 @@
 (transformer blocks, feature projection, CTC head), in the low-precision dtype, so no weight
 is cast per forward pass (autocast casts each weight at each use). What stays float32:
 
-* the convolutions (feature encoder, positional conv): oneDNN's bf16 convolutions give
-  wrong results for some shapes on CPUs with native bf16 (``modules/conv_precision.py``);
-  the positional conv's input is cast up and its output back down at the boundary;
-* normalisation statistics and parameters (``Fp32LayerNorm`` normalises in float32);
-* the pretraining objective (quantizer, codebooks): units are read from float32 features;
+* the positional convolution: oneDNN's bf16 convolutions give wrong results for some shapes
+  on CPUs with native bf16 (``modules/conv_precision.py``); its input is cast up and its
+  output back down at the boundary. The feature encoder's convolutions do run in bf16, as
+  matmuls over unfolded windows (``feature_encoder.unfolded_conv1d``), which are correct
+  for every shape and use the CPU's bf16 matmul units;
+* normalisation parameters, and the statistics (``Fp32LayerNorm`` normalises in float32;
+  GroupNorm/LayerNorm on bf16 inputs accumulate in float32);
+* the pretraining objective (quantizer, codebooks): units are computed from the bf16
+  features cast to float32;
 * the logits leave the model in bf16 and are decoded in float32.
 
 The residual stream between blocks is bf16, as in transformers' ``torch_dtype=bfloat16``.
@@ -60,6 +64,8 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
         for module in backbone.modules():
             if isinstance(module, nn.Linear):
                 module.to(dtype)
+        for layer in backbone.feature_encoder.conv_layers:  # run as unfolded matmuls (unfolded_conv1d)
+            layer.conv.to(dtype)
         head = getattr(model, "lm_head", None)
         if isinstance(head, nn.Linear):
             head.to(dtype)

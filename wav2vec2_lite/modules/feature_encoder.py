@@ -23,7 +23,7 @@ from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.lean_conv_stack import LeanConvStack
 from wav2vec2_lite.modules.linear import Linear
 
-__all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply"]
+__all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply", "unfolded_conv1d"]
 
 
 def conv_output_lengths(lengths: Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> Tensor:
@@ -60,6 +60,23 @@ def masked_instance_norm(x: Tensor, lengths: Tensor, weight: Tensor, bias: Tenso
     return (x - mean) * torch.rsqrt(var + eps) * weight[None, :, None] + bias[None, :, None]
 
 
+def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """``F.conv1d`` (no padding) as one matmul over the unfolded windows (im2col).
+
+    ``x (B, C_in, S), weight (C_out, C_in, k) -> (B, C_out, T)`` (a transposed view). What the
+    bf16 inference mode runs the feature encoder with: on CPUs with bf16 units the matmul uses
+    them (oneDNN's bf16 convolutions are slower here and wrong for some shapes, see
+    ``conv_precision``), and any dtype gives the convolution's numbers up to rounding.
+    """
+    k = weight.shape[-1]
+    windows = x.unfold(2, k, stride)  # (B, C_in, T, k), a view
+    b, c, t, _ = windows.shape
+    y = windows.permute(0, 2, 1, 3).reshape(b, t, c * k) @ weight.reshape(weight.shape[0], c * k).t()
+    if bias is not None:
+        y = y + bias
+    return y.transpose(1, 2)
+
+
 class ConvLayer(nn.Module):
     """Conv1d -> [GroupNorm | LayerNorm over channels | nothing] -> GELU."""
 
@@ -78,7 +95,11 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (batch, in_ch, samples) -> (batch, out_ch, frames); ``lengths`` = valid output frames."""
-        x = conv_forward(self.conv, x)
+        w = self.conv.weight
+        if w.dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(x.device.type):
+            x = unfolded_conv1d(x.to(w.dtype), w, self.conv.bias, self.conv.stride[0])  # low-precision weights
+        else:
+            x = conv_forward(self.conv, x)
         if self.norm_kind == "group":
             if self.masked_group_norm and lengths is not None:
                 x = masked_instance_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)

@@ -336,10 +336,12 @@ def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict
         cls = transformers.Wav2Vec2ForPreTraining if spec.task == "pretrain" else transformers.Wav2Vec2ForCTC
         hf_cfg = config_to_hf(cfg)
         model = cls(hf_cfg)
-        model.set_attn_implementation(impl[3:])
+        model.set_attn_implementation(impl[3:].removesuffix(BF16_WEIGHTS))
         if spec.task == "finetune":
             model.freeze_feature_encoder()
         model = model.train(spec.task != "infer").to(spec.device)
+        if impl.endswith(BF16_WEIGHTS):
+            model = model.to(torch.bfloat16)
     x = _inputs(spec, cfg)
     step = _step_fn(impl, model, spec, x)
     gc.collect()
