@@ -360,21 +360,28 @@ def test_lean_conv_stack_is_exactly_the_module_path(norm, grad_mult):
     assert len(grads) == len(ref_grads) == len(list(enc.parameters()))
     for g, r in zip(grads, ref_grads):
         assert torch.equal(g, r)
-    # CPU bf16 autocast: both paths keep convs and norms in float32 (modules/conv_precision.py)
-    for lean in (True, False):
-        out_bf, grads_bf = _encoder_grads(enc, wave, lean=lean, autocast=True)
-        assert out_bf.dtype == torch.float32
-        torch.testing.assert_close(out_bf, ref_out, rtol=1e-5, atol=1e-5)
-        for g, r in zip(grads_bf, ref_grads):
-            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+    # CPU bf16 autocast: both paths run the convs as bf16 unfolded matmuls and the norms in
+    # float32 (modules/conv_precision.py): the same forward; gradients within bf16 rounding
+    # of each other (autograd's and LeanConvStack's matmuls sum in other orders) and of float32
+    lean_out, lean_grads = _encoder_grads(enc, wave, lean=True, autocast=True)
+    mod_out, mod_grads = _encoder_grads(enc, wave, lean=False, autocast=True)
+    torch.testing.assert_close(lean_out, mod_out, rtol=0, atol=0)
+    assert 0 < _rel(lean_out, ref_out) < 0.02
+    for g, m, r in zip(lean_grads, mod_grads, ref_grads):
+        assert _rel(g, m) < 0.02 and _rel(g, r) < 0.05 and _rel(m, r) < 0.05
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12))
 
 
 @pytest.mark.parametrize("lean", [True, False])
-def test_convolutions_run_float32_under_cpu_autocast(lean):
+def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     """oneDNN's bf16 convs on AVX-512-bf16 / AMX CPUs are wrong for some shapes (errors as large
     as the output, not rounding): a 64-wide positional conv with 16 groups and kernel 16, and
     ungrouped convs with 16 input channels and kernel 4 or 16. These shapes here: under CPU
-    autocast the feature encoder and the positional conv give the float32 result on any CPU."""
+    autocast the positional conv gives the float32 result, and the feature encoder (bf16
+    matmuls over unfolded windows) gives it up to bf16 rounding, on any CPU."""
     torch.manual_seed(0)
     cfg = small(hidden_size=64, num_heads=2, ffn_dim=128, conv_dim=[16, 16, 16], conv_kernel=[10, 4, 16],
                 conv_stride=[5, 4, 4], pos_conv_kernel=16, pos_conv_groups=16, feature_grad_mult=1.0)
@@ -386,9 +393,9 @@ def test_convolutions_run_float32_under_cpu_autocast(lean):
         ref_feats, ref_pos = model.feature_encoder(wave), model.context.pos_conv(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             feats, pos = model.feature_encoder(wave), model.context.pos_conv(x)
-    assert feats.dtype == pos.dtype == torch.float32
-    torch.testing.assert_close(feats, ref_feats, rtol=1e-5, atol=1e-5)
+    assert pos.dtype == torch.float32
     torch.testing.assert_close(pos, ref_pos, rtol=1e-5, atol=1e-5)
+    assert 0 < _rel(feats, ref_feats) < 0.02  # rounding: a wrong kernel errs by O(1)
 
 
 def test_lean_conv_stack_frozen_padded_and_double_backward():

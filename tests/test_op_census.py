@@ -58,6 +58,7 @@ def test_bf16_step_census_of_the_tiny_model(task):
     assert r.flop_share("bfloat16") > 0.4
     print(task, r.to_dict())
     if task == "pretrain":
-        # 168 before attention kept its dropout path in bf16 (132) and the Linear weights were
-        # cast in one op (LowPrecisionWeights, as the trainer does)
-        assert r.cast_calls <= 60
+        # 168 casts and a bf16 share of 0.43 before: attention with dropout kept in bf16, the
+        # feature encoder's convs in bf16 (unfolded matmuls), the weights cast in one op
+        # (LowPrecisionWeights, as the trainer does); what is left is the float32 residual stream's
+        assert r.cast_calls <= 70 and r.flop_share("bfloat16") > 0.55

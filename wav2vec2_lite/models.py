@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.objectives.losses import ctc_loss

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
 
 __all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork", "low_precision_attention"]

@@ -1,11 +1,16 @@
-"""The dtype convolutions compute in under autocast: float32 on CPU, the autocast dtype elsewhere.
+"""How convolutions compute under mixed precision.
 
 oneDNN's bf16 convolutions on CPUs with real bf16 units (AVX-512 bf16 / AMX) return wrong
 results for some shapes, not rounding but errors as large as the output: a grouped conv with
 4–12 channels per group and kernel >= 16 (the positional conv of a 64-wide model with 16
 groups), ungrouped convs with 4–16 input channels and kernel 4 or 16 (docs/training.md,
 precision policy). Emulated bf16 on AVX2 CPUs is correct, so the same run gave different
-losses on different machines. On CPU the convolutions therefore stay float32 under autocast.
+losses on different machines. On CPU no convolution therefore goes through oneDNN in bf16:
+
+* the positional conv stays float32 under CPU autocast (:func:`conv_forward`);
+* the feature encoder's strided convs run in bf16 as matmuls over unfolded windows
+  (:func:`unfolded_conv1d`, im2col), correct for every shape and faster than oneDNN's bf16
+  or float32 convolutions there (docs/benchmarks.md); :func:`encoder_conv_plan` says when.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["conv_compute_dtype", "conv_forward"]
+__all__ = ["conv_compute_dtype", "conv_forward", "encoder_conv_plan", "unfolded_conv1d"]
+
+_LOW = (torch.bfloat16, torch.float16)
 
 
 def _under_cpu_autocast(x: Tensor) -> bool:
@@ -40,3 +47,30 @@ def conv_forward(conv: nn.Module, x: Tensor) -> Tensor:
     if x.dtype != weight_dtype:
         return conv(x.to(weight_dtype)).to(x.dtype)
     return conv(x)
+
+
+def encoder_conv_plan(x: Tensor, weight: Tensor) -> tuple[torch.dtype, bool]:
+    """``(dtype, unfolded)`` for a feature-encoder conv over ``x``: on CPU under autocast, or with
+    low-precision weights (``inference_dtype``), the low-precision dtype as an unfolded matmul;
+    otherwise :func:`conv_compute_dtype` and the native convolution."""
+    device = x.device.type
+    if _under_cpu_autocast(x) and torch.get_autocast_dtype("cpu") in _LOW:
+        return torch.get_autocast_dtype("cpu"), True
+    if weight.dtype in _LOW and not torch.is_autocast_enabled(device):
+        return weight.dtype, device == "cpu"
+    return conv_compute_dtype(x), False
+
+
+def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """``F.conv1d`` (no padding) as one matmul over the unfolded windows (im2col).
+
+    ``x (B, C_in, S), weight (C_out, C_in, k) -> (B, C_out, T)``, a transposed view of a
+    ``(B, T, C_out)`` result; the convolution's numbers up to rounding, in any dtype.
+    """
+    k = weight.shape[-1]
+    windows = x.unfold(2, k, stride)  # (B, C_in, T, k), a view
+    b, c, t, _ = windows.shape
+    y = windows.permute(0, 2, 1, 3).reshape(b, t, c * k) @ weight.reshape(weight.shape[0], c * k).t()
+    if bias is not None:
+        y = y + bias
+    return y.transpose(1, 2)

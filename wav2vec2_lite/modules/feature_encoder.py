@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.modules.conv_precision import conv_forward
+from wav2vec2_lite.modules.conv_precision import conv_forward, encoder_conv_plan, unfolded_conv1d
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.lean_conv_stack import LeanConvStack
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import Conv1d, Linear, weight_and_bias
 
-__all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply", "unfolded_conv1d"]
+__all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply"]
 
 
 def conv_output_lengths(lengths: Tensor, kernels: tuple[int, ...], strides: tuple[int, ...]) -> Tensor:
@@ -60,30 +60,13 @@ def masked_instance_norm(x: Tensor, lengths: Tensor, weight: Tensor, bias: Tenso
     return (x - mean) * torch.rsqrt(var + eps) * weight[None, :, None] + bias[None, :, None]
 
 
-def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
-    """``F.conv1d`` (no padding) as one matmul over the unfolded windows (im2col).
-
-    ``x (B, C_in, S), weight (C_out, C_in, k) -> (B, C_out, T)`` (a transposed view). What the
-    bf16 inference mode runs the feature encoder with: on CPUs with bf16 units the matmul uses
-    them (oneDNN's bf16 convolutions are slower here and wrong for some shapes, see
-    ``conv_precision``), and any dtype gives the convolution's numbers up to rounding.
-    """
-    k = weight.shape[-1]
-    windows = x.unfold(2, k, stride)  # (B, C_in, T, k), a view
-    b, c, t, _ = windows.shape
-    y = windows.permute(0, 2, 1, 3).reshape(b, t, c * k) @ weight.reshape(weight.shape[0], c * k).t()
-    if bias is not None:
-        y = y + bias
-    return y.transpose(1, 2)
-
-
 class ConvLayer(nn.Module):
     """Conv1d -> [GroupNorm | LayerNorm over channels | nothing] -> GELU."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, bias: bool,
                  norm: str | None, masked_group_norm: bool = False) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
+        self.conv = Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
         self.norm_kind = norm
         self.masked_group_norm = masked_group_norm
         if norm == "group":
@@ -95,11 +78,19 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (batch, in_ch, samples) -> (batch, out_ch, frames); ``lengths`` = valid output frames."""
-        w = self.conv.weight
-        if w.dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(x.device.type):
-            x = unfolded_conv1d(x.to(w.dtype), w, self.conv.bias, self.conv.stride[0])  # low-precision weights
-        else:
-            x = conv_forward(self.conv, x)
+        cdt, unfolded = encoder_conv_plan(x, self.conv.weight)
+        if not unfolded:
+            return self._norm_and_gelu(conv_forward(self.conv, x), lengths)
+        autocast = torch.is_autocast_enabled(x.device.type)
+        weight, bias = weight_and_bias(self.conv)  # pre-cast in a bf16 training step
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if bias is None else bias.to(cdt)
+            x = unfolded_conv1d(x.to(cdt), weight.to(cdt), bias, self.conv.stride[0])
+            if autocast and self.norm_kind is not None:
+                x = x.float()  # the norm in float32, as LeanConvStack runs it under autocast
+            return self._norm_and_gelu(x, lengths)
+
+    def _norm_and_gelu(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         if self.norm_kind == "group":
             if self.masked_group_norm and lengths is not None:
                 x = masked_instance_norm(x, lengths, self.norm.weight, self.norm.bias, self.norm.eps)
@@ -134,6 +125,18 @@ class FeatureEncoder(nn.Module):
         """LeanConvStack computes a conv's gradients over time chunks when its input has more
         elements than this (bounds the kernels' workspace; 0 = never)."""
 
+    def effective_parameters(self) -> list[Tensor]:
+        """``self.parameters()`` in order, each conv's weight and bias replaced by the pre-cast
+        tensors a bf16 training step set (``modules.precast``): what ``LeanConvStack`` takes."""
+        swap = {}
+        for layer in self.conv_layers:
+            if layer.conv.low_precision is not None:
+                w, b = layer.conv.low_precision
+                swap[id(layer.conv.weight)] = w
+                if b is not None:
+                    swap[id(layer.conv.bias)] = b
+        return [swap.get(id(p), p) for p in self.parameters()]
+
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Samples -> frames for this stack."""
         return conv_output_lengths(lengths, self.kernels, self.strides)
@@ -148,7 +151,7 @@ class FeatureEncoder(nn.Module):
         first = self.conv_layers[0]
         masked_norm = first_lengths is not None and first.masked_group_norm and first.norm_kind == "group"
         if self.lean_backward and torch.is_grad_enabled() and grad_mult > 0 and not masked_norm:
-            params = list(self.parameters())
+            params = self.effective_parameters()
             if wave.requires_grad or any(p.requires_grad for p in params):
                 return LeanConvStack.apply(x, self, grad_mult, *params)
         with torch.set_grad_enabled(torch.is_grad_enabled() and grad_mult > 0):

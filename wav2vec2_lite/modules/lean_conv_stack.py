@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.conv_precision import conv_compute_dtype
+from wav2vec2_lite.modules.conv_precision import encoder_conv_plan, unfolded_conv1d
 
 __all__ = ["LeanConvStack"]
 
@@ -26,7 +26,7 @@ def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Te
     choice; CPU autocast would use bf16); returns (normed, (mean, rstd)) or (z, None)."""
     if layer.norm_kind is None:
         return z, None
-    zf = z.float()
+    zf = z.float().contiguous()  # an unfolded conv's output is a transposed view
     b, c, t = zf.shape
     if layer.norm_kind == "group":
         n, mean, rstd = _aten.native_group_norm(zf, layer.norm.weight, layer.norm.bias, b, c, t, c, layer.norm.eps)
@@ -39,7 +39,7 @@ def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Te
 def _norm_backward(layer: nn.Module, grad: Tensor, z: Tensor, stats: tuple[Tensor, Tensor]
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`_norm_forward`'s norm at ``z``."""
-    zf = z.float()
+    zf = z.float().contiguous()  # an unfolded conv's output is a transposed view
     b, c, t = zf.shape
     mean, rstd = stats
     w, bias = layer.norm.weight, layer.norm.bias
@@ -50,7 +50,7 @@ def _norm_backward(layer: nn.Module, grad: Tensor, z: Tensor, stats: tuple[Tenso
     return gx.transpose(1, 2), gw, gb
 
 
-def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, need_input: bool,
+def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype, need_input: bool,
                    chunk_elements: int) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(input, weight, bias) gradients of an unpadded strided ``conv`` at input ``x_in``.
 
@@ -61,7 +61,7 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, n
     the convolution kernels' workspace grows with the length they see (docs/benchmarks.md), so
     chunks bound it. Chunked sums run in another order: ~1e-6 relative to the one-call result.
     """
-    w = conv.weight.to(cdt)
+    w = weight.to(cdt)
     k, s = conv.kernel_size[0], conv.stride[0]
     has_bias = conv.bias is not None
     args = ([s], [0], [1], False, [0], 1)
@@ -93,35 +93,62 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, cdt: torch.dtype, n
     return gx, gw, gb
 
 
+def _unfolded_conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype,
+                            need_input: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """(input, weight, bias) gradients of :func:`~.conv_precision.unfolded_conv1d`, all in
+    ``cdt``: two matmuls over the unfolded windows, the input gradient's overlapping windows
+    summed in place (as a low-precision convolution's backward kernel rounds them)."""
+    w = weight.to(cdt)
+    c_out, c_in, k = w.shape
+    s = conv.stride[0]
+    batch, _, length = x_in.shape
+    frames = g.shape[-1]
+    g2 = g.transpose(1, 2).reshape(batch * frames, c_out)
+    windows = x_in.unfold(2, k, s).permute(0, 2, 1, 3).reshape(batch * frames, c_in * k)
+    gw = (g2.t() @ windows).reshape(c_out, c_in, k)
+    del windows
+    gb = g.sum(dim=(0, 2)) if conv.bias is not None else None
+    gx = None
+    if need_input:
+        gwin = (g2 @ w.reshape(c_out, c_in * k)).reshape(batch, frames, c_in, k)
+        gx = torch.zeros(batch, c_in, length, dtype=cdt, device=g.device)
+        for j in range(k):  # window offset j of frame t reads sample t * s + j
+            gx[:, :, j:j + s * (frames - 1) + 1:s] += gwin[..., j].transpose(1, 2)
+    return gx, gw, gb
+
+
 class LeanConvStack(torch.autograd.Function):
     """The conv stack's forward + backward, keeping only each conv's output for backward.
 
-    ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.parameters()) -> (B, C, T)``. The
-    convolutions run in :func:`conv_compute_dtype` (CUDA autocast: its dtype; CPU: float32)
-    and the norms in float32, as the module path runs them; the saved conv outputs are in the
-    convolutions' dtype.
+    ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.effective_parameters()) -> (B, C, T)``. The
+    convolutions run as :func:`~.conv_precision.encoder_conv_plan` says (CPU autocast: bf16
+    unfolded matmuls; CUDA autocast: its dtype; float32 otherwise) and the norms in float32,
+    as the module path runs them; the saved conv outputs are in the convolutions' dtype.
     ``grad_mult`` is fairseq's ``feature_grad_mult``, applied to the incoming gradient.
     """
 
     @staticmethod
     def forward(ctx, wave: Tensor, encoder: nn.Module, grad_mult: float, *params: Tensor) -> Tensor:  # type: ignore[override]
         dev = wave.device.type
-        cdt = conv_compute_dtype(wave)
+        cdt, unfolded = encoder_conv_plan(wave, encoder.conv_layers[0].conv.weight)
+        conv1d = unfolded_conv1d if unfolded else lambda x, w, b, stride: F.conv1d(x, w, b, stride=stride)
         saved: list[Tensor] = []
         stats: list[tuple[Tensor, Tensor] | None] = []
         x = wave
+        given = dict(zip(map(id, encoder.parameters()), params))  # a param, or its pre-cast stand-in
         with torch.autocast(dev, enabled=False):
             for layer in encoder.conv_layers:
                 conv = layer.conv
-                bias = conv.bias.to(cdt) if conv.bias is not None else None
-                z = F.conv1d(x.to(cdt), conv.weight.to(cdt), bias, stride=conv.stride)
+                bias = given[id(conv.bias)].to(cdt) if conv.bias is not None else None
+                z = conv1d(x.to(cdt), given[id(conv.weight)].to(cdt), bias, conv.stride[0])
                 n, st = _norm_forward(layer, z)
                 saved.append(z)
                 stats.append(st)
                 x = F.gelu(n)
         # kept as a list (not save_for_backward) so backward can drop each one as soon as it is used
         ctx.encoder, ctx.grad_mult, ctx.cdt, ctx.stats, ctx.saved = encoder, grad_mult, cdt, stats, saved
-        ctx.save_for_backward(wave)
+        ctx.unfolded = unfolded
+        ctx.save_for_backward(wave, *params)
         return x
 
     @staticmethod
@@ -131,8 +158,9 @@ class LeanConvStack(torch.autograd.Function):
         # rather than kept, so fewer first-layer-sized tensors are alive at once than with autograd
         # on the module path, and large convs are differentiated in time chunks, which bounds the
         # kernels' own workspace (:func:`_conv_backward`).
-        (wave,) = ctx.saved_tensors
+        wave, *params = ctx.saved_tensors
         encoder, cdt, stats, saved = ctx.encoder, ctx.cdt, ctx.stats, ctx.saved
+        given = dict(zip(map(id, encoder.parameters()), params))
         if saved is None:
             raise RuntimeError("LeanConvStack: backward through the conv stack twice (retain_graph) is not supported")
         ctx.saved = None
@@ -166,13 +194,18 @@ class LeanConvStack(torch.autograd.Function):
                 else:
                     x_in = wave.to(cdt)
                 conv = layer.conv
-                g, gw, gb = _conv_backward(g.to(cdt), x_in, conv, cdt, i > 0 or ctx.needs_input_grad[0],
-                                           encoder.backward_chunk_elements)
+                weight = given[id(conv.weight)]
+                need_input = i > 0 or ctx.needs_input_grad[0]
+                if ctx.unfolded:
+                    g, gw, gb = _unfolded_conv_backward(g.to(cdt), x_in, conv, weight, cdt, need_input)
+                else:
+                    g, gw, gb = _conv_backward(g.to(cdt), x_in, conv, weight, cdt, need_input,
+                                               encoder.backward_chunk_elements)
                 del x_in
                 owned = True
-                grads[id(conv.weight)] = gw.to(conv.weight.dtype)
+                grads[id(conv.weight)] = gw.to(weight.dtype)  # the dtype of what was passed in
                 if conv.bias is not None:
-                    grads[id(conv.bias)] = gb.to(conv.bias.dtype)
-        params = list(encoder.parameters())
+                    grads[id(conv.bias)] = gb.to(given[id(conv.bias)].dtype)
         return (g if ctx.needs_input_grad[0] else None, None, None,
-                *[grads.get(id(p)) if p.requires_grad else None for p in params])
+                *[grads.get(id(p)) if need else None
+                  for p, need in zip(encoder.parameters(), ctx.needs_input_grad[3:])])

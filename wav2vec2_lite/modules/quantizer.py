@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import Linear
 
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature"]
 

@@ -51,7 +51,7 @@ from wav2vec2_lite.modules.log_mel import (
     LogMel,
     normalize_per_utterance,
 )
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,

@@ -1,11 +1,11 @@
-"""Mixed-precision training with the Linear weights cast in one op per forward pass.
+"""Mixed-precision training with the weights cast in one op per forward pass.
 
 Under autocast every Linear weight and bias is cast to bf16 at each forward (one cast op per
 parameter) and its gradient cast back (another); a BASE pretraining step did ~200 such
-casts. :class:`LowPrecisionWeights` keeps all Linear parameters of the model as views of
-one flat float32 buffer, casts that buffer once per forward, hands each layer its slice
-(``modules.linear.Linear.low_precision``), and in the backward pass gathers the layers'
-bf16 gradients and casts them back once. The values are those autocast computes
+casts. :class:`LowPrecisionWeights` keeps the parameters of the model's Linear layers and
+feature-encoder convolutions (``modules.precast``) as views of one flat float32 buffer,
+casts that buffer once per forward, hands each layer its slice (``low_precision``), and in
+the backward pass gathers the layers' bf16 gradients and casts them back once. The values are those autocast computes
 (round-to-nearest casts both ways), so a run's numbers do not change, only the count of
 cast ops (``tools/op_census.py``). float32 training never uses it.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from wav2vec2_lite.modules.linear import Linear
+from wav2vec2_lite.modules.precast import PRECAST_LAYERS
 
 __all__ = ["LowPrecisionWeights"]
 
@@ -57,7 +57,7 @@ class _CastFlat(torch.autograd.Function):
 
 
 class LowPrecisionWeights:
-    """The Linear parameters of ``model`` in one flat buffer; :meth:`cast` hands them to the
+    """The pre-castable layers' parameters of ``model`` in one flat buffer; :meth:`cast` hands them to the
     layers in ``dtype`` for the forward passes inside it.
 
     Binding replaces each parameter's storage by a slice of the buffer (``p.data``), so do it
@@ -68,13 +68,13 @@ class LowPrecisionWeights:
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         self.dtype = dtype
-        self.layers = [m for m in model.modules() if isinstance(m, Linear)]
+        self.layers = [m for m in model.modules() if isinstance(m, PRECAST_LAYERS)]
         params = self._current()
         if any(p.dtype != torch.float32 for p in params):
             raise ValueError("LowPrecisionWeights needs float32 parameters (mixed precision keeps the weights "
                              "float32 and casts them)")
         if len({p.device for p in params}) > 1:
-            raise ValueError("LowPrecisionWeights needs every Linear parameter on one device")
+            raise ValueError("LowPrecisionWeights needs every layer's parameters on one device")
         self.params = params
         self.spans: list[Span] = []
         offset = 0
@@ -94,7 +94,7 @@ class LowPrecisionWeights:
     def _bind(self) -> None:
         self.params = self._current()
         if [p.shape for p in self.params] != [shape for _, _, shape in self.spans]:
-            raise ValueError("LowPrecisionWeights: the Linear layers' parameter shapes changed since binding")
+            raise ValueError("LowPrecisionWeights: the layers' parameter shapes changed since binding")
         with torch.no_grad():
             for p, (a, b, _) in zip(self.params, self.spans):
                 self.flat[a:b].copy_(p.detach().reshape(-1))
