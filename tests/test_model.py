@@ -360,15 +360,18 @@ def test_lean_conv_stack_is_exactly_the_module_path(norm, grad_mult):
     assert len(grads) == len(ref_grads) == len(list(enc.parameters()))
     for g, r in zip(grads, ref_grads):
         assert torch.equal(g, r)
-    # CPU bf16 autocast: both paths run the convs as bf16 unfolded matmuls and the norms in
-    # float32 (modules/conv_precision.py): the same forward; gradients within bf16 rounding
-    # of each other (autograd's and LeanConvStack's matmuls sum in other orders) and of float32
+    # CPU bf16 autocast: both paths run the convs as bf16 unfolded matmuls and the norms on
+    # bf16 with float32 statistics (modules/conv_precision.py): the same forward; gradients
+    # within bf16 rounding of each other (autograd's and LeanConvStack's matmuls sum in other
+    # orders) and of float32. A norm parameter's gradient sums ~10^4 bf16-rounded terms that
+    # largely cancel, so its relative error is the largest (measured 6 %), the conv weights' ~1 %.
     lean_out, lean_grads = _encoder_grads(enc, wave, lean=True, autocast=True)
     mod_out, mod_grads = _encoder_grads(enc, wave, lean=False, autocast=True)
     torch.testing.assert_close(lean_out, mod_out, rtol=0, atol=0)
     assert 0 < _rel(lean_out, ref_out) < 0.02
-    for g, m, r in zip(lean_grads, mod_grads, ref_grads):
-        assert _rel(g, m) < 0.02 and _rel(g, r) < 0.05 and _rel(m, r) < 0.05
+    for (name, _), g, m, r in zip(enc.named_parameters(), lean_grads, mod_grads, ref_grads):
+        bound = 0.1 if ".norm." in name else 0.03
+        assert _rel(g, m) < 0.02 and _rel(g, r) < bound and _rel(m, r) < bound, name
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -21,6 +21,9 @@ def test_census_counts_casts_and_flops_by_dtype():
     r = census(lambda: F.conv1d(x, w, stride=2))
     assert r.cast_calls == 0 and r.flops == {"float32": 2 * (2 * 5 * 24) * 3 * 4}
     assert census(lambda: a.clone()).cast_calls == 0  # a copy in the same dtype is not a cast
+    parts, out = [a.bfloat16().reshape(-1), b.bfloat16().reshape(-1)], torch.empty(8 * 16 + 16 * 4)
+    r = census(lambda: torch.cat(parts, out=out))  # a gather into a buffer of another dtype casts
+    assert r.cast_calls == 1 and r.casts_by_kind == {"bfloat16->float32": 1} and r.cast_bytes == out.numel() * 4
 
 
 def test_low_precision_attention_matches_sdpa_and_never_leaves_bf16():

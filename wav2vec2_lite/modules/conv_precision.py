@@ -64,13 +64,14 @@ def encoder_conv_plan(x: Tensor, weight: Tensor) -> tuple[torch.dtype, bool]:
 def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
     """``F.conv1d`` (no padding) as one matmul over the unfolded windows (im2col).
 
-    ``x (B, C_in, S), weight (C_out, C_in, k) -> (B, C_out, T)``, a transposed view of a
-    ``(B, T, C_out)`` result; the convolution's numbers up to rounding, in any dtype.
+    ``x (B, C_in, S), weight (C_out, C_in, k) -> (B, C_out, T)``, channels-first throughout
+    (no transposes: the norms and the next layer read it as it is): the convolution's
+    numbers up to rounding, in any dtype.
     """
-    k = weight.shape[-1]
+    c_out, c_in, k = weight.shape
     windows = x.unfold(2, k, stride)  # (B, C_in, T, k), a view
-    b, c, t, _ = windows.shape
-    y = windows.permute(0, 2, 1, 3).reshape(b, t, c * k) @ weight.reshape(weight.shape[0], c * k).t()
-    if bias is not None:
-        y = y + bias
-    return y.transpose(1, 2)
+    batch, _, frames, _ = windows.shape
+    windows = windows.permute(0, 1, 3, 2).reshape(batch, c_in * k, frames)  # (B, C_in k, T)
+    # bmm on the broadcast weight: torch.matmul would fold the batch into a matrix by transposing
+    y = torch.bmm(weight.reshape(c_out, c_in * k).expand(batch, c_out, c_in * k), windows)  # (B, C_out, T)
+    return y if bias is None else y + bias[:, None]

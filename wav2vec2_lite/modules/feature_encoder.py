@@ -81,13 +81,10 @@ class ConvLayer(nn.Module):
         cdt, unfolded = encoder_conv_plan(x, self.conv.weight)
         if not unfolded:
             return self._norm_and_gelu(conv_forward(self.conv, x), lengths)
-        autocast = torch.is_autocast_enabled(x.device.type)
         weight, bias = weight_and_bias(self.conv)  # pre-cast in a bf16 training step
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False):  # the norm: bf16 in and out, float32 statistics
             bias = None if bias is None else bias.to(cdt)
             x = unfolded_conv1d(x.to(cdt), weight.to(cdt), bias, self.conv.stride[0])
-            if autocast and self.norm_kind is not None:
-                x = x.float()  # the norm in float32, as LeanConvStack runs it under autocast
             return self._norm_and_gelu(x, lengths)
 
     def _norm_and_gelu(self, x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -21,12 +21,18 @@ __all__ = ["LeanConvStack"]
 _aten = torch.ops.aten
 
 
+def _norm_input(z: Tensor) -> Tensor:
+    return z if z.device.type == "cpu" else z.float()
+
+
 def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-    """The layer's norm on a conv output ``z`` (B, C, T), always in float32 (CUDA autocast's
-    choice; CPU autocast would use bf16); returns (normed, (mean, rstd)) or (z, None)."""
+    """The layer's norm on a conv output ``z`` (B, C, T), statistics in float32: a CUDA autocast
+    output is normalised in float32 (CUDA autocast's choice), a CPU bf16 one (unfolded convs)
+    by the mixed-type kernels, which accumulate in float32 and return bf16 (no cast of the
+    longest tensors); returns (normed, (mean, rstd)) or (z, None)."""
     if layer.norm_kind is None:
         return z, None
-    zf = z.float().contiguous()  # an unfolded conv's output is a transposed view
+    zf = _norm_input(z)
     b, c, t = zf.shape
     if layer.norm_kind == "group":
         n, mean, rstd = _aten.native_group_norm(zf, layer.norm.weight, layer.norm.bias, b, c, t, c, layer.norm.eps)
@@ -39,7 +45,7 @@ def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Te
 def _norm_backward(layer: nn.Module, grad: Tensor, z: Tensor, stats: tuple[Tensor, Tensor]
                    ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`_norm_forward`'s norm at ``z``."""
-    zf = z.float().contiguous()  # an unfolded conv's output is a transposed view
+    zf = _norm_input(z)
     b, c, t = zf.shape
     mean, rstd = stats
     w, bias = layer.norm.weight, layer.norm.bias
@@ -97,23 +103,22 @@ def _unfolded_conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Te
                             need_input: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(input, weight, bias) gradients of :func:`~.conv_precision.unfolded_conv1d`, all in
     ``cdt``: two matmuls over the unfolded windows, the input gradient's overlapping windows
-    summed in place (as a low-precision convolution's backward kernel rounds them)."""
-    w = weight.to(cdt)
-    c_out, c_in, k = w.shape
+    summed in place (as a low-precision convolution's backward rounds them)."""
+    c_out, c_in, k = weight.shape
+    w = weight.to(cdt).reshape(c_out, c_in * k)
     s = conv.stride[0]
     batch, _, length = x_in.shape
     frames = g.shape[-1]
-    g2 = g.transpose(1, 2).reshape(batch * frames, c_out)
-    windows = x_in.unfold(2, k, s).permute(0, 2, 1, 3).reshape(batch * frames, c_in * k)
-    gw = (g2.t() @ windows).reshape(c_out, c_in, k)
+    windows = x_in.unfold(2, k, s).permute(0, 1, 3, 2).reshape(batch, c_in * k, frames)
+    gw = torch.bmm(g, windows.transpose(1, 2)).sum(0).reshape(c_out, c_in, k)
     del windows
     gb = g.sum(dim=(0, 2)) if conv.bias is not None else None
     gx = None
     if need_input:
-        gwin = (g2 @ w.reshape(c_out, c_in * k)).reshape(batch, frames, c_in, k)
+        gwin = torch.bmm(w.t().expand(batch, c_in * k, c_out), g).reshape(batch, c_in, k, frames)
         gx = torch.zeros(batch, c_in, length, dtype=cdt, device=g.device)
         for j in range(k):  # window offset j of frame t reads sample t * s + j
-            gx[:, :, j:j + s * (frames - 1) + 1:s] += gwin[..., j].transpose(1, 2)
+            gx[:, :, j:j + s * (frames - 1) + 1:s] += gwin[:, :, j]
     return gx, gw, gb
 
 

@@ -4,7 +4,8 @@
 casts autocast inserts are counted with the ones the model makes. A cast is a ``_to_copy``
 or ``copy_`` whose output dtype differs from its input's. FLOPs use torch's own formulas
 (``torch.utils.flop_counter``) for matmuls, convolutions (and their backward) and attention,
-attributed to the dtype the op computes in; the CPU flash-attention kernels, which that
+attributed to the dtype the op computes in (a ``cat`` into a buffer of another dtype counts
+as a cast too); the CPU flash-attention kernels, which that
 registry lacks, use its attention formulas. Counts do not depend on the machine's speed or
 load, so they can be compared across runs (the benchmark and tests/test_op_census.py).
 """
@@ -72,6 +73,11 @@ class OpCensus(TorchDispatchMode):
         super().__init__()
         self.result = CensusResult()
 
+    def _cast(self, src: torch.dtype, dst: torch.Tensor) -> None:
+        self.result.cast_calls += 1
+        self.result.cast_bytes += dst.numel() * dst.element_size()
+        self.result.casts_by_kind[f"{_name(src)}->{_name(dst.dtype)}"] += 1
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
@@ -80,9 +86,11 @@ class OpCensus(TorchDispatchMode):
             src = args[1] if func is _aten.copy_.default else args[0]
             dst = out if isinstance(out, torch.Tensor) else args[0]
             if isinstance(src, torch.Tensor) and src.dtype != dst.dtype:
-                self.result.cast_calls += 1
-                self.result.cast_bytes += dst.numel() * dst.element_size()
-                self.result.casts_by_kind[f"{_name(src.dtype)}->{_name(dst.dtype)}"] += 1
+                self._cast(src.dtype, dst)
+        elif func is _aten.cat.out:  # a gather into a buffer of another dtype casts too
+            tensors = [t for t in args[0] if t.numel()]
+            if tensors and tensors[0].dtype != out.dtype:
+                self._cast(tensors[0].dtype, out)
         elif packet in _EXTRA or packet in flop_counter.flop_registry:
             first = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if first is not None:
