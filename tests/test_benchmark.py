@@ -24,22 +24,29 @@ def test_flop_formula_counts_the_known_parts():
     assert fwd < model_flops(cfg, 1, 64000, "finetune") < 3 * fwd  # frozen encoder: no conv backward
 
 
-def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
-    import wav2vec2_lite.tools.benchmarking as bench
+MICRO = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
+             pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
 
-    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
-                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
+
+def _micro_benchmark(monkeypatch, out, *args: str) -> dict:
+    """``scripts/benchmark.py`` on a micro model, one round, its JSON report."""
     real = BenchSpec.model_config
-    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
-    monkeypatch.setattr(bench, "run_probe", lambda spec, impl, **kw: bench.probe(spec, impl, **kw))
-    out = tmp_path / "bench.json"
+    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**MICRO))
     torch_threads = torch.get_num_threads()
     try:
         main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
-              "--dtype", "float32", "--scaling", "0.5", "--profile", "--out", str(out)])
+              "--out", str(out), *args])
     finally:
         torch.set_num_threads(torch_threads)
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
+    import wav2vec2_lite.tools.benchmarking as bench
+
+    monkeypatch.setattr(bench, "run_probe", lambda spec, impl, **kw: bench.probe(spec, impl, **kw))
+    out = tmp_path / "bench.json"
+    report = _micro_benchmark(monkeypatch, out, "--dtype", "float32", "--scaling", "0.5", "--profile")
     assert [(r["task"], r["dtype"]) for r in report["rows"]] == [("pretrain", "float32"), ("finetune", "float32"),
                                                                  ("infer", "float32")]
     for row in report["rows"]:
@@ -58,19 +65,9 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
 
 def test_bf16_inference_row_meets_hf_with_bf16_weights_too(tmp_path, monkeypatch):
     """Our bf16 mode (bf16 weights, no autocast) against HF autocast and HF bf16 weights."""
-
-    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
-                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
-    real = BenchSpec.model_config
-    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
-    out = tmp_path / "bench.json"
-    torch_threads = torch.get_num_threads()
-    try:
-        main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
-              "--dtype", "bfloat16", "--tasks", "infer", "--no-memory", "--out", str(out)])
-    finally:
-        torch.set_num_threads(torch_threads)
-    (row,) = json.loads(out.read_text())["rows"]
+    report = _micro_benchmark(monkeypatch, tmp_path / "bench.json", "--dtype", "bfloat16", "--tasks", "infer",
+                              "--no-memory")
+    (row,) = report["rows"]
     assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa", "hf_eager_bf16w", "hf_sdpa_bf16w"}
     ours, hf = row["census"]["ours"], row["census"][row["hf_best"]]
     assert ours["bf16_flop_share"] > 0 and hf["bf16_flop_share"] > 0  # this micro model is mostly conv FLOPs
@@ -80,10 +77,8 @@ def test_bf16_inference_row_meets_hf_with_bf16_weights_too(tmp_path, monkeypatch
 def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
     from wav2vec2_lite.tools.benchmarking import profile_ops
 
-    tiny = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
-                pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
     real = BenchSpec.model_config
-    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**tiny))
+    monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**MICRO))
     threads = torch.get_num_threads()
     try:
         prof = profile_ops(BenchSpec(config="tiny", batch=1, seconds=0.5, task="pretrain", threads=1),
