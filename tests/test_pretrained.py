@@ -170,3 +170,17 @@ def test_the_provenance_command_reproduces_the_logged_losses(name, tmp_path):
         pytest.skip(f"made on a {prov['cpu']['torch_capability']} CPU with {prov['num_threads']} threads")
     rows = reproduce_losses(prov, tmp_path / "rerun", updates=200, corpus=corpus)
     assert [r["update"] for r in rows][-1] == 200
+
+
+def test_running_minutes_leave_out_the_gap_between_a_stopped_run_and_its_resume():
+    from wav2vec2_lite.pretrained.bundle import running_minutes
+
+    def data(t):
+        return {"kind": "data", "event": "data_validated", "time": t, "seconds": 30.0}
+
+    records = [data(1000.0), data(1000.0), {"kind": "train", "update": 50, "time": 1600.0},
+               {"kind": "train", "update": 100, "time": 2200.0},  # stopped here; resumed 5 hours later
+               data(20200.0), data(20200.0), {"kind": "train", "update": 150, "time": 20800.0},
+               {"kind": "train", "update": 200, "time": 21400.0}]
+    assert running_minutes(records, 200) == (round((1230 + 1230) / 60, 1), 2)
+    assert running_minutes(records, 100) == (round(1230 / 60, 1), 1)

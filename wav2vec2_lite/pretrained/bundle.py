@@ -89,6 +89,23 @@ def _command(argv: list[str], stopped_at: int | None, best_update: int) -> list[
     return [a for a in argv if not a.startswith("trainer.max_updates=")] + [f"trainer.max_updates={best_update}"]
 
 
+def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None, int]:
+    """``(minutes, processes)``: how long the run's processes trained up to ``upto_update``,
+    each from its start (its data checks, logged first) to its last training record; the time
+    between a stopped process and the one that resumed it is left out."""
+    pieces: list[list[float]] = []  # [start, end] per process
+    trained = True
+    for r in records:
+        if r.get("kind") == "data" and r.get("event") == "data_validated" and trained:
+            start = r["time"] - float(r.get("seconds", 0.0))
+            pieces.append([start, start])
+            trained = False
+        elif r.get("kind") == "train" and r["update"] <= upto_update and pieces:
+            pieces[-1][1], trained = r["time"], True
+    pieces = [p for p in pieces if p[1] > p[0]]
+    return (round(sum(e - b for b, e in pieces) / 60, 1) if pieces else None), len(pieces)
+
+
 def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, description: str = "",
                 code_commit: str | None = None, force: bool = False) -> Path:
     """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run."""
@@ -115,7 +132,7 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     seen = [r for r in train if r["update"] <= best_update]
     planned = int(cfg["trainer"]["max_updates"])
     stopped_at = train[-1]["update"] if train and train[-1]["update"] < planned else None
-    started = train[0]["time"] - train[0]["step_time_s"] * train[0]["update"] if train else None
+    minutes, processes = running_minutes(read_metrics(run_dir / "metrics.jsonl"), best_update)
     provenance = {
         "name": name,
         "description": description,
@@ -134,7 +151,8 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
         "seed": run.get("seed"),
         "start_time": run.get("start_time"),
         # what the shipped weights saw: the run up to the chosen checkpoint
-        "wall_clock_minutes": round((seen[-1]["time"] - started) / 60, 1) if seen else None,
+        "wall_clock_minutes": minutes,  # summed over the processes: a stop and resume is not counted
+        "processes": processes,
         "updates": best_update,
         "hours_of_audio_seen": round(audio_seen_hours(seen), 2),
         "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
