@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--description", default="")
     m.add_argument("--out-root", default=str(Path(pretrained.__file__).parent))
     m.add_argument("--force", action="store_true", help="replace an existing bundle of that name")
+    m.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="the run's checkpoint to ship (default: best, the trainer's choice on valid loss)")
+    m.add_argument("--why", default="", help="with --checkpoint last: why, recorded in provenance.json")
     c = sub.add_parser("check", help="checksum and accuracy on a freshly synthesized valid set")
     c.add_argument("name")
     r = sub.add_parser("reproduce", help="rerun the provenance command for N updates; compare the losses")
@@ -46,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "make":
             from wav2vec2_lite.pretrained.bundle import make_bundle
 
-            out = make_bundle(args.run_dir, args.name, args.out_root, description=args.description, force=args.force)
+            out = make_bundle(args.run_dir, args.name, args.out_root, description=args.description, force=args.force,
+                              checkpoint=args.checkpoint, why=args.why)
             prov = json.loads((out / pretrained.PROVENANCE_NAME).read_text())
             print(f"wrote {out}: {prov['num_parameters']:,} parameters, {prov['hours_of_audio_seen']} h of audio "
                   f"seen, chosen update {prov['chosen_checkpoint']['update']}, fresh valid accuracy "

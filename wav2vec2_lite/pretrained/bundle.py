@@ -2,7 +2,7 @@
 
     python scripts/ship_pretrained.py runs/shipped/contrastive_s1 --name tiny-espeak-10h
 
-The run's ``checkpoints/best`` (chosen on valid loss by the trainer) is re-saved with
+The run's ``checkpoints/best`` (chosen on valid loss by the trainer), or its ``last``, is re-saved with
 :func:`save_model` (so ``config.json`` records the weights' sha256) beside ``provenance.json``:
 the exact commands (corpus and pretraining), code version, CPU kind, corpus facts, hours of
 audio seen, the valid curve and the final metrics.
@@ -107,12 +107,17 @@ def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None
 
 
 def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, description: str = "",
-                code_commit: str | None = None, force: bool = False) -> Path:
-    """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run."""
+                code_commit: str | None = None, force: bool = False, checkpoint: str = "best",
+                why: str = "") -> Path:
+    """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run,
+    from its ``checkpoints/best`` (the trainer's choice on valid loss) or ``last`` (``why`` says why,
+    recorded in the provenance)."""
+    if checkpoint not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
     run_dir, out = Path(run_dir), Path(out_root) / name
-    best = run_dir / "checkpoints" / "best"
+    best = run_dir / "checkpoints" / checkpoint
     if not (best / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/best/{WEIGHTS_NAME} (is it a finished pretraining run?)")
+        raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}/{WEIGHTS_NAME} (is it a finished pretraining run?)")
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (pass force=True / --force to replace it)")
     run = json.loads((run_dir / "run.json").read_text())
@@ -156,7 +161,8 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
         "updates": best_update,
         "hours_of_audio_seen": round(audio_seen_hours(seen), 2),
         "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
-        "chosen_checkpoint": {"update": best_update, "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"},
+        "chosen_checkpoint": {"update": best_update, "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"
+                              if checkpoint == "best" else f"the last checkpoint: {why}".rstrip(": ")},
         "valid_curve": curve,
         "final_metrics": {"chosen": chosen, "last": curve[-1]},
         "train_loss_log": [{"update": r["update"], "loss": r["loss"]} for r in train],
