@@ -190,10 +190,16 @@ def shipped_description(pretrained: str) -> str:
 
 def committed_curve() -> str:
     """The ratio table of the committed label curve, or a line saying there is none yet."""
-    report = ROOT / "docs" / "results" / "label_curve" / "report.md"
+    results = ROOT / "docs" / "results" / "label_curve"
+    report = results / "report.md"
     if not report.is_file():
-        return ("The committed label curve: not run yet (protocol and plan: docs/results/label_curve.md); "
-                "until it is, this quick check is the only comparison, and two seeds cannot settle it.")
+        plan = results / "plan.json"
+        total = len(json.loads(plan.read_text())["runs"]) if plan.is_file() else 0
+        done = len(list((results / "runs").glob("*.json"))) if (results / "runs").is_dir() else 0
+        state = f"in progress, {done} of {total} runs done, test not scored" if total else "not run yet"
+        return (f"The committed label curve: {state} (protocol, plan and where it stands: "
+                "docs/results/label_curve.md); until it is scored, this quick check is the only comparison, "
+                "and two seeds cannot settle it.")
     text = report.read_text(encoding="utf-8")
     part = text[text.index("## Pretrained / scratch"):] if "## Pretrained / scratch" in text else text
     return "The committed label curve (docs/results/label_curve/report.md):\n" + part.split("\n\n## ")[0]
