@@ -7,7 +7,7 @@ is cast per forward pass (autocast casts each weight at each use). What stays fl
 * the positional convolution: oneDNN's bf16 convolutions give wrong results for some shapes
   on CPUs with native bf16 (``modules/conv_precision.py``); its input is cast up and its
   output back down at the boundary. The feature encoder's convolutions do run in bf16, as
-  matmuls over unfolded windows (``feature_encoder.unfolded_conv1d``), which are correct
+  matmuls over unfolded windows (``conv_precision.unfolded_conv1d``), which are correct
   for every shape and use the CPU's bf16 matmul units;
 * normalisation parameters, and the statistics (``Fp32LayerNorm`` normalises in float32;
   GroupNorm/LayerNorm on bf16 inputs accumulate in float32);

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["conv_compute_dtype", "conv_forward", "encoder_conv_plan", "unfolded_conv1d"]
+__all__ = ["conv_compute_dtype", "conv_forward", "encoder_conv_plan", "unfold_windows", "unfolded_conv1d"]
 
 _LOW = (torch.bfloat16, torch.float16)
 
@@ -61,6 +61,14 @@ def encoder_conv_plan(x: Tensor, weight: Tensor) -> tuple[torch.dtype, bool]:
     return conv_compute_dtype(x), False
 
 
+def unfold_windows(x: Tensor, k: int, stride: int) -> Tensor:
+    """``(B, C, S) -> (B, C k, T)``: each output frame's receptive window, channel-major (the
+    order of ``weight.reshape(C_out, C k)``); the im2col both directions of the matmul conv read."""
+    windows = x.unfold(2, k, stride)  # (B, C, T, k), a view
+    b, c, t, _ = windows.shape
+    return windows.permute(0, 1, 3, 2).reshape(b, c * k, t)
+
+
 def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
     """``F.conv1d`` (no padding) as one matmul over the unfolded windows (im2col).
 
@@ -69,9 +77,8 @@ def unfolded_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int)
     numbers up to rounding, in any dtype.
     """
     c_out, c_in, k = weight.shape
-    windows = x.unfold(2, k, stride)  # (B, C_in, T, k), a view
-    batch, _, frames, _ = windows.shape
-    windows = windows.permute(0, 1, 3, 2).reshape(batch, c_in * k, frames)  # (B, C_in k, T)
+    windows = unfold_windows(x, k, stride)  # (B, C_in k, T)
+    batch = windows.shape[0]
     # bmm on the broadcast weight: torch.matmul would fold the batch into a matrix by transposing
     y = torch.bmm(weight.reshape(c_out, c_in * k).expand(batch, c_out, c_in * k), windows)  # (B, C_out, T)
     return y if bias is None else y + bias[:, None]

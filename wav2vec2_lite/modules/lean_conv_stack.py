@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.conv_precision import encoder_conv_plan, unfolded_conv1d
+from wav2vec2_lite.modules.conv_precision import encoder_conv_plan, unfold_windows, unfolded_conv1d
 
 __all__ = ["LeanConvStack"]
 
@@ -109,7 +109,7 @@ def _unfolded_conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Te
     s = conv.stride[0]
     batch, _, length = x_in.shape
     frames = g.shape[-1]
-    windows = x_in.unfold(2, k, s).permute(0, 1, 3, 2).reshape(batch, c_in * k, frames)
+    windows = unfold_windows(x_in, k, s)
     gw = torch.bmm(g, windows.transpose(1, 2)).sum(0).reshape(c_out, c_in, k)
     del windows
     gb = g.sum(dim=(0, 2)) if conv.bias is not None else None
