@@ -18,12 +18,17 @@ from torch import Tensor, nn
 
 from wav2vec2_lite.modules.precast import Linear
 
-__all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature"]
+__all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature", "one_hot"]
 
 
 def gumbel_temperature(update: int, max_temp: float, min_temp: float, decay: float) -> float:
     """fairseq's schedule: ``max(max_temp * decay**update, min_temp)``."""
     return max(max_temp * decay**update, min_temp)
+
+
+def one_hot(codes: Tensor, num_vars: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``(...) -> (..., num_vars)`` in ``dtype``: ``F.one_hot(codes).to(dtype)`` without its int64 copy."""
+    return torch.zeros(*codes.shape, num_vars, dtype=dtype, device=codes.device).scatter_(-1, codes[..., None], 1.0)
 
 
 def perplexity(probs: Tensor) -> Tensor:
@@ -80,7 +85,7 @@ class GumbelProductQuantizer(nn.Module):
             u = torch.empty_like(logits).exponential_(generator=generator)
             y_soft = ((logits - u.log()) / self.temperature).softmax(-1)  # -log(Exp(1)) ~ Gumbel(0, 1)
             codes = y_soft.argmax(-1)
-            y_hard = F.one_hot(codes, self.num_vars).to(y_soft.dtype)
+            y_hard = one_hot(codes, self.num_vars, y_soft.dtype)
             picks = y_hard - y_soft.detach() + y_soft  # straight-through
             codevectors = torch.einsum("ngv,gvd->ngd", picks.to(self.codebook.dtype), self.codebook)
         else:

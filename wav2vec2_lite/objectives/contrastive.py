@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.modules.precast import Linear
-from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, perplexity
+from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, one_hot, perplexity
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, diversity_loss, feature_penalty
 from wav2vec2_lite.objectives.masking import sample_cross_negatives, sample_negatives, validate_negatives
@@ -110,7 +109,7 @@ class ContrastiveObjective(PretrainingObjective):
         needed[b_m[:, None].expand_as(candidates), candidates] = True
         if cross is not None:
             needed.view(-1)[cross[b_m, t_m].flatten()] = True
-        slot = needed.long().cumsum(1) - 1  # (B, T)
+        slot = needed.cumsum(1) - 1  # (B, T)
 
         features = self.dropout_features(inputs.extract_features)  # (B, T, C)
         quant = self.quantizer(features[needed], generator=generator)
@@ -142,19 +141,19 @@ class ContrastiveObjective(PretrainingObjective):
         cross_targets = None
         if tg.cross is not None:
             cross_idx = tg.cross[b_m, t_m]  # (N, Kc) flat b·T + t
-            cross_targets = tg.flat[(tg.needed.flatten().long().cumsum(0) - 1)[cross_idx]]
+            cross_targets = tg.flat[(tg.needed.flatten().cumsum(0) - 1)[cross_idx]]
             same_cross = (tg.codes.view(-1, cfg.num_code_groups)[cross_idx] == cand_codes[:, :1]).all(-1)
             same_as_pos = torch.cat([same_as_pos, same_cross], dim=1)
 
         predictions = self.final_proj(inputs.context[b_m, t_m])  # (N, F)
-        pred_slot = mask.long().cumsum(1)[b_m, t_m] - 1
+        pred_slot = mask.cumsum(1)[b_m, t_m] - 1
         logits = contrastive_logits(predictions, tg.padded, tg.slot[b_m[:, None], tg.candidates], same_as_pos,
                                     b_m, pred_slot, cfg.logit_temperature, cross_targets=cross_targets)
         contrastive_sum, num_correct = contrastive_loss(logits)
 
         masked_rows = mask[tg.needed]  # which quantized rows are masked frames
         div, soft_ppl = diversity_loss(tg.soft_probs[masked_rows])
-        hard_ppl = perplexity(F.one_hot(tg.hard_codes[masked_rows], cfg.num_codes_per_group).float())
+        hard_ppl = perplexity(one_hot(tg.hard_codes[masked_rows], cfg.num_codes_per_group))
         penalty = feature_penalty(inputs.conv_features, inputs.frame_padding)
         n_masked = mask.sum()
         n = n_masked.to(contrastive_sum.dtype)
