@@ -161,11 +161,12 @@ def _frames(backbone: Wav2Vec2Model, waves: list[Tensor]) -> list[int]:
 
 def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, train_split: str = "train",
                valid_split: str = "valid", protocol: ProbeProtocol | None = None, *,
-               labels: str = "ltr", log: Log | None = None) -> ProbeReport:
+               labels: str = "ltr", log: Log | None = None, include_model: bool = True) -> ProbeReport:
     """Linear CTC probes of every layer of a model (``checkpoint``), of the same architecture at
     random init (``random_init``, averaged over ``protocol.random_init_seeds`` seeds) and, with
     ``protocol.log_mel``, of the log-mel front end (``log_mel``); trained on ``train_split`` and
     scored on ``valid_split`` of ``manifest_dir`` (``SPLIT.tsv`` + ``SPLIT.ltr``, ``dict.ltr.txt``).
+    ``include_model=False`` probes only the baselines (the model gives their architecture).
     ``labels``: the label files' extension, ``ltr`` (letters, CER) or e.g. ``phn`` (phonemes,
     ``SPLIT.phn`` + ``dict.phn.txt``, PER). ``log`` receives one line per probe. User errors
     raise :class:`ProbeError`.
@@ -208,14 +209,15 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
     models: dict[str, ModelProbes] = {}
 
     # (a) the model itself
-    t0 = time.perf_counter()
-    feats = _model_features(backbone, train, valid, normalize)
-    t1 = time.perf_counter()
-    scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
-              for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
-    models["checkpoint"] = ModelProbes("checkpoint", source, scores, seconds_features=t1 - t0,
-                                       seconds_probes=time.perf_counter() - t1)
-    del feats
+    if include_model:
+        t0 = time.perf_counter()
+        feats = _model_features(backbone, train, valid, normalize)
+        t1 = time.perf_counter()
+        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
+                  for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
+        models["checkpoint"] = ModelProbes("checkpoint", source, scores, seconds_features=t1 - t0,
+                                           seconds_probes=time.perf_counter() - t1)
+        del feats
 
     # (b) the same architecture at random init, averaged over seeds
     if protocol.random_init_seeds:

@@ -26,9 +26,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,8 +56,8 @@ def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, 
             "overrides": full, "run_dir": str(Path(spec["runs_dir"]) / run_id)}
 
 
-def compose_config(config_name: str, overrides: list[str]):
-    """The typed run config Hydra composes from the package's configs and ``overrides``."""
+def compose_config(config_name: str, overrides: list[str], kind: str = "finetune"):
+    """The typed run config (``kind``: finetune or pretrain) Hydra composes from the package's configs and ``overrides``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -71,7 +68,7 @@ def compose_config(config_name: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose(config_name=config_name, overrides=overrides)
-    return to_run_config(cfg, "finetune")
+    return to_run_config(cfg, kind)
 
 
 def make_plan(spec: dict, check_configs: bool = True) -> dict:
@@ -299,26 +296,11 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
 
 
 def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": str(plan["spec"]["threads_per_run"]),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
-    pending, active, failed = list(todo), {}, []
-    while pending or active:
-        while pending and len(active) < jobs:
-            r = pending.pop(0)
-            Path(r["run_dir"]).mkdir(parents=True, exist_ok=True)
-            logf = open(Path(r["run_dir"]) / "label_curve.log", "a")
-            cmd = [sys.executable, "-m", "wav2vec2_lite.tools.label_curve_cli", "run", "--plan", str(plan_path),
-                   "--only", r["id"], "--jobs", "1"]
-            log(f"[label_curve] training {r['id']} (log: {logf.name})")
-            active[r["id"]] = (subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env), logf)
-        time.sleep(0.5)
-        for run_id, (proc, logf) in list(active.items()):
-            if proc.poll() is not None:
-                logf.close()
-                del active[run_id]
-                if proc.returncode != 0:
-                    failed.append(run_id)
-                    pending.clear()  # let the running ones finish; start nothing new
+    from wav2vec2_lite.tools.side_by_side import run_side_by_side
+
+    pieces = [(r["id"], ["-m", "wav2vec2_lite.tools.label_curve_cli", "run", "--plan", str(plan_path), "--only", r["id"],
+                         "--jobs", "1"], Path(r["run_dir"]) / "label_curve.log") for r in todo]
+    failed = run_side_by_side(pieces, jobs, plan["spec"]["threads_per_run"], log, "label_curve")
     if failed:
         raise LabelCurveError(f"run(s) {', '.join(failed)} failed; see label_curve.log in their run folders")
 

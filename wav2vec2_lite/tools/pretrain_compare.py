@@ -1,0 +1,328 @@
+"""Pretraining variants compared by frozen probes on ``valid``: the recipe and the objective.
+
+A spec names the corpus, one pretraining config with the overrides every run shares, the
+variants (each a list of overrides: a recipe change, or ``model.objective=best_rq`` for the
+objective), the seeds and the number of updates (the same for every variant), and the probe
+protocol. ``run`` pretrains each variant x seed that has no summary yet (an interrupted run
+resumes from its last checkpoint; ``--jobs N`` side by side at ``threads_per_run`` threads each),
+probes every layer of its last checkpoint with linear CTC probes (trained on ``probe.train``,
+scored on ``probe.valid``: voices and sentences the pretraining never heard) and writes one JSON
+summary per run under ``RESULTS/runs/`` (overrides, resolved config, wall clock, audio seen, the
+pretext valid curve, the probe of every layer; no weights). The baselines (the architecture at
+random init, averaged over seeds, and the log-mel front end) are probed once, into
+``RESULTS/baseline.json``. ``report`` writes the table; the variant chosen is the one with the
+lowest mean best-layer valid CER. Test is never read.
+
+    python scripts/pretrain_compare.py run --spec SPEC [--only PATTERN] [--jobs N]
+    python scripts/pretrain_compare.py status --spec SPEC
+    python scripts/pretrain_compare.py report --spec SPEC
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from wav2vec2_lite.tools.label_curve import compose_config, now_iso, write_json
+from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
+
+__all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
+
+FORMAT = 1
+RUNNER_SETS = ("trainer.max_updates", "trainer.seed", "trainer.num_threads", "schedule.total_updates", "hydra.")
+BASELINE = "baseline"
+
+
+class CompareError(LabelCurveError):
+    """A user error of the comparison (bad spec, missing corpus, a run folder of another config)."""
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise CompareError(message)
+
+
+def load_spec(path: str | Path) -> dict:
+    """The spec at ``path`` (YAML or JSON), validated; ``sha256`` of its text added."""
+    path = Path(path)
+    spec = load_mapping(path)
+    keys = {"name", "corpus", "runs_dir", "results_dir", "config_name", "threads_per_run", "updates", "seeds",
+            "common_overrides", "variants", "probe"}
+    unknown = sorted(set(spec) - keys)
+    _need(not unknown, f"{path}: unknown key(s) {unknown}; known: {sorted(keys)}")
+    missing = sorted(keys - set(spec) - {"common_overrides"})
+    _need(not missing, f"{path}: missing key(s) {missing}")
+    spec.setdefault("common_overrides", [])
+    _need(isinstance(spec["updates"], int) and spec["updates"] >= 1, f"{path}: updates must be an integer >= 1")
+    _need(isinstance(spec["threads_per_run"], int) and spec["threads_per_run"] >= 1,
+          f"{path}: threads_per_run must be an integer >= 1")
+    seeds = spec["seeds"]
+    _need(isinstance(seeds, list) and len(seeds) >= 2 and len(set(seeds)) == len(seeds)
+          and all(isinstance(s, int) and s >= 0 for s in seeds),
+          f"{path}: seeds must list >= 2 different integers >= 0 (one seed cannot rank variants), found {seeds!r}")
+    variants = spec["variants"]
+    _need(isinstance(variants, dict) and len(variants) >= 2, f"{path}: variants must map >= 2 names to override lists")
+    for name, overrides in {"common_overrides": spec["common_overrides"], **variants}.items():
+        _need(re.fullmatch(r"[A-Za-z0-9_]+", str(name)) is not None, f"{path}: variant name {name!r}: letters, "
+              f"digits and _ only")
+        _need(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
+              f"{path}: {name} must be a list of KEY=VALUE overrides")
+        for o in overrides:
+            _need(not o.lstrip("+~").startswith(RUNNER_SETS), f"{path}: {name}: {o.split('=')[0]} is set by the "
+                  f"runner (updates, seeds, threads_per_run, run folders), not by an override")
+    _need(BASELINE not in variants, f"{path}: {BASELINE!r} is reserved for the baselines")
+    probe = spec["probe"]
+    _need(isinstance(probe, dict) and {"train", "valid"} <= set(probe) and probe["train"] != probe["valid"],
+          f"{path}: probe needs train and valid (two different splits) and an optional protocol")
+    _need(probe["valid"] != "test", f"{path}: probe.valid is test: variants are chosen on valid, test is never read")
+    from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
+
+    try:
+        protocol = ProbeProtocol.from_dict(dict(probe.get("protocol") or {}))
+    except ProbeError as e:
+        raise CompareError(f"{path}: {e}") from None
+    spec["probe"] = {"train": probe["train"], "valid": probe["valid"], "protocol": protocol.to_dict()}
+    spec["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return spec
+
+
+def plan_runs(spec: dict) -> list[dict]:
+    """Every variant x seed: id ``VARIANT-sSEED``, its full override list and run folder."""
+    runs = []
+    for variant, overrides in spec["variants"].items():
+        for seed in spec["seeds"]:
+            run_id = f"{variant}-s{seed}"
+            full = [*spec["common_overrides"], *overrides, f"data.manifest_dir={spec['corpus']}",
+                    f"trainer.max_updates={spec['updates']}", f"schedule.total_updates={spec['updates']}",
+                    f"trainer.seed={seed}", f"trainer.num_threads={spec['threads_per_run']}"]
+            runs.append({"id": run_id, "variant": variant, "seed": seed, "overrides": full,
+                         "run_dir": str(Path(spec["runs_dir"]) / run_id)})
+    return runs
+
+
+def check_configs(spec: dict) -> None:
+    """Compose every variant's config now, so that a typo fails before hours of runs."""
+    from wav2vec2_lite.train.config import build_model_config
+
+    for run in plan_runs(spec)[:: len(spec["seeds"])]:
+        try:
+            build_model_config(compose_config(spec["config_name"], run["overrides"], kind="pretrain").model)
+        except Exception as e:  # Hydra's and the schema's errors: the spec's overrides
+            raise CompareError(f"variant {run['variant']}: {str(e).splitlines()[0]}") from None
+
+
+def _results(spec: dict) -> Path:
+    return Path(spec["results_dir"])
+
+
+def _summary_path(spec: dict, run_id: str) -> Path:
+    return _results(spec) / ("baseline.json" if run_id == BASELINE else f"runs/{run_id}.json")
+
+
+def load_summaries(spec: dict) -> dict[str, dict]:
+    runs = {r["id"]: r for r in plan_runs(spec)}
+    return {rid: json.loads(_summary_path(spec, rid).read_text()) for rid in [*runs, BASELINE]
+            if _summary_path(spec, rid).is_file()}
+
+
+def _protocol(spec: dict, **changes):
+    from wav2vec2_lite.probes.protocol import ProbeProtocol
+
+    return ProbeProtocol.from_dict({**spec["probe"]["protocol"], **changes})
+
+
+def _layer_table(model_probes: Any) -> list[dict]:
+    return [{"layer": s.layer, "valid_cer": s.valid_error, "valid_loss": s.valid_loss} for s in model_probes.layers]
+
+
+def _pretrain_and_probe(spec: dict, run: dict) -> dict:
+    from wav2vec2_lite.pretrained.bundle import VALID_KEYS, audio_seen_hours, running_minutes
+    from wav2vec2_lite.probes.run import run_probes
+    from wav2vec2_lite.train.config import build_model_config, config_container
+    from wav2vec2_lite.train.logging import read_metrics
+    from wav2vec2_lite.train.trainer import train
+
+    run_dir = Path(run["run_dir"])
+    recipe = {"config_name": spec["config_name"], "overrides": run["overrides"]}
+    marker = run_dir / "pretrain_compare_run.json"
+    if marker.is_file() and json.loads(marker.read_text()) != recipe:
+        raise CompareError(f"{run_dir}: trained with another config than the spec's run {run['id']}; remove it")
+    if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
+        raise CompareError(f"{run_dir}: holds a run without a comparison record; remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, recipe)
+    cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
+    train(cfg, run_dir)
+    t0 = time.time()
+    report = run_probes(run_dir / "checkpoints" / "last", spec["corpus"], spec["probe"]["train"],
+                        spec["probe"]["valid"], _protocol(spec, random_init_seeds=0, log_mel=False))
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train_recs = [r for r in records if r.get("kind") == "train"]
+    valid = [{"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}}
+             for r in records if r.get("kind") == "valid"]
+    layers = _layer_table(report.models["checkpoint"])
+    best = min(layers, key=lambda r: r["valid_cer"])
+    minutes, processes = running_minutes(records, spec["updates"])
+    summary = {"format": FORMAT, **run, "spec_sha256": spec["sha256"], "resolved_config": config_container(cfg),
+               "objective": build_model_config(cfg.model).objective, "updates": spec["updates"],
+               "wall_minutes": minutes, "processes": processes, "threads": spec["threads_per_run"],
+               "hours_of_audio_seen": round(audio_seen_hours(train_recs), 3), "valid_curve": valid,
+               "final_valid": valid[-1] if valid else None, "probe_protocol": report.protocol.to_dict(),
+               "probe_data": report.data, "probe_layers": layers, "best_layer": best,
+               "probe_minutes": round((time.time() - t0) / 60, 2), "finished": now_iso()}
+    path = _summary_path(spec, run["id"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, summary)
+    return summary
+
+
+def _baseline(spec: dict) -> dict:
+    """The first variant's architecture at random init (the protocol's seeds, averaged) and log-mel."""
+    import torch
+
+    from wav2vec2_lite.models import Wav2Vec2Model
+    from wav2vec2_lite.probes.run import run_probes
+
+    from wav2vec2_lite.train.config import build_model_config
+
+    first = plan_runs(spec)[0]
+    cfg = compose_config(spec["config_name"], first["overrides"], kind="pretrain")
+    torch.manual_seed(0)
+    placeholder = Wav2Vec2Model(build_model_config(cfg.model))  # only its config is read (include_model=False)
+    report = run_probes(placeholder, spec["corpus"], spec["probe"]["train"], spec["probe"]["valid"],
+                        _protocol(spec, log_mel=True), include_model=False)
+    out = {"format": FORMAT, "spec_sha256": spec["sha256"], "architecture_of": first["variant"],
+           "random_init_seeds": report.models["random_init"].seeds,
+           "random_init": _layer_table(report.models["random_init"]), "log_mel": _layer_table(report.models["log_mel"]),
+           "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "finished": now_iso()}
+    path = _summary_path(spec, BASELINE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, out)
+    return out
+
+
+def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, log=print) -> list[str]:
+    """Pretrain and probe the spec's runs without a summary (and the baselines), those whose id
+    matches ``only``; returns the ids done."""
+    spec = load_spec(spec_path)
+    ids = [r["id"] for r in plan_runs(spec)] + [BASELINE]
+    selected = [i for i in ids if only is None or fnmatch.fnmatchcase(i, only)]
+    _need(bool(selected), f"--only {only!r} matches none of the run ids ({', '.join(ids)})")
+    done = load_summaries(spec)
+    todo = [i for i in selected if i not in done]
+    _need(not todo or (Path(spec["corpus"]) / f"{spec['probe']['valid']}.tsv").is_file(),
+          f"{spec['corpus']}: no {spec['probe']['valid']}.tsv; build the corpus first")
+    log(f"[pretrain_compare] {len(selected) - len(todo)} of {len(selected)} selected already summarized; "
+        f"{len(todo)} to do")
+    if todo:
+        check_configs(spec)
+    if jobs <= 1:
+        runs = {r["id"]: r for r in plan_runs(spec)}
+        for i in todo:
+            log(f"[pretrain_compare] {i}")
+            _baseline(spec) if i == BASELINE else _pretrain_and_probe(spec, runs[i])
+        return todo
+    from wav2vec2_lite.tools.side_by_side import run_side_by_side
+
+    pieces = [(i, ["-m", "wav2vec2_lite.tools.pretrain_compare", "run", "--spec", str(spec_path), "--only", i],
+               Path(spec["runs_dir"]) / i / "pretrain_compare.log") for i in todo]
+    failed = run_side_by_side(pieces, jobs, spec["threads_per_run"], log, "pretrain_compare")
+    _need(not failed, f"run(s) {', '.join(failed)} failed; see pretrain_compare.log in their run folders")
+    return todo
+
+
+def status(spec: dict) -> str:
+    done = load_summaries(spec)
+    ids = [r["id"] for r in plan_runs(spec)] + [BASELINE]
+    lines = [f"{spec['name']} ({spec['sha256'][:12]}): {sum(i in done for i in ids)} of {len(ids)} done"]
+    lines += [f"  {i:<32} {'done' if i in done else 'left'}" for i in ids]
+    return "\n".join(lines)
+
+
+def _mean_sd(xs: list[float]) -> str:
+    return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+
+
+def write_report(spec: dict) -> Path:
+    """``RESULTS/report.md``: per-run and per-variant tables, the baselines and the choice on valid."""
+    done = load_summaries(spec)
+    base = done.get(BASELINE)
+    rand_best = min(r["valid_cer"] for r in base["random_init"]) if base else None
+    lines = [f"# {spec['name']}: pretraining variants read with frozen probes on `{spec['probe']['valid']}`", "",
+             f"Spec sha256 `{spec['sha256'][:12]}`; {spec['updates']} updates per run, {spec['threads_per_run']} "
+             f"thread(s) per run; probes trained on `{spec['probe']['train']}`. Lower CER is better. Test is not read.", "",
+             "| run | objective | wall min | audio h | last valid accuracy | best layer | best-layer CER |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    per_variant: dict[str, list[dict]] = {}
+    for r in plan_runs(spec):
+        s = done.get(r["id"])
+        if s is None:
+            lines.append(f"| {r['id']} | – | not run | | | | |")
+            continue
+        per_variant.setdefault(s["variant"], []).append(s)
+        acc = (s["final_valid"] or {}).get("accuracy")
+        lines.append(f"| {r['id']} | {s['objective']} | {s['wall_minutes']} | {s['hours_of_audio_seen']} | "
+                     f"{'–' if acc is None else f'{acc:.3f}'} | {s['best_layer']['layer']} | "
+                     f"{s['best_layer']['valid_cer']:.3f} |")
+    lines += ["", "| variant | runs | best-layer CER (mean ± sd over seeds) | vs random init |", "| --- | --- | --- | --- |"]
+    means = {}
+    for variant, runs in per_variant.items():
+        cers = [s["best_layer"]["valid_cer"] for s in runs]
+        means[variant] = statistics.fmean(cers)
+        ratio = f"{means[variant] / rand_best:.2f}×" if rand_best else "–"
+        lines.append(f"| {variant} | {len(runs)} | {_mean_sd(cers)} | {ratio} |")
+    if base:
+        lines += ["", f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
+                  f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}), log-mel "
+                  f"{min(r['valid_cer'] for r in base['log_mel']):.3f}."]
+    complete = all(len(per_variant.get(v, [])) == len(spec["seeds"]) for v in spec["variants"])
+    if complete and means:
+        order = sorted(means, key=means.get)
+        spreads = [statistics.stdev([s["best_layer"]["valid_cer"] for s in per_variant[v]]) for v in order[:2]]
+        gap = means[order[1]] - means[order[0]]
+        lines += ["", f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; next {order[1]} "
+                  f"{means[order[1]]:.3f})" + ("." if gap > max(spreads) else
+                                                f"; the gap ({gap:.3f}) is within the seed spread "
+                                                f"({max(spreads):.3f}): the seeds do not separate them.")]
+    else:
+        lines += ["", "Not every variant has all its seeds: no choice yet."]
+    out = _results(spec) / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pretrain_compare", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sr = sub.add_parser("run", help="pretrain and probe the runs without a summary (resumable)")
+    sr.add_argument("--spec", type=Path, required=True)
+    sr.add_argument("--only", help="fnmatch pattern on run ids, e.g. 'best_rq-*' or baseline")
+    sr.add_argument("--jobs", type=int, default=1, help="runs side by side (threads_per_run threads each)")
+    for name, text in (("status", "what is done and left"), ("report", "the markdown report")):
+        sub.add_parser(name, help=text).add_argument("--spec", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "run":
+            _need(args.jobs >= 1, f"--jobs: an integer >= 1 (got {args.jobs})")
+            run_compare(args.spec, args.only, args.jobs)
+        elif args.cmd == "status":
+            print(status(load_spec(args.spec)))
+        else:
+            print(f"wrote {write_report(load_spec(args.spec))}")
+    except LabelCurveError as e:
+        print(f"pretrain_compare: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
