@@ -37,7 +37,7 @@ from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT,
 
 __all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
            "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso",
-           "seal_test_transcripts", "read_sealed", "sealed_path"]
+           "seal_test_transcripts", "read_sealed", "sealed_path", "claim_run_dir"]
 
 
 def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
@@ -190,20 +190,26 @@ def _weights_sha(run: dict) -> str | None:
     return file_sha256(src.path if src.path.is_file() else src.path / "model.safetensors")
 
 
+def claim_run_dir(run_dir: Path, marker_name: str, recipe: dict, whose: str) -> None:
+    """Make ``run_dir`` the folder of ``recipe`` (recorded in ``marker_name``): a folder holding
+    another recipe's run, or a run without the record, is refused rather than resumed."""
+    marker = run_dir / marker_name
+    if marker.is_file() and json.loads(marker.read_text()) != recipe:
+        raise LabelCurveError(f"{run_dir}: trained with another config than {whose}; remove it")
+    if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
+        raise LabelCurveError(f"{run_dir}: holds a run without a {marker_name} record; remove it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, recipe)
+
+
 def _train_one(plan: dict, run: dict) -> dict:
     from wav2vec2_lite.train.config import config_container
     from wav2vec2_lite.train.logging import read_metrics
     from wav2vec2_lite.train.trainer import train
 
     run_dir = Path(run["run_dir"])
-    recipe = {"config_name": run["config_name"], "overrides": run["overrides"]}
-    marker = run_dir / "label_curve_run.json"
-    if marker.is_file() and json.loads(marker.read_text()) != recipe:
-        raise LabelCurveError(f"{run_dir}: trained with another config than the plan's run {run['id']}; remove it")
-    if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
-        raise LabelCurveError(f"{run_dir}: holds a run without a label-curve record; remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, recipe)
+    claim_run_dir(run_dir, "label_curve_run.json", {"config_name": run["config_name"], "overrides": run["overrides"]},
+                  f"the plan's run {run['id']}")
     if run["arm"] == TOPLINE and not (Path(plan["spec"]["corpus"]) / f"{TOPLINE_SUBSET}.tsv").is_file():
         write_transcribed_unlabeled(Path(plan["spec"]["corpus"]))
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"])

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wav2vec2_lite.tools.label_curve import compose_config, now_iso, write_json
+from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
 
 __all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
@@ -151,14 +151,8 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     from wav2vec2_lite.train.trainer import train
 
     run_dir = Path(run["run_dir"])
-    recipe = {"config_name": spec["config_name"], "overrides": run["overrides"]}
-    marker = run_dir / "pretrain_compare_run.json"
-    if marker.is_file() and json.loads(marker.read_text()) != recipe:
-        raise CompareError(f"{run_dir}: trained with another config than the spec's run {run['id']}; remove it")
-    if not marker.is_file() and (run_dir / "metrics.jsonl").is_file():
-        raise CompareError(f"{run_dir}: holds a run without a comparison record; remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, recipe)
+    claim_run_dir(run_dir, "pretrain_compare_run.json", {"config_name": spec["config_name"], "overrides": run["overrides"]},
+                  f"the spec's run {run['id']}")
     cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
     train(cfg, run_dir)
     t0 = time.time()
