@@ -110,6 +110,7 @@ def test_protocol_end_to_end(setup, capsys):
     assert stamps == {i: os.stat(summary_path(plan, i)).st_mtime_ns for i in summaries}
     s = summaries["pretrained-train_b-p2-s1-t1"]
     assert s["lr_scale"] == {"lm_head": 4.0} and s["seed"] == 1 and s["updates"] == 2
+    assert s["code"]["code_version"] and s["code"]["num_threads"] == 1 and "capability" in json.dumps(s["code"]["cpu"])
     assert [r["update"] for r in s["valid_curve"]] == [1, 2] and s["final_valid"] == s["valid_curve"][-1]
     assert not list(Path(spec["results_dir"]).rglob("*.safetensors"))             # no weights in the summaries
     capsys.readouterr()

@@ -63,7 +63,7 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     done = load_summaries(load_spec(path))
     assert set(done) == {*(r["id"] for r in runs), "baseline"}
     s = done["best_rq-s2"]
-    assert s["objective"] == "best_rq" and s["seed"] == 2 and s["updates"] == 2
+    assert s["objective"] == "best_rq" and s["seed"] == 2 and s["updates"] == 2 and s["code"]["code_version"]
     assert [r["update"] for r in s["valid_curve"]] == [1, 2] and s["hours_of_audio_seen"] > 0
     layers = [r["layer"] for r in s["probe_layers"]]
     assert layers == ["conv", "layer_0", "layer_1", "layer_2"] and s["best_layer"] in s["probe_layers"]

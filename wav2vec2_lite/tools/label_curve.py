@@ -37,7 +37,7 @@ from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT,
 
 __all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
            "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso",
-           "seal_test_transcripts", "read_sealed", "sealed_path", "claim_run_dir"]
+           "seal_test_transcripts", "read_sealed", "sealed_path", "claim_run_dir", "run_code"]
 
 
 def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
@@ -202,6 +202,15 @@ def claim_run_dir(run_dir: Path, marker_name: str, recipe: dict, whose: str) -> 
     write_json(marker, recipe)
 
 
+def run_code(run_dir: Path) -> dict:
+    """The code and machine a run folder's ``run.json`` recorded (for the committed summary)."""
+    path = run_dir / "run.json"
+    run = json.loads(path.read_text()) if path.is_file() else {}
+    from wav2vec2_lite.tools.hardware import cpu_kind
+
+    return {k: run.get(k) for k in ("code_version", "torch", "num_threads")} | {"cpu": cpu_kind()}
+
+
 def _train_one(plan: dict, run: dict) -> dict:
     from wav2vec2_lite.train.config import config_container
     from wav2vec2_lite.train.logging import read_metrics
@@ -225,7 +234,7 @@ def _train_one(plan: dict, run: dict) -> dict:
     summary = {"format": RUN_FORMAT, **{k: v for k, v in run.items()}, "plan_sha256": plan["sha256"],
                "resolved_config": config_container(cfg), "pretrain_weights_sha256": _weights_sha(run),
                "valid_curve": curve, "final_valid": curve[-1], "best_valid": best,
-               "blank_collapse": curve[-1]["blank_only"] >= threshold,
+               "blank_collapse": curve[-1]["blank_only"] >= threshold, "code": run_code(run_dir),
                "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": now_iso()}
     path = summary_path(plan, run["id"])
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, write_json
+from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, run_code, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
 
 __all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
@@ -167,7 +167,7 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     minutes, processes = running_minutes(records, spec["updates"])
     summary = {"format": FORMAT, **run, "spec_sha256": spec["sha256"], "resolved_config": config_container(cfg),
                "objective": build_model_config(cfg.model).objective, "updates": spec["updates"],
-               "wall_minutes": minutes, "processes": processes, "threads": spec["threads_per_run"],
+               "wall_minutes": minutes, "processes": processes, "code": run_code(run_dir),
                "hours_of_audio_seen": round(audio_seen_hours(train_recs), 3), "valid_curve": valid,
                "final_valid": valid[-1] if valid else None, "probe_protocol": report.protocol.to_dict(),
                "probe_data": report.data, "probe_layers": layers, "best_layer": best,
