@@ -71,6 +71,7 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     assert s["probe_data"]["valid_split"] == "valid" and s["probe_data"]["train_split"] == "train"
     assert done["contrastive-s1"]["objective"] == "contrastive"
     base = done["baseline"]
+    assert base["architecture"] == s["architecture"] == done["contrastive-s1"]["architecture"]
     assert base["random_init_seeds"] == [0, 1] and [r["layer"] for r in base["random_init"]] == layers
     assert [r["layer"] for r in base["log_mel"]] == ["log_mel"]
     assert not list(Path(spec["results_dir"]).rglob("*.safetensors"))  # summaries only, no weights
@@ -87,6 +88,8 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     means = {v: sum(done[f"{v}-s{k}"]["best_layer"]["valid_cer"] for k in (1, 2)) / 2 for v in ("contrastive", "best_rq")}
     chosen = min(means, key=means.get)
     assert f"Chosen on valid: **{chosen}**" in report and "| best_rq-s1 | best_rq |" in report
+    rand = min(r["valid_cer"] for r in base["random_init"])
+    assert f"| {chosen} | 2 | {means[chosen]:.3f} ± " in report and f"| {means[chosen] / rand:.2f}× |" in report
 
 
 def test_a_run_folder_of_another_config_is_refused(spec, tmp_path, capsys):

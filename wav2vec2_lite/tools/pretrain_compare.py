@@ -154,6 +154,7 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     claim_run_dir(run_dir, "pretrain_compare_run.json", {"config_name": spec["config_name"], "overrides": run["overrides"]},
                   f"the spec's run {run['id']}")
     cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
+    model_cfg = build_model_config(cfg.model)
     train(cfg, run_dir)
     t0 = time.time()
     report = run_probes(run_dir / "checkpoints" / "last", spec["corpus"], spec["probe"]["train"],
@@ -166,7 +167,7 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     best = min(layers, key=lambda r: r["valid_cer"])
     minutes, processes = running_minutes(records, spec["updates"])
     summary = {"format": FORMAT, **run, "spec_sha256": spec["sha256"], "resolved_config": config_container(cfg),
-               "objective": build_model_config(cfg.model).objective, "updates": spec["updates"],
+               "objective": model_cfg.objective, "architecture": _architecture(model_cfg), "updates": spec["updates"],
                "wall_minutes": minutes, "processes": processes, "code": run_code(run_dir),
                "hours_of_audio_seen": round(audio_seen_hours(train_recs), 3), "valid_curve": valid,
                "final_valid": valid[-1] if valid else None, "probe_protocol": report.protocol.to_dict(),
@@ -178,22 +179,31 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     return summary
 
 
-def _baseline(spec: dict) -> dict:
-    """The first variant's architecture at random init (the protocol's seeds, averaged) and log-mel."""
+def _architecture(model_cfg: Any) -> str:
+    """A short fingerprint of the backbone a config builds (parameter names and shapes, pre/post-LN):
+    a random-init baseline compares only with runs of the same architecture."""
     import torch
 
     from wav2vec2_lite.models import Wav2Vec2Model
-    from wav2vec2_lite.probes.run import run_probes
 
+    with torch.device("meta"):
+        shapes = [(k, list(v.shape)) for k, v in Wav2Vec2Model(model_cfg).state_dict().items()]
+    return hashlib.sha256(json.dumps([shapes, model_cfg.layer_norm_first]).encode()).hexdigest()[:12]
+
+
+def _baseline(spec: dict) -> dict:
+    """The first variant's architecture at random init (the protocol's seeds, averaged) and log-mel."""
+    from wav2vec2_lite.models import Wav2Vec2Model
+    from wav2vec2_lite.probes.run import run_probes
     from wav2vec2_lite.train.config import build_model_config
 
     first = plan_runs(spec)[0]
-    cfg = compose_config(spec["config_name"], first["overrides"], kind="pretrain")
-    torch.manual_seed(0)
-    placeholder = Wav2Vec2Model(build_model_config(cfg.model))  # only its config is read (include_model=False)
+    model_cfg = build_model_config(compose_config(spec["config_name"], first["overrides"], kind="pretrain").model)
+    placeholder = Wav2Vec2Model(model_cfg)  # gives run_probes the architecture; itself not probed
     report = run_probes(placeholder, spec["corpus"], spec["probe"]["train"], spec["probe"]["valid"],
                         _protocol(spec, log_mel=True), include_model=False)
     out = {"format": FORMAT, "spec_sha256": spec["sha256"], "architecture_of": first["variant"],
+           "architecture": _architecture(model_cfg),
            "random_init_seeds": report.models["random_init"].seeds,
            "random_init": _layer_table(report.models["random_init"]), "log_mel": _layer_table(report.models["log_mel"]),
            "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "finished": now_iso()}
@@ -271,7 +281,8 @@ def write_report(spec: dict) -> Path:
     for variant, runs in per_variant.items():
         cers = [s["best_layer"]["valid_cer"] for s in runs]
         means[variant] = statistics.fmean(cers)
-        ratio = f"{means[variant] / rand_best:.2f}×" if rand_best else "–"
+        same = base is not None and all(s.get("architecture") == base.get("architecture") for s in runs)
+        ratio = f"{means[variant] / rand_best:.2f}×" if same else "– (no baseline of this architecture)"
         lines.append(f"| {variant} | {len(runs)} | {_mean_sd(cers)} | {ratio} |")
     if base:
         lines += ["", f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
