@@ -384,7 +384,7 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     """oneDNN's bf16 convs on AVX-512-bf16 / AMX CPUs are wrong for some shapes (errors as large
     as the output, not rounding): a 64-wide positional conv with 16 groups and kernel 16, and
     ungrouped convs with 16 input channels and kernel 4 or 16. These shapes here: under CPU
-    autocast the positional conv gives the float32 result, and the feature encoder (bf16
+    autocast the positional conv (4 channels per group) gives the float32 result, and the feature encoder (bf16
     matmuls over unfolded windows) gives it up to bf16 rounding, on any CPU."""
     torch.manual_seed(0)
     cfg = small(hidden_size=64, num_heads=2, ffn_dim=128, conv_dim=[16, 16, 16], conv_kernel=[10, 4, 16],
@@ -400,6 +400,26 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     assert pos.dtype == torch.float32
     torch.testing.assert_close(pos, ref_pos, rtol=1e-5, atol=1e-5)
     assert 0 < _rel(feats, ref_feats) < 0.02  # rounding: a wrong kernel errs by O(1)
+
+
+@pytest.mark.parametrize("hidden, groups", [(64, 2), (96, 2), (1024, 16)])
+def test_positional_conv_with_32_or_more_channels_per_group_runs_bf16_under_cpu_autocast(hidden, groups):
+    """From 32 input channels per group (BASE 48, LARGE 64) oneDNN's bf16 grouped conv was right
+    on every shape measured: under CPU autocast the positional conv runs there in bf16, its
+    output and gradients within bf16 rounding of float32 (a wrong kernel errs by O(1))."""
+    from wav2vec2_lite.modules.conv_precision import onednn_low_precision_ok
+
+    torch.manual_seed(0)
+    pos = Wav2Vec2Model(small(hidden_size=hidden, num_heads=2, pos_conv_kernel=128, pos_conv_groups=groups)).context.pos_conv
+    assert onednn_low_precision_ok(pos.conv)
+    x = torch.randn(2, 50, hidden, requires_grad=True)
+    ref = pos(x)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pos(x)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), x)
+    assert out.dtype == torch.bfloat16
+    assert 0 < _rel(out, ref) < 0.02 and _rel(grad, ref_grad) < 0.03
 
 
 def test_lean_conv_stack_frozen_padded_and_double_backward():

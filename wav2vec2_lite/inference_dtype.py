@@ -4,10 +4,11 @@
 (transformer blocks, feature projection, CTC head), in the low-precision dtype, so no weight
 is cast per forward pass (autocast casts each weight at each use). What stays float32:
 
-* the positional convolution: oneDNN's bf16 convolutions give wrong results for some shapes
-  on CPUs with native bf16 (``modules/conv_precision.py``); its input is cast up and its
-  output back down at the boundary. The feature encoder's convolutions do run in bf16, as
-  matmuls over unfolded windows (``conv_precision.unfolded_conv1d``), which are correct
+* the positional convolution of a model with < 32 channels per group: oneDNN's bf16
+  convolutions give wrong results for such shapes on CPUs with native bf16
+  (``modules/conv_precision.py``); its input is cast up and its output back down at the
+  boundary. With more (BASE, LARGE) it is bf16 too. The feature encoder's convolutions run in
+  bf16 as matmuls over unfolded windows (``conv_precision.unfolded_conv1d``), which are correct
   for every shape and use the CPU's bf16 matmul units;
 * normalisation parameters, and the statistics (``Fp32LayerNorm`` normalises in float32;
   GroupNorm/LayerNorm on bf16 inputs accumulate in float32);
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from wav2vec2_lite.models import backbone_of
+from wav2vec2_lite.modules.conv_precision import onednn_low_precision_ok
 
 __all__ = ["INFERENCE_DTYPES", "cast_for_inference", "inference_dtype_of", "parse_inference_dtype"]
 
@@ -66,6 +68,8 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
                 module.to(dtype)
         for layer in backbone.feature_encoder.conv_layers:  # run as unfolded matmuls (unfolded_conv1d)
             layer.conv.to(dtype)
+        if onednn_low_precision_ok(backbone.context.pos_conv.conv):
+            backbone.context.pos_conv.to(dtype)
         head = getattr(model, "lm_head", None)
         if isinstance(head, nn.Linear):
             head.to(dtype)
