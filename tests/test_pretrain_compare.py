@@ -38,7 +38,7 @@ def spec(tmp_path_factory) -> dict:
                      "best_rq": ["model.objective=best_rq",
                                  "+model.objective_options={codebook_size:64,codebook_dim:16}"]},
         "probe": {"train": "train", "valid": "valid",
-                  "protocol": {"steps": 20, "batch_size": 4, "random_init_seeds": 2}},
+                  "protocol": {"steps": 20, "batch_size": 4, "random_init_seeds": 2, "log_mel": True}},
         "root": str(root),
     }
 
@@ -59,6 +59,9 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     # one run through the side-by-side subprocess path, then the rest in this process
     assert main(["run", "--spec", str(path), "--only", "contrastive-s1", "--jobs", "2"]) == 0
     assert set(load_summaries(load_spec(path))) == {"contrastive-s1"}
+    assert main(["report", "--spec", str(path)]) == 0  # partial: no ratio, no choice yet
+    partial = (Path(spec["results_dir"]) / "report.md").read_text()
+    assert "– (no baseline yet)" in partial and "no choice yet" in partial and "| best_rq-s1 | – | not run |" in partial
     assert main(["run", "--spec", str(path)]) == 0
     done = load_summaries(load_spec(path))
     assert set(done) == {*(r["id"] for r in runs), "baseline"}
@@ -80,6 +83,16 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     assert run_compare(path, log=lambda *_: None) == []  # everything summarized: nothing reruns
     assert stamps == {p: os.stat(p).st_mtime_ns for p in Path(spec["results_dir"]).rglob("*.json")}
 
+    # a crash after training, before the summary: the rerun probes again without training again
+    metrics = Path(spec["runs_dir"]) / "contrastive-s2" / "metrics.jsonl"
+    lines, summary = metrics.read_text(), Path(spec["results_dir"]) / "runs" / "contrastive-s2.json"
+    before = json.loads(summary.read_text())
+    summary.unlink()
+    assert run_compare(path, only="contrastive-s2", log=lambda *_: None) == ["contrastive-s2"]
+    after = json.loads(summary.read_text())
+    assert metrics.read_text() == lines and after["probe_layers"] == before["probe_layers"]
+    assert after["valid_curve"] == before["valid_curve"]
+
     capsys.readouterr()
     assert main(["status", "--spec", str(path)]) == 0
     assert "5 of 5 done" in capsys.readouterr().out
@@ -90,6 +103,16 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     assert f"Chosen on valid: **{chosen}**" in report and "| best_rq-s1 | best_rq |" in report
     rand = min(r["valid_cer"] for r in base["random_init"])
     assert f"| {chosen} | 2 | {means[chosen]:.3f} ± " in report and f"| {means[chosen] / rand:.2f}× |" in report
+
+
+def test_summaries_of_another_spec_are_refused_not_mixed_in(spec, tmp_path, capsys):
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    (results / "runs" / "contrastive-s1.json").write_text(json.dumps({"overrides": ["x=1"], "updates": 2}))
+    path = _write(spec, "stale.json", results_dir=str(results))
+    assert main(["status", "--spec", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "contrastive-s1.json: made under another spec" in err
 
 
 def test_a_run_folder_of_another_config_is_refused(spec, tmp_path, capsys):
@@ -110,6 +133,14 @@ def test_a_run_folder_of_another_config_is_refused(spec, tmp_path, capsys):
     ({"probe": {"train": "train", "valid": "test"}}, "test is never read"),
     ({"probe": {"train": "train", "valid": "valid", "protocol": {"steps": 0}}}, "steps must be an integer >= 1"),
     ({"typo": 1}, "unknown key(s) ['typo']"),
+    ({"updates": True}, "updates must be an integer >= 1"),
+    ({"variants": {"a": [], "b": ["data.valid_subset=test"]}}, "data.valid_subset=test: test is never read"),
+    ({"variants": {"a": [], "b": ["data.manifest_dir=/elsewhere"]}}, "data.manifest_dir is set by the runner"),
+    ({"probe": {"train": "test", "valid": "valid"}}, "a probe split is test"),
+    ({"probe": {"train": "train", "valid": "valid", "protcol": {}}}, "nothing else; found ['protcol', 'train', 'valid']"),
+    ({"probe": {"train": "train", "valid": "valid", "protocol": {"random_init_seeds": 0}}}, "random_init_seeds must be >= 1"),
+    ({"probe": {"train": "train_missing", "valid": "valid"}}, "train_missing.tsv"),
+    ({"config_name": "no_such_config"}, "config no_such_config with variant contrastive's overrides"),
 ])
 def test_spec_errors_are_one_line(spec, tmp_path, capsys, change, message):
     path = _write(spec, "bad.json", runs_dir=str(tmp_path / "r"), results_dir=str(tmp_path / "res"), **change)

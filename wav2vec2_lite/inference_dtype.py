@@ -68,7 +68,7 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
                 module.to(dtype)
         for layer in backbone.feature_encoder.conv_layers:  # run as unfolded matmuls (unfolded_conv1d)
             layer.conv.to(dtype)
-        if onednn_low_precision_ok(backbone.context.pos_conv.conv):
+        if onednn_low_precision_ok(backbone.context.pos_conv.conv, dtype):
             backbone.context.pos_conv.to(dtype)
         head = getattr(model, "lm_head", None)
         if isinstance(head, nn.Linear):

@@ -26,25 +26,27 @@ __all__ = ["ONEDNN_BF16_MIN_GROUP_CHANNELS", "onednn_low_precision_ok", "conv_co
 
 _LOW = (torch.bfloat16, torch.float16)
 ONEDNN_BF16_MIN_GROUP_CHANNELS = 32
-"""Input channels per group from which a CPU conv is trusted to oneDNN in bf16 (twice the largest
-wrong shape measured, 14)."""
+"""Input channels per group from which a grouped CPU conv is trusted to oneDNN in bf16: well above
+the largest wrong shape measured (14); 32, 48 and 64 (LARGE, BASE) were measured right."""
 
 
-def onednn_low_precision_ok(conv: nn.Module) -> bool:
-    """Whether ``conv`` (a grouped ``Conv1d``) may run through oneDNN's bf16 kernels on CPU."""
-    return conv.groups > 1 and conv.in_channels // conv.groups >= ONEDNN_BF16_MIN_GROUP_CHANNELS
+def onednn_low_precision_ok(conv: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
+    """Whether ``conv`` (a grouped ``Conv1d``) may run through oneDNN's kernels in ``dtype`` on CPU
+    (bf16 only: float16 was not measured)."""
+    return (dtype == torch.bfloat16 and conv.groups > 1
+            and conv.in_channels // conv.groups >= ONEDNN_BF16_MIN_GROUP_CHANNELS)
 
 
 def _under_cpu_autocast(x: Tensor) -> bool:
     return x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
 
 
-def conv_compute_dtype(x: Tensor, conv: nn.Module | None = None) -> torch.dtype:
-    """The dtype a convolution over ``x`` runs in: ``x.dtype`` without autocast; under CPU
-    autocast the autocast dtype for a ``conv`` oneDNN computes right in it, else float32; the
-    autocast dtype under any other device's autocast."""
+def conv_compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a native convolution over ``x`` runs in (the feature encoder's, when it is not
+    unfolded): ``x.dtype`` without autocast, float32 under CPU autocast, the autocast dtype under
+    any other device's autocast."""
     if _under_cpu_autocast(x):
-        return torch.get_autocast_dtype("cpu") if conv is not None and onednn_low_precision_ok(conv) else torch.float32
+        return torch.float32
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
@@ -55,7 +57,7 @@ def conv_forward(conv: nn.Module, x: Tensor) -> Tensor:
     differ (a bf16 stream into a float32 conv, as ``inference_dtype.cast_for_inference`` may
     leave it)."""
     if _under_cpu_autocast(x):
-        if onednn_low_precision_ok(conv):
+        if onednn_low_precision_ok(conv, torch.get_autocast_dtype("cpu")):
             return conv(x)  # autocast casts what is not bf16 yet
         with torch.autocast("cpu", enabled=False):
             return conv(x.float())

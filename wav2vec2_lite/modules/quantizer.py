@@ -101,5 +101,4 @@ class GumbelProductQuantizer(nn.Module):
 
     def codebook_usage(self, codes: Tensor) -> Tensor:
         """How often each entry was picked: codes (frames, G) -> counts (G, V)."""
-        one_hot = F.one_hot(codes, self.num_vars)
-        return one_hot.sum(0)
+        return F.one_hot(codes, self.num_vars).sum(0)

@@ -21,10 +21,17 @@ from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_
 from wav2vec2_lite.tools.hardware import cpu_kind
 from wav2vec2_lite.train.logging import read_metrics
 
-__all__ = ["audio_seen_hours", "make_bundle"]
+__all__ = ["audio_seen_hours", "make_bundle", "valid_curve"]
 
 VALID_KEYS = ("loss", "accuracy", "contrastive_loss", "diversity_loss", "code_perplexity", "prob_perplexity",
               "chance_loss")
+def valid_curve(valid_records: list[dict]) -> list[dict]:
+    """``[{"update", VALID_KEYS...}]`` from ``metrics.jsonl``'s valid records, one per update (the
+    last: a run resumed from an earlier checkpoint validates that update again)."""
+    by_update = {r["update"]: {"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid_records}
+    return [by_update[u] for u in sorted(by_update)]
+
+
 def audio_seen_hours(train_records: list[dict]) -> float:
     """Hours of audio the run trained on: each ``train`` record's samples/s × its window's seconds."""
     total, prev = 0.0, 0
@@ -131,7 +138,7 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     valid = read_metrics(run_dir / "metrics.jsonl", "valid")
     if not valid:
         raise ValueError(f"{run_dir}: no valid records in metrics.jsonl")
-    curve = [{"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid]
+    curve = valid_curve(valid)
     best_update = int(state["update"])
     chosen = next((r for r in curve if r["update"] == best_update), None)
     seen = [r for r in train if r["update"] <= best_update]

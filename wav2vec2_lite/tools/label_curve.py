@@ -203,7 +203,8 @@ def claim_run_dir(run_dir: Path, marker_name: str, recipe: dict, whose: str) -> 
 
 
 def run_code(run_dir: Path) -> dict:
-    """The code and machine a run folder's ``run.json`` recorded (for the committed summary)."""
+    """What a run folder's ``run.json`` recorded (code version, torch, threads), and the CPU kind of
+    this machine (where a runner's runs train), for the committed summary."""
     path = run_dir / "run.json"
     run = json.loads(path.read_text()) if path.is_file() else {}
     from wav2vec2_lite.tools.hardware import cpu_kind

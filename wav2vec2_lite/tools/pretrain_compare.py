@@ -31,13 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wav2vec2_lite.probes.protocol import ProbeError
 from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, run_code, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
 
 __all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
 
 FORMAT = 1
-RUNNER_SETS = ("trainer.max_updates", "trainer.seed", "trainer.num_threads", "schedule.total_updates", "hydra.")
+RUNNER_SETS = ("trainer.max_updates", "trainer.max_epochs", "trainer.seed", "trainer.num_threads", "trainer.resume",
+               "schedule.total_updates", "data.manifest_dir", "hydra.")
+SPLIT_KEYS = ("data.train_subset", "data.valid_subset")
 BASELINE = "baseline"
 
 
@@ -61,9 +64,9 @@ def load_spec(path: str | Path) -> dict:
     missing = sorted(keys - set(spec) - {"common_overrides"})
     _need(not missing, f"{path}: missing key(s) {missing}")
     spec.setdefault("common_overrides", [])
-    _need(isinstance(spec["updates"], int) and spec["updates"] >= 1, f"{path}: updates must be an integer >= 1")
-    _need(isinstance(spec["threads_per_run"], int) and spec["threads_per_run"] >= 1,
-          f"{path}: threads_per_run must be an integer >= 1")
+    for key in ("updates", "threads_per_run"):
+        v = spec[key]
+        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{path}: {key} must be an integer >= 1")
     seeds = spec["seeds"]
     _need(isinstance(seeds, list) and len(seeds) >= 2 and len(set(seeds)) == len(seeds)
           and all(isinstance(s, int) and s >= 0 for s in seeds),
@@ -76,19 +79,25 @@ def load_spec(path: str | Path) -> dict:
         _need(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
               f"{path}: {name} must be a list of KEY=VALUE overrides")
         for o in overrides:
-            _need(not o.lstrip("+~").startswith(RUNNER_SETS), f"{path}: {name}: {o.split('=')[0]} is set by the "
-                  f"runner (updates, seeds, threads_per_run, run folders), not by an override")
+            key, _, value = o.lstrip("+~").partition("=")
+            _need(not key.startswith(RUNNER_SETS), f"{path}: {name}: {key} is set by the runner (corpus, updates, "
+                  f"seeds, threads_per_run, resuming, run folders), not by an override")
+            _need(not (key in SPLIT_KEYS and value.strip() == "test"), f"{path}: {name}: {key}=test: test is never read")
     _need(BASELINE not in variants, f"{path}: {BASELINE!r} is reserved for the baselines")
     probe = spec["probe"]
-    _need(isinstance(probe, dict) and {"train", "valid"} <= set(probe) and probe["train"] != probe["valid"],
-          f"{path}: probe needs train and valid (two different splits) and an optional protocol")
-    _need(probe["valid"] != "test", f"{path}: probe.valid is test: variants are chosen on valid, test is never read")
-    from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
+    _need(isinstance(probe, dict) and {"train", "valid"} <= set(probe) <= {"train", "valid", "protocol"}
+          and probe["train"] != probe["valid"], f"{path}: probe needs train and valid (two different splits) and "
+          f"an optional protocol, nothing else; found {sorted(probe) if isinstance(probe, dict) else probe!r}")
+    _need("test" not in (probe["train"], probe["valid"]), f"{path}: a probe split is test: variants are chosen on "
+          f"valid, test is never read")
+    _need(isinstance(probe.get("protocol") or {}, dict), f"{path}: probe.protocol must be a mapping")
+    from wav2vec2_lite.probes.protocol import ProbeProtocol
 
     try:
         protocol = ProbeProtocol.from_dict(dict(probe.get("protocol") or {}))
     except ProbeError as e:
         raise CompareError(f"{path}: {e}") from None
+    _need(protocol.random_init_seeds >= 1, f"{path}: probe.protocol.random_init_seeds must be >= 1 (the baseline)")
     spec["probe"] = {"train": probe["train"], "valid": probe["valid"], "protocol": protocol.to_dict()}
     spec["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return spec
@@ -108,15 +117,24 @@ def plan_runs(spec: dict) -> list[dict]:
     return runs
 
 
-def check_configs(spec: dict) -> None:
-    """Compose every variant's config now, so that a typo fails before hours of runs."""
+def check_inputs(spec: dict) -> None:
+    """Compose every variant's config and look for every file the runs read, so that a typo or a
+    missing split fails now rather than after hours of runs."""
     from wav2vec2_lite.train.config import build_model_config
 
+    corpus = Path(spec["corpus"])
+    probe = spec["probe"]
+    needed = {corpus / f"{probe[k]}.{ext}" for k in ("train", "valid") for ext in ("tsv", "ltr")} | {corpus / "dict.ltr.txt"}
     for run in plan_runs(spec)[:: len(spec["seeds"])]:
         try:
-            build_model_config(compose_config(spec["config_name"], run["overrides"], kind="pretrain").model)
-        except Exception as e:  # Hydra's and the schema's errors: the spec's overrides
-            raise CompareError(f"variant {run['variant']}: {str(e).splitlines()[0]}") from None
+            cfg = compose_config(spec["config_name"], run["overrides"], kind="pretrain")
+            build_model_config(cfg.model)
+        except Exception as e:  # Hydra's and the schema's errors: the spec's config name or overrides
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise CompareError(f"config {spec['config_name']} with variant {run['variant']}'s overrides: {first}") from None
+        needed |= {corpus / f"{cfg.data.train_subset}.tsv", corpus / f"{cfg.data.valid_subset}.tsv"}
+    missing = sorted(str(p) for p in needed if not p.is_file())
+    _need(not missing, f"missing: {', '.join(missing)} (build the corpus first)")
 
 
 def _results(spec: dict) -> Path:
@@ -128,23 +146,51 @@ def _summary_path(spec: dict, run_id: str) -> Path:
 
 
 def load_summaries(spec: dict) -> dict[str, dict]:
+    """The summaries written so far; one made under another spec (other overrides, updates or
+    probe protocol) is refused, not mixed in."""
     runs = {r["id"]: r for r in plan_runs(spec)}
-    return {rid: json.loads(_summary_path(spec, rid).read_text()) for rid in [*runs, BASELINE]
-            if _summary_path(spec, rid).is_file()}
+    out = {}
+    for rid in [*runs, BASELINE]:
+        path = _summary_path(spec, rid)
+        if not path.is_file():
+            continue
+        s = json.loads(path.read_text())
+        if rid == BASELINE:
+            same = s.get("probe_protocol") == _protocol(spec).to_dict()
+        else:
+            same = (s.get("overrides") == runs[rid]["overrides"] and s.get("updates") == spec["updates"]
+                    and s.get("probe_protocol") == _run_protocol(spec).to_dict())
+        _need(same, f"{path}: made under another spec (overrides, updates or probe protocol differ); remove it "
+              f"to redo that run")
+        out[rid] = s
+    return out
 
 
 def _protocol(spec: dict, **changes):
+    """The spec's probe protocol (the baselines')."""
     from wav2vec2_lite.probes.protocol import ProbeProtocol
 
     return ProbeProtocol.from_dict({**spec["probe"]["protocol"], **changes})
+
+
+def _run_protocol(spec: dict):
+    """A run's probes: the checkpoint only (the baselines are probed once)."""
+    return _protocol(spec, random_init_seeds=0, log_mel=False)
 
 
 def _layer_table(model_probes: Any) -> list[dict]:
     return [{"layer": s.layer, "valid_cer": s.valid_error, "valid_loss": s.valid_loss} for s in model_probes.layers]
 
 
+def _last_update(run_dir: Path) -> int | None:
+    import torch
+
+    state = run_dir / "checkpoints" / "last" / "training_state.pt"
+    return int(torch.load(state, map_location="cpu", weights_only=True)["update"]) if state.is_file() else None
+
+
 def _pretrain_and_probe(spec: dict, run: dict) -> dict:
-    from wav2vec2_lite.pretrained.bundle import VALID_KEYS, audio_seen_hours, running_minutes
+    from wav2vec2_lite.pretrained.bundle import audio_seen_hours, running_minutes, valid_curve
     from wav2vec2_lite.probes.run import run_probes
     from wav2vec2_lite.train.config import build_model_config, config_container
     from wav2vec2_lite.train.logging import read_metrics
@@ -155,23 +201,24 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
                   f"the spec's run {run['id']}")
     cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
     model_cfg = build_model_config(cfg.model)
-    train(cfg, run_dir)
+    if _last_update(run_dir) != spec["updates"]:  # not trained to its end yet (a crash while probing skips this)
+        train(cfg, run_dir)
+    _need(_last_update(run_dir) == spec["updates"], f"{run_dir}: its last checkpoint is not at update "
+          f"{spec['updates']}; the run stopped early")
     t0 = time.time()
     report = run_probes(run_dir / "checkpoints" / "last", spec["corpus"], spec["probe"]["train"],
-                        spec["probe"]["valid"], _protocol(spec, random_init_seeds=0, log_mel=False))
+                        spec["probe"]["valid"], _run_protocol(spec))
     records = read_metrics(run_dir / "metrics.jsonl")
-    train_recs = [r for r in records if r.get("kind") == "train"]
-    valid = [{"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}}
-             for r in records if r.get("kind") == "valid"]
+    valid = valid_curve([r for r in records if r.get("kind") == "valid"])
     layers = _layer_table(report.models["checkpoint"])
-    best = min(layers, key=lambda r: r["valid_cer"])
     minutes, processes = running_minutes(records, spec["updates"])
     summary = {"format": FORMAT, **run, "spec_sha256": spec["sha256"], "resolved_config": config_container(cfg),
                "objective": model_cfg.objective, "architecture": _architecture(model_cfg), "updates": spec["updates"],
                "wall_minutes": minutes, "processes": processes, "code": run_code(run_dir),
-               "hours_of_audio_seen": round(audio_seen_hours(train_recs), 3), "valid_curve": valid,
-               "final_valid": valid[-1] if valid else None, "probe_protocol": report.protocol.to_dict(),
-               "probe_data": report.data, "probe_layers": layers, "best_layer": best,
+               "hours_of_audio_seen": round(audio_seen_hours([r for r in records if r.get("kind") == "train"]), 3),
+               "valid_curve": valid, "final_valid": valid[-1] if valid else None,
+               "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "probe_layers": layers,
+               "best_layer": min(layers, key=lambda r: r["valid_cer"]),
                "probe_minutes": round((time.time() - t0) / 60, 2), "finished": now_iso()}
     path = _summary_path(spec, run["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,12 +247,13 @@ def _baseline(spec: dict) -> dict:
     first = plan_runs(spec)[0]
     model_cfg = build_model_config(compose_config(spec["config_name"], first["overrides"], kind="pretrain").model)
     placeholder = Wav2Vec2Model(model_cfg)  # gives run_probes the architecture; itself not probed
-    report = run_probes(placeholder, spec["corpus"], spec["probe"]["train"], spec["probe"]["valid"],
-                        _protocol(spec, log_mel=True), include_model=False)
+    report = run_probes(placeholder, spec["corpus"], spec["probe"]["train"], spec["probe"]["valid"], _protocol(spec),
+                        include_model=False)
     out = {"format": FORMAT, "spec_sha256": spec["sha256"], "architecture_of": first["variant"],
            "architecture": _architecture(model_cfg),
            "random_init_seeds": report.models["random_init"].seeds,
-           "random_init": _layer_table(report.models["random_init"]), "log_mel": _layer_table(report.models["log_mel"]),
+           "random_init": _layer_table(report.models["random_init"]),
+           "log_mel": _layer_table(report.models["log_mel"]) if "log_mel" in report.models else None,
            "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "finished": now_iso()}
     path = _summary_path(spec, BASELINE)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,12 +270,10 @@ def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, l
     _need(bool(selected), f"--only {only!r} matches none of the run ids ({', '.join(ids)})")
     done = load_summaries(spec)
     todo = [i for i in selected if i not in done]
-    _need(not todo or (Path(spec["corpus"]) / f"{spec['probe']['valid']}.tsv").is_file(),
-          f"{spec['corpus']}: no {spec['probe']['valid']}.tsv; build the corpus first")
     log(f"[pretrain_compare] {len(selected) - len(todo)} of {len(selected)} selected already summarized; "
         f"{len(todo)} to do")
     if todo:
-        check_configs(spec)
+        check_inputs(spec)
     if jobs <= 1:
         runs = {r["id"]: r for r in plan_runs(spec)}
         for i in todo:
@@ -263,7 +309,7 @@ def write_report(spec: dict) -> Path:
     lines = [f"# {spec['name']}: pretraining variants read with frozen probes on `{spec['probe']['valid']}`", "",
              f"Spec sha256 `{spec['sha256'][:12]}`; {spec['updates']} updates per run, {spec['threads_per_run']} "
              f"thread(s) per run; probes trained on `{spec['probe']['train']}`. Lower CER is better. Test is not read.", "",
-             "| run | objective | wall min | audio h | last valid accuracy | best layer | best-layer CER |",
+             "| run | objective | wall min | audio h | last valid pretext accuracy (chance differs by objective) | best layer | best-layer CER |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     per_variant: dict[str, list[dict]] = {}
     for r in plan_runs(spec):
@@ -281,13 +327,16 @@ def write_report(spec: dict) -> Path:
     for variant, runs in per_variant.items():
         cers = [s["best_layer"]["valid_cer"] for s in runs]
         means[variant] = statistics.fmean(cers)
-        same = base is not None and all(s.get("architecture") == base.get("architecture") for s in runs)
-        ratio = f"{means[variant] / rand_best:.2f}×" if same else "– (no baseline of this architecture)"
+        same = base is not None and all((s.get("architecture"), s["probe_data"].get("normalize_waves"))
+                                        == (base.get("architecture"), base["probe_data"].get("normalize_waves"))
+                                        for s in runs)
+        ratio = ("– (no baseline yet)" if base is None else f"{means[variant] / rand_best:.2f}×" if same
+                 else "– (the baseline is of another architecture or input normalisation)")
         lines.append(f"| {variant} | {len(runs)} | {_mean_sd(cers)} | {ratio} |")
     if base:
+        log_mel = f", log-mel {min(r['valid_cer'] for r in base['log_mel']):.3f}" if base.get("log_mel") else ""
         lines += ["", f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
-                  f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}), log-mel "
-                  f"{min(r['valid_cer'] for r in base['log_mel']):.3f}."]
+                  f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}){log_mel}."]
     complete = all(len(per_variant.get(v, [])) == len(spec["seeds"]) for v in spec["variants"])
     if complete and means:
         order = sorted(means, key=means.get)
@@ -323,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             print(status(load_spec(args.spec)))
         else:
             print(f"wrote {write_report(load_spec(args.spec))}")
-    except LabelCurveError as e:
+    except (LabelCurveError, ProbeError) as e:
         print(f"pretrain_compare: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -31,7 +31,7 @@ def run_side_by_side(jobs: list[Job], parallel: int, threads: int, log: Callable
             name, args, log_path = pending.pop(0)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             logf = open(log_path, "a")
-            log(f"[{tag}] training {name} (log: {log_path})")
+            log(f"[{tag}] started {name} (log: {log_path})")
             active[name] = (subprocess.Popen([sys.executable, *args], stdout=logf, stderr=subprocess.STDOUT, env=env),
                             logf)
         time.sleep(0.5)
