@@ -341,6 +341,9 @@ def test_resume_says_from_which_update(corpus, tmp_path):
     again = _pretrain(corpus, tmp_path / "run", "trainer.max_updates=3")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from update 2 ({tmp_path / 'run' / 'checkpoints' / 'last'})" in again.stderr.splitlines()
+    info = json.loads((tmp_path / "run" / "run.json").read_text())  # the first process is kept, not overwritten
+    assert info["resumed_from_update"] == 2 and [p["resumed_from_update"] for p in info["earlier_processes"]] == [None]
+    assert info["earlier_processes"][0]["code_version"] == info["code_version"]
 
 
 def test_nonfinite_stop_without_a_checkpoint_says_none_was_written(corpus, tmp_path):

@@ -203,13 +203,16 @@ def claim_run_dir(run_dir: Path, marker_name: str, recipe: dict, whose: str) -> 
 
 
 def run_code(run_dir: Path) -> dict:
-    """What a run folder's ``run.json`` recorded (code version, torch, threads), and the CPU kind of
-    this machine (where a runner's runs train), for the committed summary."""
-    path = run_dir / "run.json"
-    run = json.loads(path.read_text()) if path.is_file() else {}
+    """What a run folder's ``run.json`` recorded (the code version of every process that trained
+    it, oldest first; torch and threads of the last), and the CPU kind of this machine (where a
+    runner's runs train), for the committed summary."""
     from wav2vec2_lite.tools.hardware import cpu_kind
 
-    return {k: run.get(k) for k in ("code_version", "torch", "num_threads")} | {"cpu": cpu_kind()}
+    path = run_dir / "run.json"
+    run = json.loads(path.read_text()) if path.is_file() else {}
+    versions = [p.get("code_version") for p in [*run.get("earlier_processes", []), run]]
+    return {"code_version": run.get("code_version"), "code_versions": list(dict.fromkeys(versions)),
+            "torch": run.get("torch"), "num_threads": run.get("num_threads"), "cpu": cpu_kind()}
 
 
 def _train_one(plan: dict, run: dict) -> dict:

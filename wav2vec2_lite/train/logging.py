@@ -57,7 +57,17 @@ def peak_memory_mb(device: torch.device | str | None = None) -> dict[str, float]
 
 
 def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, extra: dict | None = None) -> None:
+    """``run.json`` (this process: seed, code version, torch, host, argv, threads, ...) and
+    ``config.yaml``. A resumed run keeps what its earlier processes recorded in
+    ``earlier_processes`` (oldest first): the code a run trained with is all of them."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    earlier: list[dict] = []
+    if (run_dir / "run.json").is_file():
+        try:
+            previous = json.loads((run_dir / "run.json").read_text())
+            earlier = previous.pop("earlier_processes", []) + [previous]
+        except (OSError, ValueError):  # unreadable: nothing to keep
+            earlier = []
     info = {
         "seed": seed,
         "code_version": code_version(),
@@ -69,6 +79,7 @@ def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, e
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_threads": torch.get_num_threads(),
         **(extra or {}),
+        **({"earlier_processes": earlier} if earlier else {}),
     }
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(run_dir / "config.yaml", config_yaml)
