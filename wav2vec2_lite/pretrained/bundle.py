@@ -25,6 +25,8 @@ __all__ = ["audio_seen_hours", "make_bundle", "valid_curve"]
 
 VALID_KEYS = ("loss", "accuracy", "contrastive_loss", "diversity_loss", "code_perplexity", "prob_perplexity",
               "chance_loss")
+
+
 def valid_curve(valid_records: list[dict]) -> list[dict]:
     """``[{"update", VALID_KEYS...}]`` from ``metrics.jsonl``'s valid records, one per update (the
     last: a run resumed from an earlier checkpoint validates that update again)."""

@@ -201,10 +201,12 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
                   f"the spec's run {run['id']}")
     cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
     model_cfg = build_model_config(cfg.model)
-    if _last_update(run_dir) != spec["updates"]:  # not trained to its end yet (a crash while probing skips this)
+    last = _last_update(run_dir)
+    if last != spec["updates"]:  # not trained to its end yet (a crash while probing skips this)
         train(cfg, run_dir)
-    _need(_last_update(run_dir) == spec["updates"], f"{run_dir}: its last checkpoint is not at update "
-          f"{spec['updates']}; the run stopped early")
+        last = _last_update(run_dir)
+    _need(last == spec["updates"], f"{run_dir}: its last checkpoint is not at update {spec['updates']}; the run "
+          f"stopped early")
     t0 = time.time()
     report = run_probes(run_dir / "checkpoints" / "last", spec["corpus"], spec["probe"]["train"],
                         spec["probe"]["valid"], _run_protocol(spec))

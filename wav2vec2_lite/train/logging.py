@@ -67,7 +67,7 @@ def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, e
             previous = json.loads((run_dir / "run.json").read_text())
             earlier = previous.pop("earlier_processes", []) + [previous]
         except (OSError, ValueError):  # unreadable: nothing to keep
-            earlier = []
+            pass
     info = {
         "seed": seed,
         "code_version": code_version(),
