@@ -18,7 +18,7 @@ from wav2vec2_lite.train.checkpoint import (
     STATE_FILE, WEIGHTS_FILE, CheckpointError, atomic_torch_save, atomic_write_bytes, capture_rng_state,
     load_checkpoint, load_training_state, resolve_checkpoint, restore_rng_state, save_checkpoint,
 )
-from wav2vec2_lite.train.logging import MetricsLogger, code_version, peak_memory_mb, read_metrics
+from wav2vec2_lite.train.logging import MetricsLogger, code_version, peak_memory_mb, read_metrics, write_run_info
 from wav2vec2_lite.train.precision import Precision, parse_precision
 from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.train.optim import param_groups
@@ -281,6 +281,23 @@ def test_metrics_logger_jsonl_and_resume_truncation(tmp_path):
     assert [r["update"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
     assert MetricsLogger(tmp_path / "other", enabled=False).enabled is False
     assert not (tmp_path / "other").exists()  # non-zero ranks write nothing
+
+
+def test_run_info_keeps_earlier_processes_and_survives_a_foreign_run_json(tmp_path):
+    import json
+
+    write_run_info(tmp_path, seed=1, config_yaml="a: 1\n", device="cpu")
+    write_run_info(tmp_path, seed=1, config_yaml="a: 1\n", device="cpu", extra={"resumed_from_update": 2})
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["resumed_from_update"] == 2 and len(info["earlier_processes"]) == 1
+    assert "earlier_processes" not in info["earlier_processes"][0]  # a flat list, oldest first
+    for foreign in ("[1, 2]", '"text"', '{"earlier_processes": 3, "seed": 9}', "{not json"):
+        (tmp_path / "run.json").write_text(foreign)
+        write_run_info(tmp_path, seed=2, config_yaml="a: 2\n", device="cpu")
+        info = json.loads((tmp_path / "run.json").read_text())
+        assert info["seed"] == 2 and (tmp_path / "config.yaml").read_text() == "a: 2\n"
+        kept = info.get("earlier_processes", [])
+        assert kept == ([{"seed": 9}] if foreign.startswith('{"earlier') else [])
 
 
 def test_code_version_and_memory():

@@ -65,9 +65,11 @@ def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, e
     if (run_dir / "run.json").is_file():
         try:
             previous = json.loads((run_dir / "run.json").read_text())
-            earlier = previous.pop("earlier_processes", []) + [previous]
         except (OSError, ValueError):  # unreadable: nothing to keep
-            pass
+            previous = None
+        if isinstance(previous, dict):  # anything else is not a record this code wrote
+            kept = previous.pop("earlier_processes", [])
+            earlier = (kept if isinstance(kept, list) else []) + [previous]
     info = {
         "seed": seed,
         "code_version": code_version(),
