@@ -184,3 +184,6 @@ def test_running_minutes_leave_out_the_gap_between_a_stopped_run_and_its_resume(
                {"kind": "train", "update": 200, "time": 21400.0}]
     assert running_minutes(records, 200) == (round((1230 + 1230) / 60, 1), 2)
     assert running_minutes(records, 100) == (round(1230 / 60, 1), 1)
+    # a process stopped before its first update (here: 40 minutes into its data checks) adds nothing
+    killed = [{"kind": "data", "event": "data_validated", "time": 500.0, "seconds": 2400.0}] * 2
+    assert running_minutes(killed + records, 200) == (round((1230 + 1230) / 60, 1), 2)

@@ -101,14 +101,17 @@ def _command(argv: list[str], stopped_at: int | None, best_update: int) -> list[
 def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None, int]:
     """``(minutes, processes)``: how long the run's processes trained up to ``upto_update``,
     each from its start (its data checks, logged first) to its last training record; the time
-    between a stopped process and the one that resumed it is left out."""
+    between a stopped process and the one that resumed it is left out, and so is a process that
+    was stopped before its first training record."""
     pieces: list[list[float]] = []  # [start, end] per process
     trained = True
     for r in records:
-        if r.get("kind") == "data" and r.get("event") == "data_validated" and trained:
+        if r.get("kind") == "data" and r.get("event") == "data_validated":
             start = r["time"] - float(r.get("seconds", 0.0))
-            pieces.append([start, start])
-            trained = False
+            # one process logs one such record per subset, all with the same start
+            if trained or abs(start - pieces[-1][0]) > 1.0:
+                pieces.append([start, start])
+                trained = False
         elif r.get("kind") == "train" and r["update"] <= upto_update and pieces:
             pieces[-1][1], trained = r["time"], True
     pieces = [p for p in pieces if p[1] > p[0]]
