@@ -104,16 +104,14 @@ def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None
     between a stopped process and the one that resumed it is left out, and so is a process that
     was stopped before its first training record."""
     pieces: list[list[float]] = []  # [start, end] per process
-    trained = True
     for r in records:
         if r.get("kind") == "data" and r.get("event") == "data_validated":
             start = r["time"] - float(r.get("seconds", 0.0))
-            # one process logs one such record per subset, all with the same start
-            if trained or abs(start - pieces[-1][0]) > 1.0:
+            # one process logs one such record per subset, all with the same start (to the ms)
+            if not pieces or abs(start - pieces[-1][0]) > 1.0:
                 pieces.append([start, start])
-                trained = False
         elif r.get("kind") == "train" and r["update"] <= upto_update and pieces:
-            pieces[-1][1], trained = r["time"], True
+            pieces[-1][1] = r["time"]
     pieces = [p for p in pieces if p[1] > p[0]]
     return (round(sum(e - b for b, e in pieces) / 60, 1) if pieces else None), len(pieces)
 
