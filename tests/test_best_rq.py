@@ -7,6 +7,7 @@ docs/objectives.md (both normalisations, V = 1024 and 8192, espeak and toy corpo
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from _helpers import deep_merge
+from _tolerance import assert_float32_close, float32_excess
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError
 from wav2vec2_lite.modules.log_mel import (
@@ -61,9 +63,13 @@ def test_log_mel_frames_are_25ms_windows_every_10ms():
     wave = torch.randn(1, 16000)
     mel = lm(wave)
     assert mel.shape == (1, lm.num_frames(16000), 80) == (1, 98, 80)
-    # frame j is exactly the log-mel of samples [160 j, 160 j + 400)
+    # frame j is the log-mel of samples [160 j, 160 j + 400), up to float32 rounding (tests/_tolerance.py)
+    exact = copy.deepcopy(lm).double()(wave.double())
     for j in (0, 7, 97):
-        assert torch.allclose(mel[0, j], lm(wave[:, 160 * j: 160 * j + 400])[0, 0], atol=1e-5)
+        alone = lm(wave[:, 160 * j: 160 * j + 400])[0, 0]
+        assert_float32_close(alone, mel[0, j], exact[0, j], f"frame {j}")
+        louder = lm(wave[:, 160 * j: 160 * j + 400] * (1 + 1e-3))[0, 0]  # 1e-3 on the input: caught
+        assert float32_excess(louder, mel[0, j], exact[0, j]) > 1
 
 
 @pytest.mark.parametrize("stack", [
@@ -83,6 +89,7 @@ def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stac
     frames = model.feature_output_lengths(lengths)
     wave = torch.randn(1, 6400, generator=torch.Generator().manual_seed(0))
     full = lm(wave)[0]  # (M, 80) of the longest wave: every shorter wave's frames are a prefix
+    exact = copy.deepcopy(lm).double()(wave.double())[0]
     for n, t in zip(lengths.tolist(), frames.tolist()):
         needed = 160 * (s * t - 1) + 400
         # only the last stacked frame's later windows may read past the end (and what R < 400 lacks)
@@ -91,7 +98,7 @@ def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stac
         assert out.shape == (1, t, s * 80), n
         complete = (n - 400) // 160 + 1  # mel frames that lie inside the wave
         ref = full[: min(complete, s * t)]
-        assert torch.allclose(out[0].reshape(-1, 80)[: ref.shape[0]], ref, atol=1e-4), n
+        assert_float32_close(out[0].reshape(-1, 80)[: ref.shape[0]], ref, exact[: ref.shape[0]], f"{n} samples")
 
 
 @pytest.mark.parametrize("normalization", ["global", "utterance"])

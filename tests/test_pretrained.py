@@ -3,6 +3,7 @@ re-measured valid accuracy, name resolution in the CLIs; and the bundling of a r
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -13,7 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from _tolerance import float32_bound
 from wav2vec2_lite import pretrained
+from wav2vec2_lite.data.audio import load_audio
+from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.serialization import CheckpointError, file_sha256, load_model
 
@@ -48,6 +52,22 @@ def test_shipped_checkpoint_integrity_and_provenance(name):
     assert prov["final_metrics"]["chosen"]["accuracy"] > 10 / 101
 
 
+def _near_ties(model, manifest_dir, seed: int) -> int:
+    """Masked frames whose decision (the best-scoring candidate) float32 rounding can flip: the gap
+    between the two best logits, in float64, within the float32 logits' measured rounding error
+    (tests/_tolerance.py); the same masks and distractors as ``pretext_accuracy``."""
+    manifest, exact = read_manifest(Path(manifest_dir) / "valid.tsv"), copy.deepcopy(model).double().eval()
+    model.eval()
+    ties, g32, g64 = 0, torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    for i in range(len(manifest)):
+        wave = torch.from_numpy(load_audio(manifest.full_path(i))[:250_000])[None]
+        with torch.no_grad():
+            l32, l64 = model(wave.float(), generator=g32).logits, exact(wave.double(), generator=g64).logits
+        top2 = l64.topk(2, dim=-1).values
+        ties += int(((top2[:, 0] - top2[:, 1]) <= float32_bound(l32, l64)).sum())
+    return ties
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_reproduces_its_accuracy_on_a_fresh_valid_set(name, tmp_path):
     """The recorded accuracy on a freshly synthesized valid set (held-out speakers) is re-measured
@@ -59,7 +79,9 @@ def test_shipped_checkpoint_reproduces_its_accuracy_on_a_fresh_valid_set(name, t
     manifest = fresh_valid_set(tmp_path / "valid", rec["corpus_seed"], rec["valid_minutes"])
     got = pretext_accuracy(pretrained.load(name), manifest, seed=rec["mask_seed"])
     assert got["masked_frames"] == rec["masked_frames"] and got["utterances"] == rec["utterances"]
-    assert abs(got["accuracy"] - rec["accuracy"]) <= rec["tolerance"], (got, rec)
+    # the CPU that recorded it rounded differently: only decisions within float32 rounding of a tie may differ
+    ties = _near_ties(pretrained.load(name), manifest, rec["mask_seed"])
+    assert abs(got["accuracy"] - rec["accuracy"]) * rec["masked_frames"] <= ties + 1e-6, (got, rec, ties)
     assert rec["accuracy"] > 10 * (1 / 101)  # chance with 100 distractors
 
 
