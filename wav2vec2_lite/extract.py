@@ -154,17 +154,20 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
                       fmt: str = "safetensors", limit: int | None = None,
                       progress: bool = False) -> Iterator[dict | ExtractionFailure]:
     """Extract each input and write it under ``out_dir``; yields each written record (path, out,
-    frames) or failure as it goes. ``index.jsonl`` lists the records."""
+    frames) or failure as it goes. ``index.jsonl`` lists the records; a folder that already holds
+    one is refused (``FileExistsError``), so that no earlier output drops out of its index."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, found {fmt!r}")
     from safetensors.torch import save_file
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    if (out_dir / "index.jsonl").exists():  # another call's outputs would no longer be indexed
+        raise FileExistsError(f"{out_dir}: already holds an index.jsonl; extract into a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     bar = tqdm(desc="extract", unit="file", disable=not progress)
     written: dict[str, str] = {}
-    with open(out_dir / "index.jsonl", "w", encoding="utf-8") as index:
+    with open(out_dir / "index.jsonl", "x", encoding="utf-8") as index:
         for item in _named_inputs(inputs, limit):
             bar.update(1)
             if isinstance(item, ExtractionFailure):

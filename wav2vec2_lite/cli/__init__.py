@@ -19,7 +19,11 @@ Conventions shared by every command here:
   ``HYDRA_FULL_ERROR=1`` is set; hints use the command's own syntax (``data.mono=mix``);
 * exit status 0: all done; 1: some inputs failed (or training stopped after some updates)
   and the rest was processed; 2: a usage error, or nothing ran;
-* options may come before or after positional arguments.
+* options may come before or after positional arguments;
+* a tool never overwrites what it did not write: an output folder is new, empty or the same
+  tool's (its ``.w2v2-output.json`` marker), anything else needs ``--overwrite``, a training run
+  folder is never one, and the whole output set is swapped in at once
+  (``wav2vec2_lite.tools.output_dir``, docs/reliability.md).
 """
 
 from wav2vec2_lite.cli.asr import evaluate, export_hf, transcribe

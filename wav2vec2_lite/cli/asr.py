@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_checkpoint_options, _add_decoding_options,
-                                      _add_dtype_option, _decoding, _dtype_note, _Parser, _report_failure, _reported,
-                                      _TRUST_HINT)
+                                      _add_dtype_option, _add_overwrite_option, _decoding, _dtype_note, _Parser,
+                                      _report_failure, _reported, _TRUST_HINT)
 
 # --------------------------------------------------------------------------------- transcription
 def transcribe(argv: list[str] | None = None) -> None:
@@ -71,6 +72,7 @@ def evaluate(argv: list[str] | None = None) -> None:
     transcribed is named on stderr and scored as an empty hypothesis (exit 1)."""
     from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
     from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.tools.output_dir import claim_output_dir
 
     prog = "w2v2-evaluate"
     p = _Parser(prog, evaluate.__doc__)
@@ -79,7 +81,9 @@ def evaluate(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--labels", choices=("wrd", "ltr"), default="wrd", help="reference file (default: wrd)")
     p.add_argument("--limit", type=int, help="score the first N utterances only")
-    p.add_argument("--out", metavar="DIR", help="write summary.json and utterances.jsonl here")
+    p.add_argument("--out", metavar="DIR", help="write summary.json and utterances.jsonl here: a new or empty "
+                   "folder, or one w2v2-evaluate wrote (replaced)")
+    _add_overwrite_option(p, "--out")
     p.add_argument("--device", default="cpu")
     _add_dtype_option(p)
     _add_checkpoint_options(p)
@@ -87,37 +91,42 @@ def evaluate(argv: list[str] | None = None) -> None:
     args = p.parse_intermixed_args(argv)
     _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
-        out = Path(args.out) if args.out else None
-        if out is not None and out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"{out}: is a file; --out needs a folder")
-        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
-                                   decoding=_decoding(args), dtype=args.dtype, compile=args.compile)
-        result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
-                                progress=sys.stderr.isatty())
-        kinds = sentence_kinds(args.data)
+        out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.data, args.dict]) \
+            if args.out else None
+        with out or nullcontext():  # --out gets the whole result or, on an error or an interrupt, nothing
+            tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
+                                       decoding=_decoding(args), dtype=args.dtype, compile=args.compile)
+            result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
+                                    progress=sys.stderr.isatty())
+            kinds = sentence_kinds(args.data)
+            parts = by_kind(result, kinds)
+            if out is not None:
+                _write_evaluation(out.staging, args, tr, result, kinds, parts)
     for path, why in result.failed.items():
         sys.stderr.write(f"{prog}: error: {path}: {why}\n")
     decoding = tr.decoding.to_dict()
     print(f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  ({result.utterances} utterances; "
           f"{' '.join(f'{k}={v}' for k, v in decoding.items())}; {tr.dtype})")
-    parts = by_kind(result, kinds)
     for kind, part in parts.items():
         print(f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        summary = {"model": str(args.model), "data": str(args.data), "split": args.split, "labels": args.labels,
-                   **result.to_dict(), "word_errors": vars(result.word_counts),
-                   "char_errors": vars(result.char_counts), "decoding": decoding,
-                   "dtype": tr.dtype, "by_kind": {k: v.to_dict() for k, v in parts.items()},
-                   "failed_utterances": result.failed}
-        (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        with open(out / "utterances.jsonl", "w", encoding="utf-8") as f:
-            for rec in result.records(kinds):
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        print(f"wrote {out / 'summary.json'} and {out / 'utterances.jsonl'}")
+        print(f"wrote {out.path / 'summary.json'} and {out.path / 'utterances.jsonl'}")
     if result.failed:
         sys.stderr.write(f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n")
         raise SystemExit(EXIT_PARTIAL)
+
+
+def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
+    """``summary.json`` (rates, error counts, decoder, dtype, model) and ``utterances.jsonl`` in ``folder``."""
+    summary = {"model": str(args.model), "data": str(args.data), "split": args.split, "labels": args.labels,
+               **result.to_dict(), "word_errors": vars(result.word_counts),
+               "char_errors": vars(result.char_counts), "decoding": tr.decoding.to_dict(),
+               "dtype": tr.dtype, "by_kind": {k: v.to_dict() for k, v in parts.items()},
+               "failed_utterances": result.failed}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with open(folder / "utterances.jsonl", "w", encoding="utf-8") as f:
+        for rec in result.records(kinds):
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------- export
@@ -126,17 +135,20 @@ def export_hf(argv: list[str] | None = None) -> None:
     ``transformers.pipeline("automatic-speech-recognition", model=OUT)`` loads offline."""
     from wav2vec2_lite.asr.transcribe import Transcriber
     from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
+    from wav2vec2_lite.tools.output_dir import claim_output_dir
 
     prog = "w2v2-export-hf"
     p = _Parser(prog, export_hf.__doc__)
     p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt), Hugging Face folder "
                    "or fairseq fine-tuned .pt")
-    p.add_argument("out", help="output folder")
+    p.add_argument("out", help="output folder: new, empty, or an earlier export (replaced); never a training run "
+                   "folder or a folder inside one")
+    _add_overwrite_option(p, "OUT")
     _add_checkpoint_options(p)
     args = p.parse_intermixed_args(argv)
     with _reported(prog, args.debug, _TRUST_HINT):
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"{out}: is a file; the export needs a folder")
-        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
-        print(f"wrote {export_ctc_to_hf(tr.model, tr.tokenizer, out)}")
+        out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.dict])
+        with out:  # written beside OUT, then swapped in whole: no file of an earlier content stays
+            tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
+            export_ctc_to_hf(tr.model, tr.tokenizer, out.staging)
+    print(f"wrote {out.path}")

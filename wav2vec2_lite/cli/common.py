@@ -81,6 +81,12 @@ class _Parser(argparse.ArgumentParser):
         _fail(self.prog, f"{message} (see {self.prog} --help)")
 
 
+def _add_overwrite_option(p: argparse.ArgumentParser, option: str) -> None:
+    """``--overwrite``: replace an output the rule of ``wav2vec2_lite.tools.output_dir`` refuses."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace what {option} holds although this tool did "
+                   f"not write it (the whole output set is swapped in at once; never a training run folder)")
+
+
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """``--dict`` and ``--trust-pickle``: what a fairseq fine-tuned ``.pt`` may need."""
     p.add_argument("--dict", metavar="DICT", help="the model's dict.ltr.txt (default: the tokenizer saved beside "

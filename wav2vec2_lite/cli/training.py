@@ -23,13 +23,19 @@ def run_from_hydra(cfg) -> dict:
 
 
 def _check_run_dir_overrides(argv: list[str]) -> None:
-    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it."""
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it.
+    A run folder (``hydra.run.dir``, ``run_dir``) is new, empty or an earlier run's (resumed), never a corpus or
+    another tool's output (``wav2vec2_lite.tools.output_dir``)."""
+    from wav2vec2_lite.tools.output_dir import check_training_run_dir
     from wav2vec2_lite.train.run_dir import RunDir
 
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") and value:
-            RunDir(value).check_folder(key.lstrip("+"))
+        key = key.lstrip("+")
+        if key in ("hydra.run.dir", "hydra.sweep.dir", "run_dir") and value and value != "null":
+            RunDir(value).check_folder(key)
+            if key != "hydra.sweep.dir":
+                check_training_run_dir(value, key)
 
 
 def _shared_run_dir(argv: list[str], task: str) -> list[str]:

@@ -9,8 +9,13 @@ on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+
+from wav2vec2_lite.probes.report import MARKDOWN_START
+from wav2vec2_lite.serialization import atomic_write_text
+from wav2vec2_lite.tools.output_dir import OutputError, claim_output_file, starts_with
 
 __all__ = ["build_parser", "main"]
 
@@ -54,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-standardize", action="store_true", help="skip per-dimension standardisation")
     p.add_argument("--max-train", type=int, help="use only the first N training utterances")
     p.add_argument("--max-valid", type=int, help="use only the first N validation utterances")
-    p.add_argument("--json", help="write the report as JSON here")
-    p.add_argument("--markdown", help="write the markdown table here too")
+    p.add_argument("--json", help="write the report as JSON here (a report w2v2-probe wrote is replaced; another "
+                   "file only with --overwrite, never one a training run wrote)")
+    p.add_argument("--markdown", help="write the markdown table here too (the same rule)")
+    p.add_argument("--overwrite", action="store_true", help="replace a --json or --markdown file that w2v2-probe "
+                   "did not write")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no per-probe progress lines on stderr")
     return p
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                              f"fairseq .pt or a shipped checkpoint's name)") from None
         if not Path(args.data).is_dir():
             raise ProbeError(f"{args.data}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
-    except ProbeError as e:
+        _claim_outputs(args)  # before the probes run: a refused path costs nothing
+    except (ProbeError, OutputError) as e:
         _fail(str(e))
     import torch
 
@@ -98,13 +107,31 @@ def main(argv: list[str] | None = None) -> None:
     table = report.to_markdown()
     sys.stdout.write(table)
     try:
+        _claim_outputs(args)  # again: the files may have appeared while the probes ran
         if args.markdown:
-            Path(args.markdown).write_text(table, encoding="utf-8")
+            atomic_write_text(args.markdown, table)
         if args.json:
             report.save_json(args.json)
             sys.stderr.write(f"wrote {args.json}\n")
-    except OSError as e:
+    except (OSError, OutputError) as e:
         _fail(f"cannot write the report ({e}); the table above is the result")
+
+
+def _own_json(path: Path) -> bool:
+    """A JSON report of ``w2v2-probe``: an object of exactly ``protocol``, ``data`` and ``models``."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and set(record) == {"protocol", "data", "models"}
+
+
+def _claim_outputs(args: argparse.Namespace) -> None:
+    """``--json`` and ``--markdown`` follow the rule of :mod:`wav2vec2_lite.tools.output_dir`."""
+    if args.json:
+        claim_output_file(args.json, PROG, overwrite=args.overwrite, own=_own_json)
+    if args.markdown:
+        claim_output_file(args.markdown, PROG, overwrite=args.overwrite, own=starts_with(MARKDOWN_START.encode()))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from wav2vec2_lite.probes.protocol import ProbeProtocol
+from wav2vec2_lite.serialization import atomic_write_text
 
-__all__ = ["LayerScore", "ModelProbes", "ProbeReport"]
+__all__ = ["LayerScore", "ModelProbes", "ProbeReport", "MARKDOWN_START"]
+
+MARKDOWN_START = "| layer | dim |"
+"""How every table of :meth:`ProbeReport.to_markdown` starts (how ``w2v2-probe`` recognises its own)."""
 
 
 @dataclass
@@ -99,10 +103,7 @@ class ProbeReport:
                 "models": {name: m.to_dict(self.metric) for name, m in self.models.items()}}
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def to_markdown(self) -> str:
         """Per-layer valid CER / PER (and loss) of each model side by side, then the best layers and the protocol."""
@@ -111,7 +112,7 @@ class ProbeReport:
         names: list[str] = []
         for m in layered:
             names += [s.layer for s in m.layers if s.layer not in names]
-        header = "| layer | dim | " + " | ".join(f"{_title(m)} {unit} (loss)" for m in layered) + " |"
+        header = MARKDOWN_START + " " + " | ".join(f"{_title(m)} {unit} (loss)" for m in layered) + " |"
         lines = [header, "|" + " --- |" * (2 + len(layered))]
         for name in names:
             cells, dim = [], ""

@@ -11,9 +11,13 @@ from typing import Any
 
 import torch
 
+from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
 
-__all__ = ["codebook_usage", "write_report"]
+__all__ = ["codebook_usage", "write_report", "GENERATOR"]
+
+GENERATOR = '<meta name="generator" content="w2v2-report">'
+"""In the head of every page: how ``w2v2-report`` recognises a page it wrote (and may replace)."""
 
 EXTRA_PANELS = [("peak RSS (MiB)", "train", "peak_rss_mb"), ("step time (s)", "train", "step_time_s")]
 
@@ -114,7 +118,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest
         used = (counts > 0).sum(-1).tolist()
         codebook_html = (f"<h2>Codebook usage on {html.escape(split)}</h2><p>entries used per group: {used} of "
                          f"{counts.shape[1]}</p>" + _png_tag(lambda f: plot_codebook_usage(counts, f)))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(run_dir.name)} report</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">{GENERATOR}
+<title>{html.escape(run_dir.name)} report</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}}pre{{background:#f6f6f6;padding:1em}}
 img{{max-width:100%}}</style></head><body>
@@ -125,6 +130,4 @@ img{{max-width:100%}}</style></head><body>
 {codebook_html}
 <h2>Resolved config</h2><pre>{html.escape(config_text)}</pre>
 </body></html>"""
-    out = Path(out) if out else run_dir / "report.html"
-    out.write_text(page)
-    return out
+    return atomic_write_text(Path(out) if out else run_dir / "report.html", page)

@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SweepRun", "collect_sweep", "sweep_table", "plot_sweep"]
+from wav2vec2_lite.serialization import atomic_write_bytes
+
+__all__ = ["SweepRun", "collect_sweep", "sweep_table", "plot_sweep", "TABLE_START", "PLOT_SOFTWARE"]
+
+TABLE_START = "| run |"
+"""How every table of :func:`sweep_table` starts (how ``w2v2-sweep-summary`` recognises its own)."""
+PLOT_SOFTWARE = "w2v2-sweep-summary"
+"""The PNG ``Software`` text of :func:`plot_sweep` (how ``w2v2-sweep-summary`` recognises its own plot)."""
 
 
 @dataclass
@@ -92,6 +99,6 @@ def plot_sweep(runs: list[SweepRun], metric: str, out_png: str | Path) -> Path:
     ax.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"valid {metric}")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    atomic_write_bytes(out_png, lambda f: fig.savefig(f, format="png", dpi=120, metadata={"Software": PLOT_SOFTWARE}))
     plt.close(fig)
     return Path(out_png)
