@@ -82,4 +82,5 @@ def bf16_rounding(fn: Callable[[], torch.Tensor], ref: torch.Tensor, draws: int 
 
 def relative_error(got: torch.Tensor, ref: torch.Tensor) -> float:
     """``‖got - ref‖ / ‖ref‖`` in float64."""
-    return float((got.double() - ref.double()).norm() / ref.double().norm())
+    got, ref = got.detach().double(), ref.detach().double()
+    return float((got - ref).norm() / ref.norm())
