@@ -154,7 +154,7 @@ def gumbel_decay(updates: int) -> float:
 # tiny, pre-LN); scratch trains every parameter from the first update.
 ARMS = {
     "pretrained": ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0", "optim.lr=4e-3"],
-    "scratch": ["model=tiny", "model.layer_norm_first=true", "model.num_codes_per_group=8",
+    "scratch": ["model=tiny", "model.layer_norm_first=true", "model.contrastive.num_codes_per_group=8",
                 "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
                 "ctc.feature_grad_mult=1.0", "optim.lr=2e-3"],
 }
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     check_dir = args.out / "pretrain_check"
     check = [*common, "data.train_subset=unlabeled", f"schedule.total_updates={args.check_updates}",
              f"schedule.warmup_updates={max(1, args.check_updates // 10)}",
-             f"model.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.check_updates)}]",
+             f"model.contrastive.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.check_updates)}]",
              f"trainer.valid_interval={max(1, args.check_updates // 3)}", f"trainer.num_threads={args.cores}"]
     cmd = train_cmd("pretrain.py", "pretrain_demo", check, check_dir, args.check_updates)
     if cmd is not None:

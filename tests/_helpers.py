@@ -24,3 +24,16 @@ def padded_inputs(padded: bool):
         attention[1, 2900:] = 0
         wave[1, 2900:] = 0.0
     return wave, attention
+
+
+def dotted_overrides(values: dict, prefix: str = "model") -> list[str]:
+    """Hydra command-line overrides for a (nested) dict of config values: ``prefix.a.b=v``."""
+    import json
+
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out += dotted_overrides(value, f"{prefix}.{key}")
+        else:
+            out.append(f"{prefix}.{key}={json.dumps(list(value) if isinstance(value, tuple) else value).replace(' ', '')}")
+    return out

@@ -25,7 +25,7 @@ def test_flop_formula_counts_the_known_parts():
 
 
 MICRO = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
-             pos_conv_kernel=8, pos_conv_groups=2, num_codes_per_group=8, codevector_dim=16, final_dim=16)
+             pos_conv_kernel=8, pos_conv_groups=2, contrastive=dict(num_codes_per_group=8, codevector_dim=16, final_dim=16))
 
 
 def _micro_benchmark(monkeypatch, out, *args: str) -> dict:

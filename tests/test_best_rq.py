@@ -19,6 +19,7 @@ from _helpers import deep_merge
 from _tolerance import assert_float32_close, float32_excess
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError
+from wav2vec2_lite.objectives.configs import BestRQConfig
 from wav2vec2_lite.modules.log_mel import (
     FrozenNormalization,
     LogMel,
@@ -36,10 +37,10 @@ V = 1024
 
 
 def brq(**kw) -> Wav2Vec2Config:
-    options = {"codebook_size": V, "codebook_dim": 16, **kw.pop("objective_options", {})}
+    settings = {"codebook_size": V, "codebook_dim": 16, **kw.pop("best_rq", {})}
     return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
                                   "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
-                                  "objective": "best_rq", "objective_options": options, **kw})
+                                  "objective": "best_rq", "best_rq": settings, **kw})
 
 
 # ------------------------------------------------------------------------- log-mel front end
@@ -104,7 +105,7 @@ def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stac
 @pytest.mark.parametrize("normalization", ["global", "utterance"])
 def test_padded_batch_gives_the_same_targets_as_one_at_a_time(normalization):
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(brq(objective_options={"normalization": normalization})).eval()
+    model = Wav2Vec2ForPreTraining(brq(best_rq={"normalization": normalization})).eval()
     wave = torch.randn(2, 6000)
     pad = torch.zeros(2, 6000, dtype=torch.bool)
     pad[1, 4100:] = True
@@ -156,7 +157,7 @@ def test_frozen_normalisation_merges_batches_exactly_then_freezes_at_its_limit()
 
 def test_statistics_come_from_the_first_training_frames_then_freeze():
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(brq(objective_options={"normalization_frames": 40}))
+    model = Wav2Vec2ForPreTraining(brq(best_rq={"normalization_frames": 40}))
     norm = model.objective.normalization
     wave = torch.randn(1, 6000)  # 18 frames
     with pytest.raises(RuntimeError, match="not been estimated"):
@@ -169,7 +170,7 @@ def test_statistics_come_from_the_first_training_frames_then_freeze():
     model(torch.randn(2, 9000) * 7, generator=torch.Generator().manual_seed(0))  # frozen now
     model.eval()(torch.randn(1, 6000))
     assert all(torch.equal(v, stats[k]) for k, v in norm.state_dict().items())
-    utt = Wav2Vec2ForPreTraining(brq(objective_options={"normalization": "utterance"})).objective
+    utt = Wav2Vec2ForPreTraining(brq(best_rq={"normalization": "utterance"})).objective
     assert utt.normalization is None
     with pytest.raises(ValueError, match="normalization='utterance'"):
         utt.fit_normalization(wave)
@@ -236,27 +237,28 @@ def test_loss_is_cross_entropy_against_the_codes_of_masked_frames():
         model(torch.randn(1, 6000), negative_indices=torch.zeros(1, 18, 3, dtype=torch.long))
 
 
-def test_options_are_validated_by_the_objective_and_named():
-    with pytest.raises(ConfigError, match=r"objective_options.*codebook_sise"):
-        brq(objective_options={"codebook_sise": 10})
-    with pytest.raises(ConfigError, match=r"objective_options.*codebook_dim must be a positive int"):
-        brq(objective_options={"codebook_dim": 0})
-    with pytest.raises(ConfigError, match=r"objective_options.*multiple of 160"):
+def test_settings_are_typed_validated_and_named():
+    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.best_rq: unknown key\(s\) \['codebook_sise'\]"):
+        brq(best_rq={"codebook_sise": 10})
+    with pytest.raises(ConfigError, match=r"best_rq\.codebook_dim: must be a positive int"):
+        brq(best_rq={"codebook_dim": 0})
+    with pytest.raises(ConfigError, match=r"conv_stride: best_rq .*multiple of 160"):
         brq(conv_kernel=(10, 3), conv_stride=(5, 2), conv_dim=(32, 32))
-    with pytest.raises(ConfigError, match=r"objective_options.*normalization must be one of \['global', 'utterance'\]"):
-        brq(objective_options={"normalization": "batch"})
-    with pytest.raises(ConfigError, match=r"objective_options.*normalization_frames must be a positive int"):
-        brq(objective_options={"normalization_frames": 0})
+    with pytest.raises(ConfigError, match=r"best_rq\.normalization: must be one of \['global', 'utterance'\]"):
+        brq(best_rq={"normalization": "batch"})
+    with pytest.raises(ConfigError, match=r"best_rq\.normalization_frames: must be a positive int"):
+        brq(best_rq={"normalization_frames": 0})
+    with pytest.raises(ConfigError, match=r"objective_options is now Wav2Vec2Config\.best_rq"):
+        Wav2Vec2Config.tiny(objective="best_rq", objective_options={"codebook_size": 64})
 
 
 def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
     data = yaml.safe_load((CONFIGS / "model" / "tiny_best_rq.yaml").read_text())
     cfg = build_model_config(data)
     assert cfg == Wav2Vec2Config.tiny(objective="best_rq", mask_time_prob=0.6, mask_time_length=8,
-                                      objective_options={"codebook_size": 1024, "codebook_dim": 16,
-                                                         "num_mel_bins": 80, "seed": 0, "normalization": "global",
-                                                         "normalization_frames": 2000})
-    assert set(data) - {"preset"} == set(Wav2Vec2Config.tiny().to_dict())  # every field listed
+                                      best_rq={"codebook_size": 1024})
+    assert data == {"preset": "tiny", "objective": "best_rq", "best_rq": {"codebook_size": 1024},
+                    "mask_time_prob": 0.6, "mask_time_length": 8}  # only what differs from the preset
 
 
 def test_hydra_selects_best_rq_with_the_model_group_and_options_reach_the_model():
@@ -271,9 +273,9 @@ def test_hydra_selects_best_rq_with_the_model_group_and_options_reach_the_model(
             cfg = compose(config_name="pretrain_tiny", overrides=["data.manifest_dir=/x", *overrides])
         return build_model_config(to_run_config(cfg).model)
 
-    m = model("model=tiny_best_rq", "model.objective_options.codebook_size=2048")
-    assert m.objective == "best_rq" and m.objective_options["codebook_size"] == 2048
-    assert model("model.objective=best_rq").objective_options == {}  # the paper's defaults (V = 8192)
+    m = model("model=tiny_best_rq", "model.best_rq.codebook_size=2048")
+    assert m.objective == "best_rq" and m.best_rq.codebook_size == 2048 and m.best_rq.codebook_dim == 16
+    assert model("model.objective=best_rq").best_rq == BestRQConfig()  # the paper's defaults (V = 8192)
     with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective:.*\['best_rq', 'contrastive'\]"):
         model("model.objective=bestrq")
 
@@ -302,7 +304,7 @@ def espeak_corpus(tmp_path_factory) -> Path:
 def run_cfg(corpus: Path, *, options: dict | None = None, **over):
     model = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
                  pos_conv_kernel=16, pos_conv_groups=16, layerdrop=0.0, feature_grad_mult=1.0,
-                 objective="best_rq", objective_options={"codebook_size": V, "codebook_dim": 16, **(options or {})},
+                 objective="best_rq", best_rq={"codebook_size": V, "codebook_dim": 16, **(options or {})},
                  mask_time_prob=0.6, mask_time_length=4)
     base = {"task": "pretrain", "model": model,
             "data": {"manifest_dir": str(corpus), "max_sample_size": 12000, "min_sample_size": 4000,
@@ -397,7 +399,7 @@ def _valid_code_perplexity(obj, waves: list[torch.Tensor]) -> tuple[float, float
         feats.append(normalize_per_utterance(mel)[0] if obj.normalization is None else obj.normalization(mel)[0])
     x = torch.cat(feats)
     s = torch.linalg.svdvals(x - x.mean(0))
-    return float(usage_perplexity(obj.quantizer(x), obj.options.codebook_size)), float(s[0] ** 2 / (s**2).sum())
+    return float(usage_perplexity(obj.quantizer(x), obj.settings.codebook_size)), float(s[0] ** 2 / (s**2).sum())
 
 
 def measure(out: Path) -> None:
@@ -423,7 +425,7 @@ def measure(out: Path) -> None:
         print(f"== {name}: {len(valid)} valid utterances, {sum(w.shape[0] for w in valid) / 16000:.0f} s")
         for norm in ("global", "utterance"):
             for v in (1024, 8192):
-                obj = Wav2Vec2ForPreTraining(brq(objective_options={"codebook_size": v, "normalization": norm})).objective
+                obj = Wav2Vec2ForPreTraining(brq(best_rq={"codebook_size": v, "normalization": norm})).objective
                 if norm == "global":  # the first 2000 frames of the training manifest, as a run would
                     first, frames = [], 0
                     while frames < 2000:

@@ -19,7 +19,7 @@ from wav2vec2_lite.extract import ExtractionFailure, Extractor, extract_to_folde
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.serialization import save_model
 
-SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, ffn_dim=64, conv_dim=(16,) * 7, num_codes_per_group=8)
+SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, ffn_dim=64, conv_dim=(16,) * 7, contrastive=dict(num_codes_per_group=8))
 
 
 def _model(objective: str = "contrastive", seed: int = 0) -> Wav2Vec2ForPreTraining:
@@ -51,7 +51,7 @@ def test_layers_and_units_are_the_models_own(objective):
     for k in range(3):
         assert torch.equal(got[f"layer_{k}"], ref.hidden_states[k][0])
     frames = ref.last_hidden_state.shape[1]
-    groups = model.config.num_code_groups if objective == "contrastive" else 1
+    groups = model.config.contrastive.num_code_groups if objective == "contrastive" else 1
     assert got["units"].shape == (frames, groups) and got["units"].dtype == torch.int64
     # the targets the objective trains on, at every frame it quantizes (all frames: every one is masked)
     mask = torch.ones(1, frames, dtype=torch.bool)

@@ -266,14 +266,15 @@ def test_pretraining_config_fields(tmp_path, layout, container):
     assert cfg.masked_group_norm is False  # fairseq's GroupNorm statistics include padding
     assert (cfg.num_layers, cfg.hidden_size, cfg.ffn_dim, cfg.num_heads) == (2, 64, 128, 4)
     assert (cfg.pos_conv_kernel, cfg.pos_conv_groups) == (16, 4)
-    assert (cfg.num_code_groups, cfg.num_codes_per_group, cfg.codevector_dim, cfg.final_dim) == (2, 16, 32, 24)
-    assert cfg.gumbel_temperature == (2.0, 0.5, 0.999995)
+    c = cfg.contrastive
+    assert (c.num_code_groups, c.num_codes_per_group, c.codevector_dim, c.final_dim) == (2, 16, 32, 24)
+    assert c.gumbel_temperature == (2.0, 0.5, 0.999995)
     assert (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout) == (0.1, 0.05, 0.02)
-    assert (cfg.layerdrop, cfg.dropout_input, cfg.dropout_features, cfg.feature_grad_mult) == (0.05, 0.1, 0.1, 0.1)
+    assert (cfg.layerdrop, cfg.dropout_input, c.dropout_features, cfg.feature_grad_mult) == (0.05, 0.1, 0.1, 0.1)
     assert (cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks) == (0.65, 10, 2)
-    assert (cfg.num_negatives, cfg.cross_sample_negatives, cfg.logit_temperature) == (10, 0, 0.1)
-    assert cfg.diversity_loss_weight == 0.1
-    assert cfg.feature_penalty_weight == (0.0 if layer else 10.0)
+    assert (c.num_negatives, c.cross_sample_negatives, c.logit_temperature) == (10, 0, 0.1)
+    assert c.diversity_loss_weight == 0.1
+    assert c.feature_penalty_weight == (0.0 if layer else 10.0)
     assert cfg.extra["source"] == "fairseq" and cfg.extra["normalize"] is layer
     assert cfg.extra["checkpoint"] == str(path)
 
@@ -281,7 +282,7 @@ def test_pretraining_config_fields(tmp_path, layout, container):
 def test_latent_dim_zero_means_final_dim_and_final_dim_zero_means_width():
     cfg = config_from_fairseq(_namespace_args(pretraining_model_cfg("group_postln", latent_dim=0, final_dim=0),
                                               [0.1, 10], False))
-    assert cfg.final_dim == 64 and cfg.codevector_dim == 64
+    assert cfg.contrastive.final_dim == 64 and cfg.contrastive.codevector_dim == 64
 
 
 def test_identity_projection_and_parametrized_pos_conv(tmp_path):

@@ -124,7 +124,7 @@ def test_to_hf_round_trip(cls_name, tmp_path):
     ours_cls = {"model": Wav2Vec2Model, "ctc": Wav2Vec2ForCTC, "pretraining": Wav2Vec2ForPreTraining}[cls_name]
     torch.manual_seed(1)
     ours = ours_cls(Wav2Vec2Config.tiny(num_layers=2, vocab_size=12, masked_group_norm=False,
-                                        feature_penalty_weight=0.0, feature_grad_mult=1.0)).eval()
+                                        contrastive={"feature_penalty_weight": 0.0}, feature_grad_mult=1.0)).eval()
     hf = to_hf(ours)
     assert type(hf).__name__ == CLASSES[cls_name].__name__
     hf.save_pretrained(tmp_path / "hf")
@@ -142,7 +142,7 @@ def test_to_hf_round_trip(cls_name, tmp_path):
 
 
 def test_to_hf_refuses_what_transformers_cannot_represent():
-    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, cross_sample_negatives=5))
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, contrastive={"cross_sample_negatives": 5}))
     with pytest.raises(ConfigError, match="cross_sample_negatives"):
         to_hf(model)
 

@@ -25,8 +25,7 @@ from wav2vec2_lite.train.trainer import Trainer
 # the positional conv of this width (4 channels per group, kernel 16) is one of the shapes
 # oneDNN's bf16 convolution gets wrong on AMX CPUs: it must stay float32
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-             pos_conv_kernel=16, pos_conv_groups=16, codevector_dim=32, final_dim=32, num_codes_per_group=16,
-             num_negatives=10, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
+             pos_conv_kernel=16, pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
 FIRST_CONV = "wav2vec2.feature_encoder.conv_layers.0.conv.weight"  # where tests inject a 1e-3 error
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _helpers import dotted_overrides
 from wav2vec2_lite.data.manifest import read_labels, read_manifest, write_labels, write_manifest
 from wav2vec2_lite.asr.evaluate import evaluate_split
 from wav2vec2_lite.tools.label_curve import load_plan, load_summaries, run_plan, summary_path
@@ -22,10 +23,8 @@ from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import train
 
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-             pos_conv_kernel=16, pos_conv_groups=16, codevector_dim=32, final_dim=32, num_codes_per_group=16,
-             num_negatives=10, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
-MICRO_OVERRIDES = ["model=tiny"] + [f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in MICRO.items()
-                                    if k != "preset"]
+             pos_conv_kernel=16, pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
+MICRO_OVERRIDES = ["model=tiny"] + dotted_overrides({k: v for k, v in MICRO.items() if k != "preset"})
 
 
 def _subset(corpus: Path, src: str, dst: str, n: int | None = None) -> None:

@@ -8,9 +8,11 @@ import math
 import pytest
 import torch
 
+from _helpers import deep_merge
 from _tolerance import (assert_all_float32_close, assert_float32_close, bf16_rounding, float32_excess, nudged,
                         worst_float32_excess)
 from wav2vec2_lite import ConfigError, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from wav2vec2_lite.objectives.configs import ContrastiveConfig
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_cross_negatives, sample_negatives
 from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.serialization import CheckpointError, load_model, save_model
@@ -18,10 +20,8 @@ from wav2vec2_lite.serialization import CheckpointError, load_model, save_model
 
 def small(**kw) -> Wav2Vec2Config:
     base = dict(conv_dim=(16, 32, 32, 32, 32, 32, 32), hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128,
-                pos_conv_kernel=16, pos_conv_groups=4, num_codes_per_group=16, codevector_dim=32, final_dim=24,
-                num_negatives=10, layerdrop=0.0)
-    base.update(kw)
-    return Wav2Vec2Config.tiny(**base)
+                pos_conv_kernel=16, pos_conv_groups=4, layerdrop=0.0, contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=24, num_negatives=10))
+    return Wav2Vec2Config.tiny(**deep_merge(base, kw))
 
 
 # ---------------------------------------------------------------- config
@@ -29,13 +29,24 @@ def small(**kw) -> Wav2Vec2Config:
     ("mask_time_prob", 1.5, "mask_time_prob"),
     ("conv_kernel", (10, 3), "conv_kernel"),
     ("num_heads", 5, "num_heads"),
-    ("codevector_dim", 33, "codevector_dim"),
+    ("contrastive", {"codevector_dim": 33}, r"contrastive\.codevector_dim"),
     ("feat_extract_norm", "batch", "feat_extract_norm"),
-    ("gumbel_temperature", (0.5, 2.0, 0.9), "gumbel_temperature"),
+    ("contrastive", {"gumbel_temperature": (0.5, 2.0, 0.9)}, r"contrastive\.gumbel_temperature"),
+    ("contrastive", {"num_negativs": 5}, r"Wav2Vec2Config\.contrastive: unknown key\(s\) \['num_negativs'\]"),
+    ("num_negatives", 5, r"Wav2Vec2Config\.num_negatives is now Wav2Vec2Config\.contrastive\.num_negatives"),
 ])
 def test_config_errors_name_the_key(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         small(**{key: value})
+
+
+def test_objective_settings_are_typed_sub_configs_merged_key_by_key():
+    cfg = Wav2Vec2Config.tiny(contrastive={"num_negatives": 7})
+    assert isinstance(cfg.contrastive, ContrastiveConfig) and cfg.contrastive.num_negatives == 7
+    assert cfg.contrastive.num_codes_per_group == 64  # the rest from the tiny preset
+    assert cfg.replace(contrastive={"final_dim": 64}).contrastive == ContrastiveConfig(
+        num_codes_per_group=64, codevector_dim=128, final_dim=64, num_negatives=7)
+    assert Wav2Vec2Config.from_dict(cfg.to_dict()) == cfg
 
 
 def test_config_round_trip_and_unknown_key():
@@ -182,24 +193,25 @@ def test_pretraining_loss_parts_and_gradients():
     pad[1, 4500:] = True
     out = model(wave, pad, generator=g)
     n = out.num_masked.float()
-    expected = out.contrastive_loss / n + cfg.diversity_loss_weight * out.diversity_loss \
-        + cfg.feature_penalty_weight * out.feature_penalty
+    c = cfg.contrastive
+    expected = out.contrastive_loss / n + c.diversity_loss_weight * out.diversity_loss \
+        + c.feature_penalty_weight * out.feature_penalty
     assert torch.allclose(out.loss, expected)
     assert torch.allclose(out.loss_sum, out.loss * n)
-    assert out.logits.shape == (int(n), 1 + cfg.num_negatives)
+    assert out.logits.shape == (int(n), 1 + c.num_negatives)
     top = (out.logits.argmax(-1) == 0) & (out.logits.argmin(-1) != 0)  # fairseq: the positive wins, no all-tie
     assert out.num_correct.item() == int(top.sum()) and torch.allclose(out.accuracy, top.float().mean())
-    assert 1 <= out.code_perplexity.item() <= cfg.num_code_groups * cfg.num_codes_per_group
+    assert 1 <= out.code_perplexity.item() <= c.num_code_groups * c.num_codes_per_group
     # at random init the contrastive loss is near chance, ln(K + 1)
-    assert abs((out.contrastive_loss / n).item() - math.log(cfg.num_negatives + 1)) < 1.0
+    assert abs((out.contrastive_loss / n).item() - math.log(c.num_negatives + 1)) < 1.0
     frames = model.feature_output_lengths(torch.tensor([4500]))
     assert not out.mask_indices[1, int(frames):].any()
     out.loss.backward()
     # straight-through Gumbel: gradients reach the quantizer's projection and the picked entries only
     assert model.quantizer.weight_proj.weight.grad.abs().sum() > 0
-    used = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.bool)
+    used = torch.zeros(c.num_code_groups, c.num_codes_per_group, dtype=torch.bool)
     codes = out.codes[out.codes[..., 0] >= 0]
-    for grp in range(cfg.num_code_groups):
+    for grp in range(c.num_code_groups):
         used[grp, codes[:, grp]] = True
     row_grad = model.quantizer.codebook.grad.abs().sum(-1) > 0
     assert row_grad[used].all() and not row_grad[~used].any()
@@ -218,7 +230,7 @@ def test_same_generator_same_masks_and_loss():
 
 def test_distractors_identical_to_positive_are_masked_out():
     torch.manual_seed(0)
-    cfg = small(num_code_groups=1, num_codes_per_group=2, codevector_dim=16)  # forces many identical codes
+    cfg = small(contrastive=dict(num_code_groups=1, num_codes_per_group=2, codevector_dim=16))  # many identical codes
     model = Wav2Vec2ForPreTraining(cfg).eval()
     out = model(torch.randn(1, 6000), generator=torch.Generator().manual_seed(0))
     masked = out.codes[out.mask_indices]  # (N, 1)
@@ -244,13 +256,15 @@ def test_layerdrop_only_in_training():
     assert any(torch.equal(x, y) for x, y in zip(hs[:-1], hs[1:]))  # some block was skipped
 
 
-def test_gumbel_temperature_schedule():
-    model = Wav2Vec2ForPreTraining(small(gumbel_temperature=(2.0, 0.5, 0.999995)))
-    assert model.gumbel_temperature_at(0) == 2.0
-    assert model.gumbel_temperature_at(10**7) == 0.5
-    assert abs(model.gumbel_temperature_at(1000) - 2.0 * 0.999995**1000) < 1e-12
-    model.set_gumbel_temperature(1.25)
+def test_gumbel_temperature_schedule_lives_on_the_contrastive_objective():
+    model = Wav2Vec2ForPreTraining(small(contrastive=dict(gumbel_temperature=(2.0, 0.5, 0.999995))))
+    objective = model.objective
+    assert objective.temperature_at(0) == 2.0
+    assert objective.temperature_at(10**7) == 0.5
+    assert abs(objective.temperature_at(1000) - 2.0 * 0.999995**1000) < 1e-12
+    objective.set_temperature(1.25)
     assert model.quantizer.temperature == 1.25
+    assert not hasattr(model, "set_gumbel_temperature")  # the generic model knows no Gumbel
 
 
 # ---------------------------------------------------------------- CTC model

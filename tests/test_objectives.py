@@ -12,9 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from _helpers import deep_merge
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-from wav2vec2_lite.config import ConfigError
+from wav2vec2_lite.config import ConfigError, upgrade_config_dict
 from wav2vec2_lite.objectives import contrastive as contrastive_module
+from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.registry import OBJECTIVES, build_objective
 from wav2vec2_lite.serialization import (
@@ -32,11 +34,11 @@ from wav2vec2_lite.train.tasks import PretrainTask
 def small(**kw) -> Wav2Vec2Config:
     return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
                                   "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
-                                  "num_codes_per_group": 16, "codevector_dim": 32, "final_dim": 32,
-                                  "num_negatives": 10, **kw})
+                                  **deep_merge({"contrastive": {"num_codes_per_group": 16, "codevector_dim": 32,
+                                                                "final_dim": 32, "num_negatives": 10}}, kw)})
 
 
-BRQ = {"objective": "best_rq", "objective_options": {"codebook_size": 1024, "codebook_dim": 16}}
+BRQ = {"objective": "best_rq", "best_rq": {"codebook_size": 1024, "codebook_dim": 16}}
 
 
 # ----------------------------------------------------------------------------- registry, config key
@@ -47,15 +49,15 @@ def test_the_config_key_selects_a_registered_objective_and_names_the_valid_ones(
     assert type(build_objective(small(**BRQ))).__name__ == "BestRQObjective"
     with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective: must be one of \['best_rq', 'contrastive'\]"):
         small(objective="hubert")
-    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective_options: .*'contrastive' objective takes no"):
-        small(objective_options={"codebook_size": 4})
+    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.best_rq: unknown key\(s\) \['codebook_sise'\]"):
+        small(best_rq={"codebook_sise": 4})
     assert Wav2Vec2Config.from_dict(small(**BRQ).to_dict()) == small(**BRQ)  # round trip through JSON types
 
 
 def test_the_pretraining_forward_is_backbone_then_targets_then_prediction():
     """Running the backbone and the objective by hand gives the model's output exactly."""
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(small(cross_sample_negatives=3)).train()
+    model = Wav2Vec2ForPreTraining(small(contrastive={"cross_sample_negatives": 3})).train()
     wave = torch.randn(2, 6000)
     pad = torch.zeros(2, 6000, dtype=torch.bool)
     pad[1, 5000:] = True
@@ -92,9 +94,8 @@ def test_the_feature_penalty_is_computed_only_by_the_contrastive_objective(monke
     pre = Wav2Vec2ForPreTraining(small()).eval()
     out = pre(wave, generator=torch.Generator().manual_seed(0))
     assert len(calls) == 1
-    # the backbone output keeps `feature_penalty` as a property computed on access
-    backbone = pre.wav2vec2(wave)
-    assert torch.allclose(backbone.feature_penalty, out.feature_penalty)
+    backbone = pre.wav2vec2(wave)  # the backbone computes no objective's loss, only its inputs
+    assert not hasattr(backbone, "feature_penalty")
     assert torch.allclose(out.feature_penalty, backbone.conv_features.pow(2).mean())
 
 
@@ -131,8 +132,9 @@ class MeanFeatureObjective(PretrainingObjective):
                                logits=self.head(inputs.context[mask]), losses={"mse": err}, weights={"mse": 1.0})
 
 
-def test_a_new_objective_needs_only_its_class_and_one_registry_entry(monkeypatch, tmp_path):
+def test_a_new_objective_needs_its_class_and_its_two_registry_entries(monkeypatch, tmp_path):
     monkeypatch.setitem(OBJECTIVES, "mean_feature", MeanFeatureObjective)
+    monkeypatch.setitem(OBJECTIVE_CONFIGS, "mean_feature", None)  # it has no settings
     cfg = small(objective="mean_feature")
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(cfg)
@@ -145,25 +147,41 @@ def test_a_new_objective_needs_only_its_class_and_one_registry_entry(monkeypatch
 
 
 # ----------------------------------------------------------------------------- saved format
-def _as_version_1(folder) -> None:
-    """Rewrite a folder saved today as the library wrote it before the objective seam."""
-    weights = folder / "model.safetensors"
-    state = load_file(str(weights))
-    old = {k.removeprefix("objective."): v for k, v in state.items()}
-    save_file(old, str(weights), metadata={"format": "pt"})
+def _as_version(folder, version: int) -> None:
+    """Rewrite a folder saved today as the library wrote it at ``version``: 2 had each objective's
+    settings flat (BEST-RQ's in ``objective_options``), 1 also lacked the objective seam."""
     info = json.loads((folder / "config.json").read_text())
-    info["format_version"] = 1
-    del info["config"]["objective"], info["config"]["objective_options"], info["weights_sha256"]  # not in version 1
+    cfg = info["config"]
+    cfg.update(cfg.pop("contrastive"), objective_options=cfg.pop("best_rq"))
+    info["format_version"] = version
+    if version == 1:
+        weights = folder / "model.safetensors"
+        old = {k.removeprefix("objective."): v for k, v in load_file(str(weights)).items()}
+        save_file(old, str(weights), metadata={"format": "pt"})
+        del cfg["objective"], cfg["objective_options"], info["weights_sha256"]  # not in version 1
     (folder / "config.json").write_text(json.dumps(info))
 
 
+def test_version_2_folders_load_with_each_objective_s_settings_moved_into_its_config(tmp_path):
+    assert FORMAT_VERSION == 3
+    for cfg in (small(contrastive={"num_negatives": 7, "gumbel_temperature": (2.0, 0.5, 0.99)}),
+                small(objective="best_rq", best_rq={"codebook_size": 64, "normalization": "utterance"})):
+        torch.manual_seed(0)
+        model = Wav2Vec2ForPreTraining(cfg)
+        save_model(model, tmp_path / cfg.objective)
+        _as_version(tmp_path / cfg.objective, 2)
+        assert "num_negatives" in json.loads((tmp_path / cfg.objective / "config.json").read_text())["config"]
+        back = load_model(tmp_path / cfg.objective)
+        assert back.config == cfg and back.state_dict().keys() == model.state_dict().keys()
+    assert upgrade_config_dict(small().to_dict()) == small().to_dict()  # today's layout is left as it is
+
+
 def test_version_1_folders_load_through_the_key_rename(tmp_path):
-    assert FORMAT_VERSION == 2
     torch.manual_seed(0)
     model = Wav2Vec2ForPreTraining(small())
     save_model(model, tmp_path / "m")
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["format_version"] == 2
-    _as_version_1(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["format_version"] == 3
+    _as_version(tmp_path / "m", 1)
     assert "quantizer.codebook" in load_file(str(tmp_path / "m" / "model.safetensors"))
     back = load_model(tmp_path / "m")
     assert back.config == model.config
@@ -186,7 +204,7 @@ def test_a_folder_from_a_newer_format_is_refused_by_name(tmp_path):
     info = json.loads((tmp_path / "m" / "config.json").read_text())
     info["format_version"] = FORMAT_VERSION + 1
     (tmp_path / "m" / "config.json").write_text(json.dumps(info))
-    with pytest.raises(CheckpointError, match=r"config\.json.*format_version 3"):
+    with pytest.raises(CheckpointError, match=r"config\.json.*format_version 4"):
         load_model(tmp_path / "m")
 
 
@@ -202,7 +220,7 @@ def test_best_rq_models_are_not_exported_as_transformers_pretraining_models():
 
 # ----------------------------------------------------------------------------- training task
 def _task(**model) -> PretrainTask:
-    m = {"preset": "tiny", **small().to_dict(), **model}
+    m = {"preset": "tiny", **small().to_dict(), **model}  # a given sub-config: only the keys it names
     return PretrainTask(to_run_config({"task": "pretrain", "model": m, "data": {"manifest_dir": "/nonexistent"}}))
 
 
@@ -213,12 +231,10 @@ def test_the_task_logs_each_objective_with_its_own_chance(objective):
     model = task.build_model().train()
     extra = task.before_update(model, 1000)
     if objective == "contrastive":
-        assert extra == {"gumbel_temp": model.gumbel_temperature_at(1000)}
+        assert extra == {"gumbel_temp": model.objective.temperature_at(1000)}
         assert model.quantizer.temperature == extra["gumbel_temp"]
     else:
-        assert extra == {}
-        with pytest.raises(AttributeError, match="no Gumbel temperature"):
-            model.gumbel_temperature_at(1000)
+        assert extra == {} and not hasattr(model.objective, "temperature_at")
     batch = {"waveform": torch.randn(2, 6000), "padding_mask": torch.zeros(2, 6000, dtype=torch.bool)}
     loss_sum, stats = task.loss(model, batch, torch.Generator().manual_seed(0))
     evals = task.eval_batch(model.eval(), batch, torch.Generator().manual_seed(0))

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import dotted_overrides
 from wav2vec2_lite.data.manifest import read_manifest, write_manifest
 from wav2vec2_lite.tools.pretrain_compare import load_spec, load_summaries, main, plan_runs, run_compare
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 MICRO = dict(num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7, pos_conv_kernel=16,
-             pos_conv_groups=16, codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10,
-             mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
+             pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,10 @@ def spec(tmp_path_factory) -> dict:
         "common_overrides": ["data.train_subset=unlabeled", "data.valid_subset=valid", "data.num_workers=0",
                              "data.max_sample_size=12000", "data.min_sample_size=4000", "data.max_tokens=48000",
                              "trainer.log_interval=1", "trainer.valid_interval=1", "trainer.precision=32",
-                             *(f"model.{k}={json.dumps(v).replace(' ', '')}" for k, v in MICRO.items())],
+                             *dotted_overrides(MICRO)],
         "variants": {"contrastive": [],
                      "best_rq": ["model.objective=best_rq",
-                                 "+model.objective_options={codebook_size:64,codebook_dim:16}"]},
+                                 "model.best_rq.codebook_size=64"]},
         "probe": {"train": "train", "valid": "valid",
                   "protocol": {"steps": 20, "batch_size": 4, "random_init_seeds": 2, "log_mel": True}},
         "root": str(root),

@@ -28,8 +28,7 @@ from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = dict(num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=(16,) * 7, pos_conv_kernel=16,
-             pos_conv_groups=16, codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5,
-             mask_time_length=3, layerdrop=0.0)
+             pos_conv_groups=16, mask_time_length=3, layerdrop=0.0, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
 FAST = ProbeProtocol(steps=15, lr=1e-2, batch_size=4, random_init_seeds=2, log_mel=True)
 
 

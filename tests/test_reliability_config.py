@@ -29,7 +29,7 @@ register_configs()
 
 # a micro model and batches: each CLI run below is a couple of updates at most
 MICRO = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
-         "model.conv_dim=[16,16,16,16,16,16,16]", "model.num_codes_per_group=8", "model.num_negatives=5",
+         "model.conv_dim=[16,16,16,16,16,16,16]", "model.contrastive.num_codes_per_group=8", "model.contrastive.num_negatives=5",
          "data.max_tokens=64000", "trainer.max_updates=2", "trainer.progress=false", "trainer.num_threads=1"]
 
 
@@ -91,9 +91,14 @@ def test_a_key_far_from_any_lists_the_group_keys_and_free_maps_stay_free():
         to_run_config(_compose("pretrain_tiny", ["+data.zzz=1"]))
     cfg = to_run_config(_compose("finetune_tiny", ["model=tiny", "+optim.lr_scale.lm_head=4",
                                                    "+optim.lr_scale.wav2vec2.context=0.5", "+model.extra.note=x"]))
-    assert cfg.optim.lr_scale == {"lm_head": 4, "wav2vec2": {"context": 0.5}} and cfg.model["extra"] == {"note": "x"}
-    cfg = to_run_config(_compose("pretrain_tiny", ["model=tiny_best_rq", "model.objective_options.codebook_size=64"]))
-    assert cfg.model["objective_options"]["codebook_size"] == 64  # checked by the objective, not here
+    assert cfg.optim.lr_scale == {"lm_head": 4, "wav2vec2": {"context": 0.5}} and cfg.model.extra == {"note": "x"}
+    cfg = to_run_config(_compose("pretrain_tiny", ["model=tiny_best_rq", "model.best_rq.codebook_size=64"]))
+    assert cfg.model.best_rq.codebook_size == 64
+    with pytest.raises(ConfigError, match=r"^config key model\.num_negatives is now model\.contrastive\.num_negatives"):
+        to_run_config(_compose("pretrain_tiny", ["+model.num_negatives=5"]))
+    with pytest.raises(ConfigError, match=r"^unknown config key model\.best_rq\.codebook_sise: did you mean "
+                                          r"model\.best_rq\.codebook_size\?"):
+        to_run_config(_compose("pretrain_tiny", ["+model.best_rq.codebook_sise=64"]))
 
 
 def test_a_wrong_type_in_a_plain_config_is_one_line_naming_the_key():

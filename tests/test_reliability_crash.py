@@ -45,8 +45,7 @@ from wav2vec2_lite.train.run_dir import RunDirError
 from wav2vec2_lite.train.trainer import Trainer
 
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=[16] * 7,
-             pos_conv_kernel=8, pos_conv_groups=8, codevector_dim=16, final_dim=16, num_codes_per_group=8,
-             num_negatives=5, mask_time_length=3, mask_time_prob=0.5)
+             pos_conv_kernel=8, pos_conv_groups=8, mask_time_length=3, mask_time_prob=0.5, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -61,7 +60,8 @@ def cfg_dict(corpus: Path, **over) -> dict:
         "task": "pretrain",
         # masking, dropout and layerdrop all on: every random draw must be replayed on resume
         "model": {**MICRO, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
-                  "dropout_features": 0.1, "dropout_input": 0.1, "layerdrop": 0.3},
+                  "dropout_input": 0.1, "layerdrop": 0.3,
+                  "contrastive": {**MICRO["contrastive"], "dropout_features": 0.1}},
         "data": {"manifest_dir": str(corpus), "max_sample_size": 6000, "min_sample_size": 4000,
                  "max_tokens": 18000},
         "optim": {"lr": 1e-3, "clip_norm": 5.0},

@@ -28,8 +28,7 @@ from wav2vec2_lite.train.trainer import Trainer
 
 SR = 16000
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=[16] * 7,
-             pos_conv_kernel=8, pos_conv_groups=8, codevector_dim=16, final_dim=16, num_codes_per_group=8,
-             num_negatives=5, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
+             pos_conv_kernel=8, pos_conv_groups=8, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
 
 
 def make_cfg(task: str, corpus: Path, **over):
@@ -373,7 +372,7 @@ def test_shorter_than_a_mask_span_trains(tmp_path):
         sf.write(str(d / f"s{i}.wav"), _noise(2000 + 40 * i, seed=i), SR, subtype="PCM_16")
         rows.append((f"s{i}.wav", 2000 + 40 * i))
     write_manifest(d / "train.tsv", d, rows)
-    cfg = make_cfg("pretrain", d, model={"mask_time_length": 10, "num_negatives": 3},
+    cfg = make_cfg("pretrain", d, model={"mask_time_length": 10, "contrastive": {"num_negatives": 3}},
                    data={"valid_subset": None, "min_sample_size": 0, "max_tokens": 10000},
                    trainer={"max_updates": 3})
     Trainer(cfg, tmp_path / "run").fit()

@@ -20,8 +20,7 @@ from wav2vec2_lite.serialization import save_model  # noqa: E402
 def _run(tmp_path):
     run = tmp_path / "run"
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, num_codes_per_group=16, codevector_dim=32,
-                                                       final_dim=32, num_negatives=10))
+    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=32, num_negatives=10)))
     save_model(model, run / "checkpoints" / "last")
     rows = [{"kind": "train", "update": u, "loss": 5.0 - u / 100, "contrastive_loss": 2.4 - u / 200,
              "accuracy": 0.1, "code_perplexity": 20.0, "gumbel_temp": 2.0, "lr": 1e-3, "grad_norm": 1.0,
@@ -30,7 +29,7 @@ def _run(tmp_path):
     rows.append({"kind": "health", "update": 60, "symptom": "codebook_collapse", "message": "[health] collapse <b>",
                  "numbers": {}})
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    (run / "config.yaml").write_text("model:\n  num_negatives: 10\n")
+    (run / "config.yaml").write_text("model:\n  contrastive:\n    num_negatives: 10\n")
     (run / "run.json").write_text(json.dumps({"seed": 3, "code_version": "0.1.0+git.abc"}))
     data = tmp_path / "data"
     (data / "wav").mkdir(parents=True)
@@ -66,7 +65,7 @@ def test_report_reads_audio_as_the_run_did_and_keeps_timestamps_out_of_the_summa
     records = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(r.replace('{"kind": "train"', '{"kind": "train", "time": 1796055954.8')
                                                  for r in records) + "\n")
-    (run / "config.yaml").write_text("model:\n  num_negatives: 10\ndata:\n  mono: mix\n  resample: soxr\n")
+    (run / "config.yaml").write_text("model:\n  contrastive:\n    num_negatives: 10\ndata:\n  mono: mix\n  resample: soxr\n")
     page = write_report(run, manifest_dir=data).read_text()
     assert "Codebook usage on valid" in page and "final train time" not in page and "final train loss" in page
     expected = codebook_usage(run / "checkpoints" / "last", data, mono="mix", resample="soxr")

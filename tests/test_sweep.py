@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fake_run(folder: Path, negatives: int, acc: float) -> None:
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(f"- model.num_negatives={negatives}\n- trainer.seed=1\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- model.contrastive.num_negatives={negatives}\n- trainer.seed=1\n")
     rows = [{"kind": "train", "update": 10, "loss": 4.0},
             {"kind": "valid", "update": 10, "accuracy": acc / 2, "loss": 4.2},
             {"kind": "train", "update": 20, "loss": 3.0},
@@ -28,10 +28,10 @@ def test_table_has_one_row_per_run_with_final_metrics(tmp_path):
     for i, (k, acc) in enumerate([(10, 0.3), (100, 0.2)]):
         _fake_run(tmp_path / str(i), k, acc)
     runs = collect_sweep(tmp_path)
-    assert [r.overrides["model.num_negatives"] for r in runs] == ["10", "100"]
+    assert [r.overrides["model.contrastive.num_negatives"] for r in runs] == ["10", "100"]
     assert [r.valid["accuracy"] for r in runs] == [0.3, 0.2] and runs[0].updates == 20
     table = sweep_table(runs)
-    assert "model.num_negatives" in table and "trainer.seed" not in table  # only swept keys
+    assert "model.contrastive.num_negatives" in table and "trainer.seed" not in table  # only swept keys
     assert "| 0 | 10 | 20 | 0.3 | 3.5 |" in table
 
 

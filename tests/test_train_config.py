@@ -27,10 +27,15 @@ def _compose(name: str, overrides: list[str]):
 
 
 @pytest.mark.parametrize("name", ["tiny", "base", "large"])
-def test_model_yaml_lists_every_field_of_the_preset(name):
+def test_model_yaml_names_its_preset_and_every_field_stays_overridable(name):
+    """Each value is said once: the YAML names the Python preset; the schema knows every field."""
     data = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
-    assert data.pop("preset") == name
-    assert data == Wav2Vec2Config.preset(name).to_dict()
+    assert data == {"preset": name}
+    assert build_model_config(to_run_config(_compose("pretrain", [f"model={name}", "data.manifest_dir=/x"])).model) \
+        == Wav2Vec2Config.preset(name)
+    over = ["model.num_layers=2", "model.contrastive.num_negatives=7", "model.best_rq.codebook_size=64"]
+    m = build_model_config(to_run_config(_compose("pretrain", [f"model={name}", "data.manifest_dir=/x", *over])).model)
+    assert m == Wav2Vec2Config.preset(name, num_layers=2, contrastive={"num_negatives": 7}, best_rq={"codebook_size": 64})
 
 
 def test_paper_base_pretraining_defaults():
@@ -41,7 +46,8 @@ def test_paper_base_pretraining_defaults():
     assert cfg.trainer.precision == "fp16"
     m = build_model_config(cfg.model)
     assert m == Wav2Vec2Config.base()
-    assert (m.layerdrop, m.feature_grad_mult, m.diversity_loss_weight, m.feature_penalty_weight) == (0.05, 0.1, 0.1, 10.0)
+    c = m.contrastive
+    assert (m.layerdrop, m.feature_grad_mult, c.diversity_loss_weight, c.feature_penalty_weight) == (0.05, 0.1, 0.1, 10.0)
 
 
 @pytest.mark.parametrize("recipe,lr,updates,freeze,channel,layerdrop", [
@@ -64,7 +70,8 @@ def test_demo_configs_compose_and_differ_from_tiny_only_where_documented():
     tiny = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x"]))
     demo = to_run_config(_compose("pretrain_demo", ["data.manifest_dir=/x"]))
     m_tiny, m_demo = build_model_config(tiny.model), build_model_config(demo.model)
-    assert m_demo == m_tiny.replace(layer_norm_first=True, num_codes_per_group=8, gumbel_temperature=(2.0, 0.5, 0.999))
+    assert m_demo == m_tiny.replace(layer_norm_first=True,
+                                    contrastive={"num_codes_per_group": 8, "gumbel_temperature": (2.0, 0.5, 0.999)})
     assert (tiny.optim.lr, demo.optim.lr) == (2e-3, 3e-3) and demo.schedule == tiny.schedule
     ft_tiny = to_run_config(_compose("finetune_tiny", ["data.manifest_dir=/x"]))
     ft_demo = to_run_config(_compose("finetune_demo", ["data.manifest_dir=/x"]))
@@ -105,7 +112,7 @@ def test_cli_multirun_overrides_reach_the_saved_model(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "pretrain.py"), "-m", "--config-name", "pretrain_tiny",
            f"data.manifest_dir={corpus}", "trainer.max_updates=1", "trainer.progress=false",
            "model.num_layers=1,2", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
-           "model.conv_dim=[16,16,16,16,16,16,16]", "model.num_codes_per_group=8", "model.num_negatives=5",
+           "model.conv_dim=[16,16,16,16,16,16,16]", "model.contrastive.num_codes_per_group=8", "model.contrastive.num_negatives=5",
            "data.max_sample_size=8000", "data.max_tokens=16000", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from wav2vec2_lite.objectives.registry import OBJECTIVES, objective_class
+from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS, BestRQConfig, ContrastiveConfig
 
-__all__ = ["Wav2Vec2Config", "ConfigError"]
+__all__ = ["Wav2Vec2Config", "ConfigError", "upgrade_config_dict"]
 
 
 class ConfigError(ValueError):
@@ -54,8 +54,6 @@ class Wav2Vec2Config:
     """Epsilon of every LayerNorm."""
     dropout_input: float = 0.1
     """Dropout after the feature projection (fairseq ``dropout_input``, HF ``feat_proj_dropout``)."""
-    dropout_features: float = 0.1
-    """Dropout on the unmasked features fed to the quantizer (fairseq ``dropout_features``)."""
 
     # ---- context network: conv positional embedding + transformer ----
     num_layers: int = 12
@@ -79,20 +77,7 @@ class Wav2Vec2Config:
     pos_conv_groups: int = 16
     """Groups of the positional convolution."""
 
-    # ---- quantizer (Gumbel-softmax product quantization) ----
-    num_code_groups: int = 2
-    """G, codebooks (fairseq ``latent_groups``)."""
-    num_codes_per_group: int = 320
-    """V, entries per codebook (fairseq ``latent_vars``)."""
-    codevector_dim: int = 256
-    """Width of the concatenated codevector (fairseq ``latent_dim`` or ``final_dim``); each
-    entry has ``codevector_dim // G`` dims."""
-    final_dim: int = 256
-    """Width of the space where context vectors and quantized targets are compared."""
-    gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
-    """(max, min, decay per update): temperature = max(max * decay**update, min)."""
-
-    # ---- masking and negatives ----
+    # ---- masking (every objective, and SpecAugment in fine-tuning) ----
     mask_time_prob: float = 0.65
     """Fraction of frames chosen as span starts times span length (paper p=0.065 × M=10)."""
     mask_time_length: int = 10
@@ -103,29 +88,17 @@ class Wav2Vec2Config:
     """Channel (feature) masking probability, as in fine-tuning recipes."""
     mask_channel_length: int = 10
     """Width of each masked channel span."""
-    num_negatives: int = 100
-    """K, distractors per masked frame, drawn from the same utterance's masked frames."""
-    cross_sample_negatives: int = 0
-    """Extra distractors drawn from the other utterances of the batch."""
 
-    # ---- pretraining objective ----
+    # ---- pretraining objective: its name, and each objective's own settings ----
     objective: str = "contrastive"
     """What pretraining predicts at masked frames: ``contrastive`` (wav2vec 2.0: Gumbel
-    product quantizer, contrastive + diversity + feature penalty, the fields below) or
-    ``best_rq`` (BEST-RQ: codes of a frozen random projection of log-mel frames). The names
-    are the keys of ``wav2vec2_lite.objectives.registry.OBJECTIVES`` (``docs/objectives.md``)."""
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    """Settings of objectives whose settings are not fields here, validated by the objective
-    (``best_rq``: ``codebook_size``, ``codebook_dim``, ``num_mel_bins``, ``seed``,
-    ``normalization``, ``normalization_frames``); empty for ``contrastive``."""
-
-    # ---- contrastive objective's losses ----
-    logit_temperature: float = 0.1
-    """κ, cosine similarities are divided by it."""
-    diversity_loss_weight: float = 0.1
-    """α, weight of the codebook diversity loss."""
-    feature_penalty_weight: float = 10.0
-    """Weight of the L2 penalty on the feature encoder output (0 for LARGE)."""
+    product quantizer, contrastive + diversity + feature penalty) or ``best_rq`` (BEST-RQ:
+    codes of a frozen random projection of log-mel frames); the sub-config of that name holds
+    its settings (``docs/objectives.md``)."""
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    """Settings of the ``contrastive`` objective (codebooks, distractors, temperatures, loss weights)."""
+    best_rq: BestRQConfig = field(default_factory=BestRQConfig)
+    """Settings of the ``best_rq`` objective (codebook, log-mel bins, normalisation)."""
 
     # ---- CTC fine-tuning ----
     vocab_size: int = 32
@@ -142,12 +115,14 @@ class Wav2Vec2Config:
     """Free-form metadata (e.g. the source of imported weights); not used by the model."""
 
     def __post_init__(self) -> None:
-        for name in ("conv_dim", "conv_kernel", "conv_stride", "gumbel_temperature"):
+        for name in ("conv_dim", "conv_kernel", "conv_stride"):
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
-        if isinstance(self.objective_options, Mapping) and not isinstance(self.objective_options, dict):
-            self.objective_options = dict(self.objective_options)  # e.g. an omegaconf DictConfig
+        for name, cls in _settings():
+            value = getattr(self, name)
+            if isinstance(value, Mapping):  # a dict, or an omegaconf DictConfig
+                setattr(self, name, _sub_config(cls, name, dict(value)))
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -167,38 +142,29 @@ class Wav2Vec2Config:
         need(self.feat_extract_norm in ("group", "layer"), "feat_extract_norm", "must be 'group' or 'layer'")
         need(self.feature_grad_mult >= 0, "feature_grad_mult", "must be >= 0")
         for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups",
-                    "num_code_groups", "num_codes_per_group", "codevector_dim", "final_dim", "mask_time_length",
-                    "mask_channel_length", "vocab_size"):
+                    "mask_time_length", "mask_channel_length", "vocab_size"):
             need(isinstance(getattr(self, key), int) and getattr(self, key) > 0, key, "must be a positive int")
         need(self.hidden_size % self.num_heads == 0, "num_heads", f"must divide hidden_size={self.hidden_size}")
         need(self.hidden_size % self.pos_conv_groups == 0, "pos_conv_groups",
              f"must divide hidden_size={self.hidden_size}")
-        need(self.codevector_dim % self.num_code_groups == 0, "codevector_dim",
-             f"must be divisible by num_code_groups={self.num_code_groups}")
-        for key in ("dropout_input", "dropout_features", "dropout", "attention_dropout", "activation_dropout",
+        for key in ("dropout_input", "dropout", "attention_dropout", "activation_dropout",
                     "layerdrop", "mask_time_prob", "mask_channel_prob", "final_dropout"):
             v = getattr(self, key)
             need(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, key, "must be in [0, 1]")
         need(self.layerdrop < 1.0, "layerdrop", "must be < 1")
         need(self.mask_time_min_masks >= 0, "mask_time_min_masks", "must be >= 0")
-        need(self.num_negatives >= 0 and self.cross_sample_negatives >= 0, "num_negatives",
-             "num_negatives and cross_sample_negatives must be >= 0")
-        need(self.num_negatives + self.cross_sample_negatives > 0, "num_negatives",
-             "needs at least one distractor (num_negatives + cross_sample_negatives > 0)")
-        need(self.logit_temperature > 0, "logit_temperature", "must be > 0")
-        need(self.diversity_loss_weight >= 0, "diversity_loss_weight", "must be >= 0")
-        need(self.feature_penalty_weight >= 0, "feature_penalty_weight", "must be >= 0")
-        t = self.gumbel_temperature
-        need(len(t) == 3 and t[0] >= t[1] > 0 and 0 < t[2] <= 1, "gumbel_temperature",
-             "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1")
         need(self.layer_norm_eps > 0, "layer_norm_eps", "must be > 0")
         need(self.ctc_loss_reduction in ("sum", "mean"), "ctc_loss_reduction", "must be 'sum' or 'mean'")
-        need(self.objective in OBJECTIVES, "objective", f"must be one of {sorted(OBJECTIVES)}")
-        need(isinstance(self.objective_options, dict), "objective_options", "must be a mapping")
-        try:
-            objective_class(self.objective).validate_options(dict(self.objective_options), self)
-        except (ValueError, TypeError) as e:
-            need(False, "objective_options", f"invalid for objective {self.objective!r}: {e}")
+        need(self.objective in OBJECTIVE_CONFIGS, "objective", f"must be one of {sorted(OBJECTIVE_CONFIGS)}")
+        for name, cls in _settings():
+            need(isinstance(getattr(self, name), cls), name, f"must be a {cls.__name__}")
+            try:
+                getattr(self, name).validate()
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"Wav2Vec2Config.{e}") from None
+        need(self.objective != "best_rq" or self.frame_stride % 160 == 0, "conv_stride",
+             f"best_rq stacks 10 ms log-mel frames onto encoder frames: the frame stride ({self.frame_stride} "
+             f"samples) must be a multiple of 160")
 
     # ------------------------------------------------------------- derived
     @property
@@ -220,25 +186,27 @@ class Wav2Vec2Config:
 
     # --------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        for k, v in out.items():
-            if isinstance(v, tuple):
-                out[k] = list(v)
-        return out
+        """Plain JSON-able dict (tuples become lists; each objective's settings a nested dict)."""
+        return _lists(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Wav2Vec2Config":
-        """Build from a dict; unknown keys are an error that names them."""
+        """Build from a dict (objective sub-configs as dicts or config objects); an unknown key is an
+        error that names it, a key that moved into an objective's sub-config names its new place."""
         known = {f.name for f in fields(cls)}
+        moved = sorted(k for k in data if k not in known and k in MOVED_KEYS)
+        if moved:
+            raise ConfigError(f"Wav2Vec2Config.{moved[0]} is now Wav2Vec2Config.{MOVED_KEYS[moved[0]]} (each "
+                              f"objective owns its settings; override it as model.{MOVED_KEYS[moved[0]]})")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Wav2Vec2Config: unknown key(s) {unknown}; known keys: {sorted(known)}")
         return cls(**data)
 
     def replace(self, **changes: Any) -> "Wav2Vec2Config":
-        """A validated copy with some fields changed."""
-        return self.from_dict({**self.to_dict(), **changes})
+        """A validated copy with some fields changed; an objective's sub-config given as a dict
+        changes only the keys it names (``replace(contrastive={"num_negatives": 10})``)."""
+        return self.from_dict(_merge(self.to_dict(), changes))
 
     # ------------------------------------------------------------- presets
     @classmethod
@@ -247,7 +215,7 @@ class Wav2Vec2Config:
         presets = {"tiny": _TINY, "base": {}, "large": _LARGE}
         if name not in presets:
             raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(presets)}")
-        return cls.from_dict({**presets[name], **overrides})
+        return cls.from_dict(_merge(Wav2Vec2Config().to_dict(), _merge(presets[name], overrides)))
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "Wav2Vec2Config":
@@ -271,11 +239,8 @@ _TINY: dict[str, Any] = dict(
     num_layers=4,
     num_heads=4,
     ffn_dim=1024,
-    num_code_groups=2,
-    num_codes_per_group=64,
-    codevector_dim=128,
-    final_dim=128,
     layerdrop=0.0,
+    contrastive=dict(num_codes_per_group=64, codevector_dim=128, final_dim=128),
 )
 
 _LARGE: dict[str, Any] = dict(
@@ -287,8 +252,51 @@ _LARGE: dict[str, Any] = dict(
     ffn_dim=4096,
     layer_norm_first=True,
     layerdrop=0.0,
-    codevector_dim=768,
-    final_dim=768,
-    feature_penalty_weight=0.0,
-    gumbel_temperature=(2.0, 0.1, 0.999995),
+    contrastive=dict(codevector_dim=768, final_dim=768, feature_penalty_weight=0.0,
+                     gumbel_temperature=(2.0, 0.1, 0.999995)),
 )
+
+
+def _settings() -> list[tuple[str, type]]:
+    """(field name, config class) of each objective that has settings."""
+    return [(name, cls) for name, cls in OBJECTIVE_CONFIGS.items() if cls is not None]
+
+
+def _sub_config(cls: type, name: str, data: dict[str, Any]) -> Any:
+    """``cls(**data)``; an unknown key is a :class:`ConfigError` naming it and the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"Wav2Vec2Config.{name}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**data)
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``changes``; an objective's sub-config given as a dict is merged key by key."""
+    out = dict(base)
+    for key, value in changes.items():
+        if key in OBJECTIVE_CONFIGS and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            value = {**out[key], **value}
+        elif key in OBJECTIVE_CONFIGS and dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        out[key] = value
+    return out
+
+
+def _lists(value: Any) -> Any:
+    """Tuples become lists, at any depth (JSON and YAML have only lists)."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return [_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``format_version`` ≤ 2: the contrastive settings flat, BEST-RQ's in
+    ``objective_options``) in today's layout; a current one is returned unchanged."""
+    if not any(k in data for k in MOVED_KEYS):
+        return dict(data)
+    out = {k: v for k, v in data.items() if k not in MOVED_KEYS}
+    contrastive = {k: data[k] for k in MOVED_KEYS if k in data and k != "objective_options"}
+    out["contrastive"] = {**dict(data.get("contrastive") or {}), **contrastive}
+    out["best_rq"] = {**dict(data.get("best_rq") or {}), **dict(data.get("objective_options") or {})}
+    return out

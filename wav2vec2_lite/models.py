@@ -27,7 +27,6 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
 from wav2vec2_lite.modules.precast import Linear
-from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.objectives.losses import ctc_loss
 from wav2vec2_lite.objectives.masking import compute_channel_mask, compute_span_mask
@@ -77,22 +76,17 @@ class _SavedModelMixin:
         ``overrides`` change config fields; ``trust`` is for fairseq files that need full pickle.
         Returned in eval mode.
         """
-        if cls is Wav2Vec2ForCTC:
-            vocab_size = overrides.pop("vocab_size", None)
-            loaded = _read_checkpoint(path_or_name, trust=trust)
-            if isinstance(loaded.model, Wav2Vec2ForCTC) and vocab_size in (None, loaded.model.config.vocab_size):
-                return with_config_overrides(loaded.model, overrides)
-            if vocab_size is None:
-                raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
-                                 f"give vocab_size= for the new head")
-            return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
-        loaded = _read_checkpoint(path_or_name, trust=trust)
-        if cls is Wav2Vec2Model:
-            return with_config_overrides(loaded.backbone, overrides)
-        if not isinstance(loaded.model, cls):
-            raise TypeError(f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
-                            f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC")
-        return with_config_overrides(loaded.model, overrides)
+        return cls._from_checkpoint(_read_checkpoint(path_or_name, trust=trust), overrides)
+
+    @classmethod
+    def _from_checkpoint(cls, loaded: Any, overrides: dict[str, Any]) -> nn.Module:
+        """This class from what the checkpoint reader returned (``.model``, ``.backbone``, ``.source``)."""
+        raise NotImplementedError
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each transformer block in the backward pass instead of keeping its
+        activations (less memory, about a third more compute)."""
+        backbone_of(self).context.gradient_checkpointing = True
 
 
 def with_config_overrides(model: nn.Module, overrides: dict[str, Any]) -> nn.Module:
@@ -156,6 +150,10 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
         _init_transformer(self.context)
         for layer in self.feature_encoder.conv_layers:
             nn.init.kaiming_normal_(layer.conv.weight)
+
+    @classmethod
+    def _from_checkpoint(cls, loaded: Any, overrides: dict[str, Any]) -> nn.Module:
+        return with_config_overrides(loaded.backbone, overrides)  # the backbone of any checkpoint
 
     def feature_output_lengths(self, lengths: Tensor) -> Tensor:
         """Samples -> frames (floor((L - k) / s) + 1 per conv layer)."""
@@ -230,7 +228,8 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
     ``self.objective`` owns every target-side part (contrastive: ``quantizer``,
     ``project_q``, ``final_proj``; best_rq: the frozen random-projection quantizer and the
     prediction head), saved under ``objective.``. ``model.quantizer`` is an alias of
-    ``model.objective.quantizer``.
+    ``model.objective.quantizer``; objective-specific controls live on the objective (the
+    Gumbel temperature: ``model.objective.temperature_at(update)``, ``set_temperature(t)``).
     """
 
     def __init__(self, config: Wav2Vec2Config) -> None:
@@ -248,18 +247,12 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
         """The objective's quantizer (contrastive: Gumbel, learned; best_rq: random projection, frozen)."""
         return self.objective.quantizer
 
-    def _gumbel(self) -> GumbelProductQuantizer:
-        if not isinstance(self.objective.quantizer, GumbelProductQuantizer):
-            raise AttributeError(f"the {self.config.objective!r} objective has no Gumbel temperature")
-        return self.objective.quantizer
-
-    def gumbel_temperature_at(self, update: int) -> float:
-        """The configured annealing schedule at a given update (contrastive objective)."""
-        self._gumbel()
-        return self.objective.temperature_at(update)
-
-    def set_gumbel_temperature(self, temperature: float) -> None:
-        self._gumbel().temperature = float(temperature)
+    @classmethod
+    def _from_checkpoint(cls, loaded: Any, overrides: dict[str, Any]) -> nn.Module:
+        if not isinstance(loaded.model, cls):
+            raise TypeError(f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
+                            f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC")
+        return with_config_overrides(loaded.model, overrides)
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -305,6 +298,17 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
 
     def feature_output_lengths(self, lengths: Tensor) -> Tensor:
         return self.wav2vec2.feature_output_lengths(lengths)
+
+    @classmethod
+    def _from_checkpoint(cls, loaded: Any, overrides: dict[str, Any]) -> nn.Module:
+        """The checkpoint's CTC model when its head fits ``vocab_size``, else a new head on its backbone."""
+        vocab_size = overrides.pop("vocab_size", None)
+        if isinstance(loaded.model, cls) and vocab_size in (None, loaded.model.config.vocab_size):
+            return with_config_overrides(loaded.model, overrides)
+        if vocab_size is None:
+            raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
+                             f"give vocab_size= for the new head")
+        return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
 
     @classmethod
     def from_pretraining(

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, fields
 from torch import Tensor
 
 from wav2vec2_lite.objectives.base import ObjectiveOutput
-from wav2vec2_lite.objectives.losses import feature_penalty as _feature_penalty
 
 __all__ = ["Wav2Vec2ModelOutput", "PreTrainingOutput", "CTCOutput"]
 
@@ -28,12 +27,6 @@ class Wav2Vec2ModelOutput:
     """(B, T) bool, frames replaced by the learned mask embedding; None if none."""
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, each (B, T, D), if requested."""
-
-    @property
-    def feature_penalty(self) -> Tensor:
-        """() mean squared conv-encoder activation over valid frames, computed on access
-        (the forward pass no longer computes it: only the contrastive objective needs it)."""
-        return _feature_penalty(self.conv_features, self.padding_mask)
 
     def layer(self, name: str) -> Tensor:
         """The frames of one named layer: ``conv`` (= ``extract_features``), ``layer_k`` (the

@@ -3,7 +3,9 @@
 ``config.json`` records a ``format_version``. Version 2 moved the pretraining model's
 target-side modules under its objective (``quantizer.*`` -> ``objective.quantizer.*``,
 likewise ``project_q`` and ``final_proj``); :func:`load_model` renames the keys of
-version-1 folders (:func:`upgrade_state_dict`), so folders saved before still load.
+version-1 folders (:func:`upgrade_state_dict`), so folders saved before still load. Version 3
+moved each objective's settings into its own sub-config (``contrastive.*``, ``best_rq.*``);
+:func:`~wav2vec2_lite.config.upgrade_config_dict` reads older configs in today's layout.
 
 ``config.json`` also records ``weights_sha256``, the sha256 of ``model.safetensors``;
 :func:`load_model` and :func:`read_weights` check it on every load, so a weights file that was
@@ -32,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.config import Wav2Vec2Config, upgrade_config_dict
 
 __all__ = [
     "find_model_folder",
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # key prefixes renamed when a folder of an older format version is loaded: version -> class -> (old, new)
 _KEY_RENAMES: dict[int, dict[str, tuple[tuple[str, str], ...]]] = {
@@ -184,7 +186,7 @@ def _read_info(directory: Path) -> dict[str, Any]:
         sha = info.get("weights_sha256")
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
             raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}")
-        return {"config": Wav2Vec2Config.from_dict(info["config"]), "model_class": info["model_class"],
+        return {"config": Wav2Vec2Config.from_dict(upgrade_config_dict(info["config"])), "model_class": info["model_class"],
                 "format_version": int(info.get("format_version", 1)), "weights_sha256": sha}
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e

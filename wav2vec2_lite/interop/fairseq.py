@@ -298,23 +298,25 @@ class _Source:
             feat_extract_norm="group" if self.get("extractor_mode") == "default" else "layer",
             masked_group_norm=False,  # fairseq's numerics: GroupNorm statistics include padding
             feature_grad_mult=float(self.get("feature_grad_mult")), hidden_size=hidden,
-            dropout_input=float(self.get("dropout_input")), dropout_features=float(self.get("dropout_features")),
+            dropout_input=float(self.get("dropout_input")),
             num_layers=int(self.get("encoder_layers")), num_heads=int(self.get("encoder_attention_heads")),
             ffn_dim=int(self.get("encoder_ffn_embed_dim")), layer_norm_first=bool(self.get("layer_norm_first")),
             dropout=float(self.get("dropout")), attention_dropout=float(self.get("attention_dropout")),
             activation_dropout=float(self.get("activation_dropout")), layerdrop=float(self.get("encoder_layerdrop")),
             pos_conv_kernel=int(self.get("conv_pos")), pos_conv_groups=int(self.get("conv_pos_groups")),
-            num_code_groups=int(self.get("latent_groups")), num_codes_per_group=int(self.get("latent_vars")),
-            codevector_dim=latent_dim, final_dim=final_dim,
-            gumbel_temperature=tuple(_floats(self.get("latent_temp"), 3, "latent_temp")),
             mask_time_prob=float(self.get("mask_prob")), mask_time_length=int(self.get("mask_length")),
             mask_time_min_masks=2,  # fairseq's compute_mask_indices(min_masks=2) for time masks
             mask_channel_prob=float(self.get("mask_channel_prob")),
             mask_channel_length=int(self.get("mask_channel_length")),
-            num_negatives=int(self.get("num_negatives")),
-            cross_sample_negatives=int(self.get("cross_sample_negatives")),
-            logit_temperature=float(self.get("logit_temp")),
-            diversity_loss_weight=diversity, feature_penalty_weight=penalty,
+            contrastive=dict(
+                num_code_groups=int(self.get("latent_groups")), num_codes_per_group=int(self.get("latent_vars")),
+                codevector_dim=latent_dim, final_dim=final_dim,
+                gumbel_temperature=tuple(_floats(self.get("latent_temp"), 3, "latent_temp")),
+                dropout_features=float(self.get("dropout_features")),
+                num_negatives=int(self.get("num_negatives")),
+                cross_sample_negatives=int(self.get("cross_sample_negatives")),
+                logit_temperature=float(self.get("logit_temp")),
+                diversity_loss_weight=diversity, feature_penalty_weight=penalty),
         )
         if self.is_ctc:
             ft = self.model
@@ -354,8 +356,8 @@ def config_from_fairseq(args_or_cfg: Any, **overrides: Any) -> Wav2Vec2Config:
 def _config(src: _Source, overrides: Mapping[str, Any]) -> Wav2Vec2Config:
     fields = src.fields()
     extra = {**fields.pop("extra"), **dict(overrides).pop("extra", {})}
-    return Wav2Vec2Config.from_dict({**fields, **{k: v for k, v in overrides.items() if k != "extra"},
-                                     "extra": extra})
+    return Wav2Vec2Config.from_dict({**fields, "extra": extra}).replace(
+        **{k: v for k, v in overrides.items() if k != "extra"})
 
 
 # --------------------------------------------------------------------------- weights
@@ -420,7 +422,7 @@ def fairseq_state_dict_to_ours(state: Mapping[str, Tensor], model: nn.Module, *,
         foreign[proj] = torch.eye(cfg.hidden_size, dtype=ref.dtype)
         foreign[f"{prefix}post_extract_proj.bias"] = torch.zeros(cfg.hidden_size, dtype=ref.dtype)
     if isinstance(model, Wav2Vec2ForPreTraining) and "quantizer.vars" in foreign:
-        g, v = cfg.num_code_groups, cfg.num_codes_per_group
+        g, v = cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group
         rows = foreign["quantizer.vars"].shape[1] if foreign["quantizer.vars"].dim() == 3 else None
         if rows == v and g > 1:
             raise ConfigError(f"{source}: quantizer.vars holds {v} entries for {g} groups: the groups share one "

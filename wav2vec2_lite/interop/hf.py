@@ -71,24 +71,25 @@ def config_from_hf(hf: Any, **overrides: Any) -> Wav2Vec2Config:
         conv_bias=bool(hf.conv_bias), feat_extract_norm=hf.feat_extract_norm,
         masked_group_norm=False,  # transformers' numerics: GroupNorm statistics include padding
         feature_grad_mult=1.0, hidden_size=hf.hidden_size, layer_norm_eps=hf.layer_norm_eps,
-        dropout_input=hf.feat_proj_dropout, dropout_features=hf.feat_quantizer_dropout,
+        dropout_input=hf.feat_proj_dropout,
         num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads, ffn_dim=hf.intermediate_size,
         layer_norm_first=bool(hf.do_stable_layer_norm), dropout=hf.hidden_dropout,
         attention_dropout=hf.attention_dropout, activation_dropout=hf.activation_dropout,
         layerdrop=hf.layerdrop, pos_conv_kernel=hf.num_conv_pos_embeddings,
-        pos_conv_groups=hf.num_conv_pos_embedding_groups, num_code_groups=hf.num_codevector_groups,
-        num_codes_per_group=hf.num_codevectors_per_group, codevector_dim=hf.codevector_dim,
-        final_dim=hf.proj_codevector_dim,
+        pos_conv_groups=hf.num_conv_pos_embedding_groups,
         mask_time_prob=hf.mask_time_prob if spec else 0.0, mask_time_length=hf.mask_time_length,
         mask_time_min_masks=hf.mask_time_min_masks,
         mask_channel_prob=hf.mask_feature_prob if spec else 0.0, mask_channel_length=hf.mask_feature_length,
-        num_negatives=hf.num_negatives, logit_temperature=hf.contrastive_logits_temperature,
-        diversity_loss_weight=hf.diversity_loss_weight, feature_penalty_weight=0.0,
+        contrastive=dict(
+            num_code_groups=hf.num_codevector_groups, num_codes_per_group=hf.num_codevectors_per_group,
+            codevector_dim=hf.codevector_dim, final_dim=hf.proj_codevector_dim,
+            dropout_features=hf.feat_quantizer_dropout, num_negatives=hf.num_negatives,
+            logit_temperature=hf.contrastive_logits_temperature, diversity_loss_weight=hf.diversity_loss_weight,
+            feature_penalty_weight=0.0),
         vocab_size=hf.vocab_size, final_dropout=hf.final_dropout, ctc_zero_infinity=bool(hf.ctc_zero_infinity),
         ctc_loss_reduction=hf.ctc_loss_reduction,
     )
-    fields.update(overrides)
-    return Wav2Vec2Config.from_dict(fields)
+    return Wav2Vec2Config.from_dict(fields).replace(**overrides)
 
 
 def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
@@ -101,12 +102,13 @@ def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
     """
     import transformers
 
-    if cfg.cross_sample_negatives > 0 and pretraining:
+    c = cfg.contrastive
+    if c.cross_sample_negatives > 0 and pretraining:
         raise ConfigError("transformers cannot represent cross_sample_negatives > 0 "
                           "(its pretraining loss samples distractors within each utterance only)")
     ignored = []
-    if pretraining and cfg.feature_penalty_weight > 0:
-        ignored.append(f"feature_penalty_weight={cfg.feature_penalty_weight} (no L2 feature penalty)")
+    if pretraining and c.feature_penalty_weight > 0:
+        ignored.append(f"contrastive.feature_penalty_weight={c.feature_penalty_weight} (no L2 feature penalty)")
     if pretraining and cfg.feature_grad_mult not in (0.0, 1.0):
         ignored.append(f"feature_grad_mult={cfg.feature_grad_mult}")
     if ignored:
@@ -118,18 +120,18 @@ def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
         conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel), conv_stride=list(cfg.conv_stride),
         conv_bias=cfg.conv_bias, feat_extract_norm=cfg.feat_extract_norm, feat_extract_activation="gelu",
         num_feat_extract_layers=len(cfg.conv_dim), hidden_size=cfg.hidden_size, layer_norm_eps=cfg.layer_norm_eps,
-        feat_proj_dropout=cfg.dropout_input, feat_quantizer_dropout=cfg.dropout_features,
+        feat_proj_dropout=cfg.dropout_input, feat_quantizer_dropout=c.dropout_features,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_dim,
         do_stable_layer_norm=cfg.layer_norm_first, hidden_dropout=cfg.dropout,
         attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
         layerdrop=cfg.layerdrop, num_conv_pos_embeddings=cfg.pos_conv_kernel,
-        num_conv_pos_embedding_groups=cfg.pos_conv_groups, num_codevector_groups=cfg.num_code_groups,
-        num_codevectors_per_group=cfg.num_codes_per_group, codevector_dim=cfg.codevector_dim,
-        proj_codevector_dim=cfg.final_dim, apply_spec_augment=cfg.mask_time_prob > 0 or cfg.mask_channel_prob > 0,
+        num_conv_pos_embedding_groups=cfg.pos_conv_groups, num_codevector_groups=c.num_code_groups,
+        num_codevectors_per_group=c.num_codes_per_group, codevector_dim=c.codevector_dim,
+        proj_codevector_dim=c.final_dim, apply_spec_augment=cfg.mask_time_prob > 0 or cfg.mask_channel_prob > 0,
         mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
         mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_channel_prob,
-        mask_feature_length=cfg.mask_channel_length, num_negatives=cfg.num_negatives,
-        contrastive_logits_temperature=cfg.logit_temperature, diversity_loss_weight=cfg.diversity_loss_weight,
+        mask_feature_length=cfg.mask_channel_length, num_negatives=c.num_negatives,
+        contrastive_logits_temperature=c.logit_temperature, diversity_loss_weight=c.diversity_loss_weight,
         vocab_size=cfg.vocab_size, pad_token_id=0, final_dropout=cfg.final_dropout,
         ctc_zero_infinity=cfg.ctc_zero_infinity, ctc_loss_reduction=cfg.ctc_loss_reduction,
     )

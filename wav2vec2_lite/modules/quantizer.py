@@ -9,7 +9,6 @@ The temperature is set from outside (annealed per update by the trainer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from wav2vec2_lite.modules.precast import Linear
+from wav2vec2_lite.objectives.configs import ContrastiveConfig
 
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature", "one_hot"]
 
@@ -54,17 +54,14 @@ class QuantizerOutput:
 
 
 class GumbelProductQuantizer(nn.Module):
-    """``(frames, C) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``.
+    """``(frames, input_dim) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``:
+    G codebooks of V entries each (``cfg``: the contrastive objective's settings)."""
 
-    ``cfg`` is a :class:`~wav2vec2_lite.config.Wav2Vec2Config` (not imported here: the config
-    validates objectives through their registry, which imports this module).
-    """
-
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: ContrastiveConfig, input_dim: int) -> None:
         super().__init__()
         self.num_groups = cfg.num_code_groups
         self.num_vars = cfg.num_codes_per_group
-        self.weight_proj = Linear(cfg.conv_dim[-1], self.num_groups * self.num_vars)
+        self.weight_proj = Linear(input_dim, self.num_groups * self.num_vars)
         # codebook: (G, V, codevector_dim // G)
         self.codebook = nn.Parameter(torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups))
         self.temperature = float(cfg.gumbel_temperature[0])

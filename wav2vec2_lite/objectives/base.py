@@ -7,24 +7,25 @@ A pretraining model is three steps (``models.Wav2Vec2ForPreTraining``)::
     loss     = objective(...)                        # predict the masked targets
 
 Everything that is specific to one objective (its target network, which frames it needs,
-its index bookkeeping, its losses and metrics, its extra config options) lives in one
-:class:`PretrainingObjective` subclass. Adding an objective = a new file with a subclass
-and one line in :mod:`wav2vec2_lite.objectives.registry` (see ``docs/objectives.md``).
-
-This module imports no other part of the package, so the config can validate objective
-names and options through the registry without an import cycle.
+its index bookkeeping, its losses and metrics) lives in one :class:`PretrainingObjective`
+subclass, and its settings in one typed config (:mod:`wav2vec2_lite.objectives.configs`).
+Adding an objective = a new file with a subclass, its config class with a field of that
+name on ``Wav2Vec2Config``, and one line in :mod:`wav2vec2_lite.objectives.registry`
+(see ``docs/objectives.md``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ObjectiveInputs", "ObjectiveOutput", "PretrainingObjective", "options_from_dict", "frame_counts"]
+from wav2vec2_lite.config import Wav2Vec2Config
+
+__all__ = ["ObjectiveInputs", "ObjectiveOutput", "PretrainingObjective", "frame_counts"]
 
 
 @dataclass
@@ -72,16 +73,6 @@ class ObjectiveOutput:
     (e.g. ``codes``, ``negative_indices``, per-frame ``diversity_loss``)."""
 
 
-def options_from_dict(cls: type, options: dict[str, Any]) -> Any:
-    """Build the options dataclass ``cls`` from a plain dict; unknown keys raise ``ValueError``
-    naming them and the known ones (the config reports it under ``objective_options``)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**options)
-
-
 def frame_counts(mask: Tensor) -> Tensor:
     """() long, masked frames; a ``ValueError`` if there are none (nothing to predict)."""
     n = mask.sum()
@@ -97,8 +88,6 @@ class PretrainingObjective(nn.Module):
     Subclasses set ``name`` and ``main_loss`` and implement :meth:`targets` (what each
     masked frame must predict) and :meth:`predict` (the losses); they may override
 
-    * :meth:`validate_options` -- check the ``Wav2Vec2Config.objective_options`` mapping
-      (raise ``ValueError``; the config names the key);
     * :meth:`health_reference` -- the chance level of the main loss and the accuracy, and
       the size of the code inventory, for the training health monitor;
     * :meth:`before_update` -- per-update schedules (the Gumbel temperature), returning the
@@ -116,20 +105,14 @@ class PretrainingObjective(nn.Module):
     main_loss: ClassVar[str] = ""
     """The key in ``losses`` whose per-frame value is compared with ``chance_loss``."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         self.config = config
+        """The whole model config (shapes: ``hidden_size``, ``conv_dim``, ``frame_stride``); the
+        objective's own settings are ``config.<name>`` (subclasses keep them as ``settings``)."""
 
     @classmethod
-    def validate_options(cls, options: dict[str, Any], config: Any = None) -> None:
-        """Raise ``ValueError`` if ``options`` (or, when given, the rest of ``config``) does not
-        suit this objective. Objectives without options accept only an empty mapping."""
-        if options:
-            raise ValueError(f"the {cls.name!r} objective takes no options (its settings are Wav2Vec2Config "
-                             f"fields); got {sorted(options)}")
-
-    @classmethod
-    def health_reference(cls, config: Any) -> dict[str, float]:
+    def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
         """Numbers the training task and health monitor need: ``chance_loss`` (nats per masked
         frame) and ``chance_accuracy`` of a uniform guess, ``code_groups`` and
         ``codes_per_group`` (the shape of the ``codes`` histogram), and ``codebook_frozen``

@@ -8,7 +8,7 @@ Gaussian vectors (nearest in L2 after normalising the projection = highest cosin
 the codebook are drawn from ``torch.Generator().manual_seed(seed)`` and stored as buffers:
 saved with the model, never trained.
 
-Normalisation (option ``normalization``):
+Normalisation (``best_rq.normalization``):
 
 * ``"global"`` (default): one per-dimension mean and variance
   (:class:`~wav2vec2_lite.modules.log_mel.FrozenNormalization`, buffers
@@ -32,20 +32,20 @@ Metrics: accuracy (the target code ranked first) and the code-usage perplexity o
 masked frames' targets (exp of the entropy of their histogram; at most V).
 
 Defaults follow the paper and SpeechBrain's ``BEST-RQ.yaml`` (d = 16, V = 8192,
-80 mel bins); ``configs/model/tiny_best_rq.yaml`` uses V = 1024 at tiny scale.
+80 mel bins); ``configs/model/tiny_best_rq.yaml`` uses V = 1024 at tiny scale. Settings:
+:class:`~wav2vec2_lite.objectives.configs.BestRQConfig` (``Wav2Vec2Config.best_rq``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.log_mel import (
     FrozenNormalization,
     LogMel,
@@ -53,51 +53,15 @@ from wav2vec2_lite.modules.log_mel import (
 )
 from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import perplexity
+from wav2vec2_lite.objectives.configs import BestRQConfig
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
     ObjectiveOutput,
     PretrainingObjective,
     frame_counts,
-    options_from_dict,
 )
 
-__all__ = ["NORMALIZATIONS", "BestRQObjective", "BestRQOptions", "RandomProjectionQuantizer", "usage_perplexity"]
-
-NORMALIZATIONS = ("global", "utterance")
-
-
-@dataclass(kw_only=True)
-class BestRQOptions:
-    """``Wav2Vec2Config.objective_options`` of the ``best_rq`` objective."""
-
-    codebook_size: int = 8192
-    """V, entries of the frozen codebook (the paper and SpeechBrain: 8192)."""
-    codebook_dim: int = 16
-    """d, width of the projection and of each codebook entry (the paper: 16)."""
-    num_mel_bins: int = 80
-    """Mel bins of the log-mel front end (the paper: 80)."""
-    seed: int = 0
-    """Seed of the generator that draws the frozen projection and codebook."""
-    normalization: str = "global"
-    """``global``: per-dimension mean/std estimated on the first ``normalization_frames``
-    training frames, then frozen buffers; ``utterance``: each utterance normalised by its
-    own frames (SpeechBrain's recipe)."""
-    normalization_frames: int = 2000
-    """``global``: valid encoder frames (20 ms each; 2000 = 40 s of audio) the statistics are
-    estimated on before they freeze."""
-
-    def __post_init__(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {list(NORMALIZATIONS)} (got {self.normalization!r})")
-        for f in fields(self):
-            if f.name == "normalization":
-                continue
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "seed" else 1):
-                raise ValueError(f"{f.name} must be a {'non-negative' if f.name == 'seed' else 'positive'} int "
-                                 f"(got {value!r})")
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2 (got {self.codebook_size})")
+__all__ = ["BestRQObjective", "RandomProjectionQuantizer", "usage_perplexity"]
 
 
 def usage_perplexity(codes: Tensor, num_codes: int) -> Tensor:
@@ -132,10 +96,10 @@ class BestRQObjective(PretrainingObjective):
     name = "best_rq"
     main_loss = "cross_entropy_loss"
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)  # the config validated its options (validate_options below)
-        self.options = options_from_dict(BestRQOptions, config.objective_options)
-        o = self.options
+    def __init__(self, config: Wav2Vec2Config) -> None:
+        super().__init__(config)  # the config validated its settings and the frame stride
+        self.settings: BestRQConfig = config.best_rq
+        o = self.settings
         self.log_mel = LogMel(n_mels=o.num_mel_bins)
         stack = config.frame_stride // self.log_mel.hop
         self.quantizer = RandomProjectionQuantizer(stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed)
@@ -144,15 +108,8 @@ class BestRQObjective(PretrainingObjective):
         self.head = Linear(config.hidden_size, o.codebook_size)
 
     @classmethod
-    def validate_options(cls, options: dict[str, Any], config: Any = None) -> None:
-        options_from_dict(BestRQOptions, options)
-        if config is not None and config.frame_stride % 160:
-            raise ValueError(f"best_rq stacks 10 ms log-mel frames onto encoder frames: the conv stack's frame "
-                             f"stride ({config.frame_stride} samples) must be a multiple of 160")
-
-    @classmethod
-    def health_reference(cls, config: Any) -> dict[str, float]:
-        v = options_from_dict(BestRQOptions, config.objective_options).codebook_size
+    def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
+        v = config.best_rq.codebook_size
         loss, acc = cls.chance(v)
         return {"chance_loss": loss, "chance_accuracy": acc, "code_groups": 1.0, "codes_per_group": float(v),
                 "codebook_frozen": 1.0}
@@ -236,6 +193,6 @@ class BestRQObjective(PretrainingObjective):
         return ObjectiveOutput(
             loss_sum=ce_sum, num_masked=frame_counts(mask), num_correct=num_correct, logits=logits,
             losses={"cross_entropy_loss": ce_sum}, weights={"cross_entropy_loss": 1.0},
-            metrics={"code_perplexity": usage_perplexity(target, self.options.codebook_size)},
+            metrics={"code_perplexity": usage_perplexity(target, self.settings.codebook_size)},
             extras={"codes": targets.masked_fill(~mask, -1)[..., None]},
         )

@@ -11,13 +11,13 @@ features (fairseq ``features_pen``; computed here only, so CTC and inference ski
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
+from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, one_hot, perplexity
+from wav2vec2_lite.objectives.configs import ContrastiveConfig
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, diversity_loss, feature_penalty
 from wav2vec2_lite.objectives.masking import sample_cross_negatives, sample_negatives, validate_negatives
@@ -57,22 +57,28 @@ class ContrastiveObjective(PretrainingObjective):
     name = "contrastive"
     main_loss = "contrastive_loss"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__(config)
-        self.dropout_features = nn.Dropout(config.dropout_features)
-        self.quantizer = GumbelProductQuantizer(config)
-        self.project_q = Linear(config.codevector_dim, config.final_dim)
-        self.final_proj = Linear(config.hidden_size, config.final_dim)
+        self.settings: ContrastiveConfig = config.contrastive
+        self.dropout_features = nn.Dropout(self.settings.dropout_features)
+        self.quantizer = GumbelProductQuantizer(self.settings, input_dim=config.conv_dim[-1])
+        self.project_q = Linear(self.settings.codevector_dim, self.settings.final_dim)
+        self.final_proj = Linear(config.hidden_size, self.settings.final_dim)
 
     @classmethod
-    def health_reference(cls, config: Any) -> dict[str, float]:
-        loss, acc = cls.chance(config.num_negatives + config.cross_sample_negatives + 1)
+    def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
+        c = config.contrastive
+        loss, acc = cls.chance(c.num_negatives + c.cross_sample_negatives + 1)
         return {"chance_loss": loss, "chance_accuracy": acc, "codebook_frozen": 0.0,
-                "code_groups": float(config.num_code_groups), "codes_per_group": float(config.num_codes_per_group)}
+                "code_groups": float(c.num_code_groups), "codes_per_group": float(c.num_codes_per_group)}
 
     def temperature_at(self, update: int) -> float:
         """The configured Gumbel annealing schedule at a given update."""
-        return gumbel_temperature(update, *self.config.gumbel_temperature)
+        return gumbel_temperature(update, *self.settings.gumbel_temperature)
+
+    def set_temperature(self, temperature: float) -> None:
+        """Fix the Gumbel temperature (e.g. for evaluation at a chosen point of the schedule)."""
+        self.quantizer.temperature = float(temperature)
 
     def before_update(self, update: int) -> dict[str, float]:
         temp = self.temperature_at(update)
@@ -83,7 +89,7 @@ class ContrastiveObjective(PretrainingObjective):
     def distractors(self, inputs: ObjectiveInputs, negative_indices: Tensor | None,
                     generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
         """(B, T, K) same-utterance frame indices and optional (B, T, Kc) flat cross-utterance ones."""
-        cfg, mask = self.config, inputs.mask_indices
+        cfg, mask = self.settings, inputs.mask_indices
         if negative_indices is None:
             negative_indices = sample_negatives(mask.cpu(), cfg.num_negatives, generator=generator).to(mask.device)
         else:
@@ -117,7 +123,7 @@ class ContrastiveObjective(PretrainingObjective):
         b_q, t_q = needed.nonzero(as_tuple=True)
         padded = flat.new_zeros(mask.shape[0], int(needed.sum(1).max()), flat.shape[-1])
         padded = padded.index_put((b_q, slot[b_q, t_q]), flat)
-        codes = torch.full((*mask.shape, self.config.num_code_groups), -1, dtype=torch.long, device=mask.device)
+        codes = torch.full((*mask.shape, self.settings.num_code_groups), -1, dtype=torch.long, device=mask.device)
         codes[b_q, t_q] = quant.codes
         return ContrastiveTargets(negatives, cross, candidates, needed, slot, padded, flat, codes,
                                   quant.soft_probs, quant.hard_codes)
@@ -127,13 +133,14 @@ class ContrastiveObjective(PretrainingObjective):
         """(B, T, G): the Gumbel quantizer's most probable entry per group (its eval-mode choice)."""
         feats = inputs.extract_features
         logits = self.quantizer.weight_proj(feats.flatten(0, 1)).float()
-        return logits.view(-1, self.config.num_code_groups, logits.shape[-1] // self.config.num_code_groups) \
+        groups = self.settings.num_code_groups
+        return logits.view(-1, groups, logits.shape[-1] // groups) \
             .argmax(-1).view(*feats.shape[:2], -1)
 
     # ------------------------------------------------------------------- loss
     def predict(self, inputs: ObjectiveInputs, targets: ContrastiveTargets) -> ObjectiveOutput:
         """Score each masked frame's context vector against its candidates; sum the losses."""
-        cfg, mask, tg = self.config, inputs.mask_indices, targets
+        cfg, mask, tg = self.settings, inputs.mask_indices, targets
         b_m, t_m = mask.nonzero(as_tuple=True)  # (N,) each
         cand_codes = tg.codes[b_m[:, None], tg.candidates]  # (N, 1 + K, G)
         same_as_pos = (cand_codes == cand_codes[:, :1]).all(-1)

@@ -2,14 +2,14 @@
 
 Adding an objective: a new module with a :class:`~wav2vec2_lite.objectives.base.PretrainingObjective`
 subclass, and one line below naming it (``docs/objectives.md``). Entries are import paths,
-imported when first used, so the registry imports no objective (and no cycle can form).
+imported when first used, so importing the registry loads no objective.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
+from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.objectives.base import PretrainingObjective
 
 __all__ = ["OBJECTIVES", "objective_class", "build_objective"]
@@ -31,6 +31,6 @@ def objective_class(name: str) -> type[PretrainingObjective]:
     return entry
 
 
-def build_objective(config: Any) -> PretrainingObjective:
+def build_objective(config: Wav2Vec2Config) -> PretrainingObjective:
     """The objective ``config.objective`` names, built from ``config``."""
     return objective_class(config.objective)(config)

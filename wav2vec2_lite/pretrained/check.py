@@ -68,10 +68,12 @@ def reproduce_losses(provenance: dict, run_dir: str | Path, *, updates: int = 20
     import subprocess
     import sys
 
+    from wav2vec2_lite.train.config import migrate_override
     from wav2vec2_lite.train.logging import read_metrics
 
     argv = shlex.split(provenance["command"])[1:]  # drop "python"
-    keep = [a for a in argv if not a.startswith(("trainer.max_updates=", "hydra.run.dir=", "data.manifest_dir="))]
+    keep = [migrate_override(a) for a in argv  # recorded by an earlier version: today's keys
+            if not a.startswith(("trainer.max_updates=", "hydra.run.dir=", "data.manifest_dir="))]
     manifest_dir = corpus or provenance["corpus"]["path"]
     argv = keep + [f"trainer.max_updates={updates}", f"hydra.run.dir={run_dir}", f"data.manifest_dir={manifest_dir}"]
     if not any(a.startswith("schedule.total_updates=") for a in keep):  # keep the lr schedule of the full run

@@ -72,7 +72,7 @@ class BenchSpec:
         # lottery); everything else as configured, dropout included.
         cfg = Wav2Vec2Config.preset(self.config, layerdrop=0.0)
         if self.task == "pretrain":
-            cfg = cfg.replace(mask_time_prob=0.65, mask_time_length=10, num_negatives=100)
+            cfg = cfg.replace(mask_time_prob=0.65, mask_time_length=10, contrastive={"num_negatives": 100})
         return cfg
 
 
@@ -149,7 +149,7 @@ def _inputs(spec: BenchSpec, cfg: Wav2Vec2Config) -> dict[str, torch.Tensor]:
     if spec.task == "pretrain":
         mask = compute_span_mask(spec.batch, frames, cfg.mask_time_prob, cfg.mask_time_length,
                                  min_masks=cfg.mask_time_min_masks, generator=g)
-        neg = sample_negatives(mask, cfg.num_negatives, generator=g)
+        neg = sample_negatives(mask, cfg.contrastive.num_negatives, generator=g)
         out.update(mask=mask.to(spec.device), negatives=neg.to(spec.device),
                    hf_negatives=(neg + torch.arange(spec.batch)[:, None, None] * frames).to(spec.device))
     elif spec.task == "finetune":

@@ -48,10 +48,11 @@ def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_ma
     if task == "pretrain":
         n = num_masked if num_masked is not None else 0.49 * frames * batch
         n_per = n / batch
-        g_v = cfg.num_code_groups * cfg.num_codes_per_group
-        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (cfg.codevector_dim // cfg.num_code_groups)
-                         + 2.0 * cfg.codevector_dim * cfg.final_dim + 2.0 * d * cfg.final_dim
-                         + 2.0 * (cfg.num_negatives + 1) * cfg.final_dim)
+        q = cfg.contrastive
+        g_v = q.num_code_groups * q.num_codes_per_group
+        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (q.codevector_dim // q.num_code_groups)
+                         + 2.0 * q.codevector_dim * q.final_dim + 2.0 * d * q.final_dim
+                         + 2.0 * (q.num_negatives + 1) * q.final_dim)
     else:
         heads = 2.0 * frames * d * cfg.vocab_size
     fwd = batch * (conv + body + heads)

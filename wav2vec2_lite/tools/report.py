@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from wav2vec2_lite.config import upgrade_config_dict
 from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
 
@@ -49,7 +50,7 @@ def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str =
                         f"this model's objective is {cfg.objective!r}, whose valid code usage is logged as "
                         f"code_perplexity in metrics.jsonl")
     model.eval()
-    counts = torch.zeros(cfg.num_code_groups, cfg.num_codes_per_group, dtype=torch.long)
+    counts = torch.zeros(cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group, dtype=torch.long)
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     for rel in manifest.paths[:limit]:
         wave = load_audio(manifest.root / rel, mono=mono, resample=resample)
@@ -96,7 +97,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest
 
         cfg_json = run_dir / "checkpoints" / "last" / "config.json"
         if cfg_json.is_file():
-            k = json.loads(cfg_json.read_text())["config"]["num_negatives"]
+            c = upgrade_config_dict(json.loads(cfg_json.read_text())["config"])["contrastive"]
+            k = c["num_negatives"] + c.get("cross_sample_negatives", 0)
             hlines = {"contrastive_loss": math.log(k + 1)}
     curves = _png_tag(lambda f: plot_curves({run_dir.name: records}, panels, f, hlines=hlines))
 

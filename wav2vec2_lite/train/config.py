@@ -6,8 +6,10 @@ override). Hydra composes the parts from ``configs/`` groups and the command lin
 :func:`to_run_config` turns the composed ``DictConfig`` into these typed objects (unknown
 keys and wrong types are errors that name the key). Every value has one home:
 
-* ``model``     a plain mapping of :class:`~wav2vec2_lite.config.Wav2Vec2Config` fields, validated
-  by that class (``configs/model/*.yaml`` list every field: ``model.FIELD=VALUE``).
+* ``model``     :data:`ModelConfig`: a preset name and the :class:`~wav2vec2_lite.config.Wav2Vec2Config`
+  fields that differ from it, every field optional (None: the preset's value), each objective's
+  settings a nested node (``model.contrastive.num_negatives=50``); validated by Wav2Vec2Config.
+  ``configs/model/*.yaml`` name a preset and only what differs.
 * ``ctc``       fine-tuning values of model fields, applied on top of the pretrained model's
   config (or the ``model`` group's); its fields and types are Wav2Vec2Config's.
 * ``schedule``  one of the registered schedules (:mod:`wav2vec2_lite.train.schedules`), chosen
@@ -17,8 +19,9 @@ keys and wrong types are errors that name the key). Every value has one home:
 Unknown keys are errors in every group, one line naming the closest valid key
 (:func:`check_keys`): Hydra checks ``key=value`` against the schema, but ``+key=value`` adds a
 key without looking, so the composed config is checked again here. The free-form maps stay
-free: ``optim.lr_scale.*`` (parameter prefixes), ``model.extra`` and ``model.objective_options``
-(validated by the objective).
+free: ``optim.lr_scale.*`` (parameter prefixes) and ``model.extra``. A model key that moved into an
+objective's sub-config is named with its new place (``model.num_negatives`` ->
+``model.contrastive.num_negatives``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
+from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS
 from wav2vec2_lite.data.config import DataConfig
 from wav2vec2_lite.train.health import HealthConfig
 from wav2vec2_lite.train.precision import parse_precision
@@ -42,6 +46,7 @@ __all__ = [
     "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
     "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "check_keys", "unknown_key_error",
+    "ModelConfig", "migrate_override",
 ]
 
 
@@ -204,20 +209,68 @@ class FinetuneConfig:
             raise ValueError(f"finetune.freeze_finetune_updates: must be >= 0 (got {self.freeze_finetune_updates})")
 
 
-def build_model_config(model: dict | None, **overrides: Any) -> Wav2Vec2Config:
-    """A :class:`Wav2Vec2Config` from the ``model`` node (``preset`` key + field values)."""
-    if not model:
+def _schema_type(hint: Any) -> Any:
+    """The OmegaConf-checkable form of a Wav2Vec2Config field's type (Literal -> str, tuple -> List)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return str
+    if origin in (tuple, list):
+        return list[next((a for a in args if a is not Ellipsis), Any)]
+    if origin is dict:
+        return dict[str, Any]
+    return hint
+
+
+def _optional_node(name: str, cls: type, doc: str, **extra: Any) -> type:
+    """A dataclass with every field of ``cls`` optional and None (None: the preset's value); an
+    objective's sub-config becomes such a node too. True when any value is set."""
+    types = typing.get_type_hints(cls)
+    specs = [(k, Optional[t], field(default=None)) for k, t in extra.items()]
+    for f in fields(cls):
+        sub = OBJECTIVE_CONFIGS.get(f.name) if f.name != "objective" else None
+        if sub is None and typing.get_origin(types[f.name]) is dict:  # a free map (extra): {} as its keys are added
+            specs.append((f.name, _schema_type(types[f.name]), field(default_factory=dict)))
+        elif sub is None:
+            specs.append((f.name, Optional[_schema_type(types[f.name])], field(default=None)))
+        else:  # present (all None), so that model.<objective>.<key>=value finds its node
+            node = _optional_node(f"{sub.__name__}Node", sub, f"``model.{f.name}``: {sub.__doc__}")
+            specs.append((f.name, node, field(default_factory=node)))
+    node = make_dataclass(name, specs, namespace={"__bool__": lambda self: bool(_set_values(self))})
+    node.__module__, node.__doc__ = __name__, doc
+    return node
+
+
+def _set_values(node: Any) -> dict[str, Any]:
+    """The values a model node sets (None and empty sub-nodes left out), as plain containers."""
+    items = asdict(node).items() if is_dataclass(node) else dict(node).items()
+    out = {}
+    for key, value in items:
+        if isinstance(value, dict) and key in OBJECTIVE_CONFIGS:
+            value = _set_values(value)
+        if value is not None and value != {}:
+            out[key] = value
+    return out
+
+
+ModelConfig = _optional_node("ModelConfig", Wav2Vec2Config, """The ``model`` node: a preset and the
+    Wav2Vec2Config fields that differ from it (None: the preset's value).""", preset=str)
+
+
+def build_model_config(model: Any, **overrides: Any) -> Wav2Vec2Config:
+    """A :class:`Wav2Vec2Config` from the ``model`` node (a :data:`ModelConfig` or a mapping):
+    its preset (``base`` when none is named), then the values it sets, then ``overrides``."""
+    values = _set_values(model) if model else {}
+    if not values:
         raise ValueError("no model config: choose one with model=tiny|base|large")
-    fields = {k: v for k, v in dict(model).items() if k != "preset"}
-    preset = model.get("preset", "base")
-    return Wav2Vec2Config.preset(preset, **{**fields, **overrides})
+    preset = values.pop("preset", None) or "base"
+    return Wav2Vec2Config.preset(preset, **{**values, **overrides})
 
 
 @dataclass
 class RunConfig:
     """What every run has; ``schedule`` is a mapping until :meth:`check` makes it a Schedule."""
 
-    model: Optional[dict] = None
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: Any = field(default_factory=lambda: {"name": "polynomial"})
@@ -238,15 +291,11 @@ class RunConfig:
 
 @dataclass
 class PretrainRunConfig(RunConfig):
-    model: dict = field(default_factory=dict)
     task: str = "pretrain"
 
 
 @dataclass
 class FinetuneRunConfig(RunConfig):
-    model: Optional[dict] = field(default_factory=dict)
-    """Empty unless training from scratch (``model=tiny|base|large``); a mapping, so that a model
-    key given without a model group is checked (``+model.num_layerz``), not a Hydra crash."""
     schedule: Any = field(default_factory=lambda: {"name": "tri_stage"})
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     ctc: CTCConfig = field(default_factory=CTCConfig)
@@ -276,8 +325,6 @@ def register_configs() -> None:
 def _node_keys(path: str, schema: Any, node: dict) -> dict[str, Any] | None:
     """The keys a node may hold, each with the schema of its value (None: not checked below);
     None for a node this pass leaves to others (a schedule whose name is unknown)."""
-    if path == "model":
-        return {"preset": None, **{f.name: None for f in fields(Wav2Vec2Config)}}
     if path == "schedule":
         cls = SCHEDULES.get(node.get("name"))
         return None if cls is None else {f.name: None for f in fields(cls)}
@@ -300,8 +347,7 @@ def _any_schedule_has(key: str) -> bool:
 def _groups(schema: type) -> dict[str, type]:
     """The groups of a run schema with a fixed set of keys (data, optim, trainer, ..., model)."""
     hints = typing.get_type_hints(schema)
-    groups = {f.name: cls for f in fields(schema) if (cls := _dataclass_of(hints[f.name])) is not None}
-    return {**groups, "model": Wav2Vec2Config}
+    return {f.name: cls for f in fields(schema) if (cls := _dataclass_of(hints[f.name])) is not None}
 
 
 def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
@@ -314,6 +360,8 @@ def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
 def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict) -> ConfigError:
     """One line: the unknown key and the closest valid one (in its group, else in another group)."""
     key = full.rsplit(".", 1)[-1]
+    if path == "model" and key in MOVED_KEYS:
+        return ConfigError(f"config key {full} is now model.{MOVED_KEYS[key]} (each objective owns its settings)")
     name = node.get("name") if path == "schedule" else None
     note = f" (the {name!r} schedule's keys; schedule=NAME switches schedules)" if name else ""
     close = difflib.get_close_matches(key, valid, n=1)
@@ -354,7 +402,9 @@ def unknown_key_error(full_key: str, kind: str) -> ConfigError:
     elif path == "schedule":
         valid = sorted({f.name for cls in SCHEDULES.values() for f in fields(cls)})
     elif path in groups:
-        valid = [f.name for f in fields(groups[path])] + (["preset"] if path == "model" else [])
+        valid = [f.name for f in fields(groups[path])]
+    elif path.startswith("model.") and OBJECTIVE_CONFIGS.get(path[6:]) is not None:
+        valid = [f.name for f in fields(OBJECTIVE_CONFIGS[path[6:]])]
     else:
         return ConfigError(f"unknown config key {full_key}")
     return _unknown_key(full_key, path, valid, root, {})
@@ -365,6 +415,19 @@ def _one_line(e: OmegaConfBaseException) -> str:
     msg = str(getattr(e, "msg", None) or e).splitlines()[0]
     key = getattr(e, "full_key", None)
     return f"{key}: {msg}" if key else msg
+
+
+def migrate_override(arg: str) -> str:
+    """A recorded command-line override in today's keys: a model key that moved into an objective's
+    sub-config gets its new place (``model.num_negatives=5`` -> ``model.contrastive.num_negatives=5``,
+    ``+model.objective_options={...}`` -> ``model.best_rq={...}``); anything else is returned as it is.
+    For commands recorded by earlier versions (provenance); a user's old key is refused, named."""
+    key, eq, value = arg.partition("=")
+    name = key.lstrip("+~")
+    head, _, rest = name.removeprefix("model.").partition(".")
+    if not eq or not name.startswith("model.") or head not in MOVED_KEYS:
+        return arg
+    return f"model.{MOVED_KEYS[head]}{'.' + rest if rest else ''}={value}"  # the key exists now: no '+'
 
 
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:

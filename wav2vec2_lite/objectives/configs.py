@@ -1,0 +1,128 @@
+"""Each pretraining objective's own typed settings, chosen by ``Wav2Vec2Config.objective``.
+
+The model config holds one sub-config per objective (``contrastive``, ``best_rq``), always
+present, so every setting is a typed field OmegaConf and Hydra can check and override
+(``model.contrastive.num_negatives=50``, ``model.best_rq.codebook_size=4096``); only the one
+``objective`` names is used. This module imports neither torch nor the objectives, so the
+model config can hold these without an import cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["ContrastiveConfig", "BestRQConfig", "OBJECTIVE_CONFIGS", "MOVED_KEYS", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("global", "utterance")
+
+
+def _need(cond: bool, owner: str, key: str, value: Any, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{owner}.{key}: {msg} (got {value!r})")
+
+
+@dataclass(kw_only=True)
+class ContrastiveConfig:
+    """wav2vec 2.0's objective (§3.2): Gumbel product quantizer, distractors, loss weights
+    (defaults = BASE as released by fairseq)."""
+
+    num_code_groups: int = 2
+    """G, codebooks (fairseq ``latent_groups``)."""
+    num_codes_per_group: int = 320
+    """V, entries per codebook (fairseq ``latent_vars``)."""
+    codevector_dim: int = 256
+    """Width of the concatenated codevector (fairseq ``latent_dim`` or ``final_dim``); each
+    entry has ``codevector_dim // G`` dims."""
+    final_dim: int = 256
+    """Width of the space where context vectors and quantized targets are compared."""
+    gumbel_temperature: tuple[float, float, float] = (2.0, 0.5, 0.999995)
+    """(max, min, decay per update): temperature = max(max * decay**update, min)."""
+    dropout_features: float = 0.1
+    """Dropout on the unmasked features fed to the quantizer (fairseq ``dropout_features``)."""
+    num_negatives: int = 100
+    """K, distractors per masked frame, drawn from the same utterance's masked frames."""
+    cross_sample_negatives: int = 0
+    """Extra distractors drawn from the other utterances of the batch."""
+    logit_temperature: float = 0.1
+    """κ, cosine similarities are divided by it."""
+    diversity_loss_weight: float = 0.1
+    """α, weight of the codebook diversity loss."""
+    feature_penalty_weight: float = 10.0
+    """Weight of the L2 penalty on the feature encoder output (0 for LARGE)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gumbel_temperature, list):
+            self.gumbel_temperature = tuple(self.gumbel_temperature)
+
+    def validate(self) -> ContrastiveConfig:
+        """Raise ``ValueError`` naming the first bad key; returns itself."""
+        owner = "contrastive"
+        for key in ("num_code_groups", "num_codes_per_group", "codevector_dim", "final_dim"):
+            v = getattr(self, key)
+            _need(isinstance(v, int) and v > 0, owner, key, v, "must be a positive int")
+        _need(self.codevector_dim % self.num_code_groups == 0, owner, "codevector_dim", self.codevector_dim,
+              f"must be divisible by num_code_groups={self.num_code_groups}")
+        _need(0.0 <= self.dropout_features <= 1.0, owner, "dropout_features", self.dropout_features,
+              "must be in [0, 1]")
+        _need(self.num_negatives >= 0 and self.cross_sample_negatives >= 0, owner, "num_negatives",
+              self.num_negatives, "num_negatives and cross_sample_negatives must be >= 0")
+        _need(self.num_negatives + self.cross_sample_negatives > 0, owner, "num_negatives", self.num_negatives,
+              "needs at least one distractor (num_negatives + cross_sample_negatives > 0)")
+        _need(self.logit_temperature > 0, owner, "logit_temperature", self.logit_temperature, "must be > 0")
+        _need(self.diversity_loss_weight >= 0, owner, "diversity_loss_weight", self.diversity_loss_weight,
+              "must be >= 0")
+        _need(self.feature_penalty_weight >= 0, owner, "feature_penalty_weight", self.feature_penalty_weight,
+              "must be >= 0")
+        t = self.gumbel_temperature
+        _need(len(t) == 3 and t[0] >= t[1] > 0 and 0 < t[2] <= 1, owner, "gumbel_temperature", t,
+              "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1")
+        return self
+
+
+@dataclass(kw_only=True)
+class BestRQConfig:
+    """BEST-RQ (Chiu et al. 2022): a frozen random-projection quantizer of log-mel frames
+    (defaults = the paper and SpeechBrain's ``BEST-RQ.yaml``)."""
+
+    codebook_size: int = 8192
+    """V, entries of the frozen codebook (the paper and SpeechBrain: 8192)."""
+    codebook_dim: int = 16
+    """d, width of the projection and of each codebook entry (the paper: 16)."""
+    num_mel_bins: int = 80
+    """Mel bins of the log-mel front end (the paper: 80)."""
+    seed: int = 0
+    """Seed of the generator that draws the frozen projection and codebook."""
+    normalization: str = "global"
+    """``global``: per-dimension mean/std estimated on the first ``normalization_frames``
+    training frames, then frozen buffers; ``utterance``: each utterance normalised by its
+    own frames (SpeechBrain's recipe)."""
+    normalization_frames: int = 2000
+    """``global``: valid encoder frames (20 ms each; 2000 = 40 s of audio) the statistics are
+    estimated on before they freeze."""
+
+    def validate(self) -> BestRQConfig:
+        """Raise ``ValueError`` naming the first bad key; returns itself."""
+        owner = "best_rq"
+        _need(self.normalization in NORMALIZATIONS, owner, "normalization", self.normalization,
+              f"must be one of {list(NORMALIZATIONS)}")
+        for f in fields(self):
+            if f.name == "normalization":
+                continue
+            v, low = getattr(self, f.name), 0 if f.name == "seed" else 1
+            _need(isinstance(v, int) and not isinstance(v, bool) and v >= low, owner, f.name, v,
+                  f"must be a {'non-negative' if low == 0 else 'positive'} int")
+        _need(self.codebook_size >= 2, owner, "codebook_size", self.codebook_size, "must be >= 2")
+        return self
+
+
+OBJECTIVE_CONFIGS: dict[str, type | None] = {"contrastive": ContrastiveConfig, "best_rq": BestRQConfig}
+"""The valid ``Wav2Vec2Config.objective`` names -> each one's config class (``Wav2Vec2Config`` has a
+field of that name holding it), or None for an objective without settings."""
+
+MOVED_KEYS: dict[str, str] = {
+    **{f.name: f"contrastive.{f.name}" for f in fields(ContrastiveConfig)},
+    "objective_options": "best_rq",
+}
+"""Keys that were flat ``Wav2Vec2Config`` fields before the objectives owned their settings
+(``format_version`` 2 and earlier) -> where they live now."""
