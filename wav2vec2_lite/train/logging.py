@@ -23,14 +23,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 import wav2vec2_lite
 from wav2vec2_lite.train.checkpoint import atomic_write_text
+from wav2vec2_lite.train.health import HealthWarning
 
-__all__ = ["MetricsLogger", "UpdateWindow", "code_version", "peak_memory_mb", "write_run_info", "read_metrics"]
+__all__ = ["MetricsLogger", "code_version", "peak_memory_mb", "write_run_info", "read_metrics"]
 
 
 def code_version() -> str:
@@ -87,35 +88,6 @@ def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, e
     atomic_write_text(run_dir / "config.yaml", config_yaml)
 
 
-class UpdateWindow:
-    """The updates between two ``train`` records: their stats summed (values that are a state,
-    not a count, such as the lr, keep the last update's) and their wall time."""
-
-    LAST = ("lr", "grad_norm", "gumbel_temp", "loss_scale", "encoder_frozen", "fp16_overflows")
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.seconds, self.updates = 0.0, 0
-
-    def add(self, stats: dict[str, Any], seconds: float) -> None:
-        self.seconds += seconds
-        self.updates += 1
-        for k, v in stats.items():
-            if isinstance(v, (int, float)):
-                self.sums[k] = v if k in self.LAST else self.sums.get(k, 0.0) + v
-
-    def record(self, summarize: Callable[[dict], dict[str, float]], sample_rate: int) -> dict[str, Any]:
-        """``summarize`` of the sums, the last values, throughput; then the window starts over."""
-        s, seconds = self.sums, max(self.seconds, 1e-9)
-        rec = {**summarize(s), **{k: s[k] for k in self.LAST if k in s}, "step_time_s": self.seconds / self.updates,
-               "audio_s_per_s": s["samples"] / sample_rate / seconds, "samples_per_s": s["samples"] / seconds}
-        self.reset()
-        return rec
-
-
 def _clean(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         value = value.item() if value.numel() == 1 else value.tolist()
@@ -154,14 +126,14 @@ class MetricsLogger:
             self._truncate_after(path, resume_update)
         self._file = open(path, "a", encoding="utf-8")
         if tensorboard:
-            try:
+            try:  # optional: tensorboard
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
                 raise RuntimeError("trainer.tensorboard=true needs the `tensorboard` package "
                                    "(pip install 'wav2vec2_lite[tensorboard]'), or set trainer.tensorboard=false") from e
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # start-up: asyncio (~85 ms) for the report tools that only read metrics
 
             self._bar = tqdm(total=total_updates, initial=resume_update or 0, unit="upd",
                              dynamic_ncols=True, leave=True)
@@ -191,6 +163,14 @@ class MetricsLogger:
             for k, v in row.items():
                 if k not in ("kind", "update", "epoch", "time") and isinstance(v, (int, float)):
                     self._tb.add_scalar(f"{kind}/{k}", v, update)
+
+    def health(self, warnings: list[HealthWarning], *, epoch: int | None) -> None:
+        """Health warnings to the terminal and to metrics.jsonl as ``health`` records."""
+        for w in warnings:
+            record = w.record()
+            del record["kind"], record["update"]
+            self.log("health", w.update, record, epoch=epoch)
+            self.write(w.message)
 
     def progress(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:

@@ -1,36 +1,44 @@
 """What differs between pretraining and CTC fine-tuning: model, data, loss and validation.
 
-A task turns a batch into ``(loss_sum, stats)``: the loss *summed* over the batch's
-sample-size units (masked frames, or sentences/characters for CTC) and a dict of
-additive statistics (sums and counts, including ``sample_size``). The trainer adds
-the stats over micro-batches and ranks and divides by the global ``sample_size``, as
-fairseq does, so the update is the same however the global batch is split.
+Both follow the trainer's contract :class:`~wav2vec2_lite.train.task.Task`. A task turns a
+batch into ``(loss_sum, sums)``: the loss *summed* over the batch's sample-size units (masked
+frames, or sentences/characters for CTC) and a :class:`~wav2vec2_lite.train.stats.Sums`
+record of that batch (:class:`PretrainSums`, :class:`CtcTrainSums`, :class:`CtcEvalSums`). The
+trainer adds the records over micro-batches and ranks and divides the gradients by the global
+``sample_size``, as fairseq does, so the update is the same however the global batch is split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from wav2vec2_lite.asr.decode import greedy_decode
+from wav2vec2_lite.asr.metrics import char_errors, word_errors
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.dataset import AudioDataset
-from wav2vec2_lite.train.health import count_impossible_ctc
+from wav2vec2_lite.data.tokenizer import CharTokenizer
+from wav2vec2_lite.interop.sources import CheckpointSource, detect, load_backbone
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.objectives.registry import objective_class
+from wav2vec2_lite.pretrained import UnknownPretrainedError
 from wav2vec2_lite.serialization import CheckpointError
 from wav2vec2_lite.train.config import FinetuneRunConfig, PretrainRunConfig, build_model_config
+from wav2vec2_lite.train.health import HealthConfig, HealthMonitor, count_impossible_ctc
+from wav2vec2_lite.train.stats import Number, Sums
+from wav2vec2_lite.train.task import Task
 
-if TYPE_CHECKING:
-    from wav2vec2_lite.interop.sources import CheckpointSource
-
-__all__ = ["PretrainTask", "FinetuneTask", "build_task", "resolve_pretrained"]
+__all__ = ["PretrainTask", "FinetuneTask", "PretrainSums", "CtcSums", "CtcTrainSums", "CtcEvalSums", "build_task",
+           "resolve_pretrained"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,11 @@ def _dataset(cfg, subset: str, *, train: bool, min_samples: int, indices: Sequen
                         max_duration_s=d.max_duration_s, on_error="skip", **kw)
 
 
+def _ratio(total: Number, count: Number) -> float:
+    """``total`` per unit of ``count`` (at least 1, so an empty count gives the total)."""
+    return float(total) / max(float(count), 1.0)
+
+
 def _code_perplexity(counts: Tensor) -> float:
     """exp(entropy) of each group's code histogram (G, V), summed over groups."""
     probs = counts.float() / counts.sum(-1, keepdim=True).clamp(min=1)
@@ -62,7 +75,57 @@ def _code_perplexity(counts: Tensor) -> float:
     return float(ent.exp().sum())
 
 
-class PretrainTask:
+@dataclass
+class PretrainSums(Sums):
+    """A pretraining batch: ``sample_size`` counts its masked frames."""
+
+    num_correct: Number
+    """Masked frames whose target the model picked."""
+    batches: Number
+    """Micro-batches summed: ``metrics`` are averaged over them."""
+    losses: dict[str, Number]
+    """Each part of the objective's loss (its own name) summed over masked frames."""
+    metrics: dict[str, Number]
+    """Per-batch metrics (``code_perplexity``, ...), one value per batch summed."""
+    code_hist: Tensor | None = None
+    """Validation only: the masked frames' codes counted, (G, V)."""
+
+
+@dataclass
+class CtcSums(Sums):
+    """A CTC batch: ``sample_size`` counts its sentences (``finetune.sentence_avg``) or characters."""
+
+    sentences: Number
+    chars: Number
+    """Reference characters (label symbols)."""
+
+
+@dataclass
+class CtcTrainSums(CtcSums):
+    """A CTC training batch."""
+
+    ctc_inf: Number
+    """Utterances with an infinite CTC loss (shorter than their labels), zeroed by ``ctc_zero_infinity``."""
+
+    def health_numbers(self) -> dict[str, float]:
+        return {"ctc_inf": float(self.ctc_inf)}
+
+
+@dataclass
+class CtcEvalSums(CtcSums):
+    """A CTC validation batch with its greedy transcripts' error counts."""
+
+    wer_err: Number
+    wer_ref: Number
+    cer_err: Number
+    cer_ref: Number
+    blank_only: Number
+    """Empty transcripts."""
+    hyp_chars: Number
+    ref_chars: Number
+
+
+class PretrainTask(Task):
     """Self-supervised pretraining of :class:`Wav2Vec2ForPreTraining` with the objective its
     config names (``model.objective``: ``contrastive`` or ``best_rq``).
 
@@ -95,49 +158,61 @@ class PretrainTask:
                 indices: Sequence[int] | None = None) -> AudioDataset:
         return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices)
 
+    def health_monitor(self, config: HealthConfig, *, warmup_updates: int) -> HealthMonitor:
+        """The pretraining rules on the objective's codebook (each summary carries the chance levels)."""
+        ref = self.reference
+        return HealthMonitor(config, task=self.name, num_codes_per_group=int(ref["codes_per_group"]),
+                             num_code_groups=int(ref["code_groups"]), warmup_updates=warmup_updates)
+
+    def frozen_encoder(self, update: int) -> bool:
+        """Never: pretraining trains every parameter."""
+        return False
+
     def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
         """The objective's per-update schedule (contrastive: the Gumbel temperature)."""
         return model.objective.before_update(update)
 
-    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, PretrainSums]:
         out = model(batch["waveform"], batch["padding_mask"], generator=generator)
-        return out.loss_sum, self._stats(out)
+        return out.loss_sum, self._sums(out)
 
     @staticmethod
-    def _stats(out) -> dict[str, Tensor]:
-        """Additive statistics: loss parts summed over masked frames, batch metrics summed over batches."""
-        stats = {"sample_size": out.num_masked.float(), "loss_sum": out.loss_sum.detach().float(),
-                 "num_correct": out.num_correct.float(), "batches": torch.ones(())}
-        stats.update({f"part:{k}": v.detach().float() for k, v in out.losses.items()})
-        stats.update({f"batch:{k}": v.detach().float() for k, v in out.metrics.items()})
-        return stats
+    def _sums(out) -> PretrainSums:
+        detached = lambda parts: {k: v.detach().float() for k, v in parts.items()}  # noqa: E731
+        return PretrainSums(sample_size=out.num_masked.float(), loss_sum=out.loss_sum.detach().float(),
+                            num_correct=out.num_correct.float(), batches=torch.ones(()),
+                            losses=detached(out.losses), metrics=detached(out.metrics))
 
     @torch.no_grad()
-    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> PretrainSums:
         """Held-out masks from ``generator``; adds the histogram (G, V) of the masked frames' codes
         (contrastive: the argmax codes in eval mode; best_rq: the target codes)."""
         out = model(batch["waveform"], batch["padding_mask"], generator=generator)
-        stats = self._stats(out)
         codes = out.codes[out.mask_indices]  # (N, G)
-        stats["code_hist"] = F.one_hot(codes, int(self.reference["codes_per_group"])).sum(0).float()
-        return stats
+        hist = F.one_hot(codes, int(self.reference["codes_per_group"])).sum(0).float()
+        return dataclasses.replace(self._sums(out), code_hist=hist)
 
-    def summarize(self, s: dict[str, Any]) -> dict[str, float]:
-        n, b = max(float(s["sample_size"]), 1.0), max(float(s["batches"]), 1.0)
-        out = {"loss": s["loss_sum"] / n, "accuracy": s["num_correct"] / n}
-        out.update({k[len("part:"):]: v / n for k, v in s.items() if k.startswith("part:")})
-        out.update({k[len("batch:"):]: v / b for k, v in s.items() if k.startswith("batch:")})
+    def summarize(self, s: PretrainSums) -> dict[str, float]:
+        """Per masked frame: the loss, its parts, the accuracy; per batch: the metrics; and the
+        objective's chance levels, which the health monitor judges against."""
+        n, b = max(float(s.sample_size), 1.0), max(float(s.batches), 1.0)
+        out = {"loss": s.loss_sum / n, "accuracy": s.num_correct / n}
+        out.update({k: v / n for k, v in s.losses.items()})
+        out.update({k: v / b for k, v in s.metrics.items()})
         out = {k: float(v) for k, v in out.items()}
         ref = self.reference
-        out.update(masked_frames=float(s["sample_size"]), target_loss=out.get(self.objective.main_loss, math.nan),
+        out.update(masked_frames=float(s.sample_size), target_loss=out.get(self.objective.main_loss, math.nan),
                    chance_loss=ref["chance_loss"], codebook_frozen=ref["codebook_frozen"],
                    code_perplexity_max=ref["code_groups"] * ref["codes_per_group"])
-        if "code_hist" in s:  # over the whole validation set, not per batch
-            out["code_perplexity_set"] = _code_perplexity(torch.as_tensor(s["code_hist"]))
+        if s.code_hist is not None:  # over the whole validation set, not per batch
+            out["code_perplexity_set"] = _code_perplexity(torch.as_tensor(s.code_hist))
         return out
 
+    def save_extras(self, directory: Path) -> None:
+        """Nothing: a pretraining checkpoint is its weights and config."""
 
-class FinetuneTask:
+
+class FinetuneTask(Task):
     """CTC fine-tuning of :class:`Wav2Vec2ForCTC` with characters from ``dict.ltr.txt``."""
 
     name = "finetune"
@@ -145,8 +220,6 @@ class FinetuneTask:
     crop_to_shortest = False
 
     def __init__(self, cfg: FinetuneRunConfig) -> None:
-        from wav2vec2_lite.data.tokenizer import CharTokenizer
-
         self.cfg = cfg
         self.dict_path = Path(cfg.data.manifest_dir) / f"dict.{cfg.data.labels}.txt"
         if not self.dict_path.is_file():
@@ -168,8 +241,6 @@ class FinetuneTask:
 
     def build_model(self) -> nn.Module:
         if self.pretrained is not None:
-            from wav2vec2_lite.interop.sources import load_backbone
-
             loaded = load_backbone(self.pretrained.path, trust=self.cfg.finetune.trust_pickle)
             model = Wav2Vec2ForCTC.from_pretraining(loaded.model, **self.overrides)
             log.info("fine-tuning the backbone of %s with a new CTC head over the %d symbols of %s",
@@ -198,63 +269,63 @@ class FinetuneTask:
         """Each checkpoint carries its vocabulary so it can transcribe on its own."""
         shutil.copyfile(self.dict_path, Path(directory) / "dict.ltr.txt")
 
+    def health_monitor(self, config: HealthConfig, *, warmup_updates: int) -> HealthMonitor:
+        """The rules of every task and CTC's (infinite losses, blank or short transcripts)."""
+        return HealthMonitor(config, task=self.name, warmup_updates=warmup_updates)
+
+    def frozen_encoder(self, update: int) -> bool:
+        """The first ``finetune.freeze_finetune_updates`` updates train only the CTC head."""
+        return update < self.cfg.finetune.freeze_finetune_updates
+
     def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
-        frozen = update < self.cfg.finetune.freeze_finetune_updates
+        frozen = self.frozen_encoder(update)
         model.set_encoder_frozen(frozen)
         return {"encoder_frozen": float(frozen)}
 
-    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
+    def _counts(self, batch: dict, loss: Tensor) -> dict[str, Tensor]:
+        """The fields every CTC record has: the loss and what it is summed over."""
         sentences = torch.tensor(float(batch["labels"].shape[0]))
         chars = batch["label_lengths"].sum().float()
-        n = sentences if self.cfg.finetune.sentence_avg else chars
-        stats = {"sample_size": n, "loss_sum": out.loss.detach().float(), "sentences": sentences, "chars": chars,
-                 "frames": out.output_lengths.sum().float(),
-                 "ctc_inf": torch.tensor(float(count_impossible_ctc(out.output_lengths, batch["labels"])))}
-        return out.loss, stats
+        return {"sample_size": sentences if self.cfg.finetune.sentence_avg else chars,
+                "loss_sum": loss.detach().float(), "sentences": sentences, "chars": chars}
+
+    def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, CtcTrainSums]:
+        out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
+        impossible = count_impossible_ctc(out.output_lengths, batch["labels"])
+        return out.loss, CtcTrainSums(**self._counts(batch, out.loss), ctc_inf=torch.tensor(float(impossible)))
 
     @torch.no_grad()
-    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, Tensor]:
+    def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> CtcEvalSums:
         """CTC loss and greedy-decoding WER/CER (+ blank-only outputs, output/reference length)."""
-        from wav2vec2_lite.asr.decode import greedy_decode
-        from wav2vec2_lite.asr.metrics import char_errors, word_errors
-
         out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
-        sentences = float(batch["labels"].shape[0])
-        chars = batch["label_lengths"].sum().float()
         hyps = greedy_decode(out.logits.float(), out.output_lengths, self.tokenizer.vocab)
         refs = batch["texts"]
         w, c = word_errors(refs, hyps), char_errors(refs, hyps)
-        return {"sample_size": torch.tensor(sentences) if self.cfg.finetune.sentence_avg else chars,
-                "loss_sum": out.loss.detach().float(), "sentences": torch.tensor(sentences), "chars": chars,
-                "wer_err": torch.tensor(float(w.errors)), "wer_ref": torch.tensor(float(w.ref_len)),
-                "cer_err": torch.tensor(float(c.errors)), "cer_ref": torch.tensor(float(c.ref_len)),
-                "blank_only": torch.tensor(float(sum(not h.strip() for h in hyps))),
-                "hyp_chars": torch.tensor(float(sum(len(h) for h in hyps))),
-                "ref_chars": torch.tensor(float(sum(len(r) for r in refs)))}
+        count = lambda n: torch.tensor(float(n))  # noqa: E731
+        return CtcEvalSums(**self._counts(batch, out.loss), wer_err=count(w.errors), wer_ref=count(w.ref_len),
+                           cer_err=count(c.errors), cer_ref=count(c.ref_len),
+                           blank_only=count(sum(not h.strip() for h in hyps)),
+                           hyp_chars=count(sum(len(h) for h in hyps)), ref_chars=count(sum(len(r) for r in refs)))
 
     @staticmethod
-    def summarize(s: dict[str, Any]) -> dict[str, float]:
-        f = {k: float(v) for k, v in s.items()}
-        out = {"loss": f["loss_sum"] / max(f["sample_size"], 1.0),
-               "loss_per_char": f["loss_sum"] / max(f["chars"], 1.0)}
-        if "wer_ref" in f:
-            out.update(wer=f["wer_err"] / max(f["wer_ref"], 1.0), cer=f["cer_err"] / max(f["cer_ref"], 1.0),
-                       blank_only=f["blank_only"] / max(f["sentences"], 1.0),
-                       output_length_ratio=f["hyp_chars"] / max(f["ref_chars"], 1.0))
+    def summarize(s: CtcSums) -> dict[str, float]:
+        """The loss per ``sample_size`` unit and per character; on validation, WER, CER, the
+        share of empty transcripts and the transcripts' length against the references'."""
+        out = {"loss": _ratio(s.loss_sum, s.sample_size), "loss_per_char": _ratio(s.loss_sum, s.chars)}
+        if isinstance(s, CtcEvalSums):
+            out.update(wer=_ratio(s.wer_err, s.wer_ref), cer=_ratio(s.cer_err, s.cer_ref),
+                       blank_only=_ratio(s.blank_only, s.sentences),
+                       output_length_ratio=_ratio(s.hyp_chars, s.ref_chars))
         return out
 
 
-def build_task(cfg) -> PretrainTask | FinetuneTask:
+def build_task(cfg) -> Task:
     return PretrainTask(cfg) if cfg.task == "pretrain" else FinetuneTask(cfg)
 
 
-def resolve_pretrained(path: str | Path) -> "CheckpointSource":
+def resolve_pretrained(path: str | Path) -> CheckpointSource:
     """What ``finetune.pretrained`` names, detected from its files: our run or model folder, a
     Hugging Face folder, a fairseq ``.pt`` or a shipped checkpoint's name (an existing path wins)."""
-    from wav2vec2_lite.interop.sources import detect
-    from wav2vec2_lite.pretrained import UnknownPretrainedError
-
     try:
         return detect(path)
     except UnknownPretrainedError as e:

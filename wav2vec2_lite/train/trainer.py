@@ -10,7 +10,7 @@ skips in a row stop the run with :class:`NonFiniteError`.
 What the loop iterates comes from :class:`~wav2vec2_lite.data.pipeline.TrainingData`
 (every manifest row checked before any loader exists, unreadable files skipped and
 counted); the run folder is checked and resumed by :class:`~wav2vec2_lite.train.run_dir.RunDir`;
-what differs between pretraining and fine-tuning is the task (:mod:`wav2vec2_lite.train.tasks`).
+what differs between pretraining and fine-tuning is the task (:class:`~wav2vec2_lite.train.task.Task`).
 
 Reproducibility. Every random draw of a micro-batch (masks, distractors, Gumbel noise
 through the model's ``generator``; dropout and layerdrop through torch's global RNG)
@@ -42,12 +42,13 @@ from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import CheckpointError, capture_rng_state, restore_rng_state, save_checkpoint
 from wav2vec2_lite.train.config import config_container
-from wav2vec2_lite.train.health import HealthMonitor
-from wav2vec2_lite.train.logging import MetricsLogger, UpdateWindow, peak_memory_mb, write_run_info
+from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.optim import build_optimizer
 from wav2vec2_lite.train.precision import Precision
 from wav2vec2_lite.train.run_dir import RunDir
 from wav2vec2_lite.train.schedules import build_schedule
+from wav2vec2_lite.train.stats import Sums, UpdateStats, UpdateWindow
+from wav2vec2_lite.train.task import Task
 from wav2vec2_lite.train.tasks import build_task
 
 __all__ = ["Trainer", "NonFiniteError", "train"]
@@ -67,6 +68,13 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute the context network's blocks in backward instead of keeping their activations.
+    Sets the flag the context network reads, until the model classes have
+    ``gradient_checkpointing_enable()`` to call instead."""
+    model.wav2vec2.context.gradient_checkpointing = True
+
+
 class Trainer:
     """Builds everything from a typed run config (``train.config.to_run_config``) and runs :meth:`fit`."""
 
@@ -81,10 +89,10 @@ class Trainer:
             self.run.prepare()  # writable, stale temporary saves removed
 
         _seed_everything(t.seed)
-        self.task = build_task(cfg)
+        self.task: Task = build_task(cfg)
         self.model = self.task.build_model().to(self.device)
         if t.gradient_checkpointing:
-            self.model.wav2vec2.context.gradient_checkpointing = True
+            _enable_gradient_checkpointing(self.model)
         self.precision = Precision(t.precision, self.device.type)
         if not (self.dist.world_size > 1 and self.model.config.layerdrop > 0):
             # bf16/fp16: Linear weights cast in one op per forward. Not under DDP with LayerDrop: a
@@ -106,10 +114,7 @@ class Trainer:
         self.overflow_total = 0  # fp16 overflows (skipped, not failures)
         self.best: float | None = None
         self.best_metric = t.best_metric or self.task.default_best_metric
-        m = self.model.config
-        self.health = HealthMonitor(cfg.health, task=self.task.name, num_negatives=m.num_negatives,
-                                    num_codes_per_group=m.num_codes_per_group, num_code_groups=m.num_code_groups,
-                                    warmup_updates=self.schedule.warmup_updates)
+        self.health = self.task.health_monitor(cfg.health, warmup_updates=self.schedule.warmup_updates)
 
         resumed = self._resume() if t.resume else False
         self.train_model = self._wrap()
@@ -151,9 +156,8 @@ class Trainer:
         if self.dist.world_size > 1:
             find_unused = self.cfg.trainer.find_unused_parameters
             if find_unused is None:
-                freeze = getattr(getattr(self.cfg, "finetune", None), "freeze_finetune_updates", 0)
                 cfg = self.model.config  # layers skipped, a frozen encoder, or an unused mask embedding
-                find_unused = cfg.layerdrop > 0 or freeze > self.update or cfg.mask_time_prob <= 0
+                find_unused = cfg.layerdrop > 0 or self.task.frozen_encoder(self.update) or cfg.mask_time_prob <= 0
             model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=find_unused)
@@ -161,44 +165,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        t = self.cfg.trainer
-        last_valid: dict[str, float] | None = None
-        window = UpdateWindow()
-        step_start, start_update = time.perf_counter(), self.update
+        """Train to ``trainer.max_updates`` (or ``max_epochs``), validating, logging and saving on
+        the way; a run already there only validates. Returns where it ended and its last validation."""
+        start_update = self.update
         try:
-            if self.update >= t.max_updates:
-                return {"update": self.update, "valid": self.validate()}
-            for group in self.data.groups(t.update_freq, t.max_epochs):
-                self._log_data_events()
-                out = self.train_step(group)
-                now = time.perf_counter()
-                elapsed, step_start = now - step_start, now
-                if out is None:
-                    self._log_health(self.health.check_train(self.update, {"nonfinite": 1.0}))
-                    continue
-                window.add(out, elapsed)
-                summary = self.task.summarize(out)
-                self._log_health(self.health.check_train(self.update, {
-                    **summary, "grad_norm": out["grad_norm"], "loss_scale": out.get("loss_scale"),
-                    "nonfinite": 0.0, "ctc_inf": out.get("ctc_inf", 0.0)}))
-                audio_s = out["samples"] / self.cfg.data.sample_rate
-                self.logger.progress(1, loss=summary["loss"], lr=out["lr"], audio_s_per_s=audio_s / max(elapsed, 1e-9))
-                if self.update % t.log_interval == 0 or self.update == t.max_updates:
-                    record = window.record(self.task.summarize, self.cfg.data.sample_rate)
-                    self.logger.log("train", self.update, {**record, "nonfinite_total": self.nonfinite_total,
-                                                           **peak_memory_mb(self.device)}, epoch=self.epoch)
-                if (t.valid_interval and self.update % t.valid_interval == 0 and self.update >= t.valid_after_updates
-                        or self.update == t.max_updates):
-                    last_valid = self._validate_and_keep_best()
-                if self.update % t.save_interval == 0 or self.update == t.max_updates:
-                    self.save("last")
-                    dist_utils.barrier()
-                if self.update >= t.max_updates:
-                    break
-                step_start = time.perf_counter()
-            else:  # max_epochs reached
-                last_valid = self._validate_and_keep_best()
-                self.save("last")
+            valid = self.validate() if self.update >= self.cfg.trainer.max_updates else self._train()
         except Exception as e:
             e.updates_run = self.update - start_update  # type: ignore[attr-defined]  # the CLI's exit status
             if not isinstance(e, (NonFiniteError, CheckpointError)):  # those say it in their message
@@ -207,52 +178,91 @@ class Trainer:
         finally:
             self._log_data_events()  # what the data pipeline reported before an error, too
             self.logger.close()
-        return {"update": self.update, "epoch": self.epoch, "valid": last_valid,
+        return {"update": self.update, "epoch": self.epoch, "valid": valid,
                 "nonfinite_total": self.nonfinite_total, "run_dir": str(self.run_dir)}
 
+    def _train(self) -> dict[str, float] | None:
+        """Each update, then what is due: a report, a validation, a save. Returns the last validation."""
+        t = self.cfg.trainer
+        window, valid = UpdateWindow(), None
+        clock = time.perf_counter()
+        for group in self.data.groups(t.update_freq, t.max_epochs):
+            self._log_data_events()
+            stats = self.train_step(group)
+            now = time.perf_counter()
+            seconds, clock = now - clock, now
+            if stats is None:  # skipped: a non-finite loss or gradient, or an fp16 overflow
+                self.logger.health(self.health.check_train(self.update, {"nonfinite": 1.0}), epoch=self.epoch)
+                continue
+            self._report(stats, seconds, window)
+            if self._due(t.valid_interval, after=t.valid_after_updates):
+                valid = self._validate_and_keep_best()
+            if self._due(t.save_interval):
+                self.save("last")
+                dist_utils.barrier()
+            if self.update >= t.max_updates:
+                break
+            clock = time.perf_counter()  # validating and saving are not the update's time
+        else:  # max_epochs reached
+            valid = self._validate_and_keep_best()
+            self.save("last")
+        return valid
+
+    def _due(self, interval: int, *, after: int = 0) -> bool:
+        """Every ``interval`` updates (0: never) from update ``after`` on, and at the last update."""
+        every = bool(interval) and self.update % interval == 0 and self.update >= after
+        return every or self.update == self.cfg.trainer.max_updates
+
+    def _report(self, stats: UpdateStats, seconds: float, window: UpdateWindow) -> None:
+        """An applied update to the health monitor and the progress bar; when due, a ``train`` record."""
+        window.add(stats, seconds)
+        summary = self.task.summarize(stats.sums)
+        self.logger.health(self.health.check_train(self.update, {
+            **summary, "grad_norm": stats.grad_norm, "loss_scale": stats.loss_scale, "nonfinite": 0.0,
+            **stats.sums.health_numbers()}), epoch=self.epoch)
+        audio_s = stats.samples / self.cfg.data.sample_rate
+        self.logger.progress(1, loss=summary["loss"], lr=stats.lr, audio_s_per_s=audio_s / max(seconds, 1e-9))
+        if self._due(self.cfg.trainer.log_interval):
+            record = window.record(self.task.summarize, self.cfg.data.sample_rate)
+            self.logger.log("train", self.update, {**record, "nonfinite_total": self.nonfinite_total,
+                                                   **peak_memory_mb(self.device)}, epoch=self.epoch)
+
+    def _log_data_events(self) -> None:
+        """What the data pipeline reported: summaries as ``data`` records, skips as ``event``
+        records and a line on the terminal."""
+        for event in self.data.take_events():
+            kind = "data" if event["event"] in SUMMARY_EVENTS else "event"
+            self.logger.log(kind, self.update, event, epoch=self.epoch)
+            if kind == "event":
+                prefix = f"update {self.update}: " if event["event"] == "skipped_unreadable" else ""
+                self.logger.write(prefix + describe(event))
+
     # ------------------------------------------------------------------ one update
-    def train_step(self, group: list[dict]) -> dict[str, float] | None:
-        """Forward/backward over the micro-batches of one update; returns stats or None if skipped."""
+    def train_step(self, group: list[dict]) -> UpdateStats | None:
+        """Forward/backward over the micro-batches of one update; returns its stats, or None if skipped."""
         self.model.train()
-        extra = self.task.before_update(self.model, self.update)
+        task_state = self.task.before_update(self.model, self.update)
         lr = self.schedule.step(self.optimizer, self.update)
-        totals = self._accumulate(group)
+        sums, samples, nonfinite_loss = self._accumulate(group)
         params = [p for p in self.model.parameters() if p.grad is not None]
         self.precision.unscale_(self.optimizer)
-        n = totals["sample_size"]
-        if n > 0:
-            scale = self.dist.world_size / n  # gradients of the global mean
-            for p in params:
-                p.grad.mul_(scale)
-        if totals["nonfinite_loss"] > 0 or n <= 0:
-            grad_norm = float("nan")
-        elif self.cfg.optim.clip_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
-        else:
-            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
-
+        grad_norm = self._normalize_and_clip(params, sums.sample_size, nonfinite_loss > 0)
         if not math.isfinite(grad_norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            self.precision.skip()
-            if self.precision.uses_scaler and totals["nonfinite_loss"] == 0:
-                self._fp16_overflow()  # routine: the loss scale backs off and the update is retried
-            else:
-                self._nonfinite(totals["loss_sum"])
+            self._skip(sums.loss_sum, overflow=self.precision.uses_scaler and nonfinite_loss == 0)
             return None
         self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_row = 0
         self.update += 1
-        out = {**totals, "lr": lr, "grad_norm": grad_norm, **extra}
-        if self.precision.uses_scaler:
-            out.update(loss_scale=self.precision.loss_scale, fp16_overflows=self.overflow_total)
-        return out
+        fp16 = {"loss_scale": self.precision.loss_scale, "fp16_overflows": self.overflow_total}
+        return UpdateStats(sums, samples, lr, grad_norm, task_state, **(fp16 if self.precision.uses_scaler else {}))
 
-    def _accumulate(self, group: list[dict]) -> dict[str, float]:
-        """Backward of each micro-batch (gradients summed); stats summed over micro-batches and ranks."""
+    def _accumulate(self, group: list[dict]) -> tuple[Sums, float, float]:
+        """Backward of each micro-batch (gradients summed). Returns the task's sums, the audio samples
+        and the non-finite losses, each summed over micro-batches and ranks."""
         t, ddp = self.cfg.trainer, self.train_model
-        totals: dict[str, torch.Tensor] = {}
-        nonfinite_loss = torch.zeros(())
+        sums: Sums | int = 0  # a running total, as sum() starts
+        samples, nonfinite_loss = torch.zeros(()), torch.zeros(())
         for i, batch in enumerate(group):
             slot = self.dist.rank * t.update_freq + i
             torch.manual_seed(derive_seed(t.seed, self.update, slot, 0))
@@ -261,26 +271,40 @@ class Trainer:
             sync = i == len(group) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
             with (contextlib.nullcontext() if sync else ddp.no_sync()):
                 with self.precision.autocast():
-                    loss_sum, stats = self.task.loss(ddp, batch, self.generator)
+                    loss_sum, batch_sums = self.task.loss(ddp, batch, self.generator)
                 if not torch.isfinite(loss_sum.detach()):
                     nonfinite_loss += 1
                 self.precision.scale(loss_sum.float()).backward()
-            for k, v in stats.items():
-                totals[k] = totals.get(k, torch.zeros(())) + v.detach().float().cpu()
-            totals["samples"] = totals.get("samples", torch.zeros(())) + float(batch["lengths"].sum())
-        totals["nonfinite_loss"] = nonfinite_loss
-        keys = sorted(totals)
-        flat = dist_utils.all_reduce_sum(torch.stack([totals[k] for k in keys]).to(self.device)).cpu()
-        return {k: float(v) for k, v in zip(keys, flat)}
+            sums = sums + batch_sums.map(lambda v: v.detach().float().cpu())
+            samples += float(batch["lengths"].sum())
+        numbers = sums.numbers() + [samples, nonfinite_loss]
+        flat = [float(v) for v in dist_utils.all_reduce_sum(torch.stack(numbers).to(self.device)).cpu()]
+        return sums.with_numbers(flat[:-2]), flat[-2], flat[-1]
 
-    def _fp16_overflow(self) -> None:
-        self.overflow_total += 1
-        if self.precision.loss_scale < self.precision.min_scale:
-            raise NonFiniteError(
-                f"fp16 loss scale fell below {self.precision.min_scale} at update {self.update}: gradients "
-                f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm.")
+    def _normalize_and_clip(self, params: list[nn.Parameter], sample_size: float, nonfinite_loss: bool) -> float:
+        """Gradients of the global mean, clipped; their norm before clipping (NaN: non-finite loss, empty batch)."""
+        if sample_size > 0:
+            scale = self.dist.world_size / sample_size
+            for p in params:
+                p.grad.mul_(scale)
+        if nonfinite_loss or sample_size <= 0:
+            return float("nan")
+        if self.cfg.optim.clip_norm > 0:
+            return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
+        return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
 
-    def _nonfinite(self, loss_sum: float) -> None:
+    def _skip(self, loss_sum: float, *, overflow: bool) -> None:
+        """An update not applied: an fp16 overflow (routine: the loss scale backs off and the update is
+        retried) or a non-finite loss or gradient (counted; too many in a row stop the run)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.skip()
+        if overflow:
+            self.overflow_total += 1
+            if self.precision.loss_scale < self.precision.min_scale:
+                raise NonFiniteError(
+                    f"fp16 loss scale fell below {self.precision.min_scale} at update {self.update}: gradients "
+                    f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm.")
+            return
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
         self.logger.log("event", self.update, {"event": "skipped_nonfinite", "nonfinite_in_row": self.nonfinite_in_row,
@@ -297,23 +321,21 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
+        """The task's metrics over the validation set (masks from a fixed generator); None without one."""
         if self.data.valid_loader is None:
             return None
         was_training = self.model.training
         self.model.eval()
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.trainer.seed, 7919, self.dist.rank))
-        totals: dict[str, torch.Tensor] = {}
+        total: Sums | int = 0  # a running total, as sum() starts
         for batch in self.data.valid_batches(self.cfg.trainer.max_valid_batches):
             with self.precision.autocast():
-                stats = self.task.eval_batch(self.model, _to_device(batch, self.device), gen)
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0) + v.detach().float().cpu()
+                sums = self.task.eval_batch(self.model, _to_device(batch, self.device), gen)
+            total = total + sums.map(lambda v: v.detach().float().cpu())
         self.model.train(was_training)
-        if not totals:
+        if not isinstance(total, Sums):
             return None
-        for k in sorted(totals):
-            totals[k] = dist_utils.all_reduce_sum(torch.as_tensor(totals[k]).to(self.device)).cpu()
-        return self.task.summarize(totals)
+        return self.task.summarize(total.map(lambda v: dist_utils.all_reduce_sum(v.to(self.device)).cpu()))
 
     def _validate_and_keep_best(self) -> dict[str, float] | None:
         metrics = self.validate()
@@ -321,7 +343,7 @@ class Trainer:
         if metrics is None:
             return None
         self.logger.log("valid", self.update, metrics, epoch=self.epoch)
-        self._log_health(self.health.check_valid(self.update, metrics))
+        self.logger.health(self.health.check_valid(self.update, metrics), epoch=self.epoch)
         self.logger.write(f"valid @ {self.update}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         value = metrics.get(self.best_metric)
         if value is None:
@@ -332,25 +354,6 @@ class Trainer:
             self.save("best")
         return metrics
 
-    # ------------------------------------------------------------------ logging
-    def _log_data_events(self) -> None:
-        """What the data pipeline reported: summaries as ``data`` records, skips as ``event``
-        records and a line on the terminal."""
-        for event in self.data.take_events():
-            kind = "data" if event["event"] in SUMMARY_EVENTS else "event"
-            self.logger.log(kind, self.update, event, epoch=self.epoch)
-            if kind == "event":
-                prefix = f"update {self.update}: " if event["event"] == "skipped_unreadable" else ""
-                self.logger.write(prefix + describe(event))
-
-    def _log_health(self, warnings: list) -> None:
-        """Health warnings go to the terminal once and to metrics.jsonl as ``health`` records."""
-        for w in warnings:
-            record = w.record()
-            del record["kind"], record["update"]
-            self.logger.log("health", w.update, record, epoch=self.epoch)
-            self.logger.write(w.message)
-
     # ------------------------------------------------------------------ checkpoints
     def save(self, name: str = "last") -> Path | None:
         """Write ``checkpoints/NAME`` (rank 0): weights, the task's extras and the training state."""
@@ -359,8 +362,7 @@ class Trainer:
 
         def weights(model: nn.Module, directory: Path) -> None:
             save_model(model, directory)
-            if hasattr(self.task, "save_extras"):
-                self.task.save_extras(directory)
+            self.task.save_extras(directory)
 
         state = {"update": self.update, "task": self.task.name, **self.data.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "precision": self.precision.state_dict(),
