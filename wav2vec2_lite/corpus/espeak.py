@@ -11,8 +11,8 @@ Backends, tried in this order:
 Determinism. The library keeps state between utterances (the pitch "flutter" phase and
 other statics survive ``espeak_Terminate``), so the n-th utterance of a process depends on
 the ones before it: the same text can come out a few hundred samples longer or shorter.
-With ``isolate=True`` (the default) a small server process (this file run as a script:
-ctypes, numpy and the engine, nothing else) initialises the engine once and forks a child
+With ``isolate=True`` (the default) a small server process (``espeak_engine.py`` run as a
+script: ctypes, numpy and the engine, nothing else) initialises the engine once and forks a child
 per utterance, so every utterance starts from the same never-used engine state and depends
 only on its own arguments, whichever worker renders it and in whatever order. Forking the
 small server is much cheaper than forking a process that holds torch. The CLI backend
@@ -31,7 +31,6 @@ several processes (``multiprocessing``); a forked worker starts its own server.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import io
 import json
 import os
@@ -41,12 +40,22 @@ import struct
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import soundfile as sf
 import soxr
+
+from wav2vec2_lite.corpus.espeak_engine import (
+    HEADER,
+    SERVER_SCRIPT,
+    Library,
+    Request,
+    SynthesisError,
+    voice_files,
+)
 
 __all__ = [
     "SynthesisError",
@@ -74,124 +83,12 @@ ENGLISH_VOICES = (
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 VOICE_ALIASES = {"en-gb": "en"}
 
-# speak_lib.h constants
-_AUDIO_OUTPUT_SYNCHRONOUS = 0x02
-_CHARS_UTF8 = 1
-_P_RATE, _P_VOLUME, _P_PITCH, _P_RANGE, _P_WORDGAP = 1, 2, 3, 4, 7
-_EE_OK = 0
 
 RATE_RANGE = (80, 450)  # words per minute the engine accepts
 PITCH_RANGE = (0, 99)
-_HEADER = struct.Struct("<qq")  # (status: 0 ok / 1 error, payload length)
 
 
-class SynthesisError(RuntimeError):
-    """The engine could not be loaded, rejected a voice, or failed to render text."""
-
-
-@dataclass(frozen=True)
-class _Request:
-    text: str
-    voice: str  # espeak name, e.g. "en-us+f3"
-    rate: int
-    pitch: int
-    pitch_range: int
-    word_gap: int
-    volume: int
-    seed: int
-
-
-def _voice_files(data_path: Path) -> tuple[set[str], set[str]]:
-    """(voice names, lower-case, as ``-v`` takes them; variant names) of an espeak-ng-data folder."""
-    voices = {p.name.lower() for p in (data_path / "lang").rglob("*") if p.is_file()}
-    variants_dir = data_path / "voices" / "!v"
-    variants = {p.name for p in variants_dir.iterdir()} if variants_dir.is_dir() else set()
-    return voices, variants
-
-
-def _data_path() -> Path:
-    try:
-        import espeakng_loader
-    except ImportError as e:
-        raise SynthesisError("espeakng-loader is not installed (pip install 'wav2vec2_lite[synth]')") from e
-    return Path(espeakng_loader.get_data_path())
-
-
-class _Library:
-    """libespeak-ng loaded and initialised in this process; renders with whatever state it has."""
-
-    _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-
-    def __init__(self) -> None:
-        import espeakng_loader
-
-        data_path = _data_path()
-        lib_path = espeakng_loader.get_library_path()
-        try:
-            lib = ctypes.CDLL(lib_path)
-        except OSError as e:
-            raise SynthesisError(f"cannot load {lib_path}: {e}") from e
-        c = ctypes
-        lib.espeak_Initialize.argtypes = [c.c_int, c.c_int, c.c_char_p, c.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [self._CALLBACK]
-        lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
-        lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
-        lib.espeak_Synth.argtypes = [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint, c.c_void_p, c.c_void_p]
-        lib.espeak_Info.argtypes = [c.c_void_p]
-        lib.espeak_Info.restype = c.c_char_p
-        lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data_path).encode(), 0)
-        if rate <= 0:
-            raise SynthesisError(f"espeak_Initialize failed (returned {rate}); data folder {data_path}")
-        self.lib = lib
-        self.libc = ctypes.CDLL(None)  # the engine also draws from libc rand()
-        self.native_rate = int(rate)
-        self.version = lib.espeak_Info(None).decode()
-        self._chunks: list[bytes] = []
-        self._callback = self._CALLBACK(self._on_audio)  # keep a reference: ctypes does not
-        lib.espeak_SetSynthCallback(self._callback)
-        # Load the English dictionary once here, so that forked children inherit it.
-        if lib.espeak_SetVoiceByName(b"en-us") != _EE_OK:
-            raise SynthesisError(f"eSpeak NG in {data_path} has no 'en-us' voice")
-        self.voices, self.variants = map(sorted, _voice_files(data_path))
-        self.lock = threading.Lock()
-
-    def _on_audio(self, wav, n, events) -> int:  # (short* wav, int n, espeak_EVENT* events)
-        if n > 0:
-            self._chunks.append(ctypes.string_at(wav, 2 * n))
-        return 0  # 0 = continue
-
-    def render_bytes(self, req: _Request) -> bytes:
-        """Little-endian int16 samples at ``native_rate``."""
-        lib = self.lib
-        lib.espeak_ng_SetRandSeed(req.seed)  # the breathy variants (f1..f5) add random noise
-        self.libc.srand(ctypes.c_uint(req.seed & 0xFFFFFFFF))
-        rc = lib.espeak_SetVoiceByName(req.voice.encode())
-        if rc != _EE_OK:
-            raise SynthesisError(f"eSpeak NG rejected voice {req.voice!r} (error {rc})")
-        for param, value in (
-            (_P_RATE, req.rate), (_P_PITCH, req.pitch), (_P_RANGE, req.pitch_range),
-            (_P_WORDGAP, req.word_gap), (_P_VOLUME, req.volume),
-        ):  # fmt: skip
-            lib.espeak_SetParameter(param, int(value), 0)
-        text = req.text.encode("utf-8")
-        self._chunks = []
-        rc = lib.espeak_Synth(text, len(text) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
-        chunks, self._chunks = self._chunks, []
-        if rc != _EE_OK:
-            raise SynthesisError(f"espeak_Synth failed (error {rc}) for {req.text!r}")
-        data = b"".join(chunks)
-        return data if sys.byteorder == "little" else np.frombuffer(data, "=i2").astype("<i2").tobytes()
-
-    def render(self, req: _Request) -> np.ndarray:
-        return np.frombuffer(self.render_bytes(req), dtype="<i2").astype(np.int16)
-
-    def info(self) -> dict:
-        return {"native_rate": self.native_rate, "version": self.version, "voices": self.voices,
-                "variants": self.variants}  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- the server
+# ----------------------------------------------------------------------------- the engines
 
 
 def _read_exact(f, n: int) -> bytes:
@@ -201,66 +98,12 @@ def _read_exact(f, n: int) -> bytes:
     return buf
 
 
-def _render_in_child(engine: _Library, req: _Request) -> tuple[int, bytes]:
-    """Fork, render in the child, return its (status, payload); the engine state is untouched."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status, payload = 1, b""
-        try:
-            os.close(read_fd)
-            payload, status = engine.render_bytes(req), 0
-        except BaseException as e:  # noqa: BLE001 - reported to the parent
-            payload = f"{type(e).__name__}: {e}".encode()
-        finally:
-            try:
-                with os.fdopen(write_fd, "wb") as f:
-                    f.write(_HEADER.pack(status, len(payload)) + payload)
-            finally:
-                os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        buf = f.read()
-    _, wait_status = os.waitpid(pid, 0)
-    if len(buf) >= _HEADER.size:
-        status, n = _HEADER.unpack(buf[: _HEADER.size])
-        if len(buf) == _HEADER.size + n:
-            return status, buf[_HEADER.size :]
-    return 1, f"synthesis child exited (wait status {wait_status}) without a result for {req.text!r}".encode()
-
-
-def _serve() -> None:
-    """Server loop: handshake JSON line, then per request line one framed int16 payload."""
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # stray prints of the C library must not corrupt the protocol
-    try:
-        engine = _Library()
-    except Exception as e:  # noqa: BLE001 - reported to the client
-        out.write((json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}) + "\n").encode())
-        out.flush()
-        return
-    out.write((json.dumps({"ok": True, **engine.info()}) + "\n").encode())
-    out.flush()
-    fork = hasattr(os, "fork")
-    for line in sys.stdin.buffer:
-        req = _Request(**json.loads(line))
-        if fork:
-            status, payload = _render_in_child(engine, req)
-        else:
-            try:
-                status, payload = 0, engine.render_bytes(req)
-            except Exception as e:  # noqa: BLE001 - reported to the client
-                status, payload = 1, f"{type(e).__name__}: {e}".encode()
-        out.write(_HEADER.pack(status, len(payload)) + payload)
-        out.flush()
-
-
 class _Server:
-    """Client side of ``_serve``: one server process per client process."""
+    """Client side of ``espeak_engine._serve``: one server process per client process."""
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--serve"],
+            [sys.executable, str(SERVER_SCRIPT), "--serve"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -277,11 +120,11 @@ class _Server:
         self.voices, self.variants = set(hello["voices"]), set(hello["variants"])
         self.lock = threading.Lock()
 
-    def render(self, req: _Request) -> np.ndarray:
+    def render(self, req: Request) -> np.ndarray:
         try:
             self.proc.stdin.write((json.dumps(asdict(req)) + "\n").encode())
             self.proc.stdin.flush()
-            status, n = _HEADER.unpack(_read_exact(self.proc.stdout, _HEADER.size))
+            status, n = HEADER.unpack(_read_exact(self.proc.stdout, HEADER.size))
             payload = _read_exact(self.proc.stdout, n)
         except (OSError, EOFError, struct.error) as e:
             raise SynthesisError(f"eSpeak NG server died ({e}); exit code {self.proc.poll()}") from e
@@ -314,12 +157,10 @@ class _Cli:
         self.native_rate = 22050
         self.voices = self.variants = None  # unknown: the program falls back to a default voice
         if data and Path(data.group(1)).is_dir():
-            self.voices, self.variants = _voice_files(Path(data.group(1)))
+            self.voices, self.variants = voice_files(Path(data.group(1)))
         self.lock = threading.Lock()
 
-    def render(self, req: _Request) -> np.ndarray:
-        import soundfile as sf
-
+    def render(self, req: Request) -> np.ndarray:
         cmd = [
             self.exe, "-v", req.voice, "-s", str(req.rate), "-p", str(req.pitch), "-g", str(req.word_gap),
             "-a", str(req.volume), "-b", "1", "-z", "--stdout", req.text,  # -z: no final pause, as the library
@@ -333,12 +174,12 @@ class _Cli:
 
 
 # One engine of each kind per process, created on first use.
-_ENGINES: dict[str, _Library | _Server | _Cli] = {}
+_ENGINES: dict[str, Library | _Server | _Cli] = {}
 _ENGINES_PID = os.getpid()
 _ENGINES_LOCK = threading.Lock()
 
 
-def _engine(kind: Literal["server", "library", "cli"]) -> _Library | _Server | _Cli:
+def _engine(kind: Literal["server", "library", "cli"]) -> Library | _Server | _Cli:
     global _ENGINES_PID
     with _ENGINES_LOCK:
         if _ENGINES_PID != os.getpid():  # forked: the parent's server pipes are not ours
@@ -348,7 +189,7 @@ def _engine(kind: Literal["server", "library", "cli"]) -> _Library | _Server | _
             if kind == "server":
                 _ENGINES[kind] = _Server()
             elif kind == "library":
-                _ENGINES[kind] = _Library()
+                _ENGINES[kind] = Library()
             else:
                 exe = shutil.which("espeak-ng")
                 if exe is None:
@@ -456,7 +297,7 @@ class Synthesizer:
                 raise ValueError(f"{name} must be {PITCH_RANGE[0]}..{PITCH_RANGE[1]}, found {value}")
         if word_gap < 0 or not 0 <= volume <= 200:
             raise ValueError(f"need word_gap >= 0 and volume 0..200, found {word_gap}, {volume}")
-        req = _Request(" ".join(text.split()), self.voice_name(voice, variant), int(rate), int(pitch),
+        req = Request(" ".join(text.split()), self.voice_name(voice, variant), int(rate), int(pitch),
                        int(pitch_range), int(word_gap), int(volume), int(seed))  # fmt: skip
         eng = self._engine
         with eng.lock:
@@ -474,5 +315,3 @@ class Synthesizer:
         return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
-    _serve()
