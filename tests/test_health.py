@@ -16,7 +16,7 @@ CFG = HealthConfig(grace_updates=10, window=5, repeat_every=100)
 
 
 def small(**kw):
-    return Wav2Vec2Config.tiny(num_layers=1, num_codes_per_group=16, codevector_dim=32, final_dim=32, **kw)
+    return Wav2Vec2Config.tiny(num_layers=1, **kw, contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=32))
 
 
 def feed(mon: HealthMonitor, stats: dict, updates=range(0, 30)):

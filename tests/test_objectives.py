@@ -238,11 +238,11 @@ def test_the_task_logs_each_objective_with_its_own_chance(objective):
     batch = {"waveform": torch.randn(2, 6000), "padding_mask": torch.zeros(2, 6000, dtype=torch.bool)}
     loss_sum, stats = task.loss(model, batch, torch.Generator().manual_seed(0))
     evals = task.eval_batch(model.eval(), batch, torch.Generator().manual_seed(0))
-    summary = task.summarize({k: stats[k] + evals[k] for k in stats} | {"code_hist": evals["code_hist"]})
-    n = float(stats["sample_size"] + evals["sample_size"])
+    summary = task.summarize(stats + evals)
+    n = float(stats.sample_size + evals.sample_size)
     main = "contrastive_loss" if objective == "contrastive" else "cross_entropy_loss"
     assert summary["target_loss"] == summary[main]
-    assert math.isclose(summary["loss"], float(stats["loss_sum"] + evals["loss_sum"]) / n, rel_tol=1e-6)
+    assert math.isclose(summary["loss"], float(stats.loss_sum + evals.loss_sum) / n, rel_tol=1e-6)
     if objective == "contrastive":
         assert summary["chance_loss"] == math.log(11) and summary["code_perplexity_max"] == 2 * 16
         assert {"diversity_loss", "feature_penalty", "prob_perplexity"} <= set(summary)
@@ -250,5 +250,5 @@ def test_the_task_logs_each_objective_with_its_own_chance(objective):
     else:
         assert summary["chance_loss"] == math.log(1024) and summary["code_perplexity_max"] == 1024
         assert "diversity_loss" not in summary and summary["codebook_frozen"] == 1.0
-    assert evals["code_hist"].sum() == evals["sample_size"] * (2 if objective == "contrastive" else 1)
+    assert evals.code_hist.sum() == evals.sample_size * (2 if objective == "contrastive" else 1)
     assert 1.0 <= summary["code_perplexity_set"] <= summary["code_perplexity_max"]

@@ -20,8 +20,7 @@ from wav2vec2_lite.train.trainer import NonFiniteError, Trainer
 REPO = Path(__file__).resolve().parent.parent
 
 MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-             pos_conv_kernel=16, pos_conv_groups=16, codevector_dim=32, final_dim=32, num_codes_per_group=16,
-             num_negatives=10, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0)
+             pos_conv_kernel=16, pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +61,10 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
     """
     K, G, V = 20, 2, 32
     cfg = make_cfg("pretrain", corpus,
-                   model={"hidden_size": 128, "ffn_dim": 256, "conv_dim": [64] * 7, "codevector_dim": 64,
-                          "final_dim": 64, "num_code_groups": G, "num_codes_per_group": V, "num_negatives": K,
-                          "feature_grad_mult": 1.0, "feature_penalty_weight": 0.0,
-                          "gumbel_temperature": [2.0, 0.5, 0.995]},
+                   model={"hidden_size": 128, "ffn_dim": 256, "conv_dim": [64] * 7, "feature_grad_mult": 1.0,
+                          "contrastive": {"codevector_dim": 64, "final_dim": 64, "num_code_groups": G,
+                                          "num_codes_per_group": V, "num_negatives": K, "feature_penalty_weight": 0.0,
+                                          "gumbel_temperature": [2.0, 0.5, 0.995]}},
                    schedule={"warmup_updates": 30}, trainer={"max_updates": 500, "log_interval": 50},
                    health={"grace_updates": 250, "window": 10})
     result = Trainer(cfg, tmp_path).fit()
@@ -100,7 +99,7 @@ def test_health_monitor_flags_a_run_stuck_at_chance(corpus, tmp_path):
 def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path, precision):
     """6 updates straight == 3 updates, a new process-like Trainer resuming from `last`, 3 more
     (in bf16 too, whose Linear weights live in one flat buffer cast once per forward)."""
-    over = dict(model={"dropout": 0.1, "attention_dropout": 0.1, "layerdrop": 0.3, "dropout_features": 0.1},
+    over = dict(model={"dropout": 0.1, "attention_dropout": 0.1, "layerdrop": 0.3, "contrastive": {"dropout_features": 0.1}},
                 schedule={"total_updates": 6}, trainer={"save_interval": 3, "update_freq": 2, "precision": precision})
     straight = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a")
     straight.fit()

@@ -17,8 +17,10 @@ keys and wrong types are errors that name the key). Every value has one home:
 * ``data``      :class:`~wav2vec2_lite.data.config.DataConfig`, with the data pipeline.
 
 Unknown keys are errors in every group, one line naming the closest valid key
-(:func:`check_keys`): Hydra checks ``key=value`` against the schema, but ``+key=value`` adds a
-key without looking, so the composed config is checked again here. The free-form maps stay
+(:func:`unknown_key_error`): Hydra checks ``key=value`` against the schema, and ``+key=value``
+(which Hydra adds without looking) is refused when the composed config is merged into the strict
+schema in :func:`to_run_config`; ``schedule`` (a union OmegaConf cannot type) is checked against the
+schedules' fields here and against the chosen one by ``make_schedule``. The free-form maps stay
 free: ``optim.lr_scale.*`` (parameter prefixes) and ``model.extra``. A model key that moved into an
 objective's sub-config is named with its new place (``model.num_negatives`` ->
 ``model.contrastive.num_negatives``).
@@ -33,7 +35,7 @@ from enum import StrEnum
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
 from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS
@@ -45,7 +47,7 @@ from wav2vec2_lite.train.schedules import SCHEDULES, make_schedule
 __all__ = [
     "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
     "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "check_keys", "unknown_key_error",
+    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "unknown_key_error",
     "ModelConfig", "migrate_override",
 ]
 
@@ -270,7 +272,8 @@ def build_model_config(model: Any, **overrides: Any) -> Wav2Vec2Config:
 class RunConfig:
     """What every run has; ``schedule`` is a mapping until :meth:`check` makes it a Schedule."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: Optional[ModelConfig] = field(default_factory=ModelConfig)
+    """A preset and what differs from it; empty (or null) when fine-tuning takes the pretrained model's."""
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: Any = field(default_factory=lambda: {"name": "polynomial"})
@@ -284,6 +287,9 @@ class RunConfig:
         self.data.check()
         self.optim.check()
         self.trainer.check()
+        unknown = [k for k in self.schedule if not _any_schedule_has(k)] if isinstance(self.schedule, dict) else []
+        if unknown:
+            raise unknown_key_error(f"schedule.{unknown[0]}", self.task, self.schedule)
         self.schedule = make_schedule(self.schedule)
         if self.model:
             build_model_config(self.model)
@@ -320,16 +326,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     for kind, schema in _SCHEMAS.items():
         cs.store(name=f"{kind}_schema", node=schema)
-
-
-def _node_keys(path: str, schema: Any, node: dict) -> dict[str, Any] | None:
-    """The keys a node may hold, each with the schema of its value (None: not checked below);
-    None for a node this pass leaves to others (a schedule whose name is unknown)."""
-    if path == "schedule":
-        cls = SCHEDULES.get(node.get("name"))
-        return None if cls is None else {f.name: None for f in fields(cls)}
-    hints = typing.get_type_hints(schema)
-    return {f.name: _dataclass_of(hints[f.name]) for f in fields(schema)}
 
 
 def _dataclass_of(hint: Any) -> type | None:
@@ -377,37 +373,22 @@ def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict)
                        f"{', '.join(sorted(valid))}{note}")
 
 
-def check_keys(node: dict, schema: type, path: str = "", root: type | None = None) -> None:
-    """Raise :class:`ConfigError` at the first key of ``node`` (a plain config) that ``schema``
-    does not have, naming the closest valid key; maps without a schema stay free."""
-    allowed = _node_keys(path, schema, node)
-    if allowed is None:
-        return
-    for key, value in node.items():
-        full = f"{path}.{key}" if path else str(key)
-        if key not in allowed and not (path == "schedule" and _any_schedule_has(key)):
-            raise _unknown_key(full, path, list(allowed), root or schema, node)
-        if isinstance(value, dict) and (allowed.get(key) is not None or full in ("model", "schedule")):
-            check_keys(value, allowed[key], full, root or schema)
-
-
-def unknown_key_error(full_key: str, kind: str) -> ConfigError:
-    """The error :func:`check_keys` gives for ``full_key`` in a ``kind`` run config, for a CLI
-    that catches Hydra's own refusal of ``group.key=value`` (a key the schema lacks)."""
+def unknown_key_error(full_key: str, kind: str, node: dict | None = None) -> ConfigError:
+    """One line for a key the ``kind`` run schema lacks, naming the closest valid key: what the
+    schema's refusal (OmegaConf's, or Hydra's for ``group.key=value``) becomes."""
     root = _SCHEMAS[kind]
     path, _, _ = full_key.rpartition(".")
-    groups = _groups(root)
-    if not path:
-        valid = [f.name for f in fields(root)]
-    elif path == "schedule":
-        valid = sorted({f.name for cls in SCHEDULES.values() for f in fields(cls)})
-    elif path in groups:
-        valid = [f.name for f in fields(groups[path])]
-    elif path.startswith("model.") and OBJECTIVE_CONFIGS.get(path[6:]) is not None:
-        valid = [f.name for f in fields(OBJECTIVE_CONFIGS[path[6:]])]
-    else:
-        return ConfigError(f"unknown config key {full_key}")
-    return _unknown_key(full_key, path, valid, root, {})
+    if path == "schedule":
+        cls = SCHEDULES.get((node or {}).get("name"))
+        valid = sorted({f.name for c in ([cls] if cls else SCHEDULES.values()) for f in fields(c)})
+        return _unknown_key(full_key, path, valid, root, node or {})
+    schema: type | None = root
+    for part in path.split(".") if path else []:  # the dataclass of the node that holds the key
+        hints = typing.get_type_hints(schema)
+        schema = _dataclass_of(hints[part]) if part in hints else None
+        if schema is None:
+            return ConfigError(f"unknown config key {full_key}")
+    return _unknown_key(full_key, path, [f.name for f in fields(schema)], root, {})
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -432,15 +413,16 @@ def migrate_override(arg: str) -> str:
 
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
     """Validate a composed config against its schema and return the typed object."""
-    # plain containers first: a key that Hydra added to a typed node (``+trainer.typo=1``) is
-    # then checked by check_keys, not dropped
+    # plain containers merged into the strict schema: a key Hydra added unchecked
+    # (``+trainer.typo=1``) is refused there, with the closest valid key named
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     kind = kind or plain.get("task", "pretrain")
     if kind not in _SCHEMAS:
         raise ConfigError(f"task: one of {', '.join(_SCHEMAS)} (got {kind!r})")
-    check_keys(plain, _SCHEMAS[kind])
     try:
         obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), OmegaConf.create(plain)))
+    except ConfigKeyError as e:
+        raise unknown_key_error(e.full_key, kind) from None
     except OmegaConfBaseException as e:
         raise ConfigError(_one_line(e)) from e
     obj.check()

@@ -68,13 +68,6 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute the context network's blocks in backward instead of keeping their activations.
-    Sets the flag the context network reads, until the model classes have
-    ``gradient_checkpointing_enable()`` to call instead."""
-    model.wav2vec2.context.gradient_checkpointing = True
-
-
 class Trainer:
     """Builds everything from a typed run config (``train.config.to_run_config``) and runs :meth:`fit`."""
 
@@ -92,7 +85,7 @@ class Trainer:
         self.task: Task = build_task(cfg)
         self.model = self.task.build_model().to(self.device)
         if t.gradient_checkpointing:
-            _enable_gradient_checkpointing(self.model)
+            self.model.gradient_checkpointing_enable()
         self.precision = Precision(t.precision, self.device.type)
         if not (self.dist.world_size > 1 and self.model.config.layerdrop > 0):
             # bf16/fp16: Linear weights cast in one op per forward. Not under DDP with LayerDrop: a
