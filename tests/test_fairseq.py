@@ -245,14 +245,14 @@ def test_pretraining_checkpoint_matches_transformers(tmp_path, layout, container
         ref = hf(wave, mask_time_indices=mask, sampled_negative_indices=flat_negatives)
         out = ours(wave, mask_indices=mask, negative_indices=negatives)
     expected = ref.contrastive_loss.item()
-    assert abs(expected - out.contrastive_loss.item()) <= ATOL * max(1.0, abs(expected))
+    assert abs(expected - out.objective.contrastive_loss.item()) <= ATOL * max(1.0, abs(expected))
 
     # the feature penalty, by hand: mean of the squared conv-encoder output
     with torch.no_grad():
         conv_out = hf.wav2vec2.feature_extractor(wave)  # (B, C, T)
     assert conv_out.shape == (2, CONV[-1][0], frames)
     by_hand = conv_out.pow(2).mean().item()
-    assert abs(out.feature_penalty.item() - by_hand) <= 1e-5 * max(1.0, by_hand)
+    assert abs(out.objective.feature_penalty.item() - by_hand) <= 1e-5 * max(1.0, by_hand)
 
 
 @pytest.mark.parametrize("layout,container", PRETRAIN_CASES[:2])

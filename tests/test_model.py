@@ -193,9 +193,9 @@ def test_pretraining_loss_parts_and_gradients():
     pad[1, 4500:] = True
     out = model(wave, pad, generator=g)
     n = out.num_masked.float()
-    c = cfg.contrastive
-    expected = out.contrastive_loss / n + c.diversity_loss_weight * out.diversity_loss \
-        + c.feature_penalty_weight * out.feature_penalty
+    c, parts = cfg.contrastive, out.objective
+    expected = parts.contrastive_loss / n + c.diversity_loss_weight * parts.diversity_loss \
+        + c.feature_penalty_weight * parts.feature_penalty
     assert torch.allclose(out.loss, expected)
     assert torch.allclose(out.loss_sum, out.loss * n)
     assert out.logits.shape == (int(n), 1 + c.num_negatives)
@@ -203,7 +203,7 @@ def test_pretraining_loss_parts_and_gradients():
     assert out.num_correct.item() == int(top.sum()) and torch.allclose(out.accuracy, top.float().mean())
     assert 1 <= out.code_perplexity.item() <= c.num_code_groups * c.num_codes_per_group
     # at random init the contrastive loss is near chance, ln(K + 1)
-    assert abs((out.contrastive_loss / n).item() - math.log(c.num_negatives + 1)) < 1.0
+    assert abs((parts.contrastive_loss / n).item() - math.log(c.num_negatives + 1)) < 1.0
     frames = model.feature_output_lengths(torch.tensor([4500]))
     assert not out.mask_indices[1, int(frames):].any()
     out.loss.backward()
@@ -224,7 +224,7 @@ def test_same_generator_same_masks_and_loss():
     wave = torch.randn(2, 5000)
     a = model(wave, generator=torch.Generator().manual_seed(3))
     b = model(wave, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a.mask_indices, b.mask_indices) and torch.equal(a.negative_indices, b.negative_indices)
+    assert torch.equal(a.mask_indices, b.mask_indices) and torch.equal(a.objective.negative_indices, b.objective.negative_indices)
     assert torch.equal(a.loss, b.loss)
 
 
@@ -235,7 +235,7 @@ def test_distractors_identical_to_positive_are_masked_out():
     out = model(torch.randn(1, 6000), generator=torch.Generator().manual_seed(0))
     masked = out.codes[out.mask_indices]  # (N, 1)
     b, t = out.mask_indices.nonzero(as_tuple=True)
-    neg_codes = out.codes[b[:, None], out.negative_indices[b, t]][..., 0]  # (N, K)
+    neg_codes = out.codes[b[:, None], out.objective.negative_indices[b, t]][..., 0]  # (N, K)
     twin = neg_codes == masked
     assert twin.any()
     assert torch.isinf(out.logits[:, 1:][twin]).all() and torch.isfinite(out.logits[:, 1:][~twin]).all()

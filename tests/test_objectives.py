@@ -16,6 +16,7 @@ from _helpers import deep_merge
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError, upgrade_config_dict
 from wav2vec2_lite.objectives import contrastive as contrastive_module
+from wav2vec2_lite.objectives.contrastive import ContrastiveOutput
 from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.registry import OBJECTIVES, build_objective
@@ -72,13 +73,15 @@ def test_the_pretraining_forward_is_backbone_then_targets_then_prediction():
     res = model.objective(inputs, generator=g)
     assert isinstance(res, ObjectiveOutput)
     assert torch.equal(res.loss_sum, out.loss_sum) and torch.equal(res.logits, out.logits)
-    assert torch.equal(res.extras["cross_negative_indices"], out.cross_negative_indices)
+    assert isinstance(res, ContrastiveOutput) and isinstance(out.objective, ContrastiveOutput)  # its own type
+    assert torch.equal(res.cross_negative_indices, out.objective.cross_negative_indices)
+    assert res.cross_negative_indices.shape[-1] == 3
     # the loss parts, summed over masked frames, weighted as documented
     n = out.num_masked.float()
     assert torch.allclose(sum(res.weights[k] * v for k, v in res.losses.items()), out.loss_sum)
-    assert torch.allclose(out.losses["diversity_loss"] / n, out.diversity_loss)
-    assert torch.allclose(out.losses["feature_penalty"] / n, out.feature_penalty)
-    assert torch.equal(out.losses["contrastive_loss"], out.contrastive_loss)
+    assert torch.allclose(out.losses["diversity_loss"] / n, res.diversity_loss)
+    assert torch.allclose(out.losses["feature_penalty"] / n, res.feature_penalty)
+    assert torch.equal(out.losses["contrastive_loss"], res.contrastive_loss)
     assert out.metrics.keys() == {"code_perplexity", "prob_perplexity"}
 
 
@@ -96,7 +99,7 @@ def test_the_feature_penalty_is_computed_only_by_the_contrastive_objective(monke
     assert len(calls) == 1
     backbone = pre.wav2vec2(wave)  # the backbone computes no objective's loss, only its inputs
     assert not hasattr(backbone, "feature_penalty")
-    assert torch.allclose(out.feature_penalty, backbone.conv_features.pow(2).mean())
+    assert torch.allclose(out.objective.feature_penalty, backbone.conv_features.pow(2).mean())
 
 
 def test_no_masked_frame_is_an_error_for_every_objective():
@@ -141,7 +144,7 @@ def test_a_new_objective_needs_its_class_and_its_two_registry_entries(monkeypatc
     out = model(torch.randn(2, 5000), generator=torch.Generator().manual_seed(0))
     out.loss.backward()
     assert model.objective.head.weight.grad is not None and out.losses.keys() == {"mse"}
-    assert out.contrastive_loss is None and out.code_perplexity is None
+    assert type(out.objective) is ObjectiveOutput and out.code_perplexity is None
     save_model(model, tmp_path / "m")
     assert set(load_model(tmp_path / "m").state_dict()) == set(model.state_dict())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -47,8 +47,8 @@ class Wav2Vec2ModelOutput:
 
 @dataclass
 class PreTrainingOutput:
-    """What ``Wav2Vec2ForPreTraining`` returns, for every objective. Fields an objective does
-    not produce are None (e.g. ``contrastive_loss`` under ``best_rq``)."""
+    """What ``Wav2Vec2ForPreTraining`` returns, for every objective; what only one objective
+    produces is in ``objective``, that objective's own output type."""
 
     loss: Tensor
     """() per masked frame: ``loss_sum / num_masked`` (contrastive: contrastive_loss / num_masked
@@ -77,30 +77,22 @@ class PreTrainingOutput:
     codes: Tensor | None = None
     """(B, T, G) long, codes of the frames that were quantized (best_rq: the masked frames'
     targets, G = 1), −1 elsewhere."""
-    contrastive_loss: Tensor | None = None
-    """() contrastive: summed over masked frames (as transformers reports it)."""
-    diversity_loss: Tensor | None = None
-    """() contrastive: (G·V − soft perplexity) / (G·V) over masked frames."""
-    feature_penalty: Tensor | None = None
-    """() contrastive: L2 penalty on the conv encoder output."""
-    prob_perplexity: Tensor | None = None
-    """() contrastive: soft code perplexity over masked frames (what the diversity loss uses)."""
-    negative_indices: Tensor | None = None
-    """(B, T, K) contrastive: long frame indices within each utterance, the distractors used."""
-    cross_negative_indices: Tensor | None = None
-    """(B, T, Kc) flat ``b·T + t`` indices of cross-utterance distractors, if configured."""
+    objective: ObjectiveOutput | None = None
+    """The objective's own result, of its own type: contrastive's
+    :class:`~wav2vec2_lite.objectives.contrastive.ContrastiveOutput` holds ``contrastive_loss``,
+    ``diversity_loss``, ``feature_penalty``, ``prob_perplexity``, ``negative_indices``."""
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, if requested."""
 
     @classmethod
     def from_objective(cls, result: ObjectiveOutput, backbone: Wav2Vec2ModelOutput) -> "PreTrainingOutput":
         """Combine an objective's result with the backbone output it was computed from."""
-        named = {k: v for k, v in {**result.metrics, **result.extras}.items() if k in _PRETRAINING_FIELDS}
         n = result.num_masked.to(result.loss_sum.dtype)
         return cls(loss=result.loss_sum / n, loss_sum=result.loss_sum, num_masked=result.num_masked,
                    num_correct=result.num_correct, accuracy=result.num_correct.float() / n, logits=result.logits,
                    mask_indices=backbone.mask_indices, last_hidden_state=backbone.last_hidden_state,
-                   losses=result.losses, metrics=result.metrics, hidden_states=backbone.hidden_states, **named)
+                   losses=result.losses, metrics=result.metrics, code_perplexity=result.metrics.get("code_perplexity"),
+                   codes=result.codes, objective=result, hidden_states=backbone.hidden_states)
 
 
 @dataclass
@@ -113,8 +105,3 @@ class CTCOutput:
     """() CTC loss with the config's reduction, when labels are given."""
     hidden_states: tuple[Tensor, ...] | None = None
     """First block's input, then every block's output, if requested."""
-
-
-_PRETRAINING_FIELDS = {f.name for f in fields(PreTrainingOutput)} - {
-    "loss", "loss_sum", "num_masked", "num_correct", "accuracy", "logits", "mask_indices", "last_hidden_state",
-    "losses", "metrics", "hidden_states"}

@@ -50,9 +50,11 @@ class ObjectiveInputs:
     """(B,) long, valid frames per utterance."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ObjectiveOutput:
-    """What an objective returns. Losses are *summed* over the masked frames (the sample size)."""
+    """What an objective returns. Losses are *summed* over the masked frames (the sample size).
+    An objective with outputs of its own returns a subclass holding them as typed fields
+    (:class:`~wav2vec2_lite.objectives.contrastive.ContrastiveOutput`)."""
 
     loss_sum: Tensor
     """() weighted total: ``sum(weights[k] * losses[k])``; the model's loss is ``loss_sum / num_masked``."""
@@ -67,10 +69,10 @@ class ObjectiveOutput:
     weights: dict[str, float]
     """The weight of each loss part in ``loss_sum``."""
     metrics: dict[str, Tensor] = field(default_factory=dict)
-    """Per-batch numbers that are not sums over frames (e.g. ``code_perplexity``)."""
-    extras: dict[str, Tensor | None] = field(default_factory=dict)
-    """Further :class:`~wav2vec2_lite.outputs.PreTrainingOutput` fields this objective fills
-    (e.g. ``codes``, ``negative_indices``, per-frame ``diversity_loss``)."""
+    """Per-batch numbers that are not sums over frames (``code_perplexity``, ...)."""
+    codes: Tensor | None = None
+    """(B, T, G) long, the discrete unit of each frame that has one (contrastive: the quantized
+    frames; best_rq: the masked frames' targets, G = 1), −1 elsewhere."""
 
 
 def frame_counts(mask: Tensor) -> Tensor:

@@ -194,5 +194,5 @@ class BestRQObjective(PretrainingObjective):
             loss_sum=ce_sum, num_masked=frame_counts(mask), num_correct=num_correct, logits=logits,
             losses={"cross_entropy_loss": ce_sum}, weights={"cross_entropy_loss": 1.0},
             metrics={"code_perplexity": usage_perplexity(target, self.settings.codebook_size)},
-            extras={"codes": targets.masked_fill(~mask, -1)[..., None]},
+            codes=targets.masked_fill(~mask, -1)[..., None],
         )

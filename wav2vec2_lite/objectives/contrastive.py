@@ -22,7 +22,7 @@ from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, Pret
 from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, diversity_loss, feature_penalty
 from wav2vec2_lite.objectives.masking import sample_cross_negatives, sample_negatives, validate_negatives
 
-__all__ = ["ContrastiveObjective", "ContrastiveTargets"]
+__all__ = ["ContrastiveObjective", "ContrastiveOutput", "ContrastiveTargets"]
 
 
 @dataclass
@@ -49,6 +49,24 @@ class ContrastiveTargets:
     """(needed, G, V) quantizer softmax without noise."""
     hard_codes: Tensor
     """(needed, G) argmax codes without noise."""
+
+
+@dataclass(kw_only=True)
+class ContrastiveOutput(ObjectiveOutput):
+    """The contrastive objective's result: the generic fields and its own parts."""
+
+    contrastive_loss: Tensor
+    """() summed over masked frames (as transformers reports it)."""
+    diversity_loss: Tensor
+    """() (G·V − soft perplexity) / (G·V) over masked frames."""
+    feature_penalty: Tensor
+    """() mean squared conv-encoder activation over valid frames (the L2 penalty)."""
+    prob_perplexity: Tensor
+    """() soft code perplexity over masked frames (what the diversity loss uses)."""
+    negative_indices: Tensor
+    """(B, T, K) long frame indices within each utterance: the distractors used."""
+    cross_negative_indices: Tensor | None = None
+    """(B, T, Kc) flat ``b·T + t`` indices of cross-utterance distractors, if configured."""
 
 
 class ContrastiveObjective(PretrainingObjective):
@@ -138,7 +156,7 @@ class ContrastiveObjective(PretrainingObjective):
             .argmax(-1).view(*feats.shape[:2], -1)
 
     # ------------------------------------------------------------------- loss
-    def predict(self, inputs: ObjectiveInputs, targets: ContrastiveTargets) -> ObjectiveOutput:
+    def predict(self, inputs: ObjectiveInputs, targets: ContrastiveTargets) -> ContrastiveOutput:
         """Score each masked frame's context vector against its candidates; sum the losses."""
         cfg, mask, tg = self.settings, inputs.mask_indices, targets
         b_m, t_m = mask.nonzero(as_tuple=True)  # (N,) each
@@ -168,9 +186,9 @@ class ContrastiveObjective(PretrainingObjective):
         weights = {"contrastive_loss": 1.0, "diversity_loss": cfg.diversity_loss_weight,
                    "feature_penalty": cfg.feature_penalty_weight}
         loss_sum = contrastive_sum + n * (cfg.diversity_loss_weight * div + cfg.feature_penalty_weight * penalty)
-        return ObjectiveOutput(
+        return ContrastiveOutput(
             loss_sum=loss_sum, num_masked=n_masked, num_correct=num_correct, logits=logits, losses=losses,
-            weights=weights, metrics={"code_perplexity": hard_ppl, "prob_perplexity": soft_ppl},
-            extras={"contrastive_loss": contrastive_sum, "diversity_loss": div, "feature_penalty": penalty,
-                    "codes": tg.codes, "negative_indices": tg.negatives, "cross_negative_indices": tg.cross},
+            weights=weights, metrics={"code_perplexity": hard_ppl, "prob_perplexity": soft_ppl}, codes=tg.codes,
+            contrastive_loss=contrastive_sum, diversity_loss=div, feature_penalty=penalty, prob_perplexity=soft_ppl,
+            negative_indices=tg.negatives, cross_negative_indices=tg.cross,
         )
