@@ -32,7 +32,7 @@ from wav2vec2_lite.objectives.losses import ctc_loss
 from wav2vec2_lite.objectives.masking import compute_channel_mask, compute_span_mask
 from wav2vec2_lite.objectives.registry import build_objective
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
-from wav2vec2_lite.serialization import register_model_class
+from wav2vec2_lite.serialization import register_model_class, save_model
 
 __all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC", "backbone_of", "with_config_overrides"]
 
@@ -61,8 +61,6 @@ class _SavedModelMixin:
 
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``model.safetensors`` + ``config.json`` (with the weights' sha256) to ``directory``."""
-        from wav2vec2_lite.serialization import save_model
-
         return save_model(self, directory, metadata)
 
     @classmethod

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dat
 from enum import StrEnum
 from typing import Any, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -321,8 +322,6 @@ _SCHEMAS = {"pretrain": PretrainRunConfig, "finetune": FinetuneRunConfig}
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (``pretrain_schema``, ``finetune_schema``)."""
-    from hydra.core.config_store import ConfigStore
-
     cs = ConfigStore.instance()
     for kind, schema in _SCHEMAS.items():
         cs.store(name=f"{kind}_schema", node=schema)
