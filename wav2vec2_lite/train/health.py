@@ -55,9 +55,10 @@ REMEDIES: dict[str, str] = {
                     "leaves unmasked context",
     "few_target_codes": "the frozen random-projection targets fall on few codes: check the audio (long "
                         "silences, clipping, wrong sample rate) and that crops are long enough; a smaller "
-                        "model.objective_options.codebook_dim spreads the codes more evenly",
-    "codebook_collapse": "raise diversity_loss_weight, slow the Gumbel temperature decay (gumbel_temperature), "
-                         "lower the learning rate (transformers #14471, #19588)",
+                        "model.best_rq.codebook_dim spreads the codes more evenly",
+    "codebook_collapse": "raise model.contrastive.diversity_loss_weight, slow the Gumbel temperature decay "
+                         "(model.contrastive.gumbel_temperature), lower the learning rate (transformers #14471, "
+                         "#19588)",
     "gradient_explosion": "lower lr, enable gradient clipping (optim.clip_norm), use bf16 instead of fp16, "
                           "longer warmup",
     "vanishing_gradients": "check the encoder is not frozen by mistake (freeze_finetune_updates, "
