@@ -136,6 +136,10 @@ def test_the_line_for_a_key_hydra_refuses_is_the_same():
     assert str(unknown_key_error("schedule.warmup_update", "finetune")) == (
         "unknown config key schedule.warmup_update: did you mean schedule.warmup_updates?")
     assert str(unknown_key_error("ctc", "pretrain")) == "unknown config key ctc: only finetune configs have it"
+    # Hydra's refusal of a key that moved into an objective's sub-config names its new place
+    assert str(unknown_key_error("model.objective_options.codebook_size", "pretrain")) == (
+        "config key model.objective_options.codebook_size is now model.best_rq.codebook_size "
+        "(each objective owns its settings)")
 
 
 def test_cli_out_of_vocabulary_error_names_data_unk_and_data_unk_map_trains(corpus, tmp_path):

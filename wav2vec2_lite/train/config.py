@@ -355,8 +355,6 @@ def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
 def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict) -> ConfigError:
     """One line: the unknown key and the closest valid one (in its group, else in another group)."""
     key = full.rsplit(".", 1)[-1]
-    if path == "model" and key in MOVED_KEYS:
-        return ConfigError(f"config key {full} is now model.{MOVED_KEYS[key]} (each objective owns its settings)")
     name = node.get("name") if path == "schedule" else None
     note = f" (the {name!r} schedule's keys; schedule=NAME switches schedules)" if name else ""
     close = difflib.get_close_matches(key, valid, n=1)
@@ -377,6 +375,9 @@ def unknown_key_error(full_key: str, kind: str, node: dict | None = None) -> Con
     schema's refusal (OmegaConf's, or Hydra's for ``group.key=value``) becomes."""
     root = _SCHEMAS[kind]
     path, _, _ = full_key.rpartition(".")
+    moved = migrate_override(f"{full_key}=_").removesuffix("=_")
+    if moved != full_key:  # a key (or a node) that moved into an objective's sub-config
+        return ConfigError(f"config key {full_key} is now {moved} (each objective owns its settings)")
     if path == "schedule":
         cls = SCHEDULES.get((node or {}).get("name"))
         valid = sorted({f.name for c in ([cls] if cls else SCHEDULES.values()) for f in fields(c)})
