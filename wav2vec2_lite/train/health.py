@@ -93,8 +93,7 @@ class HealthConfig:
     stuck_accuracy_factor: float = 2.0
     """stuck_at_chance also needs the accuracy (where logged) below this many times chance,
     1/(K+1): a run that picks the true target several times more often than chance is
-    learning, however close its loss still is to ln(K+1) (the demo's tiny model at update 600:
-    loss 4.55 = 0.986 ln 101, accuracy 0.07 = 7x chance, rising)."""
+    learning, however close its loss still is to ln(K+1) (docs/troubleshooting.md)."""
     accuracy_factor: float = 1.25
     """low_accuracy: accuracy below accuracy_factor / (K+1)."""
     collapse_fraction: float = 0.1
