@@ -25,13 +25,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.asr.transcribe import Failure, expand_inputs
 from wav2vec2_lite.compile import compile_dense
+from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.data.manifest import ManifestError, iter_manifest
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
+from wav2vec2_lite.interop.sources import load_any
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining, backbone_of
 from wav2vec2_lite.objectives.base import ObjectiveInputs
+from wav2vec2_lite.probes.features import layer_names
 
 __all__ = ["Extractor", "ExtractionFailure", "extract_to_folder", "FORMATS"]
 
@@ -62,8 +68,6 @@ class Extractor:
     def __init__(self, model: nn.Module, layers: Iterable[str] = ("last",), *, units: bool = False,
                  normalize: bool = False, device: str = "cpu", sample_rate: int = 16000,
                  dtype: str | torch.dtype = "float32", compile: bool = False) -> None:
-        from wav2vec2_lite.probes.features import layer_names
-
         self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
         if compile:  # the dense part, traced on the first file (wav2vec2_lite.compile)
             compile_dense(self.model)
@@ -88,8 +92,6 @@ class Extractor:
                   trust: bool = False, **kwargs) -> "Extractor":
         """From any checkpoint :func:`~wav2vec2_lite.interop.sources.load_any` reads; the input
         normalisation it records is used unless ``normalize=`` is given."""
-        from wav2vec2_lite.interop.sources import load_any
-
         loaded = load_any(path, trust=trust)
         if "normalize" not in kwargs:
             norm = loaded.normalize
@@ -126,14 +128,10 @@ class Extractor:
 def _named_inputs(inputs: Iterable[str | Path], limit: int | None) -> Iterator[tuple[str, str] | ExtractionFailure]:
     """``(audio path, output name)`` per input: a file by its name, a folder's files by their path
     below it, a manifest's rows by their path below its root; failures for what yields nothing."""
-    from wav2vec2_lite.asr.transcribe import Failure, expand_inputs
-
     for item in inputs:
         p = Path(item)
         base = p if p.is_dir() else None
         if p.suffix == ".tsv" and p.is_file():
-            from wav2vec2_lite.data.manifest import ManifestError, iter_manifest
-
             try:
                 base, _ = iter_manifest(p)
             except ManifestError:
@@ -158,9 +156,6 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
     one is refused (``FileExistsError``), so that no earlier output drops out of its index."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, found {fmt!r}")
-    from safetensors.torch import save_file
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     if (out_dir / "index.jsonl").exists():  # another call's outputs would no longer be indexed
         raise FileExistsError(f"{out_dir}: already holds an index.jsonl; extract into a new folder")

@@ -54,7 +54,7 @@ class BeamSearchDecoder:
         self.lm_path = str(lm)
         self.skipped_words = 0
         token_beam = beam_size_token if beam_size_token is not None else len(vocab)
-        # optional dependency (the [lm] extra), present once _require above has passed
+        # optional: flashlight-text (lm extra), present once _require above has passed
         from flashlight.lib.text.decoder.kenlm import KenLM
         from flashlight.lib.text.dictionary import Dictionary
 

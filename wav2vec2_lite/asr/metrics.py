@@ -20,6 +20,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.distributed as dist
 
 __all__ = [
     "ErrorCounts",
@@ -70,8 +72,6 @@ class ErrorCounts:
 
     def as_tensor(self, device=None):
         """LongTensor ``[substitutions, insertions, deletions, ref_len]`` (for all_reduce)."""
-        import torch
-
         return torch.tensor(
             [self.substitutions, self.insertions, self.deletions, self.ref_len],
             dtype=torch.long,
@@ -91,8 +91,6 @@ class ErrorCounts:
         Collective: every rank of ``group`` must call it. With the NCCL backend pass
         ``device`` (the rank's CUDA device).
         """
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             return ErrorCounts(self.substitutions, self.insertions, self.deletions, self.ref_len)
         t = self.as_tensor(device=device)

@@ -30,6 +30,7 @@ from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
 from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
+from wav2vec2_lite.interop.sources import load_any
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
 __all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
@@ -112,8 +113,6 @@ class Transcriber:
         ``dict.ltr.txt`` it was fine-tuned with, next to it). Input normalisation follows what the
         checkpoint records, else LayerNorm encoders (LARGE-style) normalise.
         """
-        from wav2vec2_lite.interop.sources import load_any
-
         loaded = load_any(path, trust=trust)
         if not isinstance(loaded.model, Wav2Vec2ForCTC):
             raise NotACTCModelError(f"{loaded.source}: holds a {type(loaded.model).__name__}, not a fine-tuned "

@@ -10,6 +10,7 @@ from pathlib import Path
 from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_checkpoint_options, _add_decoding_options,
                                       _add_dtype_option, _add_overwrite_option, _decoding, _dtype_note, _Parser,
                                       _report_failure, _reported, _TRUST_HINT)
+from wav2vec2_lite.tools.output_dir import claim_output_dir
 
 # --------------------------------------------------------------------------------- transcription
 def transcribe(argv: list[str] | None = None) -> None:
@@ -23,8 +24,6 @@ def transcribe(argv: list[str] | None = None) -> None:
     --json, an {"path", "error"} record on stdout) and the others are still transcribed.
     Exit status: 0 all transcribed, 1 some failed, 2 usage error or none transcribed.
     """
-    from wav2vec2_lite.asr.transcribe import Failure, Transcriber, transcribe_all
-
     prog = "w2v2-transcribe"
     p = _Parser(prog, transcribe.__doc__)
     p.add_argument("model", help="run dir, model folder, Hugging Face folder or fairseq fine-tuned .pt")
@@ -42,6 +41,9 @@ def transcribe(argv: list[str] | None = None) -> None:
     inputs = args.audio + args.manifest
     if not inputs:
         p.error("give audio files, folders or manifests")
+    # start-up: soundfile and the ASR stack load after --help and usage errors, and never for the other w2v2-*
+    from wav2vec2_lite.asr.transcribe import Failure, Transcriber, transcribe_all
+
     _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
         tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
@@ -70,10 +72,6 @@ def evaluate(argv: list[str] | None = None) -> None:
     with an optional n-gram LM. With --out, writes summary.json (rates, error counts, decoder,
     dtype, model) and utterances.jsonl (path, ref, hyp, errors). An utterance that cannot be
     transcribed is named on stderr and scored as an empty hypothesis (exit 1)."""
-    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
-    from wav2vec2_lite.asr.transcribe import Transcriber
-    from wav2vec2_lite.tools.output_dir import claim_output_dir
-
     prog = "w2v2-evaluate"
     p = _Parser(prog, evaluate.__doc__)
     p.add_argument("model", help="fine-tuned run dir or model folder, Hugging Face folder or fairseq fine-tuned .pt")
@@ -89,6 +87,10 @@ def evaluate(argv: list[str] | None = None) -> None:
     _add_checkpoint_options(p)
     _add_decoding_options(p)
     args = p.parse_intermixed_args(argv)
+    # start-up: soundfile and the ASR stack load after --help and usage errors, and never for the other w2v2-*
+    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
+    from wav2vec2_lite.asr.transcribe import Transcriber
+
     _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
         out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.data, args.dict]) \
@@ -133,10 +135,6 @@ def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
 def export_hf(argv: list[str] | None = None) -> None:
     """``w2v2-export-hf MODEL OUT``: a fine-tuned run -> a Hugging Face folder that
     ``transformers.pipeline("automatic-speech-recognition", model=OUT)`` loads offline."""
-    from wav2vec2_lite.asr.transcribe import Transcriber
-    from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
-    from wav2vec2_lite.tools.output_dir import claim_output_dir
-
     prog = "w2v2-export-hf"
     p = _Parser(prog, export_hf.__doc__)
     p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt), Hugging Face folder "
@@ -146,6 +144,10 @@ def export_hf(argv: list[str] | None = None) -> None:
     _add_overwrite_option(p, "OUT")
     _add_checkpoint_options(p)
     args = p.parse_intermixed_args(argv)
+    # start-up: soundfile and the ASR stack load after --help and usage errors, and never for the other w2v2-*
+    from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
+
     with _reported(prog, args.debug, _TRUST_HINT):
         out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.dict])
         with out:  # written beside OUT, then swapped in whole: no file of an earlier content stays

@@ -8,11 +8,15 @@ import json
 import os
 import pickle
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import NoReturn
+
+from wav2vec2_lite.serialization import CheckpointError
+from wav2vec2_lite.tools import hardware  # hardware.native_bf16 looked up per call (tests replace it)
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
@@ -29,7 +33,7 @@ _TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools 
 # --------------------------------------------------------------------------------- errors
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or settings, not a bug: reported as one message."""
-    from wav2vec2_lite.serialization import CheckpointError
+    # start-up: train.* loads omegaconf (~0.1 s); every w2v2-* imports this module, only an error needs these
     from wav2vec2_lite.train.run_dir import RunDirError
     from wav2vec2_lite.train.trainer import NonFiniteError
 
@@ -107,9 +111,7 @@ def _add_dtype_option(p: argparse.ArgumentParser) -> None:
 
 def _dtype_note(prog: str, dtype: str, device: str) -> None:
     """One line on stderr when bf16 is asked for where the hardware only emulates it."""
-    from wav2vec2_lite.tools.hardware import native_bf16
-
-    if dtype in ("bfloat16", "bf16") and not native_bf16(device):
+    if dtype in ("bfloat16", "bf16") and not hardware.native_bf16(device):
         sys.stderr.write(f"{prog}: note: this CPU has no bf16 units (avx512_bf16/amx_bf16): bfloat16 is emulated "
                          f"and slower than float32 here\n")
 
@@ -127,7 +129,7 @@ def _add_decoding_options(p: argparse.ArgumentParser) -> None:
 
 
 def _decoding(args: argparse.Namespace):
-    from wav2vec2_lite.asr.decode import DecodingConfig
+    from wav2vec2_lite.asr.decode import DecodingConfig  # start-up: soundfile, the ASR stack not in --help
 
     decoder = args.decoder or ("beam" if args.lm or args.lexicon else "greedy")
     return DecodingConfig(decoder=decoder, beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
@@ -137,8 +139,6 @@ def _decoding(args: argparse.Namespace):
 def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:
     """One error line on stderr, or a JSON record on stdout; the traceback first with ``--debug``."""
     if debug and failure.exception is not None:
-        import traceback
-
         traceback.print_exception(failure.exception, file=sys.stderr)
     if as_json:
         sys.stdout.write(json.dumps(failure.to_dict()) + "\n")

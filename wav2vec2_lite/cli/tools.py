@@ -8,6 +8,9 @@ from pathlib import Path
 
 from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_dtype_option, _add_overwrite_option, _dtype_note,
                                       _Parser, _reported, _TRUST_HINT)
+from wav2vec2_lite.serialization import atomic_write_text
+from wav2vec2_lite.tools.output_dir import claim_output_dir, claim_output_file, contains, starts_with
+from wav2vec2_lite.tools.sweep import PLOT_SOFTWARE, TABLE_START, collect_sweep, plot_sweep, sweep_table
 
 # --------------------------------------------------------------------------------- representations
 def extract(argv: list[str] | None = None) -> None:
@@ -16,8 +19,8 @@ def extract(argv: list[str] | None = None) -> None:
     folders (recursively) and .tsv manifests; one .safetensors (or .npy per array) per utterance
     under DIR, mirroring the inputs' relative paths, and DIR/index.jsonl. A bad input is one
     error line and the rest go on (exit 1)."""
+    # start-up: soundfile and the model readers stay out of the other w2v2-* (FORMATS is needed for --help)
     from wav2vec2_lite.extract import FORMATS, ExtractionFailure, Extractor, extract_to_folder
-    from wav2vec2_lite.tools.output_dir import claim_output_dir
 
     prog = "w2v2-extract"
     p = _Parser(prog, extract.__doc__)
@@ -67,8 +70,8 @@ def manifest(argv: list[str] | None = None) -> None:
     what was dropped. Splits per file (--valid-percent, --test-percent: fractions) or per speaker
     (--speaker-disjoint). A bad file stops it with one message naming it, or with --skip-bad is
     skipped and listed (exit 1)."""
+    # start-up: soundfile stays out of the other w2v2-* (--help needs AUDIO_EXTENSIONS, DEFAULT_CHARSET)
     from wav2vec2_lite.data.prepare import AUDIO_EXTENSIONS, DEFAULT_CHARSET, prepare_dataset
-    from wav2vec2_lite.tools.output_dir import claim_output_dir
 
     prog = "w2v2-manifest"
     p = _Parser(prog, manifest.__doc__)
@@ -116,9 +119,6 @@ def manifest(argv: list[str] | None = None) -> None:
 def report(argv: list[str] | None = None) -> None:
     """``w2v2-report RUN_DIR``: one self-contained HTML page for a training run (curves, health
     events, config; codebook usage on a split with --manifest-dir)."""
-    from wav2vec2_lite.tools.output_dir import claim_output_file, contains
-    from wav2vec2_lite.tools.report import GENERATOR, write_report
-
     prog = "w2v2-report"
     p = _Parser(prog, report.__doc__)
     p.add_argument("run_dir", type=Path)
@@ -128,6 +128,8 @@ def report(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest-dir", type=Path, help="pretraining runs: corpus folder for the codebook-usage plot")
     p.add_argument("--split", default="valid")
     args = p.parse_intermixed_args(argv)
+    from wav2vec2_lite.tools.report import GENERATOR, write_report  # start-up: yaml, soundfile after --help
+
     with _reported(prog, args.debug):
         out = claim_output_file(args.out or args.run_dir / "report.html", prog, overwrite=args.overwrite,
                                 own=contains(GENERATOR.encode()))
@@ -137,10 +139,6 @@ def report(argv: list[str] | None = None) -> None:
 def sweep_summary(argv: list[str] | None = None) -> None:
     """``w2v2-sweep-summary SWEEP_DIR``: a Hydra multirun sweep as a markdown table of each run's
     final validation metrics (SWEEP_DIR/summary.md), and with --plot a plot of one metric."""
-    from wav2vec2_lite.serialization import atomic_write_text
-    from wav2vec2_lite.tools.output_dir import claim_output_file, contains, starts_with
-    from wav2vec2_lite.tools.sweep import PLOT_SOFTWARE, TABLE_START, collect_sweep, plot_sweep, sweep_table
-
     prog = "w2v2-sweep-summary"
     p = _Parser(prog, sweep_summary.__doc__)
     p.add_argument("sweep_dir", type=Path)
@@ -167,6 +165,6 @@ def sweep_summary(argv: list[str] | None = None) -> None:
 def probe(argv: list[str] | None = None) -> None:
     """``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes (valid CER) of a model, its
     architecture at random init and the log-mel front end (``wav2vec2_lite.probes``, docs/probes.md)."""
-    from wav2vec2_lite.probes.cli import main
+    from wav2vec2_lite.probes.cli import main  # start-up: soundfile, the probes not in the other w2v2-*
 
     main(argv)

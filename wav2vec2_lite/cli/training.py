@@ -3,15 +3,21 @@ its own ``--help`` and one shared run folder under torchrun."""
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from wav2vec2_lite.cli.common import CONFIG_DIR, _OVERRIDE_HINTS, _debug_wanted, _fail, _reported
+from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.tools.output_dir import check_training_run_dir
 
 # --------------------------------------------------------------------------------- training
 def run_from_hydra(cfg) -> dict:
     """Typed config from Hydra's composed one, run dir from Hydra, then train."""
+    # start-up: hydra, omegaconf and the trainer (~0.2 s) stay out of every w2v2-* that imports this module
     from hydra.core.hydra_config import HydraConfig
 
     from wav2vec2_lite.train.config import to_run_config
@@ -26,8 +32,7 @@ def _check_run_dir_overrides(argv: list[str]) -> None:
     """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it.
     A run folder (``hydra.run.dir``, ``run_dir``) is new, empty or an earlier run's (resumed), never a corpus or
     another tool's output (``wav2vec2_lite.tools.output_dir``)."""
-    from wav2vec2_lite.tools.output_dir import check_training_run_dir
-    from wav2vec2_lite.train.run_dir import RunDir
+    from wav2vec2_lite.train.run_dir import RunDir  # start-up: omegaconf (~0.1 s), not in the other w2v2-*
 
     for arg in argv:
         key, _, value = arg.partition("=")
@@ -91,18 +96,16 @@ def _clip(text: str, width: int) -> str:
 
 def _key_doc(kind: str, key: str) -> str:
     """The first sentence of a run-config key's docstring (``group.name``), from the dataclass source."""
-    import ast
-    import inspect
-    import textwrap
-
-    from wav2vec2_lite.config import Wav2Vec2Config
+    # start-up: omegaconf (~0.1 s) loads for the training --help only, not for the other w2v2-*
     from wav2vec2_lite.train.config import _SCHEMAS, _groups
     from wav2vec2_lite.train.schedules import SCHEDULES
 
     group, _, name = key.partition(".")
     if name == "preset":
         return "model size: tiny | base | large (a config group: model=tiny)"
-    classes = {"ctc": [Wav2Vec2Config], "schedule": list(SCHEDULES.values())}.get(group) or [_groups(_SCHEMAS[kind])[group]]
+    # model: the schema node is built with make_dataclass (no source); its keys are Wav2Vec2Config's
+    classes = {"ctc": [Wav2Vec2Config], "model": [Wav2Vec2Config],
+               "schedule": list(SCHEDULES.values())}.get(group) or [_groups(_SCHEMAS[kind])[group]]
     for cls in classes:
         body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
         for node, after in zip(body, body[1:]):
@@ -137,6 +140,7 @@ def _training_help(kind: str, prog: str) -> str:
 
 def _main(config_name: str, prog: str) -> None:
     """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override) become one message."""
+    # start-up: hydra and omegaconf (~0.2 s) stay out of every w2v2-* that imports this module
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -174,6 +178,7 @@ def _hydra_message(e: BaseException, kind: str) -> str:
     """A Hydra/OmegaConf error in one line. A key the schema lacks gets the project's unknown-key line
     (closest valid key); otherwise Hydra's first line, its cause's, then the rest, without OmegaConf's
     indented details."""
+    # start-up: omegaconf and train.config stay out of every w2v2-* that imports this module
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     from wav2vec2_lite.train.config import unknown_key_error

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from wav2vec2_lite.corpus.augment import (
     DIVERSITY_PRESETS,
@@ -345,8 +346,6 @@ def build_corpus(
     }  # fmt: skip
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=sum(targets_s.values()) / 60, unit="min", desc="synthesizing", bar_format=
                    "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} audio min [{elapsed}<{remaining}]")  # fmt: skip
     used: set[str] = set()

@@ -54,7 +54,7 @@ def voice_files(data_path: Path) -> tuple[set[str], set[str]]:
 
 def _data_path() -> Path:
     try:
-        import espeakng_loader  # optional dependency (the [synth] extra)
+        import espeakng_loader  # optional: espeakng-loader (synth extra)
     except ImportError as e:
         raise SynthesisError("espeakng-loader is not installed (pip install 'wav2vec2_lite[synth]')") from e
     return Path(espeakng_loader.get_data_path())
@@ -66,7 +66,7 @@ class Library:
     _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
     def __init__(self) -> None:
-        import espeakng_loader  # optional dependency (the [synth] extra); _data_path says how to install it
+        import espeakng_loader  # optional: espeakng-loader (synth extra); _data_path says how to install it
 
         data_path = _data_path()
         lib_path = espeakng_loader.get_library_path()

@@ -14,6 +14,7 @@ from typing import Literal, TypeVar
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torch.nn.functional as F
 
@@ -158,8 +159,6 @@ def load_audio(
     sr = info.sample_rate
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if sr != sample_rate:
-        import soxr
-
         wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import soundfile as sf
+
 __all__ = [
     "ManifestError",
     "Manifest",
@@ -242,8 +244,6 @@ def build_manifests(
     the split is deterministic per seed. ``valid.tsv`` is written only if
     ``valid_percent > 0``. Returns ``{"train": n, "valid": m}``.
     """
-    import soundfile as sf
-
     if not 0.0 <= valid_percent <= 1.0:
         raise ValueError(f"valid_percent must be in [0, 1], found {valid_percent}")
     root = Path(audio_dir).resolve()

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
 from wav2vec2_lite.interop.fairseq_literal import parse_conv_layers, parse_floats
 
@@ -55,8 +57,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, argparse.Namespace):
         return {k: _plain(v) for k, v in vars(obj).items()}
     if type(obj).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf  # optional dependency: only an omegaconf object brings it
-
         if OmegaConf.is_config(obj):
             try:
                 obj = OmegaConf.to_container(obj, resolve=True, enum_to_str=True)

@@ -100,7 +100,7 @@ def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
     encoder gradient scale) when ``pretraining``, and a note about masked GroupNorm, which
     only changes padded batches.
     """
-    import transformers
+    import transformers  # optional: transformers (hf extra)
 
     c = cfg.contrastive
     if c.cross_sample_negatives > 0 and pretraining:
@@ -146,7 +146,7 @@ def _our_class(hf_model: Any) -> type[nn.Module]:
 
 
 def _load_hf(path: str | Path) -> Any:
-    import transformers
+    import transformers  # optional: transformers (hf extra)
 
     cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     arch = (getattr(cfg, "architectures", None) or ["Wav2Vec2Model"])[0]
@@ -176,7 +176,7 @@ def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
 
 def to_hf(model: nn.Module) -> Any:
     """Ours -> a transformers instance of the matching class with the same weights."""
-    import transformers
+    import transformers  # optional: transformers (hf extra)
 
     cls = type(model)
     if cls not in _HF_CLASS:

@@ -22,7 +22,7 @@ __all__ = ["export_ctc_to_hf"]
 def export_ctc_to_hf(model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, folder: str | Path,
                      *, sample_rate: int = 16000) -> Path:
     """Write ``model`` + ``tokenizer`` to ``folder`` in transformers' layout; returns the folder."""
-    import transformers
+    import transformers  # optional: transformers (hf extra)
 
     if not isinstance(model, Wav2Vec2ForCTC):
         raise TypeError(f"export_ctc_to_hf needs a Wav2Vec2ForCTC; got {type(model).__name__}")

@@ -24,7 +24,14 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, ListConfig, base as omegaconf_base, nodes as omegaconf_nodes
+
+try:
+    from numpy._core import multiarray
+except ImportError:  # numpy 1.x
+    from numpy.core import multiarray  # type: ignore[no-redef]
 
 __all__ = ["UntrustedCheckpointError", "safe_globals", "load_checkpoint"]
 
@@ -42,26 +49,14 @@ def _omegaconf_globals() -> list[Any]:
     ``__setstate__`` from plain dicts; ``dict``/``list``/``int``/``typing.Any`` appear as the
     recorded key/element types. The leaf node classes of typed configs are data holders too.
     """
-    try:
-        from omegaconf import DictConfig, ListConfig, base, nodes
-    except ImportError:  # then the file cannot hold a DictConfig we could read anyway
-        return []
-    leaf = [getattr(nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode",
-                                        "BytesNode") if hasattr(nodes, n)]
-    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, *leaf, typing.Any,
-            collections.defaultdict, dict, list, int, float, str, bool]
+    leaf = [getattr(omegaconf_nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
+                                                 "BooleanNode", "BytesNode") if hasattr(omegaconf_nodes, n)]
+    return [DictConfig, ListConfig, omegaconf_base.ContainerMetadata, omegaconf_base.Metadata, *leaf,
+            typing.Any, collections.defaultdict, dict, list, int, float, str, bool]
 
 
 def _numpy_globals() -> list[Any]:
     """numpy scalars and arrays (``extra_state`` of some fairseq runs), under numpy 1 and 2 names."""
-    try:
-        import numpy as np
-    except ImportError:
-        return []
-    try:
-        from numpy._core import multiarray
-    except ImportError:  # numpy 1.x
-        from numpy.core import multiarray  # type: ignore[no-redef]
     out: list[Any] = [np.ndarray, np.dtype]
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         out += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]

@@ -26,8 +26,10 @@ from typing import Any
 
 from torch import nn
 
+from wav2vec2_lite.interop.hf import from_hf
 from wav2vec2_lite.models import (Wav2Vec2ForCTC, Wav2Vec2Model, backbone_of, register_checkpoint_reader,
                                   with_config_overrides)
+from wav2vec2_lite.pretrained import resolve
 from wav2vec2_lite.serialization import CONFIG_NAME, CheckpointError, find_model_folder, load_model
 
 __all__ = ["CheckpointSource", "LoadedCheckpoint", "detect", "load_any", "load_backbone", "SOURCE_KINDS"]
@@ -91,8 +93,6 @@ def detect(path_or_name: str | Path) -> CheckpointSource:
     Raises ``FileNotFoundError`` (no such path or shipped name, no checkpoint in the folder) or
     :class:`CheckpointError` (the path holds something else), each naming the path and what is accepted.
     """
-    from wav2vec2_lite.pretrained import resolve
-
     path = resolve(path_or_name)
     if path.is_file():
         if path.name in (CONFIG_NAME, *_HF_WEIGHTS) or path.suffix == ".safetensors":
@@ -147,13 +147,12 @@ def load_any(path_or_name: str | Path, *, trust: bool = False, map_location: str
         normalize = (info.get("metadata") or {}).get("normalize")
         return LoadedCheckpoint(model.eval(), src, None if normalize is None else bool(normalize))
     if src.kind == "transformers":
-        from wav2vec2_lite.interop.hf import from_hf
-
         if importlib.util.find_spec("transformers") is None:
             raise CheckpointError(f"{src.path}: a Hugging Face folder; reading it needs transformers "
                                   "(pip install 'wav2vec2_lite[hf]')")
         model = from_hf(src.path, **config_overrides).to(map_location)
         return LoadedCheckpoint(model.eval(), src, _hf_normalize(src.path))
+    # start-up: the fairseq reader and omegaconf (~90 ms) stay out of `import wav2vec2_lite` (every w2v2-*)
     from wav2vec2_lite.interop.fairseq import load_fairseq
 
     model = load_fairseq(src.path, trust=trust, map_location=map_location, **config_overrides)

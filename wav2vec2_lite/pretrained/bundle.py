@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
+from wav2vec2_lite.pretrained.check import FRESH_VALID, fresh_valid_set, pretext_accuracy
 from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, load_model, save_model
 from wav2vec2_lite.tools.hardware import cpu_kind
 from wav2vec2_lite.train.logging import read_metrics
@@ -72,10 +75,6 @@ CHECK_TOLERANCE = 0.01  # absolute, on accuracy: same audio, same masks; only fl
 def fresh_valid_check(model: torch.nn.Module, corpus_seed: int, normalize_waves: bool) -> dict[str, Any]:
     """Accuracy on a freshly synthesized valid set (mask seed 0, re-measured by the tests) and its
     spread over mask seeds 0-4 (what a different draw of masks alone changes)."""
-    import tempfile
-
-    from wav2vec2_lite.pretrained.check import FRESH_VALID, fresh_valid_set, pretext_accuracy
-
     with tempfile.TemporaryDirectory() as tmp:
         d = fresh_valid_set(Path(tmp) / "valid", corpus_seed)
         runs = [pretext_accuracy(model, d, seed=s, normalize_waves=normalize_waves) for s in range(5)]
@@ -134,8 +133,6 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     state = torch.load(best / "training_state.pt", map_location="cpu", weights_only=True)
     model = load_model(best).eval()
     cfg_yaml = (run_dir / "config.yaml").read_text()
-    import yaml  # hydra's dependency
-
     cfg = yaml.safe_load(cfg_yaml)
     train = read_metrics(run_dir / "metrics.jsonl", "train")
     valid = read_metrics(run_dir / "metrics.jsonl", "valid")

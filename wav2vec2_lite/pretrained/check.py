@@ -8,13 +8,19 @@ both the number and the spread over mask seeds; ``tests/test_pretrained.py`` re-
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from wav2vec2_lite.corpus import build_corpus
 from wav2vec2_lite.data.audio import load_audio, normalize
 from wav2vec2_lite.data.manifest import read_manifest
+from wav2vec2_lite.train.config import migrate_override
+from wav2vec2_lite.train.logging import read_metrics
 
 __all__ = ["fresh_valid_set", "pretext_accuracy", "reproduce_losses", "FRESH_VALID"]
 
@@ -24,8 +30,6 @@ FRESH_VALID = {"valid_minutes": 2.0, "tiny_minutes": 0.05}
 
 def fresh_valid_set(out_dir: str | Path, seed: int, valid_minutes: float = FRESH_VALID["valid_minutes"]) -> Path:
     """Synthesize ``valid_minutes`` of the seed's held-out ``valid`` speakers into ``out_dir``."""
-    from wav2vec2_lite.corpus import build_corpus
-
     t = FRESH_VALID["tiny_minutes"]
     build_corpus(out_dir, unlabeled_minutes=t, train_1min_minutes=t, train_10min_minutes=t, train_1h_minutes=t,
                  valid_minutes=valid_minutes, test_minutes=t, seed=seed, workers=1)
@@ -64,13 +68,6 @@ def reproduce_losses(provenance: dict, run_dir: str | Path, *, updates: int = 20
     ``AssertionError`` naming the first update whose loss differs by more than ``rtol``.
     Bit-for-bit equality is expected on the CPU kind (and thread count) that made the run.
     """
-    import shlex
-    import subprocess
-    import sys
-
-    from wav2vec2_lite.train.config import migrate_override
-    from wav2vec2_lite.train.logging import read_metrics
-
     argv = shlex.split(provenance["command"])[1:]  # drop "python"
     keep = [migrate_override(a) for a in argv  # recorded by an earlier version: today's keys
             if not a.startswith(("trainer.max_updates=", "hydra.run.dir=", "data.manifest_dir="))]

@@ -13,7 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
+from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
 from wav2vec2_lite.probes.report import MARKDOWN_START
+from wav2vec2_lite.probes.run import run_probes
 from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.output_dir import OutputError, claim_output_file, starts_with
 
@@ -33,8 +38,6 @@ def _fail(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wav2vec2_lite.probes.protocol import ProbeProtocol
-
     d = ProbeProtocol()
     p = _Parser(prog=PROG, description="Linear CTC probes over letters (or phonemes) on the frozen output of every layer of a "
                 "model (conv features and each transformer layer), of the same architecture at random init and "
@@ -71,8 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
-
     try:
         protocol = ProbeProtocol(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                                  standardize=not args.no_standardize, seed=args.seed, probe_seeds=args.probe_seeds,
@@ -81,8 +82,6 @@ def main(argv: list[str] | None = None) -> None:
                                  max_valid_utterances=args.max_valid).validate()
         if args.threads is not None and args.threads < 1:
             raise ProbeError(f"--threads must be >= 1, found {args.threads}")
-        from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
-
         try:
             resolve(args.model)
         except UnknownPretrainedError as e:
@@ -93,10 +92,6 @@ def main(argv: list[str] | None = None) -> None:
         _claim_outputs(args)  # before the probes run: a refused path costs nothing
     except (ProbeError, OutputError) as e:
         _fail(str(e))
-    import torch
-
-    from wav2vec2_lite.probes.run import run_probes
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: sys.stderr.write(msg + "\n"))

@@ -41,7 +41,7 @@ class EspeakPhonemizer:
 
     def __init__(self) -> None:
         try:
-            import espeakng_loader
+            import espeakng_loader  # optional: espeakng-loader (synth extra)
         except ImportError as e:
             raise ProbeError("phoneme labels need eSpeak NG: pip install 'wav2vec2_lite[synth]'") from e
         c = ctypes

@@ -25,6 +25,7 @@ from wav2vec2_lite.data.audio import AudioError
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.manifest import ManifestError
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
+from wav2vec2_lite.interop.sources import load_backbone as load_any_backbone
 from wav2vec2_lite.models import Wav2Vec2Model, backbone_of
 from wav2vec2_lite.modules.log_mel import LogMel
 from wav2vec2_lite.probes.features import (
@@ -35,6 +36,7 @@ from wav2vec2_lite.probes.features import (
 from wav2vec2_lite.probes.linear_ctc import ProbeResult, train_ctc_probe
 from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
 from wav2vec2_lite.probes.report import LayerScore, ModelProbes, ProbeReport
+from wav2vec2_lite.serialization import CheckpointError
 
 __all__ = ["LabelledSplit", "load_backbone", "load_split", "run_probes"]
 
@@ -115,9 +117,6 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
         except TypeError as e:
             raise ProbeError(str(e)) from None
         return backbone, backbone.config.feat_extract_norm == "layer", type(model_or_path).__name__
-    from wav2vec2_lite.interop.sources import load_backbone as load_any_backbone
-    from wav2vec2_lite.serialization import CheckpointError
-
     try:
         loaded = load_any_backbone(model_or_path)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError, ImportError) as e:

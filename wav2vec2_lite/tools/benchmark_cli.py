@@ -39,7 +39,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         "cpu_capability": torch.backends.cpu.get_cpu_capability() if args.device == "cpu" else None,
     }
     try:
-        import transformers
+        import transformers  # optional: transformers (hf extra)
 
         report["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover

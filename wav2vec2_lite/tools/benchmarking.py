@@ -29,11 +29,20 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.inference_dtype import cast_for_inference
+from wav2vec2_lite.interop import to_hf
+from wav2vec2_lite.interop.hf import config_to_hf
+from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
 from wav2vec2_lite.tools.benchmark_report import render_markdown
 from wav2vec2_lite.tools.hardware import model_flops, sync
+from wav2vec2_lite.tools.op_census import census
+from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 
 __all__ = ["BenchSpec", "census_steps", "impls_for", "model_flops", "probe", "profile_ops", "run_probe",
            "time_interleaved", "render_markdown"]
@@ -91,24 +100,16 @@ def _autocast(spec: BenchSpec, impl: str = "ours"):
 
 
 def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
-    from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
-
     torch.manual_seed(spec.seed)
     model = Wav2Vec2ForPreTraining(cfg) if spec.task == "pretrain" else Wav2Vec2ForCTC(cfg)
     if spec.task == "finetune":
         model.freeze_feature_encoder()
     model = model.train(spec.task != "infer").to(spec.device)
     if _bf16_weights("ours", spec):
-        from wav2vec2_lite.inference_dtype import cast_for_inference
-
         cast_for_inference(model, torch.bfloat16)  # bf16 Linear weights, float32 convs and norms
     elif spec.dtype == "bfloat16":  # training as the trainer does it: Linear weights cast in one op
-        from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
-
         model.low_precision_weights = LowPrecisionWeights(model, torch.bfloat16)
     if spec.compile:
-        from wav2vec2_lite.compile import compile_dense
-
         compile_dense(model)
     return model
 
@@ -116,8 +117,6 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
 def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Module:
     """HF's model with ``ours``' weights; ``attn`` is ``eager`` or ``sdpa``, with ``_bf16w``
     for the whole model in bf16 (``torch_dtype=bfloat16``)."""
-    from wav2vec2_lite.interop import to_hf
-
     bf16_weights = attn.endswith(BF16_WEIGHTS)
     attn = attn.removesuffix(BF16_WEIGHTS)
     source = ours.cpu() if spec.device != "cpu" else ours
@@ -139,8 +138,6 @@ def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Modu
 
 def _inputs(spec: BenchSpec, cfg: Wav2Vec2Config) -> dict[str, torch.Tensor]:
     """Wave, and for pretraining the masks and distractors both implementations use."""
-    from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
-
     g = torch.Generator().manual_seed(spec.seed + 1)
     samples = int(round(spec.seconds * SAMPLE_RATE))
     wave = torch.randn(spec.batch, samples, generator=g)
@@ -258,8 +255,6 @@ def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), 
     Returns ``{"total_ms": {impl: ms}, "ops": [(op, {impl: ms}), ...]}``: the ``top`` ops by
     their largest time in either implementation (the same kernels under the same names, so
     the rows compare)."""
-    from torch.profiler import ProfilerActivity, profile
-
     _setup(spec)
     cfg = spec.model_config()
     ours = _ours_model(spec, cfg)
@@ -288,8 +283,6 @@ def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), 
 def census_steps(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_sdpa")) -> dict[str, dict[str, Any]]:
     """Casts (calls, MB) and FLOPs by dtype of one step of each implementation
     (:mod:`~wav2vec2_lite.tools.op_census`): counts, so they do not depend on the machine's load."""
-    from wav2vec2_lite.tools.op_census import census
-
     _setup(spec)
     cfg = spec.model_config()
     ours = _ours_model(spec, cfg)
@@ -325,14 +318,12 @@ def _peak_rss_kb() -> int:
 def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict[str, Any]:
     """Run ``impl`` alone in this (fresh) process: peak memory and step times."""
     _setup(spec)
-    import transformers  # both sides pay the same library footprint, so totals compare too
+    import transformers  # optional: transformers (hf extra); both sides pay its footprint, so totals compare
 
     cfg = spec.model_config()
     if impl == "ours":
         model = _ours_model(spec, cfg)
     else:  # HF built straight from the config: memory does not depend on the weights' values
-        from wav2vec2_lite.interop.hf import config_to_hf
-
         cls = transformers.Wav2Vec2ForPreTraining if spec.task == "pretrain" else transformers.Wav2Vec2ForCTC
         hf_cfg = config_to_hf(cfg)
         model = cls(hf_cfg)

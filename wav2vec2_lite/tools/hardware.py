@@ -7,6 +7,7 @@ measured in the same run and dtype, the same formula for every implementation.
 from __future__ import annotations
 
 import math
+import platform
 import time
 
 import torch
@@ -69,8 +70,6 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 def cpu_kind() -> dict:
     """CPU model, which of the bf16-relevant ``CPU_FLAGS`` it has (None where /proc/cpuinfo is
     unreadable) and torch's CPU capability."""
-    import platform
-
     model, flags = platform.processor() or "unknown", None
     try:
         with open("/proc/cpuinfo") as f:

@@ -24,6 +24,7 @@ The protocol and the spec's keys: docs/results/label_curve.md.
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import hashlib
 import json
 import time
@@ -31,9 +32,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from wav2vec2_lite.serialization import atomic_write_bytes, atomic_write_text
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from wav2vec2_lite.asr.evaluate import transcribe_split
+from wav2vec2_lite.cli import CONFIG_DIR
+from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels, write_manifest
+from wav2vec2_lite.interop.sources import detect
+from wav2vec2_lite.serialization import atomic_write_bytes, atomic_write_text, file_sha256
+from wav2vec2_lite.tools.hardware import cpu_kind
 from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT, TOPLINE, TOPLINE_SUBSET,
                                                   LabelCurveError, load_mapping, validate_spec)
+from wav2vec2_lite.tools.side_by_side import run_side_by_side
+from wav2vec2_lite.train.config import config_container, register_configs, to_run_config
+from wav2vec2_lite.train.logging import read_metrics
+from wav2vec2_lite.train.tasks import resolve_pretrained
+from wav2vec2_lite.train.trainer import train
 
 __all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
            "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso",
@@ -58,12 +72,6 @@ def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, 
 
 def compose_config(config_name: str, overrides: list[str], kind: str = "finetune"):
     """The typed run config (``kind``: finetune or pretrain) Hydra composes from the package's configs and ``overrides``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from wav2vec2_lite.cli import CONFIG_DIR
-    from wav2vec2_lite.train.config import register_configs, to_run_config
-
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
@@ -159,8 +167,6 @@ def load_summaries(plan: dict) -> dict[str, dict]:
 def write_transcribed_unlabeled(corpus: Path, name: str = TOPLINE_SUBSET) -> Path:
     """``NAME.{tsv,ltr,wrd}``: the unlabeled pool with the transcripts the corpus synthesized it
     from (``utterances.jsonl``), for the supervised topline. Same rows and order as unlabeled.tsv."""
-    from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels, write_manifest
-
     corpus = Path(corpus)
     index, manifest = corpus / "utterances.jsonl", corpus / "unlabeled.tsv"
     if not index.is_file() or not manifest.is_file():
@@ -183,9 +189,6 @@ def _weights_sha(run: dict) -> str | None:
     """sha256 of the pretrained weights a run started from (a checkpoint replaced mid-experiment shows)."""
     if not run["pretrain_path"]:
         return None
-    from wav2vec2_lite.train.checkpoint import file_sha256
-    from wav2vec2_lite.train.tasks import resolve_pretrained
-
     src = resolve_pretrained(run["pretrain_path"])
     return file_sha256(src.path if src.path.is_file() else src.path / "model.safetensors")
 
@@ -206,8 +209,6 @@ def run_code(run_dir: Path) -> dict:
     """What a run folder's ``run.json`` recorded (the code version of every process that trained
     it, oldest first; torch and threads of the last), and the CPU kind of this machine (where a
     runner's runs train), for the committed summary."""
-    from wav2vec2_lite.tools.hardware import cpu_kind
-
     path = run_dir / "run.json"
     run = json.loads(path.read_text()) if path.is_file() else {}
     versions = [p.get("code_version") for p in [*run.get("earlier_processes", []), run]]
@@ -216,10 +217,6 @@ def run_code(run_dir: Path) -> dict:
 
 
 def _train_one(plan: dict, run: dict) -> dict:
-    from wav2vec2_lite.train.config import config_container
-    from wav2vec2_lite.train.logging import read_metrics
-    from wav2vec2_lite.train.trainer import train
-
     run_dir = Path(run["run_dir"])
     claim_run_dir(run_dir, "label_curve_run.json", {"config_name": run["config_name"], "overrides": run["overrides"]},
                   f"the plan's run {run['id']}")
@@ -255,12 +252,6 @@ def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
     unscored and gzipped, to ``RESULTS/sealed/RUN.json.gz`` (committed with the summary), so that
     test can be scored once at the end even if the run's folder is gone by then. Nothing reads
     them but ``score-test``, and only for the runs chosen on valid."""
-    import gzip
-
-    from wav2vec2_lite.asr.evaluate import transcribe_split
-    from wav2vec2_lite.interop.sources import detect
-    from wav2vec2_lite.serialization import file_sha256
-
     folder = detect(run_dir).path
     paths, hyps, failed = transcribe_split(folder, plan["spec"]["corpus"], "test")
     record = {"format": 1, "run": run["id"], "checkpoint": folder.name,
@@ -274,8 +265,6 @@ def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
 
 def read_sealed(plan: dict, run_id: str) -> dict | None:
     """The sealed test transcripts of a run (for ``score-test`` only), or None."""
-    import gzip
-
     path = sealed_path(plan, run_id)
     return json.loads(gzip.decompress(path.read_bytes())) if path.is_file() else None
 
@@ -315,8 +304,6 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
 
 
 def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
-    from wav2vec2_lite.tools.side_by_side import run_side_by_side
-
     pieces = [(r["id"], ["-m", "wav2vec2_lite.tools.label_curve_cli", "run", "--plan", str(plan_path), "--only", r["id"],
                          "--jobs", "1"], Path(r["run_dir"]) / "label_curve.log") for r in todo]
     failed = run_side_by_side(pieces, jobs, plan["spec"]["threads_per_run"], log, "label_curve")

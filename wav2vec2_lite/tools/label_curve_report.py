@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from wav2vec2_lite.asr.evaluate import (by_kind, evaluate_split, read_references, score_hypotheses,
+                                        sentence_kinds)
 from wav2vec2_lite.tools.label_curve import load_summaries, now_iso, read_sealed, sealed_path, test_marker, write_json
 from wav2vec2_lite.tools.label_curve_spec import ARMS, TOPLINE, LabelCurveError
 from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, median, welch_t
@@ -47,8 +49,6 @@ def choose_on_valid(plan: dict, summaries: dict[str, dict]) -> tuple[list[dict],
 
 def score_test(plan: dict) -> Path:
     """Score test once for the runs chosen on valid; the results file is the refusal marker."""
-    from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, read_references, score_hypotheses, sentence_kinds
-
     marker = test_marker(plan)
     if marker.exists():
         raise LabelCurveError(f"test already scored: {marker} exists; the protocol scores test once (its numbers are "
@@ -215,10 +215,10 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
 
 def plot_curve(curve: dict, metric: str, out: Path) -> Path:
     """CER vs labeled minutes (log x), mean line with its CI band per arm, runs as dots."""
-    import matplotlib
+    import matplotlib  # optional: matplotlib (plot extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib (plot extra)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for arm, colour in zip(ARMS, ("tab:blue", "tab:orange")):

@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 __all__ = ["LabelCurveError", "validate_spec", "load_mapping", "ARMS", "TOPLINE", "TOPLINE_SUBSET", "MANAGED_KEYS",
            "PROTOCOL_DEFAULTS", "SPEC_KEYS", "PLAN_FORMAT", "RUN_FORMAT"]
 
@@ -38,8 +40,6 @@ def load_mapping(path: Path) -> dict:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
             data = yaml.safe_load(text)
     except Exception as e:  # any parse error is the user's file
         raise LabelCurveError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} "

@@ -43,10 +43,10 @@ def series(records: list[dict[str, Any]], kind: str, metric: str) -> tuple[list[
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # optional: matplotlib (plot extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib (plot extra)
 
     return plt
 

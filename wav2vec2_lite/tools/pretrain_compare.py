@@ -31,9 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wav2vec2_lite.probes.protocol import ProbeError
+import torch
+
+from wav2vec2_lite.models import Wav2Vec2Model
+from wav2vec2_lite.pretrained.bundle import audio_seen_hours, running_minutes, valid_curve
+from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
+from wav2vec2_lite.probes.run import run_probes
 from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, run_code, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
+from wav2vec2_lite.tools.side_by_side import run_side_by_side
+from wav2vec2_lite.train.config import build_model_config, config_container
+from wav2vec2_lite.train.logging import read_metrics
+from wav2vec2_lite.train.trainer import train
 
 __all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
 
@@ -91,8 +100,6 @@ def load_spec(path: str | Path) -> dict:
     _need("test" not in (probe["train"], probe["valid"]), f"{path}: a probe split is test: variants are chosen on "
           f"valid, test is never read")
     _need(isinstance(probe.get("protocol") or {}, dict), f"{path}: probe.protocol must be a mapping")
-    from wav2vec2_lite.probes.protocol import ProbeProtocol
-
     try:
         protocol = ProbeProtocol.from_dict(dict(probe.get("protocol") or {}))
     except ProbeError as e:
@@ -120,8 +127,6 @@ def plan_runs(spec: dict) -> list[dict]:
 def check_inputs(spec: dict) -> None:
     """Compose every variant's config and look for every file the runs read, so that a typo or a
     missing split fails now rather than after hours of runs."""
-    from wav2vec2_lite.train.config import build_model_config
-
     corpus = Path(spec["corpus"])
     probe = spec["probe"]
     needed = {corpus / f"{probe[k]}.{ext}" for k in ("train", "valid") for ext in ("tsv", "ltr")} | {corpus / "dict.ltr.txt"}
@@ -168,8 +173,6 @@ def load_summaries(spec: dict) -> dict[str, dict]:
 
 def _protocol(spec: dict, **changes):
     """The spec's probe protocol (the baselines')."""
-    from wav2vec2_lite.probes.protocol import ProbeProtocol
-
     return ProbeProtocol.from_dict({**spec["probe"]["protocol"], **changes})
 
 
@@ -183,19 +186,11 @@ def _layer_table(model_probes: Any) -> list[dict]:
 
 
 def _last_update(run_dir: Path) -> int | None:
-    import torch
-
     state = run_dir / "checkpoints" / "last" / "training_state.pt"
     return int(torch.load(state, map_location="cpu", weights_only=True)["update"]) if state.is_file() else None
 
 
 def _pretrain_and_probe(spec: dict, run: dict) -> dict:
-    from wav2vec2_lite.pretrained.bundle import audio_seen_hours, running_minutes, valid_curve
-    from wav2vec2_lite.probes.run import run_probes
-    from wav2vec2_lite.train.config import build_model_config, config_container
-    from wav2vec2_lite.train.logging import read_metrics
-    from wav2vec2_lite.train.trainer import train
-
     run_dir = Path(run["run_dir"])
     claim_run_dir(run_dir, "pretrain_compare_run.json", {"config_name": spec["config_name"], "overrides": run["overrides"]},
                   f"the spec's run {run['id']}")
@@ -231,10 +226,6 @@ def _pretrain_and_probe(spec: dict, run: dict) -> dict:
 def _architecture(model_cfg: Any) -> str:
     """A short fingerprint of the backbone a config builds (parameter names and shapes, pre/post-LN):
     a random-init baseline compares only with runs of the same architecture."""
-    import torch
-
-    from wav2vec2_lite.models import Wav2Vec2Model
-
     with torch.device("meta"):
         shapes = [(k, list(v.shape)) for k, v in Wav2Vec2Model(model_cfg).state_dict().items()]
     return hashlib.sha256(json.dumps([shapes, model_cfg.layer_norm_first]).encode()).hexdigest()[:12]
@@ -242,10 +233,6 @@ def _architecture(model_cfg: Any) -> str:
 
 def _baseline(spec: dict) -> dict:
     """The first variant's architecture at random init (the protocol's seeds, averaged) and log-mel."""
-    from wav2vec2_lite.models import Wav2Vec2Model
-    from wav2vec2_lite.probes.run import run_probes
-    from wav2vec2_lite.train.config import build_model_config
-
     first = plan_runs(spec)[0]
     model_cfg = build_model_config(compose_config(spec["config_name"], first["overrides"], kind="pretrain").model)
     placeholder = Wav2Vec2Model(model_cfg)  # gives run_probes the architecture; itself not probed
@@ -282,8 +269,6 @@ def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, l
             log(f"[pretrain_compare] {i}")
             _baseline(spec) if i == BASELINE else _pretrain_and_probe(spec, runs[i])
         return todo
-    from wav2vec2_lite.tools.side_by_side import run_side_by_side
-
     pieces = [(i, ["-m", "wav2vec2_lite.tools.pretrain_compare", "run", "--spec", str(spec_path), "--only", i],
                Path(spec["runs_dir"]) / i / "pretrain_compare.log") for i in todo]
     failed = run_side_by_side(pieces, jobs, spec["threads_per_run"], log, "pretrain_compare")

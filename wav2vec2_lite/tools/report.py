@@ -6,13 +6,18 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from wav2vec2_lite.config import upgrade_config_dict
-from wav2vec2_lite.serialization import atomic_write_text
+from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.data.manifest import read_manifest
+from wav2vec2_lite.models import Wav2Vec2ForPreTraining
+from wav2vec2_lite.serialization import atomic_write_text, load_model
 from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
 
 __all__ = ["codebook_usage", "write_report", "GENERATOR"]
@@ -36,11 +41,6 @@ def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str =
 
     ``mono``, ``resample``, ``normalize``: the audio settings of the run (``data.*``); ``normalize``
     None means the run's default (LayerNorm encoders normalise)."""
-    from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
-    from wav2vec2_lite.data.manifest import read_manifest
-    from wav2vec2_lite.models import Wav2Vec2ForPreTraining
-    from wav2vec2_lite.serialization import load_model
-
     model = load_model(model_dir)
     if not isinstance(model, Wav2Vec2ForPreTraining):
         raise TypeError(f"{model_dir}: codebook usage needs a pretraining model, found {type(model).__name__}")
@@ -67,8 +67,6 @@ _NOT_METRICS = {"time"}  # numbers in metrics.jsonl records that are not measure
 
 def _run_data_settings(run_dir: Path) -> dict[str, Any]:
     """The ``data`` section of the run's ``config.yaml`` (how it read audio), ``{}`` without one."""
-    import yaml
-
     path = run_dir / "config.yaml"
     if not path.is_file():
         return {}
@@ -93,8 +91,6 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest
     panels = (PRETRAIN_PANELS if pretrain else FINETUNE_PANELS) + EXTRA_PANELS
     hlines = None
     if pretrain:
-        import math
-
         cfg_json = run_dir / "checkpoints" / "last" / "config.json"
         if cfg_json.is_file():
             c = upgrade_config_dict(json.loads(cfg_json.read_text())["config"])["contrastive"]

@@ -87,10 +87,10 @@ def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
 
 def plot_sweep(runs: list[SweepRun], metric: str, out_png: str | Path) -> Path:
     """Bar chart of one validation metric per run (needs matplotlib, the ``plot`` extra)."""
-    import matplotlib
+    import matplotlib  # optional: matplotlib (plot extra)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: matplotlib (plot extra)
 
     labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.overrides.items()) or r.path.name for r in runs]
     values = [r.valid.get(metric, float("nan")) for r in runs]

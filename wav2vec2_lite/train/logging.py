@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 import wav2vec2_lite
 from wav2vec2_lite.train.checkpoint import atomic_write_text
@@ -133,8 +134,6 @@ class MetricsLogger:
                                    "(pip install 'wav2vec2_lite[tensorboard]'), or set trainer.tensorboard=false") from e
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if progress:
-            from tqdm.auto import tqdm  # start-up: asyncio (~85 ms) for the report tools that only read metrics
-
             self._bar = tqdm(total=total_updates, initial=resume_update or 0, unit="upd",
                              dynamic_ncols=True, leave=True)
 

@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, write_manifest
 
@@ -79,8 +80,6 @@ def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: 
 def make_toy_corpus(out_dir: str | Path, *, train: int = 200, valid: int = 20, seed: int = 0,
                     min_words: int = 2, max_words: int = 4, phone_s: tuple[float, float] = (0.08, 0.2)) -> Path:
     """Write wavs, ``{train,valid}.tsv`` manifests, ``.ltr``/``.wrd`` labels and ``dict.ltr.txt``."""
-    import soundfile as sf
-
     out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
