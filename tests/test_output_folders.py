@@ -213,8 +213,8 @@ def test_export_into_a_foreign_folder_is_refused_and_overwrite_leaves_only_the_e
 # ----------------------------------------------------------------------------- w2v2-extract
 def _pretraining_model(folder: Path) -> Path:
     torch.manual_seed(0)
-    save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=2, num_codes_per_group=8, codevector_dim=16,
-                                                          final_dim=16)), folder)
+    save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(
+        num_layers=2, contrastive={"num_codes_per_group": 8, "codevector_dim": 16, "final_dim": 16})), folder)
     return folder
 
 
