@@ -78,7 +78,11 @@ def run_side_by_side(jobs: list[tuple[list[str], Path, int]], parallel: int) -> 
                 rd.mkdir(parents=True, exist_ok=True)
                 log = open(rd / "train.log", "a")
                 tqdm.write("$ " + " ".join(cmd) + f"  > {rd / 'train.log'}")
-                active[i] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), time.time(), log)
+                active[i] = (
+                    subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
+                    time.time(),
+                    log,
+                )
             time.sleep(2.0)
             for i, (proc, t0, log) in list(active.items()):
                 now = last_update(jobs[i][1])
@@ -93,15 +97,19 @@ def run_side_by_side(jobs: list[tuple[list[str], Path, int]], parallel: int) -> 
                         other.terminate()
                         other.wait()
                         other_log.close()
-                    raise SystemExit(f"command failed with exit code {proc.returncode}: {' '.join(jobs[i][0])} "
-                                     f"(see {jobs[i][1] / 'train.log'})")
+                    raise SystemExit(
+                        f"command failed with exit code {proc.returncode}: {' '.join(jobs[i][0])} "
+                        f"(see {jobs[i][1] / 'train.log'})"
+                    )
                 minutes[i] = (time.time() - t0) / 60
     return minutes
 
 
 def done(run_dir: Path, updates: int) -> bool:
     """A run is complete when its last checkpoint reached ``updates``."""
-    return last_update(run_dir) >= updates and (run_dir / "checkpoints" / "last" / "model.safetensors").is_file()
+    return (
+        last_update(run_dir) >= updates and (run_dir / "checkpoints" / "last" / "model.safetensors").is_file()
+    )
 
 
 def core_minutes(run_dir: Path) -> float:
@@ -118,28 +126,46 @@ def add_minutes(run_dir: Path, wall_minutes: float, threads: int) -> None:
 def same_recipe(script: str, config: str, overrides: list[str], run_dir: Path) -> None:
     """A run folder is resumed or reused only for the recipe that made it: ``demo_step.json``
     records it, and a folder made with another one (e.g. an older demo) stops the demo."""
-    recipe = {"script": script, "config": config, "overrides": [o for o in overrides if "max_updates" not in o]}
+    recipe = {
+        "script": script,
+        "config": config,
+        "overrides": [o for o in overrides if "max_updates" not in o],
+    }
     path = run_dir / "demo_step.json"
     if path.is_file():
         old = json.loads(path.read_text())
         if old != recipe:
-            raise SystemExit(f"{run_dir} was trained with another recipe ({old['config']} {' '.join(old['overrides'])}); "
-                             f"remove it or pass another --out")
+            raise SystemExit(
+                f"{run_dir} was trained with another recipe ({old['config']} {' '.join(old['overrides'])}); "
+                f"remove it or pass another --out"
+            )
     elif (run_dir / "metrics.jsonl").is_file():
-        raise SystemExit(f"{run_dir} holds a run without a recorded demo recipe (an older demo?); "
-                         f"remove it or pass another --out")
+        raise SystemExit(
+            f"{run_dir} holds a run without a recorded demo recipe (an older demo?); "
+            f"remove it or pass another --out"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recipe, indent=1))
 
 
-def train_cmd(script: str, config: str, overrides: list[str], run_dir: Path, updates: int) -> list[str] | None:
+def train_cmd(
+    script: str, config: str, overrides: list[str], run_dir: Path, updates: int
+) -> list[str] | None:
     """The command that trains ``run_dir`` up to ``updates`` (None when that is already done)."""
     same_recipe(script, config, overrides, run_dir)
     if done(run_dir, updates):
         print(f"[demo] {run_dir} already complete ({updates} updates): skipped")
         return None
-    return [sys.executable, f"scripts/{script}", "--config-name", config, *overrides,
-            f"trainer.max_updates={updates}", f"run_dir={run_dir}", f"hydra.run.dir={run_dir}"]
+    return [
+        sys.executable,
+        f"scripts/{script}",
+        "--config-name",
+        config,
+        *overrides,
+        f"trainer.max_updates={updates}",
+        f"run_dir={run_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def gumbel_decay(updates: int) -> float:
@@ -154,9 +180,15 @@ def gumbel_decay(updates: int) -> float:
 # tiny, pre-LN); scratch trains every parameter from the first update.
 ARMS = {
     "pretrained": ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0", "optim.lr=4e-3"],
-    "scratch": ["model=tiny", "model.layer_norm_first=true", "model.contrastive.num_codes_per_group=8",
-                "finetune.freeze_feature_encoder=false", "finetune.freeze_finetune_updates=0",
-                "ctc.feature_grad_mult=1.0", "optim.lr=2e-3"],
+    "scratch": [
+        "model=tiny",
+        "model.layer_norm_first=true",
+        "model.contrastive.num_codes_per_group=8",
+        "finetune.freeze_feature_encoder=false",
+        "finetune.freeze_finetune_updates=0",
+        "ctc.feature_grad_mult=1.0",
+        "optim.lr=2e-3",
+    ],
 }
 SIZES = {"train_1min": 1, "train_10min": 10}  # subset -> labeled minutes
 
@@ -167,8 +199,10 @@ def pipeline_check_summary(run_dir: Path) -> str:
     if not valid:
         return "no validation recorded"
     a, b = valid[0], valid[-1]
-    return (f"valid contrastive loss {a['loss']:.3f} -> {b['loss']:.3f} (chance {b.get('chance_loss', float('nan')):.3f}), "
-            f"accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, code perplexity {b['code_perplexity']:.1f}")
+    return (
+        f"valid contrastive loss {a['loss']:.3f} -> {b['loss']:.3f} (chance {b.get('chance_loss', float('nan')):.3f}), "
+        f"accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, code perplexity {b['code_perplexity']:.1f}"
+    )
 
 
 def shipped_description(pretrained: str) -> str:
@@ -180,12 +214,14 @@ def shipped_description(pretrained: str) -> str:
     p = bundles.provenance(pretrained)
     c = p["corpus"]
     last = p["final_metrics"]["chosen"]
-    return (f"pretrained arm starts from the shipped checkpoint '{pretrained}': {p['num_parameters']:,} parameters, "
-            f"{p['objective']} objective, {p['updates']:,} updates ({p['wall_clock_minutes']:.0f} min on "
-            f"{p['num_threads']} threads of a {p['cpu']['torch_capability']} CPU), {p['hours_of_audio_seen']:.0f} h of "
-            f"audio seen from {c['unlabeled']['minutes'] / 60:.0f} h of synthesized speech ({c['unlabeled']['num_speakers']} "
-            f"speakers, none of valid/test), valid accuracy {last['accuracy']:.3f}; code {p['code_version']}; "
-            f"wav2vec2_lite/pretrained/{pretrained}/provenance.json has the exact commands")
+    return (
+        f"pretrained arm starts from the shipped checkpoint '{pretrained}': {p['num_parameters']:,} parameters, "
+        f"{p['objective']} objective, {p['updates']:,} updates ({p['wall_clock_minutes']:.0f} min on "
+        f"{p['num_threads']} threads of a {p['cpu']['torch_capability']} CPU), {p['hours_of_audio_seen']:.0f} h of "
+        f"audio seen from {c['unlabeled']['minutes'] / 60:.0f} h of synthesized speech ({c['unlabeled']['num_speakers']} "
+        f"speakers, none of valid/test), valid accuracy {last['accuracy']:.3f}; code {p['code_version']}; "
+        f"wav2vec2_lite/pretrained/{pretrained}/provenance.json has the exact commands"
+    )
 
 
 def committed_curve() -> str:
@@ -197,11 +233,13 @@ def committed_curve() -> str:
         total = len(json.loads(plan.read_text())["runs"]) if plan.is_file() else 0
         done = len(list((results / "runs").glob("*.json"))) if (results / "runs").is_dir() else 0
         state = f"in progress, {done} of {total} runs done, test not scored" if total else "not run yet"
-        return (f"The committed label curve: {state} (protocol, plan and where it stands: "
-                "docs/results/label_curve.md); until it is scored, this quick check is the only comparison, "
-                "and two seeds cannot settle it.")
+        return (
+            f"The committed label curve: {state} (protocol, plan and where it stands: "
+            "docs/results/label_curve.md); until it is scored, this quick check is the only comparison, "
+            "and two seeds cannot settle it."
+        )
     text = report.read_text(encoding="utf-8")
-    part = text[text.index("## Pretrained / scratch"):] if "## Pretrained / scratch" in text else text
+    part = text[text.index("## Pretrained / scratch") :] if "## Pretrained / scratch" in text else text
     return "The committed label curve (docs/results/label_curve/report.md):\n" + part.split("\n\n## ")[0]
 
 
@@ -209,17 +247,29 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "data/demo")
     p.add_argument("--out", type=Path, default=ROOT / "runs/demo")
-    p.add_argument("--pretrained", default="tiny-espeak-10h",
-                   help="the pretrained arm's start: a shipped checkpoint's name, a run or a model folder")
+    p.add_argument(
+        "--pretrained",
+        default="tiny-espeak-10h",
+        help="the pretrained arm's start: a shipped checkpoint's name, a run or a model folder",
+    )
     p.add_argument("--check-updates", type=int, default=300, help="updates of the pipeline-check pretraining")
-    p.add_argument("--updates", nargs="+", default=["train_1min=250", "train_10min=500"], metavar="SUBSET=N",
-                   help="fine-tuning updates per label size, the same for both arms")
+    p.add_argument(
+        "--updates",
+        nargs="+",
+        default=["train_1min=250", "train_10min=500"],
+        metavar="SUBSET=N",
+        help="fine-tuning updates per label size, the same for both arms",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--corpus-scale", type=float, default=None, help="scale every split of the corpus")
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--transcribe", type=int, default=3, help="test files to transcribe at the end")
-    p.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
-                   help="CPU cores to use: pretraining uses all, fine-tuning runs go side by side, one per core")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="CPU cores to use: pretraining uses all, fine-tuning runs go side by side, one per core",
+    )
     args = p.parse_args(argv)
     budgets: dict[str, int] = {}
     for item in args.updates:
@@ -242,21 +292,35 @@ def main(argv: list[str] | None = None) -> None:
         corpus_cmd += ["--scale", str(args.corpus_scale)]
     run(corpus_cmd, args.data)
 
-    common = [f"data.manifest_dir={args.data}", f"trainer.precision={args.precision}", "data.valid_subset=valid"]
+    common = [
+        f"data.manifest_dir={args.data}",
+        f"trainer.precision={args.precision}",
+        "data.valid_subset=valid",
+    ]
     # 2. the pipeline check: a short pretraining, all cores
     check_dir = args.out / "pretrain_check"
-    check = [*common, "data.train_subset=unlabeled", f"schedule.total_updates={args.check_updates}",
-             f"schedule.warmup_updates={max(1, args.check_updates // 10)}",
-             f"model.contrastive.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.check_updates)}]",
-             f"trainer.valid_interval={max(1, args.check_updates // 3)}", f"trainer.num_threads={args.cores}"]
+    check = [
+        *common,
+        "data.train_subset=unlabeled",
+        f"schedule.total_updates={args.check_updates}",
+        f"schedule.warmup_updates={max(1, args.check_updates // 10)}",
+        f"model.contrastive.gumbel_temperature=[2.0,0.5,{gumbel_decay(args.check_updates)}]",
+        f"trainer.valid_interval={max(1, args.check_updates // 3)}",
+        f"trainer.num_threads={args.cores}",
+    ]
     cmd = train_cmd("pretrain.py", "pretrain_demo", check, check_dir, args.check_updates)
     if cmd is not None:
         add_minutes(check_dir, run(cmd, check_dir), args.cores)
     print(f"[demo] pipeline check ({args.check_updates} updates): {pipeline_check_summary(check_dir)}")
 
     # 3. fine-tuning: the shipped checkpoint vs scratch, same labels, same budget, side by side
-    arms = {"pretrained": ("finetune_pretrained", [f"finetune.pretrained={args.pretrained}", *ARMS["pretrained"]]),
-            "scratch": ("finetune_scratch", ARMS["scratch"])}
+    arms = {
+        "pretrained": (
+            "finetune_pretrained",
+            [f"finetune.pretrained={args.pretrained}", *ARMS["pretrained"]],
+        ),
+        "scratch": ("finetune_scratch", ARMS["scratch"]),
+    }
     jobs, dirs = [], {}
     parallel = max(1, min(args.cores, len(arms) * len(budgets) * len(args.seeds)))
     threads = max(1, args.cores // parallel)
@@ -265,10 +329,21 @@ def main(argv: list[str] | None = None) -> None:
             for seed in args.seeds:
                 # the budget is in the folder name: a run of another length is another run
                 rd = dirs[arm, subset, seed] = args.out / folder / f"{subset}_seed{seed}_u{updates}"
-                cmd = train_cmd("finetune.py", "finetune_demo",
-                                [*common, f"data.train_subset={subset}", f"trainer.seed={seed}",
-                                 f"trainer.valid_interval={max(1, updates // 5)}", f"trainer.num_threads={threads}",
-                                 "trainer.progress=false", *overrides], rd, updates)
+                cmd = train_cmd(
+                    "finetune.py",
+                    "finetune_demo",
+                    [
+                        *common,
+                        f"data.train_subset={subset}",
+                        f"trainer.seed={seed}",
+                        f"trainer.valid_interval={max(1, updates // 5)}",
+                        f"trainer.num_threads={threads}",
+                        "trainer.progress=false",
+                        *overrides,
+                    ],
+                    rd,
+                    updates,
+                )
                 if cmd is not None:
                     jobs.append((cmd, rd, updates))
     for (_, rd, _), minutes in zip(jobs, run_side_by_side(jobs, parallel)):
@@ -281,15 +356,26 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, dict[str, list[dict]]] = {subset: {arm: [] for arm in arms} for subset in budgets}
     for (arm, subset, seed), rd in dirs.items():
         res = evaluate_split(rd, args.data, "test")
-        row = {"dir": str(rd), "seed": seed, "test_cer": res.cer, "test_wer": res.wer, "minutes": core_minutes(rd)}
+        row = {
+            "dir": str(rd),
+            "seed": seed,
+            "test_cer": res.cer,
+            "test_wer": res.wer,
+            "minutes": core_minutes(rd),
+        }
         for kind, part in by_kind(res, kinds).items():
             row[f"test_cer_{kind}"] = part.cer
         runs[subset][arm].append(row)
     table = _table(runs, budgets)
     print("\n[demo] " + shipped_description(args.pretrained))
     print("\n" + table + "\n" + committed_curve())
-    results = {"pretrained": args.pretrained, "budgets": budgets, "runs": runs,
-               "pipeline_check": pipeline_check_summary(check_dir), "total_minutes": (time.time() - t_start) / 60}
+    results = {
+        "pretrained": args.pretrained,
+        "budgets": budgets,
+        "runs": runs,
+        "pipeline_check": pipeline_check_summary(check_dir),
+        "total_minutes": (time.time() - t_start) / 60,
+    }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table)
     _plots(args.out, check_dir, dirs)
@@ -312,15 +398,20 @@ def _mean_spread(values: list[float]) -> str:
 
 def _table(runs: dict[str, dict[str, list[dict]]], budgets: dict[str, int]) -> str:
     """Test CER per label size and arm (mean ± sd over seeds) and the pretrained / scratch ratio."""
-    lines = ["Quick check (short budgets, one lr per arm, 2 seeds; never used for selection):", "",
-             "| labeled | updates | pretrained test CER % | scratch test CER % | ratio | per seed (pretrained / scratch) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "Quick check (short budgets, one lr per arm, 2 seeds; never used for selection):",
+        "",
+        "| labeled | updates | pretrained test CER % | scratch test CER % | ratio | per seed (pretrained / scratch) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for subset, arms in runs.items():
         pre, scr = ([r["test_cer"] for r in arms[a]] for a in ("pretrained", "scratch"))
         ratio = statistics.mean(pre) / statistics.mean(scr) if statistics.mean(scr) > 0 else float("nan")
         seeds = ", ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in zip(pre, scr))
-        lines.append(f"| {SIZES[subset]} min ({subset}) | {budgets[subset]} | {_mean_spread(pre)} | {_mean_spread(scr)} "
-                     f"| {ratio:.2f} | {seeds} |")
+        lines.append(
+            f"| {SIZES[subset]} min ({subset}) | {budgets[subset]} | {_mean_spread(pre)} | {_mean_spread(scr)} "
+            f"| {ratio:.2f} | {seeds} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -336,17 +427,23 @@ def _plots(out: Path, check_dir: Path, dirs: dict[tuple[str, str, int], Path]) -
         saved = json.loads((check_dir / "checkpoints" / "last" / "config.json").read_text())["config"]
         k = upgrade_config_dict(saved)["contrastive"]["num_negatives"]
         chance = {"contrastive_loss": math.log(k + 1)}
-        print(f"[demo] wrote {plot_curves({'pipeline check': read_records(check_dir)}, PRETRAIN_PANELS, out / 'pretrain_check.png', hlines=chance, title='pipeline check: a short pretraining')}")
+        print(
+            f"[demo] wrote {plot_curves({'pipeline check': read_records(check_dir)}, PRETRAIN_PANELS, out / 'pretrain_check.png', hlines=chance, title='pipeline check: a short pretraining')}"
+        )
         for subset in sorted({s for _, s, _ in dirs}):
-            ft = {f"{arm} (seed {seed})": read_records(rd) for (arm, s, seed), rd in dirs.items() if s == subset}
-            print(f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune_{subset}.png', title=f'CTC fine-tuning on {subset}')}")
+            ft = {
+                f"{arm} (seed {seed})": read_records(rd) for (arm, s, seed), rd in dirs.items() if s == subset
+            }
+            print(
+                f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune_{subset}.png', title=f'CTC fine-tuning on {subset}')}"
+            )
     except ImportError:
         print("[demo] matplotlib missing: no plots (pip install 'wav2vec2_lite[plot]')")
 
 
 def _transcribe(model_dir: Path, data: Path, n: int) -> None:
-    from wav2vec2_lite.data.manifest import read_labels, read_manifest
     from wav2vec2_lite.asr.transcribe import Transcriber
+    from wav2vec2_lite.data.manifest import read_labels, read_manifest
 
     tr = Transcriber.from_path(model_dir)
     manifest = read_manifest(data / "test.tsv")

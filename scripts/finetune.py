@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """CTC fine-tuning (Hydra). See ``configs/finetune.yaml`` and docs/training.md.
 
-    python scripts/finetune.py --config-name finetune_tiny finetune.pretrained=RUN data.manifest_dir=/tmp/toy
-    python scripts/finetune.py recipe=base_10h finetune.pretrained=RUN data.manifest_dir=/data/ls10h
+python scripts/finetune.py --config-name finetune_tiny finetune.pretrained=RUN data.manifest_dir=/tmp/toy
+python scripts/finetune.py recipe=base_10h finetune.pretrained=RUN data.manifest_dir=/data/ls10h
 """
 
 import sys

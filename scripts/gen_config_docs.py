@@ -144,7 +144,7 @@ def main() -> None:
         lines += rows(tuple(getattr(c, name) for c in presets), cls, prefix=f"{name}.")
     path = ROOT / "docs" / "config.md"
     old = path.read_text() if path.exists() else ""
-    kept = old[old.index(RUN_CONFIG_HEADING):] if RUN_CONFIG_HEADING in old else ""
+    kept = old[old.index(RUN_CONFIG_HEADING) :] if RUN_CONFIG_HEADING in old else ""
     path.write_text("\n".join(lines) + "\n" + ("\n" + kept if kept else ""))
     print("wrote docs/config.md")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Manifests (+ labels and dict.ltr.txt from transcripts) for a folder of audio: ``w2v2-manifest``.
 
-    python scripts/make_manifest.py AUDIO_DIR --dest OUT_DIR --valid-percent 0.01 --seed 0
+python scripts/make_manifest.py AUDIO_DIR --dest OUT_DIR --valid-percent 0.01 --seed 0
 """
 
 import sys

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """One self-contained HTML page for a training run: ``w2v2-report``.
 
-    python scripts/report.py runs/demo/pretrain --manifest-dir data/demo     # + codebook usage on valid
-    python scripts/report.py runs/demo/finetune_pretrained/seed1_lr0.001
+python scripts/report.py runs/demo/pretrain --manifest-dir data/demo     # + codebook usage on valid
+python scripts/report.py runs/demo/finetune_pretrained/seed1_lr0.001
 """
 
 import sys

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """A Hydra multirun sweep as a markdown table (and a plot): ``w2v2-sweep-summary``.
 
-    python scripts/pretrain.py --config-name pretrain_tiny -m model.contrastive.num_negatives=10,50,100 ...
-    python scripts/summarize_sweep.py multirun/pretrain/2026-11-25_12-00-00 --plot accuracy
+python scripts/pretrain.py --config-name pretrain_tiny -m model.contrastive.num_negatives=10,50,100 ...
+python scripts/summarize_sweep.py multirun/pretrain/2026-11-25_12-00-00 --plot accuracy
 """
 
 import sys

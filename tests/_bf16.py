@@ -19,9 +19,19 @@ from torch.overrides import TorchFunctionMode
 
 # the ops CPU autocast runs in bf16 that the model calls
 _LOW_PRECISION_OPS = {
-    F.linear, F.conv1d, F.scaled_dot_product_attention,
-    torch.matmul, torch.bmm, torch.mm, torch.addmm, torch.baddbmm, torch.einsum,
-    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.bmm, torch.Tensor.mm,
+    F.linear,
+    F.conv1d,
+    F.scaled_dot_product_attention,
+    torch.matmul,
+    torch.bmm,
+    torch.mm,
+    torch.addmm,
+    torch.baddbmm,
+    torch.einsum,
+    torch.Tensor.matmul,
+    torch.Tensor.__matmul__,
+    torch.Tensor.bmm,
+    torch.Tensor.mm,
 }
 
 

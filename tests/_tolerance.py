@@ -32,29 +32,40 @@ def float32_bound(ref: torch.Tensor, exact: torch.Tensor, factor: float = FACTOR
     return factor * max(err, EPS32 * float(exact.abs().max()))
 
 
-def float32_excess(got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, factor: float = FACTOR) -> float:
+def float32_excess(
+    got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, factor: float = FACTOR
+) -> float:
     """``|got - ref|`` over its :func:`float32_bound`: ≤ 1 means equal up to float32 rounding."""
     return float((got.double() - ref.double()).abs().max()) / float32_bound(ref, exact, factor)
 
 
-def assert_float32_close(got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, what: str = "",
-                         factor: float = FACTOR) -> None:
+def assert_float32_close(
+    got: torch.Tensor, ref: torch.Tensor, exact: torch.Tensor, what: str = "", factor: float = FACTOR
+) -> None:
     """``got`` equals ``ref`` up to float32 rounding of this computation on this CPU."""
     assert got.shape == ref.shape == exact.shape, (what, got.shape, ref.shape, exact.shape)
     worst, bound = float((got.double() - ref.double()).abs().max()), float32_bound(ref, exact, factor)
-    assert worst <= bound, (f"{what}: max |got - ref| = {worst:.3g} > {bound:.3g} "
-                            f"({factor:g} x this computation's float32 rounding error vs float64)")
+    assert worst <= bound, (
+        f"{what}: max |got - ref| = {worst:.3g} > {bound:.3g} "
+        f"({factor:g} x this computation's float32 rounding error vs float64)"
+    )
 
 
-def assert_all_float32_close(got: list[torch.Tensor], ref: list[torch.Tensor], exact: list[torch.Tensor],
-                             names: list[str] | None = None) -> None:
+def assert_all_float32_close(
+    got: list[torch.Tensor],
+    ref: list[torch.Tensor],
+    exact: list[torch.Tensor],
+    names: list[str] | None = None,
+) -> None:
     """:func:`assert_float32_close` for each tensor of matching lists (e.g. every gradient)."""
     assert len(got) == len(ref) == len(exact) > 0
     for i, (g, r, e) in enumerate(zip(got, ref, exact)):
         assert_float32_close(g, r, e, names[i] if names else f"tensor {i}")
 
 
-def worst_float32_excess(got: list[torch.Tensor], ref: list[torch.Tensor], exact: list[torch.Tensor]) -> float:
+def worst_float32_excess(
+    got: list[torch.Tensor], ref: list[torch.Tensor], exact: list[torch.Tensor]
+) -> float:
     """The largest :func:`float32_excess` over matching lists: the margin an injected error must break."""
     return max(float32_excess(g, r, e) for g, r, e in zip(got, ref, exact))
 

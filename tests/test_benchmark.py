@@ -24,8 +24,16 @@ def test_flop_formula_counts_the_known_parts():
     assert fwd < model_flops(cfg, 1, 64000, "finetune") < 3 * fwd  # frozen encoder: no conv backward
 
 
-MICRO = dict(conv_dim=(16, 16, 16, 16, 16, 16, 16), hidden_size=32, num_layers=1, num_heads=2, ffn_dim=64,
-             pos_conv_kernel=8, pos_conv_groups=2, contrastive=dict(num_codes_per_group=8, codevector_dim=16, final_dim=16))
+MICRO = dict(
+    conv_dim=(16, 16, 16, 16, 16, 16, 16),
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    ffn_dim=64,
+    pos_conv_kernel=8,
+    pos_conv_groups=2,
+    contrastive=dict(num_codes_per_group=8, codevector_dim=16, final_dim=16),
+)
 
 
 def _micro_benchmark(monkeypatch, out, *args: str) -> dict:
@@ -34,8 +42,23 @@ def _micro_benchmark(monkeypatch, out, *args: str) -> dict:
     monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**MICRO))
     torch_threads = torch.get_num_threads()
     try:
-        main(["--config", "tiny", "--batch", "1", "--seconds", "0.5", "--repeats", "1", "--warmup", "0",
-              "--out", str(out), *args])
+        main(
+            [
+                "--config",
+                "tiny",
+                "--batch",
+                "1",
+                "--seconds",
+                "0.5",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+                *args,
+            ]
+        )
     finally:
         torch.set_num_threads(torch_threads)
     return json.loads(out.read_text())
@@ -47,8 +70,11 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run_probe", lambda spec, impl, **kw: bench.probe(spec, impl, **kw))
     out = tmp_path / "bench.json"
     report = _micro_benchmark(monkeypatch, out, "--dtype", "float32", "--scaling", "0.5", "--profile")
-    assert [(r["task"], r["dtype"]) for r in report["rows"]] == [("pretrain", "float32"), ("finetune", "float32"),
-                                                                 ("infer", "float32")]
+    assert [(r["task"], r["dtype"]) for r in report["rows"]] == [
+        ("pretrain", "float32"),
+        ("finetune", "float32"),
+        ("infer", "float32"),
+    ]
     for row in report["rows"]:
         assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa"}
         assert row["hf_best"] in ("hf_eager", "hf_sdpa")
@@ -60,13 +86,16 @@ def test_benchmark_runs_and_reports(tmp_path, monkeypatch):
         assert census["bf16_flop_share"] == 0.0 and sum(census["gflops"].values()) > 0
     assert report["scaling"][0]["seconds"] == 0.5 and report["scaling"][0]["speedup"] > 0
     md = (tmp_path / "bench.md").read_text()
-    assert md == render_markdown(report) and "| pretrain | float32 |" in md and "casts ours (calls / MB)" in md
+    assert (
+        md == render_markdown(report) and "| pretrain | float32 |" in md and "casts ours (calls / MB)" in md
+    )
 
 
 def test_bf16_inference_row_meets_hf_with_bf16_weights_too(tmp_path, monkeypatch):
     """Our bf16 mode (bf16 weights, no autocast) against HF autocast and HF bf16 weights."""
-    report = _micro_benchmark(monkeypatch, tmp_path / "bench.json", "--dtype", "bfloat16", "--tasks", "infer",
-                              "--no-memory")
+    report = _micro_benchmark(
+        monkeypatch, tmp_path / "bench.json", "--dtype", "bfloat16", "--tasks", "infer", "--no-memory"
+    )
     (row,) = report["rows"]
     assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa", "hf_eager_bf16w", "hf_sdpa_bf16w"}
     ours, hf = row["census"]["ours"], row["census"][row["hf_best"]]
@@ -81,8 +110,12 @@ def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
     monkeypatch.setattr(BenchSpec, "model_config", lambda self: real(self).replace(**MICRO))
     threads = torch.get_num_threads()
     try:
-        prof = profile_ops(BenchSpec(config="tiny", batch=1, seconds=0.5, task="pretrain", threads=1),
-                           ("ours", "hf_eager"), warmup=0, top=8)
+        prof = profile_ops(
+            BenchSpec(config="tiny", batch=1, seconds=0.5, task="pretrain", threads=1),
+            ("ours", "hf_eager"),
+            warmup=0,
+            top=8,
+        )
     finally:
         torch.set_num_threads(threads)
     assert len(prof["ops"]) == 8 and all(op.startswith("aten::") for op, _ in prof["ops"])
@@ -92,19 +125,58 @@ def test_profile_names_the_same_kernels_for_both_and_renders(monkeypatch):
     ranked = [max(t.values()) for _, t in prof["ops"]]
     assert ranked == sorted(ranked, reverse=True)
     assert all(prof["total_ms"][i] >= max(t[i] for _, t in prof["ops"]) for i in ("ours", "hf_eager"))
-    row = {"task": "pretrain", "dtype": "float32", "hf_best": "hf_eager", "speedup": 1.0, "speedup_vs_eager": 1.0,
-           "speedup_vs_sdpa": 1.0, "utilisation": {"ours": 0.5, "hf_eager": 0.5}, "profile": prof}
-    md = render_markdown({"config": "tiny", "batch": 1, "seconds": 0.5, "device": "cpu", "threads": 1, "repeats": 1,
-                          "warmup": 0, "torch": torch.__version__, "peak_flops": {}, "rows": [row]})
+    row = {
+        "task": "pretrain",
+        "dtype": "float32",
+        "hf_best": "hf_eager",
+        "speedup": 1.0,
+        "speedup_vs_eager": 1.0,
+        "speedup_vs_sdpa": 1.0,
+        "utilisation": {"ours": 0.5, "hf_eager": 0.5},
+        "profile": prof,
+    }
+    md = render_markdown(
+        {
+            "config": "tiny",
+            "batch": 1,
+            "seconds": 0.5,
+            "device": "cpu",
+            "threads": 1,
+            "repeats": 1,
+            "warmup": 0,
+            "torch": torch.__version__,
+            "peak_flops": {},
+            "rows": [row],
+        }
+    )
     assert "| `aten::convolution_backward` |" in md and "| all ops |" in md
 
 
 def test_compiled_rows_render_their_compile_time():
-    row = {"task": "infer", "dtype": "float32", "compile": True, "speedup": 1.5, "speedup_vs_eager": 1.6,
-           "speedup_vs_sdpa": 1.5, "hf_best": "hf_sdpa", "utilisation": {"ours": 0.5, "hf_sdpa": 0.3},
-           "median_s": {"ours": 0.2, "hf_sdpa": 0.3}, "first_call_s": {"ours": 12.2, "hf_sdpa": 30.3}}
-    report = {"config": "base", "batch": 2, "seconds": 4.0, "device": "cpu", "threads": 2, "repeats": 3,
-              "warmup": 1, "torch": "x", "peak_flops": {"float32": 3e11}, "rows": [row]}
+    row = {
+        "task": "infer",
+        "dtype": "float32",
+        "compile": True,
+        "speedup": 1.5,
+        "speedup_vs_eager": 1.6,
+        "speedup_vs_sdpa": 1.5,
+        "hf_best": "hf_sdpa",
+        "utilisation": {"ours": 0.5, "hf_sdpa": 0.3},
+        "median_s": {"ours": 0.2, "hf_sdpa": 0.3},
+        "first_call_s": {"ours": 12.2, "hf_sdpa": 30.3},
+    }
+    report = {
+        "config": "base",
+        "batch": 2,
+        "seconds": 4.0,
+        "device": "cpu",
+        "threads": 2,
+        "repeats": 3,
+        "warmup": 1,
+        "torch": "x",
+        "peak_flops": {"float32": 3e11},
+        "rows": [row],
+    }
     md = render_markdown(report)
     assert "| infer | float32 compiled | **1.50×** |" in md
     assert "| infer | float32 | 12.0 | 30.0 |" in md

@@ -15,23 +15,24 @@ import pytest
 import torch
 import yaml
 
-from _helpers import deep_merge
-from _tolerance import assert_float32_close, float32_excess
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError
-from wav2vec2_lite.objectives.base import ObjectiveOutput
-from wav2vec2_lite.objectives.configs import BestRQConfig
 from wav2vec2_lite.modules.log_mel import (
     FrozenNormalization,
     LogMel,
     mel_filterbank,
     normalize_per_utterance,
 )
+from wav2vec2_lite.objectives.base import ObjectiveOutput
 from wav2vec2_lite.objectives.best_rq import RandomProjectionQuantizer, usage_perplexity
+from wav2vec2_lite.objectives.configs import BestRQConfig
 from wav2vec2_lite.serialization import load_model, save_model
 from wav2vec2_lite.train.config import build_model_config, to_run_config
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
+
+from _helpers import deep_merge
+from _tolerance import assert_float32_close, float32_excess
 
 CONFIGS = Path(__file__).resolve().parent.parent / "wav2vec2_lite" / "configs"
 V = 1024
@@ -39,9 +40,20 @@ V = 1024
 
 def brq(**kw) -> Wav2Vec2Config:
     settings = {"codebook_size": V, "codebook_dim": 16, **kw.pop("best_rq", {})}
-    return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
-                                  "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
-                                  "objective": "best_rq", "best_rq": settings, **kw})
+    return Wav2Vec2Config.tiny(
+        **{
+            "num_layers": 1,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "ffn_dim": 128,
+            "conv_dim": (32,) * 7,
+            "pos_conv_kernel": 16,
+            "pos_conv_groups": 16,
+            "objective": "best_rq",
+            "best_rq": settings,
+            **kw,
+        }
+    )
 
 
 # ------------------------------------------------------------------------- log-mel front end
@@ -68,17 +80,24 @@ def test_log_mel_frames_are_25ms_windows_every_10ms():
     # frame j is the log-mel of samples [160 j, 160 j + 400), up to float32 rounding (tests/_tolerance.py)
     exact = copy.deepcopy(lm).double()(wave.double())
     for j in (0, 7, 97):
-        alone = lm(wave[:, 160 * j: 160 * j + 400])[0, 0]
+        alone = lm(wave[:, 160 * j : 160 * j + 400])[0, 0]
         assert_float32_close(alone, mel[0, j], exact[0, j], f"frame {j}")
-        louder = lm(wave[:, 160 * j: 160 * j + 400] * (1 + 1e-3))[0, 0]  # 1e-3 on the input: caught
+        louder = lm(wave[:, 160 * j : 160 * j + 400] * (1 + 1e-3))[0, 0]  # 1e-3 on the input: caught
         assert float32_excess(louder, mel[0, j], exact[0, j]) > 1
 
 
-@pytest.mark.parametrize("stack", [
-    dict(conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2)),  # reference: J 320, R 400
-    dict(conv_kernel=(10, 3, 3, 2), conv_stride=(5, 4, 4, 4), conv_dim=(16,) * 4),  # J 320, R 140
-    dict(conv_kernel=(10, 3, 3, 3, 3, 2, 3), conv_stride=(5, 2, 2, 2, 2, 2, 3)),  # J 480: 3 mel frames per frame
-])
+@pytest.mark.parametrize(
+    "stack",
+    [
+        dict(
+            conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2)
+        ),  # reference: J 320, R 400
+        dict(conv_kernel=(10, 3, 3, 2), conv_stride=(5, 4, 4, 4), conv_dim=(16,) * 4),  # J 320, R 140
+        dict(
+            conv_kernel=(10, 3, 3, 3, 3, 2, 3), conv_stride=(5, 2, 2, 2, 2, 2, 3)
+        ),  # J 480: 3 mel frames per frame
+    ],
+)
 def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stack):
     """For every length from 400 samples on, one stacked frame per encoder frame, and stacked frame
     t starts at the encoder frame's first sample J·t; at most J - 160 (+ 400 - R) samples of zero
@@ -100,7 +119,9 @@ def test_stacked_log_mel_gives_exactly_the_encoders_frames_for_every_length(stac
         assert out.shape == (1, t, s * 80), n
         complete = (n - 400) // 160 + 1  # mel frames that lie inside the wave
         ref = full[: min(complete, s * t)]
-        assert_float32_close(out[0].reshape(-1, 80)[: ref.shape[0]], ref, exact[: ref.shape[0]], f"{n} samples")
+        assert_float32_close(
+            out[0].reshape(-1, 80)[: ref.shape[0]], ref, exact[: ref.shape[0]], f"{n} samples"
+        )
 
 
 @pytest.mark.parametrize("normalization", ["global", "utterance"])
@@ -149,7 +170,10 @@ def test_frozen_normalisation_merges_batches_exactly_then_freezes_at_its_limit()
     norm.update(a * 100)  # frozen: nothing changes any more
     assert all(torch.equal(v, frozen[k]) for k, v in norm.state_dict().items())
     y = norm(a, la)
-    assert torch.allclose(y[0], (a[0] - norm.mean) / (norm.var + 1e-5).sqrt(), atol=1e-6) and (y[1, 6:] == 0).all()
+    assert (
+        torch.allclose(y[0], (a[0] - norm.mean) / (norm.var + 1e-5).sqrt(), atol=1e-6)
+        and (y[1, 6:] == 0).all()
+    )
     norm.fit(b)  # fit: these frames alone, frozen at once whatever the limit
     assert int(norm.frames) == 30 and norm.is_frozen
     assert torch.allclose(norm.mean, b[0].mean(0), atol=1e-5)
@@ -211,9 +235,15 @@ def test_frozen_parts_get_no_gradient_and_the_head_and_backbone_do():
     assert obj.head.weight.grad.abs().sum() > 0
     assert model.wav2vec2.feature_encoder.conv_layers[0].conv.weight.grad.abs().sum() > 0
     assert {k for k in model.state_dict() if k.startswith("objective.")} == {
-        "objective.quantizer.projection", "objective.quantizer.codebook", "objective.head.weight",
-        "objective.head.bias", "objective.normalization.mean", "objective.normalization.var",
-        "objective.normalization.frames", "objective.normalization.frozen"}
+        "objective.quantizer.projection",
+        "objective.quantizer.codebook",
+        "objective.head.weight",
+        "objective.head.bias",
+        "objective.normalization.mean",
+        "objective.normalization.var",
+        "objective.normalization.frames",
+        "objective.normalization.frozen",
+    }
 
 
 def test_loss_is_cross_entropy_against_the_codes_of_masked_frames():
@@ -245,7 +275,9 @@ def test_settings_are_typed_validated_and_named():
         brq(best_rq={"codebook_dim": 0})
     with pytest.raises(ConfigError, match=r"conv_stride: best_rq .*multiple of 160"):
         brq(conv_kernel=(10, 3), conv_stride=(5, 2), conv_dim=(32, 32))
-    with pytest.raises(ConfigError, match=r"best_rq\.normalization: must be one of \['global', 'utterance'\]"):
+    with pytest.raises(
+        ConfigError, match=r"best_rq\.normalization: must be one of \['global', 'utterance'\]"
+    ):
         brq(best_rq={"normalization": "batch"})
     with pytest.raises(ConfigError, match=r"best_rq\.normalization_frames: must be a positive int"):
         brq(best_rq={"normalization_frames": 0})
@@ -256,10 +288,16 @@ def test_settings_are_typed_validated_and_named():
 def test_tiny_best_rq_yaml_is_tiny_with_best_rq_targets():
     data = yaml.safe_load((CONFIGS / "model" / "tiny_best_rq.yaml").read_text())
     cfg = build_model_config(data)
-    assert cfg == Wav2Vec2Config.tiny(objective="best_rq", mask_time_prob=0.6, mask_time_length=8,
-                                      best_rq={"codebook_size": 1024})
-    assert data == {"preset": "tiny", "objective": "best_rq", "best_rq": {"codebook_size": 1024},
-                    "mask_time_prob": 0.6, "mask_time_length": 8}  # only what differs from the preset
+    assert cfg == Wav2Vec2Config.tiny(
+        objective="best_rq", mask_time_prob=0.6, mask_time_length=8, best_rq={"codebook_size": 1024}
+    )
+    assert data == {
+        "preset": "tiny",
+        "objective": "best_rq",
+        "best_rq": {"codebook_size": 1024},
+        "mask_time_prob": 0.6,
+        "mask_time_length": 8,
+    }  # only what differs from the preset
 
 
 def test_hydra_selects_best_rq_with_the_model_group_and_options_reach_the_model():
@@ -284,7 +322,9 @@ def test_hydra_selects_best_rq_with_the_model_group_and_options_reach_the_model(
 # ------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=80, valid=40, seed=0, min_words=2, max_words=3)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=80, valid=40, seed=0, min_words=2, max_words=3
+    )
 
 
 ESPEAK = dict(seed=0, workers=1, unlabeled_minutes=1.5, train_10min_minutes=0.1, train_1h_minutes=0.1,
@@ -303,16 +343,42 @@ def espeak_corpus(tmp_path_factory) -> Path:
 
 
 def run_cfg(corpus: Path, *, options: dict | None = None, **over):
-    model = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-                 pos_conv_kernel=16, pos_conv_groups=16, layerdrop=0.0, feature_grad_mult=1.0,
-                 objective="best_rq", best_rq={"codebook_size": V, "codebook_dim": 16, **(options or {})},
-                 mask_time_prob=0.6, mask_time_length=4)
-    base = {"task": "pretrain", "model": model,
-            "data": {"manifest_dir": str(corpus), "max_sample_size": 12000, "min_sample_size": 4000,
-                     "max_tokens": 48000},
-            "optim": {"lr": 2e-3, "clip_norm": 5.0}, "schedule": {"name": "polynomial", "warmup_updates": 10},
-            "trainer": {"max_updates": 2, "log_interval": 1, "save_interval": 1000, "progress": False,
-                        "valid_interval": 0, "seed": 3}}
+    model = dict(
+        preset="tiny",
+        num_layers=2,
+        hidden_size=64,
+        ffn_dim=128,
+        num_heads=2,
+        conv_dim=[32] * 7,
+        pos_conv_kernel=16,
+        pos_conv_groups=16,
+        layerdrop=0.0,
+        feature_grad_mult=1.0,
+        objective="best_rq",
+        best_rq={"codebook_size": V, "codebook_dim": 16, **(options or {})},
+        mask_time_prob=0.6,
+        mask_time_length=4,
+    )
+    base = {
+        "task": "pretrain",
+        "model": model,
+        "data": {
+            "manifest_dir": str(corpus),
+            "max_sample_size": 12000,
+            "min_sample_size": 4000,
+            "max_tokens": 48000,
+        },
+        "optim": {"lr": 2e-3, "clip_norm": 5.0},
+        "schedule": {"name": "polynomial", "warmup_updates": 10},
+        "trainer": {
+            "max_updates": 2,
+            "log_interval": 1,
+            "save_interval": 1000,
+            "progress": False,
+            "valid_interval": 0,
+            "seed": 3,
+        },
+    }
     return to_run_config(deep_merge(base, over))
 
 
@@ -332,7 +398,9 @@ def test_codes_survive_training_updates_and_save_load(corpus, tmp_path):
     codes = first.model.eval()(wave, mask_indices=mask).codes
     assert (codes[mask] >= 0).all()
 
-    trainer = Trainer(run_cfg(corpus, options=options, trainer={"max_updates": 3}), tmp_path / "run")  # resumes
+    trainer = Trainer(
+        run_cfg(corpus, options=options, trainer={"max_updates": 3}), tmp_path / "run"
+    )  # resumes
     assert trainer.update == 1
     trainer.fit()
     assert trainer.update == 3
@@ -352,8 +420,11 @@ def test_codes_survive_training_updates_and_save_load(corpus, tmp_path):
     assert torch.equal(back.eval()(wave, mask_indices=mask).codes, codes)
 
 
-TINY_RUN = dict(schedule={"warmup_updates": 20}, trainer={"max_updates": 150, "log_interval": 50},
-                health={"grace_updates": 100, "window": 10})
+TINY_RUN = dict(
+    schedule={"warmup_updates": 20},
+    trainer={"max_updates": 150, "log_interval": 50},
+    health={"grace_updates": 100, "window": 10},
+)
 
 
 def test_tiny_run_on_espeak_speech_beats_chance_with_widely_used_codes(espeak_corpus, tmp_path):
@@ -365,8 +436,11 @@ def test_tiny_run_on_espeak_speech_beats_chance_with_widely_used_codes(espeak_co
     uses about 90-105 codes of V = 1024 on this corpus with either normalisation (docs/objectives.md has the table;
     isotropic inputs reach V / 4, see the quantizer test above). Measured here: ~90.
     """
-    cfg = run_cfg(espeak_corpus, data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
-                  **TINY_RUN)
+    cfg = run_cfg(
+        espeak_corpus,
+        data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
+        **TINY_RUN,
+    )
     trainer = Trainer(cfg, tmp_path)
     valid = trainer.fit()["valid"]
     print({k: round(v, 3) for k, v in valid.items()})
@@ -397,10 +471,14 @@ def _valid_code_perplexity(obj, waves: list[torch.Tensor]) -> tuple[float, float
     for w in waves:
         t = int(obj._frame_lengths(torch.tensor(w.shape[0])))
         mel = obj._features(w[None], None, t)
-        feats.append(normalize_per_utterance(mel)[0] if obj.normalization is None else obj.normalization(mel)[0])
+        feats.append(
+            normalize_per_utterance(mel)[0] if obj.normalization is None else obj.normalization(mel)[0]
+        )
     x = torch.cat(feats)
     s = torch.linalg.svdvals(x - x.mean(0))
-    return float(usage_perplexity(obj.quantizer(x), obj.settings.codebook_size)), float(s[0] ** 2 / (s**2).sum())
+    return float(usage_perplexity(obj.quantizer(x), obj.settings.codebook_size)), float(
+        s[0] ** 2 / (s**2).sum()
+    )
 
 
 def measure(out: Path) -> None:
@@ -413,7 +491,9 @@ def measure(out: Path) -> None:
     from wav2vec2_lite.corpus import build_corpus
     from wav2vec2_lite.data.manifest import read_manifest
 
-    corpora = {"toy": (make_toy_corpus(out / "toy", train=80, valid=40, seed=0, min_words=2, max_words=3), "train")}
+    corpora = {
+        "toy": (make_toy_corpus(out / "toy", train=80, valid=40, seed=0, min_words=2, max_words=3), "train")
+    }
     build_corpus(out / "espeak", **{**ESPEAK, "unlabeled_minutes": 3.0, "valid_minutes": 2.0})
     corpora["espeak"] = (out / "espeak", "unlabeled")
 
@@ -426,7 +506,9 @@ def measure(out: Path) -> None:
         print(f"== {name}: {len(valid)} valid utterances, {sum(w.shape[0] for w in valid) / 16000:.0f} s")
         for norm in ("global", "utterance"):
             for v in (1024, 8192):
-                obj = Wav2Vec2ForPreTraining(brq(best_rq={"codebook_size": v, "normalization": norm})).objective
+                obj = Wav2Vec2ForPreTraining(
+                    brq(best_rq={"codebook_size": v, "normalization": norm})
+                ).objective
                 if norm == "global":  # the first 2000 frames of the training manifest, as a run would
                     first, frames = [], 0
                     while frames < 2000:
@@ -434,37 +516,61 @@ def measure(out: Path) -> None:
                         frames += (first[-1].shape[0] - 400) // 320 + 1
                     obj.fit_normalization(first)
                 ppl, pc1 = _valid_code_perplexity(obj, valid)
-                cfg = run_cfg(path, options={"codebook_size": v, "normalization": norm},
-                              data={"train_subset": train_subset, "max_sample_size": 64000, "max_tokens": 64000},
-                              **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}})
+                cfg = run_cfg(
+                    path,
+                    options={"codebook_size": v, "normalization": norm},
+                    data={"train_subset": train_subset, "max_sample_size": 64000, "max_tokens": 64000},
+                    **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}},
+                )
                 with tempfile.TemporaryDirectory() as d:
                     r = Trainer(cfg, d).fit()["valid"]
-                print(f"  {norm:9s} V={v:5d}: targets of all valid frames: perplexity {ppl:6.1f} (V/{v / ppl:4.1f}), "
-                      f"PC1 {pc1:.2f} | tiny run (150 updates): valid CE {r['cross_entropy_loss']:.2f} "
-                      f"(ln V {math.log(v):.2f}), accuracy {r['accuracy']:.3f}, masked-frame code perplexity "
-                      f"{r['code_perplexity_set']:.1f} over {r['masked_frames']:.0f} frames")
+                print(
+                    f"  {norm:9s} V={v:5d}: targets of all valid frames: perplexity {ppl:6.1f} (V/{v / ppl:4.1f}), "
+                    f"PC1 {pc1:.2f} | tiny run (150 updates): valid CE {r['cross_entropy_loss']:.2f} "
+                    f"(ln V {math.log(v):.2f}), accuracy {r['accuracy']:.3f}, masked-frame code perplexity "
+                    f"{r['code_perplexity_set']:.1f} over {r['masked_frames']:.0f} frames"
+                )
         # not BEST-RQ's settings, for reference: a narrower projection, and whitened (decorrelated) frames
-        x = torch.cat([obj._features(w[None], None, int(obj._frame_lengths(torch.tensor(w.shape[0]))))[0]
-                       for w in valid])
+        x = torch.cat(
+            [
+                obj._features(w[None], None, int(obj._frame_lengths(torch.tensor(w.shape[0]))))[0]
+                for w in valid
+            ]
+        )
         level = x.mean(1)  # each frame's mean log-mel
         x = (x - x.mean(0)) / x.std(0)
         pc1 = torch.linalg.svd(x, full_matrices=False)[2][0]
         corr = float(torch.corrcoef(torch.stack([x @ pc1, level]))[0, 1].abs())
-        print(f"  first principal component: loadings all of one sign {bool((pc1 > 0).all() or (pc1 < 0).all())}, "
-              f"|correlation| of its score with the frame's mean log-mel {corr:.4f}")
-        narrow = {d: float(usage_perplexity(RandomProjectionQuantizer(160, d, 1024, 0)(x), 1024)) for d in (4, 8)}
+        print(
+            f"  first principal component: loadings all of one sign {bool((pc1 > 0).all() or (pc1 < 0).all())}, "
+            f"|correlation| of its score with the frame's mean log-mel {corr:.4f}"
+        )
+        narrow = {
+            d: float(usage_perplexity(RandomProjectionQuantizer(160, d, 1024, 0)(x), 1024)) for d in (4, 8)
+        }
         e, u = torch.linalg.eigh(x.T @ x / len(x))
-        white = float(usage_perplexity(RandomProjectionQuantizer(160, 16, 1024, 0)(x @ u / e.clamp(min=1e-6).sqrt()), 1024))
-        print(f"  reference, V=1024, valid statistics: d=4 {narrow[4]:.1f}, d=8 {narrow[8]:.1f}, "
-              f"whitened frames (d=16) {white:.1f}")
-    cfg = run_cfg(out / "espeak", options={"normalization_frames": 1},
-                  data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
-                  **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}})
+        white = float(
+            usage_perplexity(
+                RandomProjectionQuantizer(160, 16, 1024, 0)(x @ u / e.clamp(min=1e-6).sqrt()), 1024
+            )
+        )
+        print(
+            f"  reference, V=1024, valid statistics: d=4 {narrow[4]:.1f}, d=8 {narrow[8]:.1f}, "
+            f"whitened frames (d=16) {white:.1f}"
+        )
+    cfg = run_cfg(
+        out / "espeak",
+        options={"normalization_frames": 1},
+        data={"train_subset": "unlabeled", "max_sample_size": 64000, "max_tokens": 64000},
+        **{**TINY_RUN, "trainer": {**TINY_RUN["trainer"], "log_interval": 1000}},
+    )
     with tempfile.TemporaryDirectory() as d:
         trainer = Trainer(cfg, d)
         r = trainer.fit()["valid"]
-    print(f"== espeak, global statistics of the first batch only ({int(trainer.model.objective.normalization.frames)} "
-          f"frames), V=1024: tiny-run masked-frame code perplexity {r['code_perplexity_set']:.1f}")
+    print(
+        f"== espeak, global statistics of the first batch only ({int(trainer.model.objective.normalization.frames)} "
+        f"frames), V=1024: tiny-run masked-frame code perplexity {r['code_perplexity_set']:.1f}"
+    )
     q = RandomProjectionQuantizer(160, 16, 1024, seed=0)
     iso = usage_perplexity(q(torch.randn(20000, 160, generator=torch.Generator().manual_seed(0))), 1024)
     print(f"== isotropic Gaussian inputs (20000 frames), V=1024: perplexity {float(iso):.1f}")

@@ -41,7 +41,9 @@ def hf_folders(tmp_path_factory):
     pre = _hf("pretraining", "group_postln")
     ctc = _hf("ctc", "layer_preln", seed=1)
     torch.manual_seed(2)
-    backbone = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**HF_SMALL, **HF_LAYOUTS["group_postln"]))
+    backbone = transformers.Wav2Vec2Model(
+        transformers.Wav2Vec2Config(**HF_SMALL, **HF_LAYOUTS["group_postln"])
+    )
     folders = {}
     for name, model in (("pretraining", pre), ("ctc", ctc), ("model", backbone)):
         model.eval().save_pretrained(root / name)
@@ -54,7 +56,9 @@ def _wave(seed: int = 0, n: int = 4000) -> torch.Tensor:
 
 
 def test_detect_names_each_kind_and_refuses_the_rest(tmp_path, hf_folders):
-    ours = save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), tmp_path / "run" / "checkpoints" / "best")
+    ours = save_model(
+        Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), tmp_path / "run" / "checkpoints" / "best"
+    )
     assert detect(tmp_path / "run").kind == "wav2vec2_lite" and detect(tmp_path / "run").path == ours
     assert detect(ours / "model.safetensors").path == ours
     for name, (folder, _) in hf_folders.items():
@@ -66,7 +70,9 @@ def test_detect_names_each_kind_and_refuses_the_rest(tmp_path, hf_folders):
     assert detect(tmp_path / "fs_run").path == tmp_path / "fs_run" / "checkpoint_best.pt"
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"empty: no checkpoint found; expected .*Hugging Face.*fairseq"):
+    with pytest.raises(
+        FileNotFoundError, match=r"empty: no checkpoint found; expected .*Hugging Face.*fairseq"
+    ):
         detect(tmp_path / "empty")
     hubert = tmp_path / "hubert"
     hubert.mkdir()
@@ -92,15 +98,18 @@ def test_hf_folders_load_with_their_outputs(hf_folders):
         torch.testing.assert_close(got, expected, atol=ATOL, rtol=0, msg=name)
     ctc_folder, hf_ctc = hf_folders["ctc"]
     with torch.no_grad():
-        torch.testing.assert_close(Wav2Vec2ForCTC.from_pretrained(ctc_folder)(wave).logits, hf_ctc(wave).logits,
-                                   atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            Wav2Vec2ForCTC.from_pretrained(ctc_folder)(wave).logits, hf_ctc(wave).logits, atol=ATOL, rtol=0
+        )
 
 
 def test_normalisation_is_read_from_either_feature_extractor_file(tmp_path, hf_folders):
     folder, _ = hf_folders["model"]
     assert load_any(folder).normalize is None
-    for name, content in (("preprocessor_config.json", {"do_normalize": True}),
-                          ("processor_config.json", {"feature_extractor": {"do_normalize": True}})):
+    for name, content in (
+        ("preprocessor_config.json", {"do_normalize": True}),
+        ("processor_config.json", {"feature_extractor": {"do_normalize": True}}),
+    ):
         copy = tmp_path / name
         copy.mkdir()
         for f in folder.iterdir():
@@ -115,8 +124,12 @@ def test_fairseq_files_load_as_pretraining_or_ctc_with_the_recorded_normalisatio
     assert isinstance(loaded.model, Wav2Vec2ForPreTraining) and loaded.normalize is True
     wave = _wave(1)
     with torch.no_grad():
-        torch.testing.assert_close(load_backbone(pt).model(wave).last_hidden_state,
-                                   hf.wav2vec2(wave).last_hidden_state, atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            load_backbone(pt).model(wave).last_hidden_state,
+            hf.wav2vec2(wave).last_hidden_state,
+            atol=ATOL,
+            rtol=0,
+        )
     hf_ctc, ctc_pt = _save_ctc(tmp_path, "group_postln", "namespace")
     ctc = load_any(ctc_pt)
     assert isinstance(ctc.model, Wav2Vec2ForCTC) and ctc.has_ctc_head and ctc.normalize is False
@@ -171,14 +184,31 @@ def test_finetune_cli_takes_hf_and_fairseq_checkpoints_and_replaces_their_heads(
     for name, source in (("hf", hf_folders["ctc"][0]), ("fairseq", fairseq_ctc)):
         run = tmp_path / f"ft_{name}"
         proc = subprocess.run(
-            [sys.executable, "-c", "from wav2vec2_lite.cli import finetune; finetune()", "--config-name",
-             "finetune_tiny", f"data.manifest_dir={corpus}", f"finetune.pretrained={source}",
-             "trainer.max_updates=2", "trainer.progress=false", "trainer.num_threads=1", "data.max_tokens=40000",
-             f"hydra.run.dir={run}"],
-            capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            [
+                sys.executable,
+                "-c",
+                "from wav2vec2_lite.cli import finetune; finetune()",
+                "--config-name",
+                "finetune_tiny",
+                f"data.manifest_dir={corpus}",
+                f"finetune.pretrained={source}",
+                "trainer.max_updates=2",
+                "trainer.progress=false",
+                "trainer.num_threads=1",
+                "data.max_tokens=40000",
+                f"hydra.run.dir={run}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         log = proc.stdout + proc.stderr + (run / "train.log").read_text()
-        assert "dropped its CTC head (20 outputs)" in log and f"new CTC head over the {n_symbols} symbols" in log
+        assert (
+            "dropped its CTC head (20 outputs)" in log and f"new CTC head over the {n_symbols} symbols" in log
+        )
         tuned = load_model(run / "checkpoints" / "last")
         assert tuned.lm_head.out_features == n_symbols
         start = load_backbone(source).model  # the frozen feature encoder is the source's, bit for bit

@@ -4,8 +4,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _tolerance import assert_float32_close, float32_excess
 from wav2vec2_lite.asr.chunking import chunked_logits, conv_num_frames, plan_windows
+
+from _tolerance import assert_float32_close, float32_excess
 
 SR, STRIDE, RF = 16000, 320, 400
 
@@ -119,8 +120,13 @@ def test_real_feature_encoder_chunked_matches_full():
 
     with torch.no_grad():
         full = features(wave[None])[0]
-    chunked = chunked_logits(features, wave, chunk_s=2.0, overlap_s=0.5,
-                             num_frames_fn=lambda n: int(enc.output_lengths(torch.tensor([n]))[0]))
+    chunked = chunked_logits(
+        features,
+        wave,
+        chunk_s=2.0,
+        overlap_s=0.5,
+        num_frames_fn=lambda n: int(enc.output_lengths(torch.tensor([n]))[0]),
+    )
     assert chunked.shape == full.shape
     with torch.no_grad():
         exact = enc.double()(wave[None].double()).transpose(1, 2)[0]
@@ -153,8 +159,11 @@ def test_waveform_must_be_1d():
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
-@given(num_samples=st.integers(RF, 200 * STRIDE), chunk_frames=st.integers(2, 40),
-       overlap_frames=st.integers(0, 39))
+@given(
+    num_samples=st.integers(RF, 200 * STRIDE),
+    chunk_frames=st.integers(2, 40),
+    overlap_frames=st.integers(0, 39),
+)
 def test_plan_tiles_the_frames_and_cuts_far_from_edges(num_samples, chunk_frames, overlap_frames):
     overlap_frames = min(overlap_frames, chunk_frames - 1)
     chunk_s = ((chunk_frames - 1) * STRIDE + RF) / SR

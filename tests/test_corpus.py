@@ -143,7 +143,10 @@ def test_render_utterance_padding_level_and_noise(synth):
         ("It's 7:30, isn't it?", "IT'S SEVEN THIRTY ISN'T IT"),
         ("wake me at 6:05 or 10:00", "WAKE ME AT SIX OH FIVE OR TEN O'CLOCK"),
         ("café & bar", "CAFE AND BAR"),
-        ("1,250 people, 3.14 and 50%", "ONE THOUSAND TWO HUNDRED FIFTY PEOPLE THREE POINT ONE FOUR AND FIFTY PERCENT"),
+        (
+            "1,250 people, 3.14 and 50%",
+            "ONE THOUSAND TWO HUNDRED FIFTY PEOPLE THREE POINT ONE FOUR AND FIFTY PERCENT",
+        ),
         ("the 21st and 2nd day", "THE TWENTY FIRST AND SECOND DAY"),
         ("code 007", "CODE ZERO ZERO SEVEN"),
         ("'quoted' well-known rock\u2019n\u2019roll", "QUOTED WELL KNOWN ROCK'N'ROLL"),
@@ -250,7 +253,9 @@ def test_corpus_dictionary(corpus):
 
 def test_corpus_splits_are_disjoint(corpus):
     speaker = _speaker_of(corpus)
-    spk = {s: {speaker[p] for p in read_manifest(corpus / f"{s}.tsv").paths} for s in ("unlabeled",) + LABELED}
+    spk = {
+        s: {speaker[p] for p in read_manifest(corpus / f"{s}.tsv").paths} for s in ("unlabeled",) + LABELED
+    }
     train = spk["train_1min"] | spk["train_10min"] | spk["train_1h"]
     assert not spk["test"] & train and not spk["test"] & spk["valid"] and not spk["test"] & spk["unlabeled"]
     assert not spk["valid"] & train
@@ -346,7 +351,10 @@ def test_train_1min_default_follows_train_10min(tmp_path):
     info = build_corpus(tmp_path / "c", seed=0, workers=1, unlabeled_minutes=0.05, train_10min_minutes=0.05,
                         train_1h_minutes=0.05, valid_minutes=0.05, test_minutes=0.05)  # fmt: skip
     assert info["settings"]["minutes"]["train_1min"] == 0.05
-    assert read_manifest(tmp_path / "c" / "train_1min.tsv").paths == read_manifest(tmp_path / "c" / "train_10min.tsv").paths
+    assert (
+        read_manifest(tmp_path / "c" / "train_1min.tsv").paths
+        == read_manifest(tmp_path / "c" / "train_10min.tsv").paths
+    )
     assert corpus_minutes()["train_1min"] == 1.0 and corpus_minutes(full=True, scale=2)["train_1min"] == 2.0
 
 
@@ -362,15 +370,21 @@ def test_held_out_splits_of_a_smaller_build_are_prefixes_of_a_larger_one(tmp_pat
     build_corpus(tmp_path / "large", seed=3, workers=1, diversity="diverse", **large)
 
     def rows(root, split):
-        return [json.loads(line) for line in (root / "utterances.jsonl").read_text().splitlines()
-                if json.loads(line)["pool"] == split]
+        return [
+            json.loads(line)
+            for line in (root / "utterances.jsonl").read_text().splitlines()
+            if json.loads(line)["pool"] == split
+        ]
 
     for split in ("valid", "test"):
         a, b = rows(tmp_path / "small", split), rows(tmp_path / "large", split)
         assert 0 < len(a) < len(b)
         assert [(r["speaker"], r["text"]) for r in a] == [(r["speaker"], r["text"]) for r in b[: len(a)]]
         for r in a:
-            assert sf.read(tmp_path / "small" / r["path"])[0].tolist() == sf.read(tmp_path / "large" / r["path"])[0].tolist()
+            assert (
+                sf.read(tmp_path / "small" / r["path"])[0].tolist()
+                == sf.read(tmp_path / "large" / r["path"])[0].tolist()
+            )
         unlabeled = rows(tmp_path / "large", "unlabeled")
         assert not {r["speaker"] for r in a} & {r["speaker"] for r in unlabeled}
         assert not {r["text"] for r in a} & {r["text"] for r in unlabeled}
@@ -436,7 +450,9 @@ def test_coloured_noise_at_the_requested_snr(synth, color):
     lead, tail = round(0.2 * 16000), round(0.1 * 16000)
     noise = noisy.astype(np.float64) - clean
     snr = 10 * math.log10(_power(clean[lead:-tail]) / _power(noise))
-    assert abs(snr - 10.0) < (0.3 if color == "white" else 0.05), snr  # white: as in version 1 (not renormalised)
+    assert abs(snr - 10.0) < (0.3 if color == "white" else 0.05), (
+        snr
+    )  # white: as in version 1 (not renormalised)
     # the colour: share of the noise power below 500 Hz (white ~6 %, pink ~50 %, brown ~97 %)
     spec = np.abs(np.fft.rfft(noise)) ** 2
     low = spec[np.fft.rfftfreq(noise.shape[0], 1 / 16000) < 500].sum() / spec.sum()
@@ -494,20 +510,33 @@ def test_diverse_corpus_records_and_applies_diversity(diverse):
     assert any(d["rt60_s"] is not None for d in unl) and any(d["rt60_s"] is None for d in unl)
     for d in unl:
         if d["rt60_s"] is not None:
-            assert preset.rt60_s[0] <= d["rt60_s"] <= preset.rt60_s[1] and preset.drr_db[0] <= d["drr_db"] <= preset.drr_db[1]
+            assert (
+                preset.rt60_s[0] <= d["rt60_s"] <= preset.rt60_s[1]
+                and preset.drr_db[0] <= d["drr_db"] <= preset.drr_db[1]
+            )
         if d["snr_db"] is not None:
-            assert preset.snr_db[0] <= d["snr_db"] <= preset.snr_db[1] and d["noise_color"] in preset.noise_colors
+            assert (
+                preset.snr_db[0] <= d["snr_db"] <= preset.snr_db[1]
+                and d["noise_color"] in preset.noise_colors
+            )
         assert preset.tilt_db_per_octave[0] <= d["tilt_db"] <= preset.tilt_db_per_octave[1]
     assert any(d["variant"] in EXTRA_VARIANTS for d in unl)
     # valid, test and the labeled splits are untouched by the "diverse" preset
     for d in meta.values():
         if d["pool"] != "unlabeled":
-            assert d["speed"] == 1.0 and d["tilt_db"] == 0.0 and d["rt60_s"] is None and d["noise_color"] == "white"
+            assert (
+                d["speed"] == 1.0
+                and d["tilt_db"] == 0.0
+                and d["rt60_s"] is None
+                and d["noise_color"] == "white"
+            )
             assert d["variant"] not in EXTRA_VARIANTS
     info = json.loads((diverse / "corpus.json").read_text())
     assert info["settings"]["diversity"]["pools"] == ["unlabeled"]
     applied = info["diversity_applied"]["unlabeled"]
-    assert applied["utterances"] == len(unl) and applied["reverb"] == sum(d["rt60_s"] is not None for d in unl)
+    assert applied["utterances"] == len(unl) and applied["reverb"] == sum(
+        d["rt60_s"] is not None for d in unl
+    )
     assert info["diversity_applied"]["test"]["reverb"] == 0
 
 
@@ -545,7 +574,9 @@ def test_diverse_corpus_keeps_valid_test_and_train_as_plain(diverse, corpus):
 
 def test_diverse_corpus_speakers_and_sentences_are_disjoint(diverse):
     meta = _meta(diverse)
-    by_split = {s: [meta[p] for p in read_manifest(diverse / f"{s}.tsv").paths] for s in ("unlabeled",) + LABELED}
+    by_split = {
+        s: [meta[p] for p in read_manifest(diverse / f"{s}.tsv").paths] for s in ("unlabeled",) + LABELED
+    }
     heard = {s: {d["speaker"] for d in rows} for s, rows in by_split.items()}
     said = {s: {d["transcript"] for d in rows} for s, rows in by_split.items()}
     for held_out in ("valid", "test"):
@@ -582,7 +613,9 @@ def test_diverse_train_preset_and_idempotence(tmp_path, capsys):
     train = [d for d in meta.values() if d["pool"] == "train"]
     assert any(d["speed"] != 1.0 or d["rt60_s"] is not None for d in train)
     assert not any(d["variant"] in EXTRA_VARIANTS for d in train)  # extra speakers: unlabeled only
-    assert all(d["rt60_s"] is None and d["speed"] == 1.0 for d in meta.values() if d["pool"] in ("valid", "test"))
+    assert all(
+        d["rt60_s"] is None and d["speed"] == 1.0 for d in meta.values() if d["pool"] in ("valid", "test")
+    )
     capsys.readouterr()
     build_corpus(out, seed=2, workers=1, diversity="diverse_train", **small)
     assert "up to date" in capsys.readouterr().out
@@ -606,7 +639,20 @@ def test_exhausted_sentences_ask_for_fewer_minutes(tmp_path, monkeypatch):
 def test_extra_speakers_never_in_valid_or_test():
     extra = make_extra_speakers(0)
     assert len(extra) == 8 * len(EXTRA_VARIANTS) and len({s.id for s in extra}) == len(extra)
-    assert not {s.variant for s in extra} & {"m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"}
+    assert not {s.variant for s in extra} & {
+        "m1",
+        "m2",
+        "m3",
+        "m4",
+        "m5",
+        "m6",
+        "m7",
+        "f1",
+        "f2",
+        "f3",
+        "f4",
+        "f5",
+    }
     assert make_extra_speakers(0) == extra and make_extra_speakers(1) != extra
 
 
@@ -617,7 +663,9 @@ def test_ten_hours_of_diverse_unlabeled_audio_can_be_planned():
     unl = report["unlabeled"]
     assert unl["utterances"] >= 600 * 60 / 2.5 and unl["speakers"] == 72 + len(make_extra_speakers(0))
     assert unl["max_per_speaker"] <= 20
-    assert report["sentences"] == sum(report[p]["utterances"] for p in ("test", "valid", "train", "unlabeled"))
+    assert report["sentences"] == sum(
+        report[p]["utterances"] for p in ("test", "valid", "train", "unlabeled")
+    )
     assert report["test"]["speakers"] == report["valid"]["speakers"] == 12
 
 

@@ -19,7 +19,9 @@ def _tone(n: int = 4000, sr: int = SR, channels: int = 1) -> np.ndarray:
     return x if channels == 1 else np.stack([x, -x * 0.5], axis=1)
 
 
-@pytest.mark.parametrize("fmt, subtype, ext", [("WAV", "FLOAT", "wav"), ("FLAC", "PCM_24", "flac"), ("WAV", "PCM_16", "wav")])
+@pytest.mark.parametrize(
+    "fmt, subtype, ext", [("WAV", "FLOAT", "wav"), ("FLAC", "PCM_24", "flac"), ("WAV", "PCM_16", "wav")]
+)
 def test_load_good_file(tmp_path: Path, fmt: str, subtype: str, ext: str) -> None:
     x = _tone()
     p = tmp_path / f"a.{ext}"

@@ -20,8 +20,10 @@ def _items(lengths, label_lengths=None):
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), min_size=1, max_size=6),
-       st.sampled_from([None, 1, 7, 64]))
+@given(
+    st.lists(st.tuples(st.integers(1, 300), st.integers(0, 20)), min_size=1, max_size=6),
+    st.sampled_from([None, 1, 7, 64]),
+)
 def test_pad_property(spec, pad_multiple) -> None:
     lengths = [n for n, _ in spec]
     items = _items(lengths, [l for _, l in spec])
@@ -41,7 +43,7 @@ def test_pad_property(spec, pad_multiple) -> None:
     assert b["lengths"].tolist() == lengths
     for i, it in enumerate(items):
         assert torch.equal(b["waveform"][i, : lengths[i]], it["waveform"])
-        assert (b["waveform"][i, lengths[i]:] == 0).all()
+        assert (b["waveform"][i, lengths[i] :] == 0).all()
         n = int(b["label_lengths"][i])
         assert torch.equal(b["labels"][i, :n], it["labels"])
         assert (b["labels"][i, n:] == LABEL_PAD).all()

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from wav2vec2_lite.data.collate import collate
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
-from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, write_manifest
+from wav2vec2_lite.data.manifest import (
+    count_symbols,
+    text_to_ltr,
+    write_dictionary,
+    write_labels,
+    write_manifest,
+)
 from wav2vec2_lite.data.sampler import BucketBatchSampler
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 
@@ -51,8 +57,13 @@ def test_unlabelled_items(corpus) -> None:
 def test_labels_and_skipping(corpus, labels_name: str) -> None:
     root, waves = corpus
     tok = CharTokenizer.from_dictionary(root / "dict.ltr.txt")
-    ds = AudioDataset(root / "train.tsv", labels_path=root / labels_name, tokenizer=tok, min_sample_size=400,
-                      max_sample_size=4000)
+    ds = AudioDataset(
+        root / "train.tsv",
+        labels_path=root / labels_name,
+        tokenizer=tok,
+        min_sample_size=400,
+        max_sample_size=4000,
+    )
     # row 2 (300 samples) is too short, row 3 (5000 > 4000) is labelled and would lose its transcript
     assert ds.num_skipped_short == 1 and ds.num_skipped_long == 1
     assert ds.rows == [0, 1, 4] and ds.sizes.tolist() == [3000, 1200, 2000]

@@ -109,7 +109,9 @@ def test_build_manifests_deterministic_split(tmp_path: Path) -> None:
     build_manifests(audio, tmp_path / "m2", ext=".wav", valid_percent=0.3, seed=1)
     assert counts["train"] + counts["valid"] == 20 and counts["valid"] > 0
     for split in ("train", "valid"):
-        assert (tmp_path / "m1" / f"{split}.tsv").read_text() == (tmp_path / "m2" / f"{split}.tsv").read_text()
+        assert (tmp_path / "m1" / f"{split}.tsv").read_text() == (
+            tmp_path / "m2" / f"{split}.tsv"
+        ).read_text()
     tr, va = read_manifest(tmp_path / "m1" / "train.tsv"), read_manifest(tmp_path / "m1" / "valid.tsv")
     assert tr.root == audio.resolve()
     allrows = dict(zip(tr.paths + va.paths, tr.sizes + va.sizes))

@@ -27,13 +27,22 @@ class Source:
         return {"manifest_path": self.root / f"{subset}.tsv"}
 
     def dataset(self, subset: str, train: bool, *, min_samples: int = 0, indices=None) -> AudioDataset:
-        return AudioDataset(self.root / f"{subset}.tsv", max_sample_size=8000, min_sample_size=min_samples,
-                            random_crop=train, seed=5, indices=indices, on_error="skip")
+        return AudioDataset(
+            self.root / f"{subset}.tsv",
+            max_sample_size=8000,
+            min_sample_size=min_samples,
+            random_crop=train,
+            seed=5,
+            indices=indices,
+            on_error="skip",
+        )
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=10, valid=3, seed=2, min_words=2, max_words=2)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=10, valid=3, seed=2, min_words=2, max_words=2
+    )
 
 
 def build(corpus: Path, **data) -> TrainingData:
@@ -50,7 +59,9 @@ def test_rows_are_checked_and_reported_before_any_loader(corpus):
     data = build(corpus)
     events = data.take_events()
     assert [(e["event"], e["subset"], e["rows"], e["invalid"]) for e in events] == [
-        ("data_validated", "train", 10, 0), ("data_validated", "valid", 3, 0)]
+        ("data_validated", "train", 10, 0),
+        ("data_validated", "valid", 3, 0),
+    ]
     assert data.take_events() == []  # taken once
     assert len(data.train_set) == 10 and data.valid_loader is not None
 
@@ -72,7 +83,9 @@ def test_groups_cover_each_epoch_once_and_resume_mid_epoch_with_the_same_batches
 def test_max_epochs_ends_the_groups(corpus):
     data = build(corpus)
     groups = list(data.groups(update_freq=1, max_epochs=1))
-    assert data.epoch == 1 and sorted(i for g in groups for b in g for i in b["ids"].tolist()) == list(range(10))
+    assert data.epoch == 1 and sorted(i for g in groups for b in g for i in b["ids"].tolist()) == list(
+        range(10)
+    )
 
 
 def test_an_unreadable_file_is_skipped_counted_and_too_many_stop(corpus, tmp_path):
@@ -88,11 +101,15 @@ def test_an_unreadable_file_is_skipped_counted_and_too_many_stop(corpus, tmp_pat
     Path(victim).unlink()
     list(data.groups(update_freq=1, max_epochs=1))
     events = data.take_events()
-    assert [(e["event"], e["path"], e["unreadable_total"]) for e in events] == [("skipped_unreadable", victim, 1)]
+    assert [(e["event"], e["path"], e["unreadable_total"]) for e in events] == [
+        ("skipped_unreadable", victim, 1)
+    ]
     assert data.unreadable_ids == {3} and "audio file not found" in describe(events[0])
     for i in (5, 7):
         Path(data.train_set.path(i)).unlink()
-    with pytest.raises(DatasetError, match=r"3 of 10 training files became unreadable .*max_unreadable_fraction=0.2"):
+    with pytest.raises(
+        DatasetError, match=r"3 of 10 training files became unreadable .*max_unreadable_fraction=0.2"
+    ):
         list(data.groups(update_freq=1, max_epochs=2))
 
 

@@ -21,7 +21,9 @@ def _check_budget(batches, sizes, max_tokens, max_batch_size=None):
 @pytest.mark.parametrize("num_buckets", [0, 4])
 @pytest.mark.parametrize("max_batch_size", [None, 3])
 def test_budget_and_every_index_once(num_buckets, max_batch_size) -> None:
-    s = BucketBatchSampler(SIZES, max_tokens=12000, max_batch_size=max_batch_size, num_buckets=num_buckets, seed=1)
+    s = BucketBatchSampler(
+        SIZES, max_tokens=12000, max_batch_size=max_batch_size, num_buckets=num_buckets, seed=1
+    )
     for _ in range(2):
         batches = list(s)
         _check_budget(batches, SIZES, 12000, max_batch_size)
@@ -95,10 +97,14 @@ def test_ddp_sharding(drop_last: bool) -> None:
     single = BucketBatchSampler(SIZES, max_tokens=7000, seed=5)
     n_all = len(list(single))
     assert n_all % W != 0  # the padding path is exercised
-    shards = [list(BucketBatchSampler(SIZES, max_tokens=7000, seed=5, rank=r, world_size=W, drop_last=drop_last))
-              for r in range(W)]
+    shards = [
+        list(BucketBatchSampler(SIZES, max_tokens=7000, seed=5, rank=r, world_size=W, drop_last=drop_last))
+        for r in range(W)
+    ]
     assert len({len(sh) for sh in shards}) == 1
-    whole = BucketBatchSampler(SIZES, max_tokens=7000, seed=5, world_size=W, drop_last=drop_last).all_batches(0)
+    whole = BucketBatchSampler(SIZES, max_tokens=7000, seed=5, world_size=W, drop_last=drop_last).all_batches(
+        0
+    )
     for r in range(W):
         assert shards[r] == whole[r::W]
     flat = [i for sh in shards for b in sh for i in b]
@@ -112,7 +118,9 @@ def test_ddp_sharding(drop_last: bool) -> None:
 
 def test_too_long() -> None:
     sizes = [100, 5000, 200, 9000]
-    with pytest.raises(SamplerError, match=r"utterance 1 has 5000 samples, more than max_tokens=4000 \(2 such"):
+    with pytest.raises(
+        SamplerError, match=r"utterance 1 has 5000 samples, more than max_tokens=4000 \(2 such"
+    ):
         BucketBatchSampler(sizes, max_tokens=4000)
     s = BucketBatchSampler(sizes, max_tokens=4000, too_long="skip")
     assert s.num_skipped_long == 2
@@ -127,12 +135,24 @@ def test_bad_args() -> None:
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-@given(st.lists(st.integers(1, 1000), min_size=1, max_size=80), st.integers(1000, 5000),
-       st.sampled_from([None, 1, 4]), st.integers(0, 3), st.integers(1, 4), st.integers(0, 5))
+@given(
+    st.lists(st.integers(1, 1000), min_size=1, max_size=80),
+    st.integers(1000, 5000),
+    st.sampled_from([None, 1, 4]),
+    st.integers(0, 3),
+    st.integers(1, 4),
+    st.integers(0, 5),
+)
 def test_property(sizes, max_tokens, max_batch_size, num_buckets, world_size, consumed) -> None:
     sizes = np.array(sizes)
-    kw = dict(max_tokens=max_tokens, max_batch_size=max_batch_size, num_buckets=num_buckets,
-              world_size=world_size, seed=11, drop_last=False)
+    kw = dict(
+        max_tokens=max_tokens,
+        max_batch_size=max_batch_size,
+        num_buckets=num_buckets,
+        world_size=world_size,
+        seed=11,
+        drop_last=False,
+    )
     shards = [BucketBatchSampler(sizes, rank=r, **kw) for r in range(world_size)]
     per_rank = [list(s) for s in shards]
     assert len({len(b) for b in per_rank}) == 1

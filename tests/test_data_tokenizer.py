@@ -45,7 +45,9 @@ def test_unknown_symbol(tok: CharTokenizer, tmp_path: Path) -> None:
         tok.encode_text("café au lait")
     msg = str(e.value)
     assert "'É'" in msg and "U+00C9" in msg and "position 3" in msg and "dict.ltr.txt" in msg
-    assert msg.endswith("or map unknown symbols to <unk> with data.unk=map (CharTokenizer(unk='map') in Python)")
+    assert msg.endswith(
+        "or map unknown symbols to <unk> with data.unk=map (CharTokenizer(unk='map') in Python)"
+    )
     with pytest.raises(TokenizerError, match="'#'"):
         tok.encode_ltr("A B | # |")
     mapped = CharTokenizer.from_dictionary(tmp_path / "dict.ltr.txt", unk="map")
@@ -66,8 +68,10 @@ def test_save_load(tok: CharTokenizer, tmp_path: Path) -> None:
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
-@given(st.lists(st.text(alphabet=LETTERS.lower() + LETTERS, min_size=1, max_size=8), max_size=6),
-       st.sampled_from([" ", "  ", "\t"]))
+@given(
+    st.lists(st.text(alphabet=LETTERS.lower() + LETTERS, min_size=1, max_size=8), max_size=6),
+    st.sampled_from([" ", "  ", "\t"]),
+)
 def test_round_trip_property(words: list[str], sep: str) -> None:
     tok = CharTokenizer(["|"] + list(LETTERS))
     text = sep.join(words)

@@ -8,7 +8,13 @@ import pytest
 import soundfile as sf
 
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
-from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, write_manifest
+from wav2vec2_lite.data.manifest import (
+    count_symbols,
+    text_to_ltr,
+    write_dictionary,
+    write_labels,
+    write_manifest,
+)
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.data.validate import ctc_min_frames, num_frames, validate_dataset
 
@@ -77,21 +83,32 @@ def test_every_problem_reported(tmp_path: Path) -> None:
         if expected is not None:
             line = f"{tmp_path / 'train.tsv'}:{i + 2}: {d / rel}: "
             assert any(ln.strip().startswith(line.strip()) and expected in ln for ln in msg.splitlines()), (
-                rel, expected, msg)
+                rel,
+                expected,
+                msg,
+            )
 
     report = validate_dataset(tmp_path / "train.tsv", skip_invalid=True, **kw)
-    assert report.valid_indices == [0, 1] and report.num_rows == len(rows) and report.num_invalid == len(rows) - 2
+    assert (
+        report.valid_indices == [0, 1]
+        and report.num_rows == len(rows)
+        and report.num_invalid == len(rows) - 2
+    )
     assert {p.line_no for p in report.problems} == {i + 2 for i, r in enumerate(rows) if r[3] is not None}
     for i, (rel, _, _, expected) in enumerate(rows):
         if expected is not None:
-            assert any(p.line_no == i + 2 and p.path == str(d / rel) and expected in p.message
-                       for p in report.problems), (rel, expected)
+            assert any(
+                p.line_no == i + 2 and p.path == str(d / rel) and expected in p.message
+                for p in report.problems
+            ), (rel, expected)
 
 
 def test_skip_invalid_subset_trains(tmp_path: Path, caplog) -> None:
     _make(tmp_path)
     with caplog.at_level(logging.WARNING):
-        report = validate_dataset(tmp_path / "train.tsv", labels_path=tmp_path / "train.wrd", skip_invalid=True)
+        report = validate_dataset(
+            tmp_path / "train.tsv", labels_path=tmp_path / "train.wrd", skip_invalid=True
+        )
     assert "skipping" in caplog.text and "train.tsv" in caplog.text
     # without a tokenizer or max_duration_s: long.wav, badchar.wav and ctc.wav are fine
     assert report.valid_indices == [0, 1, 10, 13, 14]

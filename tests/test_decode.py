@@ -130,9 +130,13 @@ def test_beam_equals_greedy_on_peaked_inputs():
     for _ in range(20):
         frames = torch.randint(0, len(VOCAB), (1, 30), generator=g)
         frames[frames < 4] = 0  # only blanks among the specials
-        logits = one_hot_logits(frames.tolist(), peak=12.0)[0] + 0.5 * torch.randn(30, len(VOCAB), generator=g)
-        assert prefix_beam_search(logits.log_softmax(-1), VOCAB, beam_width=8) == \
-            greedy_decode(logits[None], None, VOCAB)[0]
+        logits = one_hot_logits(frames.tolist(), peak=12.0)[0] + 0.5 * torch.randn(
+            30, len(VOCAB), generator=g
+        )
+        assert (
+            prefix_beam_search(logits.log_softmax(-1), VOCAB, beam_width=8)
+            == greedy_decode(logits[None], None, VOCAB)[0]
+        )
 
 
 def test_beam_finds_the_labelling_greedy_misses():
@@ -186,8 +190,14 @@ def test_wide_beam_is_exact_against_enumeration_and_ctc_loss(seed, scale):
         assert math.exp(score) == pytest.approx(exact[labels], rel=1e-9)
     # and the score is what CTC's forward algorithm gives that labelling
     if best_labels:
-        nll = F.ctc_loss(lp[:, None, :], torch.tensor([best_labels]), torch.tensor([T]),
-                         torch.tensor([len(best_labels)]), blank=0, reduction="sum")
+        nll = F.ctc_loss(
+            lp[:, None, :],
+            torch.tensor([best_labels]),
+            torch.tensor([T]),
+            torch.tensor([len(best_labels)]),
+            blank=0,
+            reduction="sum",
+        )
         assert best_lp == pytest.approx(-nll.item(), rel=1e-9, abs=1e-12)
 
 
@@ -211,8 +221,16 @@ def write_arpa(path, unigrams: dict[str, tuple[float, float | None]], bigrams: d
 @pytest.fixture
 def lm_path(tmp_path):
     """An LM that finds TO THE HALL likely and TO THE HELL / HALE unlikely."""
-    uni = {"<unk>": (-3.0, None), "<s>": (-99.0, -0.3), "</s>": (-1.0, None), "TO": (-0.8, -0.3),
-           "THE": (-0.7, -0.3), "HALL": (-1.2, -0.3), "HELL": (-3.5, -0.3), "HALE": (-3.5, -0.3)}
+    uni = {
+        "<unk>": (-3.0, None),
+        "<s>": (-99.0, -0.3),
+        "</s>": (-1.0, None),
+        "TO": (-0.8, -0.3),
+        "THE": (-0.7, -0.3),
+        "HALL": (-1.2, -0.3),
+        "HELL": (-3.5, -0.3),
+        "HALE": (-3.5, -0.3),
+    }
     bi = {("<s>", "TO"): -0.1, ("TO", "THE"): -0.1, ("THE", "HALL"): -0.2, ("HALL", "</s>"): -0.1}
     return write_arpa(tmp_path / "lm.arpa", uni, bi)
 
@@ -228,8 +246,11 @@ def _frames(spec: list[dict[str, float]]) -> torch.Tensor:
 
 def _hall_or_hell() -> torch.Tensor:
     """TO THE H?LL where the audio slightly prefers E over A."""
-    spec = [{c: 0.9} for c in "TO|THE|H"] + [{"E": 0.5, "A": 0.4}] + [{"L": 0.9}, {"<pad>": 0.9}, {"L": 0.9},
-                                                                      {"|": 0.9}]
+    spec = (
+        [{c: 0.9} for c in "TO|THE|H"]
+        + [{"E": 0.5, "A": 0.4}]
+        + [{"L": 0.9}, {"<pad>": 0.9}, {"L": 0.9}, {"|": 0.9}]
+    )
     return _frames(spec)
 
 
@@ -241,7 +262,10 @@ def test_the_lm_changes_a_hypothesis_the_right_way(lm_path):
     assert BeamSearchDecoder(VOCAB, lm_path, lm_weight=0.0).decode(lp) == "TO THE HELL"  # the acoustics alone
     with_lm = BeamSearchDecoder(VOCAB, lm_path, lm_weight=1.0)
     assert with_lm.decode(lp) == "TO THE HALL"
-    assert with_lm.decode_batch(torch.stack([lp, lp]), torch.tensor([lp.shape[0], 7])) == ["TO THE HALL", "TO THE"]
+    assert with_lm.decode_batch(torch.stack([lp, lp]), torch.tensor([lp.shape[0], 7])) == [
+        "TO THE HALL",
+        "TO THE",
+    ]
 
 
 def test_the_lexicon_limits_the_words_and_is_checked(lm_path, tmp_path):
@@ -272,8 +296,11 @@ def test_decoding_config_builds_each_decoder_and_refuses_inconsistent_settings(l
     assert DecodingConfig(decoder="beam", beam_size=4).build(VOCAB)(lp) == "TO THE HELL"
     assert DecodingConfig(decoder="beam", lm=str(lm_path), lm_weight=1.0).build(VOCAB)(lp) == "TO THE HALL"
     assert DecodingConfig(decoder="beam", lm="x.arpa").to_dict()["lexicon"] == "the LM's unigrams"
-    for bad, match in ((dict(decoder="viterbi"), "greedy' or 'beam"), (dict(lm="x.arpa"), "needs the beam decoder"),
-                       (dict(decoder="beam", lexicon="w.txt"), "with a language model only"),
-                       (dict(decoder="beam", beam_size=0), "beam size")):
+    for bad, match in (
+        (dict(decoder="viterbi"), "greedy' or 'beam"),
+        (dict(lm="x.arpa"), "needs the beam decoder"),
+        (dict(decoder="beam", lexicon="w.txt"), "with a language model only"),
+        (dict(decoder="beam", beam_size=0), "beam size"),
+    ):
         with pytest.raises(ValueError, match=match):
             DecodingConfig(**bad).validate()

@@ -19,7 +19,14 @@ from wav2vec2_lite.extract import ExtractionFailure, Extractor, extract_to_folde
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.serialization import save_model
 
-SMALL = dict(num_layers=2, hidden_size=32, num_heads=2, ffn_dim=64, conv_dim=(16,) * 7, contrastive=dict(num_codes_per_group=8))
+SMALL = dict(
+    num_layers=2,
+    hidden_size=32,
+    num_heads=2,
+    ffn_dim=64,
+    conv_dim=(16,) * 7,
+    contrastive=dict(num_codes_per_group=8),
+)
 
 
 def _model(objective: str = "contrastive", seed: int = 0) -> Wav2Vec2ForPreTraining:
@@ -33,9 +40,16 @@ def _wave(n: int = 6400, seed: int = 0) -> torch.Tensor:
 
 def _inputs(model, wave: torch.Tensor, mask: torch.Tensor) -> ObjectiveInputs:
     out = model.wav2vec2(wave[None], mask_indices=mask)
-    return ObjectiveInputs(waveform=wave[None], sample_padding=None, conv_features=out.conv_features,
-                           extract_features=out.extract_features, context=out.last_hidden_state,
-                           mask_indices=mask, frame_padding=None, frame_lengths=out.frame_lengths)
+    return ObjectiveInputs(
+        waveform=wave[None],
+        sample_padding=None,
+        conv_features=out.conv_features,
+        extract_features=out.extract_features,
+        context=out.last_hidden_state,
+        mask_indices=mask,
+        frame_padding=None,
+        frame_lengths=out.frame_lengths,
+    )
 
 
 @pytest.mark.parametrize("objective", ["contrastive", "best_rq"])
@@ -47,7 +61,9 @@ def test_layers_and_units_are_the_models_own(objective):
     with torch.no_grad():
         ref = model.wav2vec2(wave[None], output_hidden_states=True)
     assert list(got) == ["conv"] + [f"layer_{k}" for k in range(3)] + ["last", "units"]
-    assert torch.equal(got["conv"], ref.extract_features[0]) and torch.equal(got["last"], ref.last_hidden_state[0])
+    assert torch.equal(got["conv"], ref.extract_features[0]) and torch.equal(
+        got["last"], ref.last_hidden_state[0]
+    )
     for k in range(3):
         assert torch.equal(got[f"layer_{k}"], ref.hidden_states[k][0])
     frames = ref.last_hidden_state.shape[1]
@@ -56,7 +72,9 @@ def test_layers_and_units_are_the_models_own(objective):
     # the targets the objective trains on, at every frame it quantizes (all frames: every one is masked)
     mask = torch.ones(1, frames, dtype=torch.bool)
     with torch.no_grad():
-        targets = model.objective.targets(_inputs(model, wave, mask), generator=torch.Generator().manual_seed(0))
+        targets = model.objective.targets(
+            _inputs(model, wave, mask), generator=torch.Generator().manual_seed(0)
+        )
     codes = targets.codes[0] if objective == "contrastive" else targets[0][:, None]
     assert torch.equal(got["units"], codes)
 
@@ -96,17 +114,30 @@ def test_folders_and_manifests_write_one_file_per_utterance_and_an_index(audio, 
 
     write_manifest(tmp_path / "m.tsv", audio, [("a/two.wav", 8000), ("b/one.wav", 7200)])
     list(extract_to_folder(ex, [tmp_path / "m.tsv"], tmp_path / "npy", fmt="npy"))
-    assert np.array_equal(np.load(tmp_path / "npy" / "b" / "one.units.npy"),
-                          ex.extract_file(audio / "b" / "one.wav")["units"].numpy())
+    assert np.array_equal(
+        np.load(tmp_path / "npy" / "b" / "one.units.npy"),
+        ex.extract_file(audio / "b" / "one.wav")["units"].numpy(),
+    )
     both = list(extract_to_folder(ex, [audio / "a" / "one.wav", audio / "b" / "one.wav"], tmp_path / "flat"))
-    assert isinstance(both[1], ExtractionFailure) and "would overwrite" in both[1].error  # same name, one folder
+    assert (
+        isinstance(both[1], ExtractionFailure) and "would overwrite" in both[1].error
+    )  # same name, one folder
 
 
 def test_the_cli_reports_bad_inputs_in_one_line_each(audio, tmp_path, capsys):
     save_model(_model(), tmp_path / "model")
     with pytest.raises(SystemExit) as code:
-        extract([str(tmp_path / "model"), str(audio), "--out", str(tmp_path / "o"), "--layers", "conv,last",
-                  "--units"])
+        extract(
+            [
+                str(tmp_path / "model"),
+                str(audio),
+                "--out",
+                str(tmp_path / "o"),
+                "--layers",
+                "conv,last",
+                "--units",
+            ]
+        )
     assert code.value.code == 1
     out, err = capsys.readouterr()
     assert "wrote 3 utterance(s)" in out and "conv, last, units" in out

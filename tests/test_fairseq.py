@@ -17,6 +17,7 @@ import os
 
 import pytest
 import torch
+
 from _helpers import padded_inputs
 
 transformers = pytest.importorskip("transformers")
@@ -31,10 +32,23 @@ from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
 
 ATOL = 1e-4
 CONV = [(32, 10, 5), (48, 3, 2), (48, 3, 2)]
-HF_SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-                conv_dim=[c[0] for c in CONV], conv_kernel=[c[1] for c in CONV], conv_stride=[c[2] for c in CONV],
-                num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_codevectors_per_group=16,
-                num_codevector_groups=2, codevector_dim=32, proj_codevector_dim=24, vocab_size=20, num_negatives=10)
+HF_SMALL = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=[c[0] for c in CONV],
+    conv_kernel=[c[1] for c in CONV],
+    conv_stride=[c[2] for c in CONV],
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    num_codevectors_per_group=16,
+    num_codevector_groups=2,
+    codevector_dim=32,
+    proj_codevector_dim=24,
+    vocab_size=20,
+    num_negatives=10,
+)
 HF_LAYOUTS = {
     "group_postln": dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False),
     "layer_preln": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
@@ -74,8 +88,10 @@ def fairseq_names(hf, layout: str, ctc: bool) -> dict[str, torch.Tensor]:
     for i in range(len(CONV)):
         for t in ("weight", "bias"):
             if f"wav2vec2.feature_extractor.conv_layers.{i}.conv.{t}" in src:
-                put(f"{p}feature_extractor.conv_layers.{i}.0.{t}",
-                    f"wav2vec2.feature_extractor.conv_layers.{i}.conv.{t}")
+                put(
+                    f"{p}feature_extractor.conv_layers.{i}.0.{t}",
+                    f"wav2vec2.feature_extractor.conv_layers.{i}.conv.{t}",
+                )
             hf_norm = f"wav2vec2.feature_extractor.conv_layers.{i}.layer_norm.{t}"
             if hf_norm in src:
                 fs_norm = f"conv_layers.{i}.2.1.{t}" if layout == "layer_preln" else f"conv_layers.{i}.2.{t}"
@@ -85,8 +101,14 @@ def fairseq_names(hf, layout: str, ctc: bool) -> dict[str, torch.Tensor]:
         put(f"{p}post_extract_proj.{t}", f"wav2vec2.feature_projection.projection.{t}")
         put(f"{p}encoder.layer_norm.{t}", f"wav2vec2.encoder.layer_norm.{t}")
     put(f"{p}mask_emb", "wav2vec2.masked_spec_embed")
-    put(f"{p}encoder.pos_conv.0.weight_g", "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original0")
-    put(f"{p}encoder.pos_conv.0.weight_v", "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1")
+    put(
+        f"{p}encoder.pos_conv.0.weight_g",
+        "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+    )
+    put(
+        f"{p}encoder.pos_conv.0.weight_v",
+        "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1",
+    )
     put(f"{p}encoder.pos_conv.0.bias", "wav2vec2.encoder.pos_conv_embed.conv.bias")
     for i in range(HF_SMALL["num_hidden_layers"]):
         fs, h = f"{p}encoder.layers.{i}.", f"wav2vec2.encoder.layers.{i}."
@@ -116,18 +138,56 @@ def pretraining_model_cfg(layout: str, **changes) -> dict:
         _name="wav2vec2",
         extractor_mode="layer_norm" if layout == "layer_preln" else "default",
         conv_feature_layers="[(32, 10, 5)] + [(48, 3, 2)] * 2",
-        conv_bias=layout == "layer_preln", encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128,
-        encoder_attention_heads=4, activation_fn="gelu", layer_type="transformer",
-        layer_norm_first=layout == "layer_preln", dropout=0.1, attention_dropout=0.05, activation_dropout=0.02,
-        encoder_layerdrop=0.05, dropout_input=0.1, dropout_features=0.1, final_dim=24, latent_dim=32,
-        latent_vars=16, latent_groups=2, latent_temp=[2.0, 0.5, 0.999995], logit_temp=0.1, quantize_targets=True,
-        quantize_input=False, same_quantizer=False, target_glu=False, feature_grad_mult=0.1, quantizer_depth=1,
-        quantizer_factor=3, mask_length=10, mask_prob=0.65, mask_selection="static", mask_other=0.0,
-        no_mask_overlap=False, mask_min_space=1, require_same_masks=True, mask_dropout=0.0,
-        mask_channel_length=10, mask_channel_prob=0.0, mask_channel_before=False,
-        mask_channel_selection="static", num_negatives=10, negatives_from_everywhere=False,
-        cross_sample_negatives=0, codebook_negatives=0, conv_pos=16, conv_pos_groups=4, pos_conv_depth=1,
-        max_positions=100000, checkpoint_activations=False, required_seq_len_multiple=2, crop_seq_to_multiple=1,
+        conv_bias=layout == "layer_preln",
+        encoder_layers=2,
+        encoder_embed_dim=64,
+        encoder_ffn_embed_dim=128,
+        encoder_attention_heads=4,
+        activation_fn="gelu",
+        layer_type="transformer",
+        layer_norm_first=layout == "layer_preln",
+        dropout=0.1,
+        attention_dropout=0.05,
+        activation_dropout=0.02,
+        encoder_layerdrop=0.05,
+        dropout_input=0.1,
+        dropout_features=0.1,
+        final_dim=24,
+        latent_dim=32,
+        latent_vars=16,
+        latent_groups=2,
+        latent_temp=[2.0, 0.5, 0.999995],
+        logit_temp=0.1,
+        quantize_targets=True,
+        quantize_input=False,
+        same_quantizer=False,
+        target_glu=False,
+        feature_grad_mult=0.1,
+        quantizer_depth=1,
+        quantizer_factor=3,
+        mask_length=10,
+        mask_prob=0.65,
+        mask_selection="static",
+        mask_other=0.0,
+        no_mask_overlap=False,
+        mask_min_space=1,
+        require_same_masks=True,
+        mask_dropout=0.0,
+        mask_channel_length=10,
+        mask_channel_prob=0.0,
+        mask_channel_before=False,
+        mask_channel_selection="static",
+        num_negatives=10,
+        negatives_from_everywhere=False,
+        cross_sample_negatives=0,
+        codebook_negatives=0,
+        conv_pos=16,
+        conv_pos_groups=4,
+        pos_conv_depth=1,
+        max_positions=100000,
+        checkpoint_activations=False,
+        required_seq_len_multiple=2,
+        crop_seq_to_multiple=1,
     )
     cfg.update(changes)
     return cfg
@@ -137,32 +197,67 @@ def _namespace_args(model_cfg: dict, loss_weights, normalize: bool) -> argparse.
     """2020-style flat args: model, criterion, task and optimizer options side by side."""
     flat = {k: v for k, v in model_cfg.items() if k != "_name"}
     flat["latent_temp"] = "(2,0.5,0.999995)"  # the argparse era kept it as a string
-    return argparse.Namespace(arch=model_cfg["_name"], task="audio_pretraining", criterion="wav2vec",
-                              infonce=True, loss_weights=str(loss_weights), log_keys=["prob_perplexity"],
-                              normalize=normalize, sample_rate=16000, lr=[0.0005], optimizer="adam",
-                              adam_betas="(0.9,0.98)", max_update=400000, **flat)
+    return argparse.Namespace(
+        arch=model_cfg["_name"],
+        task="audio_pretraining",
+        criterion="wav2vec",
+        infonce=True,
+        loss_weights=str(loss_weights),
+        log_keys=["prob_perplexity"],
+        normalize=normalize,
+        sample_rate=16000,
+        lr=[0.0005],
+        optimizer="adam",
+        adam_betas="(0.9,0.98)",
+        max_update=400000,
+        **flat,
+    )
 
 
 def _hydra_cfg(model_cfg: dict, loss_weights, normalize: bool) -> dict:
     return {
         "_name": None,
         "common": {"fp16": True, "log_interval": 200, "seed": 1},
-        "task": {"_name": "audio_pretraining", "data": "/data/manifests", "normalize": normalize,
-                 "sample_rate": 16000, "labels": None},
-        "criterion": {"_name": "wav2vec", "infonce": True, "loss_weights": list(loss_weights),
-                      "log_keys": ["prob_perplexity", "code_perplexity", "temp"]},
+        "task": {
+            "_name": "audio_pretraining",
+            "data": "/data/manifests",
+            "normalize": normalize,
+            "sample_rate": 16000,
+            "labels": None,
+        },
+        "criterion": {
+            "_name": "wav2vec",
+            "infonce": True,
+            "loss_weights": list(loss_weights),
+            "log_keys": ["prob_perplexity", "code_perplexity", "temp"],
+        },
         "optimization": {"max_update": 400000, "lr": [0.0005]},
         "model": dict(model_cfg),
     }
 
 
 def _checkpoint(model_state: dict, *, args=None, cfg=None) -> dict:
-    return {"args": args, "cfg": cfg, "model": model_state, "criterion": None,
-            "optimizer_history": [{"criterion_name": "Wav2vecCriterion", "optimizer_name": "FairseqAdam",
-                                   "lr_scheduler_state": {"best": 3.21}, "num_updates": 400000}],
-            "extra_state": {"epoch": 10, "train_iterator": {"epoch": 10, "iterations_in_epoch": 0, "shuffle": True},
-                            "previous_training_time": 12345.6, "best": 3.21},
-            "last_optimizer_state": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]}}
+    return {
+        "args": args,
+        "cfg": cfg,
+        "model": model_state,
+        "criterion": None,
+        "optimizer_history": [
+            {
+                "criterion_name": "Wav2vecCriterion",
+                "optimizer_name": "FairseqAdam",
+                "lr_scheduler_state": {"best": 3.21},
+                "num_updates": 400000,
+            }
+        ],
+        "extra_state": {
+            "epoch": 10,
+            "train_iterator": {"epoch": 10, "iterations_in_epoch": 0, "shuffle": True},
+            "previous_training_time": 12345.6,
+            "best": 3.21,
+        },
+        "last_optimizer_state": {"state": {0: {"exp_avg": torch.zeros(3)}}, "param_groups": [{"lr": 1e-4}]},
+    }
 
 
 def _save_pretraining(tmp_path, layout: str, container: str, **model_changes):
@@ -173,18 +268,38 @@ def _save_pretraining(tmp_path, layout: str, container: str, **model_changes):
     state = fairseq_names(hf, layout, ctc=False)
     path = tmp_path / f"pretrain_{layout}_{container}.pt"
     if container == "namespace":  # 2020 release, written in torch's legacy (non-zip) format
-        torch.save(_checkpoint(state, args=_namespace_args(mcfg, loss_weights, normalize)), path,
-                   _use_new_zipfile_serialization=False)
+        torch.save(
+            _checkpoint(state, args=_namespace_args(mcfg, loss_weights, normalize)),
+            path,
+            _use_new_zipfile_serialization=False,
+        )
     else:
         cfg = _hydra_cfg(mcfg, loss_weights, normalize)
-        torch.save(_checkpoint(state, cfg=omegaconf.OmegaConf.create(cfg) if container == "dictconfig" else cfg), path)
+        torch.save(
+            _checkpoint(state, cfg=omegaconf.OmegaConf.create(cfg) if container == "dictconfig" else cfg),
+            path,
+        )
     return hf, path
 
 
-FT = dict(apply_mask=True, mask_prob=0.5, mask_length=10, mask_channel_prob=0.25, mask_channel_length=64,
-          layerdrop=0.1, final_dropout=0.05, feature_grad_mult=0.0, dropout=0.0, attention_dropout=0.0,
-          activation_dropout=0.1, dropout_input=0.0, freeze_finetune_updates=10000, w2v_path="/ckpt/wav2vec_small.pt",
-          no_pretrained_weights=False, normalize=False)
+FT = dict(
+    apply_mask=True,
+    mask_prob=0.5,
+    mask_length=10,
+    mask_channel_prob=0.25,
+    mask_channel_length=64,
+    layerdrop=0.1,
+    final_dropout=0.05,
+    feature_grad_mult=0.0,
+    dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.1,
+    dropout_input=0.0,
+    freeze_finetune_updates=10000,
+    w2v_path="/ckpt/wav2vec_small.pt",
+    no_pretrained_weights=False,
+    normalize=False,
+)
 
 
 def _save_ctc(tmp_path, layout: str, container: str):
@@ -194,16 +309,28 @@ def _save_ctc(tmp_path, layout: str, container: str):
     path = tmp_path / f"ctc_{layout}_{container}.pt"
     if container == "namespace":  # 2020: w2v_args is the pretraining run's flat Namespace
         w2v_args = _namespace_args(pre, [0.1, 10.0], False)
-        args = argparse.Namespace(arch="wav2vec_ctc", task="audio_pretraining", criterion="ctc", labels="ltr",
-                                  zero_infinity=True, post_process="letter", w2v_args=w2v_args, **FT)
+        args = argparse.Namespace(
+            arch="wav2vec_ctc",
+            task="audio_pretraining",
+            criterion="ctc",
+            labels="ltr",
+            zero_infinity=True,
+            post_process="letter",
+            w2v_args=w2v_args,
+            **FT,
+        )
         torch.save(_checkpoint(state, args=args), path)
     else:  # hydra-era: cfg.model.w2v_args is the pretraining run's whole cfg
         cfg = {
             "_name": None,
             "task": {"_name": "audio_finetuning", "normalize": layout == "layer_preln", "labels": "ltr"},
             "criterion": {"_name": "ctc", "zero_infinity": True, "post_process": "letter"},
-            "model": {"_name": "wav2vec_ctc", **FT, "normalize": layout == "layer_preln",
-                      "w2v_args": _hydra_cfg(pre, [0.1, 0.0], layout == "layer_preln")},
+            "model": {
+                "_name": "wav2vec_ctc",
+                **FT,
+                "normalize": layout == "layer_preln",
+                "w2v_args": _hydra_cfg(pre, [0.1, 0.0], layout == "layer_preln"),
+            },
         }
         torch.save(_checkpoint(state, cfg=omegaconf.OmegaConf.create(cfg)), path)
     return hf, path
@@ -270,7 +397,12 @@ def test_pretraining_config_fields(tmp_path, layout, container):
     assert (c.num_code_groups, c.num_codes_per_group, c.codevector_dim, c.final_dim) == (2, 16, 32, 24)
     assert c.gumbel_temperature == (2.0, 0.5, 0.999995)
     assert (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout) == (0.1, 0.05, 0.02)
-    assert (cfg.layerdrop, cfg.dropout_input, c.dropout_features, cfg.feature_grad_mult) == (0.05, 0.1, 0.1, 0.1)
+    assert (cfg.layerdrop, cfg.dropout_input, c.dropout_features, cfg.feature_grad_mult) == (
+        0.05,
+        0.1,
+        0.1,
+        0.1,
+    )
     assert (cfg.mask_time_prob, cfg.mask_time_length, cfg.mask_time_min_masks) == (0.65, 10, 2)
     assert (c.num_negatives, c.cross_sample_negatives, c.logit_temperature) == (10, 0, 0.1)
     assert c.diversity_loss_weight == 0.1
@@ -280,8 +412,9 @@ def test_pretraining_config_fields(tmp_path, layout, container):
 
 
 def test_latent_dim_zero_means_final_dim_and_final_dim_zero_means_width():
-    cfg = config_from_fairseq(_namespace_args(pretraining_model_cfg("group_postln", latent_dim=0, final_dim=0),
-                                              [0.1, 10], False))
+    cfg = config_from_fairseq(
+        _namespace_args(pretraining_model_cfg("group_postln", latent_dim=0, final_dim=0), [0.1, 10], False)
+    )
     assert cfg.contrastive.final_dim == 64 and cfg.contrastive.codevector_dim == 64
 
 
@@ -332,7 +465,12 @@ def test_ctc_config_takes_finetuning_overrides(tmp_path, container):
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads) == (2, 64, 4)  # from w2v_args
     assert (cfg.mask_time_prob, cfg.mask_channel_prob, cfg.mask_channel_length) == (0.5, 0.25, 64)
     assert (cfg.layerdrop, cfg.final_dropout, cfg.feature_grad_mult) == (0.1, 0.05, 0.0)
-    assert (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.dropout_input) == (0.0, 0.0, 0.1, 0.0)
+    assert (cfg.dropout, cfg.attention_dropout, cfg.activation_dropout, cfg.dropout_input) == (
+        0.0,
+        0.0,
+        0.1,
+        0.0,
+    )
     assert cfg.ctc_zero_infinity is True
     assert cfg.extra["fairseq_arch"] == "wav2vec_ctc" and "<s> (CTC blank)" in cfg.extra["vocab_layout"]
 
@@ -344,7 +482,12 @@ def test_dictionary_ids_line_up_with_fairseq(tmp_path):
     symbols = ["|", "E", "T", "A", "O"]
     (tmp_path / "dict.ltr.txt").write_text("".join(f"{s} {100 - i}\n" for i, s in enumerate(symbols)))
     tok = CharTokenizer.from_dictionary(tmp_path / "dict.ltr.txt")
-    fairseq_order = ["<s>", "<pad>", "</s>", "<unk>"] + symbols  # fairseq Dictionary: bos, pad, eos, unk, file
+    fairseq_order = [
+        "<s>",
+        "<pad>",
+        "</s>",
+        "<unk>",
+    ] + symbols  # fairseq Dictionary: bos, pad, eos, unk, file
     assert tok.blank_id == 0 == fairseq_order.index("<s>")
     assert all(tok.index[s] == fairseq_order.index(s) for s in symbols)
     assert tok.decode([0, 6, 6, 0, 1, 4, 5, 7], collapse_repeats=True) == "T EA"
@@ -371,11 +514,21 @@ def test_missing_tensors_are_named(tmp_path):
     assert "encoder.layers.1.fc1.weight" in msg and "quantizer.vars" in msg and str(path) in msg
 
 
-@pytest.mark.parametrize("key,value", [
-    ("quantize_input", True), ("same_quantizer", True), ("negatives_from_everywhere", True),
-    ("codebook_negatives", 10), ("target_glu", True), ("quantize_targets", False), ("activation_fn", "relu"),
-    ("layer_type", "conformer"), ("pos_conv_depth", 5), ("extractor_mode", "spectrogram"),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("quantize_input", True),
+        ("same_quantizer", True),
+        ("negatives_from_everywhere", True),
+        ("codebook_negatives", 10),
+        ("target_glu", True),
+        ("quantize_targets", False),
+        ("activation_fn", "relu"),
+        ("layer_type", "conformer"),
+        ("pos_conv_depth", 5),
+        ("extractor_mode", "spectrogram"),
+    ],
+)
 def test_unsupported_options_are_refused_by_name(key, value):
     args = _namespace_args(pretraining_model_cfg("group_postln", **{key: value}), [0.1, 10], False)
     with pytest.raises(ConfigError, match=key):
@@ -397,11 +550,18 @@ def test_unknown_arch_is_refused():
 
 
 def test_conv_layers_are_parsed_without_eval():
-    assert parse_fairseq_literal("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2") == \
-        [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    assert (
+        parse_fairseq_literal("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2")
+        == [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+    )
     assert parse_fairseq_literal("(2, 0.5, 0.999995)") == (2, 0.5, 0.999995)
-    for bad in ("__import__('os').system('echo pwned')", "[(1, 2, 3)] * 10 ** 9", "[(1, 2, 3)] * 100000000",
-                "[x for x in range(3)]", "[(1, 2, 3)] + 'a'"):
+    for bad in (
+        "__import__('os').system('echo pwned')",
+        "[(1, 2, 3)] * 10 ** 9",
+        "[(1, 2, 3)] * 100000000",
+        "[x for x in range(3)]",
+        "[(1, 2, 3)] + 'a'",
+    ):
         with pytest.raises(ConfigError, match="conv_feature_layers"):
             parse_fairseq_literal(bad, what="conv_feature_layers")
 
@@ -474,10 +634,12 @@ def test_not_a_fairseq_checkpoint(tmp_path):
 def test_config_from_fairseq_accepts_each_container():
     mcfg = pretraining_model_cfg("layer_preln")
     hydra = _hydra_cfg(mcfg, [0.1, 0.0], True)
-    configs = [config_from_fairseq(_namespace_args(mcfg, [0.1, 0.0], True)),
-               config_from_fairseq(omegaconf.OmegaConf.create(copy.deepcopy(hydra))),
-               config_from_fairseq(hydra),
-               config_from_fairseq({"args": None, "cfg": hydra, "model": {}})]
+    configs = [
+        config_from_fairseq(_namespace_args(mcfg, [0.1, 0.0], True)),
+        config_from_fairseq(omegaconf.OmegaConf.create(copy.deepcopy(hydra))),
+        config_from_fairseq(hydra),
+        config_from_fairseq({"args": None, "cfg": hydra, "model": {}}),
+    ]
     ref = configs[0].to_dict()
     for c in configs[1:]:
         assert c.to_dict() == ref

@@ -11,8 +11,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC  # noqa: E402
-from wav2vec2_lite.data.tokenizer import CharTokenizer  # noqa: E402
 from wav2vec2_lite.asr.decode import greedy_decode  # noqa: E402
+from wav2vec2_lite.data.tokenizer import CharTokenizer  # noqa: E402
 from wav2vec2_lite.interop import from_hf  # noqa: E402
 from wav2vec2_lite.interop.hf_export import export_ctc_to_hf  # noqa: E402
 
@@ -27,8 +27,14 @@ def trained():
     """Overfit a small CTC model on one utterance so that it emits real, non-blank text."""
     tok = CharTokenizer(list("|DEHLORW"))
     torch.manual_seed(0)
-    cfg = Wav2Vec2Config.tiny(num_layers=2, vocab_size=len(tok), mask_time_prob=0.0, dropout=0.0,
-                              attention_dropout=0.0, dropout_input=0.0)
+    cfg = Wav2Vec2Config.tiny(
+        num_layers=2,
+        vocab_size=len(tok),
+        mask_time_prob=0.0,
+        dropout=0.0,
+        attention_dropout=0.0,
+        dropout_input=0.0,
+    )
     model = Wav2Vec2ForCTC(cfg)
     wave = _chirp()[None]
     labels = torch.tensor([tok.encode_text("HELLO WORLD")])
@@ -59,7 +65,11 @@ def test_pipeline_transcribes_like_our_decoder(trained, tmp_path):
     assert (ours - theirs).abs().max().item() <= 1e-4
     back = from_hf(str(folder), masked_group_norm=True)
     # transformers stores no mask embedding when masking is off; every other tensor round-trips
-    assert all(torch.equal(v, back.state_dict()[k]) for k, v in model.state_dict().items() if k != "wav2vec2.mask_emb")
+    assert all(
+        torch.equal(v, back.state_dict()[k])
+        for k, v in model.state_dict().items()
+        if k != "wav2vec2.mask_emb"
+    )
 
 
 def test_export_checks_vocabulary_size(trained, tmp_path):
@@ -78,22 +88,32 @@ def test_export_writes_what_transformers_4_and_5_read_and_imports_read_either(tm
     tok = CharTokenizer(list("|AB"))
     torch.manual_seed(0)
     for layer_mode in (False, True):  # BASE-style and LARGE-style (normalised input)
-        cfg = Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer" if layer_mode
-                                  else "group", layer_norm_first=layer_mode, conv_bias=layer_mode)
+        cfg = Wav2Vec2Config.tiny(
+            num_layers=1,
+            vocab_size=len(tok),
+            feat_extract_norm="layer" if layer_mode else "group",
+            layer_norm_first=layer_mode,
+            conv_bias=layer_mode,
+        )
         folder = tmp_path / f"hf_{layer_mode}"
         with caplog.at_level(logging.WARNING):
             caplog.clear()
             export_ctc_to_hf(Wav2Vec2ForCTC(cfg).eval(), tok, folder)
-        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text  # nothing to warn about
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], (
+            caplog.text
+        )  # nothing to warn about
         pre = json.loads((folder / "preprocessor_config.json").read_text())
         assert pre["feature_extractor_type"] == "Wav2Vec2FeatureExtractor" and pre["sampling_rate"] == 16000
         assert pre["do_normalize"] is layer_mode and pre["return_attention_mask"] is layer_mode
-        assert transformers.Wav2Vec2FeatureExtractor(**pre).do_normalize is layer_mode  # what 4.x builds from it
+        assert (
+            transformers.Wav2Vec2FeatureExtractor(**pre).do_normalize is layer_mode
+        )  # what 4.x builds from it
         if (folder / "processor_config.json").exists():  # transformers 5 nests it here
             nested = json.loads((folder / "processor_config.json").read_text())["feature_extractor"]
             assert nested["do_normalize"] is layer_mode, transformers.__version__
-        assert transformers.AutoFeatureExtractor.from_pretrained(folder).do_normalize is layer_mode, \
+        assert transformers.AutoFeatureExtractor.from_pretrained(folder).do_normalize is layer_mode, (
             transformers.__version__
+        )
         assert Transcriber.from_path(folder).normalize is layer_mode
         if (folder / "processor_config.json").exists():
             (folder / "preprocessor_config.json").unlink()  # a folder written by transformers 5 itself

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from _helpers import padded_inputs
 
 transformers = pytest.importorskip("transformers")
@@ -14,17 +15,32 @@ from wav2vec2_lite.interop import from_hf, to_hf  # noqa: E402
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives  # noqa: E402
 
 ATOL = 1e-4
-SMALL = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
-             conv_dim=(32, 48, 64), conv_kernel=(10, 3, 3), conv_stride=(5, 2, 2), num_conv_pos_embeddings=16,
-             num_conv_pos_embedding_groups=4, num_codevectors_per_group=16, codevector_dim=32,
-             proj_codevector_dim=24, vocab_size=20, num_negatives=10)
+SMALL = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=(32, 48, 64),
+    conv_kernel=(10, 3, 3),
+    conv_stride=(5, 2, 2),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    num_codevectors_per_group=16,
+    codevector_dim=32,
+    proj_codevector_dim=24,
+    vocab_size=20,
+    num_negatives=10,
+)
 # BASE-like: group norm on the first conv, post-LN; LARGE-like: layer norm everywhere, pre-LN, conv bias
 LAYOUTS = {
     "group_postln": dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False),
     "layer_preln": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
 }
-CLASSES = {"model": transformers.Wav2Vec2Model, "ctc": transformers.Wav2Vec2ForCTC,
-           "pretraining": transformers.Wav2Vec2ForPreTraining}
+CLASSES = {
+    "model": transformers.Wav2Vec2Model,
+    "ctc": transformers.Wav2Vec2ForCTC,
+    "pretraining": transformers.Wav2Vec2ForPreTraining,
+}
 
 
 def _hf(cls_name: str, layout: str, seed: int = 0):
@@ -88,10 +104,18 @@ def test_contrastive_loss_and_perplexity_match(layout, padded):
     negatives = sample_negatives(mask, SMALL["num_negatives"], generator=g)
     hf_negatives = negatives + torch.arange(2)[:, None, None] * total  # transformers wants flat indices
     with torch.no_grad():
-        ref = hf(wave, attention_mask=attention if padded else None, mask_time_indices=mask,
-                 sampled_negative_indices=hf_negatives)
-        out = ours(wave, padding_mask=~attention.bool() if padded else None, mask_indices=mask,
-                   negative_indices=negatives)
+        ref = hf(
+            wave,
+            attention_mask=attention if padded else None,
+            mask_time_indices=mask,
+            sampled_negative_indices=hf_negatives,
+        )
+        out = ours(
+            wave,
+            padding_mask=~attention.bool() if padded else None,
+            mask_indices=mask,
+            negative_indices=negatives,
+        )
     ours = out.objective.contrastive_loss.item()
     assert abs(ref.contrastive_loss.item() - ours) <= ATOL * max(1.0, abs(ref.contrastive_loss.item()))
     assert abs(ref.codevector_perplexity.item() - out.code_perplexity.item()) <= ATOL
@@ -122,10 +146,19 @@ def test_ctc_loss_matches_transformers():
 
 @pytest.mark.parametrize("cls_name", list(CLASSES))
 def test_to_hf_round_trip(cls_name, tmp_path):
-    ours_cls = {"model": Wav2Vec2Model, "ctc": Wav2Vec2ForCTC, "pretraining": Wav2Vec2ForPreTraining}[cls_name]
+    ours_cls = {"model": Wav2Vec2Model, "ctc": Wav2Vec2ForCTC, "pretraining": Wav2Vec2ForPreTraining}[
+        cls_name
+    ]
     torch.manual_seed(1)
-    ours = ours_cls(Wav2Vec2Config.tiny(num_layers=2, vocab_size=12, masked_group_norm=False,
-                                        contrastive={"feature_penalty_weight": 0.0}, feature_grad_mult=1.0)).eval()
+    ours = ours_cls(
+        Wav2Vec2Config.tiny(
+            num_layers=2,
+            vocab_size=12,
+            masked_group_norm=False,
+            contrastive={"feature_penalty_weight": 0.0},
+            feature_grad_mult=1.0,
+        )
+    ).eval()
     hf = to_hf(ours)
     assert type(hf).__name__ == CLASSES[cls_name].__name__
     hf.save_pretrained(tmp_path / "hf")
@@ -143,7 +176,9 @@ def test_to_hf_round_trip(cls_name, tmp_path):
 
 
 def test_to_hf_refuses_what_transformers_cannot_represent():
-    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, contrastive={"cross_sample_negatives": 5}))
+    model = Wav2Vec2ForPreTraining(
+        Wav2Vec2Config.tiny(num_layers=1, contrastive={"cross_sample_negatives": 5})
+    )
     with pytest.raises(ConfigError, match="cross_sample_negatives"):
         to_hf(model)
 

@@ -9,9 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from _helpers import deep_merge
-from _tolerance import (assert_all_float32_close, assert_float32_close, bf16_rounding, float32_excess, nudged,
-                        relative_error, worst_float32_excess)
 from wav2vec2_lite import Wav2Vec2ForPreTraining
 from wav2vec2_lite.asr.evaluate import evaluate_split
 from wav2vec2_lite.asr.transcribe import Transcriber
@@ -22,15 +19,40 @@ from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
 
+from _helpers import deep_merge
+from _tolerance import (
+    assert_all_float32_close,
+    assert_float32_close,
+    bf16_rounding,
+    float32_excess,
+    nudged,
+    relative_error,
+    worst_float32_excess,
+)
+
 # the positional conv of this width (4 channels per group, kernel 16) is one of the shapes
 # oneDNN's bf16 convolution gets wrong on AMX CPUs: it must stay float32
-MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-             pos_conv_kernel=16, pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
+MICRO = dict(
+    preset="tiny",
+    num_layers=2,
+    hidden_size=64,
+    ffn_dim=128,
+    num_heads=2,
+    conv_dim=[32] * 7,
+    pos_conv_kernel=16,
+    pos_conv_groups=16,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
+)
 FIRST_CONV = "wav2vec2.feature_encoder.conv_layers.0.conv.weight"  # where tests inject a 1e-3 error
 
 
 def test_parse_inference_dtype_spellings_and_errors():
-    assert parse_inference_dtype("bf16") is torch.bfloat16 and parse_inference_dtype("float32") is torch.float32
+    assert (
+        parse_inference_dtype("bf16") is torch.bfloat16 and parse_inference_dtype("float32") is torch.float32
+    )
     assert parse_inference_dtype(torch.bfloat16) is torch.bfloat16
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         parse_inference_dtype("float16")
@@ -48,14 +70,18 @@ def test_unfolded_conv1d_is_the_convolution():
         assert float32_excess(unfolded_conv1d(x, w * (1 + 1e-3 * (w == w.max())), b, stride), ref, exact) > 1
         # bf16: as close as exact bf16 products with float32 sums (inputs and output rounded) get
         low = unfolded_conv1d(x.bfloat16(), w.bfloat16(), b.bfloat16(), stride)
-        rounded = torch.nn.functional.conv1d(*(t.bfloat16().double() for t in (x, w, b)), stride=stride).bfloat16()
+        rounded = torch.nn.functional.conv1d(
+            *(t.bfloat16().double() for t in (x, w, b)), stride=stride
+        ).bfloat16()
         assert low.dtype == torch.bfloat16 and relative_error(low, ref) < 2 * relative_error(rounded, ref)
 
 
 def test_cast_keeps_the_positional_conv_norms_and_the_objective_float32():
     torch.manual_seed(0)
-    model = cast_for_inference(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**{k: v for k, v in MICRO.items()
-                                                                             if k != "preset"})), "bf16")
+    model = cast_for_inference(
+        Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**{k: v for k, v in MICRO.items() if k != "preset"})),
+        "bf16",
+    )
     assert not model.training and inference_dtype_of(model) == "bfloat16"
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
@@ -63,7 +89,11 @@ def test_cast_keeps_the_positional_conv_norms_and_the_objective_float32():
             continue
         in_backbone = name.startswith("wav2vec2.")
         encoder_conv = name.startswith("wav2vec2.feature_encoder.") and isinstance(module, nn.Conv1d)
-        want = torch.bfloat16 if in_backbone and (isinstance(module, nn.Linear) or encoder_conv) else torch.float32
+        want = (
+            torch.bfloat16
+            if in_backbone and (isinstance(module, nn.Linear) or encoder_conv)
+            else torch.float32
+        )
         assert {p.dtype for p in own} == {want}, name
     assert inference_dtype_of(cast_for_inference(model, "float32")) == "float32"
     assert {p.dtype for p in model.parameters()} == {torch.float32}
@@ -87,15 +117,33 @@ def test_a_positional_conv_with_32_channels_per_group_runs_bf16_close_to_float32
 
 
 def _finetune(corpus: Path, out: Path) -> Path:
-    cfg = to_run_config(deep_merge({
-        "task": "finetune", "model": dict(MICRO),
-        "data": {"manifest_dir": str(corpus), "max_tokens": 48000, "max_sample_size": None, "min_sample_size": 0},
-        "optim": {"lr": 3e-3, "clip_norm": 5.0}, "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
-        "trainer": {"max_updates": 300, "log_interval": 100, "save_interval": 1000, "progress": False,
-                    "valid_interval": 0, "seed": 3},
-        "ctc": {"mask_time_prob": 0.0, "feature_grad_mult": 1.0, "mask_channel_prob": 0.0},
-        "finetune": {"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
-    }, {}))
+    cfg = to_run_config(
+        deep_merge(
+            {
+                "task": "finetune",
+                "model": dict(MICRO),
+                "data": {
+                    "manifest_dir": str(corpus),
+                    "max_tokens": 48000,
+                    "max_sample_size": None,
+                    "min_sample_size": 0,
+                },
+                "optim": {"lr": 3e-3, "clip_norm": 5.0},
+                "schedule": {"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
+                "trainer": {
+                    "max_updates": 300,
+                    "log_interval": 100,
+                    "save_interval": 1000,
+                    "progress": False,
+                    "valid_interval": 0,
+                    "seed": 3,
+                },
+                "ctc": {"mask_time_prob": 0.0, "feature_grad_mult": 1.0, "mask_channel_prob": 0.0},
+                "finetune": {"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
+            },
+            {},
+        )
+    )
     Trainer(cfg, out).fit()
     return out
 
@@ -122,8 +170,9 @@ def test_bf16_transcripts_stay_within_tolerance_of_float32(trained):
     assert abs(r16.cer - r32.cer) <= 0.02
     same = sum(a == b for a, b in zip(r32.hypotheses, r16.hypotheses))
     assert same >= 0.8 * len(r32.hypotheses)
-    wave = torch.from_numpy(__import__("soundfile").read(str(corpus / "wav" / "valid_00000.wav"),
-                                                         dtype="float32")[0])
+    wave = torch.from_numpy(
+        __import__("soundfile").read(str(corpus / "wav" / "valid_00000.wav"), dtype="float32")[0]
+    )
     lp32, lp16 = fp32.logits(wave).log_softmax(-1), bf16.logits(wave).log_softmax(-1)
     assert lp16.dtype == torch.float32 and lp16.shape == lp32.shape
     assert (lp16 - lp32).abs().max() < 0.25
@@ -145,10 +194,25 @@ def test_bf16_features_and_the_cli_record_the_dtype(trained, tmp_path, capsys):
             rounding = bf16_rounding(lambda n=name: ex32.extract_wave(wave)[n], f32[name])
         rel = relative_error(f16[name], f32[name])
         assert 0 < rel <= 3 * rounding, (name, rel, rounding)
-    evaluate([str(run), "--data", str(corpus), "--split", "valid", "--dtype", "bfloat16", "--limit", "4",
-              "--out", str(tmp_path / "eval")])  # returns: every utterance scored
+    evaluate(
+        [
+            str(run),
+            "--data",
+            str(corpus),
+            "--split",
+            "valid",
+            "--dtype",
+            "bfloat16",
+            "--limit",
+            "4",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )  # returns: every utterance scored
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["dtype"] == "bfloat16"
-    extract([str(run), str(corpus / "valid.tsv"), "--limit", "2", "--out", str(tmp_path / "x"), "--dtype", "bf16"])
+    extract(
+        [str(run), str(corpus / "valid.tsv"), "--limit", "2", "--out", str(tmp_path / "x"), "--dtype", "bf16"]
+    )
     records = [json.loads(line) for line in (tmp_path / "x" / "index.jsonl").read_text().splitlines()]
     assert len(records) == 2 and {r["dtype"] for r in records} == {"bfloat16"}
     capsys.readouterr()
@@ -191,7 +255,9 @@ def test_compiled_dense_part_matches_eager_without_graph_breaks(trained):
         with torch.no_grad():
             ref, want = eager.logits(w), exact(w[None].double()).logits[0]
         assert_float32_close(compiled.logits(w), ref, want, f"logits of {len(w)} samples")
-        assert float32_excess(nudged(eager.model, FIRST_CONV)(w[None]).logits[0].detach(), ref, want) > 1  # the bound is tight
+        assert (
+            float32_excess(nudged(eager.model, FIRST_CONV)(w[None]).logits[0].detach(), ref, want) > 1
+        )  # the bound is tight
     assert not counters["graph_break"]
     # a training step (dropout off: the same random numbers are not drawn in the same order)
     model = copy.deepcopy(eager.model).float().train()
@@ -207,4 +273,6 @@ def test_compiled_dense_part_matches_eager_without_graph_breaks(trained):
     want = _grads(copy.deepcopy(model).double(), wave, labels)
     names = [n for n, p in model.named_parameters() if p.grad is not None]
     assert_all_float32_close(got, ref, want, names)
-    assert worst_float32_excess(_grads(nudged(model, FIRST_CONV), wave, labels), ref, want) > 1  # the bound is tight
+    assert (
+        worst_float32_excess(_grads(nudged(model, FIRST_CONV), wave, labels), ref, want) > 1
+    )  # the bound is tight

@@ -169,8 +169,10 @@ def test_edit_distance_matches_brute_force(a, b):
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
-@given(st.lists(st.sampled_from(["the", "cat", "sat", "on"]), max_size=7),
-       st.lists(st.sampled_from(["the", "cat", "mat", "on"]), max_size=7))
+@given(
+    st.lists(st.sampled_from(["the", "cat", "sat", "on"]), max_size=7),
+    st.lists(st.sampled_from(["the", "cat", "mat", "on"]), max_size=7),
+)
 def test_edit_distance_on_word_lists_is_symmetric(a, b):
     assert edit_distance(a, b) == edit_distance(b, a) == _brute_distance(a, b)
 

@@ -8,33 +8,60 @@ import math
 import pytest
 import torch
 
-from _helpers import deep_merge
-from _tolerance import (assert_all_float32_close, assert_float32_close, bf16_rounding, float32_excess, nudged,
-                        worst_float32_excess)
 from wav2vec2_lite import ConfigError, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.objectives.configs import ContrastiveConfig
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_cross_negatives, sample_negatives
-from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.serialization import CheckpointError, load_model, save_model
+
+from _helpers import deep_merge
+from _tolerance import (
+    assert_all_float32_close,
+    assert_float32_close,
+    bf16_rounding,
+    float32_excess,
+    nudged,
+    worst_float32_excess,
+)
 
 
 def small(**kw) -> Wav2Vec2Config:
-    base = dict(conv_dim=(16, 32, 32, 32, 32, 32, 32), hidden_size=64, num_layers=2, num_heads=4, ffn_dim=128,
-                pos_conv_kernel=16, pos_conv_groups=4, layerdrop=0.0, contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=24, num_negatives=10))
+    base = dict(
+        conv_dim=(16, 32, 32, 32, 32, 32, 32),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        ffn_dim=128,
+        pos_conv_kernel=16,
+        pos_conv_groups=4,
+        layerdrop=0.0,
+        contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=24, num_negatives=10),
+    )
     return Wav2Vec2Config.tiny(**deep_merge(base, kw))
 
 
 # ---------------------------------------------------------------- config
-@pytest.mark.parametrize("key,value,msg", [
-    ("mask_time_prob", 1.5, "mask_time_prob"),
-    ("conv_kernel", (10, 3), "conv_kernel"),
-    ("num_heads", 5, "num_heads"),
-    ("contrastive", {"codevector_dim": 33}, r"contrastive\.codevector_dim"),
-    ("feat_extract_norm", "batch", "feat_extract_norm"),
-    ("contrastive", {"gumbel_temperature": (0.5, 2.0, 0.9)}, r"contrastive\.gumbel_temperature"),
-    ("contrastive", {"num_negativs": 5}, r"Wav2Vec2Config\.contrastive: unknown key\(s\) \['num_negativs'\]"),
-    ("num_negatives", 5, r"Wav2Vec2Config\.num_negatives is now Wav2Vec2Config\.contrastive\.num_negatives"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("mask_time_prob", 1.5, "mask_time_prob"),
+        ("conv_kernel", (10, 3), "conv_kernel"),
+        ("num_heads", 5, "num_heads"),
+        ("contrastive", {"codevector_dim": 33}, r"contrastive\.codevector_dim"),
+        ("feat_extract_norm", "batch", "feat_extract_norm"),
+        ("contrastive", {"gumbel_temperature": (0.5, 2.0, 0.9)}, r"contrastive\.gumbel_temperature"),
+        (
+            "contrastive",
+            {"num_negativs": 5},
+            r"Wav2Vec2Config\.contrastive: unknown key\(s\) \['num_negativs'\]",
+        ),
+        (
+            "num_negatives",
+            5,
+            r"Wav2Vec2Config\.num_negatives is now Wav2Vec2Config\.contrastive\.num_negatives",
+        ),
+    ],
+)
 def test_config_errors_name_the_key(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         small(**{key: value})
@@ -45,7 +72,8 @@ def test_objective_settings_are_typed_sub_configs_merged_key_by_key():
     assert isinstance(cfg.contrastive, ContrastiveConfig) and cfg.contrastive.num_negatives == 7
     assert cfg.contrastive.num_codes_per_group == 64  # the rest from the tiny preset
     assert cfg.replace(contrastive={"final_dim": 64}).contrastive == ContrastiveConfig(
-        num_codes_per_group=64, codevector_dim=128, final_dim=64, num_negatives=7)
+        num_codes_per_group=64, codevector_dim=128, final_dim=64, num_negatives=7
+    )
     assert Wav2Vec2Config.from_dict(cfg.to_dict()) == cfg
 
 
@@ -66,7 +94,9 @@ def test_output_lengths_match_conv_shapes():
     for n in (400, 401, 719, 720, 3333, 16000):
         frames = model.feature_encoder(torch.randn(1, n)).shape[-1]
         assert frames == int(model.feature_output_lengths(torch.tensor([n]))[0])
-    assert conv_output_lengths(torch.tensor([16000]), (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)).item() == 49
+    assert (
+        conv_output_lengths(torch.tensor([16000]), (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)).item() == 49
+    )
 
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
@@ -90,8 +120,14 @@ def test_padded_batch_equals_one_at_a_time(norm):
             assert out.output_lengths[i].item() == single.shape[0]
             assert_float32_close(out.logits[i, : single.shape[0]], single, want, f"utterance {i}")
         nudged_out = nudged(model, "wav2vec2.feature_encoder.conv_layers.0.conv.weight")(batch, pad).logits
-        assert float32_excess(nudged_out[0, : out.output_lengths[0]], model(waves[0][None]).logits[0], exact(
-            waves[0][None].double()).logits[0]) > 1  # the bound catches a 1e-3 error on one weight
+        assert (
+            float32_excess(
+                nudged_out[0, : out.output_lengths[0]],
+                model(waves[0][None]).logits[0],
+                exact(waves[0][None].double()).logits[0],
+            )
+            > 1
+        )  # the bound catches a 1e-3 error on one weight
 
 
 def test_reference_group_norm_mode_differs_under_padding():
@@ -124,7 +160,9 @@ def test_feature_grad_mult_scales_encoder_gradient():
     grads = {}
     for mult in (1.0, 0.1):
         torch.manual_seed(0)
-        model = Wav2Vec2Model(small(feature_grad_mult=mult, dropout=0.0, dropout_input=0.0, attention_dropout=0.0))
+        model = Wav2Vec2Model(
+            small(feature_grad_mult=mult, dropout=0.0, dropout_input=0.0, attention_dropout=0.0)
+        )
         model(torch.randn(1, 2000)).last_hidden_state.sum().backward()
         grads[mult] = model.feature_encoder.conv_layers[0].conv.weight.grad.clone()
     assert torch.allclose(grads[0.1], 0.1 * grads[1.0], rtol=1e-4, atol=1e-7)
@@ -194,18 +232,23 @@ def test_pretraining_loss_parts_and_gradients():
     out = model(wave, pad, generator=g)
     n = out.num_masked.float()
     c, parts = cfg.contrastive, out.objective
-    expected = parts.contrastive_loss / n + c.diversity_loss_weight * parts.diversity_loss \
+    expected = (
+        parts.contrastive_loss / n
+        + c.diversity_loss_weight * parts.diversity_loss
         + c.feature_penalty_weight * parts.feature_penalty
+    )
     assert torch.allclose(out.loss, expected)
     assert torch.allclose(out.loss_sum, out.loss * n)
     assert out.logits.shape == (int(n), 1 + c.num_negatives)
-    top = (out.logits.argmax(-1) == 0) & (out.logits.argmin(-1) != 0)  # fairseq: the positive wins, no all-tie
+    top = (out.logits.argmax(-1) == 0) & (
+        out.logits.argmin(-1) != 0
+    )  # fairseq: the positive wins, no all-tie
     assert out.num_correct.item() == int(top.sum()) and torch.allclose(out.accuracy, top.float().mean())
     assert 1 <= out.code_perplexity.item() <= c.num_code_groups * c.num_codes_per_group
     # at random init the contrastive loss is near chance, ln(K + 1)
     assert abs((parts.contrastive_loss / n).item() - math.log(c.num_negatives + 1)) < 1.0
     frames = model.feature_output_lengths(torch.tensor([4500]))
-    assert not out.mask_indices[1, int(frames):].any()
+    assert not out.mask_indices[1, int(frames) :].any()
     out.loss.backward()
     # straight-through Gumbel: gradients reach the quantizer's projection and the picked entries only
     assert model.quantizer.weight_proj.weight.grad.abs().sum() > 0
@@ -224,13 +267,17 @@ def test_same_generator_same_masks_and_loss():
     wave = torch.randn(2, 5000)
     a = model(wave, generator=torch.Generator().manual_seed(3))
     b = model(wave, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a.mask_indices, b.mask_indices) and torch.equal(a.objective.negative_indices, b.objective.negative_indices)
+    assert torch.equal(a.mask_indices, b.mask_indices) and torch.equal(
+        a.objective.negative_indices, b.objective.negative_indices
+    )
     assert torch.equal(a.loss, b.loss)
 
 
 def test_distractors_identical_to_positive_are_masked_out():
     torch.manual_seed(0)
-    cfg = small(contrastive=dict(num_code_groups=1, num_codes_per_group=2, codevector_dim=16))  # many identical codes
+    cfg = small(
+        contrastive=dict(num_code_groups=1, num_codes_per_group=2, codevector_dim=16)
+    )  # many identical codes
     model = Wav2Vec2ForPreTraining(cfg).eval()
     out = model(torch.randn(1, 6000), generator=torch.Generator().manual_seed(0))
     masked = out.codes[out.mask_indices]  # (N, 1)
@@ -331,7 +378,9 @@ def test_every_load_checks_the_weights_checksum_and_finiteness(tmp_path, caplog)
     data[-4096:] = b"\xff" * 4096  # same size, other bytes
     weights.write_bytes(bytes(data))
     for load in (load_model, read_weights):
-        with pytest.raises(CheckpointError, match=r"model.safetensors: corrupted: its sha256 .* does not match"):
+        with pytest.raises(
+            CheckpointError, match=r"model.safetensors: corrupted: its sha256 .* does not match"
+        ):
             load(folder)
     # an older (or foreign) folder without the checksum: loads, with a one-line notice
     save_model(model, folder)
@@ -348,8 +397,11 @@ def test_every_load_checks_the_weights_checksum_and_finiteness(tmp_path, caplog)
     with pytest.raises(CheckpointError, match="non-finite weights.*lm_head.weight"):
         save_model(model, tmp_path / "nan")
     from safetensors.torch import save_file
+
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    with pytest.raises(CheckpointError, match=r"model.safetensors: non-finite weights \(NaN/Inf\) in lm_head.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"model.safetensors: non-finite weights \(NaN/Inf\) in lm_head.weight"
+    ):
         load_model(folder)
 
 
@@ -409,8 +461,17 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     autocast the positional conv (4 channels per group) gives the float32 result, and the feature encoder (bf16
     matmuls over unfolded windows) gives it up to bf16 rounding, on any CPU."""
     torch.manual_seed(0)
-    cfg = small(hidden_size=64, num_heads=2, ffn_dim=128, conv_dim=[16, 16, 16], conv_kernel=[10, 4, 16],
-                conv_stride=[5, 4, 4], pos_conv_kernel=16, pos_conv_groups=16, feature_grad_mult=1.0)
+    cfg = small(
+        hidden_size=64,
+        num_heads=2,
+        ffn_dim=128,
+        conv_dim=[16, 16, 16],
+        conv_kernel=[10, 4, 16],
+        conv_stride=[5, 4, 4],
+        pos_conv_kernel=16,
+        pos_conv_groups=16,
+        feature_grad_mult=1.0,
+    )
     model = Wav2Vec2Model(cfg)
     model.feature_encoder.lean_backward = lean
     wave = torch.randn(2, 16000)
@@ -423,7 +484,9 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
             rounding = bf16_rounding(lambda: model.feature_encoder(wave), ref_feats)
     assert pos.dtype == torch.float32
     torch.testing.assert_close(pos, ref_pos, rtol=1e-5, atol=1e-5)
-    print(f"feature encoder under bf16 autocast: {_rel(feats, ref_feats):.3g} vs exact-kernel rounding {rounding:.3g}")
+    print(
+        f"feature encoder under bf16 autocast: {_rel(feats, ref_feats):.3g} vs exact-kernel rounding {rounding:.3g}"
+    )
     assert 0 < _rel(feats, ref_feats) <= 2 * rounding  # bf16 rounding only: a wrong kernel errs by O(1)
 
 
@@ -435,7 +498,9 @@ def test_positional_conv_with_32_or_more_channels_per_group_runs_bf16_under_cpu_
     from wav2vec2_lite.modules.conv_precision import onednn_low_precision_ok
 
     torch.manual_seed(0)
-    pos = Wav2Vec2Model(small(hidden_size=hidden, num_heads=2, pos_conv_kernel=128, pos_conv_groups=groups)).context.pos_conv
+    pos = Wav2Vec2Model(
+        small(hidden_size=hidden, num_heads=2, pos_conv_kernel=128, pos_conv_groups=groups)
+    ).context.pos_conv
     assert onednn_low_precision_ok(pos.conv)
     x = torch.randn(2, 50, hidden, requires_grad=True)
     ref = pos(x)
@@ -445,8 +510,10 @@ def test_positional_conv_with_32_or_more_channels_per_group_runs_bf16_under_cpu_
         rounding = bf16_rounding(lambda: pos(x), ref)
     (grad,) = torch.autograd.grad(out.float().square().sum(), x)
     assert out.dtype == torch.bfloat16
-    print(f"pos conv under bf16 autocast: {_rel(out, ref):.3g} (grad {_rel(grad, ref_grad):.3g}) "
-          f"vs exact-kernel rounding {rounding:.3g}")
+    print(
+        f"pos conv under bf16 autocast: {_rel(out, ref):.3g} (grad {_rel(grad, ref_grad):.3g}) "
+        f"vs exact-kernel rounding {rounding:.3g}"
+    )
     assert 0 < _rel(out, ref) <= 2 * rounding and _rel(grad, ref_grad) <= 3 * rounding
 
 
@@ -479,7 +546,9 @@ def test_lean_conv_stack_chunked_backward_matches(norm):
     from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
 
     torch.manual_seed(0)
-    enc = FeatureEncoder(Wav2Vec2Config.tiny(feat_extract_norm=norm, conv_bias=norm == "layer", feature_grad_mult=0.1))
+    enc = FeatureEncoder(
+        Wav2Vec2Config.tiny(feat_extract_norm=norm, conv_bias=norm == "layer", feature_grad_mult=0.1)
+    )
     wave = torch.randn(2, 16000, requires_grad=True)
     results = []
     for lean, chunk in ((False, 0), (True, 1000)):
@@ -514,7 +583,9 @@ def test_long_input_attention_recompute_gives_the_same_gradients(monkeypatch):
         torch.manual_seed(5)  # the global RNG drives the dropout masks
         out = model(wave, generator=torch.Generator().manual_seed(3))
         out.loss.backward()
-        results.append([out.loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+        results.append(
+            [out.loss.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        )
     assert len(results[0]) == len(results[1]) > 10
     for ref, got in zip(*results):
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * max(float(ref.abs().max()), 1.0))
@@ -540,8 +611,9 @@ def test_fp32_layer_norm_is_layer_norm_and_stays_float32_under_autocast():
 
 
 def test_bf16_autocast_keeps_norms_and_the_residual_stream_in_float32():
-    from _bf16 import rounded_bf16
     from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
+
+    from _bf16 import rounded_bf16
 
     torch.manual_seed(0)
     model = Wav2Vec2Model(small()).eval()

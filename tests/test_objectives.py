@@ -12,13 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from _helpers import deep_merge
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.config import ConfigError, upgrade_config_dict
 from wav2vec2_lite.objectives import contrastive as contrastive_module
-from wav2vec2_lite.objectives.contrastive import ContrastiveOutput
-from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
+from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
+from wav2vec2_lite.objectives.contrastive import ContrastiveOutput
 from wav2vec2_lite.objectives.registry import OBJECTIVES, build_objective
 from wav2vec2_lite.serialization import (
     FORMAT_VERSION,
@@ -31,12 +30,32 @@ from wav2vec2_lite.serialization import (
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.tasks import PretrainTask
 
+from _helpers import deep_merge
+
 
 def small(**kw) -> Wav2Vec2Config:
-    return Wav2Vec2Config.tiny(**{"num_layers": 1, "hidden_size": 64, "num_heads": 2, "ffn_dim": 128,
-                                  "conv_dim": (32,) * 7, "pos_conv_kernel": 16, "pos_conv_groups": 16,
-                                  **deep_merge({"contrastive": {"num_codes_per_group": 16, "codevector_dim": 32,
-                                                                "final_dim": 32, "num_negatives": 10}}, kw)})
+    return Wav2Vec2Config.tiny(
+        **{
+            "num_layers": 1,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "ffn_dim": 128,
+            "conv_dim": (32,) * 7,
+            "pos_conv_kernel": 16,
+            "pos_conv_groups": 16,
+            **deep_merge(
+                {
+                    "contrastive": {
+                        "num_codes_per_group": 16,
+                        "codevector_dim": 32,
+                        "final_dim": 32,
+                        "num_negatives": 10,
+                    }
+                },
+                kw,
+            ),
+        }
+    )
 
 
 BRQ = {"objective": "best_rq", "best_rq": {"codebook_size": 1024, "codebook_dim": 16}}
@@ -48,7 +67,9 @@ def test_the_config_key_selects_a_registered_objective_and_names_the_valid_ones(
     assert Wav2Vec2Config.base().objective == "contrastive"
     assert type(build_objective(small())).__name__ == "ContrastiveObjective"
     assert type(build_objective(small(**BRQ))).__name__ == "BestRQObjective"
-    with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.objective: must be one of \['best_rq', 'contrastive'\]"):
+    with pytest.raises(
+        ConfigError, match=r"Wav2Vec2Config\.objective: must be one of \['best_rq', 'contrastive'\]"
+    ):
         small(objective="hubert")
     with pytest.raises(ConfigError, match=r"Wav2Vec2Config\.best_rq: unknown key\(s\) \['codebook_sise'\]"):
         small(best_rq={"codebook_sise": 4})
@@ -67,9 +88,16 @@ def test_the_pretraining_forward_is_backbone_then_targets_then_prediction():
     torch.manual_seed(1)
     g = torch.Generator().manual_seed(5)
     b = model.wav2vec2(wave, pad, sample_mask=True, generator=g)
-    inputs = ObjectiveInputs(waveform=wave, sample_padding=pad, conv_features=b.conv_features,
-                             extract_features=b.extract_features, context=b.last_hidden_state,
-                             mask_indices=b.mask_indices, frame_padding=b.padding_mask, frame_lengths=b.frame_lengths)
+    inputs = ObjectiveInputs(
+        waveform=wave,
+        sample_padding=pad,
+        conv_features=b.conv_features,
+        extract_features=b.extract_features,
+        context=b.last_hidden_state,
+        mask_indices=b.mask_indices,
+        frame_padding=b.padding_mask,
+        frame_lengths=b.frame_lengths,
+    )
     res = model.objective(inputs, generator=g)
     assert isinstance(res, ObjectiveOutput)
     assert torch.equal(res.loss_sum, out.loss_sum) and torch.equal(res.logits, out.logits)
@@ -122,8 +150,13 @@ class MeanFeatureObjective(PretrainingObjective):
 
     @classmethod
     def health_reference(cls, config) -> dict[str, float]:
-        return {"chance_loss": 1.0, "chance_accuracy": 0.0, "code_groups": 1.0, "codes_per_group": 1.0,
-                "codebook_frozen": 1.0}
+        return {
+            "chance_loss": 1.0,
+            "chance_accuracy": 0.0,
+            "code_groups": 1.0,
+            "codes_per_group": 1.0,
+            "codebook_frozen": 1.0,
+        }
 
     def targets(self, inputs, *, generator=None, negative_indices=None):
         return inputs.conv_features.mean(1).detach()  # (B, T)
@@ -131,8 +164,14 @@ class MeanFeatureObjective(PretrainingObjective):
     def predict(self, inputs, targets):
         mask = inputs.mask_indices
         err = (self.head(inputs.context[mask])[:, 0] - targets[mask]).pow(2).sum()
-        return ObjectiveOutput(loss_sum=err, num_masked=frame_counts(mask), num_correct=torch.zeros((), dtype=torch.long),
-                               logits=self.head(inputs.context[mask]), losses={"mse": err}, weights={"mse": 1.0})
+        return ObjectiveOutput(
+            loss_sum=err,
+            num_masked=frame_counts(mask),
+            num_correct=torch.zeros((), dtype=torch.long),
+            logits=self.head(inputs.context[mask]),
+            losses={"mse": err},
+            weights={"mse": 1.0},
+        )
 
 
 def test_a_new_objective_needs_its_class_and_its_two_registry_entries(monkeypatch, tmp_path):
@@ -167,8 +206,10 @@ def _as_version(folder, version: int) -> None:
 
 def test_version_2_folders_load_with_each_objective_s_settings_moved_into_its_config(tmp_path):
     assert FORMAT_VERSION == 3
-    for cfg in (small(contrastive={"num_negatives": 7, "gumbel_temperature": (2.0, 0.5, 0.99)}),
-                small(objective="best_rq", best_rq={"codebook_size": 64, "normalization": "utterance"})):
+    for cfg in (
+        small(contrastive={"num_negatives": 7, "gumbel_temperature": (2.0, 0.5, 0.99)}),
+        small(objective="best_rq", best_rq={"codebook_size": 64, "normalization": "utterance"}),
+    ):
         torch.manual_seed(0)
         model = Wav2Vec2ForPreTraining(cfg)
         save_model(model, tmp_path / cfg.objective)
@@ -195,10 +236,17 @@ def test_version_1_folders_load_through_the_key_rename(tmp_path):
     ctc = Wav2Vec2ForCTC.from_pretraining(tmp_path / "m", vocab_size=7)
     assert torch.equal(ctc.wav2vec2.mask_emb, model.wav2vec2.mask_emb)
     # only the pretraining model's target-side prefixes move; a backbone key keeps its name
-    renamed = upgrade_state_dict({"quantizer.codebook": 1, "project_q.weight": 2, "final_proj.bias": 3,
-                                  "wav2vec2.mask_emb": 4}, "Wav2Vec2ForPreTraining", 1)
-    assert renamed == {"objective.quantizer.codebook": 1, "objective.project_q.weight": 2,
-                       "objective.final_proj.bias": 3, "wav2vec2.mask_emb": 4}
+    renamed = upgrade_state_dict(
+        {"quantizer.codebook": 1, "project_q.weight": 2, "final_proj.bias": 3, "wav2vec2.mask_emb": 4},
+        "Wav2Vec2ForPreTraining",
+        1,
+    )
+    assert renamed == {
+        "objective.quantizer.codebook": 1,
+        "objective.project_q.weight": 2,
+        "objective.final_proj.bias": 3,
+        "wav2vec2.mask_emb": 4,
+    }
     assert upgrade_state_dict({"lm_head.weight": 1}, "Wav2Vec2ForCTC", 1) == {"lm_head.weight": 1}
 
 
@@ -224,7 +272,9 @@ def test_best_rq_models_are_not_exported_as_transformers_pretraining_models():
 # ----------------------------------------------------------------------------- training task
 def _task(**model) -> PretrainTask:
     m = {"preset": "tiny", **small().to_dict(), **model}  # a given sub-config: only the keys it names
-    return PretrainTask(to_run_config({"task": "pretrain", "model": m, "data": {"manifest_dir": "/nonexistent"}}))
+    return PretrainTask(
+        to_run_config({"task": "pretrain", "model": m, "data": {"manifest_dir": "/nonexistent"}})
+    )
 
 
 @pytest.mark.parametrize("objective", ["contrastive", "best_rq"])

@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _tolerance import assert_float32_close, float32_excess
 from wav2vec2_lite.modules.context import low_precision_attention
 from wav2vec2_lite.tools import benchmarking as B
 from wav2vec2_lite.tools.op_census import census
+
+from _tolerance import assert_float32_close, float32_excess
 
 
 def test_census_counts_casts_and_flops_by_dtype():
@@ -24,7 +25,9 @@ def test_census_counts_casts_and_flops_by_dtype():
     assert census(lambda: a.clone()).cast_calls == 0  # a copy in the same dtype is not a cast
     parts, out = [a.bfloat16().reshape(-1), b.bfloat16().reshape(-1)], torch.empty(8 * 16 + 16 * 4)
     r = census(lambda: torch.cat(parts, out=out))  # a gather into a buffer of another dtype casts
-    assert r.cast_calls == 1 and r.casts_by_kind == {"bfloat16->float32": 1} and r.cast_bytes == out.numel() * 4
+    assert (
+        r.cast_calls == 1 and r.casts_by_kind == {"bfloat16->float32": 1} and r.cast_bytes == out.numel() * 4
+    )
 
 
 def test_low_precision_attention_matches_sdpa_and_never_leaves_bf16():
@@ -42,7 +45,7 @@ def test_low_precision_attention_matches_sdpa_and_never_leaves_bf16():
     def r(t):  # what a bf16 kernel stores: the exact result rounded to bf16
         return t.detach().bfloat16().double()
 
-    scores = (r(r(qb) * 16 ** -0.5) @ r(kb).transpose(-2, -1)).masked_fill(~mask, float("-inf"))
+    scores = (r(r(qb) * 16**-0.5) @ r(kb).transpose(-2, -1)).masked_fill(~mask, float("-inf"))
     rounded = r(r(r(scores).softmax(-1)) @ r(vb))  # exact bf16 kernels, float32-or-better sums
     bound = 2 * float((rounded - ref).abs().max())  # how far bf16 rounding alone moves it
     assert out.dtype == torch.bfloat16 and 0 < float((out.float() - ref).abs().max()) <= bound
@@ -67,7 +70,9 @@ def test_bf16_step_census_of_the_tiny_model(task):
     spec32 = B.BenchSpec(**{**spec.__dict__, "dtype": "float32"})
     fp32 = census(B._step_fn("ours", B._ours_model(spec32, cfg), spec32, B._inputs(spec32, cfg)))
     assert fp32.flop_share("bfloat16") == 0.0
-    assert sum(r.flops.values()) == pytest.approx(sum(fp32.flops.values()), rel=0.02)  # same work, other dtypes
+    assert sum(r.flops.values()) == pytest.approx(
+        sum(fp32.flops.values()), rel=0.02
+    )  # same work, other dtypes
     assert r.flop_share("bfloat16") > 0.4
     print(task, r.to_dict())
     if task == "pretrain":

@@ -20,22 +20,39 @@ import torch
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.cli import evaluate, export_hf, extract, manifest, pretrain, probe, report
-from wav2vec2_lite.data.manifest import read_labels, read_manifest, text_to_ltr, write_manifest
+from wav2vec2_lite.data.manifest import read_labels, read_manifest, text_to_ltr
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.serialization import save_model
-from wav2vec2_lite.tools.output_dir import (MARKER, OutputError, check_training_run_dir, claim_output_dir,
-                                            claim_output_file)
+from wav2vec2_lite.tools.output_dir import (
+    MARKER,
+    OutputError,
+    check_training_run_dir,
+    claim_output_dir,
+    claim_output_file,
+)
 from wav2vec2_lite.train.checkpoint import load_checkpoint, save_checkpoint
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
-WORDS = ["ALPHA BETA", "GAMMA", "DELTA EPSILON", "ZETA ETA THETA", "IOTA", "KAPPA LAMBDA", "MU NU", "XI OMICRON"]
+WORDS = [
+    "ALPHA BETA",
+    "GAMMA",
+    "DELTA EPSILON",
+    "ZETA ETA THETA",
+    "IOTA",
+    "KAPPA LAMBDA",
+    "MU NU",
+    "XI OMICRON",
+]
 
 
 # ----------------------------------------------------------------------------- helpers
 def _tree(folder: Path) -> dict[str, str]:
     """sha256 of every file below ``folder`` (hidden ones included), by relative path."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _refused(command, argv: list[str], capsys, *expected: str) -> str:
@@ -74,7 +91,9 @@ def audio(tmp_path) -> tuple[Path, Path, dict[str, str]]:
 def _assert_aligned(dest: Path, texts: dict[str, str]) -> None:
     """Every split has its labels, every label line belongs to its audio row, no label file is left alone."""
     splits = sorted(p.stem for p in dest.glob("*.tsv"))
-    assert splits and sorted(p.stem for p in dest.glob("*.ltr")) == splits == sorted(p.stem for p in dest.glob("*.wrd"))
+    assert splits and sorted(p.stem for p in dest.glob("*.ltr")) == splits == sorted(
+        p.stem for p in dest.glob("*.wrd")
+    )
     for split in splits:
         rows = read_manifest(dest / f"{split}.tsv").paths
         wrd, ltr = read_labels(dest / f"{split}.wrd"), read_labels(dest / f"{split}.ltr")
@@ -92,62 +111,114 @@ def _ctc_folder(folder: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- w2v2-manifest
-def test_manifest_into_a_labelled_corpus_is_refused_and_overwrite_replaces_the_whole_set(audio, tmp_path, capsys):
+def test_manifest_into_a_labelled_corpus_is_refused_and_overwrite_replaces_the_whole_set(
+    audio, tmp_path, capsys
+):
     folder, transcripts, texts = audio
-    corpus = make_toy_corpus(tmp_path / "corpus", train=6, valid=3)  # .tsv/.ltr/.wrd written by something else
+    corpus = make_toy_corpus(
+        tmp_path / "corpus", train=6, valid=3
+    )  # .tsv/.ltr/.wrd written by something else
     before = _tree(corpus)
     argv = [str(folder), "--dest", str(corpus), "--transcripts", str(transcripts), "--valid-percent", "0.25"]
-    _refused(manifest, argv, capsys, str(corpus), "is not empty", "dict.ltr.txt", "not written by w2v2-manifest",
-             "--overwrite")
+    _refused(
+        manifest,
+        argv,
+        capsys,
+        str(corpus),
+        "is not empty",
+        "dict.ltr.txt",
+        "not written by w2v2-manifest",
+        "--overwrite",
+    )
     _unchanged(corpus, before)
 
     manifest([*argv, "--overwrite"])
     assert "wrote" in capsys.readouterr().out
-    _assert_aligned(corpus, texts)  # the old .ltr/.wrd (and wav/) are gone with the old set, not kept beside it
+    _assert_aligned(
+        corpus, texts
+    )  # the old .ltr/.wrd (and wav/) are gone with the old set, not kept beside it
     assert sorted(p.name for p in corpus.iterdir()) == [
-        MARKER, "dict.ltr.txt", "prepare_report.json", "train.ltr", "train.tsv", "train.wrd", "valid.ltr",
-        "valid.tsv", "valid.wrd"]
+        MARKER,
+        "dict.ltr.txt",
+        "prepare_report.json",
+        "train.ltr",
+        "train.tsv",
+        "train.wrd",
+        "valid.ltr",
+        "valid.tsv",
+        "valid.wrd",
+    ]
     record = json.loads((corpus / MARKER).read_text())
     assert record["tool"] == "w2v2-manifest" and sorted(record["files"]) == sorted(
-        p.name for p in corpus.iterdir() if p.name != MARKER)
+        p.name for p in corpus.iterdir() if p.name != MARKER
+    )
     assert not [p for p in tmp_path.iterdir() if ".w2v2-" in p.name]
 
 
 def test_manifest_rerun_replaces_its_own_set_and_refuses_files_it_did_not_write(audio, tmp_path, capsys):
     folder, transcripts, texts = audio
     dest = tmp_path / "corpus"
-    manifest([str(folder), "--dest", str(dest), "--transcripts", str(transcripts), "--valid-percent", "0.25",
-              "--test-percent", "0.25"])
+    manifest(
+        [
+            str(folder),
+            "--dest",
+            str(dest),
+            "--transcripts",
+            str(transcripts),
+            "--valid-percent",
+            "0.25",
+            "--test-percent",
+            "0.25",
+        ]
+    )
     assert (dest / "test.tsv").is_file()
     capsys.readouterr()
     manifest([str(folder), "--dest", str(dest), "--transcripts", str(transcripts), "--valid-percent", "0.25"])
     assert "replaced the earlier output of w2v2-manifest" in capsys.readouterr().err
-    assert not (dest / "test.tsv").exists() and not (dest / "test.ltr").exists()  # no split of the old set stays
+    assert (
+        not (dest / "test.tsv").exists() and not (dest / "test.ltr").exists()
+    )  # no split of the old set stays
     _assert_aligned(dest, texts)
 
     (dest / "train.phn").write_text("x\n")  # labels another tool added: they would no longer match
     before = _tree(dest)
-    _refused(manifest, [str(folder), "--dest", str(dest)], capsys, "was written by w2v2-manifest but also holds",
-             "train.phn", "--overwrite")
+    _refused(
+        manifest,
+        [str(folder), "--dest", str(dest)],
+        capsys,
+        "was written by w2v2-manifest but also holds",
+        "train.phn",
+        "--overwrite",
+    )
     _unchanged(dest, before)
 
 
-def test_manifest_never_replaces_its_own_input_or_a_run_and_a_failure_leaves_the_folder(audio, tmp_path, capsys):
+def test_manifest_never_replaces_its_own_input_or_a_run_and_a_failure_leaves_the_folder(
+    audio, tmp_path, capsys
+):
     folder, transcripts, _ = audio
     before = _tree(folder)
-    _refused(manifest, [str(folder), "--dest", str(folder), "--overwrite"], capsys, "an input of this command")
+    _refused(
+        manifest, [str(folder), "--dest", str(folder), "--overwrite"], capsys, "an input of this command"
+    )
     _unchanged(folder, before)
 
     dest = tmp_path / "corpus"
     manifest([str(folder), "--dest", str(dest), "--transcripts", str(transcripts), "--valid-percent", "0.25"])
     capsys.readouterr()
     before = _tree(dest)
-    _refused(manifest, [str(folder), "--dest", str(dest), "--valid-percent", "0.01"], capsys,
-             "the valid split would be empty")  # an error after the claim: the earlier set stays
+    _refused(
+        manifest,
+        [str(folder), "--dest", str(dest), "--valid-percent", "0.01"],
+        capsys,
+        "the valid split would be empty",
+    )  # an error after the claim: the earlier set stays
     _unchanged(dest, before)
 
 
-def test_an_empty_folder_is_filled_in_place_even_when_it_is_the_current_one(audio, tmp_path, monkeypatch, capsys):
+def test_an_empty_folder_is_filled_in_place_even_when_it_is_the_current_one(
+    audio, tmp_path, monkeypatch, capsys
+):
     folder, transcripts, texts = audio
     here = tmp_path / "here"
     here.mkdir()
@@ -158,7 +229,9 @@ def test_an_empty_folder_is_filled_in_place_even_when_it_is_the_current_one(audi
     _assert_aligned(here, texts)
     capsys.readouterr()
     before = _tree(here)
-    _refused(manifest, [str(folder), "--dest", ".", "--transcripts", str(transcripts)], capsys, "current folder")
+    _refused(
+        manifest, [str(folder), "--dest", ".", "--transcripts", str(transcripts)], capsys, "current folder"
+    )
     _unchanged(here, before)
 
 
@@ -179,23 +252,39 @@ def test_export_into_the_training_checkpoint_is_refused_even_with_overwrite(fine
     run, before = finetune_run
     last = run / "checkpoints" / "last"
     for extra in ([], ["--overwrite"]):
-        _refused(export_hf, [str(run), str(last), *extra], capsys, str(last),
-                 f"is inside the training run folder {run}", "even with --overwrite")
+        _refused(
+            export_hf,
+            [str(run), str(last), *extra],
+            capsys,
+            str(last),
+            f"is inside the training run folder {run}",
+            "even with --overwrite",
+        )
         _refused(export_hf, [str(run), str(run), *extra], capsys, "is a training run folder")
         _refused(export_hf, [str(run), str(run / "hf"), *extra], capsys, "inside the training run folder")
     _unchanged(run, before)
-    load_checkpoint(last, Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=8)))  # resumable as before
+    load_checkpoint(
+        last, Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=8))
+    )  # resumable as before
 
 
-def test_export_into_a_foreign_folder_is_refused_and_overwrite_leaves_only_the_export(finetune_run, tmp_path, capsys):
+def test_export_into_a_foreign_folder_is_refused_and_overwrite_leaves_only_the_export(
+    finetune_run, tmp_path, capsys
+):
     run, _ = finetune_run
     out = tmp_path / "somewhere"
     out.mkdir()
     (out / "config.json").write_text('{"model_type": "bert"}')
     (out / "notes.txt").write_text("mine")
     before = _tree(out)
-    _refused(export_hf, [str(run), str(out)], capsys, "is not empty (holds 2 files: config.json, notes.txt)",
-             "not written by w2v2-export-hf", "--overwrite")
+    _refused(
+        export_hf,
+        [str(run), str(out)],
+        capsys,
+        "is not empty (holds 2 files: config.json, notes.txt)",
+        "not written by w2v2-export-hf",
+        "--overwrite",
+    )
     _unchanged(out, before)
 
     export_hf([str(run), str(out), "--overwrite"])
@@ -213,12 +302,20 @@ def test_export_into_a_foreign_folder_is_refused_and_overwrite_leaves_only_the_e
 # ----------------------------------------------------------------------------- w2v2-extract
 def _pretraining_model(folder: Path) -> Path:
     torch.manual_seed(0)
-    save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(
-        num_layers=2, contrastive={"num_codes_per_group": 8, "codevector_dim": 16, "final_dim": 16})), folder)
+    save_model(
+        Wav2Vec2ForPreTraining(
+            Wav2Vec2Config.tiny(
+                num_layers=2, contrastive={"num_codes_per_group": 8, "codevector_dim": 16, "final_dim": 16}
+            )
+        ),
+        folder,
+    )
     return folder
 
 
-def test_a_second_extract_into_its_folder_is_refused_and_overwrite_gives_one_consistent_index(tmp_path, capsys):
+def test_a_second_extract_into_its_folder_is_refused_and_overwrite_gives_one_consistent_index(
+    tmp_path, capsys
+):
     model = _pretraining_model(tmp_path / "model")
     for name in ("a/one", "a/two", "b/three"):
         _wav(tmp_path / "in" / f"{name}.wav", seed=len(name))
@@ -226,22 +323,39 @@ def test_a_second_extract_into_its_folder_is_refused_and_overwrite_gives_one_con
     extract([str(model), str(tmp_path / "in" / "a"), "--out", str(out), "--units"])
     capsys.readouterr()
     before = _tree(out)
-    _refused(extract, [str(model), str(tmp_path / "in" / "b"), "--out", str(out)], capsys, str(out),
-             "already holds the output of an earlier w2v2-extract", "give every input to one call", "--overwrite")
+    _refused(
+        extract,
+        [str(model), str(tmp_path / "in" / "b"), "--out", str(out)],
+        capsys,
+        str(out),
+        "already holds the output of an earlier w2v2-extract",
+        "give every input to one call",
+        "--overwrite",
+    )
     _unchanged(out, before)
 
     extract([str(model), str(tmp_path / "in" / "b"), "--out", str(out), "--overwrite"])
     assert "replaced the earlier output of w2v2-extract" in capsys.readouterr().err
     index = [json.loads(ln) for ln in (out / "index.jsonl").read_text().splitlines()]
     assert [r["out"] for r in index] == [["three.safetensors"]]
-    assert set(_tree(out)) == {MARKER, "index.jsonl", "three.safetensors"}  # every file indexed, none of the first call
+    assert set(_tree(out)) == {
+        MARKER,
+        "index.jsonl",
+        "three.safetensors",
+    }  # every file indexed, none of the first call
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "index.jsonl").write_text("{}\n")
     before = _tree(foreign)
-    _refused(extract, [str(model), str(tmp_path / "in"), "--out", str(foreign)], capsys, "is not empty",
-             "index.jsonl", "not written by w2v2-extract")
+    _refused(
+        extract,
+        [str(model), str(tmp_path / "in"), "--out", str(foreign)],
+        capsys,
+        "is not empty",
+        "index.jsonl",
+        "not written by w2v2-extract",
+    )
     _unchanged(foreign, before)
 
 
@@ -272,37 +386,63 @@ def test_report_and_probe_files_replace_only_their_own(finetune_run, tmp_path, c
     assert (run / "report.html").read_text().count("w2v2-report") == 1
     before = _tree(run)
     for extra in ([], ["--overwrite"]):
-        _refused(report, [str(run), "--out", str(run / "run.json"), *extra], capsys,
-                 f"belongs to the training run {run}", "never replaced")
+        _refused(
+            report,
+            [str(run), "--out", str(run / "run.json"), *extra],
+            capsys,
+            f"belongs to the training run {run}",
+            "never replaced",
+        )
     (tmp_path / "page.html").write_text("<p>someone's page</p>")
-    _refused(report, [str(run), "--out", str(tmp_path / "page.html")], capsys, "not written by w2v2-report",
-             "--overwrite")
+    _refused(
+        report,
+        [str(run), "--out", str(tmp_path / "page.html")],
+        capsys,
+        "not written by w2v2-report",
+        "--overwrite",
+    )
     _unchanged(run, before)
     report([str(run), "--out", str(tmp_path / "page.html"), "--overwrite"])
     assert "w2v2-report" in (tmp_path / "page.html").read_text()
 
     model = _ctc_folder(tmp_path / "model")
     (tmp_path / "probes.json").write_text('{"mine": 1}')
-    _refused(probe, [str(model), "--data", str(tmp_path), "--json", str(tmp_path / "probes.json")], capsys,
-             "probes.json exists and was not written by w2v2-probe", "--overwrite")  # refused before any probe
+    _refused(
+        probe,
+        [str(model), "--data", str(tmp_path), "--json", str(tmp_path / "probes.json")],
+        capsys,
+        "probes.json exists and was not written by w2v2-probe",
+        "--overwrite",
+    )  # refused before any probe
     assert (tmp_path / "probes.json").read_text() == '{"mine": 1}'
 
 
 # ----------------------------------------------------------------------------- training run folders
-def test_training_never_starts_in_another_tools_folder_and_still_resumes_its_own(audio, tmp_path, monkeypatch,
-                                                                                  capsys):
+def test_training_never_starts_in_another_tools_folder_and_still_resumes_its_own(
+    audio, tmp_path, monkeypatch, capsys
+):
     folder, transcripts, _ = audio
     corpus = tmp_path / "corpus"
-    manifest([str(folder), "--dest", str(corpus), "--transcripts", str(transcripts), "--valid-percent", "0.25"])
+    manifest(
+        [str(folder), "--dest", str(corpus), "--transcripts", str(transcripts), "--valid-percent", "0.25"]
+    )
     capsys.readouterr()
     before = _tree(corpus)
     monkeypatch.setattr(sys, "argv", ["w2v2-pretrain", f"hydra.run.dir={corpus}"])
-    _refused(lambda argv: pretrain(), [], capsys, "was written by w2v2-manifest", "set hydra.run.dir to a new folder")
+    _refused(
+        lambda argv: pretrain(),
+        [],
+        capsys,
+        "was written by w2v2-manifest",
+        "set hydra.run.dir to a new folder",
+    )
     _unchanged(corpus, before)
 
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    check_training_run_dir(run, "hydra.run.dir")  # an earlier run (here cut before run.json): resumed, not refused
+    check_training_run_dir(
+        run, "hydra.run.dir"
+    )  # an earlier run (here cut before run.json): resumed, not refused
     (tmp_path / "recipe").mkdir()
     (tmp_path / "recipe" / "recipe.json").write_text("{}")  # what scripts/demo.py records before training
     check_training_run_dir(tmp_path / "recipe", "run_dir")

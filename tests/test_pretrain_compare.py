@@ -11,13 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import dotted_overrides
 from wav2vec2_lite.data.manifest import read_manifest, write_manifest
 from wav2vec2_lite.tools.pretrain_compare import load_spec, load_summaries, main, plan_runs, run_compare
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
-MICRO = dict(num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7, pos_conv_kernel=16,
-             pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
+from _helpers import dotted_overrides
+
+MICRO = dict(
+    num_layers=2,
+    hidden_size=64,
+    ffn_dim=128,
+    num_heads=2,
+    conv_dim=[32] * 7,
+    pos_conv_kernel=16,
+    pos_conv_groups=16,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +39,35 @@ def spec(tmp_path_factory) -> dict:
     m = read_manifest(corpus / "train.tsv")
     write_manifest(corpus / "unlabeled.tsv", m.root, list(zip(m.paths, m.sizes)))
     return {
-        "name": "micro_compare", "corpus": str(corpus), "runs_dir": str(root / "runs"),
-        "results_dir": str(root / "results"), "config_name": "pretrain_tiny", "threads_per_run": 1, "updates": 2,
+        "name": "micro_compare",
+        "corpus": str(corpus),
+        "runs_dir": str(root / "runs"),
+        "results_dir": str(root / "results"),
+        "config_name": "pretrain_tiny",
+        "threads_per_run": 1,
+        "updates": 2,
         "seeds": [1, 2],
-        "common_overrides": ["data.train_subset=unlabeled", "data.valid_subset=valid", "data.num_workers=0",
-                             "data.max_sample_size=12000", "data.min_sample_size=4000", "data.max_tokens=48000",
-                             "trainer.log_interval=1", "trainer.valid_interval=1", "trainer.precision=32",
-                             *dotted_overrides(MICRO)],
-        "variants": {"contrastive": [],
-                     "best_rq": ["model.objective=best_rq",
-                                 "model.best_rq.codebook_size=64"]},
-        "probe": {"train": "train", "valid": "valid",
-                  "protocol": {"steps": 20, "batch_size": 4, "random_init_seeds": 2, "log_mel": True}},
+        "common_overrides": [
+            "data.train_subset=unlabeled",
+            "data.valid_subset=valid",
+            "data.num_workers=0",
+            "data.max_sample_size=12000",
+            "data.min_sample_size=4000",
+            "data.max_tokens=48000",
+            "trainer.log_interval=1",
+            "trainer.valid_interval=1",
+            "trainer.precision=32",
+            *dotted_overrides(MICRO),
+        ],
+        "variants": {
+            "contrastive": [],
+            "best_rq": ["model.objective=best_rq", "model.best_rq.codebook_size=64"],
+        },
+        "probe": {
+            "train": "train",
+            "valid": "valid",
+            "protocol": {"steps": 20, "batch_size": 4, "random_init_seeds": 2, "log_mel": True},
+        },
         "root": str(root),
     }
 
@@ -54,14 +83,20 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     path = _write(spec)
     runs = plan_runs(load_spec(path))
     assert [r["id"] for r in runs] == ["contrastive-s1", "contrastive-s2", "best_rq-s1", "best_rq-s2"]
-    assert all("trainer.max_updates=2" in r["overrides"] and "schedule.total_updates=2" in r["overrides"]
-               for r in runs)
+    assert all(
+        "trainer.max_updates=2" in r["overrides"] and "schedule.total_updates=2" in r["overrides"]
+        for r in runs
+    )
     # one run through the side-by-side subprocess path, then the rest in this process
     assert main(["run", "--spec", str(path), "--only", "contrastive-s1", "--jobs", "2"]) == 0
     assert set(load_summaries(load_spec(path))) == {"contrastive-s1"}
     assert main(["report", "--spec", str(path)]) == 0  # partial: no ratio, no choice yet
     partial = (Path(spec["results_dir"]) / "report.md").read_text()
-    assert "– (no baseline yet)" in partial and "no choice yet" in partial and "| best_rq-s1 | – | not run |" in partial
+    assert (
+        "– (no baseline yet)" in partial
+        and "no choice yet" in partial
+        and "| best_rq-s1 | – | not run |" in partial
+    )
     assert main(["run", "--spec", str(path)]) == 0
     done = load_summaries(load_spec(path))
     assert set(done) == {*(r["id"] for r in runs), "baseline"}
@@ -98,11 +133,16 @@ def test_variants_by_seeds_probed_and_reported_on_valid(spec, capsys):
     assert "5 of 5 done" in capsys.readouterr().out
     assert main(["report", "--spec", str(path)]) == 0
     report = (Path(spec["results_dir"]) / "report.md").read_text()
-    means = {v: sum(done[f"{v}-s{k}"]["best_layer"]["valid_cer"] for k in (1, 2)) / 2 for v in ("contrastive", "best_rq")}
+    means = {
+        v: sum(done[f"{v}-s{k}"]["best_layer"]["valid_cer"] for k in (1, 2)) / 2
+        for v in ("contrastive", "best_rq")
+    }
     chosen = min(means, key=means.get)
     assert f"Chosen on valid: **{chosen}**" in report and "| best_rq-s1 | best_rq |" in report
     rand = min(r["valid_cer"] for r in base["random_init"])
-    assert f"| {chosen} | 2 | {means[chosen]:.3f} ± " in report and f"| {means[chosen] / rand:.2f}× |" in report
+    assert (
+        f"| {chosen} | 2 | {means[chosen]:.3f} ± " in report and f"| {means[chosen] / rand:.2f}× |" in report
+    )
 
 
 def test_summaries_of_another_spec_are_refused_not_mixed_in(spec, tmp_path, capsys):
@@ -125,23 +165,41 @@ def test_a_run_folder_of_another_config_is_refused(spec, tmp_path, capsys):
     assert err.count("\n") == 1 and "trained with another config" in err and "contrastive-s1" in err
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seeds": [1]}, "seeds must list >= 2"),
-    ({"variants": {"only": []}}, "variants must map >= 2"),
-    ({"variants": {"a": [], "b": ["trainer.seed=3"]}}, "trainer.seed is set by the runner"),
-    ({"variants": {"a": [], "b": ["model.no_such_field=1"]}}, "variant b"),
-    ({"probe": {"train": "train", "valid": "test"}}, "test is never read"),
-    ({"probe": {"train": "train", "valid": "valid", "protocol": {"steps": 0}}}, "steps must be an integer >= 1"),
-    ({"typo": 1}, "unknown key(s) ['typo']"),
-    ({"updates": True}, "updates must be an integer >= 1"),
-    ({"variants": {"a": [], "b": ["data.valid_subset=test"]}}, "data.valid_subset=test: test is never read"),
-    ({"variants": {"a": [], "b": ["data.manifest_dir=/elsewhere"]}}, "data.manifest_dir is set by the runner"),
-    ({"probe": {"train": "test", "valid": "valid"}}, "a probe split is test"),
-    ({"probe": {"train": "train", "valid": "valid", "protcol": {}}}, "nothing else; found ['protcol', 'train', 'valid']"),
-    ({"probe": {"train": "train", "valid": "valid", "protocol": {"random_init_seeds": 0}}}, "random_init_seeds must be >= 1"),
-    ({"probe": {"train": "train_missing", "valid": "valid"}}, "train_missing.tsv"),
-    ({"config_name": "no_such_config"}, "config no_such_config with variant contrastive's overrides"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seeds": [1]}, "seeds must list >= 2"),
+        ({"variants": {"only": []}}, "variants must map >= 2"),
+        ({"variants": {"a": [], "b": ["trainer.seed=3"]}}, "trainer.seed is set by the runner"),
+        ({"variants": {"a": [], "b": ["model.no_such_field=1"]}}, "variant b"),
+        ({"probe": {"train": "train", "valid": "test"}}, "test is never read"),
+        (
+            {"probe": {"train": "train", "valid": "valid", "protocol": {"steps": 0}}},
+            "steps must be an integer >= 1",
+        ),
+        ({"typo": 1}, "unknown key(s) ['typo']"),
+        ({"updates": True}, "updates must be an integer >= 1"),
+        (
+            {"variants": {"a": [], "b": ["data.valid_subset=test"]}},
+            "data.valid_subset=test: test is never read",
+        ),
+        (
+            {"variants": {"a": [], "b": ["data.manifest_dir=/elsewhere"]}},
+            "data.manifest_dir is set by the runner",
+        ),
+        ({"probe": {"train": "test", "valid": "valid"}}, "a probe split is test"),
+        (
+            {"probe": {"train": "train", "valid": "valid", "protcol": {}}},
+            "nothing else; found ['protcol', 'train', 'valid']",
+        ),
+        (
+            {"probe": {"train": "train", "valid": "valid", "protocol": {"random_init_seeds": 0}}},
+            "random_init_seeds must be >= 1",
+        ),
+        ({"probe": {"train": "train_missing", "valid": "valid"}}, "train_missing.tsv"),
+        ({"config_name": "no_such_config"}, "config no_such_config with variant contrastive's overrides"),
+    ],
+)
 def test_spec_errors_are_one_line(spec, tmp_path, capsys, change, message):
     path = _write(spec, "bad.json", runs_dir=str(tmp_path / "r"), results_dir=str(tmp_path / "res"), **change)
     assert main(["run", "--spec", str(path)]) == 2

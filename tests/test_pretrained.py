@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from _tolerance import float32_bound
 from wav2vec2_lite import pretrained
 from wav2vec2_lite.data.audio import load_audio
 from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.serialization import CheckpointError, file_sha256, load_model
+
+from _tolerance import float32_bound
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = pretrained.available()
@@ -40,11 +41,22 @@ def test_shipped_checkpoint_integrity_and_provenance(name):
     model = pretrained.load(name)
     assert isinstance(model, Wav2Vec2ForPreTraining) and not model.training
     assert sum(p.numel() for p in model.parameters()) == prov["num_parameters"]
-    for key in ("command", "code_version", "cpu", "corpus", "hours_of_audio_seen", "valid_curve", "final_metrics",
-                "fresh_valid_check", "train_loss_log"):
+    for key in (
+        "command",
+        "code_version",
+        "cpu",
+        "corpus",
+        "hours_of_audio_seen",
+        "valid_curve",
+        "final_metrics",
+        "fresh_valid_check",
+        "train_loss_log",
+    ):
         assert prov[key], key
     corpus = prov["corpus"]
-    assert corpus["unlabeled"]["minutes"] >= 600 and {"valid", "test"} <= set(corpus["pretraining_speakers_disjoint_from"])
+    assert corpus["unlabeled"]["minutes"] >= 600 and {"valid", "test"} <= set(
+        corpus["pretraining_speakers_disjoint_from"]
+    )
     assert prov["hours_of_audio_seen"] > corpus["unlabeled"]["minutes"] / 60  # more than one pass
     # the run learned its task: valid loss fell below chance and kept falling, accuracy far above chance
     curve = prov["valid_curve"]
@@ -97,14 +109,26 @@ def test_names_resolve_in_the_apis_and_an_existing_path_wins(tmp_path, monkeypat
     (tmp_path / name).mkdir()  # a folder of that name here: the path wins (and holds no model)
     with pytest.raises(FileNotFoundError, match=f"{name}: no checkpoint found"):
         resolve_pretrained(name)
-    with pytest.raises(FileNotFoundError, match=r"not the name of a shipped pretrained checkpoint \(available: "
-                                                 + name):
+    with pytest.raises(
+        FileNotFoundError, match=r"not the name of a shipped pretrained checkpoint \(available: " + name
+    ):
         resolve_pretrained("tiny-espeak-1h")
 
 
 def test_the_probe_cli_takes_a_name_and_lists_the_available_ones_for_an_unknown_one(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "from wav2vec2_lite.cli import probe; probe()", "no-such-model",
-                           "--data", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from wav2vec2_lite.cli import probe; probe()",
+            "no-such-model",
+            "--data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 2 and "available: " + SHIPPED[0] in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -116,13 +140,33 @@ def tiny_run(tmp_path_factory) -> Path:
     from wav2vec2_lite.corpus import build_corpus
 
     root = tmp_path_factory.mktemp("bundle")
-    build_corpus(root / "c", seed=0, workers=1, unlabeled_minutes=1.0, train_10min_minutes=0.1, train_1h_minutes=0.1,
-                 valid_minutes=0.5, test_minutes=0.1)
-    cmd = [sys.executable, str(REPO / "scripts/pretrain.py"), "--config-name", "pretrain_demo",
-           f"data.manifest_dir={root / 'c'}", "data.train_subset=unlabeled", "trainer.max_updates=20",
-           "schedule.warmup_updates=2", "trainer.num_threads=1", "trainer.valid_interval=10",
-           "trainer.save_interval=10", "trainer.log_interval=5", "trainer.progress=false", "model.num_layers=2",
-           f"hydra.run.dir={root / 'run'}"]
+    build_corpus(
+        root / "c",
+        seed=0,
+        workers=1,
+        unlabeled_minutes=1.0,
+        train_10min_minutes=0.1,
+        train_1h_minutes=0.1,
+        valid_minutes=0.5,
+        test_minutes=0.1,
+    )
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts/pretrain.py"),
+        "--config-name",
+        "pretrain_demo",
+        f"data.manifest_dir={root / 'c'}",
+        "data.train_subset=unlabeled",
+        "trainer.max_updates=20",
+        "schedule.warmup_updates=2",
+        "trainer.num_threads=1",
+        "trainer.valid_interval=10",
+        "trainer.save_interval=10",
+        "trainer.log_interval=5",
+        "trainer.progress=false",
+        "model.num_layers=2",
+        f"hydra.run.dir={root / 'run'}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return root / "run"
 
@@ -162,7 +206,10 @@ def test_make_bundle_writes_weights_checksum_and_provenance_and_the_command_repr
     (stopped / "run.json").write_text(json.dumps(run))
     early = json.loads((make_bundle(stopped, "stopped", tmp_path) / "provenance.json").read_text())
     shipped = early["chosen_checkpoint"]["update"]
-    assert early["stopped_early"]["schedule_updates"] == 40 and early["stopped_early"]["last_logged_update"] == 20
+    assert (
+        early["stopped_early"]["schedule_updates"] == 40
+        and early["stopped_early"]["last_logged_update"] == 20
+    )
     assert early["command"].endswith(f"schedule.total_updates=40 trainer.max_updates={shipped}")
     assert "trainer.max_updates=40" not in early["command"] and early["updates"] == shipped
     # the recorded command, rerun for 15 updates on the same machine, logs the very same losses
@@ -187,8 +234,13 @@ def test_the_provenance_command_reproduces_the_logged_losses(name, tmp_path):
     prov = pretrained.provenance(name)
     corpus = Path(os.environ.get("W2V2_SCIENCE_CORPUS", REPO / prov["corpus"]["path"]))
     if not (corpus / "corpus.json").is_file():
-        pytest.skip(f"needs the corpus at {corpus}: {prov['corpus']['build_command']} (or set W2V2_SCIENCE_CORPUS)")
-    if torch.backends.cpu.get_cpu_capability() != prov["cpu"]["torch_capability"] or (os.cpu_count() or 1) < 2:
+        pytest.skip(
+            f"needs the corpus at {corpus}: {prov['corpus']['build_command']} (or set W2V2_SCIENCE_CORPUS)"
+        )
+    if (
+        torch.backends.cpu.get_cpu_capability() != prov["cpu"]["torch_capability"]
+        or (os.cpu_count() or 1) < 2
+    ):
         pytest.skip(f"made on a {prov['cpu']['torch_capability']} CPU with {prov['num_threads']} threads")
     rows = reproduce_losses(prov, tmp_path / "rerun", updates=200, corpus=corpus)
     assert [r["update"] for r in rows][-1] == 200
@@ -200,10 +252,16 @@ def test_running_minutes_leave_out_the_gap_between_a_stopped_run_and_its_resume(
     def data(t):
         return {"kind": "data", "event": "data_validated", "time": t, "seconds": 30.0}
 
-    records = [data(1000.0), data(1000.0), {"kind": "train", "update": 50, "time": 1600.0},
-               {"kind": "train", "update": 100, "time": 2200.0},  # stopped here; resumed 5 hours later
-               data(20200.0), data(20200.0), {"kind": "train", "update": 150, "time": 20800.0},
-               {"kind": "train", "update": 200, "time": 21400.0}]
+    records = [
+        data(1000.0),
+        data(1000.0),
+        {"kind": "train", "update": 50, "time": 1600.0},
+        {"kind": "train", "update": 100, "time": 2200.0},  # stopped here; resumed 5 hours later
+        data(20200.0),
+        data(20200.0),
+        {"kind": "train", "update": 150, "time": 20800.0},
+        {"kind": "train", "update": 200, "time": 21400.0},
+    ]
     assert running_minutes(records, 200) == (round((1230 + 1230) / 60, 1), 2)
     assert running_minutes(records, 100) == (round(1230 / 60, 1), 1)
     # a process stopped before its first update (here: 40 minutes into its data checks) adds nothing

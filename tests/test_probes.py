@@ -27,8 +27,18 @@ from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
 REPO = Path(__file__).resolve().parent.parent
-MICRO = dict(num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=(16,) * 7, pos_conv_kernel=16,
-             pos_conv_groups=16, mask_time_length=3, layerdrop=0.0, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
+MICRO = dict(
+    num_layers=2,
+    hidden_size=32,
+    ffn_dim=64,
+    num_heads=2,
+    conv_dim=(16,) * 7,
+    pos_conv_kernel=16,
+    pos_conv_groups=16,
+    mask_time_length=3,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5),
+)
 FAST = ProbeProtocol(steps=15, lr=1e-2, batch_size=4, random_init_seeds=2, log_mel=True)
 
 
@@ -42,8 +52,15 @@ def toy_frames(tok: CharTokenizer, codes: torch.Tensor, n: int, g: torch.Generat
     two equal labels (a CTC-feasible path)."""
     feats, labels, texts = [], [], []
     for _ in range(n):
-        words = ["".join(LETTERS[int(i)] for i in torch.randint(0, len(LETTERS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g))
-                 for _ in range(int(torch.randint(1, 4, (1,), generator=g)))]
+        words = [
+            "".join(
+                LETTERS[int(i)]
+                for i in torch.randint(
+                    0, len(LETTERS), (int(torch.randint(2, 5, (1,), generator=g)),), generator=g
+                )
+            )
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g)))
+        ]
         text = " ".join(words)
         ids = tok.encode_text(text)
         rows: list[torch.Tensor] = []
@@ -89,18 +106,31 @@ def test_standardisation_uses_training_statistics_only():
     va, va_lab, va_txt = toy_frames(tok, codes, 10, g)
     protocol = ProbeProtocol(steps=60, batch_size=8)
     a = train_ctc_probe(tr, tr_lab, va, va_lab, va_txt, tok.vocab, protocol)
-    b = train_ctc_probe(tr.map_frames(lambda x: 1000 * x + 50), tr_lab, va.map_frames(lambda x: 1000 * x + 50),
-                        va_lab, va_txt, tok.vocab, protocol)
+    b = train_ctc_probe(
+        tr.map_frames(lambda x: 1000 * x + 50),
+        tr_lab,
+        va.map_frames(lambda x: 1000 * x + 50),
+        va_lab,
+        va_txt,
+        tok.vocab,
+        protocol,
+    )
     assert b.valid_error == pytest.approx(a.valid_error, abs=0.02)
     assert b.valid_loss == pytest.approx(a.valid_loss, rel=1e-2)
 
 
 def test_protocol_validate_names_the_field():
     assert ProbeProtocol().validate() == ProbeProtocol()
-    for bad, field in ((dict(steps=0), "steps"), (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"),
-                       (dict(batch_size=0), "batch_size"), (dict(random_init_seeds=-1), "random_init_seeds"),
-                       (dict(max_train_utterances=0), "max_train_utterances"), (dict(steps=2.5), "steps"),
-                       (dict(probe_seeds=0), "probe_seeds")):
+    for bad, field in (
+        (dict(steps=0), "steps"),
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=float("nan")), "lr"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(random_init_seeds=-1), "random_init_seeds"),
+        (dict(max_train_utterances=0), "max_train_utterances"),
+        (dict(steps=2.5), "steps"),
+        (dict(probe_seeds=0), "probe_seeds"),
+    ):
         with pytest.raises(ProbeError, match=field):
             ProbeProtocol(**bad).validate()
     with pytest.raises(ProbeError, match="unknown"):
@@ -150,7 +180,9 @@ def test_extracted_frames_are_the_models_own_the_ctc_head_gives_its_logits():
 # ----------------------------------------------------------------------------- run_probes
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=10, valid=4, seed=0, min_words=1, max_words=2)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=10, valid=4, seed=0, min_words=1, max_words=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +218,19 @@ def test_run_probes_every_layer_random_init_mean_of_two_seeds_and_log_mel(corpus
     d = report.to_dict()
     assert d["protocol"] == FAST.to_dict()
     assert d["data"]["train_utterances"] == 10 and d["data"]["valid_utterances"] == 4
-    assert d["data"]["train_frames"] == sum(int(x) for x in model.feature_output_lengths(
-        torch.tensor([int(r.split("\t")[1]) for r in (corpus / "train.tsv").read_text().splitlines()[1:]])))
+    assert d["data"]["train_frames"] == sum(
+        int(x)
+        for x in model.feature_output_lengths(
+            torch.tensor([int(r.split("\t")[1]) for r in (corpus / "train.tsv").read_text().splitlines()[1:]])
+        )
+    )
     md = report.to_markdown()
     assert "| layer_2 | 32 |" in md and "log-mel" in md and "random init (mean of 2 seeds)" in md
     # a checkpoint of this model probes exactly as the model in memory
     folder = save_model(model, tmp_path / "saved")
-    again = run_probes(folder, corpus, "train", "valid", ProbeProtocol(steps=15, lr=1e-2, batch_size=4,
-                                                                        random_init_seeds=0))
+    again = run_probes(
+        folder, corpus, "train", "valid", ProbeProtocol(steps=15, lr=1e-2, batch_size=4, random_init_seeds=0)
+    )
     assert [s.valid_loss for s in again.models["checkpoint"].layers] == [s.valid_loss for s in ckpt.layers]
     assert set(again.models) == {"checkpoint"}
 
@@ -203,7 +240,9 @@ def test_probe_seeds_average_probes_of_different_batch_orders(corpus):
     model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO))
     protocol = ProbeProtocol(steps=15, batch_size=4, random_init_seeds=0, probe_seeds=2, log_mel=True)
     report = run_probes(model, corpus, "train", "valid", protocol)
-    single = run_probes(model, corpus, "train", "valid", ProbeProtocol(steps=15, batch_size=4, random_init_seeds=0))
+    single = run_probes(
+        model, corpus, "train", "valid", ProbeProtocol(steps=15, batch_size=4, random_init_seeds=0)
+    )
     d = report.to_dict()
     for name in ("checkpoint", "log_mel"):
         for s, layer in zip(report.models[name].layers, d["models"][name]["layers"]):
@@ -265,8 +304,10 @@ def test_token_unit_scores_phonemes_not_characters():
     def utterances(n: int):
         feats, labels, refs = [], [], []
         for _ in range(n):
-            ids = (4 + torch.randint(0, len(tok) - 4, (int(torch.randint(3, 9, (1,), generator=g)),),
-                                     generator=g)).tolist()
+            ids = (
+                4
+                + torch.randint(0, len(tok) - 4, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g)
+            ).tolist()
             rows: list[torch.Tensor] = []
             for k, i in enumerate(ids):
                 rows += [codes[i]] * int(torch.randint(1, 4, (1,), generator=g))
@@ -287,7 +328,10 @@ def test_token_unit_scores_phonemes_not_characters():
     assert r.valid_error == pytest.approx(errors / sum(len(ref.split()) for ref in refs))
     weak = train_ctc_probe(tr, tr_lab, va, va_lab, refs, tok.vocab, ProbeProtocol(steps=5), unit="token")
     errors = sum(align_counts(ref.split(), hyp.split()).errors for ref, hyp in zip(refs, weak.hypotheses))
-    assert weak.valid_error == pytest.approx(errors / sum(len(ref.split()) for ref in refs)) and weak.valid_error > 0.05
+    assert (
+        weak.valid_error == pytest.approx(errors / sum(len(ref.split()) for ref in refs))
+        and weak.valid_error > 0.05
+    )
     with pytest.raises(ValueError, match="unit"):
         train_ctc_probe(tr, tr_lab, va, va_lab, refs, tok.vocab, ProbeProtocol(steps=1), unit="word")
 
@@ -306,16 +350,27 @@ def test_run_probes_on_phoneme_labels_reports_per(corpus, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(corpus, data, ignore=shutil.ignore_patterns("wav"))
     for split in ("train", "valid"):
-        lines = [" ".join(PHONES[c] for c in ltr.split() if c != "|") for ltr in read_labels(data / f"{split}.ltr")]
+        lines = [
+            " ".join(PHONES[c] for c in ltr.split() if c != "|") for ltr in read_labels(data / f"{split}.ltr")
+        ]
         write_labels(data / f"{split}.phn", lines)
     write_dictionary(data / "dict.phn.txt", count_symbols(read_labels(data / "train.phn")))
     torch.manual_seed(5)
     model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**MICRO))
-    report = run_probes(model, data, "train", "valid", ProbeProtocol(steps=10, batch_size=4, random_init_seeds=0),
-                        labels="phn")
+    report = run_probes(
+        model,
+        data,
+        "train",
+        "valid",
+        ProbeProtocol(steps=10, batch_size=4, random_init_seeds=0),
+        labels="phn",
+    )
     d = report.to_dict()
     assert d["data"]["labels"] == "phn" and d["data"]["metric"] == "per"
-    assert "valid_per" in d["models"]["checkpoint"]["layers"][0] and "best_valid_per" in d["models"]["checkpoint"]
+    assert (
+        "valid_per" in d["models"]["checkpoint"]["layers"][0]
+        and "best_valid_per" in d["models"]["checkpoint"]
+    )
     assert "checkpoint PER (loss)" in report.to_markdown()
     assert d["data"]["valid_label_symbols"] == sum(len(x.split()) for x in read_labels(data / "valid.phn"))
     with pytest.raises(ProbeError, match=r"dict\.wrd2\.txt"):
@@ -332,15 +387,26 @@ def test_espeak_phonemes_of_the_corpus(tmp_path):
     # /work/shared/FACTS.md: "s ˈɛ t  ɐ n  ɐ l ˈɑːɹ m ..." for en-us, stress marks dropped here
     assert ph.phonemes("set an alarm", "en-us") == ["s", "ɛ", "t", "ɐ", "n", "ɐ", "l", "ɑːɹ", "m"]
     assert ph.phonemes("set an alarm", "en-gb") != []  # the corpus's 'en-gb' is eSpeak's 'en'
-    build_corpus(tmp_path / "c", unlabeled_minutes=0.1, train_10min_minutes=0.1, train_1h_minutes=0.1,
-                 valid_minutes=0.1, test_minutes=0.1, seed=0, workers=1)
+    build_corpus(
+        tmp_path / "c",
+        unlabeled_minutes=0.1,
+        train_10min_minutes=0.1,
+        train_1h_minutes=0.1,
+        valid_minutes=0.1,
+        test_minutes=0.1,
+        seed=0,
+        workers=1,
+    )
     written = write_phoneme_labels(tmp_path / "c", ["train_10min", "valid"])
     for split in ("train_10min", "valid"):
         phn = read_labels(written[split])
-        assert len(phn) == len(read_labels(tmp_path / "c" / f"{split}.ltr")) and all(line.split() for line in phn)
+        assert len(phn) == len(read_labels(tmp_path / "c" / f"{split}.ltr")) and all(
+            line.split() for line in phn
+        )
         assert not any(m in line for line in phn for m in "ˈˌ")
-    assert set(read_dictionary(written["dict"])) == {p for split in ("train_10min", "valid")
-                                                     for line in read_labels(written[split]) for p in line.split()}
+    assert set(read_dictionary(written["dict"])) == {
+        p for split in ("train_10min", "valid") for line in read_labels(written[split]) for p in line.split()
+    }
     with pytest.raises(ProbeError, match="utterances.jsonl"):
         write_phoneme_labels(tmp_path, ["train"])
 
@@ -350,8 +416,25 @@ def test_cli_writes_json_with_the_expected_keys(corpus, model_dir, tmp_path, cap
     from wav2vec2_lite.cli import probe
 
     out = tmp_path / "probes.json"
-    probe([str(model_dir), "--data", str(corpus), "--steps", "10", "--batch-size", "4", "--log-mel",
-           "--random-init-seeds", "2", "--json", str(out), "--markdown", str(tmp_path / "p.md"), "--quiet"])
+    probe(
+        [
+            str(model_dir),
+            "--data",
+            str(corpus),
+            "--steps",
+            "10",
+            "--batch-size",
+            "4",
+            "--log-mel",
+            "--random-init-seeds",
+            "2",
+            "--json",
+            str(out),
+            "--markdown",
+            str(tmp_path / "p.md"),
+            "--quiet",
+        ]
+    )
     report = json.loads(out.read_text())
     assert set(report) == {"protocol", "data", "models"}
     assert set(report["models"]) == {"checkpoint", "random_init", "log_mel"}
@@ -361,21 +444,42 @@ def test_cli_writes_json_with_the_expected_keys(corpus, model_dir, tmp_path, cap
         assert {"layers", "best_layer", "best_valid_cer", "source"} <= set(m)
         for layer in m["layers"]:
             assert {"layer", "dim", "valid_cer", "valid_loss", "train_loss"} <= set(layer)
-    assert [x["layer"] for x in report["models"]["checkpoint"]["layers"]] == ["conv", "layer_0", "layer_1", "layer_2"]
+    assert [x["layer"] for x in report["models"]["checkpoint"]["layers"]] == [
+        "conv",
+        "layer_0",
+        "layer_1",
+        "layer_2",
+    ]
     assert report["models"]["random_init"]["seeds"] == [0, 1]
     assert "| conv | 16 |" in capsys.readouterr().out
     assert (tmp_path / "p.md").read_text().startswith("| layer | dim |")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "wav2vec2_lite.probes.cli", *args], check=False,
-                          capture_output=True, text=True, cwd=REPO, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "wav2vec2_lite.probes.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_cli_subprocess_exit_codes(corpus, model_dir, tmp_path):
-    ok = _cli(str(model_dir), "--data", str(corpus), "--steps", "3", "--random-init-seeds", "0", "--quiet",
-              "--json", str(tmp_path / "r.json"))
+    ok = _cli(
+        str(model_dir),
+        "--data",
+        str(corpus),
+        "--steps",
+        "3",
+        "--random-init-seeds",
+        "0",
+        "--quiet",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "r.json").read_text())["models"].keys() == {"checkpoint"}
     bad = _cli(str(tmp_path / "missing_run"), "--data", str(corpus))
@@ -384,12 +488,15 @@ def test_cli_subprocess_exit_codes(corpus, model_dir, tmp_path):
     assert "missing_run" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--train", "train_1h"], "train_1h"),
-    (["--steps", "0"], "steps"),
-    (["--lr", "abc"], "--lr"),
-    (["--bogus"], "--bogus"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--train", "train_1h"], "train_1h"),
+        (["--steps", "0"], "steps"),
+        (["--lr", "abc"], "--lr"),
+        (["--bogus"], "--bogus"),
+    ],
+)
 def test_cli_user_errors_are_one_line_and_exit_2(corpus, model_dir, capsys, args, match):
     from wav2vec2_lite.cli import probe
 

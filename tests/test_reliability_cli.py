@@ -38,8 +38,9 @@ def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     tok = CharTokenizer(list("|ABC"))
     torch.manual_seed(0)
-    model = Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer",
-                                               conv_bias=True))
+    model = Wav2Vec2ForCTC(
+        Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer", conv_bias=True)
+    )
     with torch.no_grad():  # favour letters over blank so that transcripts are not empty
         model.lm_head.bias[0] = -5.0
     save_model(model, root / "checkpoints" / "best")
@@ -108,17 +109,22 @@ def test_results_are_streamed_as_each_file_is_done(model_dir, audio, monkeypatch
         return real(self, path)
 
     monkeypatch.setattr(Transcriber, "transcribe_file", spy)
-    transcribe([str(model_dir), str(audio / "good.wav"), str(audio / "clipping.wav"), str(audio / "silence.wav")])
+    transcribe(
+        [str(model_dir), str(audio / "good.wav"), str(audio / "clipping.wav"), str(audio / "silence.wav")]
+    )
     assert printed_before == [0, 1, 2]  # each result was out before the next file was read
 
 
 def test_json_gives_one_record_per_input_errors_included(model_dir, audio, capsys):
-    code, out, err = _run_transcribe([str(model_dir), str(audio / "good.wav"), "--json", str(audio / "nan.wav")],
-                                     capsys)  # an option between the files
+    code, out, err = _run_transcribe(
+        [str(model_dir), str(audio / "good.wav"), "--json", str(audio / "nan.wav")], capsys
+    )  # an option between the files
     assert code == 1
     good, bad = (json.loads(line) for line in out.splitlines())
     assert good["path"] == str(audio / "good.wav") and good["text"] and good["words"]
-    assert set(bad) == {"path", "error"} and bad["path"] == str(audio / "nan.wav") and "NaN/inf" in bad["error"]
+    assert (
+        set(bad) == {"path", "error"} and bad["path"] == str(audio / "nan.wav") and "NaN/inf" in bad["error"]
+    )
     assert err == f"{PROG}: 1 of 2 inputs failed\n"
 
 
@@ -132,11 +138,18 @@ def test_folders_recursively_and_manifests_with_a_bad_line(model_dir, audio, tmp
     tsv = tmp_path / "m.tsv"
     write_manifest(tsv, audio, [("good.wav", 16000)])
     tsv.write_text(tsv.read_text() + "broken line without a size\n")
-    code, out, err = _run_transcribe(["--json", str(model_dir), str(tree), str(tsv), str(tmp_path / "empty")], capsys)
+    code, out, err = _run_transcribe(
+        ["--json", str(model_dir), str(tree), str(tsv), str(tmp_path / "empty")], capsys
+    )
     assert code == 1
     records = [json.loads(line) for line in out.splitlines()]
-    assert [r["path"] for r in records] == [str(tree / "a" / "b" / "two.flac"), str(tree / "a" / "one.wav"),
-                                            str(audio / "good.wav"), f"{tsv}:3", str(tmp_path / "empty")]
+    assert [r["path"] for r in records] == [
+        str(tree / "a" / "b" / "two.flac"),
+        str(tree / "a" / "one.wav"),
+        str(audio / "good.wav"),
+        f"{tsv}:3",
+        str(tmp_path / "empty"),
+    ]
     assert [("error" in r) for r in records] == [False, False, False, True, True]
     assert "no audio files" in records[4]["error"]
     assert err == f"{PROG}: 2 of 5 inputs failed\n"
@@ -151,9 +164,16 @@ def test_every_input_failing_or_a_bad_model_is_exit_2_in_one_line(model_dir, aud
     pretraining = tmp_path / "pretraining"
     save_model(Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1)), pretraining)
     code, out, err = _run_transcribe([str(pretraining), str(audio / "good.wav")], capsys)
-    assert code == 2 and out == "" and err == (f"{PROG}: error: {pretraining}: holds a Wav2Vec2ForPreTraining, "
-                                               f"not a fine-tuned Wav2Vec2ForCTC; give a fine-tuning run or its "
-                                               f"model folder\n")
+    assert (
+        code == 2
+        and out == ""
+        and err
+        == (
+            f"{PROG}: error: {pretraining}: holds a Wav2Vec2ForPreTraining, "
+            f"not a fine-tuned Wav2Vec2ForCTC; give a fine-tuning run or its "
+            f"model folder\n"
+        )
+    )
     code, _, err = _run_transcribe([str(model_dir), "--bogus", str(audio / "good.wav")], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith(f"{PROG}: error: ") and "--bogus" in err
     code, _, err = _run_transcribe([str(model_dir)], capsys)
@@ -161,8 +181,9 @@ def test_every_input_failing_or_a_bad_model_is_exit_2_in_one_line(model_dir, aud
 
 
 def test_debug_shows_the_traceback_of_a_bad_file(model_dir, audio, capsys):
-    code, out, err = _run_transcribe(["--debug", str(model_dir), str(audio / "nan.wav"), str(audio / "good.wav")],
-                                     capsys)
+    code, out, err = _run_transcribe(
+        ["--debug", str(model_dir), str(audio / "nan.wav"), str(audio / "good.wav")], capsys
+    )
     assert code == 1 and out.count("\n") == 1
     assert "Traceback" in err and "AudioError" in err and f"{PROG}: error: {audio / 'nan.wav'}: " in err
 
@@ -172,13 +193,17 @@ def test_transcription_converts_stereo_and_other_rates_with_a_notice(model_dir, 
     stereo = _noise(44100, 7, channels=2)
     sf.write(tmp_path / "stereo44k.wav", stereo, 44100, subtype="FLOAT")
     sf.write(tmp_path / "mono8k.wav", _noise(8000, 8), 8000, subtype="FLOAT")
-    code, out, err = _run_transcribe([str(model_dir), "--json", str(tmp_path / "stereo44k.wav"),
-                                      str(tmp_path / "mono8k.wav")], capsys)
+    code, out, err = _run_transcribe(
+        [str(model_dir), "--json", str(tmp_path / "stereo44k.wav"), str(tmp_path / "mono8k.wav")], capsys
+    )
     assert code == 0
     assert err.splitlines() == [
-        (f"{PROG}: note: {tmp_path / 'stereo44k.wav'}: 2 channels averaged to mono, "
-         f"resampled from 44100 Hz to 16000 Hz (soxr)"),
-        f"{PROG}: note: {tmp_path / 'mono8k.wav'}: resampled from 8000 Hz to 16000 Hz (soxr)"]
+        (
+            f"{PROG}: note: {tmp_path / 'stereo44k.wav'}: 2 channels averaged to mono, "
+            f"resampled from 44100 Hz to 16000 Hz (soxr)"
+        ),
+        f"{PROG}: note: {tmp_path / 'mono8k.wav'}: resampled from 8000 Hz to 16000 Hz (soxr)",
+    ]
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["notice"].endswith("2 channels averaged to mono, resampled from 44100 Hz to 16000 Hz (soxr)")
     assert second["duration_s"] == 1.0
@@ -189,21 +214,49 @@ def test_transcription_converts_stereo_and_other_rates_with_a_notice(model_dir, 
 
 
 # ----------------------------------------------------------------------------- training CLIs
-TINY = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
-        "model.conv_dim=[16,16,16,16,16,16,16]", "model.contrastive.num_codes_per_group=8", "model.contrastive.num_negatives=5",
-        "data.max_sample_size=8000", "data.max_tokens=16000", "trainer.progress=false", "trainer.num_threads=1"]
+TINY = [
+    "model.num_layers=1",
+    "model.hidden_size=64",
+    "model.num_heads=2",
+    "model.ffn_dim=64",
+    "model.conv_dim=[16,16,16,16,16,16,16]",
+    "model.contrastive.num_codes_per_group=8",
+    "model.contrastive.num_negatives=5",
+    "data.max_sample_size=8000",
+    "data.max_tokens=16000",
+    "trainer.progress=false",
+    "trainer.num_threads=1",
+]
 
 
-def _cli(command: str, *args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _cli(
+    command: str, *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a console entry point of wav2vec2_lite.cli in a fresh process."""
-    return subprocess.run([sys.executable, "-c", f"from wav2vec2_lite.cli import {command}; {command}()", *args],
-                          capture_output=True, text=True, timeout=600, cwd=cwd or REPO, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", f"from wav2vec2_lite.cli import {command}; {command}()", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd or REPO,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
-def _pretrain(corpus: Path, run: Path, *overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return _cli("pretrain", "--config-name", "pretrain_tiny", f"data.manifest_dir={corpus}", *TINY,
-                f"hydra.run.dir={run}", *overrides, env=env)
+def _pretrain(
+    corpus: Path, run: Path, *overrides: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    return _cli(
+        "pretrain",
+        "--config-name",
+        "pretrain_tiny",
+        f"data.manifest_dir={corpus}",
+        *TINY,
+        f"hydra.run.dir={run}",
+        *overrides,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +269,7 @@ def _one_error(proc: subprocess.CompletedProcess, prog: str = "w2v2-pretrain") -
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"{prog}: error: ")]
     assert len(errors) == 1, proc.stderr
-    return proc.stderr[proc.stderr.index(f"{prog}: error: "):]
+    return proc.stderr[proc.stderr.index(f"{prog}: error: ") :]
 
 
 def test_training_refuses_stereo_and_other_rates_naming_the_overrides(tmp_path):
@@ -237,7 +290,9 @@ def test_training_refuses_stereo_and_other_rates_naming_the_overrides(tmp_path):
     assert f"{data / 'wav' / 'stereo.wav'}: has 2 channels, expected mono (or set data.mono=mix)" in message
     assert "sample rate is 8000 Hz, expected 16000 Hz (or set data.resample=soxr)" in message
     assert "mono='mix'" not in message and "resample='soxr'" not in message
-    accepted = _pretrain(data, tmp_path / "run", "trainer.max_updates=1", "data.mono=mix", "data.resample=soxr")
+    accepted = _pretrain(
+        data, tmp_path / "run", "trainer.max_updates=1", "data.mono=mix", "data.resample=soxr"
+    )
     assert accepted.returncode == 0, accepted.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoints" / "last").is_dir()
 
@@ -245,20 +300,23 @@ def test_training_refuses_stereo_and_other_rates_naming_the_overrides(tmp_path):
 def test_user_errors_are_one_line_exit_2_and_debug_shows_the_traceback(corpus, tmp_path):
     bad_key = _pretrain(corpus, tmp_path / "r", "data.bogus=1")
     assert bad_key.returncode == 2
-    assert _one_error(bad_key).startswith("w2v2-pretrain: error: unknown config key data.bogus: the keys of data "
-                                          "are ")
+    assert _one_error(bad_key).startswith(
+        "w2v2-pretrain: error: unknown config key data.bogus: the keys of data are "
+    )
     typo = _pretrain(corpus, tmp_path / "r", "trainer.max_update=1")  # refused by Hydra: the project's line
     assert typo.returncode == 2
-    assert _one_error(typo) == ("w2v2-pretrain: error: unknown config key trainer.max_update: did you mean "
-                                "trainer.max_updates?\n")
+    assert _one_error(typo) == (
+        "w2v2-pretrain: error: unknown config key trainer.max_update: did you mean trainer.max_updates?\n"
+    )
     bad_value = _pretrain(corpus, tmp_path / "r", "trainer.update_freq=0")
     assert bad_value.returncode == 2
     assert _one_error(bad_value) == "w2v2-pretrain: error: trainer.update_freq: must be > 0 (got 0)\n"
     missing = _pretrain(tmp_path / "nowhere", tmp_path / "r")
     assert missing.returncode == 2 and "manifest not found" in _one_error(missing)
     for debug in (["--debug"], []):
-        shown = _pretrain(tmp_path / "nowhere", tmp_path / "r", *debug,
-                          env=None if debug else {"HYDRA_FULL_ERROR": "1"})
+        shown = _pretrain(
+            tmp_path / "nowhere", tmp_path / "r", *debug, env=None if debug else {"HYDRA_FULL_ERROR": "1"}
+        )
         assert shown.returncode != 0 and "Traceback" in shown.stderr and "FileNotFoundError" in shown.stderr
 
 
@@ -266,8 +324,10 @@ def test_run_dir_that_is_a_file_gets_the_projects_error(corpus, tmp_path):
     (tmp_path / "taken").write_text("a file")
     proc = _pretrain(corpus, tmp_path / "taken", "trainer.max_updates=1")
     assert proc.returncode == 2
-    assert _one_error(proc) == (f"w2v2-pretrain: error: run directory {tmp_path / 'taken'} is not writable: it is "
-                                f"a file, not a folder; set hydra.run.dir to a folder for the run's outputs\n")
+    assert _one_error(proc) == (
+        f"w2v2-pretrain: error: run directory {tmp_path / 'taken'} is not writable: it is "
+        f"a file, not a folder; set hydra.run.dir to a folder for the run's outputs\n"
+    )
 
 
 def _bad_corpus(corpus: Path, dest: Path) -> tuple[Path, dict[str, str]]:
@@ -290,33 +350,66 @@ def _bad_corpus(corpus: Path, dest: Path) -> tuple[Path, dict[str, str]]:
     sf.write(w / "short.wav", rng.standard_normal(300) * 0.1, 16000)
     sf.write(w / "long.wav", rng.standard_normal(48000) * 0.1, 16000)
     good = sf.info(w / "train_00000.wav").frames
-    rows = [("wav/train_00000.wav", good), ("wav/empty.wav", 16000), ("wav/cut.wav", 16000), ("wav/text.wav", 16000),
-            ("wav/nan.wav", 16000), ("wav/stereo.wav", 16000), ("wav/rate.wav", 8000), ("wav/short.wav", 300),
-            ("wav/missing.wav", 16000), ("wav/long.wav", 48000)]
+    rows = [
+        ("wav/train_00000.wav", good),
+        ("wav/empty.wav", 16000),
+        ("wav/cut.wav", 16000),
+        ("wav/text.wav", 16000),
+        ("wav/nan.wav", 16000),
+        ("wav/stereo.wav", 16000),
+        ("wav/rate.wav", 8000),
+        ("wav/short.wav", 300),
+        ("wav/missing.wav", 16000),
+        ("wav/long.wav", 48000),
+    ]
     write_manifest(dest / "train.tsv", dest, rows)
     (dest / "train.tsv").write_text((dest / "train.tsv").read_text() + "malformed line\n")
     write_labels(dest / "train.ltr", read_labels(corpus / "train.ltr")[:1] + ["A |"] * 9 + ["A |"])
-    expected = {"empty": "file is empty (0 bytes)", "cut": "truncated WAV", "text": "not a readable audio file",
-                "nan": "1 NaN/inf sample(s)", "stereo": "has 2 channels", "rate": "sample rate is 8000 Hz",
-                "short": "300 samples", "missing": "audio file not found"}
+    expected = {
+        "empty": "file is empty (0 bytes)",
+        "cut": "truncated WAV",
+        "text": "not a readable audio file",
+        "nan": "1 NaN/inf sample(s)",
+        "stereo": "has 2 channels",
+        "rate": "sample rate is 8000 Hz",
+        "short": "300 samples",
+        "missing": "audio file not found",
+    }
     return dest, expected
 
 
 def test_every_kind_of_bad_row_through_pretrain_finetune_and_transcribe(corpus, model_dir, tmp_path, capsys):
     data, expected = _bad_corpus(corpus, tmp_path / "bad")
-    for command, extra in (("pretrain", ["--config-name", "pretrain_tiny", *TINY]),
-                           ("finetune", ["--config-name", "finetune_tiny", "model=tiny", *TINY[:7]])):
-        proc = _cli(command, *extra, f"data.manifest_dir={data}", "data.max_duration_s=2", "trainer.max_updates=1",
-                    "trainer.progress=false", f"hydra.run.dir={tmp_path / command}")
+    for command, extra in (
+        ("pretrain", ["--config-name", "pretrain_tiny", *TINY]),
+        ("finetune", ["--config-name", "finetune_tiny", "model=tiny", *TINY[:7]]),
+    ):
+        proc = _cli(
+            command,
+            *extra,
+            f"data.manifest_dir={data}",
+            "data.max_duration_s=2",
+            "trainer.max_updates=1",
+            "trainer.progress=false",
+            f"hydra.run.dir={tmp_path / command}",
+        )
         assert proc.returncode == 2, proc.stderr[-3000:]
         message = _one_error(proc, f"w2v2-{command}")
         assert "nothing was trained" in message and not (tmp_path / command / "checkpoints" / "last").exists()
         for name, reason in {**expected, "long": "3.0 s is longer than max_duration_s=2"}.items():
-            assert any(f"{data / 'wav' / name}.wav: {reason}" in ln for ln in message.splitlines()), (name, message)
+            assert any(f"{data / 'wav' / name}.wav: {reason}" in ln for ln in message.splitlines()), (
+                name,
+                message,
+            )
         assert f"{data / 'train.tsv'}:12: -: malformed manifest line" in message
     code, out, err = _run_transcribe([str(model_dir), str(data / "train.tsv")], capsys)
     assert code == 1
-    assert [Path(ln.split("\t")[0]).stem for ln in out.splitlines()] == ["train_00000", "stereo", "rate", "long"]
+    assert [Path(ln.split("\t")[0]).stem for ln in out.splitlines()] == [
+        "train_00000",
+        "stereo",
+        "rate",
+        "long",
+    ]
     for name, reason in expected.items():
         if name not in ("stereo", "rate"):  # converted, with a note
             assert f"{PROG}: error: {data / 'wav' / name}.wav: " in err and reason in err, (name, err)
@@ -325,8 +418,17 @@ def test_every_kind_of_bad_row_through_pretrain_finetune_and_transcribe(corpus, 
 
 
 def test_a_too_long_utterance_names_the_cli_keys(corpus, tmp_path):
-    proc = _cli("finetune", "--config-name", "finetune_tiny", "model=tiny", *TINY[:7], f"data.manifest_dir={corpus}",
-                "data.max_tokens=1000", "trainer.max_updates=1", f"hydra.run.dir={tmp_path / 'ft'}")
+    proc = _cli(
+        "finetune",
+        "--config-name",
+        "finetune_tiny",
+        "model=tiny",
+        *TINY[:7],
+        f"data.manifest_dir={corpus}",
+        "data.max_tokens=1000",
+        "trainer.max_updates=1",
+        f"hydra.run.dir={tmp_path / 'ft'}",
+    )
     assert proc.returncode == 2
     message = _one_error(proc, "w2v2-finetune")
     assert "more than max_tokens=1000" in message and "or set data.too_long=skip" in message
@@ -340,15 +442,26 @@ def test_resume_says_from_which_update(corpus, tmp_path):
     assert "resuming" not in first.stderr
     again = _pretrain(corpus, tmp_path / "run", "trainer.max_updates=3")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming from update 2 ({tmp_path / 'run' / 'checkpoints' / 'last'})" in again.stderr.splitlines()
-    info = json.loads((tmp_path / "run" / "run.json").read_text())  # the first process is kept, not overwritten
-    assert info["resumed_from_update"] == 2 and [p["resumed_from_update"] for p in info["earlier_processes"]] == [None]
+    assert (
+        f"resuming from update 2 ({tmp_path / 'run' / 'checkpoints' / 'last'})" in again.stderr.splitlines()
+    )
+    info = json.loads(
+        (tmp_path / "run" / "run.json").read_text()
+    )  # the first process is kept, not overwritten
+    assert info["resumed_from_update"] == 2 and [
+        p["resumed_from_update"] for p in info["earlier_processes"]
+    ] == [None]
     assert info["earlier_processes"][0]["code_version"] == info["code_version"]
 
 
 def test_nonfinite_stop_without_a_checkpoint_says_none_was_written(corpus, tmp_path):
-    proc = _pretrain(corpus, tmp_path / "run", "optim.lr=1e12", "trainer.max_consecutive_nonfinite=1",
-                     "trainer.max_updates=5")
+    proc = _pretrain(
+        corpus,
+        tmp_path / "run",
+        "optim.lr=1e12",
+        "trainer.max_consecutive_nonfinite=1",
+        "trainer.max_updates=5",
+    )
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()
     message = _one_error(proc)
     assert proc.returncode == 1  # one update ran before the stop
@@ -370,9 +483,16 @@ def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(c
     config = json.loads((pre / "config.json").read_text())
     config["weights_sha256"] = file_sha256(pre / "model.safetensors")  # damaged at save time, not on disk
     (pre / "config.json").write_text(json.dumps(config))
-    proc = _cli("finetune", "--config-name", "finetune_tiny", f"data.manifest_dir={corpus}",
-                f"finetune.pretrained={pre}", f"hydra.run.dir={tmp_path / 'ft'}", "trainer.max_updates=1",
-                "trainer.progress=false")
+    proc = _cli(
+        "finetune",
+        "--config-name",
+        "finetune_tiny",
+        f"data.manifest_dir={corpus}",
+        f"finetune.pretrained={pre}",
+        f"hydra.run.dir={tmp_path / 'ft'}",
+        "trainer.max_updates=1",
+        "trainer.progress=false",
+    )
     assert proc.returncode == 2
     message = _one_error(proc, "w2v2-finetune")
     assert str(pre / "model.safetensors") in message and "non-finite" in message
@@ -381,8 +501,10 @@ def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(c
 
 # ----------------------------------------------------------------------------- export
 def test_export_user_errors_are_one_line_exit_2(model_dir, tmp_path, capsys):
-    for argv, expected in (([str(tmp_path / "none"), str(tmp_path / "out")], "no such file or folder"),
-                           ([str(model_dir), str(model_dir / "tokenizer.json")], "is a file")):
+    for argv, expected in (
+        ([str(tmp_path / "none"), str(tmp_path / "out")], "no such file or folder"),
+        ([str(model_dir), str(model_dir / "tokenizer.json")], "is a file"),
+    ):
         with pytest.raises(SystemExit) as e:
             export_hf(argv)
         err = capsys.readouterr().err

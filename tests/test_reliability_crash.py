@@ -35,17 +35,34 @@ import wav2vec2_lite.train.checkpoint as checkpoint
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining
 from wav2vec2_lite.train.checkpoint import (
-    STATE_FILE, WEIGHTS_FILE, CheckpointError, load_checkpoint, load_training_state, remove_stale_temps,
-    resolve_checkpoint, save_checkpoint,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    load_checkpoint,
+    load_training_state,
+    remove_stale_temps,
+    resolve_checkpoint,
+    save_checkpoint,
 )
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.logging import read_metrics
-from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.run_dir import RunDirError
+from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
 
-MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=[16] * 7,
-             pos_conv_kernel=8, pos_conv_groups=8, mask_time_length=3, mask_time_prob=0.5, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
+MICRO = dict(
+    preset="tiny",
+    num_layers=2,
+    hidden_size=32,
+    ffn_dim=64,
+    num_heads=2,
+    conv_dim=[16] * 7,
+    pos_conv_kernel=8,
+    pos_conv_groups=8,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5),
+)
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -59,26 +76,44 @@ def cfg_dict(corpus: Path, **over) -> dict:
     base = {
         "task": "pretrain",
         # masking, dropout and layerdrop all on: every random draw must be replayed on resume
-        "model": {**MICRO, "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1,
-                  "dropout_input": 0.1, "layerdrop": 0.3,
-                  "contrastive": {**MICRO["contrastive"], "dropout_features": 0.1}},
-        "data": {"manifest_dir": str(corpus), "max_sample_size": 6000, "min_sample_size": 4000,
-                 "max_tokens": 18000},
+        "model": {
+            **MICRO,
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "activation_dropout": 0.1,
+            "dropout_input": 0.1,
+            "layerdrop": 0.3,
+            "contrastive": {**MICRO["contrastive"], "dropout_features": 0.1},
+        },
+        "data": {
+            "manifest_dir": str(corpus),
+            "max_sample_size": 6000,
+            "min_sample_size": 4000,
+            "max_tokens": 18000,
+        },
         "optim": {"lr": 1e-3, "clip_norm": 5.0},
         "schedule": {"name": "polynomial", "warmup_updates": 2},
-        "trainer": {"max_updates": 4, "log_interval": 1, "save_interval": 1000, "progress": False, "seed": 7,
-                    "num_threads": 1},
+        "trainer": {
+            "max_updates": 4,
+            "log_interval": 1,
+            "save_interval": 1000,
+            "progress": False,
+            "seed": 7,
+            "num_threads": 1,
+        },
     }
     return _merge(base, over)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=16, valid=4, seed=1, min_words=2, max_words=3)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=16, valid=4, seed=1, min_words=2, max_words=3
+    )
 
 
 # --------------------------------------------------------------------------- SIGKILL + resume
-DRIVER = r'''
+DRIVER = r"""
 import json, os, sys, time
 from pathlib import Path
 
@@ -124,7 +159,7 @@ if hold and not marker.exists():
         os.rename = rename
 trainer.fit()
 print("finished at update", trainer.update)
-'''
+"""
 
 
 def _start(driver: Path, cfg_path: Path, run: Path, hold: str | None) -> subprocess.Popen:
@@ -132,8 +167,13 @@ def _start(driver: Path, cfg_path: Path, run: Path, hold: str | None) -> subproc
     env.pop("HOLD", None)
     if hold:
         env["HOLD"] = hold
-    return subprocess.Popen([sys.executable, str(driver), str(cfg_path), str(run)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(driver), str(cfg_path), str(run)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 240.0) -> None:
@@ -166,8 +206,15 @@ def test_sigkill_mid_update_and_mid_save_then_resume_equals_uninterrupted_run(co
     k = random.Random(20240611).randint(6, 8)
     print(f"SIGKILL inside update {k} (checkpoints at 4 and 8)")
     cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(cfg_dict(corpus, schedule={"total_updates": 12},
-                                            trainer={"max_updates": 12, "save_interval": 4, "update_freq": 2})))
+    cfg_path.write_text(
+        json.dumps(
+            cfg_dict(
+                corpus,
+                schedule={"total_updates": 12},
+                trainer={"max_updates": 12, "save_interval": 4, "update_freq": 2},
+            )
+        )
+    )
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     runs = {name: tmp_path / name for name in "ABC"}
@@ -203,8 +250,13 @@ def test_sigkill_mid_update_and_mid_save_then_resume_equals_uninterrupted_run(co
         assert w.keys() == ref_w.keys()
         assert all(torch.equal(w[key], ref_w[key]) for key in ref_w), name
         assert len(opt) == len(ref_opt) and all(torch.equal(a, b) for a, b in zip(opt, ref_opt)), name
-        assert [r["update"] for r in read_metrics(runs[name] / "metrics.jsonl", kind="train")] == list(range(1, 13))
-        assert sorted(p.name for p in (runs[name] / "checkpoints").iterdir()) == ["best", "last"]  # no leftovers
+        assert [r["update"] for r in read_metrics(runs[name] / "metrics.jsonl", kind="train")] == list(
+            range(1, 13)
+        )
+        assert sorted(p.name for p in (runs[name] / "checkpoints").iterdir()) == [
+            "best",
+            "last",
+        ]  # no leftovers
 
 
 # --------------------------------------------------------------------------- crash at every point of a save
@@ -237,6 +289,7 @@ def test_a_crash_at_any_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, m
             out = fn(*args, **kwargs)
             snap(f"after {name}{args[:2]}")
             return out
+
         return wrapped
 
     for mod, attr in ((os, "rename"), (os, "replace"), (os, "fsync"), (shutil, "rmtree")):
@@ -251,7 +304,9 @@ def test_a_crash_at_any_point_of_a_save_leaves_old_or_new_checkpoint(tmp_path, m
         assert folder is not None, label
         state = load_checkpoint(folder, check)  # sha256 of the weights verified
         expect = old_model if state["update"] == 1 else new_model
-        assert all(torch.equal(a, b) for a, b in zip(check.state_dict().values(), expect.state_dict().values())), label
+        assert all(
+            torch.equal(a, b) for a, b in zip(check.state_dict().values(), expect.state_dict().values())
+        ), label
         seen.append(state["update"])
     print(len(snapshots), "crash points:", seen)
     assert len(snapshots) >= 15 and seen[0] == 1 and seen[-1] == 2
@@ -283,12 +338,14 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     root = tmp_path / "ckpt"
     save_checkpoint(root, "last", old_model, {"update": 1})
     if where == "weights":  # the safetensors writer dies half-way
+
         def save_file(tensors, filename, metadata=None):
             Path(filename).write_bytes(b"\0" * 1000)
             _enospc()
 
         monkeypatch.setattr(serialization, "save_file", save_file)
     elif where == "state":
+
         def torch_save(obj, f, *a, **k):
             f.write(b"PK\3\4 partial")
             _enospc()
@@ -313,7 +370,9 @@ def test_disk_full_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, 
     assert sorted(p.name for p in root.iterdir()) == ["last"]  # no temp leftovers, old one back in place
     check = _micro_model(2)
     assert load_checkpoint(root / "last", check)["update"] == 1
-    assert all(torch.equal(a, b) for a, b in zip(check.state_dict().values(), old_model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(check.state_dict().values(), old_model.state_dict().values())
+    )
 
 
 def test_trainer_stops_cleanly_when_a_save_hits_a_full_disk_and_resumes(corpus, tmp_path, monkeypatch):
@@ -327,7 +386,9 @@ def test_trainer_stops_cleanly_when_a_save_hits_a_full_disk_and_resumes(corpus, 
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(serialization, "save_file", save_file)
-    with pytest.raises(CheckpointError, match=r"No space left on device.*Training stopped at update 4.*rerun"):
+    with pytest.raises(
+        CheckpointError, match=r"No space left on device.*Training stopped at update 4.*rerun"
+    ):
         trainer.fit()
     monkeypatch.undo()
     ck = tmp_path / "run" / "checkpoints"
@@ -388,7 +449,9 @@ def test_too_little_free_space_is_an_error_before_training(corpus, tmp_path, mon
     import wav2vec2_lite.train.run_dir as run_dir_mod
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(run_dir_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
+    monkeypatch.setattr(
+        run_dir_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096)
+    )
     with pytest.raises(RunDirError, match=r"only 0\.0 MiB free; a checkpoint of this model takes about"):
         Trainer(to_run_config(cfg_dict(corpus)), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -16,7 +16,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from _helpers import deep_merge
 from wav2vec2_lite.data.audio import AudioError
 from wav2vec2_lite.data.dataset import AudioDataset, DatasetError
 from wav2vec2_lite.data.manifest import ManifestError, read_labels, read_manifest, write_labels
@@ -26,17 +25,35 @@ from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
 
+from _helpers import deep_merge
+
 SR = 16000
-MICRO = dict(preset="tiny", num_layers=2, hidden_size=32, ffn_dim=64, num_heads=2, conv_dim=[16] * 7,
-             pos_conv_kernel=8, pos_conv_groups=8, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5))
+MICRO = dict(
+    preset="tiny",
+    num_layers=2,
+    hidden_size=32,
+    ffn_dim=64,
+    num_heads=2,
+    conv_dim=[16] * 7,
+    pos_conv_kernel=8,
+    pos_conv_groups=8,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=16, final_dim=16, num_codes_per_group=8, num_negatives=5),
+)
 
 
 def make_cfg(task: str, corpus: Path, **over):
     base = {
-        "task": task, "model": dict(MICRO),
-        "data": {"manifest_dir": str(corpus), "max_sample_size": 8000 if task == "pretrain" else None,
-                 "min_sample_size": 4000 if task == "pretrain" else 0,
-                 "max_tokens": 32000 if task == "pretrain" else 64000},
+        "task": task,
+        "model": dict(MICRO),
+        "data": {
+            "manifest_dir": str(corpus),
+            "max_sample_size": 8000 if task == "pretrain" else None,
+            "min_sample_size": 4000 if task == "pretrain" else 0,
+            "max_tokens": 32000 if task == "pretrain" else 64000,
+        },
         "optim": {"lr": 1e-3, "clip_norm": 5.0},
         "schedule": {"name": "polynomial", "warmup_updates": 1},
         "trainer": {"max_updates": 2, "log_interval": 1, "save_interval": 1000, "progress": False, "seed": 3},
@@ -48,7 +65,9 @@ def make_cfg(task: str, corpus: Path, **over):
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=12, valid=4, seed=0, min_words=2, max_words=3)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=12, valid=4, seed=0, min_words=2, max_words=3
+    )
 
 
 @pytest.fixture
@@ -123,8 +142,9 @@ AUDIO_CASES = [
 ]
 
 
-def add_bad_rows(corpus: Path, subset: str = "train", *, missing: bool = True, malformed: bool = True,
-                 labels: bool = False) -> dict[str, tuple[int, str, str]]:
+def add_bad_rows(
+    corpus: Path, subset: str = "train", *, missing: bool = True, malformed: bool = True, labels: bool = False
+) -> dict[str, tuple[int, str, str]]:
     """Append one bad row per case to ``subset``.tsv; returns {case: (line_no, path, reason)}."""
     bad_dir = corpus / "bad"
     bad_dir.mkdir(exist_ok=True)
@@ -154,7 +174,12 @@ def _assert_lists_every_problem(msg: str, manifest: Path, expected: dict[str, tu
     lines = msg.splitlines()
     for case, (line_no, path, reason) in expected.items():
         prefix = f"{manifest}:{line_no}: {path}: "
-        assert any(ln.strip().startswith(prefix) and reason in ln for ln in lines), (case, prefix, reason, msg)
+        assert any(ln.strip().startswith(prefix) and reason in ln for ln in lines), (
+            case,
+            prefix,
+            reason,
+            msg,
+        )
 
 
 def _nothing_trained(run: Path) -> None:
@@ -191,7 +216,9 @@ def test_skip_invalid_drops_counts_logs_and_trains_on_the_rest(corpus, tmp_path,
     _assert_lists_every_problem("\n".join(skipped[0]["problems"]), corpus / "train.tsv", expected)
     data = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="data")
     assert {(d["subset"], d["invalid"]) for d in data if d["event"] == "data_validated"} == {
-        ("train", len(expected)), ("valid", 0)}
+        ("train", len(expected)),
+        ("valid", 0),
+    }
     assert f"skipping {len(expected)} invalid row(s)" in capsys.readouterr().err
 
 
@@ -213,7 +240,11 @@ def test_label_problems_oov_empty_transcript_and_count_mismatch(corpus, tmp_path
     trainer = Trainer(make_cfg("finetune", corpus, data={"skip_invalid": True}), tmp_path / "b")
     assert len(trainer.train_set) == 10
     trainer.fit()
-    ev = [e for e in read_metrics(tmp_path / "b" / "metrics.jsonl", kind="event") if e["event"] == "skipped_invalid"]
+    ev = [
+        e
+        for e in read_metrics(tmp_path / "b" / "metrics.jsonl", kind="event")
+        if e["event"] == "skipped_invalid"
+    ]
     assert ev[0]["count"] == 2
 
     write_labels(lab, ltr[:-1])  # one line short: rows can no longer be paired with labels
@@ -228,7 +259,7 @@ def test_full_mode_decodes_every_file(corpus, tmp_path):
     p = corpus / "bad_flac.flac"
     sf.write(str(p), _noise(20000, seed=5), SR, subtype="PCM_16")
     raw = bytearray(p.read_bytes())
-    raw[len(raw) // 3:] = b"\x00" * (len(raw) - len(raw) // 3)  # zero out the last two thirds
+    raw[len(raw) // 3 :] = b"\x00" * (len(raw) - len(raw) // 3)  # zero out the last two thirds
     p.write_bytes(bytes(raw))
     with open(corpus / "train.tsv", "a") as f:
         f.write(f"{p.name}\t20000\n")
@@ -251,8 +282,12 @@ def test_validation_cost_on_the_demo_corpus():
     start, rows = time.perf_counter(), 0
     for subset in ("unlabeled", "train_1h", "valid", "test"):
         labels = None if subset == "unlabeled" else demo / f"{subset}.ltr"
-        rows += validate_dataset(demo / f"{subset}.tsv", labels_path=labels, tokenizer=tok if labels else None,
-                                 check_audio="header").num_rows
+        rows += validate_dataset(
+            demo / f"{subset}.tsv",
+            labels_path=labels,
+            tokenizer=tok if labels else None,
+            check_audio="header",
+        ).num_rows
     seconds = time.perf_counter() - start
     print(f"header validation: {rows} rows in {seconds:.2f} s")
     assert rows > 1000 and seconds < 10
@@ -263,8 +298,12 @@ def test_validation_off_bad_files_are_counted_skips_during_training(corpus, tmp_
     """data.validate=false: unreadable files are skipped when read (counted, logged, event records);
     too-short and absurdly long rows are dropped when the dataset is built (event records)."""
     expected = add_bad_rows(corpus, "train", malformed=False)
-    cfg = make_cfg("pretrain", corpus, data={"validate": False, "max_duration_s": 3.0, "max_unreadable_fraction": 0.5},
-                   trainer={"max_updates": 6, "save_interval": 3})
+    cfg = make_cfg(
+        "pretrain",
+        corpus,
+        data={"validate": False, "max_duration_s": 3.0, "max_unreadable_fraction": 0.5},
+        trainer={"max_updates": 6, "save_interval": 3},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     # 12 good + 7 readable-looking bad rows; too_short (< 400 samples) and absurdly_long are dropped up front
     assert len(trainer.train_set) == 12 + 7
@@ -278,14 +317,18 @@ def test_validation_off_bad_files_are_counted_skips_during_training(corpus, tmp_
         assert path in seen and reason in seen[path], (case, seen)
     assert [e["unreadable_total"] for e in unreadable] == list(range(1, len(unreadable) + 1))
     # remedies in the run's own syntax, not the loader's Python keywords
-    assert "set data.mono=mix" in seen[expected["stereo"][1]] and "mono='mix'" not in seen[expected["stereo"][1]]
+    assert (
+        "set data.mono=mix" in seen[expected["stereo"][1]] and "mono='mix'" not in seen[expected["stereo"][1]]
+    )
     assert "set data.resample=soxr" in seen[expected["wrong_rate"][1]]
     by_event = {e["event"]: e for e in events}
     assert by_event["skipped_too_short"]["count"] == 1 and by_event["skipped_too_short"]["min_samples"] == 400
     assert by_event["skipped_too_long"]["count"] == 1
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert state["unreadable_total"] == len(unreadable) and len(state["unreadable_ids"]) == 7
-    assert all(math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train"))
+    assert all(
+        math.isfinite(r["loss"]) for r in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
+    )
 
 
 def test_validation_off_malformed_line_oov_and_count_mismatch_fail_before_training(corpus, tmp_path):
@@ -310,12 +353,16 @@ def test_validation_off_empty_transcripts_are_dropped_and_counted(corpus, tmp_pa
     dataset is built (an event record), so the run trains on the labelled ones."""
     ltr = read_labels(corpus / "train.ltr")
     write_labels(corpus / "train.ltr", ["" if i % 2 else t for i, t in enumerate(ltr)])
-    trainer = Trainer(make_cfg("finetune", corpus, data={"validate": False}, trainer={"max_updates": 3}),
-                      tmp_path / "run")
+    trainer = Trainer(
+        make_cfg("finetune", corpus, data={"validate": False}, trainer={"max_updates": 3}), tmp_path / "run"
+    )
     assert len(trainer.train_set) == 6 and all(trainer.train_set.label_ids)
     trainer.fit()
-    ev = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="event")
-          if e["event"] == "skipped_empty_transcript"]
+    ev = [
+        e
+        for e in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="event")
+        if e["event"] == "skipped_empty_transcript"
+    ]
     assert [(e["subset"], e["count"]) for e in ev] == [("train", 6)]
 
 
@@ -323,8 +370,12 @@ def test_validation_off_empty_transcripts_are_dropped_and_counted(corpus, tmp_pa
 def test_files_broken_after_validation_are_skipped_counted_and_logged(corpus, tmp_path):
     """The trainer is built (validation passed), then files are deleted / cut / filled with NaN:
     the run finishes, each bad utterance is skipped when read, counted and recorded."""
-    cfg = make_cfg("pretrain", corpus, data={"max_unreadable_fraction": 0.5},
-                   trainer={"max_updates": 6, "save_interval": 3})
+    cfg = make_cfg(
+        "pretrain",
+        corpus,
+        data={"max_unreadable_fraction": 0.5},
+        trainer={"max_updates": 6, "save_interval": 3},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     rows = read_manifest(corpus / "train.tsv")
     victims = [str(rows.full_path(i)) for i in (1, 4, 7)]
@@ -335,8 +386,11 @@ def test_files_broken_after_validation_are_skipped_counted_and_logged(corpus, tm
     sf.write(victims[2], wave, SR, subtype="FLOAT")
     result = trainer.fit()
     assert result["update"] == 6 and result["epoch"] >= 1
-    events = [e for e in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="event")
-              if e["event"] == "skipped_unreadable"]
+    events = [
+        e
+        for e in read_metrics(tmp_path / "run" / "metrics.jsonl", kind="event")
+        if e["event"] == "skipped_unreadable"
+    ]
     reasons = {e["path"]: e["reason"] for e in events}
     assert set(reasons) == set(victims)
     assert "audio file not found" in reasons[victims[0]]
@@ -347,13 +401,19 @@ def test_files_broken_after_validation_are_skipped_counted_and_logged(corpus, tm
 
 
 def test_too_many_unreadable_files_stop_the_run_with_checkpoint_intact(corpus, tmp_path):
-    cfg = make_cfg("pretrain", corpus, data={"max_unreadable_fraction": 0.2},
-                   trainer={"max_updates": 30, "save_interval": 1})
+    cfg = make_cfg(
+        "pretrain",
+        corpus,
+        data={"max_unreadable_fraction": 0.2},
+        trainer={"max_updates": 30, "save_interval": 1},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     rows = read_manifest(corpus / "train.tsv")
     for i in range(0, 12, 3):  # 4 of 12 files vanish (storage unmounted?)
         rows.full_path(i).unlink()
-    with pytest.raises(DatasetError, match=r"of 12 training files became unreadable .*rerun the same command"):
+    with pytest.raises(
+        DatasetError, match=r"of 12 training files became unreadable .*rerun the same command"
+    ):
         trainer.fit()
     if (tmp_path / "run" / "checkpoints" / "last").exists():
         assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last")["update"] == trainer.update
@@ -372,9 +432,13 @@ def test_shorter_than_a_mask_span_trains(tmp_path):
         sf.write(str(d / f"s{i}.wav"), _noise(2000 + 40 * i, seed=i), SR, subtype="PCM_16")
         rows.append((f"s{i}.wav", 2000 + 40 * i))
     write_manifest(d / "train.tsv", d, rows)
-    cfg = make_cfg("pretrain", d, model={"mask_time_length": 10, "contrastive": {"num_negatives": 3}},
-                   data={"valid_subset": None, "min_sample_size": 0, "max_tokens": 10000},
-                   trainer={"max_updates": 3})
+    cfg = make_cfg(
+        "pretrain",
+        d,
+        model={"mask_time_length": 10, "contrastive": {"num_negatives": 3}},
+        data={"valid_subset": None, "min_sample_size": 0, "max_tokens": 10000},
+        trainer={"max_updates": 3},
+    )
     Trainer(cfg, tmp_path / "run").fit()
     train = read_metrics(tmp_path / "run" / "metrics.jsonl", kind="train")
     assert len(train) == 3 and all(math.isfinite(r["loss"]) and r["masked_frames"] > 0 for r in train)
@@ -387,14 +451,20 @@ def test_no_batch_is_cropped_below_the_receptive_field(corpus, tmp_path):
     sf.write(str(corpus / "liar.wav"), _noise(300), SR, subtype="PCM_16")
     with open(corpus / "train.tsv", "a") as f:
         f.write("liar.wav\t8000\n")
-    with pytest.raises(DatasetError, match=r"train.tsv:14: .*liar.wav: manifest says 8000 samples, the file header "
-                                           r"says 300"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train.tsv:14: .*liar.wav: manifest says 8000 samples, the file header "
+        r"says 300",
+    ):
         Trainer(make_cfg("pretrain", corpus), tmp_path / "a")
     cfg = make_cfg("pretrain", corpus, data={"validate": False}, trainer={"max_updates": 4})
     trainer = Trainer(cfg, tmp_path / "b")
     assert trainer.fit()["update"] == 4
-    events = [e for e in read_metrics(tmp_path / "b" / "metrics.jsonl", kind="event")
-              if e["event"] == "skipped_unreadable"]
+    events = [
+        e
+        for e in read_metrics(tmp_path / "b" / "metrics.jsonl", kind="event")
+        if e["event"] == "skipped_unreadable"
+    ]
     assert events and all("holds 300 samples, the manifest says 8000" in e["reason"] for e in events)
     # the dataset alone: the row passes the size filter (manifest says 8000), reading it gives the stand-in
     ds = AudioDataset(corpus / "train.tsv", min_sample_size=400, on_error="skip")

@@ -13,21 +13,46 @@ pytest.importorskip("matplotlib")
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForPreTraining  # noqa: E402
 from wav2vec2_lite.data.manifest import write_manifest  # noqa: E402
-from wav2vec2_lite.tools.report import codebook_usage, write_report  # noqa: E402
 from wav2vec2_lite.serialization import save_model  # noqa: E402
+from wav2vec2_lite.tools.report import codebook_usage, write_report  # noqa: E402
 
 
 def _run(tmp_path):
     run = tmp_path / "run"
     torch.manual_seed(0)
-    model = Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(num_layers=1, contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=32, num_negatives=10)))
+    model = Wav2Vec2ForPreTraining(
+        Wav2Vec2Config.tiny(
+            num_layers=1,
+            contrastive=dict(num_codes_per_group=16, codevector_dim=32, final_dim=32, num_negatives=10),
+        )
+    )
     save_model(model, run / "checkpoints" / "last")
-    rows = [{"kind": "train", "update": u, "loss": 5.0 - u / 100, "contrastive_loss": 2.4 - u / 200,
-             "accuracy": 0.1, "code_perplexity": 20.0, "gumbel_temp": 2.0, "lr": 1e-3, "grad_norm": 1.0,
-             "peak_rss_mb": 500.0, "step_time_s": 0.5} for u in range(10, 110, 10)]
+    rows = [
+        {
+            "kind": "train",
+            "update": u,
+            "loss": 5.0 - u / 100,
+            "contrastive_loss": 2.4 - u / 200,
+            "accuracy": 0.1,
+            "code_perplexity": 20.0,
+            "gumbel_temp": 2.0,
+            "lr": 1e-3,
+            "grad_norm": 1.0,
+            "peak_rss_mb": 500.0,
+            "step_time_s": 0.5,
+        }
+        for u in range(10, 110, 10)
+    ]
     rows.append({"kind": "valid", "update": 100, "loss": 4.1, "accuracy": 0.2})
-    rows.append({"kind": "health", "update": 60, "symptom": "codebook_collapse", "message": "[health] collapse <b>",
-                 "numbers": {}})
+    rows.append(
+        {
+            "kind": "health",
+            "update": 60,
+            "symptom": "codebook_collapse",
+            "message": "[health] collapse <b>",
+            "numbers": {},
+        }
+    )
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (run / "config.yaml").write_text("model:\n  contrastive:\n    num_negatives: 10\n")
     (run / "run.json").write_text(json.dumps({"seed": 3, "code_version": "0.1.0+git.abc"}))
@@ -63,9 +88,13 @@ def test_report_reads_audio_as_the_run_did_and_keeps_timestamps_out_of_the_summa
     sf.write(data / "wav" / "stereo44k.wav", rng.standard_normal((22050, 2)).astype(np.float32) * 0.1, 44100)
     write_manifest(data / "valid.tsv", data, [("wav/0.wav", 8000), ("wav/stereo44k.wav", 22050)])
     records = (run / "metrics.jsonl").read_text().splitlines()
-    (run / "metrics.jsonl").write_text("\n".join(r.replace('{"kind": "train"', '{"kind": "train", "time": 1796055954.8')
-                                                 for r in records) + "\n")
-    (run / "config.yaml").write_text("model:\n  contrastive:\n    num_negatives: 10\ndata:\n  mono: mix\n  resample: soxr\n")
+    (run / "metrics.jsonl").write_text(
+        "\n".join(r.replace('{"kind": "train"', '{"kind": "train", "time": 1796055954.8') for r in records)
+        + "\n"
+    )
+    (run / "config.yaml").write_text(
+        "model:\n  contrastive:\n    num_negatives: 10\ndata:\n  mono: mix\n  resample: soxr\n"
+    )
     page = write_report(run, manifest_dir=data).read_text()
     assert "Codebook usage on valid" in page and "final train time" not in page and "final train loss" in page
     expected = codebook_usage(run / "checkpoints" / "last", data, mono="mix", resample="soxr")

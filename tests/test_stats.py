@@ -11,17 +11,52 @@ import math
 import numpy as np
 import pytest
 
-from wav2vec2_lite.tools.stats import (betainc, bootstrap_mean_ci, bootstrap_ratio_ci, median, t_cdf, t_sf,
-                                       welch_t)
+from wav2vec2_lite.tools.stats import (
+    betainc,
+    bootstrap_mean_ci,
+    bootstrap_ratio_ci,
+    median,
+    t_cdf,
+    t_sf,
+    welch_t,
+)
 
 # Wikipedia, Welch's t-test, example 1 (t = -2.46, df = 25.0, p = 0.021) and example 3 (-1.57, 9.9, 0.149)
-EX1 = ([27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4],
-       [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4],
-       -2.455356398286006, 24.988529290231416, 0.021378001462866992)
-EX3 = ([17.2, 20.9, 22.6, 18.1, 21.7, 21.4, 23.5, 24.2, 14.7, 21.8],
-       [21.5, 22.8, 21.0, 23.0, 21.6, 23.6, 22.5, 20.7, 23.4, 21.8, 20.7, 21.7, 21.5, 22.5, 23.6, 21.5, 22.5,
-        23.5, 21.5, 21.8],
-       -1.5654335235985037, 9.904741248650831, 0.14884169660532817)
+EX1 = (
+    [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4],
+    [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4],
+    -2.455356398286006,
+    24.988529290231416,
+    0.021378001462866992,
+)
+EX3 = (
+    [17.2, 20.9, 22.6, 18.1, 21.7, 21.4, 23.5, 24.2, 14.7, 21.8],
+    [
+        21.5,
+        22.8,
+        21.0,
+        23.0,
+        21.6,
+        23.6,
+        22.5,
+        20.7,
+        23.4,
+        21.8,
+        20.7,
+        21.7,
+        21.5,
+        22.5,
+        23.6,
+        21.5,
+        22.5,
+        23.5,
+        21.5,
+        21.8,
+    ],
+    -1.5654335235985037,
+    9.904741248650831,
+    0.14884169660532817,
+)
 
 
 @pytest.mark.parametrize("a, b, t, df, p", [EX1, EX3])
@@ -42,9 +77,17 @@ def test_welch_t_degenerate_and_errors():
         welch_t([1.0], [1.0, 2.0])
 
 
-@pytest.mark.parametrize("t, df, expected", [
-    (2.0, 3, 0.9303370157205785), (-1.5, 7.3, 0.08778154640154305), (4.0, 12, 0.9991191518778025),
-    (2.228, 10, 0.9749941140914443), (1.96, math.inf, 0.9750021048517795), (1.0, 1e6, 0.8413446250832108)])
+@pytest.mark.parametrize(
+    "t, df, expected",
+    [
+        (2.0, 3, 0.9303370157205785),
+        (-1.5, 7.3, 0.08778154640154305),
+        (4.0, 12, 0.9991191518778025),
+        (2.228, 10, 0.9749941140914443),
+        (1.96, math.inf, 0.9750021048517795),
+        (1.0, 1e6, 0.8413446250832108),
+    ],
+)
 def test_t_cdf_known_values(t, df, expected):
     assert t_cdf(t, df) == pytest.approx(expected, abs=1e-9)
 
@@ -62,8 +105,8 @@ def test_t_cdf_symmetric_and_monotone(df):
     ts = np.linspace(-12, 12, 241)
     cdf = np.array([t_cdf(t, df) for t in ts])
     sf = np.array([t_sf(t, df) for t in ts])
-    assert np.all(np.diff(cdf) >= 0)                        # near 1 the cdf saturates in double precision
-    assert np.all(np.diff(cdf[ts <= 0]) > 0) and np.all(np.diff(sf[ts >= 0]) < 0)   # the tails stay exact
+    assert np.all(np.diff(cdf) >= 0)  # near 1 the cdf saturates in double precision
+    assert np.all(np.diff(cdf[ts <= 0]) > 0) and np.all(np.diff(sf[ts >= 0]) < 0)  # the tails stay exact
     assert cdf[0] > 0 and sf[-1] > 0
     for t in ts:
         assert t_cdf(t, df) + t_cdf(-t, df) == pytest.approx(1.0, abs=1e-12)
@@ -72,8 +115,8 @@ def test_t_cdf_symmetric_and_monotone(df):
 
 def test_betainc_edges_and_symmetry():
     assert betainc(2.0, 3.0, 0.0) == 0.0 and betainc(2.0, 3.0, 1.0) == 1.0
-    assert betainc(1.0, 1.0, 0.3) == pytest.approx(0.3, abs=1e-14)           # uniform
-    assert betainc(2.0, 1.0, 0.4) == pytest.approx(0.16, abs=1e-14)          # x^2
+    assert betainc(1.0, 1.0, 0.3) == pytest.approx(0.3, abs=1e-14)  # uniform
+    assert betainc(2.0, 1.0, 0.4) == pytest.approx(0.16, abs=1e-14)  # x^2
     for a, b, x in [(0.5, 3.0, 0.2), (40.0, 0.5, 0.97), (3.3, 7.1, 0.6)]:
         assert betainc(a, b, x) == pytest.approx(1.0 - betainc(b, a, 1.0 - x), abs=1e-13)
     with pytest.raises(ValueError):
@@ -88,7 +131,7 @@ def test_bootstrap_ratio_ci_covers_known_ratio():
     ratio, lo, hi = bootstrap_ratio_ci(a, b, resamples=10_000, seed=0)
     assert lo < 0.6 < hi and lo < ratio < hi
     assert ratio == pytest.approx(np.mean(np.concatenate(a)) / np.mean(b))
-    assert bootstrap_ratio_ci(a, b, resamples=10_000, seed=0) == (ratio, lo, hi)   # seeded
+    assert bootstrap_ratio_ci(a, b, resamples=10_000, seed=0) == (ratio, lo, hi)  # seeded
 
 
 def test_two_level_ci_wider_when_pretraining_seeds_differ():

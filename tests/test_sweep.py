@@ -16,11 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _fake_run(folder: Path, negatives: int, acc: float) -> None:
     (folder / ".hydra").mkdir(parents=True)
-    (folder / ".hydra" / "overrides.yaml").write_text(f"- model.contrastive.num_negatives={negatives}\n- trainer.seed=1\n")
-    rows = [{"kind": "train", "update": 10, "loss": 4.0},
-            {"kind": "valid", "update": 10, "accuracy": acc / 2, "loss": 4.2},
-            {"kind": "train", "update": 20, "loss": 3.0},
-            {"kind": "valid", "update": 20, "accuracy": acc, "loss": 3.5}]
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        f"- model.contrastive.num_negatives={negatives}\n- trainer.seed=1\n"
+    )
+    rows = [
+        {"kind": "train", "update": 10, "loss": 4.0},
+        {"kind": "valid", "update": 10, "accuracy": acc / 2, "loss": 4.2},
+        {"kind": "train", "update": 20, "loss": 3.0},
+        {"kind": "valid", "update": 20, "accuracy": acc, "loss": 3.5},
+    ]
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
@@ -39,8 +43,11 @@ def test_cli_writes_summary_and_plot(tmp_path):
     pytest.importorskip("matplotlib")
     _fake_run(tmp_path / "0", 10, 0.3)
     _fake_run(tmp_path / "1", 50, 0.4)
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path), "--plot", "accuracy"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize_sweep.py"), str(tmp_path), "--plot", "accuracy"],
+        check=True,
+        capture_output=True,
+    )
     assert "0.4" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "sweep_accuracy.png").stat().st_size > 1000
 

@@ -16,12 +16,18 @@ def test_tensorboard_event_files_hold_the_logged_scalars(tmp_path):
 
     logger = MetricsLogger(tmp_path, tensorboard=True, progress=False)
     for update in (10, 20, 30):
-        logger.log("train", update, {"loss": 5.0 - update / 10, "accuracy": update / 100, "note": "text"}, epoch=0)
+        logger.log(
+            "train", update, {"loss": 5.0 - update / 10, "accuracy": update / 100, "note": "text"}, epoch=0
+        )
     logger.log("valid", 30, {"loss": 3.25})
     logger.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert sorted(events.Tags()["scalars"]) == ["train/accuracy", "train/loss", "valid/loss"]  # no time, no text
+    assert sorted(events.Tags()["scalars"]) == [
+        "train/accuracy",
+        "train/loss",
+        "valid/loss",
+    ]  # no time, no text
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for tag in ("train/loss", "train/accuracy", "valid/loss"):
         kind, key = tag.split("/")

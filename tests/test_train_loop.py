@@ -10,33 +10,60 @@ from pathlib import Path
 import pytest
 import torch
 
-from _helpers import deep_merge
 from wav2vec2_lite.train.checkpoint import CheckpointError, load_checkpoint
 from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import NonFiniteError, Trainer
 
+from _helpers import deep_merge
+
 REPO = Path(__file__).resolve().parent.parent
 
-MICRO = dict(preset="tiny", num_layers=2, hidden_size=64, ffn_dim=128, num_heads=2, conv_dim=[32] * 7,
-             pos_conv_kernel=16, pos_conv_groups=16, mask_time_length=3, mask_time_prob=0.5, layerdrop=0.0, contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10))
+MICRO = dict(
+    preset="tiny",
+    num_layers=2,
+    hidden_size=64,
+    ffn_dim=128,
+    num_heads=2,
+    conv_dim=[32] * 7,
+    pos_conv_kernel=16,
+    pos_conv_groups=16,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
+)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    return make_toy_corpus(tmp_path_factory.mktemp("toy"), train=80, valid=16, seed=0, min_words=2, max_words=3)
+    return make_toy_corpus(
+        tmp_path_factory.mktemp("toy"), train=80, valid=16, seed=0, min_words=2, max_words=3
+    )
 
 
 def make_cfg(task: str, corpus: Path, **over):
     base = {
         "task": task,
-        "data": {"manifest_dir": str(corpus), "max_sample_size": 12000 if task == "pretrain" else None,
-                 "min_sample_size": 4000 if task == "pretrain" else 0, "max_tokens": 48000},
+        "data": {
+            "manifest_dir": str(corpus),
+            "max_sample_size": 12000 if task == "pretrain" else None,
+            "min_sample_size": 4000 if task == "pretrain" else 0,
+            "max_tokens": 48000,
+        },
         "optim": {"lr": 2e-3, "clip_norm": 5.0},
-        "schedule": {"name": "polynomial", "warmup_updates": 2} if task == "pretrain" else {"name": "tri_stage"},
-        "trainer": {"max_updates": 4, "log_interval": 1, "save_interval": 1000, "progress": False,
-                    "valid_interval": 0, "seed": 3},
+        "schedule": {"name": "polynomial", "warmup_updates": 2}
+        if task == "pretrain"
+        else {"name": "tri_stage"},
+        "trainer": {
+            "max_updates": 4,
+            "log_interval": 1,
+            "save_interval": 1000,
+            "progress": False,
+            "valid_interval": 0,
+            "seed": 3,
+        },
     }
     if task == "pretrain":
         base["model"] = dict(MICRO)
@@ -60,18 +87,39 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
     of updates).
     """
     K, G, V = 20, 2, 32
-    cfg = make_cfg("pretrain", corpus,
-                   model={"hidden_size": 128, "ffn_dim": 256, "conv_dim": [64] * 7, "feature_grad_mult": 1.0,
-                          "contrastive": {"codevector_dim": 64, "final_dim": 64, "num_code_groups": G,
-                                          "num_codes_per_group": V, "num_negatives": K, "feature_penalty_weight": 0.0,
-                                          "gumbel_temperature": [2.0, 0.5, 0.995]}},
-                   schedule={"warmup_updates": 30}, trainer={"max_updates": 500, "log_interval": 50},
-                   health={"grace_updates": 250, "window": 10})
+    cfg = make_cfg(
+        "pretrain",
+        corpus,
+        model={
+            "hidden_size": 128,
+            "ffn_dim": 256,
+            "conv_dim": [64] * 7,
+            "feature_grad_mult": 1.0,
+            "contrastive": {
+                "codevector_dim": 64,
+                "final_dim": 64,
+                "num_code_groups": G,
+                "num_codes_per_group": V,
+                "num_negatives": K,
+                "feature_penalty_weight": 0.0,
+                "gumbel_temperature": [2.0, 0.5, 0.995],
+            },
+        },
+        schedule={"warmup_updates": 30},
+        trainer={"max_updates": 500, "log_interval": 50},
+        health={"grace_updates": 250, "window": 10},
+    )
     result = Trainer(cfg, tmp_path).fit()
     valid = result["valid"]  # held-out utterances, masks from a fixed validation generator, eval mode
     train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
-    print({k: round(v, 3) for k, v in valid.items()}, [round(r["contrastive_loss"], 3) for r in train],
-          "step_time_s", train[-1]["step_time_s"], "peak_rss_mb", train[-1]["peak_rss_mb"])
+    print(
+        {k: round(v, 3) for k, v in valid.items()},
+        [round(r["contrastive_loss"], 3) for r in train],
+        "step_time_s",
+        train[-1]["step_time_s"],
+        "peak_rss_mb",
+        train[-1]["peak_rss_mb"],
+    )
     chance = math.log(K + 1)
     assert valid["contrastive_loss"] < chance - 0.3, (valid["contrastive_loss"], chance)
     assert valid["accuracy"] >= 5 / (K + 1)
@@ -84,8 +132,13 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
 
 def test_health_monitor_flags_a_run_stuck_at_chance(corpus, tmp_path):
     """lr ~ 0: the contrastive loss cannot leave ln(K+1); the monitor says so once, with remedies."""
-    cfg = make_cfg("pretrain", corpus, optim={"lr": 1e-12}, trainer={"max_updates": 40},
-                   health={"grace_updates": 10, "window": 5})
+    cfg = make_cfg(
+        "pretrain",
+        corpus,
+        optim={"lr": 1e-12},
+        trainer={"max_updates": 40},
+        health={"grace_updates": 10, "window": 5},
+    )
     Trainer(cfg, tmp_path).fit()
     health = read_metrics(tmp_path / "metrics.jsonl", kind="health")
     stuck = [h for h in health if h["symptom"] == "stuck_at_chance"]
@@ -99,14 +152,28 @@ def test_health_monitor_flags_a_run_stuck_at_chance(corpus, tmp_path):
 def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path, precision):
     """6 updates straight == 3 updates, a new process-like Trainer resuming from `last`, 3 more
     (in bf16 too, whose Linear weights live in one flat buffer cast once per forward)."""
-    over = dict(model={"dropout": 0.1, "attention_dropout": 0.1, "layerdrop": 0.3, "contrastive": {"dropout_features": 0.1}},
-                schedule={"total_updates": 6}, trainer={"save_interval": 3, "update_freq": 2, "precision": precision})
-    straight = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a")
+    over = dict(
+        model={
+            "dropout": 0.1,
+            "attention_dropout": 0.1,
+            "layerdrop": 0.3,
+            "contrastive": {"dropout_features": 0.1},
+        },
+        schedule={"total_updates": 6},
+        trainer={"save_interval": 3, "update_freq": 2, "precision": precision},
+    )
+    straight = Trainer(
+        make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "a"
+    )
     straight.fit()
     assert (straight.precision.weights is not None) == (precision == "bf16")
-    first = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 3}})), tmp_path / "b")
+    first = Trainer(
+        make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 3}})), tmp_path / "b"
+    )
     first.fit()
-    resumed = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "b")
+    resumed = Trainer(
+        make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"max_updates": 6}})), tmp_path / "b"
+    )
     assert resumed.update == 3 and resumed.consumed == first.consumed
     resumed.fit()
     a, b = params(straight.model), params(resumed.model)
@@ -123,7 +190,9 @@ def test_resume_is_bit_exact_with_masking_dropout_layerdrop(corpus, tmp_path, pr
 # ----------------------------------------------------------------------------- precision
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_with_finite_decreasing_loss(corpus, tmp_path, precision):
-    cfg = make_cfg("pretrain", corpus, trainer={"precision": precision, "max_updates": 8}, schedule={"warmup_updates": 1})
+    cfg = make_cfg(
+        "pretrain", corpus, trainer={"precision": precision, "max_updates": 8}, schedule={"warmup_updates": 1}
+    )
     result = Trainer(cfg, tmp_path).fit()
     rows = read_metrics(tmp_path / "metrics.jsonl", kind="train")
     losses = [r["loss"] for r in rows]
@@ -159,21 +228,34 @@ def test_bf16_pretraining_follows_the_float32_loss_curve(corpus, tmp_path):
 
     curves = {}
     for precision in ("32", "bf16"):
-        cfg = make_cfg("pretrain", corpus, trainer={"precision": precision, "max_updates": 20},
-                       schedule={"warmup_updates": 5})
+        cfg = make_cfg(
+            "pretrain",
+            corpus,
+            trainer={"precision": precision, "max_updates": 20},
+            schedule={"warmup_updates": 5},
+        )
         Trainer(cfg, tmp_path / precision).fit()
-        curves[precision] = [r["loss"] for r in read_metrics(tmp_path / precision / "metrics.jsonl", kind="train")]
+        curves[precision] = [
+            r["loss"] for r in read_metrics(tmp_path / precision / "metrics.jsonl", kind="train")
+        ]
     fp32, bf16 = curves["32"], curves["bf16"]
     assert len(fp32) == len(bf16) == 20
     assert sum(fp32[-5:]) < sum(fp32[:5])  # the curve it follows does go down
     rel = [abs(b - f) / abs(f) for f, b in zip(fp32, bf16)]
 
-    one = make_cfg("pretrain", corpus, trainer={"precision": "bf16", "max_updates": 1}, schedule={"warmup_updates": 5})
-    draws = [_loss_at_update_1(one, tmp_path / f"draw{i}", rounded_bf16(torch.Generator().manual_seed(i)))
-             for i in range(8)]
+    one = make_cfg(
+        "pretrain", corpus, trainer={"precision": "bf16", "max_updates": 1}, schedule={"warmup_updates": 5}
+    )
+    draws = [
+        _loss_at_update_1(one, tmp_path / f"draw{i}", rounded_bf16(torch.Generator().manual_seed(i)))
+        for i in range(8)
+    ]
     sensitivity = math.sqrt(sum(((d - fp32[0]) / fp32[0]) ** 2 for d in draws) / len(draws))
-    print("bf16 vs float32, relative loss difference per update:", [f"{r:.1e}" for r in rel],
-          f"update-1 rounding sensitivity (RMS) {sensitivity:.2e}")
+    print(
+        "bf16 vs float32, relative loss difference per update:",
+        [f"{r:.1e}" for r in rel],
+        f"update-1 rounding sensitivity (RMS) {sensitivity:.2e}",
+    )
     assert 0 < sensitivity < 0.005  # the emulation did round, and the loss is not ill-conditioned
     assert rel[0] <= 4 * sensitivity
     assert max(rel[1:]) < 0.02
@@ -181,7 +263,9 @@ def test_bf16_pretraining_follows_the_float32_loss_curve(corpus, tmp_path):
 
 # ----------------------------------------------------------------------------- non-finite
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, monkeypatch):
-    cfg = make_cfg("pretrain", corpus, trainer={"max_updates": 6, "save_interval": 2, "max_consecutive_nonfinite": 3})
+    cfg = make_cfg(
+        "pretrain", corpus, trainer={"max_updates": 6, "save_interval": 2, "max_consecutive_nonfinite": 3}
+    )
     trainer = Trainer(cfg, tmp_path)
     real_loss = trainer.task.loss
     calls = {"n": 0}
@@ -207,9 +291,14 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(corpus, tmp_path, 
 # ----------------------------------------------------------------------------- fine-tuning
 def test_finetune_from_pretraining_run_freezes_then_trains(corpus, tmp_path):
     Trainer(make_cfg("pretrain", corpus, trainer={"max_updates": 2}), tmp_path / "pt").fit()
-    cfg = make_cfg("finetune", corpus, model=None, finetune={"pretrained": str(tmp_path / "pt"),
-                                                            "freeze_finetune_updates": 2},
-                   trainer={"max_updates": 4}, optim={"lr": 1e-3})
+    cfg = make_cfg(
+        "finetune",
+        corpus,
+        model=None,
+        finetune={"pretrained": str(tmp_path / "pt"), "freeze_finetune_updates": 2},
+        trainer={"max_updates": 4},
+        optim={"lr": 1e-3},
+    )
     trainer = Trainer(cfg, tmp_path / "ft")
     pre_conv = trainer.model.wav2vec2.feature_encoder.conv_layers[0].conv.weight.detach().clone()
     pre_layer = trainer.model.wav2vec2.context.layers[0].feed_forward.fc1.weight.detach().clone()
@@ -217,7 +306,9 @@ def test_finetune_from_pretraining_run_freezes_then_trains(corpus, tmp_path):
     rows = read_metrics(tmp_path / "ft" / "metrics.jsonl", kind="train")
     assert [r["encoder_frozen"] for r in rows] == [1.0, 1.0, 0.0, 0.0]
     assert torch.equal(trainer.model.wav2vec2.feature_encoder.conv_layers[0].conv.weight, pre_conv)
-    assert not torch.equal(trainer.model.wav2vec2.context.layers[0].feed_forward.fc1.weight, pre_layer)  # unfrozen
+    assert not torch.equal(
+        trainer.model.wav2vec2.context.layers[0].feed_forward.fc1.weight, pre_layer
+    )  # unfrozen
     valid = read_metrics(tmp_path / "ft" / "metrics.jsonl", kind="valid")[-1]
     assert {"wer", "cer", "blank_only", "loss"} <= set(valid)
     assert (tmp_path / "ft" / "checkpoints" / "best" / "dict.ltr.txt").is_file()
@@ -226,9 +317,11 @@ def test_finetune_from_pretraining_run_freezes_then_trains(corpus, tmp_path):
 def test_per_part_lr_scales_each_part_s_first_step(corpus, tmp_path):
     """optim.lr_scale: same data and gradients, so the first AdamW step (~ lr * sign(grad)) of
     the scaled head is 4x the plain run's, the context network's 0.5x, the rest unchanged."""
+
     def first_step(lr_scale, name):
-        cfg = make_cfg("finetune", corpus, optim={"lr_scale": lr_scale, "weight_decay": 0.0},
-                       trainer={"max_updates": 1})
+        cfg = make_cfg(
+            "finetune", corpus, optim={"lr_scale": lr_scale, "weight_decay": 0.0}, trainer={"max_updates": 1}
+        )
         t = Trainer(cfg, tmp_path / name)
         before = {k: v.detach().clone() for k, v in t.model.named_parameters() if v.requires_grad}
         t.fit()
@@ -242,8 +335,9 @@ def test_per_part_lr_scales_each_part_s_first_step(corpus, tmp_path):
         ratio = 4.0 if k.startswith("lm_head.") else 0.5 if k.startswith("wav2vec2.context.") else 1.0
         # the steps are read back as differences of float32 parameters: a few ulps of the
         # parameter (1e-7 near 1.0), well below the smallest step compared (0.5 x 2e-3 x ~1)
-        torch.testing.assert_close(scaled[k], ratio * plain[k], rtol=1e-3, atol=3e-7,
-                                   msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(
+            scaled[k], ratio * plain[k], rtol=1e-3, atol=3e-7, msg=lambda m, k=k: f"{k}: {m}"
+        )
     assert any(k.startswith("wav2vec2.feature_projection.") for k in moved)
     # resuming a run with other per-part lrs would load the wrong optimizer groups: refused, named
     with pytest.raises(CheckpointError, match=r"optim.lr_scale=\{'lm_head': 4.0, 'wav2vec2.context': 0.5\}"):
@@ -252,11 +346,16 @@ def test_per_part_lr_scales_each_part_s_first_step(corpus, tmp_path):
 
 def test_finetune_learns_and_leaves_blank_plateau(corpus, tmp_path):
     """CTC from scratch on the toy corpus: loss falls and outputs are no longer all blank."""
-    cfg = make_cfg("finetune", corpus, trainer={"max_updates": 300, "log_interval": 25, "valid_interval": 0},
-                   optim={"lr": 3e-3}, finetune={"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
-                   ctc={"mask_time_prob": 0.0, "feature_grad_mult": 1.0},
-                   schedule={"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
-                   health={"grace_updates": 50, "window": 10})
+    cfg = make_cfg(
+        "finetune",
+        corpus,
+        trainer={"max_updates": 300, "log_interval": 25, "valid_interval": 0},
+        optim={"lr": 3e-3},
+        finetune={"freeze_finetune_updates": 0, "freeze_feature_encoder": False},
+        ctc={"mask_time_prob": 0.0, "feature_grad_mult": 1.0},
+        schedule={"name": "tri_stage", "phase_ratio": [0.1, 0.6, 0.3]},
+        health={"grace_updates": 50, "window": 10},
+    )
     Trainer(cfg, tmp_path).fit()
     train = read_metrics(tmp_path / "metrics.jsonl", kind="train")
     valid = read_metrics(tmp_path / "metrics.jsonl", kind="valid")[-1]
@@ -274,8 +373,13 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     from wav2vec2_lite.train import distributed
 
@@ -291,25 +395,39 @@ def test_ddp_gloo_two_processes_match_one_process(corpus, tmp_path):
     import torch.multiprocessing as mp
 
     over = dict(model={"dropout": 0.1, "layerdrop": 0.0}, trainer={"max_updates": 3, "valid_interval": 0})
-    single = Trainer(make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"update_freq": 2}})), tmp_path / "one")
+    single = Trainer(
+        make_cfg("pretrain", corpus, **deep_merge(over, {"trainer": {"update_freq": 2}})), tmp_path / "one"
+    )
     single.fit()
     cfg = make_cfg("pretrain", corpus, **over)
     from omegaconf import OmegaConf
 
     cfg_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg_dict, str(tmp_path / "two"), str(out)), nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker, args=(2, _free_port(), cfg_dict, str(tmp_path / "two"), str(out)), nprocs=2, join=True
+    )
     two = torch.load(out, weights_only=True)
     one = params(single.model)
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < 1e-4, worst
-    assert any(not torch.equal(one[k], params(Trainer(make_cfg("pretrain", corpus, **over), tmp_path / "x").model)[k])
-               for k in one)  # training moved the weights
+    assert any(
+        not torch.equal(
+            one[k], params(Trainer(make_cfg("pretrain", corpus, **over), tmp_path / "x").model)[k]
+        )
+        for k in one
+    )  # training moved the weights
 
 
 def test_health_grace_period_follows_the_schedule(corpus, tmp_path):
     """The grace period starts after the lr warmup of the configured schedule (tri-stage: its first phase)."""
-    ft = Trainer(make_cfg("finetune", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}), tmp_path / "f")
+    ft = Trainer(
+        make_cfg("finetune", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}),
+        tmp_path / "f",
+    )
     assert ft.health.start == 100 + 50  # 10 % of 1000 updates, then the grace period
-    pt = Trainer(make_cfg("pretrain", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}), tmp_path / "p")
+    pt = Trainer(
+        make_cfg("pretrain", corpus, trainer={"max_updates": 1000}, health={"grace_updates": 50}),
+        tmp_path / "p",
+    )
     assert pt.health.start == 2 + 50

@@ -18,15 +18,24 @@ TRAINER = Path(__file__).resolve().parent.parent / "wav2vec2_lite" / "train" / "
 
 
 def _pretrain_task() -> PretrainTask:
-    return PretrainTask(to_run_config({"task": "pretrain", "model": {"preset": "tiny"},
-                                       "data": {"manifest_dir": "/nonexistent"}}))
+    return PretrainTask(
+        to_run_config(
+            {"task": "pretrain", "model": {"preset": "tiny"}, "data": {"manifest_dir": "/nonexistent"}}
+        )
+    )
 
 
 def _sums(loss: float, frames: float, hist: torch.Tensor | None = None) -> PretrainSums:
     t = torch.tensor
-    return PretrainSums(sample_size=t(frames), loss_sum=t(loss), num_correct=t(1.0), batches=t(1.0),
-                        losses={"contrastive_loss": t(loss / 2)}, metrics={"code_perplexity": t(3.0)},
-                        code_hist=hist)
+    return PretrainSums(
+        sample_size=t(frames),
+        loss_sum=t(loss),
+        num_correct=t(1.0),
+        batches=t(1.0),
+        losses={"contrastive_loss": t(loss / 2)},
+        metrics={"code_perplexity": t(3.0)},
+        code_hist=hist,
+    )
 
 
 def test_both_tasks_follow_the_contract():
@@ -86,9 +95,11 @@ def test_the_pretraining_task_reports_typed_records():
     assert isinstance(stats, PretrainSums) and stats.code_hist is None and evals.code_hist is not None
     assert float(stats.loss_sum) == pytest.approx(float(loss_sum.detach())) and float(stats.batches) == 1.0
     summary = task.summarize(stats + evals)
-    assert math.isclose(summary["loss"], float(stats.loss_sum + evals.loss_sum) / float(stats.sample_size
-                                                                                         + evals.sample_size),
-                        rel_tol=1e-6)
+    assert math.isclose(
+        summary["loss"],
+        float(stats.loss_sum + evals.loss_sum) / float(stats.sample_size + evals.sample_size),
+        rel_tol=1e-6,
+    )
     assert set(stats.losses) <= set(summary) and set(stats.metrics) <= set(summary)
     assert task.frozen_encoder(0) is False
 
@@ -99,10 +110,24 @@ def test_ctc_summaries_training_and_validation():
     train = FinetuneTask.summarize(CtcTrainSums(**counts, ctc_inf=t(1.0)))
     assert train == {"loss": 5.0, "loss_per_char": 0.5}
     assert CtcTrainSums(**counts, ctc_inf=t(1.0)).health_numbers() == {"ctc_inf": 1.0}
-    evals = CtcEvalSums(**counts, wer_err=t(1.0), wer_ref=t(4.0), cer_err=t(2.0), cer_ref=t(20.0),
-                        blank_only=t(1.0), hyp_chars=t(10.0), ref_chars=t(20.0))
-    assert FinetuneTask.summarize(evals) == {"loss": 5.0, "loss_per_char": 0.5, "wer": 0.25, "cer": 0.1,
-                                             "blank_only": 0.5, "output_length_ratio": 0.5}
+    evals = CtcEvalSums(
+        **counts,
+        wer_err=t(1.0),
+        wer_ref=t(4.0),
+        cer_err=t(2.0),
+        cer_ref=t(20.0),
+        blank_only=t(1.0),
+        hyp_chars=t(10.0),
+        ref_chars=t(20.0),
+    )
+    assert FinetuneTask.summarize(evals) == {
+        "loss": 5.0,
+        "loss_per_char": 0.5,
+        "wer": 0.25,
+        "cer": 0.1,
+        "blank_only": 0.5,
+        "output_length_ratio": 0.5,
+    }
 
 
 def test_a_log_window_sums_counts_and_keeps_the_last_state():
@@ -112,7 +137,9 @@ def test_a_log_window_sums_counts_and_keeps_the_last_state():
     record = window.record(task.summarize, sample_rate=16000)
     assert record["loss"] == pytest.approx(2.0) and record["lr"] == 2e-3 and record["grad_norm"] == 3.0
     assert record["gumbel_temp"] == 1.9 and "loss_scale" not in record
-    assert record["step_time_s"] == 1.0 and record["audio_s_per_s"] == 1.0 and record["samples_per_s"] == 16000.0
+    assert (
+        record["step_time_s"] == 1.0 and record["audio_s_per_s"] == 1.0 and record["samples_per_s"] == 16000.0
+    )
     assert window.updates == [] and window.seconds == 0.0
     fp16 = UpdateStats(_sums(1.0, 1.0), 1.0, 1e-3, 1.0, {}, loss_scale=128.0, fp16_overflows=2)
     assert fp16.state() == {"lr": 1e-3, "grad_norm": 1.0, "loss_scale": 128.0, "fp16_overflows": 2}

@@ -14,29 +14,51 @@ import pytest
 import torch
 from torch import nn
 
-from wav2vec2_lite.train.checkpoint import (
-    STATE_FILE, WEIGHTS_FILE, CheckpointError, atomic_torch_save, atomic_write_bytes, capture_rng_state,
-    load_checkpoint, load_training_state, resolve_checkpoint, restore_rng_state, save_checkpoint,
-)
-from wav2vec2_lite.train.logging import MetricsLogger, code_version, peak_memory_mb, read_metrics, write_run_info
-from wav2vec2_lite.train.precision import Precision, parse_precision
 from wav2vec2_lite.data.collate import derive_seed
+from wav2vec2_lite.train.checkpoint import (
+    STATE_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    capture_rng_state,
+    load_checkpoint,
+    load_training_state,
+    resolve_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from wav2vec2_lite.train.logging import (
+    MetricsLogger,
+    code_version,
+    peak_memory_mb,
+    read_metrics,
+    write_run_info,
+)
 from wav2vec2_lite.train.optim import param_groups
+from wav2vec2_lite.train.precision import Precision, parse_precision
 from wav2vec2_lite.train.schedules import (
-    SCHEDULES, Constant, Polynomial, TriStage, build_schedule, make_schedule,
+    SCHEDULES,
+    Constant,
+    Polynomial,
+    TriStage,
+    build_schedule,
+    make_schedule,
 )
 
 
 # ----------------------------------------------------------------------------- schedules
 def test_polynomial_decay_matches_fairseq_formula():
     f = lambda u, **kw: Polynomial(warmup_updates=100, **kw).lr_at(u, lr=5e-4, total=1000)
-    assert f(0) == pytest.approx(5e-6)          # first update: lr / warmup
+    assert f(0) == pytest.approx(5e-6)  # first update: lr / warmup
     assert f(49) == pytest.approx(2.5e-4)
-    assert f(100) == pytest.approx(5e-4)        # peak right after warmup
-    assert f(550) == pytest.approx(2.5e-4)      # linear decay, halfway
+    assert f(100) == pytest.approx(5e-4)  # peak right after warmup
+    assert f(550) == pytest.approx(2.5e-4)  # linear decay, halfway
     assert f(1000) == 0.0
     assert f(550, power=2.0) == pytest.approx(5e-4 * 0.25)
-    assert Polynomial(warmup_updates=100).warmup(1000) == 100 and Polynomial(warmup_updates=100).warmup(50) == 50
+    assert (
+        Polynomial(warmup_updates=100).warmup(1000) == 100 and Polynomial(warmup_updates=100).warmup(50) == 50
+    )
 
 
 def test_tri_stage_phases():
@@ -46,7 +68,7 @@ def test_tri_stage_phases():
     assert f(0) == pytest.approx(lr * 0.01 + lr * 0.99 / 100)
     assert f(99) == pytest.approx(lr)
     assert all(f(u) == pytest.approx(lr) for u in (100, 300, 499))
-    assert f(500 + 250) == pytest.approx(lr * math.sqrt(0.05))       # exponential: geometric midpoint
+    assert f(500 + 250) == pytest.approx(lr * math.sqrt(0.05))  # exponential: geometric midpoint
     assert f(1000) == pytest.approx(lr * 0.05)
     assert f(5000) == pytest.approx(lr * 0.05)
     lrs = [f(u) for u in range(500, 1000)]
@@ -93,7 +115,9 @@ def test_no_weight_decay_on_biases_and_norms():
 
 
 def test_lr_scale_groups_take_the_longest_prefix_and_the_schedule_applies_them():
-    m = nn.ModuleDict({"body": nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)}), "head": nn.Linear(4, 2)})
+    m = nn.ModuleDict(
+        {"body": nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)}), "head": nn.Linear(4, 2)}
+    )
     # nested keys (as Hydra builds them from +optim.lr_scale.body.a=...) are joined with dots
     groups = param_groups(m, 0.01, decay_bias_and_norm=False, lr_scale={"body": {"a": 0.25}, "head": 4})
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
@@ -109,12 +133,16 @@ def test_lr_scale_groups_take_the_longest_prefix_and_the_schedule_applies_them()
     build_schedule(Constant(), lr=1e-3, max_updates=10).step(opt, 0)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lr_of[id(m["body"]["a"].weight)] == pytest.approx(2.5e-4)
-    assert lr_of[id(m["body"]["b"].bias)] == pytest.approx(5e-4) and lr_of[id(m["head"].bias)] == pytest.approx(1e-3)
+    assert lr_of[id(m["body"]["b"].bias)] == pytest.approx(5e-4) and lr_of[
+        id(m["head"].bias)
+    ] == pytest.approx(1e-3)
 
 
 def test_lr_scale_rejects_a_prefix_that_names_nothing_or_only_frozen_parameters():
     m = nn.ModuleDict({"encoder": nn.Linear(4, 4), "head": nn.Linear(4, 2)})
-    with pytest.raises(ValueError, match=r"'hed' names no parameter of this model; its parts include encoder.bias"):
+    with pytest.raises(
+        ValueError, match=r"'hed' names no parameter of this model; its parts include encoder.bias"
+    ):
         param_groups(m, 0.0, False, {"hed": 2.0})
     with pytest.raises(ValueError, match="names no parameter"):
         param_groups(m, 0.0, False, {"head.weigh": 2.0})  # a prefix ends at a dot, not mid-name
@@ -193,7 +221,9 @@ def _fake_weights(model, directory):
 def test_checkpoint_roundtrip_and_integrity(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    root = save_checkpoint(tmp_path, "last", model, {"update": 7, "x": torch.arange(3)}, save_weights=_fake_weights)
+    root = save_checkpoint(
+        tmp_path, "last", model, {"update": 7, "x": torch.arange(3)}, save_weights=_fake_weights
+    )
     assert root == tmp_path / "last"
     other = nn.Linear(3, 2)
     state = load_checkpoint(root, other)
@@ -305,8 +335,12 @@ def test_code_version_and_memory():
 
     import wav2vec2_lite
 
-    described = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True,
-                               cwd=Path(wav2vec2_lite.__file__).parent)
+    described = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--tags"],
+        capture_output=True,
+        text=True,
+        cwd=Path(wav2vec2_lite.__file__).parent,
+    )
     if described.returncode == 0:  # a git checkout: the commit (and dirtiness) is recorded
         assert code_version() == f"{wav2vec2_lite.__version__}+git.{described.stdout.strip()}"
     else:

@@ -10,11 +10,11 @@ import soundfile as sf
 import torch
 
 from wav2vec2_lite import Wav2Vec2Config, Wav2Vec2ForCTC
-from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import greedy_decode
-from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.asr.transcribe import Transcriber
+from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.interop.sources import detect
+from wav2vec2_lite.serialization import save_model
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,9 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     tok = CharTokenizer(list("|ABC"))
     torch.manual_seed(0)
-    model = Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer",
-                                               conv_bias=True))
+    model = Wav2Vec2ForCTC(
+        Wav2Vec2Config.tiny(num_layers=1, vocab_size=len(tok), feat_extract_norm="layer", conv_bias=True)
+    )
     with torch.no_grad():  # favour letters over blank so that the transcript is not empty
         model.lm_head.bias[0] = -5.0
     save_model(model, root / "checkpoints" / "best")
@@ -83,7 +84,9 @@ def test_cli_prints_text_and_json(run_dir, tmp_path, capsys):
     from wav2vec2_lite.cli import transcribe
 
     root, _, _ = run_dir
-    sf.write(tmp_path / "b.wav", np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    sf.write(
+        tmp_path / "b.wav", np.random.default_rng(2).standard_normal(16000).astype(np.float32) * 0.1, 16000
+    )
     transcribe([str(root), str(tmp_path / "b.wav")])
     path, text = capsys.readouterr().out.strip().split("\t")
     assert path.endswith("b.wav") and text
@@ -101,7 +104,9 @@ def test_transcribe_all_yields_a_failure_per_bad_input_and_goes_on(run_dir, tmp_
     sf.write(tmp_path / "ok.wav", rng.standard_normal(8000).astype(np.float32) * 0.1, 16000)
     sf.write(tmp_path / "short.wav", rng.standard_normal(399).astype(np.float32) * 0.1, 16000)
     tr = Transcriber.from_path(root)
-    with pytest.raises(AudioError, match=r"short.wav: 399 samples at 16000 Hz, shorter than the model's 400-sample"):
+    with pytest.raises(
+        AudioError, match=r"short.wav: 399 samples at 16000 Hz, shorter than the model's 400-sample"
+    ):
         tr.transcribe_file(tmp_path / "short.wav")
     out = list(transcribe_all(tr, [tmp_path / "short.wav", tmp_path / "gone.wav", tmp_path / "ok.wav"]))
     assert [type(o).__name__ for o in out] == ["Failure", "Failure", "Transcript"]

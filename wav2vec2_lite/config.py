@@ -138,17 +138,45 @@ class Wav2Vec2Config:
         need(len(self.conv_kernel) == n, "conv_kernel", f"must have {n} entries like conv_dim")
         need(len(self.conv_stride) == n, "conv_stride", f"must have {n} entries like conv_dim")
         for key in ("conv_dim", "conv_kernel", "conv_stride"):
-            need(all(isinstance(v, int) and v > 0 for v in getattr(self, key)), key, "entries must be positive ints")
+            need(
+                all(isinstance(v, int) and v > 0 for v in getattr(self, key)),
+                key,
+                "entries must be positive ints",
+            )
         need(self.feat_extract_norm in ("group", "layer"), "feat_extract_norm", "must be 'group' or 'layer'")
         need(self.feature_grad_mult >= 0, "feature_grad_mult", "must be >= 0")
-        for key in ("hidden_size", "num_layers", "num_heads", "ffn_dim", "pos_conv_kernel", "pos_conv_groups",
-                    "mask_time_length", "mask_channel_length", "vocab_size"):
-            need(isinstance(getattr(self, key), int) and getattr(self, key) > 0, key, "must be a positive int")
-        need(self.hidden_size % self.num_heads == 0, "num_heads", f"must divide hidden_size={self.hidden_size}")
-        need(self.hidden_size % self.pos_conv_groups == 0, "pos_conv_groups",
-             f"must divide hidden_size={self.hidden_size}")
-        for key in ("dropout_input", "dropout", "attention_dropout", "activation_dropout",
-                    "layerdrop", "mask_time_prob", "mask_channel_prob", "final_dropout"):
+        for key in (
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "ffn_dim",
+            "pos_conv_kernel",
+            "pos_conv_groups",
+            "mask_time_length",
+            "mask_channel_length",
+            "vocab_size",
+        ):
+            need(
+                isinstance(getattr(self, key), int) and getattr(self, key) > 0, key, "must be a positive int"
+            )
+        need(
+            self.hidden_size % self.num_heads == 0, "num_heads", f"must divide hidden_size={self.hidden_size}"
+        )
+        need(
+            self.hidden_size % self.pos_conv_groups == 0,
+            "pos_conv_groups",
+            f"must divide hidden_size={self.hidden_size}",
+        )
+        for key in (
+            "dropout_input",
+            "dropout",
+            "attention_dropout",
+            "activation_dropout",
+            "layerdrop",
+            "mask_time_prob",
+            "mask_channel_prob",
+            "final_dropout",
+        ):
             v = getattr(self, key)
             need(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, key, "must be in [0, 1]")
         need(self.layerdrop < 1.0, "layerdrop", "must be < 1")
@@ -162,9 +190,12 @@ class Wav2Vec2Config:
                 getattr(self, name).validate()
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"Wav2Vec2Config.{e}") from None
-        need(self.objective != "best_rq" or self.frame_stride % 160 == 0, "conv_stride",
-             f"best_rq stacks 10 ms log-mel frames onto encoder frames: the frame stride ({self.frame_stride} "
-             f"samples) must be a multiple of 160")
+        need(
+            self.objective != "best_rq" or self.frame_stride % 160 == 0,
+            "conv_stride",
+            f"best_rq stacks 10 ms log-mel frames onto encoder frames: the frame stride ({self.frame_stride} "
+            f"samples) must be a multiple of 160",
+        )
 
     # ------------------------------------------------------------- derived
     @property
@@ -196,8 +227,10 @@ class Wav2Vec2Config:
         known = {f.name for f in fields(cls)}
         moved = sorted(k for k in data if k not in known and k in MOVED_KEYS)
         if moved:
-            raise ConfigError(f"Wav2Vec2Config.{moved[0]} is now Wav2Vec2Config.{MOVED_KEYS[moved[0]]} (each "
-                              f"objective owns its settings; override it as model.{MOVED_KEYS[moved[0]]})")
+            raise ConfigError(
+                f"Wav2Vec2Config.{moved[0]} is now Wav2Vec2Config.{MOVED_KEYS[moved[0]]} (each "
+                f"objective owns its settings; override it as model.{MOVED_KEYS[moved[0]]})"
+            )
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"Wav2Vec2Config: unknown key(s) {unknown}; known keys: {sorted(known)}")
@@ -252,8 +285,9 @@ _LARGE: dict[str, Any] = dict(
     ffn_dim=4096,
     layer_norm_first=True,
     layerdrop=0.0,
-    contrastive=dict(codevector_dim=768, final_dim=768, feature_penalty_weight=0.0,
-                     gumbel_temperature=(2.0, 0.1, 0.999995)),
+    contrastive=dict(
+        codevector_dim=768, final_dim=768, feature_penalty_weight=0.0, gumbel_temperature=(2.0, 0.1, 0.999995)
+    ),
 )
 
 

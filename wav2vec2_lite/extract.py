@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from wav2vec2_lite.asr.transcribe import Failure, expand_inputs
 from wav2vec2_lite.compile import compile_dense
-from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.data.audio import load_audio
+from wav2vec2_lite.data.audio import normalize as normalize_wave
 from wav2vec2_lite.data.manifest import ManifestError, iter_manifest
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.interop.sources import load_any
@@ -65,9 +66,18 @@ class Extractor:
             the features are returned in float32 either way.
     """
 
-    def __init__(self, model: nn.Module, layers: Iterable[str] = ("last",), *, units: bool = False,
-                 normalize: bool = False, device: str = "cpu", sample_rate: int = 16000,
-                 dtype: str | torch.dtype = "float32", compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Iterable[str] = ("last",),
+        *,
+        units: bool = False,
+        normalize: bool = False,
+        device: str = "cpu",
+        sample_rate: int = 16000,
+        dtype: str | torch.dtype = "float32",
+        compile: bool = False,
+    ) -> None:
         self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
         if compile:  # the dense part, traced on the first file (wav2vec2_lite.compile)
             compile_dense(self.model)
@@ -79,8 +89,10 @@ class Extractor:
         if unknown:
             raise ValueError(f"unknown layer(s) {unknown}: this model has {', '.join(valid)} (or 'all')")
         if units and not isinstance(model, Wav2Vec2ForPreTraining):
-            raise ValueError(f"units come from a pretraining objective's quantizer; this checkpoint holds a "
-                             f"{type(model).__name__} (give a pretraining checkpoint)")
+            raise ValueError(
+                f"units come from a pretraining objective's quantizer; this checkpoint holds a "
+                f"{type(model).__name__} (give a pretraining checkpoint)"
+            )
         if not self.layers and not units:
             raise ValueError("nothing to extract: choose layers and/or units")
         self.units, self.normalize, self.device, self.sample_rate = units, normalize, device, sample_rate
@@ -88,15 +100,23 @@ class Extractor:
         """The dtype the model ran in (``float32`` or ``bfloat16``); features are written in float32."""
 
     @classmethod
-    def from_path(cls, path: str | Path, layers: Iterable[str] = ("last",), *, units: bool = False,
-                  trust: bool = False, **kwargs) -> "Extractor":
+    def from_path(
+        cls,
+        path: str | Path,
+        layers: Iterable[str] = ("last",),
+        *,
+        units: bool = False,
+        trust: bool = False,
+        **kwargs,
+    ) -> "Extractor":
         """From any checkpoint :func:`~wav2vec2_lite.interop.sources.load_any` reads; the input
         normalisation it records is used unless ``normalize=`` is given."""
         loaded = load_any(path, trust=trust)
         if "normalize" not in kwargs:
             norm = loaded.normalize
-            kwargs["normalize"] = bool(norm) if norm is not None else \
-                loaded.model.config.feat_extract_norm == "layer"
+            kwargs["normalize"] = (
+                bool(norm) if norm is not None else loaded.model.config.feat_extract_norm == "layer"
+            )
         return cls(loaded.model, layers, units=units, **kwargs)
 
     @torch.no_grad()
@@ -107,11 +127,16 @@ class Extractor:
         out = self.backbone(w, output_hidden_states=True)
         result = {name: out.layer(name)[0].float().cpu().contiguous() for name in self.layers}
         if self.units:
-            inputs = ObjectiveInputs(waveform=w, sample_padding=None, conv_features=out.conv_features.float(),
-                                     extract_features=out.extract_features.float(),
-                                     context=out.last_hidden_state.float(),
-                                     mask_indices=torch.zeros_like(out.extract_features[..., 0], dtype=torch.bool),
-                                     frame_padding=None, frame_lengths=out.frame_lengths)
+            inputs = ObjectiveInputs(
+                waveform=w,
+                sample_padding=None,
+                conv_features=out.conv_features.float(),
+                extract_features=out.extract_features.float(),
+                context=out.last_hidden_state.float(),
+                mask_indices=torch.zeros_like(out.extract_features[..., 0], dtype=torch.bool),
+                frame_padding=None,
+                frame_lengths=out.frame_lengths,
+            )
             result["units"] = self.model.objective.frame_codes(inputs)[0].long().cpu().contiguous()
         return result
 
@@ -120,12 +145,15 @@ class Extractor:
         wave = load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
         field = self.backbone.config.receptive_field
         if wave.shape[0] < field:
-            raise ValueError(f"{path}: {wave.shape[0]} samples, shorter than the model's {field}-sample receptive "
-                             f"field")
+            raise ValueError(
+                f"{path}: {wave.shape[0]} samples, shorter than the model's {field}-sample receptive field"
+            )
         return self.extract_wave(torch.from_numpy(wave))
 
 
-def _named_inputs(inputs: Iterable[str | Path], limit: int | None) -> Iterator[tuple[str, str] | ExtractionFailure]:
+def _named_inputs(
+    inputs: Iterable[str | Path], limit: int | None
+) -> Iterator[tuple[str, str] | ExtractionFailure]:
     """``(audio path, output name)`` per input: a file by its name, a folder's files by their path
     below it, a manifest's rows by their path below its root; failures for what yields nothing."""
     for item in inputs:
@@ -148,9 +176,15 @@ def _named_inputs(inputs: Iterable[str | Path], limit: int | None) -> Iterator[t
             yield str(path), name
 
 
-def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_dir: str | Path, *,
-                      fmt: str = "safetensors", limit: int | None = None,
-                      progress: bool = False) -> Iterator[dict | ExtractionFailure]:
+def extract_to_folder(
+    extractor: Extractor,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    fmt: str = "safetensors",
+    limit: int | None = None,
+    progress: bool = False,
+) -> Iterator[dict | ExtractionFailure]:
     """Extract each input and write it under ``out_dir``; yields each written record (path, out,
     frames) or failure as it goes. ``index.jsonl`` lists the records; a folder that already holds
     one is refused (``FileExistsError``), so that no earlier output drops out of its index."""
@@ -177,8 +211,9 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
             try:
                 arrays = extractor.extract_file(path)
             except Exception as e:  # noqa: BLE001 - this file's failure; the others go on
-                yield ExtractionFailure(path, " ".join(str(e).split()).removeprefix(f"{path}: ")
-                                        or type(e).__name__)
+                yield ExtractionFailure(
+                    path, " ".join(str(e).split()).removeprefix(f"{path}: ") or type(e).__name__
+                )
                 continue
             stem = out_dir / Path(name).with_suffix("")
             stem.parent.mkdir(parents=True, exist_ok=True)
@@ -191,8 +226,13 @@ def extract_to_folder(extractor: Extractor, inputs: Iterable[str | Path], out_di
                     files.append(f"{stem}.{key}.npy")
                     np.save(files[-1], value.numpy())
             frames = next(iter(arrays.values())).shape[0]
-            record = {"path": path, "out": [str(Path(f).relative_to(out_dir)) for f in files], "frames": frames,
-                      "arrays": {k: list(v.shape) for k, v in arrays.items()}, "dtype": extractor.dtype}
+            record = {
+                "path": path,
+                "out": [str(Path(f).relative_to(out_dir)) for f in files],
+                "frames": frames,
+                "arrays": {k: list(v.shape) for k, v in arrays.items()},
+                "dtype": extractor.dtype,
+            }
             index.write(json.dumps(record) + "\n")
             index.flush()
             yield record

@@ -34,7 +34,13 @@ from wav2vec2_lite.objectives.registry import build_objective
 from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOutput
 from wav2vec2_lite.serialization import register_model_class, save_model
 
-__all__ = ["Wav2Vec2Model", "Wav2Vec2ForPreTraining", "Wav2Vec2ForCTC", "backbone_of", "with_config_overrides"]
+__all__ = [
+    "Wav2Vec2Model",
+    "Wav2Vec2ForPreTraining",
+    "Wav2Vec2ForCTC",
+    "backbone_of",
+    "with_config_overrides",
+]
 
 
 _checkpoint_reader: Callable[..., Any] | None = None
@@ -112,7 +118,11 @@ def _check_inputs(waveform: Tensor, padding_mask: Tensor | None, receptive_field
                 f"padding_mask must be a bool tensor shaped like waveform {tuple(waveform.shape)}; "
                 f"got {padding_mask.dtype} {tuple(padding_mask.shape)} (True = padded sample)"
             )
-        if (padding_mask[:, 1:].long() - padding_mask[:, :-1].long()).min() < 0 if padding_mask.shape[1] > 1 else False:
+        if (
+            (padding_mask[:, 1:].long() - padding_mask[:, :-1].long()).min() < 0
+            if padding_mask.shape[1] > 1
+            else False
+        ):
             raise ValueError("padding_mask must be right padding: True only after the last valid sample")
         lengths = (~padding_mask).sum(-1)
     shortest = int(lengths.min()) if lengths is not None else waveform.shape[1]
@@ -191,20 +201,28 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
             sample_mask = self.training and cfg.mask_time_prob > 0
         if mask_indices is None and sample_mask:
             mask_indices = compute_span_mask(
-                batch, frames, cfg.mask_time_prob, cfg.mask_time_length,
-                lengths=frame_lengths.cpu(), min_masks=cfg.mask_time_min_masks, generator=generator,
+                batch,
+                frames,
+                cfg.mask_time_prob,
+                cfg.mask_time_length,
+                lengths=frame_lengths.cpu(),
+                min_masks=cfg.mask_time_min_masks,
+                generator=generator,
             ).to(hidden.device)
         if mask_indices is not None:
             if mask_indices.shape != (batch, frames):
-                raise ValueError(f"mask_indices must be (batch, frames) = ({batch}, {frames}); "
-                                 f"got {tuple(mask_indices.shape)}")
+                raise ValueError(
+                    f"mask_indices must be (batch, frames) = ({batch}, {frames}); "
+                    f"got {tuple(mask_indices.shape)}"
+                )
             mask_indices = mask_indices.to(device=hidden.device, dtype=torch.bool)
             if frame_padding is not None:
                 mask_indices = mask_indices & ~frame_padding
             hidden = torch.where(mask_indices[..., None], self.mask_emb.to(hidden.dtype), hidden)
         if self.training and cfg.mask_channel_prob > 0:
-            channels = compute_channel_mask(batch, hidden.shape[-1], cfg.mask_channel_prob, cfg.mask_channel_length,
-                                            generator=generator).to(hidden.device)
+            channels = compute_channel_mask(
+                batch, hidden.shape[-1], cfg.mask_channel_prob, cfg.mask_channel_length, generator=generator
+            ).to(hidden.device)
             hidden = hidden.masked_fill(channels[:, None, :], 0.0)
 
         context, hidden_states = self.context(hidden, frame_padding, output_hidden_states)
@@ -248,8 +266,10 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
     @classmethod
     def _from_checkpoint(cls, loaded: Any, overrides: dict[str, Any]) -> nn.Module:
         if not isinstance(loaded.model, cls):
-            raise TypeError(f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
-                            f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC")
+            raise TypeError(
+                f"{loaded.source}: holds a {type(loaded.model).__name__}, which has no pretraining "
+                f"objective; load it as Wav2Vec2Model or Wav2Vec2ForCTC"
+            )
         return with_config_overrides(loaded.model, overrides)
 
     # ----------------------------------------------------------------- forward
@@ -268,12 +288,23 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
         only; entries at unmasked positions are ignored). Masks and distractors are sampled
         from ``generator`` when not given (in eval mode too, so validation has a loss).
         """
-        out = self.wav2vec2(waveform, padding_mask, mask_indices, sample_mask=True, generator=generator,
-                            output_hidden_states=output_hidden_states)
+        out = self.wav2vec2(
+            waveform,
+            padding_mask,
+            mask_indices,
+            sample_mask=True,
+            generator=generator,
+            output_hidden_states=output_hidden_states,
+        )
         features = ObjectiveInputs(
-            waveform=waveform, sample_padding=padding_mask, conv_features=out.conv_features,
-            extract_features=out.extract_features, context=out.last_hidden_state, mask_indices=out.mask_indices,
-            frame_padding=out.padding_mask, frame_lengths=out.frame_lengths,
+            waveform=waveform,
+            sample_padding=padding_mask,
+            conv_features=out.conv_features,
+            extract_features=out.extract_features,
+            context=out.last_hidden_state,
+            mask_indices=out.mask_indices,
+            frame_padding=out.padding_mask,
+            frame_lengths=out.frame_lengths,
         )
         targets = self.objective.targets(features, generator=generator, negative_indices=negative_indices)
         result = self.objective.predict(features, targets)  # predict the masked targets
@@ -304,8 +335,10 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
         if isinstance(loaded.model, cls) and vocab_size in (None, loaded.model.config.vocab_size):
             return with_config_overrides(loaded.model, overrides)
         if vocab_size is None:
-            raise ValueError(f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
-                             f"give vocab_size= for the new head")
+            raise ValueError(
+                f"{loaded.source}: holds a {type(loaded.model).__name__} (no CTC head to reuse); "
+                f"give vocab_size= for the new head"
+            )
         return cls.from_pretraining(loaded.model, vocab_size=vocab_size, **overrides).eval()
 
     @classmethod
@@ -323,7 +356,9 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
             source = _read_checkpoint(source).backbone
         backbone = source.wav2vec2 if hasattr(source, "wav2vec2") else source
         if not isinstance(backbone, Wav2Vec2Model):
-            raise TypeError(f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}")
+            raise TypeError(
+                f"expected a wav2vec2_lite pretraining model or backbone; got {type(source).__name__}"
+            )
         config = backbone.config.replace(vocab_size=vocab_size, **overrides)
         model = cls(config)
         model.wav2vec2.load_state_dict(backbone.state_dict(), strict=True)
@@ -364,16 +399,31 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
     ) -> CTCOutput:
         """waveform (B, S); padding_mask (B, S) True = padded; labels (B, L) long padded with -100."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._encoder_frozen):
-            out = self.wav2vec2(waveform, padding_mask, mask_indices, generator=generator,
-                                output_hidden_states=output_hidden_states)
+            out = self.wav2vec2(
+                waveform,
+                padding_mask,
+                mask_indices,
+                generator=generator,
+                output_hidden_states=output_hidden_states,
+            )
         logits = self.lm_head(self.dropout(out.last_hidden_state))
         loss = None
         if labels is not None:
             if labels.max() >= self.config.vocab_size:
-                raise ValueError(f"labels contain id {int(labels.max())} >= vocab_size {self.config.vocab_size}")
-            loss = ctc_loss(logits, out.frame_lengths, labels, blank=0, reduction=self.config.ctc_loss_reduction,
-                            zero_infinity=self.config.ctc_zero_infinity)
-        return CTCOutput(logits=logits, output_lengths=out.frame_lengths, loss=loss, hidden_states=out.hidden_states)
+                raise ValueError(
+                    f"labels contain id {int(labels.max())} >= vocab_size {self.config.vocab_size}"
+                )
+            loss = ctc_loss(
+                logits,
+                out.frame_lengths,
+                labels,
+                blank=0,
+                reduction=self.config.ctc_loss_reduction,
+                zero_infinity=self.config.ctc_zero_infinity,
+            )
+        return CTCOutput(
+            logits=logits, output_lengths=out.frame_lengths, loss=loss, hidden_states=out.hidden_states
+        )
 
 
 def backbone_of(model: nn.Module) -> Wav2Vec2Model:

@@ -38,7 +38,9 @@ class Wav2Vec2ModelOutput:
         if not name.startswith("layer_") or not name[6:].isdigit():
             raise ValueError(f"unknown layer name {name!r}: conv, layer_<k> or last")
         if self.hidden_states is None:
-            raise ValueError(f"layer {name!r} needs the hidden states: call the model with output_hidden_states=True")
+            raise ValueError(
+                f"layer {name!r} needs the hidden states: call the model with output_hidden_states=True"
+            )
         k = int(name[6:])
         if k >= len(self.hidden_states):
             raise ValueError(f"no {name}: this model has layer_0 .. layer_{len(self.hidden_states) - 1}")
@@ -88,11 +90,22 @@ class PreTrainingOutput:
     def from_objective(cls, result: ObjectiveOutput, backbone: Wav2Vec2ModelOutput) -> "PreTrainingOutput":
         """Combine an objective's result with the backbone output it was computed from."""
         n = result.num_masked.to(result.loss_sum.dtype)
-        return cls(loss=result.loss_sum / n, loss_sum=result.loss_sum, num_masked=result.num_masked,
-                   num_correct=result.num_correct, accuracy=result.num_correct.float() / n, logits=result.logits,
-                   mask_indices=backbone.mask_indices, last_hidden_state=backbone.last_hidden_state,
-                   losses=result.losses, metrics=result.metrics, code_perplexity=result.metrics.get("code_perplexity"),
-                   codes=result.codes, objective=result, hidden_states=backbone.hidden_states)
+        return cls(
+            loss=result.loss_sum / n,
+            loss_sum=result.loss_sum,
+            num_masked=result.num_masked,
+            num_correct=result.num_correct,
+            accuracy=result.num_correct.float() / n,
+            logits=result.logits,
+            mask_indices=backbone.mask_indices,
+            last_hidden_state=backbone.last_hidden_state,
+            losses=result.losses,
+            metrics=result.metrics,
+            code_perplexity=result.metrics.get("code_perplexity"),
+            codes=result.codes,
+            objective=result,
+            hidden_states=backbone.hidden_states,
+        )
 
 
 @dataclass

@@ -38,8 +38,18 @@ from wav2vec2_lite.config import Wav2Vec2Config, upgrade_config_dict
 
 __all__ = [
     "find_model_folder",
-    "save_model", "load_model", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "WEIGHTS_NAME",
-    "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "upgrade_state_dict", "read_weights", "file_sha256",
+    "save_model",
+    "load_model",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+    "CheckpointError",
+    "FORMAT_VERSION",
+    "upgrade_state_dict",
+    "read_weights",
+    "file_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -50,8 +60,13 @@ FORMAT_VERSION = 3
 
 # key prefixes renamed when a folder of an older format version is loaded: version -> class -> (old, new)
 _KEY_RENAMES: dict[int, dict[str, tuple[tuple[str, str], ...]]] = {
-    1: {"Wav2Vec2ForPreTraining": (("quantizer.", "objective.quantizer."), ("project_q.", "objective.project_q."),
-                                   ("final_proj.", "objective.final_proj."))},
+    1: {
+        "Wav2Vec2ForPreTraining": (
+            ("quantizer.", "objective.quantizer."),
+            ("project_q.", "objective.project_q."),
+            ("final_proj.", "objective.final_proj."),
+        )
+    },
 }
 
 
@@ -130,20 +145,23 @@ def _model_classes() -> dict[str, type[nn.Module]]:
     return dict(_MODEL_CLASSES)
 
 
-def upgrade_state_dict(state: dict[str, torch.Tensor], model_class: str,
-                       format_version: int) -> dict[str, torch.Tensor]:
+def upgrade_state_dict(
+    state: dict[str, torch.Tensor], model_class: str, format_version: int
+) -> dict[str, torch.Tensor]:
     """Rename the keys of a ``model_class`` state dict saved at ``format_version`` to today's
     layout (:data:`FORMAT_VERSION`); keys that did not change are kept as they are."""
     if format_version > FORMAT_VERSION:
-        raise CheckpointError(f"saved with format_version {format_version}, newer than this library's "
-                              f"{FORMAT_VERSION}: upgrade wav2vec2_lite to load it")
+        raise CheckpointError(
+            f"saved with format_version {format_version}, newer than this library's "
+            f"{FORMAT_VERSION}: upgrade wav2vec2_lite to load it"
+        )
     for version in range(format_version, FORMAT_VERSION):
         renames = _KEY_RENAMES.get(version, {}).get(model_class, ())
         out = {}
         for key, value in state.items():
             for old, new in renames:
                 if key.startswith(old):
-                    key = new + key[len(old):]
+                    key = new + key[len(old) :]
                     break
             out[key] = value
         state = out
@@ -167,9 +185,16 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"{directory}: refusing to save non-finite weights ({_name_some(bad)})")
-    atomic_write_bytes(directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"}))
-    info = {"format_version": FORMAT_VERSION, "model_class": name, "config": model.config.to_dict(),
-            "weights_sha256": file_sha256(directory / WEIGHTS_NAME), "metadata": metadata or {}}
+    atomic_write_bytes(
+        directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"})
+    )
+    info = {
+        "format_version": FORMAT_VERSION,
+        "model_class": name,
+        "config": model.config.to_dict(),
+        "weights_sha256": file_sha256(directory / WEIGHTS_NAME),
+        "metadata": metadata or {},
+    }
     text = json.dumps(info, indent=2, sort_keys=True)
     atomic_write_text(directory / CONFIG_NAME, text)
     return directory
@@ -186,8 +211,12 @@ def _read_info(directory: Path) -> dict[str, Any]:
         sha = info.get("weights_sha256")
         if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
             raise ValueError(f"weights_sha256 must be 64 hex digits, got {sha!r}")
-        return {"config": Wav2Vec2Config.from_dict(upgrade_config_dict(info["config"])), "model_class": info["model_class"],
-                "format_version": int(info.get("format_version", 1)), "weights_sha256": sha}
+        return {
+            "config": Wav2Vec2Config.from_dict(upgrade_config_dict(info["config"])),
+            "model_class": info["model_class"],
+            "format_version": int(info.get("format_version", 1)),
+            "weights_sha256": sha,
+        }
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e
 
@@ -212,8 +241,10 @@ def _read_state(directory: Path, info: dict[str, Any] | None, map_location: str)
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
     bad = _non_finite(state)
     if bad:
-        raise CheckpointError(f"{w_path}: non-finite weights (NaN/Inf) in {_name_some(bad)}; this model cannot "
-                              f"be used: load an earlier checkpoint")
+        raise CheckpointError(
+            f"{w_path}: non-finite weights (NaN/Inf) in {_name_some(bad)}; this model cannot "
+            f"be used: load an earlier checkpoint"
+        )
     if info is None:
         return state
     try:
@@ -226,13 +257,18 @@ def _verify_checksum(directory: Path, expected: str | None) -> None:
     """Compare ``model.safetensors`` with the sha256 its ``config.json`` records."""
     w_path = directory / WEIGHTS_NAME
     if expected is None:
-        log.info("%s: no weights_sha256 in config.json (saved by an older version or another tool): "
-                 "loading without an integrity check", directory)
+        log.info(
+            "%s: no weights_sha256 in config.json (saved by an older version or another tool): "
+            "loading without an integrity check",
+            directory,
+        )
         return
     actual = file_sha256(w_path)
     if actual != expected:
-        raise CheckpointError(f"{w_path}: corrupted: its sha256 {actual[:12]}… does not match the "
-                              f"{expected[:12]}… recorded in {CONFIG_NAME} (the file was changed after saving)")
+        raise CheckpointError(
+            f"{w_path}: corrupted: its sha256 {actual[:12]}… does not match the "
+            f"{expected[:12]}… recorded in {CONFIG_NAME} (the file was changed after saving)"
+        )
 
 
 def _non_finite(state: dict[str, torch.Tensor]) -> list[str]:
@@ -244,7 +280,9 @@ def _name_some(keys: list[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_location: str = "cpu") -> nn.Module:
+def load_model(
+    directory: str | Path, cls: type[nn.Module] | None = None, map_location: str = "cpu"
+) -> nn.Module:
     """Rebuild a model saved by :func:`save_model`. ``cls`` overrides the saved class
     (e.g. load a pretraining folder's backbone into ``Wav2Vec2ForCTC`` is *not* done here:
     use ``Wav2Vec2ForCTC.from_pretraining``)."""
@@ -260,8 +298,9 @@ def load_model(directory: str | Path, cls: type[nn.Module] | None = None, map_lo
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{directory / WEIGHTS_NAME}: weights do not fit {cls.__name__} with the saved "
-                              f"config ({e})") from e
+        raise CheckpointError(
+            f"{directory / WEIGHTS_NAME}: weights do not fit {cls.__name__} with the saved config ({e})"
+        ) from e
     return model.to(map_location)
 
 
@@ -274,7 +313,13 @@ def find_model_folder(path: str | Path, marker: str = CONFIG_NAME) -> Path | Non
     """The folder holding a saved model: a run dir's ``checkpoints/best`` (else ``last``), a
     ``best``/``last`` folder below ``path``, or ``path`` itself — the first that holds ``marker``."""
     path = Path(path)
-    for folder in (path / "checkpoints" / "best", path / "checkpoints" / "last", path / "best", path / "last", path):
+    for folder in (
+        path / "checkpoints" / "best",
+        path / "checkpoints" / "last",
+        path / "best",
+        path / "last",
+        path,
+    ):
         if (folder / marker).is_file():
             return folder
     return None

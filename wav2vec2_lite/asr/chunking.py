@@ -136,8 +136,13 @@ def chunked_logits(
     if waveform.dim() != 1:
         raise ValueError(f"waveform must be (S,), found shape {tuple(waveform.shape)}")
     windows = plan_windows(
-        waveform.shape[0], chunk_s=chunk_s, overlap_s=overlap_s, sample_rate=sample_rate,
-        frame_stride=frame_stride, receptive_field=receptive_field, num_frames_fn=num_frames_fn,
+        waveform.shape[0],
+        chunk_s=chunk_s,
+        overlap_s=overlap_s,
+        sample_rate=sample_rate,
+        frame_stride=frame_stride,
+        receptive_field=receptive_field,
+        num_frames_fn=num_frames_fn,
     )
     total = windows[-1].keep_end
     out: torch.Tensor | None = None

@@ -24,8 +24,7 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- vocab helpers
-def _pieces(vocab: Sequence[str], blank: int, word_delimiter: str,
-            skip_tokens: Collection[str]) -> list[str]:
+def _pieces(vocab: Sequence[str], blank: int, word_delimiter: str, skip_tokens: Collection[str]) -> list[str]:
     """What each vocabulary entry contributes to the text: '' (dropped), ' ' or itself."""
     if not 0 <= blank < len(vocab):
         raise ValueError(f"blank index {blank} is outside the vocabulary of size {len(vocab)}")
@@ -45,8 +44,14 @@ def _normalize_spaces(text: str) -> str:
     return " ".join(text.split())
 
 
-def labels_to_text(labels: Sequence[int], vocab: Sequence[str], *, blank: int = 0,
-                   word_delimiter: str = "|", skip_tokens: Collection[str] = SPECIAL_TOKENS) -> str:
+def labels_to_text(
+    labels: Sequence[int],
+    vocab: Sequence[str],
+    *,
+    blank: int = 0,
+    word_delimiter: str = "|",
+    skip_tokens: Collection[str] = SPECIAL_TOKENS,
+) -> str:
     """Text of an already-collapsed CTC labelling (no repeat merging here)."""
     pieces = _pieces(vocab, blank, word_delimiter, skip_tokens)
     return _normalize_spaces("".join(pieces[i] for i in labels))
@@ -90,8 +95,7 @@ def greedy_decode(
         ids = x.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(vocab)):
             raise ValueError(
-                f"frame ids must lie in [0, {len(vocab)}), found range "
-                f"[{int(ids.min())}, {int(ids.max())}]"
+                f"frame ids must lie in [0, {len(vocab)}), found range [{int(ids.min())}, {int(ids.max())}]"
             )
     B, T = ids.shape
     if output_lengths is None:
@@ -153,8 +157,14 @@ def greedy_decode_with_timings(
     def close_word() -> None:
         if chars:
             conf = sum(max_prob[start:end]) / (end - start)
-            words.append({"word": "".join(chars), "start_s": start * frame_stride_s,
-                          "end_s": end * frame_stride_s, "confidence": conf})
+            words.append(
+                {
+                    "word": "".join(chars),
+                    "start_s": start * frame_stride_s,
+                    "end_s": end * frame_stride_s,
+                    "confidence": conf,
+                }
+            )
             chars.clear()
 
     t = 0
@@ -269,5 +279,4 @@ def prefix_beam_search(
     if x.dim() == 2 and x.shape[-1] != len(vocab):
         raise ValueError(f"log_probs have V={x.shape[-1]} classes but the vocabulary has {len(vocab)}")
     best, _ = prefix_beam_search_nbest(x, beam_width, blank=blank, length=length)[0]
-    return labels_to_text(best, vocab, blank=blank, word_delimiter=word_delimiter,
-                          skip_tokens=skip_tokens)
+    return labels_to_text(best, vocab, blank=blank, word_delimiter=word_delimiter, skip_tokens=skip_tokens)

@@ -79,8 +79,14 @@ class DecodingConfig:
         if self.decoder == "greedy":
             return None
         if self.lm:
-            lm = BeamSearchDecoder(vocab, self.lm, lexicon=self.lexicon, lm_weight=self.lm_weight,
-                                   word_score=self.word_score, beam_size=self.beam_size)
+            lm = BeamSearchDecoder(
+                vocab,
+                self.lm,
+                lexicon=self.lexicon,
+                lm_weight=self.lm_weight,
+                word_score=self.word_score,
+                beam_size=self.beam_size,
+            )
             return lm.decode
         return lambda logits: prefix_beam_search(logits, vocab, beam_width=self.beam_size)
 
@@ -89,6 +95,10 @@ class DecodingConfig:
             return {"decoder": "greedy"}
         out = {"decoder": "beam", "beam_size": self.beam_size}
         if self.lm:
-            out.update(lm=self.lm, lexicon=self.lexicon or "the LM's unigrams", lm_weight=self.lm_weight,
-                       word_score=self.word_score)
+            out.update(
+                lm=self.lm,
+                lexicon=self.lexicon or "the LM's unigrams",
+                lm_weight=self.lm_weight,
+                word_score=self.word_score,
+            )
         return out

@@ -16,12 +16,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wav2vec2_lite.data.manifest import ltr_to_text, read_labels, read_manifest
 from wav2vec2_lite.asr.metrics import ErrorCounts, char_errors, word_errors
 from wav2vec2_lite.asr.transcribe import Transcriber
+from wav2vec2_lite.data.manifest import ltr_to_text, read_labels, read_manifest
 
-__all__ = ["EvalResult", "by_kind", "evaluate_split", "transcribe_split", "score_hypotheses", "sentence_kinds",
-           "read_references"]
+__all__ = [
+    "EvalResult",
+    "by_kind",
+    "evaluate_split",
+    "transcribe_split",
+    "score_hypotheses",
+    "sentence_kinds",
+    "read_references",
+]
 
 
 @dataclass
@@ -48,8 +55,15 @@ class EvalResult:
         out = []
         for path, ref, hyp in zip(self.paths, self.references, self.hypotheses):
             w, c = word_errors(ref, hyp), char_errors(ref, hyp)
-            rec = {"path": path, "ref": ref, "hyp": hyp, "word_errors": w.errors, "words": w.ref_len,
-                   "char_errors": c.errors, "chars": c.ref_len}
+            rec = {
+                "path": path,
+                "ref": ref,
+                "hyp": hyp,
+                "word_errors": w.errors,
+                "words": w.ref_len,
+                "char_errors": c.errors,
+                "chars": c.ref_len,
+            }
             if kinds and path in kinds:
                 rec["kind"] = kinds[path]
             if path in self.failed:
@@ -58,12 +72,22 @@ class EvalResult:
         return out
 
 
-def score_hypotheses(hyps: list[str], refs: list[str], paths: list[str],
-                     failed: dict[str, str] | None = None) -> EvalResult:
+def score_hypotheses(
+    hyps: list[str], refs: list[str], paths: list[str], failed: dict[str, str] | None = None
+) -> EvalResult:
     """Corpus WER/CER of hypotheses already made (``failed``: path -> why, scored as empty)."""
     w, c = word_errors(refs, hyps), char_errors(refs, hyps)
-    return EvalResult(wer=w.rate, cer=c.rate, utterances=len(refs), hypotheses=hyps, references=refs, paths=paths,
-                      failed=failed or {}, word_counts=w, char_counts=c)
+    return EvalResult(
+        wer=w.rate,
+        cer=c.rate,
+        utterances=len(refs),
+        hypotheses=hyps,
+        references=refs,
+        paths=paths,
+        failed=failed or {},
+        word_counts=w,
+        char_counts=c,
+    )
 
 
 def sentence_kinds(manifest_dir: str | Path) -> dict[str, str]:
@@ -79,7 +103,9 @@ def sentence_kinds(manifest_dir: str | Path) -> dict[str, str]:
                 rec = json.loads(line)
                 kinds[rec["path"]] = rec["kind"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{index}:{line_no}: not an utterance record with 'path' and 'kind' ({e})") from e
+                raise ValueError(
+                    f"{index}:{line_no}: not an utterance record with 'path' and 'kind' ({e})"
+                ) from e
     return kinds
 
 
@@ -90,9 +116,14 @@ def by_kind(result: EvalResult, kinds: dict[str, str]) -> dict[str, EvalResult]:
     for i, path in enumerate(result.paths):
         if path in kinds:
             groups.setdefault(kinds[path], []).append(i)
-    return {kind: score_hypotheses([result.hypotheses[i] for i in idx], [result.references[i] for i in idx],
-                         [result.paths[i] for i in idx])
-            for kind, idx in sorted(groups.items())}
+    return {
+        kind: score_hypotheses(
+            [result.hypotheses[i] for i in idx],
+            [result.references[i] for i in idx],
+            [result.paths[i] for i in idx],
+        )
+        for kind, idx in sorted(groups.items())
+    }
 
 
 def read_references(manifest_dir: str | Path, split: str, labels: str = "wrd"):
@@ -104,12 +135,20 @@ def read_references(manifest_dir: str | Path, split: str, labels: str = "wrd"):
     if labels == "ltr":
         refs = [ltr_to_text(r) for r in refs]
     if len(refs) != len(manifest.paths):
-        raise ValueError(f"{label_path}: {len(refs)} lines for {len(manifest.paths)} utterances in {split}.tsv")
+        raise ValueError(
+            f"{label_path}: {len(refs)} lines for {len(manifest.paths)} utterances in {split}.tsv"
+        )
     return manifest, refs
 
 
-def transcribe_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
-                     limit: int | None = None, *, progress: bool = False) -> tuple[list[str], list[str], dict[str, str]]:
+def transcribe_split(
+    model: str | Path | Transcriber,
+    manifest_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    *,
+    progress: bool = False,
+) -> tuple[list[str], list[str], dict[str, str]]:
     """``(paths, hypotheses, failed)`` for the first ``limit`` rows of ``SPLIT.tsv``, unscored.
 
     An utterance that cannot be transcribed gets an empty hypothesis and its path -> why in
@@ -128,8 +167,15 @@ def transcribe_split(model: str | Path | Transcriber, manifest_dir: str | Path, 
     return list(paths), hyps, failed
 
 
-def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, split: str = "test",
-                   limit: int | None = None, *, labels: str = "wrd", progress: bool = False) -> EvalResult:
+def evaluate_split(
+    model: str | Path | Transcriber,
+    manifest_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    *,
+    labels: str = "wrd",
+    progress: bool = False,
+) -> EvalResult:
     """Transcribe ``SPLIT.tsv`` one utterance at a time (:func:`transcribe_split`) and score
     against ``SPLIT.wrd``.
 
@@ -139,4 +185,4 @@ def evaluate_split(model: str | Path | Transcriber, manifest_dir: str | Path, sp
     """
     _, refs = read_references(manifest_dir, split, labels)  # checked before the slow part
     paths, hyps, failed = transcribe_split(model, manifest_dir, split, limit, progress=progress)
-    return score_hypotheses(hyps, refs[:len(paths)], paths, failed)
+    return score_hypotheses(hyps, refs[: len(paths)], paths, failed)

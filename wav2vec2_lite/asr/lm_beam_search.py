@@ -38,10 +38,21 @@ class BeamSearchDecoder:
         beam_size, beam_size_token, beam_threshold: flashlight's search widths.
     """
 
-    def __init__(self, vocab: Sequence[str], lm: str | Path, *, lexicon=None, lm_weight: float = 0.5,
-                 word_score: float = 0.0, unk_score: float = -math.inf, beam_size: int = 50,
-                 beam_size_token: int | None = None, beam_threshold: float = 25.0, blank: int = 0,
-                 word_delimiter: str = "|") -> None:
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        lm: str | Path,
+        *,
+        lexicon=None,
+        lm_weight: float = 0.5,
+        word_score: float = 0.0,
+        unk_score: float = -math.inf,
+        beam_size: int = 50,
+        beam_size_token: int | None = None,
+        beam_threshold: float = 25.0,
+        blank: int = 0,
+        word_delimiter: str = "|",
+    ) -> None:
         dec = _require("flashlight.lib.text.decoder", "BeamSearchDecoder")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, found {beam_size}")
@@ -73,10 +84,20 @@ class BeamSearchDecoder:
             _, score = self._lm.score(start, idx)
             trie.insert(spellings[word], idx, score)
         trie.smear(dec.SmearingMode.MAX)
-        options = dec.LexiconDecoderOptions(beam_size, token_beam, beam_threshold, lm_weight, word_score, unk_score,
-                                            0.0, True, dec.CriterionType.CTC)
-        self._decoder = dec.LexiconDecoder(options, trie, self._lm, self.sil, blank, word_dict.get_index("<unk>"),
-                                           [], False)
+        options = dec.LexiconDecoderOptions(
+            beam_size,
+            token_beam,
+            beam_threshold,
+            lm_weight,
+            word_score,
+            unk_score,
+            0.0,
+            True,
+            dec.CriterionType.CTC,
+        )
+        self._decoder = dec.LexiconDecoder(
+            options, trie, self._lm, self.sil, blank, word_dict.get_index("<unk>"), [], False
+        )
 
     def _lexicon(self, lm: str | Path, lexicon, delimiter: str) -> dict[str, list[int]]:
         """word -> token ids of its spelling (its letters, then the word delimiter)."""
@@ -85,8 +106,11 @@ class BeamSearchDecoder:
                 raise ValueError(f"{lm}: a binary LM needs lexicon= (the words it may output)")
             words = arpa_unigrams(lm)
         elif isinstance(lexicon, (str, Path)):
-            words = [ln.split("\t")[0].split()[0] for ln in Path(lexicon).read_text(encoding="utf-8").splitlines()
-                     if ln.strip()]
+            words = [
+                ln.split("\t")[0].split()[0]
+                for ln in Path(lexicon).read_text(encoding="utf-8").splitlines()
+                if ln.strip()
+            ]
         else:
             words = list(lexicon)
         index = {tok: i for i, tok in enumerate(self.vocab)}
@@ -99,8 +123,10 @@ class BeamSearchDecoder:
             else:
                 self.skipped_words += 1
         if not out:
-            raise ValueError(f"{lexicon or lm}: no word of the lexicon is spelled with the vocabulary's symbols "
-                             f"(check the casing)")
+            raise ValueError(
+                f"{lexicon or lm}: no word of the lexicon is spelled with the vocabulary's symbols "
+                f"(check the casing)"
+            )
         return out
 
     def decode(self, logits, length: int | None = None) -> str:
@@ -121,8 +147,11 @@ class BeamSearchDecoder:
         x = to_cpu_tensor(logits)
         if x.dim() != 3:
             raise ValueError(f"expected (B, T, V) logits, found {tuple(x.shape)}")
-        lengths = ([x.shape[1]] * x.shape[0] if output_lengths is None
-                   else to_cpu_tensor(output_lengths).reshape(-1).tolist())
+        lengths = (
+            [x.shape[1]] * x.shape[0]
+            if output_lengths is None
+            else to_cpu_tensor(output_lengths).reshape(-1).tolist()
+        )
         return [self.decode(x[b], int(n)) for b, n in enumerate(lengths)]
 
 
@@ -149,4 +178,3 @@ def _require(module: str, what: str):
         return importlib.import_module(module)
     except ImportError as e:
         raise ImportError(f"{what} needs flashlight-text, which is not installed: {LM_INSTALL_HINT}") from e
-

@@ -149,8 +149,7 @@ def align_counts(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> ErrorCount
         prev = cur
     cost, dels = divmod(int(prev[-1]), K)
     ins = dels + (m - n)
-    return ErrorCounts(substitutions=cost - ins - dels, insertions=ins, deletions=dels,
-                       ref_len=len(ref))
+    return ErrorCounts(substitutions=cost - ins - dels, insertions=ins, deletions=dels, ref_len=len(ref))
 
 
 def edit_distance(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> int:

@@ -20,21 +20,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 import torch
 
 from wav2vec2_lite.asr.chunking import chunked_logits
-from wav2vec2_lite.data.audio import AudioError, AudioInfo, audio_info, load_audio, normalize as normalize_wave
-from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
-from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
 from wav2vec2_lite.compile import compile_dense
+from wav2vec2_lite.data.audio import (
+    AudioError,
+    AudioInfo,
+    audio_info,
+    load_audio,
+)
+from wav2vec2_lite.data.audio import (
+    normalize as normalize_wave,
+)
+from wav2vec2_lite.data.manifest import ManifestError, iter_manifest, read_manifest
+from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
 from wav2vec2_lite.interop.sources import load_any
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
-__all__ = ["AUDIO_SUFFIXES", "Failure", "NotACTCModelError", "Transcriber", "Transcript", "conversion_notice",
-           "expand_inputs", "transcribe_all"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "Failure",
+    "NotACTCModelError",
+    "Transcriber",
+    "Transcript",
+    "conversion_notice",
+    "expand_inputs",
+    "transcribe_all",
+]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "dict.ltr.txt")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")  # what a folder is searched for
@@ -54,7 +69,12 @@ class Transcript:
     notice: str | None = None  # what was converted to feed the model (channels mixed, resampled)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"path": self.path, "text": self.text, "duration_s": round(self.duration_s, 3), "words": self.words}
+        out = {
+            "path": self.path,
+            "text": self.text,
+            "duration_s": round(self.duration_s, 3),
+            "words": self.words,
+        }
         return out if self.notice is None else {**out, "notice": self.notice}
 
 
@@ -80,18 +100,32 @@ def _find_tokenizer(folder: Path) -> CharTokenizer:
                 if name == "vocab.json":
                     return CharTokenizer.from_hf_vocab(p)
                 return CharTokenizer.from_dictionary(p)
-    raise FileNotFoundError(f"{folder}: no tokenizer ({', '.join(TOKENIZER_FILES)}) next to the model or in the run")
+    raise FileNotFoundError(
+        f"{folder}: no tokenizer ({', '.join(TOKENIZER_FILES)}) next to the model or in the run"
+    )
 
 
 class Transcriber:
     """Greedy CTC transcription of whole files, chunked past ``chunk_s`` seconds."""
 
-    def __init__(self, model: Wav2Vec2ForCTC, tokenizer: CharTokenizer, *, normalize: bool = False,
-                 device: str = "cpu", chunk_s: float = 30.0, overlap_s: float = 4.0, sample_rate: int = 16000,
-                 decoding: DecodingConfig | None = None, dtype: str | torch.dtype = "float32",
-                 compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: Wav2Vec2ForCTC,
+        tokenizer: CharTokenizer,
+        *,
+        normalize: bool = False,
+        device: str = "cpu",
+        chunk_s: float = 30.0,
+        overlap_s: float = 4.0,
+        sample_rate: int = 16000,
+        decoding: DecodingConfig | None = None,
+        dtype: str | torch.dtype = "float32",
+        compile: bool = False,
+    ) -> None:
         if len(tokenizer) != model.config.vocab_size:
-            raise ValueError(f"tokenizer has {len(tokenizer)} symbols; the model's CTC head has {model.config.vocab_size}")
+            raise ValueError(
+                f"tokenizer has {len(tokenizer)} symbols; the model's CTC head has {model.config.vocab_size}"
+            )
         self.model = cast_for_inference(model.to(device), dtype)  # float32, or bf16 Linear weights
         if compile:  # the dense part, traced on the first file (wav2vec2_lite.compile)
             compile_dense(self.model)
@@ -103,8 +137,9 @@ class Transcriber:
         self.chunk_s, self.overlap_s, self.sample_rate = chunk_s, overlap_s, sample_rate
 
     @classmethod
-    def from_path(cls, path: str | Path, *, dictionary: str | Path | None = None, trust: bool = False,
-                  **kwargs: Any) -> "Transcriber":
+    def from_path(
+        cls, path: str | Path, *, dictionary: str | Path | None = None, trust: bool = False, **kwargs: Any
+    ) -> "Transcriber":
         """A fine-tuned CTC model from any checkpoint :func:`~wav2vec2_lite.interop.sources.detect`
         accepts (our run or model folder, a Hugging Face folder, a fairseq fine-tuned ``.pt``).
 
@@ -115,8 +150,10 @@ class Transcriber:
         """
         loaded = load_any(path, trust=trust)
         if not isinstance(loaded.model, Wav2Vec2ForCTC):
-            raise NotACTCModelError(f"{loaded.source}: holds a {type(loaded.model).__name__}, not a fine-tuned "
-                                    f"Wav2Vec2ForCTC; give a fine-tuning run or its model folder")
+            raise NotACTCModelError(
+                f"{loaded.source}: holds a {type(loaded.model).__name__}, not a fine-tuned "
+                f"Wav2Vec2ForCTC; give a fine-tuning run or its model folder"
+            )
         normalize = loaded.normalize
         if normalize is None:
             normalize = loaded.model.config.feat_extract_norm == "layer"
@@ -135,8 +172,13 @@ class Transcriber:
         if wave.shape[0] <= self.chunk_s * self.sample_rate:
             return fn(wave[None])[0]
         return chunked_logits(
-            fn, wave, chunk_s=self.chunk_s, overlap_s=self.overlap_s, sample_rate=self.sample_rate,
-            frame_stride=cfg.frame_stride, receptive_field=cfg.receptive_field,
+            fn,
+            wave,
+            chunk_s=self.chunk_s,
+            overlap_s=self.overlap_s,
+            sample_rate=self.sample_rate,
+            frame_stride=cfg.frame_stride,
+            receptive_field=cfg.receptive_field,
             num_frames_fn=lambda n: int(self.model.feature_output_lengths(torch.tensor([n]))[0]),
         )
 
@@ -149,8 +191,9 @@ class Transcriber:
         """One utterance's transcript; word timings with greedy decoding only (beam search: ``words`` is empty)."""
         logits = self.logits(wave)
         if self._decode is not None:
-            return Transcript(path=path, text=self._decode(logits), words=[],
-                              duration_s=wave.shape[0] / self.sample_rate)
+            return Transcript(
+                path=path, text=self._decode(logits), words=[], duration_s=wave.shape[0] / self.sample_rate
+            )
         text, words = greedy_decode_with_timings(
             logits, self.tokenizer.vocab, frame_stride_s=self.model.config.frame_stride / self.sample_rate
         )
@@ -165,8 +208,10 @@ class Transcriber:
         wave = load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
         field = self.model.config.receptive_field
         if wave.shape[0] < field:
-            raise AudioError(f"{path}: {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than the model's "
-                             f"{field}-sample receptive field; too short to transcribe")
+            raise AudioError(
+                f"{path}: {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than the model's "
+                f"{field}-sample receptive field; too short to transcribe"
+            )
         return wave, conversion_notice(path, info, self.sample_rate)
 
     def transcribe_file(self, path: str | Path) -> Transcript:
@@ -236,8 +281,9 @@ def _reason(e: BaseException, path: str | Path) -> str:
     return msg if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {msg}"
 
 
-def transcribe_all(tr: Transcriber, inputs: Iterable[str | Path], limit: int | None = None
-                   ) -> Iterator[Transcript | Failure]:
+def transcribe_all(
+    tr: Transcriber, inputs: Iterable[str | Path], limit: int | None = None
+) -> Iterator[Transcript | Failure]:
     """Each input's Transcript or Failure, one at a time, in order: one bad file costs only itself."""
     for item in expand_inputs(inputs, limit):
         if isinstance(item, Failure):

@@ -31,5 +31,20 @@ from wav2vec2_lite.cli.common import CONFIG_DIR, EXIT_OK, EXIT_PARTIAL, EXIT_USA
 from wav2vec2_lite.cli.tools import extract, manifest, probe, report, sweep_summary
 from wav2vec2_lite.cli.training import finetune, pretrain, run_from_hydra
 
-__all__ = ["pretrain", "finetune", "transcribe", "evaluate", "extract", "export_hf", "probe", "manifest",
-           "report", "sweep_summary", "run_from_hydra", "CONFIG_DIR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE"]
+__all__ = [
+    "pretrain",
+    "finetune",
+    "transcribe",
+    "evaluate",
+    "extract",
+    "export_hf",
+    "probe",
+    "manifest",
+    "report",
+    "sweep_summary",
+    "run_from_hydra",
+    "CONFIG_DIR",
+    "EXIT_OK",
+    "EXIT_PARTIAL",
+    "EXIT_USAGE",
+]

@@ -7,10 +7,22 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from wav2vec2_lite.cli.common import (EXIT_PARTIAL, EXIT_USAGE, _add_checkpoint_options, _add_decoding_options,
-                                      _add_dtype_option, _add_overwrite_option, _decoding, _dtype_note, _Parser,
-                                      _report_failure, _reported, _TRUST_HINT)
+from wav2vec2_lite.cli.common import (
+    _TRUST_HINT,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    _add_checkpoint_options,
+    _add_decoding_options,
+    _add_dtype_option,
+    _add_overwrite_option,
+    _decoding,
+    _dtype_note,
+    _Parser,
+    _report_failure,
+    _reported,
+)
 from wav2vec2_lite.tools.output_dir import claim_output_dir
+
 
 # --------------------------------------------------------------------------------- transcription
 def transcribe(argv: list[str] | None = None) -> None:
@@ -31,7 +43,9 @@ def transcribe(argv: list[str] | None = None) -> None:
     _add_checkpoint_options(p)
     p.add_argument("--manifest", action="append", default=[], help="a fairseq TSV manifest (repeatable)")
     p.add_argument("--limit", type=int, help="at most this many rows of each manifest")
-    p.add_argument("--json", action="store_true", help="JSON lines (with per-word timings when decoding greedily)")
+    p.add_argument(
+        "--json", action="store_true", help="JSON lines (with per-word timings when decoding greedily)"
+    )
     p.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files (seconds)")
     p.add_argument("--overlap-s", type=float, default=4.0, help="overlap between windows (seconds)")
     p.add_argument("--device", default="cpu")
@@ -46,9 +60,17 @@ def transcribe(argv: list[str] | None = None) -> None:
 
     _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
-        tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, chunk_s=args.chunk_s,
-                                   overlap_s=args.overlap_s, device=args.device, decoding=_decoding(args),
-                                   dtype=args.dtype, compile=args.compile)
+        tr = Transcriber.from_path(
+            args.model,
+            dictionary=args.dict,
+            trust=args.trust_pickle,
+            chunk_s=args.chunk_s,
+            overlap_s=args.overlap_s,
+            device=args.device,
+            decoding=_decoding(args),
+            dtype=args.dtype,
+            compile=args.compile,
+        )
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -74,13 +96,19 @@ def evaluate(argv: list[str] | None = None) -> None:
     transcribed is named on stderr and scored as an empty hypothesis (exit 1)."""
     prog = "w2v2-evaluate"
     p = _Parser(prog, evaluate.__doc__)
-    p.add_argument("model", help="fine-tuned run dir or model folder, Hugging Face folder or fairseq fine-tuned .pt")
+    p.add_argument(
+        "model", help="fine-tuned run dir or model folder, Hugging Face folder or fairseq fine-tuned .pt"
+    )
     p.add_argument("--data", required=True, help="folder of SPLIT.tsv and SPLIT.wrd (or .ltr)")
     p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--labels", choices=("wrd", "ltr"), default="wrd", help="reference file (default: wrd)")
     p.add_argument("--limit", type=int, help="score the first N utterances only")
-    p.add_argument("--out", metavar="DIR", help="write summary.json and utterances.jsonl here: a new or empty "
-                   "folder, or one w2v2-evaluate wrote (replaced)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="write summary.json and utterances.jsonl here: a new or empty "
+        "folder, or one w2v2-evaluate wrote (replaced)",
+    )
     _add_overwrite_option(p, "--out")
     p.add_argument("--device", default="cpu")
     _add_dtype_option(p)
@@ -93,13 +121,26 @@ def evaluate(argv: list[str] | None = None) -> None:
 
     _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
-        out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.data, args.dict]) \
-            if args.out else None
+        out = (
+            claim_output_dir(
+                args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.data, args.dict]
+            )
+            if args.out
+            else None
+        )
         with out or nullcontext():  # --out gets the whole result or, on an error or an interrupt, nothing
-            tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle, device=args.device,
-                                       decoding=_decoding(args), dtype=args.dtype, compile=args.compile)
-            result = evaluate_split(tr, args.data, args.split, args.limit, labels=args.labels,
-                                    progress=sys.stderr.isatty())
+            tr = Transcriber.from_path(
+                args.model,
+                dictionary=args.dict,
+                trust=args.trust_pickle,
+                device=args.device,
+                decoding=_decoding(args),
+                dtype=args.dtype,
+                compile=args.compile,
+            )
+            result = evaluate_split(
+                tr, args.data, args.split, args.limit, labels=args.labels, progress=sys.stderr.isatty()
+            )
             kinds = sentence_kinds(args.data)
             parts = by_kind(result, kinds)
             if out is not None:
@@ -107,24 +148,38 @@ def evaluate(argv: list[str] | None = None) -> None:
     for path, why in result.failed.items():
         sys.stderr.write(f"{prog}: error: {path}: {why}\n")
     decoding = tr.decoding.to_dict()
-    print(f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  ({result.utterances} utterances; "
-          f"{' '.join(f'{k}={v}' for k, v in decoding.items())}; {tr.dtype})")
+    print(
+        f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  ({result.utterances} utterances; "
+        f"{' '.join(f'{k}={v}' for k, v in decoding.items())}; {tr.dtype})"
+    )
     for kind, part in parts.items():
-        print(f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)")
+        print(
+            f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)"
+        )
     if out is not None:
         print(f"wrote {out.path / 'summary.json'} and {out.path / 'utterances.jsonl'}")
     if result.failed:
-        sys.stderr.write(f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n")
+        sys.stderr.write(
+            f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n"
+        )
         raise SystemExit(EXIT_PARTIAL)
 
 
 def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
     """``summary.json`` (rates, error counts, decoder, dtype, model) and ``utterances.jsonl`` in ``folder``."""
-    summary = {"model": str(args.model), "data": str(args.data), "split": args.split, "labels": args.labels,
-               **result.to_dict(), "word_errors": vars(result.word_counts),
-               "char_errors": vars(result.char_counts), "decoding": tr.decoding.to_dict(),
-               "dtype": tr.dtype, "by_kind": {k: v.to_dict() for k, v in parts.items()},
-               "failed_utterances": result.failed}
+    summary = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "split": args.split,
+        "labels": args.labels,
+        **result.to_dict(),
+        "word_errors": vars(result.word_counts),
+        "char_errors": vars(result.char_counts),
+        "decoding": tr.decoding.to_dict(),
+        "dtype": tr.dtype,
+        "by_kind": {k: v.to_dict() for k, v in parts.items()},
+        "failed_utterances": result.failed,
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     with open(folder / "utterances.jsonl", "w", encoding="utf-8") as f:
         for rec in result.records(kinds):
@@ -137,10 +192,16 @@ def export_hf(argv: list[str] | None = None) -> None:
     ``transformers.pipeline("automatic-speech-recognition", model=OUT)`` loads offline."""
     prog = "w2v2-export-hf"
     p = _Parser(prog, export_hf.__doc__)
-    p.add_argument("model", help="fine-tuned run dir or model folder (with its dict.ltr.txt), Hugging Face folder "
-                   "or fairseq fine-tuned .pt")
-    p.add_argument("out", help="output folder: new, empty, or an earlier export (replaced); never a training run "
-                   "folder or a folder inside one")
+    p.add_argument(
+        "model",
+        help="fine-tuned run dir or model folder (with its dict.ltr.txt), Hugging Face folder "
+        "or fairseq fine-tuned .pt",
+    )
+    p.add_argument(
+        "out",
+        help="output folder: new, empty, or an earlier export (replaced); never a training run "
+        "folder or a folder inside one",
+    )
     _add_overwrite_option(p, "OUT")
     _add_checkpoint_options(p)
     args = p.parse_intermixed_args(argv)

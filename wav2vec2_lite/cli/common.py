@@ -22,11 +22,14 @@ CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 
 # Library errors state hints in Python keywords; the training commands take Hydra overrides.
-_OVERRIDE_HINTS = {"mono='mix'": "data.mono=mix", "resample='soxr'": "data.resample=soxr",
-                   "skip_invalid=True": "data.skip_invalid=true", "set run_dir to": "set hydra.run.dir to",
-                   "load_fairseq(path, trust=True)": "finetune.trust_pickle=true",
-                   "raise max_tokens, crop with max_sample_size, or pass too_long='skip'":
-                       "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip"}
+_OVERRIDE_HINTS = {
+    "mono='mix'": "data.mono=mix",
+    "resample='soxr'": "data.resample=soxr",
+    "skip_invalid=True": "data.skip_invalid=true",
+    "set run_dir to": "set hydra.run.dir to",
+    "load_fairseq(path, trust=True)": "finetune.trust_pickle=true",
+    "raise max_tokens, crop with max_sample_size, or pass too_long='skip'": "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip",
+}
 _TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools that read a fine-tuned model
 
 
@@ -87,53 +90,91 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_overwrite_option(p: argparse.ArgumentParser, option: str) -> None:
     """``--overwrite``: replace an output the rule of ``wav2vec2_lite.tools.output_dir`` refuses."""
-    p.add_argument("--overwrite", action="store_true", help=f"replace what {option} holds although this tool did "
-                   f"not write it (the whole output set is swapped in at once; never a training run folder)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace what {option} holds although this tool did "
+        f"not write it (the whole output set is swapped in at once; never a training run folder)",
+    )
 
 
 def _add_checkpoint_options(p: argparse.ArgumentParser) -> None:
     """``--dict`` and ``--trust-pickle``: what a fairseq fine-tuned ``.pt`` may need."""
-    p.add_argument("--dict", metavar="DICT", help="the model's dict.ltr.txt (default: the tokenizer saved beside "
-                   "the model; for a fairseq .pt, the dict.ltr.txt next to it)")
-    p.add_argument("--trust-pickle", action="store_true", help="let a fairseq .pt that needs full pickle run it "
-                   "(only for files you trust; by default no code from the file runs)")
+    p.add_argument(
+        "--dict",
+        metavar="DICT",
+        help="the model's dict.ltr.txt (default: the tokenizer saved beside "
+        "the model; for a fairseq .pt, the dict.ltr.txt next to it)",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="let a fairseq .pt that needs full pickle run it "
+        "(only for files you trust; by default no code from the file runs)",
+    )
 
 
 def _add_dtype_option(p: argparse.ArgumentParser) -> None:
     """``--dtype float32|bfloat16`` (the weights inference runs in, ``inference_dtype``) and ``--compile``."""
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "bf16"), default="float32",
-                   help="float32 (default) or bfloat16: the transformer's weights and activations in bf16, "
-                   "convolutions and norms in float32 (fast on GPUs and CPUs with AVX512-BF16/AMX; emulated, "
-                   "slow, elsewhere)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model's dense part (projection, "
-                   "transformer, CTC head): slower start, faster per file where it pays (docs/benchmarks.md)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "bf16"),
+        default="float32",
+        help="float32 (default) or bfloat16: the transformer's weights and activations in bf16, "
+        "convolutions and norms in float32 (fast on GPUs and CPUs with AVX512-BF16/AMX; emulated, "
+        "slow, elsewhere)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's dense part (projection, "
+        "transformer, CTC head): slower start, faster per file where it pays (docs/benchmarks.md)",
+    )
 
 
 def _dtype_note(prog: str, dtype: str, device: str) -> None:
     """One line on stderr when bf16 is asked for where the hardware only emulates it."""
     if dtype in ("bfloat16", "bf16") and not hardware.native_bf16(device):
-        sys.stderr.write(f"{prog}: note: this CPU has no bf16 units (avx512_bf16/amx_bf16): bfloat16 is emulated "
-                         f"and slower than float32 here\n")
+        sys.stderr.write(
+            f"{prog}: note: this CPU has no bf16 units (avx512_bf16/amx_bf16): bfloat16 is emulated "
+            f"and slower than float32 here\n"
+        )
 
 
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     """Greedy, prefix beam search, or beam search with an n-gram LM (``asr.decode.DecodingConfig``)."""
-    p.add_argument("--decoder", choices=("greedy", "beam"), help="greedy (default; word timings) or beam search "
-                   "(the default with --lm)")
+    p.add_argument(
+        "--decoder",
+        choices=("greedy", "beam"),
+        help="greedy (default; word timings) or beam search (the default with --lm)",
+    )
     p.add_argument("--beam-size", type=int, default=16, help="beam width (default: %(default)s)")
-    p.add_argument("--lm", metavar="FILE", help="word n-gram LM, .arpa or KenLM binary (needs wav2vec2_lite[lm])")
-    p.add_argument("--lexicon", metavar="FILE", help="words the LM decoder may output, one per line "
-                   "(default: the .arpa's unigrams)")
+    p.add_argument(
+        "--lm", metavar="FILE", help="word n-gram LM, .arpa or KenLM binary (needs wav2vec2_lite[lm])"
+    )
+    p.add_argument(
+        "--lexicon",
+        metavar="FILE",
+        help="words the LM decoder may output, one per line (default: the .arpa's unigrams)",
+    )
     p.add_argument("--lm-weight", type=float, default=0.5, help="LM weight (default: %(default)s)")
-    p.add_argument("--word-score", type=float, default=0.0, help="score added per word (default: %(default)s)")
+    p.add_argument(
+        "--word-score", type=float, default=0.0, help="score added per word (default: %(default)s)"
+    )
 
 
 def _decoding(args: argparse.Namespace):
     from wav2vec2_lite.asr.decode import DecodingConfig  # start-up: soundfile, the ASR stack not in --help
 
     decoder = args.decoder or ("beam" if args.lm or args.lexicon else "greedy")
-    return DecodingConfig(decoder=decoder, beam_size=args.beam_size, lm=args.lm, lexicon=args.lexicon,
-                          lm_weight=args.lm_weight, word_score=args.word_score).validate()
+    return DecodingConfig(
+        decoder=decoder,
+        beam_size=args.beam_size,
+        lm=args.lm,
+        lexicon=args.lexicon,
+        lm_weight=args.lm_weight,
+        word_score=args.word_score,
+    ).validate()
 
 
 def _report_failure(prog: str, failure, as_json: bool, debug: bool) -> None:

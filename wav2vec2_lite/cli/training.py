@@ -10,9 +10,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from wav2vec2_lite.cli.common import CONFIG_DIR, _OVERRIDE_HINTS, _debug_wanted, _fail, _reported
+from wav2vec2_lite.cli.common import _OVERRIDE_HINTS, CONFIG_DIR, _debug_wanted, _fail, _reported
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.tools.output_dir import check_training_run_dir
+
 
 # --------------------------------------------------------------------------------- training
 def run_from_hydra(cfg) -> dict:
@@ -53,8 +54,10 @@ def _shared_run_dir(argv: list[str], task: str) -> list[str]:
         return argv
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "")
     if not run_id or run_id == "none":
-        raise ValueError(f"{world} processes without hydra.run.dir and without a torchrun run id: give "
-                         f"hydra.run.dir=DIR (on storage every node sees) so that all ranks share one run folder")
+        raise ValueError(
+            f"{world} processes without hydra.run.dir and without a torchrun run id: give "
+            f"hydra.run.dir=DIR (on storage every node sees) so that all ranks share one run folder"
+        )
     kind = "pretrain" if task.startswith("pretrain") else "finetune"
     return [*argv, f"hydra.run.dir=outputs/{kind}/torchrun_{run_id}"]
 
@@ -70,12 +73,33 @@ def _hydra_task(prog: str, debug: bool):
 
 
 _MAIN_KEYS = {
-    "pretrain": ["data.manifest_dir", "data.max_tokens", "data.max_sample_size", "model.preset", "model.objective",
-                 "optim.lr", "schedule.warmup_updates", "trainer.max_updates", "trainer.update_freq",
-                 "trainer.precision", "trainer.seed", "trainer.num_threads"],
-    "finetune": ["data.manifest_dir", "data.max_tokens", "finetune.pretrained", "finetune.freeze_finetune_updates",
-                 "ctc.mask_time_prob", "optim.lr", "trainer.max_updates", "trainer.update_freq", "trainer.precision",
-                 "trainer.seed", "trainer.num_threads"],
+    "pretrain": [
+        "data.manifest_dir",
+        "data.max_tokens",
+        "data.max_sample_size",
+        "model.preset",
+        "model.objective",
+        "optim.lr",
+        "schedule.warmup_updates",
+        "trainer.max_updates",
+        "trainer.update_freq",
+        "trainer.precision",
+        "trainer.seed",
+        "trainer.num_threads",
+    ],
+    "finetune": [
+        "data.manifest_dir",
+        "data.max_tokens",
+        "finetune.pretrained",
+        "finetune.freeze_finetune_updates",
+        "ctc.mask_time_prob",
+        "optim.lr",
+        "trainer.max_updates",
+        "trainer.update_freq",
+        "trainer.precision",
+        "trainer.seed",
+        "trainer.num_threads",
+    ],
 }
 
 
@@ -91,7 +115,7 @@ def _first_comment(path: Path, width: int = 90) -> str:
 
 def _clip(text: str, width: int) -> str:
     """``text``, cut at a word boundary with an ellipsis when longer than ``width``."""
-    return text if len(text) <= width else text[:width - 1].rsplit(" ", 1)[0] + "…"
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "…"
 
 
 def _key_doc(kind: str, key: str) -> str:
@@ -104,13 +128,18 @@ def _key_doc(kind: str, key: str) -> str:
     if name == "preset":
         return "model size: tiny | base | large (a config group: model=tiny)"
     # model: the schema node is built with make_dataclass (no source); its keys are Wav2Vec2Config's
-    classes = {"ctc": [Wav2Vec2Config], "model": [Wav2Vec2Config],
-               "schedule": list(SCHEDULES.values())}.get(group) or [_groups(_SCHEMAS[kind])[group]]
+    classes = {"ctc": [Wav2Vec2Config], "model": [Wav2Vec2Config], "schedule": list(SCHEDULES.values())}.get(
+        group
+    ) or [_groups(_SCHEMAS[kind])[group]]
     for cls in classes:
         body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
         for node, after in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name \
-                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and getattr(node.target, "id", None) == name
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+            ):
                 return " ".join(str(after.value.value).split()).split(". ")[0].rstrip(".")
     raise KeyError(f"{key}: no such documented key of a {kind} run")
 
@@ -118,23 +147,37 @@ def _key_doc(kind: str, key: str) -> str:
 def _training_help(kind: str, prog: str) -> str:
     """``--help`` of the training commands: the named configs, config groups and main keys."""
     names = sorted(p.stem for p in CONFIG_DIR.glob(f"{kind}*.yaml"))
-    groups = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(CONFIG_DIR.iterdir()) if d.is_dir()
-              and any(d.glob("*.yaml"))}
-    lines = [f"usage: {prog} [--config-name NAME] [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--debug]", "",
-             f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'} with Hydra configs from "
-             f"{CONFIG_DIR}.", "", "named configs (--config-name NAME; default: " + kind + "):"]
+    groups = {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(CONFIG_DIR.iterdir())
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }
+    lines = [
+        f"usage: {prog} [--config-name NAME] [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--debug]",
+        "",
+        f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'} with Hydra configs from "
+        f"{CONFIG_DIR}.",
+        "",
+        "named configs (--config-name NAME; default: " + kind + "):",
+    ]
     width = max(len(n) for n in names)
     lines += [f"  {n:<{width}}  {_first_comment(CONFIG_DIR / (n + '.yaml'))}" for n in names]
-    lines += ["", "config groups (GROUP=OPTION):"] + [f"  {g}: {' | '.join(opts)}" for g, opts in groups.items()]
+    lines += ["", "config groups (GROUP=OPTION):"] + [
+        f"  {g}: {' | '.join(opts)}" for g, opts in groups.items()
+    ]
     lines += ["", "main keys (KEY=VALUE):"]
     width = max(len(k) for k in _MAIN_KEYS[kind])
     lines += [f"  {k:<{width}}  {_clip(_key_doc(kind, k), 90)}" for k in _MAIN_KEYS[kind]]
-    lines += ["", "other options:",
-              "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes from its last checkpoint",
-              "  -m                  multirun: comma-separated values sweep, one run folder per job",
-              "  --cfg job           print the composed config and exit",
-              "  --debug             show the traceback of an error",
-              "", "Every key with its default and meaning: docs/config.md."]
+    lines += [
+        "",
+        "other options:",
+        "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes from its last checkpoint",
+        "  -m                  multirun: comma-separated values sweep, one run folder per job",
+        "  --cfg job           print the composed config and exit",
+        "  --debug             show the traceback of an error",
+        "",
+        "Every key with its default and meaning: docs/config.md.",
+    ]
     return "\n".join(lines)
 
 
@@ -162,7 +205,8 @@ def _main(config_name: str, prog: str) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report; we report
     try:
         hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
-            _hydra_task(prog, debug))()
+            _hydra_task(prog, debug)
+        )()
     except (HydraException, OmegaConfBaseException) as e:
         if debug:
             raise
@@ -184,8 +228,11 @@ def _hydra_message(e: BaseException, kind: str) -> str:
     from wav2vec2_lite.train.config import unknown_key_error
 
     head = str(e).split("'")
-    if isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError)) and head[0] == "Could not override " \
-            and len(head) > 2:
+    if (
+        isinstance(e.__cause__, (ConfigKeyError, ConfigAttributeError))
+        and head[0] == "Could not override "
+        and len(head) > 2
+    ):
         return str(unknown_key_error(head[1].lstrip("+~"), kind))
     own = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
     cause = str(e.__cause__).splitlines()[:1] if isinstance(e.__cause__, Exception) else []

@@ -155,7 +155,9 @@ def resolve_diversity(value: str | Diversity | Mapping | None) -> Diversity:
             raise ValueError(f"unknown diversity options {sorted(unknown)}; known: {sorted(names)}")
         over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}
         return replace(base, **over)
-    raise TypeError(f"diversity must be a preset name, a Diversity or a mapping, found {type(value).__name__}")
+    raise TypeError(
+        f"diversity must be a preset name, a Diversity or a mapping, found {type(value).__name__}"
+    )
 
 
 # ------------------------------------------------------------------------------ the effects
@@ -165,7 +167,9 @@ def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarr
     """``wave`` played ``factor`` times faster (``len / factor`` samples, pitch scaled too)."""
     if factor == 1.0:
         return wave
-    out = soxr.resample(np.ascontiguousarray(wave, np.float32), sample_rate * factor, sample_rate, quality="HQ")
+    out = soxr.resample(
+        np.ascontiguousarray(wave, np.float32), sample_rate * factor, sample_rate, quality="HQ"
+    )
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
@@ -180,7 +184,9 @@ def eq_tilt(wave: np.ndarray, db_per_octave: float, sample_rate: int) -> np.ndar
     return np.fft.irfft(spec * gain, n).astype(np.float32)
 
 
-def room_impulse_response(rt60_s: float, drr_db: float, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+def room_impulse_response(
+    rt60_s: float, drr_db: float, rng: np.random.Generator, sample_rate: int
+) -> np.ndarray:
     """A synthetic room impulse response of ``round(rt60_s * sample_rate)`` samples (to -60 dB).
 
     ``h[0] = 1`` is the direct path; ``h[1:]`` is Gaussian noise under the envelope

@@ -114,6 +114,7 @@ ENGINE_VOLUME = 70  # keeps the engine's own int16 output clear of clipping
 AVG_UTTERANCE_S = 3.0  # first guess of an utterance's length, for batch sizing only
 MAX_BATCH = 64
 
+
 def render_utterance(spec: UtteranceSpec, synth: Synthesizer) -> np.ndarray:
     """The utterance's 16 kHz float32 wave: speech, [speed, tilt], level, silence padding,
     [reverberation], optional noise (see ``augment.py``; bracketed steps only when the spec asks).
@@ -201,7 +202,9 @@ class _Renderer:
             self.pool.join()
 
 
-def _fill(planner: UtterancePlanner, target_s: float, renderer: _Renderer, out_dir: Path, bar) -> list[tuple[UtteranceSpec, int]]:
+def _fill(
+    planner: UtterancePlanner, target_s: float, renderer: _Renderer, out_dir: Path, bar
+) -> list[tuple[UtteranceSpec, int]]:
     """Render the planner's utterances in order until ``target_s`` seconds are reached."""
     done: list[tuple[UtteranceSpec, int]] = []
     total = 0.0
@@ -223,10 +226,9 @@ def _fill(planner: UtterancePlanner, target_s: float, renderer: _Renderer, out_d
 
 # ------------------------------------------------------------------------------- the build
 
-_OUTPUT_FILES = (
-    ["unlabeled.tsv", "dict.ltr.txt", "utterances.jsonl"]
-    + [f"{s}.{ext}" for s in (*LABELED_TRAIN, "valid", "test") for ext in ("tsv", "ltr", "wrd")]
-)
+_OUTPUT_FILES = ["unlabeled.tsv", "dict.ltr.txt", "utterances.jsonl"] + [
+    f"{s}.{ext}" for s in (*LABELED_TRAIN, "valid", "test") for ext in ("tsv", "ltr", "wrd")
+]
 
 
 def _settings(minutes: dict[str, float], seed: int, domain_fraction: float, noise_prob: float,

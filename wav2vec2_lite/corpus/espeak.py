@@ -167,7 +167,9 @@ class _Cli:
         ]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, check=False)
         if out.returncode != 0 or not out.stdout:
-            raise SynthesisError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode(errors='replace')}")
+            raise SynthesisError(
+                f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.decode(errors='replace')}"
+            )
         wave, sr = sf.read(io.BytesIO(out.stdout), dtype="int16")
         self.native_rate = int(sr)
         return wave.reshape(-1)
@@ -261,7 +263,9 @@ class Synthesizer:
         v = VOICE_ALIASES.get(v, v)
         eng = self._engine
         if eng.voices is not None and v not in eng.voices:
-            raise SynthesisError(f"unknown eSpeak NG voice {voice!r}; English voices: {', '.join(ENGLISH_VOICES)}")
+            raise SynthesisError(
+                f"unknown eSpeak NG voice {voice!r}; English voices: {', '.join(ENGLISH_VOICES)}"
+            )
         if variant:
             if eng.variants is not None and variant not in eng.variants:
                 raise SynthesisError(f"unknown eSpeak NG variant {variant!r}; e.g. {', '.join(VARIANTS)}")
@@ -313,5 +317,3 @@ class Synthesizer:
         if self.native_rate != self.sample_rate:
             wave = soxr.resample(wave, self.native_rate, self.sample_rate, quality="HQ")
         return np.ascontiguousarray(wave, dtype=np.float32)
-
-

@@ -79,7 +79,16 @@ class Library:
         lib.espeak_SetSynthCallback.argtypes = [self._CALLBACK]
         lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
         lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
-        lib.espeak_Synth.argtypes = [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint, c.c_void_p, c.c_void_p]
+        lib.espeak_Synth.argtypes = [
+            c.c_void_p,
+            c.c_size_t,
+            c.c_uint,
+            c.c_int,
+            c.c_uint,
+            c.c_uint,
+            c.c_void_p,
+            c.c_void_p,
+        ]
         lib.espeak_Info.argtypes = [c.c_void_p]
         lib.espeak_Info.restype = c.c_char_p
         lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]

@@ -17,9 +17,22 @@ from wav2vec2_lite.corpus.espeak import ENGLISH_VOICES, VARIANTS
 from wav2vec2_lite.corpus.sentences import Sentence, SentenceGenerator
 
 __all__ = [
-    "DEFAULT_MINUTES", "EXTRA_VARIANTS", "FULL_MINUTES", "LABELED_TRAIN", "POOLS", "SPLITS", "Speaker",
-    "UtterancePlanner", "UtteranceSpec", "corpus_minutes", "make_extra_speakers", "make_speakers", "plan_capacity",
-    "speaker_pools", "split_speakers", "stable_seed",
+    "DEFAULT_MINUTES",
+    "EXTRA_VARIANTS",
+    "FULL_MINUTES",
+    "LABELED_TRAIN",
+    "POOLS",
+    "SPLITS",
+    "Speaker",
+    "UtterancePlanner",
+    "UtteranceSpec",
+    "corpus_minutes",
+    "make_extra_speakers",
+    "make_speakers",
+    "plan_capacity",
+    "speaker_pools",
+    "split_speakers",
+    "stable_seed",
 ]
 
 SPLITS = ("unlabeled", "train_1min", "train_10min", "train_1h", "valid", "test")
@@ -143,8 +156,14 @@ def make_extra_speakers(seed: int) -> list[Speaker]:
     """English voices x ``EXTRA_VARIANTS``, wider styles drawn from ``seed`` (never valid/test)."""
     rng = random.Random(f"{seed}:extra-speakers")
     return [
-        Speaker(voice=voice, variant=variant, rate=rng.randint(*EXTRA_RATE_WPM), pitch=rng.randint(*EXTRA_PITCH),
-                pitch_range=rng.randint(*EXTRA_PITCH_RANGE), word_gap=rng.choice(WORD_GAPS))
+        Speaker(
+            voice=voice,
+            variant=variant,
+            rate=rng.randint(*EXTRA_RATE_WPM),
+            pitch=rng.randint(*EXTRA_PITCH),
+            pitch_range=rng.randint(*EXTRA_PITCH_RANGE),
+            word_gap=rng.choice(WORD_GAPS),
+        )
         for voice in ENGLISH_VOICES
         for variant in EXTRA_VARIANTS
     ]
@@ -242,8 +261,16 @@ class UtterancePlanner:
         d, r = self.diversity, self.drng
         speed = r.choice(d.speed_factors)
         tilt, tilt_db = r.random() < d.tilt_prob, round(r.uniform(*d.tilt_db_per_octave), 2)
-        reverb, rt60, drr = r.random() < d.reverb_prob, round(r.uniform(*d.rt60_s), 3), round(r.uniform(*d.drr_db), 1)
-        noisy, color, snr = r.random() < d.noise_prob, r.choice(d.noise_colors), round(r.uniform(*d.snr_db), 1)
+        reverb, rt60, drr = (
+            r.random() < d.reverb_prob,
+            round(r.uniform(*d.rt60_s), 3),
+            round(r.uniform(*d.drr_db), 1),
+        )
+        noisy, color, snr = (
+            r.random() < d.noise_prob,
+            r.choice(d.noise_colors),
+            round(r.uniform(*d.snr_db), 1),
+        )
         over: dict = {"speed": float(speed), "tilt_db": tilt_db if tilt else 0.0}
         if reverb:
             over.update(rt60_s=rt60, drr_db=drr)
@@ -275,7 +302,12 @@ def plan_capacity(
     """
     diversity = resolve_diversity(diversity)
     by_pool, _ = speaker_pools(seed, diversity)
-    minutes = {"test": test_minutes, "valid": valid_minutes, "train": train_minutes, "unlabeled": unlabeled_minutes}
+    minutes = {
+        "test": test_minutes,
+        "valid": valid_minutes,
+        "train": train_minutes,
+        "unlabeled": unlabeled_minutes,
+    }
     used: set[str] = set()
     report: dict = {}
     for pool in ("test", "valid", "train", "unlabeled"):

@@ -88,7 +88,11 @@ def _time_words(rng: random.Random, *, part_of_day: bool = True) -> str:
         return rng.choice(("noon", "midnight"))
     hour = rng.randint(1, 12)
     if style < 0.25:
-        return f"half past {number_to_words(hour)}" if rng.random() < 0.5 else f"quarter past {number_to_words(hour)}"
+        return (
+            f"half past {number_to_words(hour)}"
+            if rng.random() < 0.5
+            else f"quarter past {number_to_words(hour)}"
+        )
     minute = rng.choice((0, 0, 5, 10, 15, 20, 25, 30, 30, 35, 40, 45, 45, 50, 55))
     words = time_to_words(hour, minute)
     if part_of_day and rng.random() < 0.4:
@@ -115,7 +119,9 @@ def _a(word: str) -> str:
     return ("an " if first[0] in "aeiou" or first in ADJ_THAT_NEED_AN else "a ") + word
 
 
-def _np(rng: random.Random, nouns=None, *, article: str = "the", adj_prob: float = 0.5, plural: bool = False) -> str:
+def _np(
+    rng: random.Random, nouns=None, *, article: str = "the", adj_prob: float = 0.5, plural: bool = False
+) -> str:
     """Noun phrase: "the old man", "a red box", "three boxes"."""
     noun = rng.choice(nouns or NOUNS)
     word = noun[1] if plural else noun[0]
@@ -152,23 +158,41 @@ _GENERAL: tuple[Template, ...] = (
     lambda r: f"{r.choice(NAMES)} and {r.choice(NAMES)} {r.choice(VI)[2]} {_pp(r)}.",
     lambda r: f"there is {_np(r, OBJECTS, article='a', adj_prob=0.8)} {_pp(r)}.",
     lambda r: f"the {r.choice(NOUNS)[1]} were very {r.choice(ADJECTIVES)}{_maybe(r, 0.5, r.choice(TIMES))}.",
-    lambda r: f"i {r.choice(FEELINGS)} the {r.choice(NOUNS)[0]} {r.choice(VT)[1]} {_np(r, OBJECTS, article=r.choice(('a', 'the')))}.",
+    lambda r: (
+        f"i {r.choice(FEELINGS)} the {r.choice(NOUNS)[0]} {r.choice(VT)[1]} {_np(r, OBJECTS, article=r.choice(('a', 'the')))}."
+    ),
     lambda r: f"please {r.choice(VT)[0]} {_np(r, OBJECTS)} {_pp(r)}.",
-    lambda r: f"{r.choice(NAMES)} could not {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]} because it was too {r.choice(ADJECTIVES)}.",
+    lambda r: (
+        f"{r.choice(NAMES)} could not {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]} because it was too {r.choice(ADJECTIVES)}."
+    ),
     lambda r: f"why did the {r.choice(NOUNS)[0]} {r.choice(VI)[0]} {_pp(r)}?",
-    lambda r: f"the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)} and the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)}.",
+    lambda r: (
+        f"the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)} and the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)}."
+    ),
     lambda r: f"{r.choice(NAMES)} {r.choice(VI)[2]} {r.choice(MANNER)} {_pp(r)}.",
     lambda r: f"have you ever seen {_np(r, OBJECTS, article='a', adj_prob=0.9)}?",
-    lambda r: f"{r.choice(TIMES)} {_subject(r)} {r.choice(VT)[2]} {r.choice(SMALL_NUMBERS)} {_np(r, OBJECTS, article='', plural=True, adj_prob=0.3)}.",
+    lambda r: (
+        f"{r.choice(TIMES)} {_subject(r)} {r.choice(VT)[2]} {r.choice(SMALL_NUMBERS)} {_np(r, OBJECTS, article='', plural=True, adj_prob=0.3)}."
+    ),
     lambda r: f"don't {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]}{_maybe(r, 0.5, _pp(r))}.",
-    lambda r: f"i can't find my {r.choice(ADJECTIVES)} {r.choice(OBJECTS)[0]}{_maybe(r, 0.5, r.choice(TIMES))}.",
+    lambda r: (
+        f"i can't find my {r.choice(ADJECTIVES)} {r.choice(OBJECTS)[0]}{_maybe(r, 0.5, r.choice(TIMES))}."
+    ),
     lambda r: f"it's {_np(r, NOUNS, article='a', adj_prob=1.0)}{_maybe(r, 0.5, _pp(r))}.",
-    lambda r: f"the {r.choice(PEOPLE).split('/')[0]}'s {r.choice(OBJECTS)[0]} is {r.choice(ADJECTIVES)}{_maybe(r, 0.4, _pp(r))}.",
-    lambda r: f"{r.choice(NAMES)} {r.choice(VT)[1]} {_np(r, OBJECTS, plural=True, adj_prob=0.4)} {r.choice(TIMES)}.",
+    lambda r: (
+        f"the {r.choice(PEOPLE).split('/')[0]}'s {r.choice(OBJECTS)[0]} is {r.choice(ADJECTIVES)}{_maybe(r, 0.4, _pp(r))}."
+    ),
+    lambda r: (
+        f"{r.choice(NAMES)} {r.choice(VT)[1]} {_np(r, OBJECTS, plural=True, adj_prob=0.4)} {r.choice(TIMES)}."
+    ),
     lambda r: f"she told me that {_np(r, PERSONS)} {r.choice(VI)[2]} {r.choice(MANNER)}.",
-    lambda r: f"my {r.choice(PEOPLE).split('/')[0]} {r.choice(VI)[2]} {_pp(r)}{_maybe(r, 0.4, r.choice(TIMES))}.",
+    lambda r: (
+        f"my {r.choice(PEOPLE).split('/')[0]} {r.choice(VI)[2]} {_pp(r)}{_maybe(r, 0.4, r.choice(TIMES))}."
+    ),
     lambda r: f"they {r.choice(FREQUENCY)} {r.choice(VT)[0]} {_np(r, OBJECTS, plural=True, adj_prob=0.3)}.",
-    lambda r: f"{r.choice(NAMES)} {r.choice(FREQUENCY)} {r.choice(VI)[1]} {_pp(r)}{_maybe(r, 0.3, 'in the ' + r.choice(('morning', 'evening')))}.",
+    lambda r: (
+        f"{r.choice(NAMES)} {r.choice(FREQUENCY)} {r.choice(VI)[1]} {_pp(r)}{_maybe(r, 0.3, 'in the ' + r.choice(('morning', 'evening')))}."
+    ),
 )
 
 _DOMAIN: tuple[Template, ...] = (
@@ -178,13 +202,19 @@ _DOMAIN: tuple[Template, ...] = (
     lambda r: f"dim the {r.choice(ROOMS)} lights to {number_to_words(r.randrange(10, 100, 10))} percent.",
     lambda r: f"set the brightness to {number_to_words(r.randrange(5, 101, 5))} percent.",
     lambda r: f"set a timer for {_duration_words(r)}.",
-    lambda r: f"start a {number_to_words(r.randint(2, 60))} minute timer{_maybe(r, 0.3, 'for the ' + r.choice(('pasta', 'rice', 'eggs', 'tea', 'cake')))}.",
+    lambda r: (
+        f"start a {number_to_words(r.randint(2, 60))} minute timer{_maybe(r, 0.3, 'for the ' + r.choice(('pasta', 'rice', 'eggs', 'tea', 'cake')))}."
+    ),
     lambda r: f"set an alarm for {_time_words(r)}.",
     lambda r: f"wake me up at {_time_words(r, part_of_day=False)} {r.choice(WEEKDAYS)}.",
-    lambda r: f"set the temperature to {number_to_words(r.randint(15, 28))} degrees{_maybe(r, 0.5, 'in the ' + r.choice(ROOMS))}.",
+    lambda r: (
+        f"set the temperature to {number_to_words(r.randint(15, 28))} degrees{_maybe(r, 0.5, 'in the ' + r.choice(ROOMS))}."
+    ),
     lambda r: f"make it {r.choice(('warmer', 'cooler'))} in the {r.choice(ROOMS)} please.",
     lambda r: f"play some {r.choice(GENRES)} music in the {r.choice(ROOMS)}.",
-    lambda r: f"set the volume to {number_to_words(r.randint(1, 10))}{_maybe(r, 0.4, 'in the ' + r.choice(ROOMS))}.",
+    lambda r: (
+        f"set the volume to {number_to_words(r.randint(1, 10))}{_maybe(r, 0.4, 'in the ' + r.choice(ROOMS))}."
+    ),
     lambda r: f"turn the volume {r.choice(('up', 'down'))} in the {r.choice(ROOMS)}.",
     lambda r: f"what time is it in {r.choice(CITIES)}?",
     lambda r: f"what is the weather like in {r.choice(CITIES)} {r.choice(DAYS)}?",
@@ -194,9 +224,13 @@ _DOMAIN: tuple[Template, ...] = (
     lambda r: f"call {r.choice(CONTACTS)} {r.choice(WEEKDAYS)} at {_time_words(r)}.",
     lambda r: f"dial {_digits_words(r, r.choice((4, 7)))}.",
     lambda r: f"add {r.choice(ITEMS)} and {r.choice(ITEMS)} to the shopping list.",
-    lambda r: f"{r.choice(('open', 'close'))} the {r.choice(OPENABLES)}{_maybe(r, 0.4, 'at ' + _time_words(r))}.",
+    lambda r: (
+        f"{r.choice(('open', 'close'))} the {r.choice(OPENABLES)}{_maybe(r, 0.4, 'at ' + _time_words(r))}."
+    ),
     lambda r: f"lock the {r.choice(OPENABLES)} and turn off the {r.choice(DEVICES)}.",
-    lambda r: f"how many {r.choice(UNITS)} are left on the {r.choice(('timer', 'oven timer', 'kitchen timer'))}?",
+    lambda r: (
+        f"how many {r.choice(UNITS)} are left on the {r.choice(('timer', 'oven timer', 'kitchen timer'))}?"
+    ),
     lambda r: f"the code is {_digits_words(r, r.randint(4, 6))}.",
     lambda r: f"move the meeting to {_time_words(r, part_of_day=False)} {r.choice(WEEKDAYS)}.",
 )

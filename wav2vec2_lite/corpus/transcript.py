@@ -74,7 +74,9 @@ def _spell_numbers(text: str) -> str:
         lambda m: f" {time_to_words(int(m.group(1)), int(m.group(2)))} ",
         text,
     )
-    text = re.sub(r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal_words(int(m.group(1)))} ", text, flags=re.IGNORECASE)
+    text = re.sub(
+        r"\b(\d+)(st|nd|rd|th)\b", lambda m: f" {_ordinal_words(int(m.group(1)))} ", text, flags=re.IGNORECASE
+    )
     text = re.sub(
         r"\b(\d+)\.(\d+)\b",
         lambda m: f" {number_to_words(int(m.group(1)))} point {digits_to_words(m.group(2))} ",

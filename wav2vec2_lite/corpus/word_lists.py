@@ -145,14 +145,15 @@ VI = _pairs(INTRANSITIVE)
 # ----------------------------------------------------------------- closed domain vocabulary
 
 ROOMS = (
-    "kitchen|bedroom|bathroom|living room|dining room|garage|office|hallway|basement|"
-    "garden|nursery|attic"
+    "kitchen|bedroom|bathroom|living room|dining room|garage|office|hallway|basement|garden|nursery|attic"
 ).split("|")
 DEVICES = "lights|lamp|fan|heater|television|radio|oven|coffee machine|dishwasher|air conditioner".split("|")
 OPENABLES = "garage door|front door|back door|blinds|curtains|windows|gate".split("|")
 GENRES = "jazz|rock|classical|country|pop|relaxing|dance|folk".split("|")
 CITIES = "london|paris|tokyo|boston|berlin|sydney|chicago|dublin|madrid|toronto".split("|")
-WEEKDAYS = "today|tomorrow|on monday|on tuesday|on wednesday|on thursday|on friday|on saturday|on sunday".split("|")
+WEEKDAYS = (
+    "today|tomorrow|on monday|on tuesday|on wednesday|on thursday|on friday|on saturday|on sunday".split("|")
+)
 DAYS = WEEKDAYS + "tonight|this weekend|this afternoon|next week".split("|")
 TASKS = (
     "call mom|buy milk|water the plants|feed the cat|take out the trash|walk the dog|"

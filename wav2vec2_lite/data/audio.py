@@ -18,8 +18,18 @@ import soxr
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AudioError", "AudioInfo", "audio_info", "read_samples", "load_audio", "normalize", "audio_warnings",
-           "SILENCE_DBFS", "CLIP_LEVEL", "CLIP_FRACTION"]
+__all__ = [
+    "AudioError",
+    "AudioInfo",
+    "audio_info",
+    "read_samples",
+    "load_audio",
+    "normalize",
+    "audio_warnings",
+    "SILENCE_DBFS",
+    "CLIP_LEVEL",
+    "CLIP_FRACTION",
+]
 
 # warnings: a whole file quieter than this (dB relative to full scale 1.0) is silent ...
 SILENCE_DBFS = -60.0
@@ -92,8 +102,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         info = sf.info(str(p))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise AudioError(
-            f"{p}: not a readable audio file, or corrupt/truncated header "
-            f"(libsndfile: {_sf_reason(e)})"
+            f"{p}: not a readable audio file, or corrupt/truncated header (libsndfile: {_sf_reason(e)})"
         ) from None
     trunc = _wav_truncation(p, size)
     if trunc:

@@ -88,7 +88,9 @@ def collate(
     has_labels = ["labels" in it for it in items]
     if any(has_labels):
         if not all(has_labels):
-            raise ValueError("some items have labels and some do not; batch labelled and unlabelled data apart")
+            raise ValueError(
+                "some items have labels and some do not; batch labelled and unlabelled data apart"
+            )
         batch["labels"], batch["label_lengths"] = pad_labels([it["labels"] for it in items])
     if all("text" in it for it in items):
         batch["texts"] = [it["text"] for it in items]
@@ -112,15 +114,22 @@ class SeededCollate:
         self.crop_to_shortest, self.seed, self.epoch = crop_to_shortest, seed, 0
 
     def __call__(self, items: list[dict]) -> dict:
-        skipped = [{"id": int(i["id"]), "path": i["path"], "reason": i["error"]} for i in items if is_skipped(i)]
+        skipped = [
+            {"id": int(i["id"]), "path": i["path"], "reason": i["error"]} for i in items if is_skipped(i)
+        ]
         items = [i for i in items if not is_skipped(i)]
         if not items:
             return {"skipped": skipped}
         gen = None
         if self.crop_to_shortest:
-            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, *[int(i["id"]) for i in items]))
+            gen = torch.Generator().manual_seed(
+                derive_seed(self.seed, self.epoch, *[int(i["id"]) for i in items])
+            )
         batch = collate(items, crop_to_shortest=self.crop_to_shortest, generator=gen)
         batch["skipped"] = skipped
-        batch["warned"] = [{"id": int(i["id"]), "path": i["path"], "warnings": i["level_warnings"]}
-                           for i in items if "level_warnings" in i]
+        batch["warned"] = [
+            {"id": int(i["id"]), "path": i["path"], "warnings": i["level_warnings"]}
+            for i in items
+            if "level_warnings" in i
+        ]
         return batch

@@ -32,7 +32,14 @@ _VALIDATION_MODES = ("header", "full", "false")
 def validation_mode(value: Any) -> str:
     """``data.validate`` as ``"header"``, ``"full"`` or ``"false"`` (YAML booleans accepted: true = header)."""
     v = str(value).strip().lower()
-    v = {"true": "header", "on": "header", "yes": "header", "off": "false", "no": "false", "none": "false"}.get(v, v)
+    v = {
+        "true": "header",
+        "on": "header",
+        "yes": "header",
+        "off": "false",
+        "no": "false",
+        "none": "false",
+    }.get(v, v)
     if v not in _VALIDATION_MODES:
         raise ValueError(f"data.validate: 'header', 'full' or false (got {value!r})")
     return v

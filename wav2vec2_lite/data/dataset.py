@@ -157,12 +157,23 @@ class AudioDataset(Dataset):
                 self.num_skipped_empty += 1  # nothing to learn from, and a batch of them has no CTC target
             else:
                 self.rows.append(r)
-        if self.num_skipped_short or self.num_skipped_long or self.num_skipped_duration or self.num_skipped_empty:
+        if (
+            self.num_skipped_short
+            or self.num_skipped_long
+            or self.num_skipped_duration
+            or self.num_skipped_empty
+        ):
             log.info(
                 "%s: kept %d rows, skipped %d shorter than %d samples, %d labelled rows longer than %s, "
                 "%d longer than max_duration_s=%s and %d with an empty transcript",
-                self.manifest_path, len(self.rows), self.num_skipped_short, min_sample_size,
-                self.num_skipped_long, max_sample_size, self.num_skipped_duration, max_duration_s,
+                self.manifest_path,
+                len(self.rows),
+                self.num_skipped_short,
+                min_sample_size,
+                self.num_skipped_long,
+                max_sample_size,
+                self.num_skipped_duration,
+                max_duration_s,
                 self.num_skipped_empty,
             )
         raw = np.asarray([self.manifest.sizes[r] for r in self.rows], dtype=np.int64)
@@ -171,7 +182,9 @@ class AudioDataset(Dataset):
         self.texts: list[str] | None = None
         self.label_ids: list[list[int]] | None = None
         if labels is not None:
-            self.texts = [ltr_to_text(labels[r]) if is_ltr(self.labels_path) else labels[r] for r in self.rows]
+            self.texts = [
+                ltr_to_text(labels[r]) if is_ltr(self.labels_path) else labels[r] for r in self.rows
+            ]
             if tokenizer is not None:
                 self.label_ids = [self._encode(labels[r], r) for r in self.rows]
 
@@ -195,7 +208,9 @@ class AudioDataset(Dataset):
                 return self.tokenizer.encode_ltr(label)
             return self.tokenizer.encode_text(label)
         except TokenizerError as e:
-            raise DatasetError(f"{self.labels_path}:{row + 1} (row of {self.manifest.paths[row]}): {e}") from None
+            raise DatasetError(
+                f"{self.labels_path}:{row + 1} (row of {self.manifest.paths[row]}): {e}"
+            ) from None
 
     def set_epoch(self, epoch: int) -> None:
         """Crop offsets depend on (seed, epoch, index)."""
@@ -212,10 +227,14 @@ class AudioDataset(Dataset):
         wave = load_audio(path, sample_rate=self.sample_rate, mono=self.mono, resample=self.resample)
         expected = self.manifest.sizes[self.rows[index]]
         if self.resample == "error" and len(wave) != expected:  # same rate: counts must match exactly
-            raise AudioError(f"{path}: holds {len(wave)} samples, the manifest says {expected} "
-                             f"(file changed since the manifest was made?)")
+            raise AudioError(
+                f"{path}: holds {len(wave)} samples, the manifest says {expected} "
+                f"(file changed since the manifest was made?)"
+            )
         if len(wave) < max(self.min_sample_size, 1):
-            raise AudioError(f"{path}: holds {len(wave)} samples, fewer than min_sample_size={self.min_sample_size}")
+            raise AudioError(
+                f"{path}: holds {len(wave)} samples, fewer than min_sample_size={self.min_sample_size}"
+            )
         return wave
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -228,7 +247,7 @@ class AudioDataset(Dataset):
             if self.on_error == "raise":
                 raise
             msg = str(e)
-            reason = msg[len(path) + 2:] if msg.startswith(f"{path}: ") else msg
+            reason = msg[len(path) + 2 :] if msg.startswith(f"{path}: ") else msg
             log.info("%s: skipped, cannot be read (%s)", path, reason)
             return {"id": index, "path": path, "error": reason}
         found = audio_warnings(wave) if self.check_levels else []  # the whole file, before any crop
@@ -241,7 +260,11 @@ class AudioDataset(Dataset):
                 else 0
             )
             wave = wave[start : start + self.max_sample_size]
-        item: dict[str, Any] = {"id": index, "path": path, "waveform": torch.from_numpy(np.ascontiguousarray(wave))}
+        item: dict[str, Any] = {
+            "id": index,
+            "path": path,
+            "waveform": torch.from_numpy(np.ascontiguousarray(wave)),
+        }
         if self.label_ids is not None:
             item["labels"] = torch.tensor(self.label_ids[index], dtype=torch.long)
         if self.texts is not None:

@@ -185,7 +185,9 @@ def read_dictionary(path: PathLike) -> list[str]:
         try:
             int(count)
         except ValueError:
-            raise ManifestError(f"{path}:{i}: count must be an integer, found {count!r} in {line!r}") from None
+            raise ManifestError(
+                f"{path}:{i}: count must be an integer, found {count!r} in {line!r}"
+            ) from None
         if sym in seen:
             raise ManifestError(f"{path}:{i}: duplicate symbol {sym!r} (first on line {seen[sym]})")
         seen[sym] = i

@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import Iterable
 
 from wav2vec2_lite.data.audio import AudioError, audio_info
-from wav2vec2_lite.data.manifest import (ManifestError, count_symbols, text_to_ltr, write_dictionary, write_labels,
-                                         write_manifest)
+from wav2vec2_lite.data.manifest import (
+    ManifestError,
+    count_symbols,
+    text_to_ltr,
+    write_dictionary,
+    write_labels,
+    write_manifest,
+)
 
 __all__ = ["DEFAULT_CHARSET", "PrepareReport", "normalize_transcript", "read_transcripts", "prepare_dataset"]
 
@@ -64,16 +70,26 @@ class PrepareReport:
         lines.append(f"transcripts: {self.transcript_source}")
         if self.skipped:
             reasons = Counter(s["reason"].split(":")[0] for s in self.skipped)
-            lines.append(f"skipped {len(self.skipped)} files: " + ", ".join(f"{n} {r}" for r, n in reasons.items()))
+            lines.append(
+                f"skipped {len(self.skipped)} files: " + ", ".join(f"{n} {r}" for r, n in reasons.items())
+            )
         if self.dropped_characters:
-            top = ", ".join(f"{c!r} x{n}" for c, n in sorted(self.dropped_characters.items(), key=lambda kv: -kv[1]))
-            lines.append(f"dropped characters outside the character set in {self.utterances_with_dropped_characters} "
-                         f"transcripts: {top}")
+            top = ", ".join(
+                f"{c!r} x{n}" for c, n in sorted(self.dropped_characters.items(), key=lambda kv: -kv[1])
+            )
+            lines.append(
+                f"dropped characters outside the character set in {self.utterances_with_dropped_characters} "
+                f"transcripts: {top}"
+            )
         if self.transcripts_without_audio:
-            lines.append(f"{self.transcripts_without_audio} transcripts name no audio file found under the folder")
+            lines.append(
+                f"{self.transcripts_without_audio} transcripts name no audio file found under the folder"
+            )
         if self.not_16k or self.multi_channel:
-            lines.append(f"{self.not_16k} files not at 16000 Hz and {self.multi_channel} with several channels: "
-                         f"training refuses them unless data.resample=soxr / data.mono=mix")
+            lines.append(
+                f"{self.not_16k} files not at 16000 Hz and {self.multi_channel} with several channels: "
+                f"training refuses them unless data.resample=soxr / data.mono=mix"
+            )
         return lines
 
 
@@ -121,8 +137,10 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
         key = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
         val = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
         if key is None or val is None:
-            raise ManifestError(f"{path}: the CSV header {rows[0]} needs a path column (one of {list(_PATH_COLUMNS)}) "
-                                f"and a text column (one of {list(_TEXT_COLUMNS)})")
+            raise ManifestError(
+                f"{path}: the CSV header {rows[0]} needs a path column (one of {list(_PATH_COLUMNS)}) "
+                f"and a text column (one of {list(_TEXT_COLUMNS)})"
+            )
         out = {}
         for n, row in enumerate(rows[1:], start=2):
             if len(row) <= max(key, val):
@@ -180,8 +198,10 @@ def _speaker(rel: str, pattern: re.Pattern | None) -> str:
         return m.group(1) if m.groups() else m.group(0)
     parts = rel.split("/")
     if len(parts) < 2:
-        raise ManifestError(f"{rel}: a speaker-disjoint split needs one folder per speaker below the audio folder "
-                            f"(or --speaker-pattern REGEX with one group)")
+        raise ManifestError(
+            f"{rel}: a speaker-disjoint split needs one folder per speaker below the audio folder "
+            f"(or --speaker-pattern REGEX with one group)"
+        )
     return parts[0]
 
 
@@ -189,14 +209,20 @@ def _split_counts(n: int, percents: dict[str, float], unit: str) -> dict[str, in
     counts = {name: int(round(p * n)) for name, p in percents.items() if p > 0}
     for name, k in counts.items():
         if k == 0:
-            raise ManifestError(f"the {name} split would be empty: {percents[name]:g} of {n} {unit} is less than "
-                                f"one; raise --{name}-percent or give more audio")
+            raise ManifestError(
+                f"the {name} split would be empty: {percents[name]:g} of {n} {unit} is less than "
+                f"one; raise --{name}-percent or give more audio"
+            )
     if sum(counts.values()) >= n:
-        raise ManifestError(f"the train split would be empty: valid/test take {sum(counts.values())} of {n} {unit}")
+        raise ManifestError(
+            f"the train split would be empty: valid/test take {sum(counts.values())} of {n} {unit}"
+        )
     return counts
 
 
-def _assign(n_items: int, groups: dict[str, list[int]] | None, percents: dict[str, float], seed: int) -> list[str]:
+def _assign(
+    n_items: int, groups: dict[str, list[int]] | None, percents: dict[str, float], seed: int
+) -> list[str]:
     """Each item's split: per file (a fixed count per split), or per speaker (whole speakers, each
     split taking speakers until its share of the utterances is reached; at least one each)."""
     rng = random.Random(seed)
@@ -208,14 +234,16 @@ def _assign(n_items: int, groups: dict[str, list[int]] | None, percents: dict[st
         rng.shuffle(order)
         start = 0
         for name, k in counts.items():
-            for i in order[start:start + k]:
+            for i in order[start : start + k]:
                 out[i] = name
             start += k
         return out
     speakers = sorted(groups)
     if len(speakers) < len(wanted) + 1:
-        raise ManifestError(f"a speaker-disjoint split into train + {' + '.join(n for n, _ in wanted)} needs at least "
-                            f"{len(wanted) + 1} speakers; found {len(speakers)}")
+        raise ManifestError(
+            f"a speaker-disjoint split into train + {' + '.join(n for n, _ in wanted)} needs at least "
+            f"{len(wanted) + 1} speakers; found {len(speakers)}"
+        )
     rng.shuffle(speakers)
     for k, (name, p) in enumerate(wanted):
         still_needed = len(wanted) - k  # one speaker left for each later split and one for train
@@ -261,8 +289,11 @@ def prepare_dataset(
     if not root.is_dir():
         raise ManifestError(f"{audio_dir}: audio folder not found")
     exts = {"." + e.lower().lstrip(".") for e in extensions}
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file()
-                   and (not path_must_contain or path_must_contain in str(p)))
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in exts and p.is_file() and (not path_must_contain or path_must_contain in str(p))
+    )
     if not files:
         raise ManifestError(f"{root}: no audio files ({', '.join(sorted(exts))}) in this folder or below")
     report = PrepareReport(audio_files=len(files))
@@ -324,9 +355,12 @@ def prepare_dataset(
         report.multi_channel += info.channels > 1
         rows.append((f.relative_to(root).as_posix(), info.num_samples, info.num_samples / info.sample_rate))
     if errors:
-        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
-        raise ManifestError(f"{len(errors)} of {len(files)} files cannot be used (pass --skip-bad to skip them):"
-                            f"\n  {shown}")
+        shown = "\n  ".join(errors[:20]) + (
+            f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        )
+        raise ManifestError(
+            f"{len(errors)} of {len(files)} files cannot be used (pass --skip-bad to skip them):\n  {shown}"
+        )
     if not rows:
         raise ManifestError(f"{root}: every file was skipped ({len(report.skipped)}); nothing to write")
     report.dropped_characters = dict(dropped_total)
@@ -339,7 +373,9 @@ def prepare_dataset(
         try:
             pattern = re.compile(speaker_pattern) if speaker_pattern else None
         except re.error as e:
-            raise ManifestError(f"--speaker-pattern {speaker_pattern!r}: not a regular expression ({e})") from None
+            raise ManifestError(
+                f"--speaker-pattern {speaker_pattern!r}: not a regular expression ({e})"
+            ) from None
         groups = {}
         for i, (rel, _, _) in enumerate(rows):
             groups.setdefault(_speaker(rel, pattern), []).append(i)
@@ -363,7 +399,7 @@ def prepare_dataset(
             report.splits[name]["speakers"] = sum(members[0] in chosen for members in groups.values())
     if report.labelled:
         write_dictionary(dest / "dict.ltr.txt", count_symbols(ltr_all))
-    (dest / "prepare_report.json").write_text(json.dumps(asdict(report), indent=1, ensure_ascii=False) + "\n",
-                                              encoding="utf-8")
+    (dest / "prepare_report.json").write_text(
+        json.dumps(asdict(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     return report
-

@@ -75,12 +75,14 @@ class CharTokenizer:
             source = str(vocab)
             vocab = json.loads(Path(vocab).read_text(encoding="utf-8"))
         ordered = [s for s, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        if ordered[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS) or sorted(vocab.values()) != list(range(len(vocab))):
+        if ordered[: len(SPECIAL_TOKENS)] != list(SPECIAL_TOKENS) or sorted(vocab.values()) != list(
+            range(len(vocab))
+        ):
             raise TokenizerError(
                 f"{source or 'vocab'}: expected ids 0..{len(vocab) - 1} with {list(SPECIAL_TOKENS)} first, "
-                f"found {ordered[:len(SPECIAL_TOKENS)]} first"
+                f"found {ordered[: len(SPECIAL_TOKENS)]} first"
             )
-        return cls(ordered[len(SPECIAL_TOKENS):], source=source, **kwargs)
+        return cls(ordered[len(SPECIAL_TOKENS) :], source=source, **kwargs)
 
     def to_hf_vocab(self) -> dict[str, int]:
         """transformers ``vocab.json`` layout: ``{symbol: id}``."""
@@ -109,7 +111,7 @@ class CharTokenizer:
         if list(vocab[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
             raise TokenizerError(f"{path}: vocab must start with {list(SPECIAL_TOKENS)}, found {vocab[:4]}")
         return cls(
-            vocab[len(SPECIAL_TOKENS):],
+            vocab[len(SPECIAL_TOKENS) :],
             unk=data.get("unk", "error"),
             uppercase=data.get("uppercase", True),
             word_delimiter=data.get("word_delimiter", "|"),
@@ -189,4 +191,3 @@ class CharTokenizer:
 
     def __repr__(self) -> str:
         return f"CharTokenizer({len(self.vocab)} entries, unk={self.unk!r}, source={self.source!r})"
-

@@ -31,14 +31,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-from wav2vec2_lite.data.audio import (CLIP_FRACTION, CLIP_LEVEL, SILENCE_DBFS, AudioError, audio_info, audio_warnings,
-                                      read_samples)
+from wav2vec2_lite.data.audio import (
+    CLIP_FRACTION,
+    CLIP_LEVEL,
+    SILENCE_DBFS,
+    AudioError,
+    audio_info,
+    audio_warnings,
+    read_samples,
+)
 from wav2vec2_lite.data.dataset import DatasetError, is_ltr
 from wav2vec2_lite.data.manifest import iter_manifest, read_labels, write_labels, write_manifest
 from wav2vec2_lite.data.tokenizer import CharTokenizer, TokenizerError
 
-__all__ = ["Problem", "ValidationReport", "validate_dataset", "num_frames", "ctc_min_frames", "audio_warnings",
-           "DatasetError", "SILENCE_DBFS", "CLIP_LEVEL", "CLIP_FRACTION"]
+__all__ = [
+    "Problem",
+    "ValidationReport",
+    "validate_dataset",
+    "num_frames",
+    "ctc_min_frames",
+    "audio_warnings",
+    "DatasetError",
+    "SILENCE_DBFS",
+    "CLIP_LEVEL",
+    "CLIP_FRACTION",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +111,9 @@ class ValidationReport:
             write_labels(labels_out, [labels[i] for i in self.valid_indices])
 
 
-def num_frames(num_samples: int, kernels: Sequence[int] = CONV_KERNELS, strides: Sequence[int] = CONV_STRIDES) -> int:
+def num_frames(
+    num_samples: int, kernels: Sequence[int] = CONV_KERNELS, strides: Sequence[int] = CONV_STRIDES
+) -> int:
     """Frames the conv feature encoder gives for ``num_samples`` (0 if too short)."""
     n = num_samples
     for k, s in zip(kernels, strides):
@@ -165,8 +184,16 @@ def validate_dataset(
         _, rel, size, err = item
         if err is not None:
             return [], []
-        return _check_audio_row(str(root / rel), size, sample_rate, min_sample_size,  # type: ignore[arg-type]
-                                max_duration_s, decode, mono, resample)
+        return _check_audio_row(
+            str(root / rel),
+            size,
+            sample_rate,
+            min_sample_size,  # type: ignore[arg-type]
+            max_duration_s,
+            decode,
+            mono,
+            resample,
+        )
 
     if num_workers > 1 and len(rows) > 1:
         with ThreadPoolExecutor(num_workers) as pool:
@@ -191,16 +218,23 @@ def validate_dataset(
             found += audio_found[row][0]
             if labels is not None:
                 found += _check_label_row(
-                    labels[row], row, Path(labels_path), tokenizer, size, max_sample_size,  # type: ignore[arg-type]
-                    conv_kernel, conv_stride,
+                    labels[row],
+                    row,
+                    Path(labels_path),
+                    tokenizer,
+                    size,
+                    max_sample_size,  # type: ignore[arg-type]
+                    conv_kernel,
+                    conv_stride,
                 )
         problems += [Problem(line_no, path, m) for m in found]
         if not found:
             valid.append(row)
             warnings += [Problem(line_no, path, m) for m in audio_found[row][1]]
 
-    report = ValidationReport(manifest_path, Path(labels_path) if labels_path else None, len(rows), valid, problems,
-                              warnings)
+    report = ValidationReport(
+        manifest_path, Path(labels_path) if labels_path else None, len(rows), valid, problems, warnings
+    )
     if problems and not skip_invalid:
         raise DatasetError(
             f"{manifest_path}: {len(problems)} problem(s) in {report.num_invalid} of {len(rows)} rows "
@@ -209,21 +243,33 @@ def validate_dataset(
     if problems and warn:
         log.warning(
             "%s: skipping %d of %d rows with %d problem(s):\n%s",
-            manifest_path, report.num_invalid, len(rows), len(problems), report.format(),
+            manifest_path,
+            report.num_invalid,
+            len(rows),
+            len(problems),
+            report.format(),
         )
     if report.warnings and warn:
-        log.warning("%s: %d warning(s):\n%s", manifest_path, len(report.warnings), report.format(warnings=True))
+        log.warning(
+            "%s: %d warning(s):\n%s", manifest_path, len(report.warnings), report.format(warnings=True)
+        )
     return report
 
 
 def _strip_path(msg: str, path: str) -> str:
     prefix = f"{path}: "
-    return msg[len(prefix):] if msg.startswith(prefix) else msg
+    return msg[len(prefix) :] if msg.startswith(prefix) else msg
 
 
 def _check_audio_row(
-    path: str, size: int, sample_rate: int, min_sample_size: int, max_duration_s: float | None, decode: str,
-    mono: str, resample: str,
+    path: str,
+    size: int,
+    sample_rate: int,
+    min_sample_size: int,
+    max_duration_s: float | None,
+    decode: str,
+    mono: str,
+    resample: str,
 ) -> tuple[list[str], list[str]]:
     """Problems and warnings of one audio file (warnings only when its samples are decoded)."""
     found: list[str] = []
@@ -232,18 +278,24 @@ def _check_audio_row(
     except AudioError as e:
         return [_strip_path(str(e), path)], []
     if info.num_samples != size:
-        found.append(f"manifest says {size} samples, the file header says {info.num_samples}; rebuild the manifest")
+        found.append(
+            f"manifest says {size} samples, the file header says {info.num_samples}; rebuild the manifest"
+        )
     if info.channels != 1 and mono == "error":
         found.append(f"has {info.channels} channels, expected mono (or set data.mono=mix)")
     if info.sample_rate != sample_rate and resample == "error":
-        found.append(f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (or set data.resample=soxr)")
+        found.append(
+            f"sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz (or set data.resample=soxr)"
+        )
     if info.num_samples < min_sample_size:
         found.append(
             f"{info.num_samples} samples is shorter than min_sample_size={min_sample_size} "
             f"(the feature encoder's 400-sample receptive field)"
         )
     if max_duration_s is not None and info.num_samples > max_duration_s * info.sample_rate:
-        found.append(f"{info.num_samples / info.sample_rate:.1f} s is longer than max_duration_s={max_duration_s}")
+        found.append(
+            f"{info.num_samples / info.sample_rate:.1f} s is longer than max_duration_s={max_duration_s}"
+        )
     warnings: list[str] = []
     if info.num_samples > 0 and (decode == "all" or (decode == "float" and info.subtype in FLOAT_SUBTYPES)):
         try:
@@ -254,8 +306,14 @@ def _check_audio_row(
 
 
 def _check_label_row(
-    label: str, row: int, labels_path: Path, tokenizer: CharTokenizer | None, size: int, max_sample_size: int | None,
-    conv_kernel: Sequence[int] = CONV_KERNELS, conv_stride: Sequence[int] = CONV_STRIDES,
+    label: str,
+    row: int,
+    labels_path: Path,
+    tokenizer: CharTokenizer | None,
+    size: int,
+    max_sample_size: int | None,
+    conv_kernel: Sequence[int] = CONV_KERNELS,
+    conv_stride: Sequence[int] = CONV_STRIDES,
 ) -> list[str]:
     where = f"{labels_path}:{row + 1}"
     if not label.strip():

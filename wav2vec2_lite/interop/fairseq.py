@@ -51,7 +51,11 @@ CTC_HEAD = "w2v_encoder.proj"
 def fairseq_rules(model: nn.Module) -> list[Rule]:
     """Our parameter names -> fairseq's, for a pretraining or CTC model of ours."""
     layer_norm_mode = model.config.feat_extract_norm == "layer"
-    norm = r"feature_extractor.conv_layers.\1.2.1.\2" if layer_norm_mode else r"feature_extractor.conv_layers.\1.2.\2"
+    norm = (
+        r"feature_extractor.conv_layers.\1.2.1.\2"
+        if layer_norm_mode
+        else r"feature_extractor.conv_layers.\1.2.\2"
+    )
     backbone: list[Rule] = [
         (r"feature_encoder\.conv_layers\.(\d+)\.conv\.(\w+)", (r"feature_extractor.conv_layers.\1.0.\2",)),
         (r"feature_encoder\.conv_layers\.(\d+)\.norm\.(\w+)", (norm,)),
@@ -62,10 +66,18 @@ def fairseq_rules(model: nn.Module) -> list[Rule]:
         (r"context\.pos_conv\.conv\.parametrizations\.weight\.original0", ("encoder.pos_conv.0.weight_g",)),
         (r"context\.pos_conv\.conv\.parametrizations\.weight\.original1", ("encoder.pos_conv.0.weight_v",)),
         (r"context\.layer_norm\.(\w+)", (r"encoder.layer_norm.\1",)),
-        (r"context\.layers\.(\d+)\.attention\.qkv\.(\w+)",
-         (r"encoder.layers.\1.self_attn.q_proj.\2", r"encoder.layers.\1.self_attn.k_proj.\2",
-          r"encoder.layers.\1.self_attn.v_proj.\2")),
-        (r"context\.layers\.(\d+)\.attention\.out_proj\.(\w+)", (r"encoder.layers.\1.self_attn.out_proj.\2",)),
+        (
+            r"context\.layers\.(\d+)\.attention\.qkv\.(\w+)",
+            (
+                r"encoder.layers.\1.self_attn.q_proj.\2",
+                r"encoder.layers.\1.self_attn.k_proj.\2",
+                r"encoder.layers.\1.self_attn.v_proj.\2",
+            ),
+        ),
+        (
+            r"context\.layers\.(\d+)\.attention\.out_proj\.(\w+)",
+            (r"encoder.layers.\1.self_attn.out_proj.\2",),
+        ),
         (r"context\.layers\.(\d+)\.attn_layer_norm\.(\w+)", (r"encoder.layers.\1.self_attn_layer_norm.\2",)),
         (r"context\.layers\.(\d+)\.feed_forward\.fc1\.(\w+)", (r"encoder.layers.\1.fc1.\2",)),
         (r"context\.layers\.(\d+)\.feed_forward\.fc2\.(\w+)", (r"encoder.layers.\1.fc2.\2",)),
@@ -82,12 +94,14 @@ def fairseq_rules(model: nn.Module) -> list[Rule]:
             (r"objective\.project_q\.(\w+)", (r"project_q.\1",)),
             (r"objective\.final_proj\.(\w+)", (r"final_proj.\1",)),
         ]
-    raise TypeError("fairseq checkpoints load into Wav2Vec2ForPreTraining or Wav2Vec2ForCTC; "
-                    f"got {type(model).__name__}")
+    raise TypeError(
+        f"fairseq checkpoints load into Wav2Vec2ForPreTraining or Wav2Vec2ForCTC; got {type(model).__name__}"
+    )
 
 
-def fairseq_state_dict_to_ours(state: Mapping[str, Tensor], model: nn.Module, *,
-                               source: str = "fairseq") -> dict[str, Tensor]:
+def fairseq_state_dict_to_ours(
+    state: Mapping[str, Tensor], model: nn.Module, *, source: str = "fairseq"
+) -> dict[str, Tensor]:
     """A fairseq ``model`` state dict -> the state dict of ``model`` (ours, built from the same config).
 
     Handles the layouts fairseq leaves implicit: no ``post_extract_proj`` when the conv
@@ -98,13 +112,19 @@ def fairseq_state_dict_to_ours(state: Mapping[str, Tensor], model: nn.Module, *,
     cfg = model.config
     prefix = CTC_PREFIX if isinstance(model, Wav2Vec2ForCTC) else ""
     foreign = dict(state)
-    for new, old in (("weight_g", "parametrizations.weight.original0"),
-                     ("weight_v", "parametrizations.weight.original1")):
+    for new, old in (
+        ("weight_g", "parametrizations.weight.original0"),
+        ("weight_v", "parametrizations.weight.original1"),
+    ):
         key = f"{prefix}encoder.pos_conv.0.{old}"
         if key in foreign and f"{prefix}encoder.pos_conv.0.{new}" not in foreign:
             foreign[f"{prefix}encoder.pos_conv.0.{new}"] = foreign.pop(key)
     proj = f"{prefix}post_extract_proj.weight"
-    if proj not in foreign and cfg.conv_dim[-1] == cfg.hidden_size and f"{prefix}layer_norm.weight" in foreign:
+    if (
+        proj not in foreign
+        and cfg.conv_dim[-1] == cfg.hidden_size
+        and f"{prefix}layer_norm.weight" in foreign
+    ):
         ref = foreign[f"{prefix}layer_norm.weight"]
         foreign[proj] = torch.eye(cfg.hidden_size, dtype=ref.dtype)
         foreign[f"{prefix}post_extract_proj.bias"] = torch.zeros(cfg.hidden_size, dtype=ref.dtype)
@@ -112,22 +132,30 @@ def fairseq_state_dict_to_ours(state: Mapping[str, Tensor], model: nn.Module, *,
         g, v = cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group
         rows = foreign["quantizer.vars"].shape[1] if foreign["quantizer.vars"].dim() == 3 else None
         if rows == v and g > 1:
-            raise ConfigError(f"{source}: quantizer.vars holds {v} entries for {g} groups: the groups share one "
-                              "codebook (fairseq combine_groups), which is not supported")
+            raise ConfigError(
+                f"{source}: quantizer.vars holds {v} entries for {g} groups: the groups share one "
+                "codebook (fairseq combine_groups), which is not supported"
+            )
     rules = fairseq_rules(model)
     ours = model.state_dict()
     out = import_state_dict(ours, foreign, rules, source)
     used = set(export_state_dict(ours, rules))
     unused = sorted(k for k in foreign if k not in used)
     if unused:
-        log.warning("%s: ignoring %d tensor(s) the model has no place for: %s%s", source, len(unused),
-                    unused[:8], " ..." if len(unused) > 8 else "")
+        log.warning(
+            "%s: ignoring %d tensor(s) the model has no place for: %s%s",
+            source,
+            len(unused),
+            unused[:8],
+            " ..." if len(unused) > 8 else "",
+        )
     return out
 
 
 # --------------------------------------------------------------------------- loading
-def load_fairseq(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",
-                 **config_overrides: Any) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
+def load_fairseq(
+    path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu", **config_overrides: Any
+) -> Wav2Vec2ForPreTraining | Wav2Vec2ForCTC:
     """Read a fairseq wav2vec 2.0 checkpoint (pretraining or CTC) into our model, in eval mode.
 
     Args:
@@ -152,20 +180,24 @@ def load_fairseq(path: str | os.PathLike, *, trust: bool = False, map_location: 
         KeyError (tensors missing from the checkpoint, named), ValueError (a shape mismatch).
     """
     where = str(path)
-    ckpt = load_checkpoint(path, trust=trust, map_location=map_location,
-                           how_to_trust="load_fairseq(path, trust=True)")
+    ckpt = load_checkpoint(
+        path, trust=trust, map_location=map_location, how_to_trust="load_fairseq(path, trust=True)"
+    )
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
         keys = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise ValueError(f"{where}: not a fairseq checkpoint: expected a dict with 'model' (the state dict) and "
-                         f"'args' or 'cfg'; found {keys}")
+        raise ValueError(
+            f"{where}: not a fairseq checkpoint: expected a dict with 'model' (the state dict) and "
+            f"'args' or 'cfg'; found {keys}"
+        )
     state = ckpt["model"]
     src = _Source(ckpt, f"fairseq checkpoint {where}", path=where)
     overrides = dict(config_overrides)
     if src.is_ctc:
         head = CTC_HEAD + ".weight"
         if head not in state:
-            raise KeyError(f"{where}: fine-tuned checkpoint has no CTC head {head!r} (a seq2seq or "
-                           "feature-only model?)")
+            raise KeyError(
+                f"{where}: fine-tuned checkpoint has no CTC head {head!r} (a seq2seq or feature-only model?)"
+            )
         overrides.setdefault("vocab_size", int(state[head].shape[0]))
     cfg = _config(src, overrides)
     model = (Wav2Vec2ForCTC if src.is_ctc else Wav2Vec2ForPreTraining)(cfg)

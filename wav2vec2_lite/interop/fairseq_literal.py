@@ -23,8 +23,10 @@ def parse_fairseq_literal(text: str, *, what: str = "value") -> Any:
     """
 
     def bad(node: ast.AST, why: str) -> ConfigError:
-        return ConfigError(f"fairseq {what}={text!r}: {why} ({type(node).__name__} at column "
-                           f"{getattr(node, 'col_offset', 0)}); only numbers, lists, tuples, + and * are allowed")
+        return ConfigError(
+            f"fairseq {what}={text!r}: {why} ({type(node).__name__} at column "
+            f"{getattr(node, 'col_offset', 0)}); only numbers, lists, tuples, + and * are allowed"
+        )
 
     def ev(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
@@ -69,20 +71,28 @@ def parse_fairseq_literal(text: str, *, what: str = "value") -> Any:
 def parse_conv_layers(value: Any) -> list[tuple[int, int, int]]:
     layers = parse_fairseq_literal(value, what="conv_feature_layers") if isinstance(value, str) else value
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ConfigError(f"fairseq conv_feature_layers={value!r}: expected a non-empty list of (dim, kernel, stride)")
+        raise ConfigError(
+            f"fairseq conv_feature_layers={value!r}: expected a non-empty list of (dim, kernel, stride)"
+        )
     out = []
     for i, layer in enumerate(layers):
         if not isinstance(layer, (list, tuple)) or len(layer) != 3 or not all(type(v) is int for v in layer):
-            raise ConfigError(f"fairseq conv_feature_layers={value!r}: entry {i} is {layer!r}, "
-                              "expected (dim, kernel, stride) ints")
+            raise ConfigError(
+                f"fairseq conv_feature_layers={value!r}: entry {i} is {layer!r}, "
+                "expected (dim, kernel, stride) ints"
+            )
         out.append(tuple(layer))
     return out
 
 
 def parse_floats(value: Any, n: int | None, what: str) -> list[float]:
     seq = parse_fairseq_literal(value, what=what) if isinstance(value, str) else value
-    if not isinstance(seq, (list, tuple)) or (n is not None and len(seq) != n) \
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seq):
-        raise ConfigError(f"fairseq {what}={value!r}: expected " + (f"{n} numbers" if n else "a list of numbers"))
+    if (
+        not isinstance(seq, (list, tuple))
+        or (n is not None and len(seq) != n)
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seq)
+    ):
+        raise ConfigError(
+            f"fairseq {what}={value!r}: expected " + (f"{n} numbers" if n else "a list of numbers")
+        )
     return [float(v) for v in seq]
-

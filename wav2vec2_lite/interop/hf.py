@@ -22,18 +22,32 @@ log = logging.getLogger(__name__)
 
 BACKBONE_RULES: list[Rule] = [
     (r"feature_encoder\.conv_layers\.(\d+)\.conv\.(\w+)", (r"feature_extractor.conv_layers.\1.conv.\2",)),
-    (r"feature_encoder\.conv_layers\.(\d+)\.norm\.(\w+)", (r"feature_extractor.conv_layers.\1.layer_norm.\2",)),
+    (
+        r"feature_encoder\.conv_layers\.(\d+)\.norm\.(\w+)",
+        (r"feature_extractor.conv_layers.\1.layer_norm.\2",),
+    ),
     (r"feature_projection\.(.+)", (r"feature_projection.\1",)),
     (r"mask_emb", ("masked_spec_embed",)),
     (r"context\.pos_conv\.conv\.(.+)", (r"encoder.pos_conv_embed.conv.\1",)),
     (r"context\.layer_norm\.(\w+)", (r"encoder.layer_norm.\1",)),
-    (r"context\.layers\.(\d+)\.attention\.qkv\.(\w+)",
-     (r"encoder.layers.\1.attention.q_proj.\2", r"encoder.layers.\1.attention.k_proj.\2",
-      r"encoder.layers.\1.attention.v_proj.\2")),
+    (
+        r"context\.layers\.(\d+)\.attention\.qkv\.(\w+)",
+        (
+            r"encoder.layers.\1.attention.q_proj.\2",
+            r"encoder.layers.\1.attention.k_proj.\2",
+            r"encoder.layers.\1.attention.v_proj.\2",
+        ),
+    ),
     (r"context\.layers\.(\d+)\.attention\.out_proj\.(\w+)", (r"encoder.layers.\1.attention.out_proj.\2",)),
     (r"context\.layers\.(\d+)\.attn_layer_norm\.(\w+)", (r"encoder.layers.\1.layer_norm.\2",)),
-    (r"context\.layers\.(\d+)\.feed_forward\.fc1\.(\w+)", (r"encoder.layers.\1.feed_forward.intermediate_dense.\2",)),
-    (r"context\.layers\.(\d+)\.feed_forward\.fc2\.(\w+)", (r"encoder.layers.\1.feed_forward.output_dense.\2",)),
+    (
+        r"context\.layers\.(\d+)\.feed_forward\.fc1\.(\w+)",
+        (r"encoder.layers.\1.feed_forward.intermediate_dense.\2",),
+    ),
+    (
+        r"context\.layers\.(\d+)\.feed_forward\.fc2\.(\w+)",
+        (r"encoder.layers.\1.feed_forward.output_dense.\2",),
+    ),
     (r"context\.layers\.(\d+)\.final_layer_norm\.(\w+)", (r"encoder.layers.\1.final_layer_norm.\2",)),
 ]
 
@@ -52,41 +66,69 @@ def _rules(kind: type[nn.Module]) -> list[Rule]:
     return prefixed + [(r"lm_head\.(\w+)", (r"lm_head.\1",))]
 
 
-_HF_CLASS = {Wav2Vec2Model: "Wav2Vec2Model", Wav2Vec2ForPreTraining: "Wav2Vec2ForPreTraining",
-             Wav2Vec2ForCTC: "Wav2Vec2ForCTC"}
+_HF_CLASS = {
+    Wav2Vec2Model: "Wav2Vec2Model",
+    Wav2Vec2ForPreTraining: "Wav2Vec2ForPreTraining",
+    Wav2Vec2ForCTC: "Wav2Vec2ForCTC",
+}
 
 
 def config_from_hf(hf: Any, **overrides: Any) -> Wav2Vec2Config:
     """transformers ``Wav2Vec2Config`` -> ours. Unsupported options raise ``ConfigError``."""
-    for attr, bad, why in (("use_weighted_layer_sum", True, "weighted layer sum"),
-                           ("add_adapter", True, "the adapter stack")):
+    for attr, bad, why in (
+        ("use_weighted_layer_sum", True, "weighted layer sum"),
+        ("add_adapter", True, "the adapter stack"),
+    ):
         if getattr(hf, attr, False) == bad:
-            raise ConfigError(f"transformers config uses {why} ({attr}=True), which wav2vec2_lite does not implement")
+            raise ConfigError(
+                f"transformers config uses {why} ({attr}=True), which wav2vec2_lite does not implement"
+            )
     for attr in ("feat_extract_activation", "hidden_act"):
         if getattr(hf, attr, "gelu") != "gelu":
-            raise ConfigError(f"transformers config has {attr}={getattr(hf, attr)!r}; only 'gelu' is supported")
+            raise ConfigError(
+                f"transformers config has {attr}={getattr(hf, attr)!r}; only 'gelu' is supported"
+            )
     spec = bool(getattr(hf, "apply_spec_augment", True))
     fields = dict(
-        conv_dim=tuple(hf.conv_dim), conv_kernel=tuple(hf.conv_kernel), conv_stride=tuple(hf.conv_stride),
-        conv_bias=bool(hf.conv_bias), feat_extract_norm=hf.feat_extract_norm,
+        conv_dim=tuple(hf.conv_dim),
+        conv_kernel=tuple(hf.conv_kernel),
+        conv_stride=tuple(hf.conv_stride),
+        conv_bias=bool(hf.conv_bias),
+        feat_extract_norm=hf.feat_extract_norm,
         masked_group_norm=False,  # transformers' numerics: GroupNorm statistics include padding
-        feature_grad_mult=1.0, hidden_size=hf.hidden_size, layer_norm_eps=hf.layer_norm_eps,
+        feature_grad_mult=1.0,
+        hidden_size=hf.hidden_size,
+        layer_norm_eps=hf.layer_norm_eps,
         dropout_input=hf.feat_proj_dropout,
-        num_layers=hf.num_hidden_layers, num_heads=hf.num_attention_heads, ffn_dim=hf.intermediate_size,
-        layer_norm_first=bool(hf.do_stable_layer_norm), dropout=hf.hidden_dropout,
-        attention_dropout=hf.attention_dropout, activation_dropout=hf.activation_dropout,
-        layerdrop=hf.layerdrop, pos_conv_kernel=hf.num_conv_pos_embeddings,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        ffn_dim=hf.intermediate_size,
+        layer_norm_first=bool(hf.do_stable_layer_norm),
+        dropout=hf.hidden_dropout,
+        attention_dropout=hf.attention_dropout,
+        activation_dropout=hf.activation_dropout,
+        layerdrop=hf.layerdrop,
+        pos_conv_kernel=hf.num_conv_pos_embeddings,
         pos_conv_groups=hf.num_conv_pos_embedding_groups,
-        mask_time_prob=hf.mask_time_prob if spec else 0.0, mask_time_length=hf.mask_time_length,
+        mask_time_prob=hf.mask_time_prob if spec else 0.0,
+        mask_time_length=hf.mask_time_length,
         mask_time_min_masks=hf.mask_time_min_masks,
-        mask_channel_prob=hf.mask_feature_prob if spec else 0.0, mask_channel_length=hf.mask_feature_length,
+        mask_channel_prob=hf.mask_feature_prob if spec else 0.0,
+        mask_channel_length=hf.mask_feature_length,
         contrastive=dict(
-            num_code_groups=hf.num_codevector_groups, num_codes_per_group=hf.num_codevectors_per_group,
-            codevector_dim=hf.codevector_dim, final_dim=hf.proj_codevector_dim,
-            dropout_features=hf.feat_quantizer_dropout, num_negatives=hf.num_negatives,
-            logit_temperature=hf.contrastive_logits_temperature, diversity_loss_weight=hf.diversity_loss_weight,
-            feature_penalty_weight=0.0),
-        vocab_size=hf.vocab_size, final_dropout=hf.final_dropout, ctc_zero_infinity=bool(hf.ctc_zero_infinity),
+            num_code_groups=hf.num_codevector_groups,
+            num_codes_per_group=hf.num_codevectors_per_group,
+            codevector_dim=hf.codevector_dim,
+            final_dim=hf.proj_codevector_dim,
+            dropout_features=hf.feat_quantizer_dropout,
+            num_negatives=hf.num_negatives,
+            logit_temperature=hf.contrastive_logits_temperature,
+            diversity_loss_weight=hf.diversity_loss_weight,
+            feature_penalty_weight=0.0,
+        ),
+        vocab_size=hf.vocab_size,
+        final_dropout=hf.final_dropout,
+        ctc_zero_infinity=bool(hf.ctc_zero_infinity),
         ctc_loss_reduction=hf.ctc_loss_reduction,
     )
     return Wav2Vec2Config.from_dict(fields).replace(**overrides)
@@ -104,36 +146,64 @@ def config_to_hf(cfg: Wav2Vec2Config, *, pretraining: bool = True) -> Any:
 
     c = cfg.contrastive
     if c.cross_sample_negatives > 0 and pretraining:
-        raise ConfigError("transformers cannot represent cross_sample_negatives > 0 "
-                          "(its pretraining loss samples distractors within each utterance only)")
+        raise ConfigError(
+            "transformers cannot represent cross_sample_negatives > 0 "
+            "(its pretraining loss samples distractors within each utterance only)"
+        )
     ignored = []
     if pretraining and c.feature_penalty_weight > 0:
-        ignored.append(f"contrastive.feature_penalty_weight={c.feature_penalty_weight} (no L2 feature penalty)")
+        ignored.append(
+            f"contrastive.feature_penalty_weight={c.feature_penalty_weight} (no L2 feature penalty)"
+        )
     if pretraining and cfg.feature_grad_mult not in (0.0, 1.0):
         ignored.append(f"feature_grad_mult={cfg.feature_grad_mult}")
     if ignored:
         log.warning("transformers ignores these wav2vec2_lite options: %s", "; ".join(ignored))
     if cfg.feat_extract_norm == "group" and cfg.masked_group_norm:  # single utterances are unaffected
-        log.info("transformers' GroupNorm includes padding (masked_group_norm=True here): its outputs for padded "
-                 "batches differ from ours; unpadded utterances are the same")
+        log.info(
+            "transformers' GroupNorm includes padding (masked_group_norm=True here): its outputs for padded "
+            "batches differ from ours; unpadded utterances are the same"
+        )
     return transformers.Wav2Vec2Config(
-        conv_dim=list(cfg.conv_dim), conv_kernel=list(cfg.conv_kernel), conv_stride=list(cfg.conv_stride),
-        conv_bias=cfg.conv_bias, feat_extract_norm=cfg.feat_extract_norm, feat_extract_activation="gelu",
-        num_feat_extract_layers=len(cfg.conv_dim), hidden_size=cfg.hidden_size, layer_norm_eps=cfg.layer_norm_eps,
-        feat_proj_dropout=cfg.dropout_input, feat_quantizer_dropout=c.dropout_features,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_dim,
-        do_stable_layer_norm=cfg.layer_norm_first, hidden_dropout=cfg.dropout,
-        attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
-        layerdrop=cfg.layerdrop, num_conv_pos_embeddings=cfg.pos_conv_kernel,
-        num_conv_pos_embedding_groups=cfg.pos_conv_groups, num_codevector_groups=c.num_code_groups,
-        num_codevectors_per_group=c.num_codes_per_group, codevector_dim=c.codevector_dim,
-        proj_codevector_dim=c.final_dim, apply_spec_augment=cfg.mask_time_prob > 0 or cfg.mask_channel_prob > 0,
-        mask_time_prob=cfg.mask_time_prob, mask_time_length=cfg.mask_time_length,
-        mask_time_min_masks=cfg.mask_time_min_masks, mask_feature_prob=cfg.mask_channel_prob,
-        mask_feature_length=cfg.mask_channel_length, num_negatives=c.num_negatives,
-        contrastive_logits_temperature=c.logit_temperature, diversity_loss_weight=c.diversity_loss_weight,
-        vocab_size=cfg.vocab_size, pad_token_id=0, final_dropout=cfg.final_dropout,
-        ctc_zero_infinity=cfg.ctc_zero_infinity, ctc_loss_reduction=cfg.ctc_loss_reduction,
+        conv_dim=list(cfg.conv_dim),
+        conv_kernel=list(cfg.conv_kernel),
+        conv_stride=list(cfg.conv_stride),
+        conv_bias=cfg.conv_bias,
+        feat_extract_norm=cfg.feat_extract_norm,
+        feat_extract_activation="gelu",
+        num_feat_extract_layers=len(cfg.conv_dim),
+        hidden_size=cfg.hidden_size,
+        layer_norm_eps=cfg.layer_norm_eps,
+        feat_proj_dropout=cfg.dropout_input,
+        feat_quantizer_dropout=c.dropout_features,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.ffn_dim,
+        do_stable_layer_norm=cfg.layer_norm_first,
+        hidden_dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        layerdrop=cfg.layerdrop,
+        num_conv_pos_embeddings=cfg.pos_conv_kernel,
+        num_conv_pos_embedding_groups=cfg.pos_conv_groups,
+        num_codevector_groups=c.num_code_groups,
+        num_codevectors_per_group=c.num_codes_per_group,
+        codevector_dim=c.codevector_dim,
+        proj_codevector_dim=c.final_dim,
+        apply_spec_augment=cfg.mask_time_prob > 0 or cfg.mask_channel_prob > 0,
+        mask_time_prob=cfg.mask_time_prob,
+        mask_time_length=cfg.mask_time_length,
+        mask_time_min_masks=cfg.mask_time_min_masks,
+        mask_feature_prob=cfg.mask_channel_prob,
+        mask_feature_length=cfg.mask_channel_length,
+        num_negatives=c.num_negatives,
+        contrastive_logits_temperature=c.logit_temperature,
+        diversity_loss_weight=c.diversity_loss_weight,
+        vocab_size=cfg.vocab_size,
+        pad_token_id=0,
+        final_dropout=cfg.final_dropout,
+        ctc_zero_infinity=cfg.ctc_zero_infinity,
+        ctc_loss_reduction=cfg.ctc_loss_reduction,
     )
 
 
@@ -164,12 +234,15 @@ def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
     hf = _load_hf(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
     cls = _our_class(hf)
     if cls is Wav2Vec2ForCTC and getattr(hf.config, "pad_token_id", 0) != 0:
-        raise ConfigError(f"CTC blank must be vocabulary index 0 (<pad>); this model's pad_token_id is "
-                          f"{hf.config.pad_token_id}")
+        raise ConfigError(
+            f"CTC blank must be vocabulary index 0 (<pad>); this model's pad_token_id is "
+            f"{hf.config.pad_token_id}"
+        )
     cfg = config_from_hf(hf.config, **overrides)
     ours = cls(cfg)
-    state = import_state_dict(ours.state_dict(), hf.state_dict(), _rules(cls), "transformers",
-                              optional=(r"(wav2vec2\.)?mask_emb",))
+    state = import_state_dict(
+        ours.state_dict(), hf.state_dict(), _rules(cls), "transformers", optional=(r"(wav2vec2\.)?mask_emb",)
+    )
     ours.load_state_dict(state, strict=True)
     return ours.train(hf.training)
 
@@ -182,10 +255,14 @@ def to_hf(model: nn.Module) -> Any:
     if cls not in _HF_CLASS:
         raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
     if cls is Wav2Vec2ForPreTraining and model.config.objective != "contrastive":
-        raise ConfigError(f"transformers' Wav2Vec2ForPreTraining has only the contrastive objective; this model's "
-                          f"is {model.config.objective!r}: export its backbone (to_hf(model.wav2vec2)) or a CTC "
-                          "model fine-tuned from it")
-    hf = getattr(transformers, _HF_CLASS[cls])(config_to_hf(model.config, pretraining=cls is Wav2Vec2ForPreTraining))
+        raise ConfigError(
+            f"transformers' Wav2Vec2ForPreTraining has only the contrastive objective; this model's "
+            f"is {model.config.objective!r}: export its backbone (to_hf(model.wav2vec2)) or a CTC "
+            "model fine-tuned from it"
+        )
+    hf = getattr(transformers, _HF_CLASS[cls])(
+        config_to_hf(model.config, pretraining=cls is Wav2Vec2ForPreTraining)
+    )
     target = hf.state_dict()
     state = export_state_dict(model.state_dict(), _rules(cls), {k: v.shape for k, v in target.items()})
     # transformers builds masked_spec_embed only when masking is configured

@@ -26,8 +26,13 @@ def _match(key: str, rules: list[Rule]) -> tuple[str, ...] | None:
     return None
 
 
-def import_state_dict(ours: Mapping[str, Tensor], foreign: Mapping[str, Tensor], rules: list[Rule],
-                      source: str, optional: tuple[str, ...] = ()) -> dict[str, Tensor]:
+def import_state_dict(
+    ours: Mapping[str, Tensor],
+    foreign: Mapping[str, Tensor],
+    rules: list[Rule],
+    source: str,
+    optional: tuple[str, ...] = (),
+) -> dict[str, Tensor]:
     """Build our state dict (keys and shapes of ``ours``) from ``foreign`` tensors.
 
     Raises ``KeyError`` naming every missing foreign key and ``ValueError`` on a shape
@@ -52,17 +57,22 @@ def import_state_dict(ours: Mapping[str, Tensor], foreign: Mapping[str, Tensor],
         if value.numel() == ref.numel() and value.shape != ref.shape and key.endswith("codebook"):
             value = value.reshape(ref.shape)
         if value.shape != ref.shape:
-            raise ValueError(f"{source} tensor {names} has shape {tuple(value.shape)}; "
-                             f"our {key!r} needs {tuple(ref.shape)} (do the configs match?)")
+            raise ValueError(
+                f"{source} tensor {names} has shape {tuple(value.shape)}; "
+                f"our {key!r} needs {tuple(ref.shape)} (do the configs match?)"
+            )
         out[key] = value.detach().clone().to(ref.dtype)
     if missing:
-        raise KeyError(f"{source} state dict lacks {len(missing)} tensor(s): {missing[:8]}"
-                       + (" ..." if len(missing) > 8 else ""))
+        raise KeyError(
+            f"{source} state dict lacks {len(missing)} tensor(s): {missing[:8]}"
+            + (" ..." if len(missing) > 8 else "")
+        )
     return out
 
 
-def export_state_dict(ours: Mapping[str, Tensor], rules: list[Rule],
-                      foreign_shapes: Mapping[str, torch.Size] | None = None) -> dict[str, Tensor]:
+def export_state_dict(
+    ours: Mapping[str, Tensor], rules: list[Rule], foreign_shapes: Mapping[str, torch.Size] | None = None
+) -> dict[str, Tensor]:
     """Our state dict -> foreign names (fused tensors split evenly along dim 0)."""
     out: dict[str, Tensor] = {}
     for key, value in ours.items():

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig, base as omegaconf_base, nodes as omegaconf_nodes
+from omegaconf import DictConfig, ListConfig
+from omegaconf import base as omegaconf_base
+from omegaconf import nodes as omegaconf_nodes
 
 try:
     from numpy._core import multiarray
@@ -49,10 +51,26 @@ def _omegaconf_globals() -> list[Any]:
     ``__setstate__`` from plain dicts; ``dict``/``list``/``int``/``typing.Any`` appear as the
     recorded key/element types. The leaf node classes of typed configs are data holders too.
     """
-    leaf = [getattr(omegaconf_nodes, n) for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode",
-                                                 "BooleanNode", "BytesNode") if hasattr(omegaconf_nodes, n)]
-    return [DictConfig, ListConfig, omegaconf_base.ContainerMetadata, omegaconf_base.Metadata, *leaf,
-            typing.Any, collections.defaultdict, dict, list, int, float, str, bool]
+    leaf = [
+        getattr(omegaconf_nodes, n)
+        for n in ("AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode")
+        if hasattr(omegaconf_nodes, n)
+    ]
+    return [
+        DictConfig,
+        ListConfig,
+        omegaconf_base.ContainerMetadata,
+        omegaconf_base.Metadata,
+        *leaf,
+        typing.Any,
+        collections.defaultdict,
+        dict,
+        list,
+        int,
+        float,
+        str,
+        bool,
+    ]
 
 
 def _numpy_globals() -> list[Any]:
@@ -60,8 +78,22 @@ def _numpy_globals() -> list[Any]:
     out: list[Any] = [np.ndarray, np.dtype]
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         out += [(multiarray._reconstruct, f"{mod}._reconstruct"), (multiarray.scalar, f"{mod}.scalar")]
-    numeric = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-               np.float16, np.float32, np.float64, np.complex64, np.complex128)
+    numeric = (
+        np.bool_,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.float16,
+        np.float32,
+        np.float64,
+        np.complex64,
+        np.complex128,
+    )
     out += [type(np.dtype(t)) for t in numeric]  # dtype instances are rebuilt with __setstate__
     return out
 
@@ -95,8 +127,13 @@ def _refused_globals(path: Path, message: str) -> list[str]:
     return sorted(set(names))
 
 
-def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",
-                    how_to_trust: str = "trust=True") -> Any:
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    trust: bool = False,
+    map_location: Any = "cpu",
+    how_to_trust: str = "trust=True",
+) -> Any:
     """``torch.load`` a checkpoint without executing code from it, unless ``trust``.
 
     Args:
@@ -115,8 +152,11 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_locatio
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {str(p)!r} does not exist or is not a file")
     if trust:
-        log.warning("loading %s with full pickle (trust=True): this executes any code the file contains; "
-                    "do this only for files from a source you trust", p)
+        log.warning(
+            "loading %s with full pickle (trust=True): this executes any code the file contains; "
+            "do this only for files from a source you trust",
+            p,
+        )
         return torch.load(p, map_location=map_location, weights_only=False)
     try:
         with torch.serialization.safe_globals(safe_globals()):

@@ -27,8 +27,13 @@ from typing import Any
 from torch import nn
 
 from wav2vec2_lite.interop.hf import from_hf
-from wav2vec2_lite.models import (Wav2Vec2ForCTC, Wav2Vec2Model, backbone_of, register_checkpoint_reader,
-                                  with_config_overrides)
+from wav2vec2_lite.models import (
+    Wav2Vec2ForCTC,
+    Wav2Vec2Model,
+    backbone_of,
+    register_checkpoint_reader,
+    with_config_overrides,
+)
 from wav2vec2_lite.pretrained import resolve
 from wav2vec2_lite.serialization import CONFIG_NAME, CheckpointError, find_model_folder, load_model
 
@@ -39,8 +44,10 @@ log = logging.getLogger(__name__)
 SOURCE_KINDS = ("wav2vec2_lite", "transformers", "fairseq")
 _FAIRSEQ_NAMES = ("checkpoint_best.pt", "checkpoint_last.pt")
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
-_EXPECTED = ("a wav2vec2_lite run or model folder, a Hugging Face wav2vec2 folder (config.json + weights), "
-             "a fairseq wav2vec 2.0 .pt file, or a shipped checkpoint's name")
+_EXPECTED = (
+    "a wav2vec2_lite run or model folder, a Hugging Face wav2vec2 folder (config.json + weights), "
+    "a fairseq wav2vec 2.0 .pt file, or a shipped checkpoint's name"
+)
 
 
 @dataclass(frozen=True)
@@ -107,11 +114,14 @@ def detect(path_or_name: str | Path) -> CheckpointSource:
         model_type = info.get("model_type")
         if model_type == "wav2vec2":
             if not any((folder / w).is_file() for w in _HF_WEIGHTS):
-                raise CheckpointError(f"{folder}: a Hugging Face config.json without weights "
-                                      f"({' or '.join(_HF_WEIGHTS)})")
+                raise CheckpointError(
+                    f"{folder}: a Hugging Face config.json without weights ({' or '.join(_HF_WEIGHTS)})"
+                )
             return CheckpointSource("transformers", folder)
-        raise CheckpointError(f"{folder / CONFIG_NAME}: neither a wav2vec2_lite config nor a transformers wav2vec2 "
-                              f"one (model_type {model_type!r}); expected {_EXPECTED}")
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME}: neither a wav2vec2_lite config nor a transformers wav2vec2 "
+            f"one (model_type {model_type!r}); expected {_EXPECTED}"
+        )
     for base in (path, path / "checkpoints"):
         for name in _FAIRSEQ_NAMES:
             if (base / name).is_file():
@@ -132,8 +142,9 @@ def _hf_normalize(folder: Path) -> bool | None:
     return None
 
 
-def load_any(path_or_name: str | Path, *, trust: bool = False, map_location: str = "cpu",
-             **config_overrides: Any) -> LoadedCheckpoint:
+def load_any(
+    path_or_name: str | Path, *, trust: bool = False, map_location: str = "cpu", **config_overrides: Any
+) -> LoadedCheckpoint:
     """Read any supported checkpoint (see the module docstring) into our classes, in eval mode.
 
     ``trust`` lets a fairseq file that needs full pickle run it (only for files you trust);
@@ -148,8 +159,10 @@ def load_any(path_or_name: str | Path, *, trust: bool = False, map_location: str
         return LoadedCheckpoint(model.eval(), src, None if normalize is None else bool(normalize))
     if src.kind == "transformers":
         if importlib.util.find_spec("transformers") is None:
-            raise CheckpointError(f"{src.path}: a Hugging Face folder; reading it needs transformers "
-                                  "(pip install 'wav2vec2_lite[hf]')")
+            raise CheckpointError(
+                f"{src.path}: a Hugging Face folder; reading it needs transformers "
+                "(pip install 'wav2vec2_lite[hf]')"
+            )
         model = from_hf(src.path, **config_overrides).to(map_location)
         return LoadedCheckpoint(model.eval(), src, _hf_normalize(src.path))
     # start-up: the fairseq reader and omegaconf (~90 ms) stay out of `import wav2vec2_lite` (every w2v2-*)
@@ -160,16 +173,22 @@ def load_any(path_or_name: str | Path, *, trust: bool = False, map_location: str
     return LoadedCheckpoint(model.eval(), src, None if normalize is None else bool(normalize))
 
 
-def load_backbone(path_or_name: str | Path, *, trust: bool = False, map_location: str = "cpu",
-                  **config_overrides: Any) -> LoadedCheckpoint:
+def load_backbone(
+    path_or_name: str | Path, *, trust: bool = False, map_location: str = "cpu", **config_overrides: Any
+) -> LoadedCheckpoint:
     """:func:`load_any`, keeping only the backbone (``.model`` is a :class:`Wav2Vec2Model`); what was
     dropped (objective, CTC head) is logged."""
     loaded = load_any(path_or_name, trust=trust, map_location=map_location, **config_overrides)
     backbone = loaded.backbone
     if loaded.model is not backbone:
-        dropped = (f"its CTC head ({loaded.model.config.vocab_size} outputs)" if loaded.has_ctc_head
-                   else "its pretraining objective (quantizer, projections)")
-        log.info("%s: took the backbone (%s); dropped %s", loaded.source, type(loaded.model).__name__, dropped)
+        dropped = (
+            f"its CTC head ({loaded.model.config.vocab_size} outputs)"
+            if loaded.has_ctc_head
+            else "its pretraining objective (quantizer, projections)"
+        )
+        log.info(
+            "%s: took the backbone (%s); dropped %s", loaded.source, type(loaded.model).__name__, dropped
+        )
     return LoadedCheckpoint(backbone, loaded.source, loaded.normalize)
 
 

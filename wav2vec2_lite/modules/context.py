@@ -23,8 +23,8 @@ from torch.utils.checkpoint import checkpoint
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
+from wav2vec2_lite.modules.precast import Linear
 
 __all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork", "low_precision_attention"]
 
@@ -55,14 +55,17 @@ class SelfAttention(nn.Module):
         if dropout_p > 0 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
             attend = low_precision_attention  # torch's CPU SDPA would run it all in float32
         if dropout_p > 0 and torch.is_grad_enabled() and x.shape[1] >= self.recompute_min_frames:
-            y = checkpoint(attend, q, k, v, attn_mask, dropout_p, use_reentrant=False, preserve_rng_state=True)
+            y = checkpoint(
+                attend, q, k, v, attn_mask, dropout_p, use_reentrant=False, preserve_rng_state=True
+            )
         else:
             y = attend(q, k, v, attn_mask, dropout_p)
         return self.out_proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
-def low_precision_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
-                            dropout_p: float = 0.0) -> Tensor:
+def low_precision_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
     """Scaled dot-product attention with dropout that stays in q's dtype (bf16/fp16) on CPU.
 
     ``(B, H, T, d) x3, key mask (B, 1, 1, T) bool True=attend -> (B, H, T, d)``. torch's CPU

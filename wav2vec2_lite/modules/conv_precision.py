@@ -21,8 +21,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ONEDNN_BF16_MIN_GROUP_CHANNELS", "onednn_low_precision_ok", "conv_compute_dtype", "conv_forward",
-           "encoder_conv_plan", "unfold_windows", "unfolded_conv1d"]
+__all__ = [
+    "ONEDNN_BF16_MIN_GROUP_CHANNELS",
+    "onednn_low_precision_ok",
+    "conv_compute_dtype",
+    "conv_forward",
+    "encoder_conv_plan",
+    "unfold_windows",
+    "unfolded_conv1d",
+]
 
 _LOW = (torch.bfloat16, torch.float16)
 ONEDNN_BF16_MIN_GROUP_CHANNELS = 32
@@ -33,8 +40,11 @@ the largest wrong shape measured (14); 32, 48 and 64 (LARGE, BASE) were measured
 def onednn_low_precision_ok(conv: nn.Module, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether ``conv`` (a grouped ``Conv1d``) may run through oneDNN's kernels in ``dtype`` on CPU
     (bf16 only: float16 was not measured)."""
-    return (dtype == torch.bfloat16 and conv.groups > 1
-            and conv.in_channels // conv.groups >= ONEDNN_BF16_MIN_GROUP_CHANNELS)
+    return (
+        dtype == torch.bfloat16
+        and conv.groups > 1
+        and conv.in_channels // conv.groups >= ONEDNN_BF16_MIN_GROUP_CHANNELS
+    )
 
 
 def _under_cpu_autocast(x: Tensor) -> bool:

@@ -63,8 +63,16 @@ def masked_instance_norm(x: Tensor, lengths: Tensor, weight: Tensor, bias: Tenso
 class ConvLayer(nn.Module):
     """Conv1d -> [GroupNorm | LayerNorm over channels | nothing] -> GELU."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, bias: bool,
-                 norm: str | None, masked_group_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int,
+        bias: bool,
+        norm: str | None,
+        masked_group_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.conv = Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
         self.norm_kind = norm

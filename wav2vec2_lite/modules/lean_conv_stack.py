@@ -35,29 +35,43 @@ def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Te
     zf = _norm_input(z)
     b, c, t = zf.shape
     if layer.norm_kind == "group":
-        n, mean, rstd = _aten.native_group_norm(zf, layer.norm.weight, layer.norm.bias, b, c, t, c, layer.norm.eps)
+        n, mean, rstd = _aten.native_group_norm(
+            zf, layer.norm.weight, layer.norm.bias, b, c, t, c, layer.norm.eps
+        )
         return n, (mean, rstd)
-    n, mean, rstd = _aten.native_layer_norm(zf.transpose(1, 2), [c], layer.norm.weight, layer.norm.bias,
-                                            layer.norm.eps)
+    n, mean, rstd = _aten.native_layer_norm(
+        zf.transpose(1, 2), [c], layer.norm.weight, layer.norm.bias, layer.norm.eps
+    )
     return n.transpose(1, 2), (mean, rstd)
 
 
-def _norm_backward(layer: nn.Module, grad: Tensor, z: Tensor, stats: tuple[Tensor, Tensor]
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+def _norm_backward(
+    layer: nn.Module, grad: Tensor, z: Tensor, stats: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of :func:`_norm_forward`'s norm at ``z``."""
     zf = _norm_input(z)
     b, c, t = zf.shape
     mean, rstd = stats
     w, bias = layer.norm.weight, layer.norm.bias
     if layer.norm_kind == "group":
-        return _aten.native_group_norm_backward(grad.contiguous(), zf, mean, rstd, w, b, c, t, c, [True, True, True])
-    gx, gw, gb = _aten.native_layer_norm_backward(grad.transpose(1, 2), zf.transpose(1, 2), [c], mean, rstd, w, bias,
-                                                  [True, True, True])
+        return _aten.native_group_norm_backward(
+            grad.contiguous(), zf, mean, rstd, w, b, c, t, c, [True, True, True]
+        )
+    gx, gw, gb = _aten.native_layer_norm_backward(
+        grad.transpose(1, 2), zf.transpose(1, 2), [c], mean, rstd, w, bias, [True, True, True]
+    )
     return gx.transpose(1, 2), gw, gb
 
 
-def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype, need_input: bool,
-                   chunk_elements: int) -> tuple[Tensor | None, Tensor, Tensor | None]:
+def _conv_backward(
+    g: Tensor,
+    x_in: Tensor,
+    conv: nn.Conv1d,
+    weight: Tensor,
+    cdt: torch.dtype,
+    need_input: bool,
+    chunk_elements: int,
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(input, weight, bias) gradients of an unpadded strided ``conv`` at input ``x_in``.
 
     The weight gradient comes first so the caller can drop ``x_in`` before the input gradient
@@ -75,8 +89,9 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt
     frames = g.shape[-1]
     chunks = min(frames, -(-x_in.numel() // chunk_elements)) if chunk_elements > 0 else 1
     if chunks <= 1:
-        _, gw, gb = _aten.convolution_backward(g, x_in, w, [conv.out_channels] if has_bias else None, *args,
-                                               [False, True, has_bias])
+        _, gw, gb = _aten.convolution_backward(
+            g, x_in, w, [conv.out_channels] if has_bias else None, *args, [False, True, has_bias]
+        )
         gx = None
         if need_input:
             fake = torch.empty((), dtype=cdt, device=g.device).expand(x_in.shape)
@@ -86,8 +101,9 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt
     spans = [(a, min(frames, a + step)) for a in range(0, frames, step)]
     gw = torch.zeros_like(w)
     for a, b in spans:
-        gw += _aten.convolution_backward(g[..., a:b], x_in[..., a * s:(b - 1) * s + k], w, None, *args,
-                                         [False, True, False])[1]
+        gw += _aten.convolution_backward(
+            g[..., a:b], x_in[..., a * s : (b - 1) * s + k], w, None, *args, [False, True, False]
+        )[1]
     gb = g.sum(dim=(0, 2)) if has_bias else None
     gx = None
     if need_input:
@@ -95,12 +111,15 @@ def _conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt
         for a, b in spans:
             lo, hi = a * s, (b - 1) * s + k
             fake = torch.empty((), dtype=cdt, device=g.device).expand(batch, channels, hi - lo)
-            gx[..., lo:hi] += _aten.convolution_backward(g[..., a:b], fake, w, None, *args, [True, False, False])[0]
+            gx[..., lo:hi] += _aten.convolution_backward(
+                g[..., a:b], fake, w, None, *args, [True, False, False]
+            )[0]
     return gx, gw, gb
 
 
-def _unfolded_conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype,
-                            need_input: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
+def _unfolded_conv_backward(
+    g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype, need_input: bool
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
     """(input, weight, bias) gradients of :func:`~.conv_precision.unfolded_conv1d`, all in
     ``cdt``: two matmuls over the unfolded windows, the input gradient's overlapping windows
     summed in place (as a low-precision convolution's backward rounds them)."""
@@ -118,7 +137,7 @@ def _unfolded_conv_backward(g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Te
         gwin = torch.bmm(w.t().expand(batch, c_in * k, c_out), g).reshape(batch, c_in, k, frames)
         gx = torch.zeros(batch, c_in, length, dtype=cdt, device=g.device)
         for j in range(k):  # window offset j of frame t reads sample t * s + j
-            gx[:, :, j:j + s * (frames - 1) + 1:s] += gwin[:, :, j]
+            gx[:, :, j : j + s * (frames - 1) + 1 : s] += gwin[:, :, j]
     return gx, gw, gb
 
 
@@ -167,7 +186,9 @@ class LeanConvStack(torch.autograd.Function):
         encoder, cdt, stats, saved = ctx.encoder, ctx.cdt, ctx.stats, ctx.saved
         given = dict(zip(map(id, encoder.parameters()), params))
         if saved is None:
-            raise RuntimeError("LeanConvStack: backward through the conv stack twice (retain_graph) is not supported")
+            raise RuntimeError(
+                "LeanConvStack: backward through the conv stack twice (retain_graph) is not supported"
+            )
         ctx.saved = None
         layers = list(encoder.conv_layers)
         grads: dict[int, Tensor] = {}
@@ -185,7 +206,9 @@ class LeanConvStack(torch.autograd.Function):
                 del n_i
                 z = saved.pop()
                 if layer.norm_kind is not None:
-                    g, grads[id(layer.norm.weight)], grads[id(layer.norm.bias)] = _norm_backward(layer, g, z, stats[i])
+                    g, grads[id(layer.norm.weight)], grads[id(layer.norm.bias)] = _norm_backward(
+                        layer, g, z, stats[i]
+                    )
                 del z
                 if i > 0:  # the conv's input: the previous layer's output, recomputed
                     prev = layers[i - 1]
@@ -204,13 +227,20 @@ class LeanConvStack(torch.autograd.Function):
                 if ctx.unfolded:
                     g, gw, gb = _unfolded_conv_backward(g.to(cdt), x_in, conv, weight, cdt, need_input)
                 else:
-                    g, gw, gb = _conv_backward(g.to(cdt), x_in, conv, weight, cdt, need_input,
-                                               encoder.backward_chunk_elements)
+                    g, gw, gb = _conv_backward(
+                        g.to(cdt), x_in, conv, weight, cdt, need_input, encoder.backward_chunk_elements
+                    )
                 del x_in
                 owned = True
                 grads[id(conv.weight)] = gw.to(weight.dtype)  # the dtype of what was passed in
                 if conv.bias is not None:
                     grads[id(conv.bias)] = gb.to(given[id(conv.bias)].dtype)
-        return (g if ctx.needs_input_grad[0] else None, None, None,
-                *[grads.get(id(p)) if need else None
-                  for p, need in zip(encoder.parameters(), ctx.needs_input_grad[3:])])
+        return (
+            g if ctx.needs_input_grad[0] else None,
+            None,
+            None,
+            *[
+                grads.get(id(p)) if need else None
+                for p, need in zip(encoder.parameters(), ctx.needs_input_grad[3:])
+            ],
+        )

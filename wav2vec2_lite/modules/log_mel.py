@@ -36,7 +36,9 @@ def _hz_to_mel(f: float | Tensor) -> float | Tensor:
     return 2595.0 * (torch.log10(1.0 + f / 700.0) if isinstance(f, Tensor) else math.log10(1.0 + f / 700.0))
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None) -> Tensor:
+def mel_filterbank(
+    n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+) -> Tensor:
     """(n_fft // 2 + 1, n_mels) triangular filters, equally spaced on the HTK mel scale."""
     f_max = sample_rate / 2 if f_max is None else f_max
     freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
@@ -134,8 +136,10 @@ class FrozenNormalization(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """(B, M, F) -> normalised frames in float32; padded frames (beyond ``lengths``) set to 0."""
         if not self.has_statistics:
-            raise RuntimeError("the normalisation statistics have not been estimated yet: run a train-mode "
-                               "forward (which estimates them) or fit them first (BestRQObjective.fit_normalization)")
+            raise RuntimeError(
+                "the normalisation statistics have not been estimated yet: run a train-mode "
+                "forward (which estimates them) or fit them first (BestRQObjective.fit_normalization)"
+            )
         w = valid_frames(x, lengths)[..., None].to(torch.float32)
         return (x.float() - self.mean.float()) / (self.var.float() + self.eps).sqrt() * w
 
@@ -143,8 +147,14 @@ class FrozenNormalization(nn.Module):
 class LogMel(nn.Module):
     """``wave (B, S) -> (B, M, n_mels)`` natural-log mel energies, ``M = floor((S - 400) / 160) + 1``."""
 
-    def __init__(self, n_mels: int = 80, sample_rate: int = 16000, win_ms: float = 25.0, hop_ms: float = 10.0,
-                 floor: float = 1e-6) -> None:
+    def __init__(
+        self,
+        n_mels: int = 80,
+        sample_rate: int = 16000,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        floor: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.n_mels = n_mels
         self.win = int(round(sample_rate * win_ms / 1000))
@@ -160,21 +170,31 @@ class LogMel(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         with torch.autocast(wave.device.type, enabled=False):
-            spec = torch.stft(wave.float(), self.n_fft, hop_length=self.hop, win_length=self.win,
-                              window=self.window, center=False, return_complex=True)  # (B, F, M)
+            spec = torch.stft(
+                wave.float(),
+                self.n_fft,
+                hop_length=self.hop,
+                win_length=self.win,
+                window=self.window,
+                center=False,
+                return_complex=True,
+            )  # (B, F, M)
             power = spec.real.pow(2) + spec.imag.pow(2)
             return torch.log(torch.einsum("bfm,fn->bmn", power, self.fbank) + self.floor)
 
-    def encoder_frames(self, wave: Tensor, frames: int, frame_stride: int,
-                       sample_padding: Tensor | None = None) -> Tensor:
+    def encoder_frames(
+        self, wave: Tensor, frames: int, frame_stride: int, sample_padding: Tensor | None = None
+    ) -> Tensor:
         """(B, S) -> (B, frames, stack · n_mels) log-mel frames stacked onto the encoder's frames.
 
         ``frames`` is the encoder's T for this batch; ``frame_stride`` its hop J in samples
         (a multiple of the mel hop). Padded samples (``sample_padding`` True) count as zeros.
         """
         if frame_stride % self.hop:
-            raise ValueError(f"the encoder's frame stride ({frame_stride} samples) must be a multiple of the "
-                             f"log-mel hop ({self.hop} samples) to stack mel frames onto encoder frames")
+            raise ValueError(
+                f"the encoder's frame stride ({frame_stride} samples) must be a multiple of the "
+                f"log-mel hop ({self.hop} samples) to stack mel frames onto encoder frames"
+            )
         stack = frame_stride // self.hop
         if frames <= 0:
             return wave.new_zeros(wave.shape[0], 0, stack * self.n_mels)

@@ -33,7 +33,9 @@ class ConvPositionalEmbedding(nn.Module):
         self.remove = 1 if k % 2 == 0 else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        y = conv_forward(self.conv, x.transpose(1, 2))  # float32 under CPU autocast unless >= 32 channels per group
+        y = conv_forward(
+            self.conv, x.transpose(1, 2)
+        )  # float32 under CPU autocast unless >= 32 channels per group
         if self.remove:
             y = y[:, :, : -self.remove]
         return F.gelu(y).transpose(1, 2)

@@ -28,7 +28,9 @@ def gumbel_temperature(update: int, max_temp: float, min_temp: float, decay: flo
 
 def one_hot(codes: Tensor, num_vars: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(...) -> (..., num_vars)`` in ``dtype``: ``F.one_hot(codes).to(dtype)`` without its int64 copy."""
-    return torch.zeros(*codes.shape, num_vars, dtype=dtype, device=codes.device).scatter_(-1, codes[..., None], 1.0)
+    return torch.zeros(*codes.shape, num_vars, dtype=dtype, device=codes.device).scatter_(
+        -1, codes[..., None], 1.0
+    )
 
 
 def perplexity(probs: Tensor) -> Tensor:
@@ -63,7 +65,9 @@ class GumbelProductQuantizer(nn.Module):
         self.num_vars = cfg.num_codes_per_group
         self.weight_proj = Linear(input_dim, self.num_groups * self.num_vars)
         # codebook: (G, V, codevector_dim // G)
-        self.codebook = nn.Parameter(torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups))
+        self.codebook = nn.Parameter(
+            torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups)
+        )
         self.temperature = float(cfg.gumbel_temperature[0])
         nn.init.uniform_(self.codebook)
         nn.init.normal_(self.weight_proj.weight, mean=0.0, std=1.0)

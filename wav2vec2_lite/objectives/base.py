@@ -79,8 +79,10 @@ def frame_counts(mask: Tensor) -> Tensor:
     """() long, masked frames; a ``ValueError`` if there are none (nothing to predict)."""
     n = mask.sum()
     if int(n) == 0:
-        raise ValueError("no frame was masked: pretraining needs mask_time_prob > 0 or mask_indices with "
-                         "at least one True at a valid frame")
+        raise ValueError(
+            "no frame was masked: pretraining needs mask_time_prob > 0 or mask_indices with "
+            "at least one True at a valid frame"
+        )
     return n
 
 
@@ -126,8 +128,13 @@ class PretrainingObjective(nn.Module):
         """Per-update schedule hook (called by the training task); returns numbers to log."""
         return {}
 
-    def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
-                negative_indices: Tensor | None = None) -> Any:
+    def targets(
+        self,
+        inputs: ObjectiveInputs,
+        *,
+        generator: torch.Generator | None = None,
+        negative_indices: Tensor | None = None,
+    ) -> Any:
         """What the masked frames must predict (any structure :meth:`predict` understands)."""
         raise NotImplementedError
 
@@ -141,10 +148,17 @@ class PretrainingObjective(nn.Module):
         ``mask_indices`` is not used)."""
         raise NotImplementedError
 
-    def forward(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
-                negative_indices: Tensor | None = None) -> ObjectiveOutput:
+    def forward(
+        self,
+        inputs: ObjectiveInputs,
+        *,
+        generator: torch.Generator | None = None,
+        negative_indices: Tensor | None = None,
+    ) -> ObjectiveOutput:
         """:meth:`targets` then :meth:`predict`."""
-        return self.predict(inputs, self.targets(inputs, generator=generator, negative_indices=negative_indices))
+        return self.predict(
+            inputs, self.targets(inputs, generator=generator, negative_indices=negative_indices)
+        )
 
     @staticmethod
     def chance(num_classes: int) -> tuple[float, float]:

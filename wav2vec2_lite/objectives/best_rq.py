@@ -53,13 +53,13 @@ from wav2vec2_lite.modules.log_mel import (
 )
 from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import perplexity
-from wav2vec2_lite.objectives.configs import BestRQConfig
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
     ObjectiveOutput,
     PretrainingObjective,
     frame_counts,
 )
+from wav2vec2_lite.objectives.configs import BestRQConfig
 
 __all__ = ["BestRQObjective", "RandomProjectionQuantizer", "usage_perplexity"]
 
@@ -102,17 +102,27 @@ class BestRQObjective(PretrainingObjective):
         o = self.settings
         self.log_mel = LogMel(n_mels=o.num_mel_bins)
         stack = config.frame_stride // self.log_mel.hop
-        self.quantizer = RandomProjectionQuantizer(stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed)
-        self.normalization = (FrozenNormalization(stack * o.num_mel_bins, limit=o.normalization_frames)
-                              if o.normalization == "global" else None)
+        self.quantizer = RandomProjectionQuantizer(
+            stack * o.num_mel_bins, o.codebook_dim, o.codebook_size, o.seed
+        )
+        self.normalization = (
+            FrozenNormalization(stack * o.num_mel_bins, limit=o.normalization_frames)
+            if o.normalization == "global"
+            else None
+        )
         self.head = Linear(config.hidden_size, o.codebook_size)
 
     @classmethod
     def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
         v = config.best_rq.codebook_size
         loss, acc = cls.chance(v)
-        return {"chance_loss": loss, "chance_accuracy": acc, "code_groups": 1.0, "codes_per_group": float(v),
-                "codebook_frozen": 1.0}
+        return {
+            "chance_loss": loss,
+            "chance_accuracy": acc,
+            "code_groups": 1.0,
+            "codes_per_group": float(v),
+            "codebook_frozen": 1.0,
+        }
 
     def _features(self, waveform: Tensor, sample_padding: Tensor | None, frames: int) -> Tensor:
         """(B, T, stack · n_mels) log-mel frames on the encoder's frames, not normalised."""
@@ -124,7 +134,9 @@ class BestRQObjective(PretrainingObjective):
         return torch.div(samples - r, j, rounding_mode="floor").add(1).clamp(min=0)
 
     @torch.no_grad()
-    def fit_normalization(self, waveform: Tensor | Sequence[Tensor], sample_padding: Tensor | None = None) -> int:
+    def fit_normalization(
+        self, waveform: Tensor | Sequence[Tensor], sample_padding: Tensor | None = None
+    ) -> int:
         """Estimate the normalisation statistics on ``waveform`` alone and freeze them.
 
         ``waveform``: a (B, S) batch with ``sample_padding`` (True at padded samples), or a
@@ -132,8 +144,10 @@ class BestRQObjective(PretrainingObjective):
         stale). Returns the number of frames used. Only for ``normalization="global"``.
         """
         if self.normalization is None:
-            raise ValueError("fit_normalization: this objective normalises each utterance by its own frames "
-                             "(normalization='utterance'); there are no statistics to estimate")
+            raise ValueError(
+                "fit_normalization: this objective normalises each utterance by its own frames "
+                "(normalization='utterance'); there are no statistics to estimate"
+            )
         if not isinstance(waveform, Tensor):
             waves = [torch.as_tensor(w).flatten() for w in waveform]
             longest = max(w.shape[0] for w in waves)
@@ -162,19 +176,27 @@ class BestRQObjective(PretrainingObjective):
         return self.quantizer(mel.flatten(0, 1)).view(*mel.shape[:2], 1)
 
     @torch.no_grad()
-    def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
-                negative_indices: Tensor | None = None) -> Tensor:
+    def targets(
+        self,
+        inputs: ObjectiveInputs,
+        *,
+        generator: torch.Generator | None = None,
+        negative_indices: Tensor | None = None,
+    ) -> Tensor:
         """(B, T) long codes of every frame (padded frames too; only masked ones are used).
 
         With ``normalization="global"`` in train mode, this batch's valid frames are merged
         into the normalisation statistics first, until they are frozen.
         """
         if negative_indices is not None:
-            raise ValueError("negative_indices are distractors of the contrastive objective; the best_rq "
-                             "objective has none")
+            raise ValueError(
+                "negative_indices are distractors of the contrastive objective; the best_rq "
+                "objective has none"
+            )
         frame_counts(inputs.mask_indices)
-        mel = self._features(inputs.waveform, inputs.sample_padding,
-                             inputs.conv_features.shape[-1])  # (B, T, stack · n_mels)
+        mel = self._features(
+            inputs.waveform, inputs.sample_padding, inputs.conv_features.shape[-1]
+        )  # (B, T, stack · n_mels)
         if self.normalization is None:
             mel = normalize_per_utterance(mel, inputs.frame_lengths)
         else:
@@ -191,8 +213,12 @@ class BestRQObjective(PretrainingObjective):
         ce_sum = F.cross_entropy(logits, target, reduction="sum")
         num_correct = (logits.detach().argmax(-1) == target).sum()
         return ObjectiveOutput(
-            loss_sum=ce_sum, num_masked=frame_counts(mask), num_correct=num_correct, logits=logits,
-            losses={"cross_entropy_loss": ce_sum}, weights={"cross_entropy_loss": 1.0},
+            loss_sum=ce_sum,
+            num_masked=frame_counts(mask),
+            num_correct=num_correct,
+            logits=logits,
+            losses={"cross_entropy_loss": ce_sum},
+            weights={"cross_entropy_loss": 1.0},
             metrics={"code_perplexity": usage_perplexity(target, self.settings.codebook_size)},
             codes=targets.masked_fill(~mask, -1)[..., None],
         )

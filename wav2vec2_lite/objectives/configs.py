@@ -61,22 +61,57 @@ class ContrastiveConfig:
         for key in ("num_code_groups", "num_codes_per_group", "codevector_dim", "final_dim"):
             v = getattr(self, key)
             _need(isinstance(v, int) and v > 0, owner, key, v, "must be a positive int")
-        _need(self.codevector_dim % self.num_code_groups == 0, owner, "codevector_dim", self.codevector_dim,
-              f"must be divisible by num_code_groups={self.num_code_groups}")
-        _need(0.0 <= self.dropout_features <= 1.0, owner, "dropout_features", self.dropout_features,
-              "must be in [0, 1]")
-        _need(self.num_negatives >= 0 and self.cross_sample_negatives >= 0, owner, "num_negatives",
-              self.num_negatives, "num_negatives and cross_sample_negatives must be >= 0")
-        _need(self.num_negatives + self.cross_sample_negatives > 0, owner, "num_negatives", self.num_negatives,
-              "needs at least one distractor (num_negatives + cross_sample_negatives > 0)")
+        _need(
+            self.codevector_dim % self.num_code_groups == 0,
+            owner,
+            "codevector_dim",
+            self.codevector_dim,
+            f"must be divisible by num_code_groups={self.num_code_groups}",
+        )
+        _need(
+            0.0 <= self.dropout_features <= 1.0,
+            owner,
+            "dropout_features",
+            self.dropout_features,
+            "must be in [0, 1]",
+        )
+        _need(
+            self.num_negatives >= 0 and self.cross_sample_negatives >= 0,
+            owner,
+            "num_negatives",
+            self.num_negatives,
+            "num_negatives and cross_sample_negatives must be >= 0",
+        )
+        _need(
+            self.num_negatives + self.cross_sample_negatives > 0,
+            owner,
+            "num_negatives",
+            self.num_negatives,
+            "needs at least one distractor (num_negatives + cross_sample_negatives > 0)",
+        )
         _need(self.logit_temperature > 0, owner, "logit_temperature", self.logit_temperature, "must be > 0")
-        _need(self.diversity_loss_weight >= 0, owner, "diversity_loss_weight", self.diversity_loss_weight,
-              "must be >= 0")
-        _need(self.feature_penalty_weight >= 0, owner, "feature_penalty_weight", self.feature_penalty_weight,
-              "must be >= 0")
+        _need(
+            self.diversity_loss_weight >= 0,
+            owner,
+            "diversity_loss_weight",
+            self.diversity_loss_weight,
+            "must be >= 0",
+        )
+        _need(
+            self.feature_penalty_weight >= 0,
+            owner,
+            "feature_penalty_weight",
+            self.feature_penalty_weight,
+            "must be >= 0",
+        )
         t = self.gumbel_temperature
-        _need(len(t) == 3 and t[0] >= t[1] > 0 and 0 < t[2] <= 1, owner, "gumbel_temperature", t,
-              "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1")
+        _need(
+            len(t) == 3 and t[0] >= t[1] > 0 and 0 < t[2] <= 1,
+            owner,
+            "gumbel_temperature",
+            t,
+            "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1",
+        )
         return self
 
 
@@ -104,14 +139,24 @@ class BestRQConfig:
     def validate(self) -> BestRQConfig:
         """Raise ``ValueError`` naming the first bad key; returns itself."""
         owner = "best_rq"
-        _need(self.normalization in NORMALIZATIONS, owner, "normalization", self.normalization,
-              f"must be one of {list(NORMALIZATIONS)}")
+        _need(
+            self.normalization in NORMALIZATIONS,
+            owner,
+            "normalization",
+            self.normalization,
+            f"must be one of {list(NORMALIZATIONS)}",
+        )
         for f in fields(self):
             if f.name == "normalization":
                 continue
             v, low = getattr(self, f.name), 0 if f.name == "seed" else 1
-            _need(isinstance(v, int) and not isinstance(v, bool) and v >= low, owner, f.name, v,
-                  f"must be a {'non-negative' if low == 0 else 'positive'} int")
+            _need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= low,
+                owner,
+                f.name,
+                v,
+                f"must be a {'non-negative' if low == 0 else 'positive'} int",
+            )
         _need(self.codebook_size >= 2, owner, "codebook_size", self.codebook_size, "must be >= 2")
         return self
 

@@ -11,15 +11,21 @@ features (fairseq ``features_pen``; computed here only, so CTC and inference ski
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, one_hot, perplexity
-from wav2vec2_lite.objectives.configs import ContrastiveConfig
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
-from wav2vec2_lite.objectives.losses import contrastive_logits, contrastive_loss, diversity_loss, feature_penalty
+from wav2vec2_lite.objectives.configs import ContrastiveConfig
+from wav2vec2_lite.objectives.losses import (
+    contrastive_logits,
+    contrastive_loss,
+    diversity_loss,
+    feature_penalty,
+)
 from wav2vec2_lite.objectives.masking import sample_cross_negatives, sample_negatives, validate_negatives
 
 __all__ = ["ContrastiveObjective", "ContrastiveOutput", "ContrastiveTargets"]
@@ -87,8 +93,13 @@ class ContrastiveObjective(PretrainingObjective):
     def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
         c = config.contrastive
         loss, acc = cls.chance(c.num_negatives + c.cross_sample_negatives + 1)
-        return {"chance_loss": loss, "chance_accuracy": acc, "codebook_frozen": 0.0,
-                "code_groups": float(c.num_code_groups), "codes_per_group": float(c.num_codes_per_group)}
+        return {
+            "chance_loss": loss,
+            "chance_accuracy": acc,
+            "codebook_frozen": 0.0,
+            "code_groups": float(c.num_code_groups),
+            "codes_per_group": float(c.num_codes_per_group),
+        }
 
     def temperature_at(self, update: int) -> float:
         """The configured Gumbel annealing schedule at a given update."""
@@ -104,12 +115,15 @@ class ContrastiveObjective(PretrainingObjective):
         return {"gumbel_temp": temp}
 
     # ------------------------------------------------------------- distractors
-    def distractors(self, inputs: ObjectiveInputs, negative_indices: Tensor | None,
-                    generator: torch.Generator | None) -> tuple[Tensor, Tensor | None]:
+    def distractors(
+        self, inputs: ObjectiveInputs, negative_indices: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
         """(B, T, K) same-utterance frame indices and optional (B, T, Kc) flat cross-utterance ones."""
         cfg, mask = self.settings, inputs.mask_indices
         if negative_indices is None:
-            negative_indices = sample_negatives(mask.cpu(), cfg.num_negatives, generator=generator).to(mask.device)
+            negative_indices = sample_negatives(mask.cpu(), cfg.num_negatives, generator=generator).to(
+                mask.device
+            )
         else:
             negative_indices = negative_indices.to(device=mask.device, dtype=torch.long)
             validate_negatives(negative_indices, mask, inputs.frame_lengths)
@@ -120,8 +134,13 @@ class ContrastiveObjective(PretrainingObjective):
         return negative_indices, cross
 
     # ----------------------------------------------------------------- targets
-    def targets(self, inputs: ObjectiveInputs, *, generator: torch.Generator | None = None,
-                negative_indices: Tensor | None = None) -> ContrastiveTargets:
+    def targets(
+        self,
+        inputs: ObjectiveInputs,
+        *,
+        generator: torch.Generator | None = None,
+        negative_indices: Tensor | None = None,
+    ) -> ContrastiveTargets:
         """Draw (or check) the distractors, then quantize only the frames some masked frame
         compares against: the masked frames and their distractors."""
         mask = inputs.mask_indices
@@ -141,10 +160,22 @@ class ContrastiveObjective(PretrainingObjective):
         b_q, t_q = needed.nonzero(as_tuple=True)
         padded = flat.new_zeros(mask.shape[0], int(needed.sum(1).max()), flat.shape[-1])
         padded = padded.index_put((b_q, slot[b_q, t_q]), flat)
-        codes = torch.full((*mask.shape, self.settings.num_code_groups), -1, dtype=torch.long, device=mask.device)
+        codes = torch.full(
+            (*mask.shape, self.settings.num_code_groups), -1, dtype=torch.long, device=mask.device
+        )
         codes[b_q, t_q] = quant.codes
-        return ContrastiveTargets(negatives, cross, candidates, needed, slot, padded, flat, codes,
-                                  quant.soft_probs, quant.hard_codes)
+        return ContrastiveTargets(
+            negatives,
+            cross,
+            candidates,
+            needed,
+            slot,
+            padded,
+            flat,
+            codes,
+            quant.soft_probs,
+            quant.hard_codes,
+        )
 
     @torch.no_grad()
     def frame_codes(self, inputs: ObjectiveInputs) -> Tensor:
@@ -152,8 +183,7 @@ class ContrastiveObjective(PretrainingObjective):
         feats = inputs.extract_features
         logits = self.quantizer.weight_proj(feats.flatten(0, 1)).float()
         groups = self.settings.num_code_groups
-        return logits.view(-1, groups, logits.shape[-1] // groups) \
-            .argmax(-1).view(*feats.shape[:2], -1)
+        return logits.view(-1, groups, logits.shape[-1] // groups).argmax(-1).view(*feats.shape[:2], -1)
 
     # ------------------------------------------------------------------- loss
     def predict(self, inputs: ObjectiveInputs, targets: ContrastiveTargets) -> ContrastiveOutput:
@@ -172,8 +202,16 @@ class ContrastiveObjective(PretrainingObjective):
 
         predictions = self.final_proj(inputs.context[b_m, t_m])  # (N, F)
         pred_slot = mask.cumsum(1)[b_m, t_m] - 1
-        logits = contrastive_logits(predictions, tg.padded, tg.slot[b_m[:, None], tg.candidates], same_as_pos,
-                                    b_m, pred_slot, cfg.logit_temperature, cross_targets=cross_targets)
+        logits = contrastive_logits(
+            predictions,
+            tg.padded,
+            tg.slot[b_m[:, None], tg.candidates],
+            same_as_pos,
+            b_m,
+            pred_slot,
+            cfg.logit_temperature,
+            cross_targets=cross_targets,
+        )
         contrastive_sum, num_correct = contrastive_loss(logits)
 
         masked_rows = mask[tg.needed]  # which quantized rows are masked frames
@@ -182,13 +220,32 @@ class ContrastiveObjective(PretrainingObjective):
         penalty = feature_penalty(inputs.conv_features, inputs.frame_padding)
         n_masked = mask.sum()
         n = n_masked.to(contrastive_sum.dtype)
-        losses = {"contrastive_loss": contrastive_sum, "diversity_loss": n * div, "feature_penalty": n * penalty}
-        weights = {"contrastive_loss": 1.0, "diversity_loss": cfg.diversity_loss_weight,
-                   "feature_penalty": cfg.feature_penalty_weight}
-        loss_sum = contrastive_sum + n * (cfg.diversity_loss_weight * div + cfg.feature_penalty_weight * penalty)
+        losses = {
+            "contrastive_loss": contrastive_sum,
+            "diversity_loss": n * div,
+            "feature_penalty": n * penalty,
+        }
+        weights = {
+            "contrastive_loss": 1.0,
+            "diversity_loss": cfg.diversity_loss_weight,
+            "feature_penalty": cfg.feature_penalty_weight,
+        }
+        loss_sum = contrastive_sum + n * (
+            cfg.diversity_loss_weight * div + cfg.feature_penalty_weight * penalty
+        )
         return ContrastiveOutput(
-            loss_sum=loss_sum, num_masked=n_masked, num_correct=num_correct, logits=logits, losses=losses,
-            weights=weights, metrics={"code_perplexity": hard_ppl, "prob_perplexity": soft_ppl}, codes=tg.codes,
-            contrastive_loss=contrastive_sum, diversity_loss=div, feature_penalty=penalty, prob_perplexity=soft_ppl,
-            negative_indices=tg.negatives, cross_negative_indices=tg.cross,
+            loss_sum=loss_sum,
+            num_masked=n_masked,
+            num_correct=num_correct,
+            logits=logits,
+            losses=losses,
+            weights=weights,
+            metrics={"code_perplexity": hard_ppl, "prob_perplexity": soft_ppl},
+            codes=tg.codes,
+            contrastive_loss=contrastive_sum,
+            diversity_loss=div,
+            feature_penalty=penalty,
+            prob_perplexity=soft_ppl,
+            negative_indices=tg.negatives,
+            cross_negative_indices=tg.cross,
         )

@@ -114,6 +114,11 @@ def ctc_loss(
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
     with torch.backends.cudnn.flags(enabled=False):
         return F.ctc_loss(
-            log_probs, targets, output_lengths, target_lengths,
-            blank=blank, reduction=reduction, zero_infinity=zero_infinity,
+            log_probs,
+            targets,
+            output_lengths,
+            target_lengths,
+            blank=blank,
+            reduction=reduction,
+            zero_infinity=zero_infinity,
         )

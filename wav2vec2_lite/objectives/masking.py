@@ -19,7 +19,9 @@ __all__ = [
 ]
 
 
-def _num_spans(length: int, mask_prob: float, span: int, min_masks: int, generator: torch.Generator | None) -> int:
+def _num_spans(
+    length: int, mask_prob: float, span: int, min_masks: int, generator: torch.Generator | None
+) -> int:
     """int(p·L/M + U[0,1)), at least ``min_masks``, at most L // M spans (their total length
     never exceeds the utterance, as transformers caps it)."""
     u = torch.rand((), generator=generator).item()
@@ -89,7 +91,9 @@ def sample_negatives(mask: Tensor, num_negatives: int, *, generator: torch.Gener
     return out
 
 
-def sample_cross_negatives(mask: Tensor, num_negatives: int, *, generator: torch.Generator | None = None) -> Tensor:
+def sample_cross_negatives(
+    mask: Tensor, num_negatives: int, *, generator: torch.Generator | None = None
+) -> Tensor:
     """Distractors from the masked frames of the whole batch (fairseq ``cross_sample_negatives``).
 
     mask: (B, T) bool -> (B, T, K) long *flat* indices ``b * T + t`` into the batch; never the

@@ -24,7 +24,15 @@ from torch import nn
 
 from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, load_model
 
-__all__ = ["available", "load", "folder", "provenance", "resolve", "PROVENANCE_NAME", "UnknownPretrainedError"]
+__all__ = [
+    "available",
+    "load",
+    "folder",
+    "provenance",
+    "resolve",
+    "PROVENANCE_NAME",
+    "UnknownPretrainedError",
+]
 
 PROVENANCE_NAME = "provenance.json"
 _ROOT = Path(__file__).resolve().parent
@@ -36,8 +44,11 @@ class UnknownPretrainedError(FileNotFoundError):
 
 def available() -> list[str]:
     """Names of the shipped checkpoints (folders here holding weights, config and provenance)."""
-    return sorted(p.name for p in _ROOT.iterdir()
-                  if p.is_dir() and all((p / f).is_file() for f in (WEIGHTS_NAME, CONFIG_NAME, PROVENANCE_NAME)))
+    return sorted(
+        p.name
+        for p in _ROOT.iterdir()
+        if p.is_dir() and all((p / f).is_file() for f in (WEIGHTS_NAME, CONFIG_NAME, PROVENANCE_NAME))
+    )
 
 
 def folder(name: str) -> Path:
@@ -68,5 +79,7 @@ def resolve(path_or_name: str | Path) -> Path:
     if str(path_or_name) in available():
         return _ROOT / str(path_or_name)
     names = ", ".join(available()) or "none"
-    raise UnknownPretrainedError(f"{path_or_name}: no such file or folder, and not the name of a shipped "
-                                 f"pretrained checkpoint (available: {names})")
+    raise UnknownPretrainedError(
+        f"{path_or_name}: no such file or folder, and not the name of a shipped "
+        f"pretrained checkpoint (available: {names})"
+    )

@@ -26,14 +26,23 @@ from wav2vec2_lite.train.logging import read_metrics
 
 __all__ = ["audio_seen_hours", "make_bundle", "valid_curve"]
 
-VALID_KEYS = ("loss", "accuracy", "contrastive_loss", "diversity_loss", "code_perplexity", "prob_perplexity",
-              "chance_loss")
+VALID_KEYS = (
+    "loss",
+    "accuracy",
+    "contrastive_loss",
+    "diversity_loss",
+    "code_perplexity",
+    "prob_perplexity",
+    "chance_loss",
+)
 
 
 def valid_curve(valid_records: list[dict]) -> list[dict]:
     """``[{"update", VALID_KEYS...}]`` from ``metrics.jsonl``'s valid records, one per update (the
     last: a run resumed from an earlier checkpoint validates that update again)."""
-    by_update = {r["update"]: {"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid_records}
+    by_update = {
+        r["update"]: {"update": r["update"], **{k: r[k] for k in VALID_KEYS if k in r}} for r in valid_records
+    }
     return [by_update[u] for u in sorted(by_update)]
 
 
@@ -56,16 +65,25 @@ def _corpus_facts(manifest_dir: Path, valid_subset: str) -> dict[str, Any]:
     for split, m in minutes.items():
         cmd += [f"--{split.replace('_', '-')}-minutes", f"{m:g}"]
     if diversity:
-        preset = diversity.get("preset") or ("diverse" if diversity.get("pools") == ["unlabeled"] else "diverse_train")
+        preset = diversity.get("preset") or (
+            "diverse" if diversity.get("pools") == ["unlabeled"] else "diverse_train"
+        )
         cmd += ["--diversity", preset]
     return {
-        "path": str(manifest_dir), "seed": settings["seed"], "build_command": shlex.join(cmd),
-        "synthesizer": info.get("synthesizer"), "diversity": diversity,
+        "path": str(manifest_dir),
+        "seed": settings["seed"],
+        "build_command": shlex.join(cmd),
+        "synthesizer": info.get("synthesizer"),
+        "diversity": diversity,
         "unlabeled": {k: splits["unlabeled"][k] for k in ("utterances", "minutes", "num_speakers")},
         "valid": {k: splits[valid_subset][k] for k in ("utterances", "minutes", "num_speakers")},
         "valid_speakers": splits[valid_subset]["speakers"],
-        "pretraining_speakers_disjoint_from": [s for s in splits if s not in ("unlabeled",)
-                                               and not set(splits[s]["speakers"]) & set(splits["unlabeled"]["speakers"])],
+        "pretraining_speakers_disjoint_from": [
+            s
+            for s in splits
+            if s not in ("unlabeled",)
+            and not set(splits[s]["speakers"]) & set(splits["unlabeled"]["speakers"])
+        ],
     }
 
 
@@ -79,12 +97,20 @@ def fresh_valid_check(model: torch.nn.Module, corpus_seed: int, normalize_waves:
         d = fresh_valid_set(Path(tmp) / "valid", corpus_seed)
         runs = [pretext_accuracy(model, d, seed=s, normalize_waves=normalize_waves) for s in range(5)]
     accs = torch.tensor([r["accuracy"] for r in runs], dtype=torch.float64)
-    return {"corpus_seed": corpus_seed, "valid_minutes": FRESH_VALID["valid_minutes"], "mask_seed": 0,
-            "accuracy": runs[0]["accuracy"], "loss": runs[0]["loss"], "masked_frames": runs[0]["masked_frames"],
-            "utterances": runs[0]["utterances"], "accuracy_over_mask_seeds_0_4": accs.tolist(),
-            "accuracy_sd_over_mask_seeds": float(accs.std()), "tolerance": CHECK_TOLERANCE,
-            "how": "wav2vec2_lite.pretrained.check: fresh_valid_set(dir, corpus_seed) then "
-                   "pretext_accuracy(model, dir, seed=0)"}
+    return {
+        "corpus_seed": corpus_seed,
+        "valid_minutes": FRESH_VALID["valid_minutes"],
+        "mask_seed": 0,
+        "accuracy": runs[0]["accuracy"],
+        "loss": runs[0]["loss"],
+        "masked_frames": runs[0]["masked_frames"],
+        "utterances": runs[0]["utterances"],
+        "accuracy_over_mask_seeds_0_4": accs.tolist(),
+        "accuracy_sd_over_mask_seeds": float(accs.std()),
+        "tolerance": CHECK_TOLERANCE,
+        "how": "wav2vec2_lite.pretrained.check: fresh_valid_set(dir, corpus_seed) then "
+        "pretext_accuracy(model, dir, seed=0)",
+    }
 
 
 def _command(argv: list[str], stopped_at: int | None, best_update: int) -> list[str]:
@@ -93,8 +119,12 @@ def _command(argv: list[str], stopped_at: int | None, best_update: int) -> list[
     if stopped_at is None:
         return list(argv)
     if not any(a.startswith("schedule.total_updates=") for a in argv):
-        raise ValueError("a run stopped early can be shipped only if its command fixes schedule.total_updates")
-    return [a for a in argv if not a.startswith("trainer.max_updates=")] + [f"trainer.max_updates={best_update}"]
+        raise ValueError(
+            "a run stopped early can be shipped only if its command fixes schedule.total_updates"
+        )
+    return [a for a in argv if not a.startswith("trainer.max_updates=")] + [
+        f"trainer.max_updates={best_update}"
+    ]
 
 
 def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None, int]:
@@ -115,9 +145,17 @@ def running_minutes(records: list[dict], upto_update: int) -> tuple[float | None
     return (round(sum(e - b for b, e in pieces) / 60, 1) if pieces else None), len(pieces)
 
 
-def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, description: str = "",
-                code_commit: str | None = None, force: bool = False, checkpoint: str = "best",
-                why: str = "") -> Path:
+def make_bundle(
+    run_dir: str | Path,
+    name: str,
+    out_root: str | Path,
+    *,
+    description: str = "",
+    code_commit: str | None = None,
+    force: bool = False,
+    checkpoint: str = "best",
+    why: str = "",
+) -> Path:
     """Write ``out_root/name`` (weights, config.json, provenance.json) from a finished pretraining run,
     from its ``checkpoints/best`` (the trainer's choice on valid loss) or ``last`` (``why`` says why,
     recorded in the provenance)."""
@@ -126,7 +164,9 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
     run_dir, out = Path(run_dir), Path(out_root) / name
     best = run_dir / "checkpoints" / checkpoint
     if not (best / WEIGHTS_NAME).is_file():
-        raise FileNotFoundError(f"{run_dir}: no checkpoints/{checkpoint}/{WEIGHTS_NAME} (is it a finished pretraining run?)")
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoints/{checkpoint}/{WEIGHTS_NAME} (is it a finished pretraining run?)"
+        )
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (pass force=True / --force to replace it)")
     run = json.loads((run_dir / "run.json").read_text())
@@ -152,13 +192,20 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "objective": model.config.objective,
         "command": shlex.join(["python", *_command(run["argv"], stopped_at, best_update)]),
-        "stopped_early": None if stopped_at is None else {
-            "schedule_updates": planned, "last_logged_update": stopped_at, "shipped_update": best_update,
+        "stopped_early": None
+        if stopped_at is None
+        else {
+            "schedule_updates": planned,
+            "last_logged_update": stopped_at,
+            "shipped_update": best_update,
             "note": f"the run was stopped at update ~{stopped_at} of its {planned}-update schedule; `command` "
-                    f"(trainer.max_updates={best_update}, schedule unchanged) reproduces the shipped weights"},
+            f"(trainer.max_updates={best_update}, schedule unchanged) reproduces the shipped weights",
+        },
         "code_version": run.get("code_version"),
         "code_commit": code_commit or str(run.get("code_version", "")).rpartition("+git.")[2] or None,
-        "torch": run.get("torch"), "python": run.get("python"), "num_threads": run.get("num_threads"),
+        "torch": run.get("torch"),
+        "python": run.get("python"),
+        "num_threads": run.get("num_threads"),
         "cpu": cpu_kind(),
         "seed": run.get("seed"),
         "start_time": run.get("start_time"),
@@ -168,18 +215,26 @@ def make_bundle(run_dir: str | Path, name: str, out_root: str | Path, *, descrip
         "updates": best_update,
         "hours_of_audio_seen": round(audio_seen_hours(seen), 2),
         "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
-        "chosen_checkpoint": {"update": best_update, "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"
-                              if checkpoint == "best" else f"the last checkpoint: {why}".rstrip(": ")},
+        "chosen_checkpoint": {
+            "update": best_update,
+            "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"
+            if checkpoint == "best"
+            else f"the last checkpoint: {why}".rstrip(": "),
+        },
         "valid_curve": curve,
         "final_metrics": {"chosen": chosen, "last": curve[-1]},
         "train_loss_log": [{"update": r["update"], "loss": r["loss"]} for r in train],
         "config": cfg,
     }
-    provenance["fresh_valid_check"] = fresh_valid_check(model, provenance["corpus"]["seed"],
-                                                        bool(cfg["data"].get("normalize", False)))
+    provenance["fresh_valid_check"] = fresh_valid_check(
+        model, provenance["corpus"]["seed"], bool(cfg["data"].get("normalize", False))
+    )
     out.mkdir(parents=True, exist_ok=True)
-    save_model(model, out, metadata={"normalize": bool(cfg["data"].get("normalize", False)),
-                                     "pretrained_name": name})
-    provenance["weights_sha256"] = json.loads((out / CONFIG_NAME).read_text())["weights_sha256"]  # save_model's
+    save_model(
+        model, out, metadata={"normalize": bool(cfg["data"].get("normalize", False)), "pretrained_name": name}
+    )
+    provenance["weights_sha256"] = json.loads((out / CONFIG_NAME).read_text())[
+        "weights_sha256"
+    ]  # save_model's
     atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=1, sort_keys=False) + "\n")
     return out

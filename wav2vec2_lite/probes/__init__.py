@@ -25,7 +25,19 @@ from wav2vec2_lite.probes.run import (
 )
 
 __all__ = [
-    "FrameFeatures", "LabelledSplit", "LayerScore", "ModelProbes", "ProbeError", "ProbeProtocol", "ProbeReport",
-    "ProbeResult", "extract_layer_features", "layer_names", "load_backbone", "load_split", "log_mel_features",
-    "run_probes", "train_ctc_probe",
+    "FrameFeatures",
+    "LabelledSplit",
+    "LayerScore",
+    "ModelProbes",
+    "ProbeError",
+    "ProbeProtocol",
+    "ProbeReport",
+    "ProbeResult",
+    "extract_layer_features",
+    "layer_names",
+    "load_backbone",
+    "load_split",
+    "log_mel_features",
+    "run_probes",
+    "train_ctc_probe",
 ]

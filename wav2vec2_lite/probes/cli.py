@@ -39,34 +39,64 @@ def _fail(message: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     d = ProbeProtocol()
-    p = _Parser(prog=PROG, description="Linear CTC probes over letters (or phonemes) on the frozen output of every layer of a "
-                "model (conv features and each transformer layer), of the same architecture at random init and "
-                "optionally of the log-mel front end; prints per-layer valid CER.")
-    p.add_argument("model", help="run folder, saved model folder, Hugging Face folder, fairseq .pt or the name of "
-                   "a shipped pretrained checkpoint (wav2vec2_lite.pretrained.available())")
-    p.add_argument("--data", required=True, help="folder of SPLIT.tsv + SPLIT.ltr manifests (and dict.ltr.txt)")
+    p = _Parser(
+        prog=PROG,
+        description="Linear CTC probes over letters (or phonemes) on the frozen output of every layer of a "
+        "model (conv features and each transformer layer), of the same architecture at random init and "
+        "optionally of the log-mel front end; prints per-layer valid CER.",
+    )
+    p.add_argument(
+        "model",
+        help="run folder, saved model folder, Hugging Face folder, fairseq .pt or the name of "
+        "a shipped pretrained checkpoint (wav2vec2_lite.pretrained.available())",
+    )
+    p.add_argument(
+        "--data", required=True, help="folder of SPLIT.tsv + SPLIT.ltr manifests (and dict.ltr.txt)"
+    )
     p.add_argument("--train", default="train", help="training split (default: train)")
     p.add_argument("--valid", default="valid", help="validation split (default: valid)")
-    p.add_argument("--labels", default="ltr", help="label files SPLIT.EXT + dict.EXT.txt: ltr (letters, CER; default) "
-                   "or phn (phonemes, PER; python -m wav2vec2_lite.probes.phonemes writes them)")
+    p.add_argument(
+        "--labels",
+        default="ltr",
+        help="label files SPLIT.EXT + dict.EXT.txt: ltr (letters, CER; default) "
+        "or phn (phonemes, PER; python -m wav2vec2_lite.probes.phonemes writes them)",
+    )
     p.add_argument("--steps", type=int, default=d.steps, help=f"updates per probe (default: {d.steps})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak Adam learning rate (default: {d.lr:g})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"training utterances per update (default: {d.batch_size})")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help=f"training utterances per update (default: {d.batch_size})",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed (default: {d.seed})")
-    p.add_argument("--probe-seeds", type=int, default=d.probe_seeds,
-                   help=f"probes per layer (seeds SEED, SEED+1, ...), averaged (default: {d.probe_seeds})")
-    p.add_argument("--random-init-seeds", type=int, default=d.random_init_seeds,
-                   help=f"random-init copies to probe and average, 0 for none (default: {d.random_init_seeds})")
+    p.add_argument(
+        "--probe-seeds",
+        type=int,
+        default=d.probe_seeds,
+        help=f"probes per layer (seeds SEED, SEED+1, ...), averaged (default: {d.probe_seeds})",
+    )
+    p.add_argument(
+        "--random-init-seeds",
+        type=int,
+        default=d.random_init_seeds,
+        help=f"random-init copies to probe and average, 0 for none (default: {d.random_init_seeds})",
+    )
     p.add_argument("--log-mel", action="store_true", help="also probe the log-mel front end")
     p.add_argument("--no-standardize", action="store_true", help="skip per-dimension standardisation")
     p.add_argument("--max-train", type=int, help="use only the first N training utterances")
     p.add_argument("--max-valid", type=int, help="use only the first N validation utterances")
-    p.add_argument("--json", help="write the report as JSON here (a report w2v2-probe wrote is replaced; another "
-                   "file only with --overwrite, never one a training run wrote)")
+    p.add_argument(
+        "--json",
+        help="write the report as JSON here (a report w2v2-probe wrote is replaced; another "
+        "file only with --overwrite, never one a training run wrote)",
+    )
     p.add_argument("--markdown", help="write the markdown table here too (the same rule)")
-    p.add_argument("--overwrite", action="store_true", help="replace a --json or --markdown file that w2v2-probe "
-                   "did not write")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a --json or --markdown file that w2v2-probe did not write",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no per-probe progress lines on stderr")
     return p
@@ -75,18 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        protocol = ProbeProtocol(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                 standardize=not args.no_standardize, seed=args.seed, probe_seeds=args.probe_seeds,
-                                 random_init_seeds=args.random_init_seeds, log_mel=args.log_mel,
-                                 max_train_utterances=args.max_train,
-                                 max_valid_utterances=args.max_valid).validate()
+        protocol = ProbeProtocol(
+            steps=args.steps,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            standardize=not args.no_standardize,
+            seed=args.seed,
+            probe_seeds=args.probe_seeds,
+            random_init_seeds=args.random_init_seeds,
+            log_mel=args.log_mel,
+            max_train_utterances=args.max_train,
+            max_valid_utterances=args.max_valid,
+        ).validate()
         if args.threads is not None and args.threads < 1:
             raise ProbeError(f"--threads must be >= 1, found {args.threads}")
         try:
             resolve(args.model)
         except UnknownPretrainedError as e:
-            raise ProbeError(f"{e} (expected a run folder, a saved model folder, a Hugging Face folder, a "
-                             f"fairseq .pt or a shipped checkpoint's name)") from None
+            raise ProbeError(
+                f"{e} (expected a run folder, a saved model folder, a Hugging Face folder, a "
+                f"fairseq .pt or a shipped checkpoint's name)"
+            ) from None
         if not Path(args.data).is_dir():
             raise ProbeError(f"{args.data}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
         _claim_outputs(args)  # before the probes run: a refused path costs nothing
@@ -96,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: sys.stderr.write(msg + "\n"))
     try:
-        report = run_probes(args.model, args.data, args.train, args.valid, protocol, labels=args.labels, log=log)
+        report = run_probes(
+            args.model, args.data, args.train, args.valid, protocol, labels=args.labels, log=log
+        )
     except ProbeError as e:
         _fail(str(e))
     table = report.to_markdown()
@@ -126,7 +167,9 @@ def _claim_outputs(args: argparse.Namespace) -> None:
     if args.json:
         claim_output_file(args.json, PROG, overwrite=args.overwrite, own=_own_json)
     if args.markdown:
-        claim_output_file(args.markdown, PROG, overwrite=args.overwrite, own=starts_with(MARKDOWN_START.encode()))
+        claim_output_file(
+            args.markdown, PROG, overwrite=args.overwrite, own=starts_with(MARKDOWN_START.encode())
+        )
 
 
 if __name__ == "__main__":

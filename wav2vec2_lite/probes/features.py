@@ -43,7 +43,9 @@ class FrameFeatures:
         if self.frames.dim() != 2:
             raise ValueError(f"frames must be (N, D), found shape {tuple(self.frames.shape)}")
         if int(self.lengths.sum()) != self.frames.shape[0]:
-            raise ValueError(f"lengths sum to {int(self.lengths.sum())} but there are {self.frames.shape[0]} frames")
+            raise ValueError(
+                f"lengths sum to {int(self.lengths.sum())} but there are {self.frames.shape[0]} frames"
+            )
         self.offsets = torch.cat([self.lengths.new_zeros(1), self.lengths.cumsum(0)[:-1]])
 
     @classmethod
@@ -81,8 +83,9 @@ def layer_names(num_layers: int) -> list[str]:
 
 
 @torch.no_grad()
-def extract_layer_features(model: nn.Module, waves: Sequence[Tensor], *, normalize: bool = False,
-                           device: str | torch.device = "cpu") -> dict[str, FrameFeatures]:
+def extract_layer_features(
+    model: nn.Module, waves: Sequence[Tensor], *, normalize: bool = False, device: str | torch.device = "cpu"
+) -> dict[str, FrameFeatures]:
     """Every layer's frames for each wave (S_i,) -> ``{name: FrameFeatures}`` in :func:`layer_names` order.
 
     ``model`` is a backbone (``Wav2Vec2Model``) or a model holding one (``.wav2vec2``); it runs
@@ -106,13 +109,14 @@ def extract_layer_features(model: nn.Module, waves: Sequence[Tensor], *, normali
 
 
 @torch.no_grad()
-def log_mel_features(waves: Sequence[Tensor], frames: Sequence[int], frame_stride: int,
-                     log_mel: LogMel | None = None) -> FrameFeatures:
+def log_mel_features(
+    waves: Sequence[Tensor], frames: Sequence[int], frame_stride: int, log_mel: LogMel | None = None
+) -> FrameFeatures:
     """Log-mel frames stacked onto the encoder's: utterance i gets exactly ``frames[i]`` frames
     of ``stack · n_mels`` dims (``stack = frame_stride / hop``); see :meth:`LogMel.encoder_frames`."""
     log_mel = log_mel or LogMel()
     if len(waves) != len(frames):
         raise ValueError(f"{len(waves)} waves but {len(frames)} frame counts")
-    return FrameFeatures.from_list([
-        log_mel.encoder_frames(w.float()[None], int(t), frame_stride)[0] for w, t in zip(waves, frames)
-    ])
+    return FrameFeatures.from_list(
+        [log_mel.encoder_frames(w.float()[None], int(t), frame_stride)[0] for w, t in zip(waves, frames)]
+    )

@@ -49,8 +49,12 @@ class ProbeResult:
     hypotheses: list[str]
 
     def to_dict(self) -> dict:
-        return {"dim": self.dim, "valid_error": self.valid_error, "valid_loss": self.valid_loss,
-                "train_loss": self.train_loss}
+        return {
+            "dim": self.dim,
+            "valid_error": self.valid_error,
+            "valid_loss": self.valid_loss,
+            "train_loss": self.train_loss,
+        }
 
 
 def _tokens(ids: Sequence[int], vocab: Sequence[str], word_delimiter: str = "|") -> list[int]:
@@ -104,8 +108,10 @@ def train_ctc_probe(
     if unit not in ("char", "token"):
         raise ValueError(f"unit must be 'char' or 'token', found {unit!r}")
     if len(train) != len(train_labels) or len(valid) != len(valid_labels) or len(valid) != len(valid_texts):
-        raise ValueError(f"features and labels disagree: train {len(train)} vs {len(train_labels)}, "
-                         f"valid {len(valid)} vs {len(valid_labels)} labels and {len(valid_texts)} texts")
+        raise ValueError(
+            f"features and labels disagree: train {len(train)} vs {len(train_labels)}, "
+            f"valid {len(valid)} vs {len(valid_labels)} labels and {len(valid_texts)} texts"
+        )
     if train.dim != valid.dim:
         raise ValueError(f"train frames have {train.dim} dims, valid frames {valid.dim}")
     if protocol.standardize:
@@ -118,7 +124,8 @@ def train_ctc_probe(
     nn.init.zeros_(probe.bias)
     opt = torch.optim.Adam(probe.parameters(), lr=protocol.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / protocol.steps)))
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / protocol.steps))
+    )
     gen = torch.Generator().manual_seed(protocol.seed)
     tail = max(1, protocol.steps // 10)
     tail_losses: list[float] = []
@@ -150,6 +157,10 @@ def train_ctc_probe(
                 token_errors = token_errors + align_counts(ref, hyp)
                 hyps.append(" ".join(vocab[k] for k in hyp))
     error = cer(list(valid_texts), hyps) if unit == "char" else token_errors.rate
-    return ProbeResult(dim=train.dim, valid_error=float(error),
-                       valid_loss=float(torch.cat(losses).mean()), train_loss=sum(tail_losses) / len(tail_losses),
-                       hypotheses=hyps)
+    return ProbeResult(
+        dim=train.dim,
+        valid_error=float(error),
+        valid_loss=float(torch.cat(losses).mean()),
+        train_loss=sum(tail_losses) / len(tail_losses),
+        hypotheses=hyps,
+    )

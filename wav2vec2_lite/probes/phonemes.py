@@ -50,7 +50,12 @@ class EspeakPhonemizer:
         lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
         lib.espeak_TextToPhonemes.argtypes = [c.POINTER(c.c_char_p), c.c_int, c.c_int]
         lib.espeak_TextToPhonemes.restype = c.c_char_p
-        if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(espeakng_loader.get_data_path()).encode(), 0) <= 0:
+        if (
+            lib.espeak_Initialize(
+                _AUDIO_OUTPUT_SYNCHRONOUS, 0, str(espeakng_loader.get_data_path()).encode(), 0
+            )
+            <= 0
+        ):
             raise ProbeError("espeak_Initialize failed")
         self.lib = lib
         self._voice: str | None = None
@@ -69,15 +74,18 @@ class EspeakPhonemizer:
         return " ".join(pieces).translate(_STRESS).split()
 
 
-def write_phoneme_labels(corpus_dir: str | Path, splits: Sequence[str], *,
-                         phonemizer: EspeakPhonemizer | None = None) -> dict[str, Path]:
+def write_phoneme_labels(
+    corpus_dir: str | Path, splits: Sequence[str], *, phonemizer: EspeakPhonemizer | None = None
+) -> dict[str, Path]:
     """``DIR/SPLIT.phn`` for each split (one line per manifest row) and ``DIR/dict.phn.txt`` (the
     phonemes of all these splits, by count). Texts and voices come from ``DIR/utterances.jsonl``."""
     corpus_dir = Path(corpus_dir)
     index = corpus_dir / "utterances.jsonl"
     if not index.is_file():
-        raise ProbeError(f"{index} not found: phoneme labels need the eSpeak corpus's utterance list "
-                         f"(wav2vec2_lite.corpus.build_corpus writes it)")
+        raise ProbeError(
+            f"{index} not found: phoneme labels need the eSpeak corpus's utterance list "
+            f"(wav2vec2_lite.corpus.build_corpus writes it)"
+        )
     by_path = {}
     for line in index.read_text(encoding="utf-8").splitlines():
         if line.strip():
@@ -105,7 +113,9 @@ def write_phoneme_labels(corpus_dir: str | Path, splits: Sequence[str], *,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m wav2vec2_lite.probes.phonemes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m wav2vec2_lite.probes.phonemes", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("corpus_dir")
     p.add_argument("--splits", nargs="+", default=["train_10min", "train_1h", "valid", "test"])
     args = p.parse_args(argv)

@@ -55,21 +55,34 @@ class ProbeProtocol:
 
     def validate(self) -> ProbeProtocol:
         """Raise :class:`ProbeError` naming the first field out of range; return self."""
+
         def need(ok: bool, field: str, expected: str) -> None:
             if not ok:
-                raise ProbeError(f"probe protocol: {field} must be {expected}, found {getattr(self, field)!r}")
+                raise ProbeError(
+                    f"probe protocol: {field} must be {expected}, found {getattr(self, field)!r}"
+                )
 
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
         need(is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1")
-        need(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and math.isfinite(self.lr)
-             and self.lr > 0, "lr", "a finite number > 0")
+        need(
+            isinstance(self.lr, (int, float))
+            and not isinstance(self.lr, bool)
+            and math.isfinite(self.lr)
+            and self.lr > 0,
+            "lr",
+            "a finite number > 0",
+        )
         need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer >= 1")
         need(isinstance(self.standardize, bool), "standardize", "true or false")
         need(is_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         need(is_int(self.probe_seeds) and self.probe_seeds >= 1, "probe_seeds", "an integer >= 1")
-        need(is_int(self.random_init_seeds) and self.random_init_seeds >= 0, "random_init_seeds", "an integer >= 0")
+        need(
+            is_int(self.random_init_seeds) and self.random_init_seeds >= 0,
+            "random_init_seeds",
+            "an integer >= 0",
+        )
         need(isinstance(self.log_mel, bool), "log_mel", "true or false")
         for name in ("max_train_utterances", "max_valid_utterances"):
             v = getattr(self, name)

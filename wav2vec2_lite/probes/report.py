@@ -45,8 +45,13 @@ class LayerScore:
     probe_seed_errors: list[float] | None = None  # each probe seed's valid error (when several)
 
     def to_dict(self, metric: str = "cer") -> dict[str, Any]:
-        d: dict[str, Any] = {"layer": self.layer, "dim": self.dim, f"valid_{metric}": self.valid_error,
-                             "valid_loss": self.valid_loss, "train_loss": self.train_loss}
+        d: dict[str, Any] = {
+            "layer": self.layer,
+            "dim": self.dim,
+            f"valid_{metric}": self.valid_error,
+            "valid_loss": self.valid_loss,
+            "train_loss": self.train_loss,
+        }
         if self.per_seed is not None:
             d["per_seed"] = {k.replace("valid_error", f"valid_{metric}"): v for k, v in self.per_seed.items()}
         if self.probe_seed_errors is not None and len(self.probe_seed_errors) > 1:
@@ -78,10 +83,15 @@ class ModelProbes:
         raise KeyError(f"{self.name} has no layer {name!r}; it has {[s.layer for s in self.layers]}")
 
     def to_dict(self, metric: str = "cer") -> dict[str, Any]:
-        d: dict[str, Any] = {"source": self.source, "layers": [s.to_dict(metric) for s in self.layers],
-                             "best_layer": self.best.layer, f"best_valid_{metric}": self.best.valid_error,
-                             "seconds_features": round(self.seconds_features, 2),
-                             "seconds_probes": round(self.seconds_probes, 2), **self.extra}
+        d: dict[str, Any] = {
+            "source": self.source,
+            "layers": [s.to_dict(metric) for s in self.layers],
+            "best_layer": self.best.layer,
+            f"best_valid_{metric}": self.best.valid_error,
+            "seconds_features": round(self.seconds_features, 2),
+            "seconds_probes": round(self.seconds_probes, 2),
+            **self.extra,
+        }
         if self.seeds is not None:
             d["seeds"] = self.seeds
         return d
@@ -99,8 +109,11 @@ class ProbeReport:
         return self.data.get("metric", "cer")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol.to_dict(), "data": self.data,
-                "models": {name: m.to_dict(self.metric) for name, m in self.models.items()}}
+        return {
+            "protocol": self.protocol.to_dict(),
+            "data": self.data,
+            "models": {name: m.to_dict(self.metric) for name, m in self.models.items()},
+        }
 
     def save_json(self, path: str | Path) -> Path:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
@@ -129,16 +142,20 @@ class ProbeReport:
         out = ["\n".join(lines), ""]
         if "log_mel" in self.models:
             s = self.models["log_mel"].layers[0]
-            out.append(f"log-mel front end ({s.dim} dims, stacked onto the encoder's frames): "
-                       f"valid {unit} {s.valid_error:.3f} (loss {s.valid_loss:.3f})")
+            out.append(
+                f"log-mel front end ({s.dim} dims, stacked onto the encoder's frames): "
+                f"valid {unit} {s.valid_error:.3f} (loss {s.valid_loss:.3f})"
+            )
         for m in layered:
             out.append(f"best layer of {_title(m)}: {m.best.layer} (valid {unit} {m.best.valid_error:.3f})")
         p, d = self.protocol, self.data
         out.append("")
-        out.append(f"protocol: linear CTC probe over {d.get('labels', 'ltr')} labels, train `{d['train_split']}` ({d['train_utterances']} utterances, "
-                   f"{d['train_frames']} frames), valid `{d['valid_split']}` ({d['valid_utterances']} utterances); "
-                   f"{p.steps} Adam steps, lr {p.lr:g} (half-cosine), batch {p.batch_size} utterances, "
-                   f"standardize={p.standardize}, seed {p.seed}. {unit}: greedy CTC decoding, bold = best layer.")
+        out.append(
+            f"protocol: linear CTC probe over {d.get('labels', 'ltr')} labels, train `{d['train_split']}` ({d['train_utterances']} utterances, "
+            f"{d['train_frames']} frames), valid `{d['valid_split']}` ({d['valid_utterances']} utterances); "
+            f"{p.steps} Adam steps, lr {p.lr:g} (half-cosine), batch {p.batch_size} utterances, "
+            f"standardize={p.standardize}, seed {p.seed}. {unit}: greedy CTC decoding, bold = best layer."
+        )
         return "\n".join(out) + "\n"
 
 

@@ -65,11 +65,20 @@ def _tokenizer(manifest_dir: Path, train_split: str, labels: str = "ltr") -> Cha
     symbols: list[str] = []
     for line in (manifest_dir / f"{train_split}.{labels}").read_text(encoding="utf-8").split("\n"):
         symbols += [s for s in line.split() if s not in symbols]
-    return CharTokenizer(symbols, unk="map", source=f"the symbols of {manifest_dir / (train_split + '.' + labels)}")
+    return CharTokenizer(
+        symbols, unk="map", source=f"the symbols of {manifest_dir / (train_split + '.' + labels)}"
+    )
 
 
-def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *, min_samples: int = 400,
-               limit: int | None = None, labels: str = "ltr") -> LabelledSplit:
+def load_split(
+    manifest_dir: str | Path,
+    split: str,
+    tokenizer: CharTokenizer,
+    *,
+    min_samples: int = 400,
+    limit: int | None = None,
+    labels: str = "ltr",
+) -> LabelledSplit:
     """``DIR/SPLIT.tsv`` + ``DIR/SPLIT.LABELS``: waves (mono, resampled to 16 kHz if needed) and labels.
 
     ``labels="ltr"``: letters (fairseq ``.ltr``); any other extension holds space-separated
@@ -80,12 +89,21 @@ def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *
     for p, what in ((tsv, "manifest"), (ltr, f".{labels} labels")):
         if not p.is_file():
             found = sorted(q.stem for q in manifest_dir.glob(f"*.{labels}"))
-            raise ProbeError(f"split {split!r}: {what} {p} not found (labelled splits in {manifest_dir}: "
-                             f"{', '.join(found) or 'none'})")
+            raise ProbeError(
+                f"split {split!r}: {what} {p} not found (labelled splits in {manifest_dir}: "
+                f"{', '.join(found) or 'none'})"
+            )
     letters = labels == "ltr"
     try:
-        ds = AudioDataset(tsv, labels_path=ltr, tokenizer=tokenizer if letters else None, min_sample_size=min_samples,
-                          mono="mix", resample="soxr", indices=None)
+        ds = AudioDataset(
+            tsv,
+            labels_path=ltr,
+            tokenizer=tokenizer if letters else None,
+            min_sample_size=min_samples,
+            mono="mix",
+            resample="soxr",
+            indices=None,
+        )
         rows = [i for i in range(len(ds)) if letters or ds.texts[i].strip()][:limit]  # type: ignore[index]
         items = [ds[i] for i in rows]
         if not letters:
@@ -97,10 +115,17 @@ def load_split(manifest_dir: str | Path, split: str, tokenizer: CharTokenizer, *
     except (ManifestError, DatasetError, TokenizerError, AudioError, OSError) as e:
         raise ProbeError(f"split {split!r}: {e}") from None
     if not items:
-        raise ProbeError(f"split {split!r}: no usable utterance in {tsv} (all shorter than {min_samples} samples "
-                         f"or with an empty transcript)")
-    return LabelledSplit(split, [it["waveform"] for it in items], [it["labels"] for it in items],
-                         [it["text"] for it in items], skipped=len(ds.manifest) - len(ds))
+        raise ProbeError(
+            f"split {split!r}: no usable utterance in {tsv} (all shorter than {min_samples} samples "
+            f"or with an empty transcript)"
+        )
+    return LabelledSplit(
+        split,
+        [it["waveform"] for it in items],
+        [it["labels"] for it in items],
+        [it["text"] for it in items],
+        skipped=len(ds.manifest) - len(ds),
+    )
 
 
 def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model, bool, str]:
@@ -121,34 +146,59 @@ def load_backbone(model_or_path: nn.Module | str | Path) -> tuple[Wav2Vec2Model,
         loaded = load_any_backbone(model_or_path)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError, ImportError) as e:
         raise ProbeError(f"cannot load a model from {model_or_path} ({e})") from None
-    normalize = loaded.model.config.feat_extract_norm == "layer" if loaded.normalize is None else loaded.normalize
+    normalize = (
+        loaded.model.config.feat_extract_norm == "layer" if loaded.normalize is None else loaded.normalize
+    )
     return loaded.model, normalize, str(loaded.source.path)
 
 
-def _probe_layers(features: dict[str, tuple[FrameFeatures, FrameFeatures]], train: LabelledSplit,
-                  valid: LabelledSplit, vocab: list[str], protocol: ProbeProtocol, log: Log, tag: str,
-                  metric: str = "cer") -> list[tuple[str, ProbeResult, list[float]]]:
+def _probe_layers(
+    features: dict[str, tuple[FrameFeatures, FrameFeatures]],
+    train: LabelledSplit,
+    valid: LabelledSplit,
+    vocab: list[str],
+    protocol: ProbeProtocol,
+    log: Log,
+    tag: str,
+    metric: str = "cer",
+) -> list[tuple[str, ProbeResult, list[float]]]:
     """Each layer's probe, averaged over ``protocol.probe_seeds`` probe seeds: ``(name, mean result,
     each probe seed's valid error)``."""
     results = []
     for name, (tr, va) in features.items():
-        runs = [train_ctc_probe(tr, train.labels, va, valid.labels, valid.texts, vocab,
-                                dataclasses.replace(protocol, seed=protocol.seed + j),
-                                unit="char" if metric == "cer" else "token")
-                for j in range(protocol.probe_seeds)]
+        runs = [
+            train_ctc_probe(
+                tr,
+                train.labels,
+                va,
+                valid.labels,
+                valid.texts,
+                vocab,
+                dataclasses.replace(protocol, seed=protocol.seed + j),
+                unit="char" if metric == "cer" else "token",
+            )
+            for j in range(protocol.probe_seeds)
+        ]
         errors = [r.valid_error for r in runs]
-        r = ProbeResult(dim=runs[0].dim, valid_error=sum(errors) / len(runs),
-                        valid_loss=sum(x.valid_loss for x in runs) / len(runs),
-                        train_loss=sum(x.train_loss for x in runs) / len(runs), hypotheses=runs[0].hypotheses)
+        r = ProbeResult(
+            dim=runs[0].dim,
+            valid_error=sum(errors) / len(runs),
+            valid_loss=sum(x.valid_loss for x in runs) / len(runs),
+            train_loss=sum(x.train_loss for x in runs) / len(runs),
+            hypotheses=runs[0].hypotheses,
+        )
         spread = f" (probe seeds: {', '.join(f'{e:.3f}' for e in errors)})" if len(runs) > 1 else ""
-        log(f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  loss {r.valid_loss:.3f}  "
-            f"train loss {r.train_loss:.3f}{spread}")
+        log(
+            f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  loss {r.valid_loss:.3f}  "
+            f"train loss {r.train_loss:.3f}{spread}"
+        )
         results.append((name, r, errors))
     return results
 
 
-def _model_features(backbone: nn.Module, train: LabelledSplit, valid: LabelledSplit,
-                    normalize: bool) -> dict[str, tuple[FrameFeatures, FrameFeatures]]:
+def _model_features(
+    backbone: nn.Module, train: LabelledSplit, valid: LabelledSplit, normalize: bool
+) -> dict[str, tuple[FrameFeatures, FrameFeatures]]:
     tr = extract_layer_features(backbone, train.waves, normalize=normalize)
     va = extract_layer_features(backbone, valid.waves, normalize=normalize)
     return {name: (tr[name], va[name]) for name in tr}
@@ -158,9 +208,17 @@ def _frames(backbone: Wav2Vec2Model, waves: list[Tensor]) -> list[int]:
     return backbone.feature_output_lengths(torch.tensor([len(w) for w in waves])).tolist()
 
 
-def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, train_split: str = "train",
-               valid_split: str = "valid", protocol: ProbeProtocol | None = None, *,
-               labels: str = "ltr", log: Log | None = None, include_model: bool = True) -> ProbeReport:
+def run_probes(
+    model_or_path: nn.Module | str | Path,
+    manifest_dir: str | Path,
+    train_split: str = "train",
+    valid_split: str = "valid",
+    protocol: ProbeProtocol | None = None,
+    *,
+    labels: str = "ltr",
+    log: Log | None = None,
+    include_model: bool = True,
+) -> ProbeReport:
     """Linear CTC probes of every layer of a model (``checkpoint``), of the same architecture at
     random init (``random_init``, averaged over ``protocol.random_init_seeds`` seeds) and, with
     ``protocol.log_mel``, of the log-mel front end (``log_mel``); trained on ``train_split`` and
@@ -176,34 +234,59 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
     protocol = (protocol or ProbeProtocol()).validate()
     log = log or (lambda _msg: None)
     if not train_split or not valid_split or train_split == valid_split:
-        raise ProbeError(f"train and valid splits must be two different names, found {train_split!r} and "
-                         f"{valid_split!r}")
+        raise ProbeError(
+            f"train and valid splits must be two different names, found {train_split!r} and {valid_split!r}"
+        )
     manifest_dir = Path(manifest_dir)
     if not manifest_dir.is_dir():
         raise ProbeError(f"{manifest_dir}: data folder not found (expected SPLIT.tsv + SPLIT.ltr files)")
     backbone, normalize, source = load_backbone(model_or_path)
     cfg = backbone.config
     if protocol.log_mel and cfg.frame_stride % LogMel().hop:
-        raise ProbeError(f"the encoder's frame stride ({cfg.frame_stride} samples) is not a multiple of the "
-                         f"log-mel hop ({LogMel().hop} samples): log-mel frames cannot be stacked onto its frames")
+        raise ProbeError(
+            f"the encoder's frame stride ({cfg.frame_stride} samples) is not a multiple of the "
+            f"log-mel hop ({LogMel().hop} samples): log-mel frames cannot be stacked onto its frames"
+        )
     try:
         tokenizer = _tokenizer(manifest_dir, train_split, labels)
     except (OSError, ManifestError, TokenizerError) as e:
-        raise ProbeError(f"{manifest_dir}: no usable dict.{labels}.txt or {train_split}.{labels} ({e})") from None
-    train = load_split(manifest_dir, train_split, tokenizer, min_samples=cfg.receptive_field,
-                       limit=protocol.max_train_utterances, labels=labels)
-    valid = load_split(manifest_dir, valid_split, tokenizer, min_samples=cfg.receptive_field,
-                       limit=protocol.max_valid_utterances, labels=labels)
+        raise ProbeError(
+            f"{manifest_dir}: no usable dict.{labels}.txt or {train_split}.{labels} ({e})"
+        ) from None
+    train = load_split(
+        manifest_dir,
+        train_split,
+        tokenizer,
+        min_samples=cfg.receptive_field,
+        limit=protocol.max_train_utterances,
+        labels=labels,
+    )
+    valid = load_split(
+        manifest_dir,
+        valid_split,
+        tokenizer,
+        min_samples=cfg.receptive_field,
+        limit=protocol.max_valid_utterances,
+        labels=labels,
+    )
     train_frames, valid_frames = _frames(backbone, train.waves), _frames(backbone, valid.waves)
     data = {
-        "manifest_dir": str(manifest_dir), "train_split": train_split, "valid_split": valid_split,
-        "labels": labels, "metric": metric,
-        "train_utterances": len(train.waves), "valid_utterances": len(valid.waves),
-        "train_skipped": train.skipped, "valid_skipped": valid.skipped,
-        "train_frames": sum(train_frames), "valid_frames": sum(valid_frames),
+        "manifest_dir": str(manifest_dir),
+        "train_split": train_split,
+        "valid_split": valid_split,
+        "labels": labels,
+        "metric": metric,
+        "train_utterances": len(train.waves),
+        "valid_utterances": len(valid.waves),
+        "train_skipped": train.skipped,
+        "valid_skipped": valid.skipped,
+        "train_frames": sum(train_frames),
+        "valid_frames": sum(valid_frames),
         "valid_label_symbols": sum(len(lab) for lab in valid.labels),
         "valid_infeasible": sum(_infeasible(lab, t) for lab, t in zip(valid.labels, valid_frames)),
-        "vocab": tokenizer.vocab, "frame_stride": cfg.frame_stride, "normalize_waves": normalize,
+        "vocab": tokenizer.vocab,
+        "frame_stride": cfg.frame_stride,
+        "normalize_waves": normalize,
     }
     models: dict[str, ModelProbes] = {}
 
@@ -212,10 +295,15 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
         t0 = time.perf_counter()
         feats = _model_features(backbone, train, valid, normalize)
         t1 = time.perf_counter()
-        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
-                  for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric)]
-        models["checkpoint"] = ModelProbes("checkpoint", source, scores, seconds_features=t1 - t0,
-                                           seconds_probes=time.perf_counter() - t1)
+        scores = [
+            LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
+            for n, r, e in _probe_layers(
+                feats, train, valid, tokenizer.vocab, protocol, log, "checkpoint", metric
+            )
+        ]
+        models["checkpoint"] = ModelProbes(
+            "checkpoint", source, scores, seconds_features=t1 - t0, seconds_probes=time.perf_counter() - t1
+        )
         del feats
 
     # (b) the same architecture at random init, averaged over seeds
@@ -230,29 +318,53 @@ def run_probes(model_or_path: nn.Module | str | Path, manifest_dir: str | Path, 
                 random_model = Wav2Vec2Model(cfg)
             feats = _model_features(random_model, train, valid, normalize)
             t1 = time.perf_counter()
-            per_seed.append(_probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, f"random{seed}", metric))
+            per_seed.append(
+                _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, f"random{seed}", metric)
+            )
             t_feat, t_probe = t_feat + t1 - t0, t_probe + time.perf_counter() - t1
             del feats, random_model
         scores = []
         for k, (name, first, _) in enumerate(per_seed[0]):
             runs = [rs[k][1] for rs in per_seed]
-            vals = {key: [getattr(r, key) for r in runs] for key in ("valid_error", "valid_loss", "train_loss")}
-            scores.append(LayerScore(name, first.dim, *(sum(v) / len(v) for v in vals.values()), per_seed=vals))
-        models["random_init"] = ModelProbes("random_init", f"{type(backbone).__name__}(config) at random init",
-                                            scores, seeds=seeds, seconds_features=t_feat, seconds_probes=t_probe)
+            vals = {
+                key: [getattr(r, key) for r in runs] for key in ("valid_error", "valid_loss", "train_loss")
+            }
+            scores.append(
+                LayerScore(name, first.dim, *(sum(v) / len(v) for v in vals.values()), per_seed=vals)
+            )
+        models["random_init"] = ModelProbes(
+            "random_init",
+            f"{type(backbone).__name__}(config) at random init",
+            scores,
+            seeds=seeds,
+            seconds_features=t_feat,
+            seconds_probes=t_probe,
+        )
 
     # (c) the log-mel front end, stacked onto the encoder's frames
     if protocol.log_mel:
         t0 = time.perf_counter()
         lm = LogMel()
-        feats = {"log_mel": (log_mel_features(train.waves, train_frames, cfg.frame_stride, lm),
-                             log_mel_features(valid.waves, valid_frames, cfg.frame_stride, lm))}
+        feats = {
+            "log_mel": (
+                log_mel_features(train.waves, train_frames, cfg.frame_stride, lm),
+                log_mel_features(valid.waves, valid_frames, cfg.frame_stride, lm),
+            )
+        }
         t1 = time.perf_counter()
-        scores = [LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
-                  for n, r, e in _probe_layers(feats, train, valid, tokenizer.vocab, protocol, log, "log-mel", metric)]
+        scores = [
+            LayerScore(n, r.dim, r.valid_error, r.valid_loss, r.train_loss, probe_seed_errors=e)
+            for n, r, e in _probe_layers(
+                feats, train, valid, tokenizer.vocab, protocol, log, "log-mel", metric
+            )
+        ]
         models["log_mel"] = ModelProbes(
-            "log_mel", f"LogMel(n_mels={lm.n_mels}, 25 ms / 10 ms) x {cfg.frame_stride // lm.hop} stacked",
-            scores, seconds_features=t1 - t0, seconds_probes=time.perf_counter() - t1)
+            "log_mel",
+            f"LogMel(n_mels={lm.n_mels}, 25 ms / 10 ms) x {cfg.frame_stride // lm.hop} stacked",
+            scores,
+            seconds_features=t1 - t0,
+            seconds_probes=time.perf_counter() - t1,
+        )
     return ProbeReport(protocol, data, models)
 
 

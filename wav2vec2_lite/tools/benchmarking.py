@@ -44,8 +44,17 @@ from wav2vec2_lite.tools.hardware import model_flops, sync
 from wav2vec2_lite.tools.op_census import census
 from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 
-__all__ = ["BenchSpec", "census_steps", "impls_for", "model_flops", "probe", "profile_ops", "run_probe",
-           "time_interleaved", "render_markdown"]
+__all__ = [
+    "BenchSpec",
+    "census_steps",
+    "impls_for",
+    "model_flops",
+    "probe",
+    "profile_ops",
+    "run_probe",
+    "time_interleaved",
+    "render_markdown",
+]
 
 TASKS = ("pretrain", "finetune", "infer")
 IMPLS = ("ours", "hf_eager", "hf_sdpa")
@@ -90,7 +99,9 @@ class BenchSpec:
 
 def _bf16_weights(impl: str, spec: BenchSpec) -> bool:
     """Runs with bf16 weights and no autocast: our bf16 inference mode, HF's ``*_bf16w``."""
-    return spec.dtype == "bfloat16" and spec.task == "infer" and (impl == "ours" or impl.endswith(BF16_WEIGHTS))
+    return (
+        spec.dtype == "bfloat16" and spec.task == "infer" and (impl == "ours" or impl.endswith(BF16_WEIGHTS))
+    )
 
 
 def _autocast(spec: BenchSpec, impl: str = "ours"):
@@ -120,7 +131,9 @@ def _hf_from(ours: torch.nn.Module, spec: BenchSpec, attn: str) -> torch.nn.Modu
     bf16_weights = attn.endswith(BF16_WEIGHTS)
     attn = attn.removesuffix(BF16_WEIGHTS)
     source = ours.cpu() if spec.device != "cpu" else ours
-    if any(p.dtype != torch.float32 for p in source.parameters()):  # ours in its bf16 mode: HF from a float32 copy
+    if any(
+        p.dtype != torch.float32 for p in source.parameters()
+    ):  # ours in its bf16 mode: HF from a float32 copy
         source = copy.deepcopy(source).float()
     hf = to_hf(source)
     if bf16_weights:
@@ -144,11 +157,20 @@ def _inputs(spec: BenchSpec, cfg: Wav2Vec2Config) -> dict[str, torch.Tensor]:
     frames = int(conv_output_lengths(torch.tensor([samples]), cfg.conv_kernel, cfg.conv_stride)[0])
     out = {"wave": wave.to(spec.device)}
     if spec.task == "pretrain":
-        mask = compute_span_mask(spec.batch, frames, cfg.mask_time_prob, cfg.mask_time_length,
-                                 min_masks=cfg.mask_time_min_masks, generator=g)
+        mask = compute_span_mask(
+            spec.batch,
+            frames,
+            cfg.mask_time_prob,
+            cfg.mask_time_length,
+            min_masks=cfg.mask_time_min_masks,
+            generator=g,
+        )
         neg = sample_negatives(mask, cfg.contrastive.num_negatives, generator=g)
-        out.update(mask=mask.to(spec.device), negatives=neg.to(spec.device),
-                   hf_negatives=(neg + torch.arange(spec.batch)[:, None, None] * frames).to(spec.device))
+        out.update(
+            mask=mask.to(spec.device),
+            negatives=neg.to(spec.device),
+            hf_negatives=(neg + torch.arange(spec.batch)[:, None, None] * frames).to(spec.device),
+        )
     elif spec.task == "finetune":
         n_labels = max(2, int(frames * 0.3))
         labels = torch.randint(1, cfg.vocab_size, (spec.batch, n_labels), generator=g)
@@ -156,7 +178,9 @@ def _inputs(spec: BenchSpec, cfg: Wav2Vec2Config) -> dict[str, torch.Tensor]:
     return out
 
 
-def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, torch.Tensor]) -> Callable[[], None]:
+def _step_fn(
+    impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, torch.Tensor]
+) -> Callable[[], None]:
     """A closure running one step of ``spec.task`` on ``model`` (ours or HF)."""
     hf = impl != "ours"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -168,7 +192,9 @@ def _step_fn(impl: str, model: torch.nn.Module, spec: BenchSpec, x: dict[str, to
             p.grad = None
         with _autocast(spec, impl), cast_weights():
             if hf:
-                loss = model(x["wave"], mask_time_indices=x["mask"], sampled_negative_indices=x["hf_negatives"]).loss
+                loss = model(
+                    x["wave"], mask_time_indices=x["mask"], sampled_negative_indices=x["hf_negatives"]
+                ).loss
             else:
                 loss = model(x["wave"], mask_indices=x["mask"], negative_indices=x["negatives"]).loss
         loss.backward()
@@ -211,8 +237,13 @@ def _setup(spec: BenchSpec) -> None:
 
 
 # ----------------------------------------------------------------------------- interleaved timing
-def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: int = 1, repeats: int = 3,
-                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def time_interleaved(
+    spec: BenchSpec,
+    impls: tuple[str, ...] = IMPLS,
+    warmup: int = 1,
+    repeats: int = 3,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Median step time of each implementation, runs interleaved round-robin in this process."""
     _setup(spec)
     cfg = spec.model_config()
@@ -237,18 +268,26 @@ def time_interleaved(spec: BenchSpec, impls: tuple[str, ...] = IMPLS, warmup: in
                 times[k].append(t)
                 cpu[k].append(c[0])
         if log:
-            log(f"  {spec.task}/{spec.dtype} round {r + 1}/{warmup + repeats}: "
-                + ", ".join(f"{k} {times[k][-1]:.3f}s" if times[k] else k for k in order))
+            log(
+                f"  {spec.task}/{spec.dtype} round {r + 1}/{warmup + repeats}: "
+                + ", ".join(f"{k} {times[k][-1]:.3f}s" if times[k] else k for k in order)
+            )
     num_masked = int(x["mask"].sum()) if "mask" in x else None
     flops = model_flops(cfg, spec.batch, x["wave"].shape[1], spec.task, num_masked)
     del models, steps, ours
     gc.collect()
-    return {"median_s": {k: statistics.median(v) for k, v in times.items()}, "times_s": times,
-            "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()}, "flops": flops, "first_call_s": first}
+    return {
+        "median_s": {k: statistics.median(v) for k, v in times.items()},
+        "times_s": times,
+        "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+        "flops": flops,
+        "first_call_s": first,
+    }
 
 
-def profile_ops(spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), warmup: int = 1,
-                top: int = 12) -> dict[str, Any]:
+def profile_ops(
+    spec: BenchSpec, impls: tuple[str, ...] = ("ours", "hf_eager"), warmup: int = 1, top: int = 12
+) -> dict[str, Any]:
     """Where one step's time goes: ``torch.profiler`` self time per aten op (ms) of each
     implementation on the same weights and inputs, after ``warmup`` steps.
 
@@ -346,9 +385,14 @@ def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict
         if r >= warmup:
             times.append(t)
     peak_kb = _peak_rss_kb()
-    out = {"impl": impl, "rss_before_step_mb": base_kb / 1024, "rss_peak_mb": peak_kb / 1024,
-           "step_rss_mb": (peak_kb - base_kb) / 1024, "times_s": times,
-           "median_s": statistics.median(times) if times else None}
+    out = {
+        "impl": impl,
+        "rss_before_step_mb": base_kb / 1024,
+        "rss_peak_mb": peak_kb / 1024,
+        "step_rss_mb": (peak_kb - base_kb) / 1024,
+        "times_s": times,
+        "median_s": statistics.median(times) if times else None,
+    }
     if spec.device.startswith("cuda"):
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -360,18 +404,32 @@ def probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1) -> dict
 PROBE_ENV = {"TRANSFORMERS_VERBOSITY": "error", "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def run_probe(spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, timeout: float = 3600) -> dict[str, Any]:
+def run_probe(
+    spec: BenchSpec, impl: str, warmup: int = 0, repeats: int = 1, timeout: float = 3600
+) -> dict[str, Any]:
     """:func:`probe` in a fresh Python process (clean peak RSS, :data:`PROBE_ENV`)."""
     payload = json.dumps({"spec": spec.__dict__, "impl": impl, "warmup": warmup, "repeats": repeats})
-    proc = subprocess.run([sys.executable, "-m", "wav2vec2_lite.tools.benchmarking", "--probe", payload],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **PROBE_ENV})
+    proc = subprocess.run(
+        [sys.executable, "-m", "wav2vec2_lite.tools.benchmarking", "--probe", payload],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **PROBE_ENV},
+    )
     if proc.returncode != 0:
-        return {"impl": impl, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else
-                f"exit {proc.returncode}"}
+        return {
+            "impl": impl,
+            "error": proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}",
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":  # the fresh process of run_probe: --probe PAYLOAD
     _payload = json.loads(sys.argv[sys.argv.index("--probe") + 1])
-    print(json.dumps(probe(BenchSpec(**_payload["spec"]), _payload["impl"], _payload["warmup"], _payload["repeats"])))
+    print(
+        json.dumps(
+            probe(BenchSpec(**_payload["spec"]), _payload["impl"], _payload["warmup"], _payload["repeats"])
+        )
+    )

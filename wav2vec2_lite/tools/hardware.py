@@ -23,7 +23,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_masked: int | None = None) -> float:
+def model_flops(
+    cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_masked: int | None = None
+) -> float:
     """Analytic FLOPs of one step (multiply-add = 2), the same formula for every implementation.
 
     Forward: conv feature encoder (sum over layers of 2·T_l·C_out·C_in·k), feature projection,
@@ -44,16 +46,25 @@ def model_flops(cfg: Wav2Vec2Config, batch: int, samples: int, task: str, num_ma
     frames, d, c = t, cfg.hidden_size, cfg.conv_dim[-1]
     proj = 2.0 * frames * c * d
     pos = 2.0 * frames * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel
-    block = 2.0 * frames * d * 3 * d + 2.0 * frames * d * d + 4.0 * frames * frames * d + 4.0 * frames * d * cfg.ffn_dim
+    block = (
+        2.0 * frames * d * 3 * d
+        + 2.0 * frames * d * d
+        + 4.0 * frames * frames * d
+        + 4.0 * frames * d * cfg.ffn_dim
+    )
     body = proj + pos + cfg.num_layers * block
     if task == "pretrain":
         n = num_masked if num_masked is not None else 0.49 * frames * batch
         n_per = n / batch
         q = cfg.contrastive
         g_v = q.num_code_groups * q.num_codes_per_group
-        heads = n_per * (2.0 * c * g_v + 2.0 * g_v * (q.codevector_dim // q.num_code_groups)
-                         + 2.0 * q.codevector_dim * q.final_dim + 2.0 * d * q.final_dim
-                         + 2.0 * (q.num_negatives + 1) * q.final_dim)
+        heads = n_per * (
+            2.0 * c * g_v
+            + 2.0 * g_v * (q.codevector_dim // q.num_code_groups)
+            + 2.0 * q.codevector_dim * q.final_dim
+            + 2.0 * d * q.final_dim
+            + 2.0 * (q.num_negatives + 1) * q.final_dim
+        )
     else:
         heads = 2.0 * frames * d * cfg.vocab_size
     fwd = batch * (conv + body + heads)
@@ -80,8 +91,12 @@ def cpu_kind() -> dict:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "flags": None if flags is None else [f for f in CPU_FLAGS if f in flags],
-            "torch_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+    return {
+        "model": model,
+        "flags": None if flags is None else [f for f in CPU_FLAGS if f in flags],
+        "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
 
 
 def native_bf16(device: str = "cpu") -> bool:

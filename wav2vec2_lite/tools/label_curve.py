@@ -41,33 +41,87 @@ from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels
 from wav2vec2_lite.interop.sources import detect
 from wav2vec2_lite.serialization import atomic_write_bytes, atomic_write_text, file_sha256
 from wav2vec2_lite.tools.hardware import cpu_kind
-from wav2vec2_lite.tools.label_curve_spec import (ARMS, PLAN_FORMAT, RUN_FORMAT, TOPLINE, TOPLINE_SUBSET,
-                                                  LabelCurveError, load_mapping, validate_spec)
+from wav2vec2_lite.tools.label_curve_spec import (
+    ARMS,
+    PLAN_FORMAT,
+    RUN_FORMAT,
+    TOPLINE,
+    TOPLINE_SUBSET,
+    LabelCurveError,
+    load_mapping,
+    validate_spec,
+)
 from wav2vec2_lite.tools.side_by_side import run_side_by_side
 from wav2vec2_lite.train.config import config_container, register_configs, to_run_config
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.tasks import resolve_pretrained
 from wav2vec2_lite.train.trainer import train
 
-__all__ = ["LabelCurveError", "make_plan", "load_plan", "write_plan", "run_plan", "plan_status", "summary_path",
-           "load_summaries", "write_transcribed_unlabeled", "compose_config", "test_marker", "write_json", "now_iso",
-           "seal_test_transcripts", "read_sealed", "sealed_path", "claim_run_dir", "run_code"]
+__all__ = [
+    "LabelCurveError",
+    "make_plan",
+    "load_plan",
+    "write_plan",
+    "run_plan",
+    "plan_status",
+    "summary_path",
+    "load_summaries",
+    "write_transcribed_unlabeled",
+    "compose_config",
+    "test_marker",
+    "write_json",
+    "now_iso",
+    "seal_test_transcripts",
+    "read_sealed",
+    "sealed_path",
+    "claim_run_dir",
+    "run_code",
+]
 
 
-def _run_entry(spec: dict, arm: str, subset: str, minutes: float, updates: int, seed: int, trial_index: int,
-               trial: dict, overrides: list[str], ckpt: dict | None) -> dict:
+def _run_entry(
+    spec: dict,
+    arm: str,
+    subset: str,
+    minutes: float,
+    updates: int,
+    seed: int,
+    trial_index: int,
+    trial: dict,
+    overrides: list[str],
+    ckpt: dict | None,
+) -> dict:
     pre = ckpt["name"] if ckpt else "none"
     run_id = f"{arm}-{subset}-{pre}-s{seed}-t{trial_index}"
-    full = [*spec["common_overrides"], *overrides, f"data.manifest_dir={spec['corpus']}",
-            f"data.train_subset={subset}", f"optim.lr={trial['lr']:g}",
-            *(f"+optim.lr_scale.{k}={v:g}" for k, v in trial["lr_scale"].items()),
-            f"trainer.seed={seed}", f"trainer.max_updates={updates}", f"trainer.num_threads={spec['threads_per_run']}"]
+    full = [
+        *spec["common_overrides"],
+        *overrides,
+        f"data.manifest_dir={spec['corpus']}",
+        f"data.train_subset={subset}",
+        f"optim.lr={trial['lr']:g}",
+        *(f"+optim.lr_scale.{k}={v:g}" for k, v in trial["lr_scale"].items()),
+        f"trainer.seed={seed}",
+        f"trainer.max_updates={updates}",
+        f"trainer.num_threads={spec['threads_per_run']}",
+    ]
     if ckpt:
         full.append(f"finetune.pretrained={ckpt['path']}")
-    return {"id": run_id, "arm": arm, "subset": subset, "minutes": minutes, "pretrain": ckpt["name"] if ckpt else None,
-            "pretrain_path": ckpt["path"] if ckpt else None, "seed": seed, "trial": trial_index, "lr": trial["lr"],
-            "lr_scale": trial["lr_scale"], "updates": updates, "config_name": spec["config_name"],
-            "overrides": full, "run_dir": str(Path(spec["runs_dir"]) / run_id)}
+    return {
+        "id": run_id,
+        "arm": arm,
+        "subset": subset,
+        "minutes": minutes,
+        "pretrain": ckpt["name"] if ckpt else None,
+        "pretrain_path": ckpt["path"] if ckpt else None,
+        "seed": seed,
+        "trial": trial_index,
+        "lr": trial["lr"],
+        "lr_scale": trial["lr_scale"],
+        "updates": updates,
+        "config_name": spec["config_name"],
+        "overrides": full,
+        "run_dir": str(Path(spec["runs_dir"]) / run_id),
+    }
 
 
 def compose_config(config_name: str, overrides: list[str], kind: str = "finetune"):
@@ -88,29 +142,63 @@ def make_plan(spec: dict, check_configs: bool = True) -> dict:
         subset, minutes = size["subset"], size["minutes"]
         for arm in ARMS:
             a = spec["arms"][arm]
-            ckpts = [c for c in a.get("checkpoints", []) if subset in c["sizes"]] if arm == "pretrained" else [None]
+            ckpts = (
+                [c for c in a.get("checkpoints", []) if subset in c["sizes"]]
+                if arm == "pretrained"
+                else [None]
+            )
             for ckpt in ckpts:
                 for seed in spec["seeds"]:
                     for i, trial in enumerate(a["trials"]):
-                        runs.append(_run_entry(spec, arm, subset, minutes, a["updates"][subset], seed, i, trial,
-                                               a["overrides"], ckpt))
+                        runs.append(
+                            _run_entry(
+                                spec,
+                                arm,
+                                subset,
+                                minutes,
+                                a["updates"][subset],
+                                seed,
+                                i,
+                                trial,
+                                a["overrides"],
+                                ckpt,
+                            )
+                        )
     if spec["topline"]:
         top = spec["topline"]
         for seed in top["seeds"]:
             for i, trial in enumerate(spec["arms"]["scratch"]["trials"]):
-                runs.append(_run_entry(spec, TOPLINE, TOPLINE_SUBSET, top["minutes"], top["updates"], seed, i, trial,
-                                       top["overrides"], None))
+                runs.append(
+                    _run_entry(
+                        spec,
+                        TOPLINE,
+                        TOPLINE_SUBSET,
+                        top["minutes"],
+                        top["updates"],
+                        seed,
+                        i,
+                        trial,
+                        top["overrides"],
+                        None,
+                    )
+                )
     if check_configs:
         for run in runs:
             try:
                 cfg = compose_config(run["config_name"], run["overrides"])
             except Exception as e:  # Hydra/config errors are the spec's
-                raise LabelCurveError(f"run {run['id']}: its config does not compose: {str(e).splitlines()[0]}") from e
+                raise LabelCurveError(
+                    f"run {run['id']}: its config does not compose: {str(e).splitlines()[0]}"
+                ) from e
             if cfg.trainer.best_metric != "cer":
-                raise LabelCurveError(f"run {run['id']}: trainer.best_metric is {cfg.trainer.best_metric!r}; the "
-                                      f"protocol chooses checkpoints and trials by valid CER (set trainer.best_metric=cer)")
+                raise LabelCurveError(
+                    f"run {run['id']}: trainer.best_metric is {cfg.trainer.best_metric!r}; the "
+                    f"protocol chooses checkpoints and trials by valid CER (set trainer.best_metric=cer)"
+                )
             if not cfg.data.valid_subset:
-                raise LabelCurveError(f"run {run['id']}: data.valid_subset is empty; trials are chosen on valid")
+                raise LabelCurveError(
+                    f"run {run['id']}: data.valid_subset is empty; trials are chosen on valid"
+                )
     body = {"format": PLAN_FORMAT, "spec": spec, "runs": runs}
     body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return body
@@ -121,8 +209,10 @@ def write_plan(plan: dict, out: Path, force: bool = False) -> Path:
     if out.exists() and not force:
         old = json.loads(out.read_text()) if out.suffix == ".json" else None
         if not old or old.get("sha256") != plan["sha256"]:
-            raise LabelCurveError(f"{out} exists and holds another plan; a committed plan is the protocol's record "
-                                  f"(pass --force to replace it before any run, or another --out)")
+            raise LabelCurveError(
+                f"{out} exists and holds another plan; a committed plan is the protocol's record "
+                f"(pass --force to replace it before any run, or another --out)"
+            )
         return out  # the same plan: the committed file stays as it is
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {**plan, "created": now_iso()})
@@ -132,7 +222,9 @@ def write_plan(plan: dict, out: Path, force: bool = False) -> Path:
 def load_plan(path: Path) -> dict:
     plan = load_mapping(Path(path))
     if plan.get("format") != PLAN_FORMAT or "runs" not in plan:
-        raise LabelCurveError(f"{path}: not a label-curve plan (format {plan.get('format')!r}); make one with `plan`")
+        raise LabelCurveError(
+            f"{path}: not a label-curve plan (format {plan.get('format')!r}); make one with `plan`"
+        )
     return plan
 
 
@@ -157,9 +249,14 @@ def load_summaries(plan: dict) -> dict[str, dict]:
         path = summary_path(plan, run["id"])
         if path.is_file():
             summary = json.loads(path.read_text())
-            if summary.get("overrides") != run["overrides"] or summary.get("config_name") != run["config_name"]:
-                raise LabelCurveError(f"{path}: made with another config than the plan's run {run['id']} (was the plan "
-                                      f"changed after runs were made?)")
+            if (
+                summary.get("overrides") != run["overrides"]
+                or summary.get("config_name") != run["config_name"]
+            ):
+                raise LabelCurveError(
+                    f"{path}: made with another config than the plan's run {run['id']} (was the plan "
+                    f"changed after runs were made?)"
+                )
             out[run["id"]] = summary
     return out
 
@@ -170,7 +267,9 @@ def write_transcribed_unlabeled(corpus: Path, name: str = TOPLINE_SUBSET) -> Pat
     corpus = Path(corpus)
     index, manifest = corpus / "utterances.jsonl", corpus / "unlabeled.tsv"
     if not index.is_file() or not manifest.is_file():
-        raise LabelCurveError(f"{corpus}: the topline needs utterances.jsonl and unlabeled.tsv (a synthesized corpus)")
+        raise LabelCurveError(
+            f"{corpus}: the topline needs utterances.jsonl and unlabeled.tsv (a synthesized corpus)"
+        )
     text = {}
     for line in index.read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
@@ -178,7 +277,9 @@ def write_transcribed_unlabeled(corpus: Path, name: str = TOPLINE_SUBSET) -> Pat
     m = read_manifest(manifest)
     missing = [p for p in m.paths if p not in text]
     if missing:
-        raise LabelCurveError(f"{index}: no transcript for {len(missing)} unlabeled file(s), e.g. {missing[0]}")
+        raise LabelCurveError(
+            f"{index}: no transcript for {len(missing)} unlabeled file(s), e.g. {missing[0]}"
+        )
     write_manifest(corpus / f"{name}.tsv", m.root, list(zip(m.paths, m.sizes)))
     write_labels(corpus / f"{name}.wrd", [text[p] for p in m.paths])
     write_labels(corpus / f"{name}.ltr", [text_to_ltr(text[p]) for p in m.paths])
@@ -212,14 +313,23 @@ def run_code(run_dir: Path) -> dict:
     path = run_dir / "run.json"
     run = json.loads(path.read_text()) if path.is_file() else {}
     versions = [p.get("code_version") for p in [*run.get("earlier_processes", []), run]]
-    return {"code_version": run.get("code_version"), "code_versions": list(dict.fromkeys(versions)),
-            "torch": run.get("torch"), "num_threads": run.get("num_threads"), "cpu": cpu_kind()}
+    return {
+        "code_version": run.get("code_version"),
+        "code_versions": list(dict.fromkeys(versions)),
+        "torch": run.get("torch"),
+        "num_threads": run.get("num_threads"),
+        "cpu": cpu_kind(),
+    }
 
 
 def _train_one(plan: dict, run: dict) -> dict:
     run_dir = Path(run["run_dir"])
-    claim_run_dir(run_dir, "label_curve_run.json", {"config_name": run["config_name"], "overrides": run["overrides"]},
-                  f"the plan's run {run['id']}")
+    claim_run_dir(
+        run_dir,
+        "label_curve_run.json",
+        {"config_name": run["config_name"], "overrides": run["overrides"]},
+        f"the plan's run {run['id']}",
+    )
     if run["arm"] == TOPLINE and not (Path(plan["spec"]["corpus"]) / f"{TOPLINE_SUBSET}.tsv").is_file():
         write_transcribed_unlabeled(Path(plan["spec"]["corpus"]))
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"])
@@ -229,14 +339,26 @@ def _train_one(plan: dict, run: dict) -> dict:
     valid = [r for r in read_metrics(run_dir / "metrics.jsonl", kind="valid") if "cer" in r]
     if not valid:
         raise LabelCurveError(f"{run_dir}: the run logged no valid CER")
-    curve = [{k: r.get(k) for k in ("update", "cer", "wer", "loss", "blank_only", "output_length_ratio")} for r in valid]
+    curve = [
+        {k: r.get(k) for k in ("update", "cer", "wer", "loss", "blank_only", "output_length_ratio")}
+        for r in valid
+    ]
     best = min(curve, key=lambda r: (r["cer"], r["wer"], r["update"]))
     threshold = plan["spec"]["protocol"]["collapse_threshold"]
-    summary = {"format": RUN_FORMAT, **{k: v for k, v in run.items()}, "plan_sha256": plan["sha256"],
-               "resolved_config": config_container(cfg), "pretrain_weights_sha256": _weights_sha(run),
-               "valid_curve": curve, "final_valid": curve[-1], "best_valid": best,
-               "blank_collapse": curve[-1]["blank_only"] >= threshold, "code": run_code(run_dir),
-               "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3), "finished": now_iso()}
+    summary = {
+        "format": RUN_FORMAT,
+        **{k: v for k, v in run.items()},
+        "plan_sha256": plan["sha256"],
+        "resolved_config": config_container(cfg),
+        "pretrain_weights_sha256": _weights_sha(run),
+        "valid_curve": curve,
+        "final_valid": curve[-1],
+        "best_valid": best,
+        "blank_collapse": curve[-1]["blank_only"] >= threshold,
+        "code": run_code(run_dir),
+        "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3),
+        "finished": now_iso(),
+    }
     path = summary_path(plan, run["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)
@@ -254,9 +376,15 @@ def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
     them but ``score-test``, and only for the runs chosen on valid."""
     folder = detect(run_dir).path
     paths, hyps, failed = transcribe_split(folder, plan["spec"]["corpus"], "test")
-    record = {"format": 1, "run": run["id"], "checkpoint": folder.name,
-              "weights_sha256": file_sha256(folder / "model.safetensors"), "paths": paths,
-              "hypotheses": hyps, "failed": failed}
+    record = {
+        "format": 1,
+        "run": run["id"],
+        "checkpoint": folder.name,
+        "weights_sha256": file_sha256(folder / "model.safetensors"),
+        "paths": paths,
+        "hypotheses": hyps,
+        "failed": failed,
+    }
     out = sealed_path(plan, run["id"])
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, gzip.compress(json.dumps(record).encode(), mtime=0))
@@ -278,22 +406,32 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
     on run ids); ``jobs`` > 1 runs that many subprocesses side by side. Returns the ids trained."""
     plan = load_plan(plan_path)
     if test_marker(plan).is_file():
-        raise LabelCurveError(f"{test_marker(plan)} exists: test was scored already, and runs added now could change "
-                              f"the choices it was scored on")
+        raise LabelCurveError(
+            f"{test_marker(plan)} exists: test was scored already, and runs added now could change "
+            f"the choices it was scored on"
+        )
     runs = [r for r in plan["runs"] if only is None or fnmatch.fnmatchcase(r["id"], only)]
     if not runs:
-        raise LabelCurveError(f"--only {only!r} matches none of the plan's {len(plan['runs'])} run ids "
-                              f"(e.g. {plan['runs'][0]['id']})")
+        raise LabelCurveError(
+            f"--only {only!r} matches none of the plan's {len(plan['runs'])} run ids "
+            f"(e.g. {plan['runs'][0]['id']})"
+        )
     done = load_summaries(plan)
     todo = [r for r in runs if r["id"] not in done]
     corpus = Path(plan["spec"]["corpus"])
     if todo and not (corpus / "valid.tsv").is_file():
         raise LabelCurveError(f"{corpus}: no valid.tsv; build the corpus first (docs/results/label_curve.md)")
-    absent = sorted({r["pretrain_path"] for r in todo if r["pretrain_path"] and not Path(r["pretrain_path"]).exists()})
+    absent = sorted(
+        {r["pretrain_path"] for r in todo if r["pretrain_path"] and not Path(r["pretrain_path"]).exists()}
+    )
     if absent:
-        raise LabelCurveError(f"pretrained checkpoint(s) not found: {', '.join(absent)}; pretrain them first "
-                              f"(docs/results/label_curve.md)")
-    log(f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; {len(todo)} to train")
+        raise LabelCurveError(
+            f"pretrained checkpoint(s) not found: {', '.join(absent)}; pretrain them first "
+            f"(docs/results/label_curve.md)"
+        )
+    log(
+        f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; {len(todo)} to train"
+    )
     if jobs <= 1:
         for r in todo:
             log(f"[label_curve] training {r['id']}")
@@ -304,8 +442,24 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
 
 
 def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
-    pieces = [(r["id"], ["-m", "wav2vec2_lite.tools.label_curve_cli", "run", "--plan", str(plan_path), "--only", r["id"],
-                         "--jobs", "1"], Path(r["run_dir"]) / "label_curve.log") for r in todo]
+    pieces = [
+        (
+            r["id"],
+            [
+                "-m",
+                "wav2vec2_lite.tools.label_curve_cli",
+                "run",
+                "--plan",
+                str(plan_path),
+                "--only",
+                r["id"],
+                "--jobs",
+                "1",
+            ],
+            Path(r["run_dir"]) / "label_curve.log",
+        )
+        for r in todo
+    ]
     failed = run_side_by_side(pieces, jobs, plan["spec"]["threads_per_run"], log, "label_curve")
     if failed:
         raise LabelCurveError(f"run(s) {', '.join(failed)} failed; see label_curve.log in their run folders")
@@ -318,8 +472,12 @@ def plan_status(plan: dict) -> str:
     for r in plan["runs"]:
         c = cells.setdefault((r["arm"], r["subset"]), [0, 0])
         c[0 if r["id"] in done else 1] += 1
-    lines = [f"plan {plan['spec']['name']} ({plan['sha256'][:12]}): {len(done)} of {len(plan['runs'])} runs done"]
-    lines += [f"  {arm:<10} {subset:<16} done {d:>3}  left {left:>3}" for (arm, subset), (d, left) in cells.items()]
+    lines = [
+        f"plan {plan['spec']['name']} ({plan['sha256'][:12]}): {len(done)} of {len(plan['runs'])} runs done"
+    ]
+    lines += [
+        f"  {arm:<10} {subset:<16} done {d:>3}  left {left:>3}" for (arm, subset), (d, left) in cells.items()
+    ]
     left = [r["id"] for r in plan["runs"] if r["id"] not in done]
     if left:
         lines.append(f"next: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")

@@ -15,8 +15,11 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="label_curve", description="The label-curve protocol: pretrained vs from-scratch "
-                                "CTC fine-tuning at several label sizes (docs/results/label_curve.md).")
+    p = argparse.ArgumentParser(
+        prog="label_curve",
+        description="The label-curve protocol: pretrained vs from-scratch "
+        "CTC fine-tuning at several label sizes (docs/results/label_curve.md).",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("plan", help="validate a spec and write the plan (commit it before the first run)")
     sp.add_argument("--spec", type=Path, required=True)
@@ -26,14 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     sr.add_argument("--plan", type=Path, required=True)
     sr.add_argument("--only", help="fnmatch pattern on run ids, e.g. 'pretrained-train_10min-*'")
     sr.add_argument("--jobs", type=int, default=1, help="runs side by side (threads_per_run threads each)")
-    for name, text in (("status", "what is done and left"), ("score-test", "score test once, for the choices on valid"),
-                       ("report", "markdown tables and the plot")):
+    for name, text in (
+        ("status", "what is done and left"),
+        ("score-test", "score test once, for the choices on valid"),
+        ("report", "markdown tables and the plot"),
+    ):
         sub.add_parser(name, help=text).add_argument("--plan", type=Path, required=True)
     args = p.parse_args(argv)
     try:
         if args.cmd == "plan":
             plan = make_plan(load_mapping(args.spec))
-            print(f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; commit it before the first run")
+            print(
+                f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; commit it before the first run"
+            )
         elif args.cmd == "run":
             if args.jobs < 1:
                 raise LabelCurveError(f"--jobs: an integer >= 1 (got {args.jobs})")

@@ -19,13 +19,32 @@ import math
 import statistics
 from pathlib import Path
 
-from wav2vec2_lite.asr.evaluate import (by_kind, evaluate_split, read_references, score_hypotheses,
-                                        sentence_kinds)
-from wav2vec2_lite.tools.label_curve import load_summaries, now_iso, read_sealed, sealed_path, test_marker, write_json
+from wav2vec2_lite.asr.evaluate import (
+    by_kind,
+    evaluate_split,
+    read_references,
+    score_hypotheses,
+    sentence_kinds,
+)
+from wav2vec2_lite.tools.label_curve import (
+    load_summaries,
+    now_iso,
+    read_sealed,
+    sealed_path,
+    test_marker,
+    write_json,
+)
 from wav2vec2_lite.tools.label_curve_spec import ARMS, TOPLINE, LabelCurveError
 from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, median, welch_t
 
-__all__ = ["choose_on_valid", "score_test", "load_test_scores", "write_report", "report_markdown", "plot_curve"]
+__all__ = [
+    "choose_on_valid",
+    "score_test",
+    "load_test_scores",
+    "write_report",
+    "report_markdown",
+    "plot_curve",
+]
 
 TEST_FORMAT = "wav2vec2_lite.label_curve.test/1"
 # the corpus's sentence kinds (corpus/build.py, utterances.jsonl)
@@ -51,19 +70,25 @@ def score_test(plan: dict) -> Path:
     """Score test once for the runs chosen on valid; the results file is the refusal marker."""
     marker = test_marker(plan)
     if marker.exists():
-        raise LabelCurveError(f"test already scored: {marker} exists; the protocol scores test once (its numbers are "
-                              f"in that file, `report` reads them)")
+        raise LabelCurveError(
+            f"test already scored: {marker} exists; the protocol scores test once (its numbers are "
+            f"in that file, `report` reads them)"
+        )
     summaries = load_summaries(plan)
     missing = [r["id"] for r in plan["runs"] if r["id"] not in summaries]
     if missing:
-        raise LabelCurveError(f"{len(missing)} planned run(s) have no summary yet (e.g. {missing[0]}); test is scored "
-                              f"once, after every run (see `status`)")
+        raise LabelCurveError(
+            f"{len(missing)} planned run(s) have no summary yet (e.g. {missing[0]}); test is scored "
+            f"once, after every run (see `status`)"
+        )
     chosen, _ = choose_on_valid(plan, summaries)
     sealed = {s["id"]: read_sealed(plan, s["id"]) for s in chosen}
     absent = [s["run_dir"] for s in chosen if not Path(s["run_dir"]).is_dir() and sealed[s["id"]] is None]
     if absent:
-        raise LabelCurveError(f"{len(absent)} chosen run(s) have neither their folder nor sealed test transcripts "
-                              f"(e.g. {absent[0]}); test needs one of them")
+        raise LabelCurveError(
+            f"{len(absent)} chosen run(s) have neither their folder nor sealed test transcripts "
+            f"(e.g. {absent[0]}); test needs one of them"
+        )
     corpus = plan["spec"]["corpus"]
     kinds = sentence_kinds(corpus)
     manifest, refs = read_references(corpus, "test")
@@ -73,20 +98,37 @@ def score_test(plan: dict) -> Path:
         if Path(s["run_dir"]).is_dir():
             res = evaluate_split(s["run_dir"], corpus, "test")
             if seal is not None and seal["hypotheses"] != res.hypotheses:
-                raise LabelCurveError(f"{sealed_path(plan, s['id'])}: the sealed test transcripts differ from what "
-                                      f"{s['run_dir']} transcribes now (another checkpoint or corpus?)")
+                raise LabelCurveError(
+                    f"{sealed_path(plan, s['id'])}: the sealed test transcripts differ from what "
+                    f"{s['run_dir']} transcribes now (another checkpoint or corpus?)"
+                )
         else:  # the folder is gone: the transcripts sealed when the run finished
             if seal["paths"] != manifest.paths:
-                raise LabelCurveError(f"{sealed_path(plan, s['id'])}: sealed for another test manifest than "
-                                      f"{corpus}/test.tsv")
+                raise LabelCurveError(
+                    f"{sealed_path(plan, s['id'])}: sealed for another test manifest than {corpus}/test.tsv"
+                )
             res = score_hypotheses(seal["hypotheses"], refs, seal["paths"], seal["failed"])
-        rows.append({k: s[k] for k in ("id", "arm", "subset", "minutes", "pretrain", "seed", "trial", "lr", "lr_scale")}
-                    | {"valid_cer": s["best_valid"]["cer"], "valid_wer": s["best_valid"]["wer"],
-                       "test_cer": res.cer, "test_wer": res.wer, "test_utterances": res.utterances,
-                       "test_by_kind": {k: {"cer": r.cer, "wer": r.wer, "utterances": r.utterances}
-                                        for k, r in by_kind(res, kinds).items()}})
+        rows.append(
+            {
+                k: s[k]
+                for k in ("id", "arm", "subset", "minutes", "pretrain", "seed", "trial", "lr", "lr_scale")
+            }
+            | {
+                "valid_cer": s["best_valid"]["cer"],
+                "valid_wer": s["best_valid"]["wer"],
+                "test_cer": res.cer,
+                "test_wer": res.wer,
+                "test_utterances": res.utterances,
+                "test_by_kind": {
+                    k: {"cer": r.cer, "wer": r.wer, "utterances": r.utterances}
+                    for k, r in by_kind(res, kinds).items()
+                },
+            }
+        )
     marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"format": TEST_FORMAT, "plan_sha256": plan["sha256"], "scored": now_iso(), "chosen": rows})
+    write_json(
+        marker, {"format": TEST_FORMAT, "plan_sha256": plan["sha256"], "scored": now_iso(), "chosen": rows}
+    )
     return marker
 
 
@@ -107,9 +149,22 @@ def _rows(plan: dict) -> tuple[list[dict], str, bool]:
     if scores is not None:
         return [{**r, "cer": r["test_cer"]} for r in scores["chosen"]], "test CER", True
     chosen, _ = choose_on_valid(plan, load_summaries(plan))
-    return [{k: s[k] for k in ("id", "arm", "subset", "minutes", "pretrain", "seed", "trial", "lr", "lr_scale")}
-            | {"valid_cer": s["best_valid"]["cer"], "valid_wer": s["best_valid"]["wer"], "cer": s["best_valid"]["cer"]}
-            for s in chosen], "valid CER (test not scored yet)", False
+    return (
+        [
+            {
+                k: s[k]
+                for k in ("id", "arm", "subset", "minutes", "pretrain", "seed", "trial", "lr", "lr_scale")
+            }
+            | {
+                "valid_cer": s["best_valid"]["cer"],
+                "valid_wer": s["best_valid"]["wer"],
+                "cer": s["best_valid"]["cer"],
+            }
+            for s in chosen
+        ],
+        "valid CER (test not scored yet)",
+        False,
+    )
 
 
 def _groups(rows: list[dict]) -> list[list[float]]:
@@ -135,21 +190,36 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
     summaries = load_summaries(plan)
     B, seed = proto["bootstrap_resamples"], proto["bootstrap_seed"]
     sizes = [(s["subset"], s["minutes"]) for s in spec["sizes"]]
-    lines = [f"# Label curve `{spec['name']}`: {metric}", "",
-             f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized; "
-             + ("test scored once (`test_scores.json`)." if scored else "**test not scored yet**: every CER below is the "
-                "best valid CER of the trial chosen on valid."),
-             (f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, ≥ "
-             f"{proto['min_pretrain_seeds']} pretraining seeds at {', '.join(proto['min_pretrain_seeds_at'])}; trial chosen "
-             f"per arm × size × pretraining seed × fine-tuning seed by best valid CER. CIs: percentile bootstrap, {B} "
-             f"resamples, seed {seed}; two-level for the pretrained arm (pretraining seeds, then fine-tuning seeds "
-             f"within each). Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."), ""]
+    lines = [
+        f"# Label curve `{spec['name']}`: {metric}",
+        "",
+        f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized; "
+        + (
+            "test scored once (`test_scores.json`)."
+            if scored
+            else "**test not scored yet**: every CER below is the "
+            "best valid CER of the trial chosen on valid."
+        ),
+        (
+            f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, ≥ "
+            f"{proto['min_pretrain_seeds']} pretraining seeds at {', '.join(proto['min_pretrain_seeds_at'])}; trial chosen "
+            f"per arm × size × pretraining seed × fine-tuning seed by best valid CER. CIs: percentile bootstrap, {B} "
+            f"resamples, seed {seed}; two-level for the pretrained arm (pretraining seeds, then fine-tuning seeds "
+            f"within each). Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."
+        ),
+        "",
+    ]
     curve: dict = {arm: [] for arm in ARMS}
-    lines += [f"## {metric} per arm and size", "",
-              "| arm | labeled | runs | mean % | median % | sd | 95 % CI of the mean | blank collapse (all runs) | trials chosen |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for subset, minutes in sizes + ([("unlabeled_text", spec["topline"]["minutes"])] if spec.get("topline") else []):
-        for arm in (ARMS if subset != "unlabeled_text" else (TOPLINE,)):
+    lines += [
+        f"## {metric} per arm and size",
+        "",
+        "| arm | labeled | runs | mean % | median % | sd | 95 % CI of the mean | blank collapse (all runs) | trials chosen |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for subset, minutes in sizes + (
+        [("unlabeled_text", spec["topline"]["minutes"])] if spec.get("topline") else []
+    ):
+        for arm in ARMS if subset != "unlabeled_text" else (TOPLINE,):
             cell = [r for r in rows if r["arm"] == arm and r["subset"] == subset]
             every = [s for s in summaries.values() if s["arm"] == arm and s["subset"] == subset]
             collapse = f"{sum(s['blank_collapse'] for s in every)} / {len(every)}" if every else "–"
@@ -163,16 +233,23 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
             for r in cell:
                 picks[_trial_name(r)] = picks.get(_trial_name(r), 0) + 1
             ci = f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–"
-            lines.append(f"| {arm} | {subset} ({minutes:g} min) | {len(vals)} | {_pct(statistics.mean(vals))} | "
-                         f"{_pct(median(vals))} | {_pct(sd)} | {ci} | {collapse} | "
-                         + "; ".join(f"{k} ×{n}" for k, n in picks.items()) + " |")
+            lines.append(
+                f"| {arm} | {subset} ({minutes:g} min) | {len(vals)} | {_pct(statistics.mean(vals))} | "
+                f"{_pct(median(vals))} | {_pct(sd)} | {ci} | {collapse} | "
+                + "; ".join(f"{k} ×{n}" for k, n in picks.items())
+                + " |"
+            )
             if arm in curve:
                 curve[arm].append((minutes, statistics.mean(vals), lo, hi, vals))
             else:
                 curve[TOPLINE] = statistics.mean(vals)
-    lines += ["", "## Pretrained / scratch", "",
-              "| labeled | CER ratio of the means | 95 % CI, two-level | 95 % CI, one-level | Welch t | df | p (two-sided) |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Pretrained / scratch",
+        "",
+        "| labeled | CER ratio of the means | 95 % CI, two-level | 95 % CI, one-level | Welch t | df | p (two-sided) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for subset, minutes in sizes:
         pre = [r for r in rows if r["arm"] == "pretrained" and r["subset"] == subset]
         scr = [r for r in rows if r["arm"] == "scratch" and r["subset"] == subset]
@@ -182,34 +259,63 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
         ratio, lo2, hi2 = bootstrap_ratio_ci(_groups(pre), _groups(scr), B, seed, two_level=True)
         _, lo1, hi1 = bootstrap_ratio_ci(_groups(pre), _groups(scr), B, seed, two_level=False)
         w = welch_t([r["cer"] for r in pre], [r["cer"] for r in scr])
-        lines.append(f"| {subset} ({minutes:g} min) | {ratio:.3f} | {lo2:.3f}–{hi2:.3f} | {lo1:.3f}–{hi1:.3f} | "
-                     f"{w.t:.3f} | {w.df:.2f} | {w.p:.4g} |")
-    lines += ["", ("Welch's t pools the pretrained arm's pretraining seeds (it ignores that level; the two-level CI "
-               "does not)."), ""]
+        lines.append(
+            f"| {subset} ({minutes:g} min) | {ratio:.3f} | {lo2:.3f}–{hi2:.3f} | {lo1:.3f}–{hi1:.3f} | "
+            f"{w.t:.3f} | {w.df:.2f} | {w.p:.4g} |"
+        )
+    lines += [
+        "",
+        (
+            "Welch's t pools the pretrained arm's pretraining seeds (it ignores that level; the two-level CI "
+            "does not)."
+        ),
+        "",
+    ]
     if scored:
         kinds = sorted({k for r in rows for k in r.get("test_by_kind", {})})
         if kinds:
-            lines += ["## Test CER by sentence kind (mean over runs, %)", "",
-                      "| arm | labeled | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
-                      "| --- | --- |" + " --- |" * len(kinds)]
+            lines += [
+                "## Test CER by sentence kind (mean over runs, %)",
+                "",
+                "| arm | labeled | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
+                "| --- | --- |" + " --- |" * len(kinds),
+            ]
             for subset, minutes in sizes:
                 for arm in ARMS:
                     cell = [r for r in rows if r["arm"] == arm and r["subset"] == subset]
                     if cell:
-                        lines.append(f"| {arm} | {subset} ({minutes:g} min) | " + " | ".join(
-                            _pct(statistics.mean(r["test_by_kind"][k]["cer"] for r in cell if k in r["test_by_kind"]))
-                            if any(k in r["test_by_kind"] for r in cell) else "–" for k in kinds) + " |")
+                        lines.append(
+                            f"| {arm} | {subset} ({minutes:g} min) | "
+                            + " | ".join(
+                                _pct(
+                                    statistics.mean(
+                                        r["test_by_kind"][k]["cer"] for r in cell if k in r["test_by_kind"]
+                                    )
+                                )
+                                if any(k in r["test_by_kind"] for r in cell)
+                                else "–"
+                                for k in kinds
+                            )
+                            + " |"
+                        )
             lines.append("")
-    lines += ["## Per run (chosen on valid)", "",
-              "| run | trial chosen | valid CER % of each trial | valid CER % | "
-              + ("test CER % | test WER % |" if scored else ""),
-              "| --- | --- | --- | --- |" + (" --- | --- |" if scored else "")]
+    lines += [
+        "## Per run (chosen on valid)",
+        "",
+        "| run | trial chosen | valid CER % of each trial | valid CER % | "
+        + ("test CER % | test WER % |" if scored else ""),
+        "| --- | --- | --- | --- |" + (" --- | --- |" if scored else ""),
+    ]
     for r in sorted(rows, key=lambda r: r["id"]):
         stem = r["id"].rsplit("-t", 1)[0]
-        each = " / ".join(_pct(s["best_valid"]["cer"]) for _, s in sorted(
-            (s["trial"], s) for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem))
-        lines.append(f"| {r['id']} | {_trial_name(r)} | {each} | {_pct(r['valid_cer'])} | "
-                     + (f"{_pct(r['test_cer'])} | {_pct(r['test_wer'])} |" if scored else ""))
+        each = " / ".join(
+            _pct(s["best_valid"]["cer"])
+            for _, s in sorted((s["trial"], s) for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem)
+        )
+        lines.append(
+            f"| {r['id']} | {_trial_name(r)} | {each} | {_pct(r['valid_cer'])} | "
+            + (f"{_pct(r['test_cer'])} | {_pct(r['test_wer'])} |" if scored else "")
+        )
     return "\n".join(lines) + "\n", {"curve": curve, "metric": metric}
 
 
@@ -227,8 +333,14 @@ def plot_curve(curve: dict, metric: str, out: Path) -> Path:
             continue
         xs = [p[0] for p in pts]
         ax.plot(xs, [100 * p[1] for p in pts], "o-", color=colour, label=arm)
-        ax.fill_between(xs, [100 * p[2] for p in pts], [100 * p[3] for p in pts], color=colour, alpha=0.2,
-                        label=f"{arm} 95 % CI")
+        ax.fill_between(
+            xs,
+            [100 * p[2] for p in pts],
+            [100 * p[3] for p in pts],
+            color=colour,
+            alpha=0.2,
+            label=f"{arm} 95 % CI",
+        )
         for x, *_, vals in pts:
             ax.scatter([x] * len(vals), [100 * v for v in vals], color=colour, s=8, alpha=0.5)
     if isinstance(curve.get(TOPLINE), float):

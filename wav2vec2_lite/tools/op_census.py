@@ -61,9 +61,13 @@ class CensusResult:
         return self.flops.get(dtype, 0) / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cast_calls": self.cast_calls, "cast_mb": round(self.cast_bytes / 2**20, 2),
-                "casts_by_kind": dict(self.casts_by_kind), "gflops": {k: v / 1e9 for k, v in self.flops.items()},
-                "bf16_flop_share": round(self.flop_share("bfloat16"), 4)}
+        return {
+            "cast_calls": self.cast_calls,
+            "cast_mb": round(self.cast_bytes / 2**20, 2),
+            "casts_by_kind": dict(self.casts_by_kind),
+            "gflops": {k: v / 1e9 for k, v in self.flops.items()},
+            "bf16_flop_share": round(self.flop_share("bfloat16"), 4),
+        }
 
 
 class OpCensus(TorchDispatchMode):

@@ -34,8 +34,16 @@ from pathlib import Path
 from wav2vec2_lite.serialization import atomic_write_text, fsync_dir
 from wav2vec2_lite.train.checkpoint import _pid_alive  # the same test as the checkpoints' temporary folders
 
-__all__ = ["MARKER", "OutputDir", "OutputError", "claim_output_dir", "claim_output_file", "is_training_run",
-           "training_run_of", "check_training_run_dir"]
+__all__ = [
+    "MARKER",
+    "OutputDir",
+    "OutputError",
+    "claim_output_dir",
+    "claim_output_file",
+    "is_training_run",
+    "training_run_of",
+    "check_training_run_dir",
+]
 
 MARKER = ".w2v2-output.json"
 _TMP, _OLD = ".w2v2-tmp-", ".w2v2-old-"
@@ -50,8 +58,12 @@ class OutputError(ValueError):
 def is_training_run(folder: Path) -> bool:
     """A training run folder: ``run.json``, ``metrics.jsonl``, Hydra's ``.hydra/`` or a ``checkpoints/last`` or
     ``best``."""
-    return (folder / "run.json").is_file() or (folder / "metrics.jsonl").is_file() or (folder / ".hydra").is_dir() or \
-        any((folder / "checkpoints" / name).is_dir() for name in ("last", "best"))
+    return (
+        (folder / "run.json").is_file()
+        or (folder / "metrics.jsonl").is_file()
+        or (folder / ".hydra").is_dir()
+        or any((folder / "checkpoints" / name).is_dir() for name in ("last", "best"))
+    )
 
 
 def training_run_of(path: Path) -> Path | None:
@@ -73,7 +85,9 @@ def _files(folder: Path) -> list[str]:
 
 def _runs_below(folder: Path) -> list[Path]:
     """Training run folders inside ``folder`` (not following links)."""
-    return [Path(root) for root, _, _ in os.walk(folder) if Path(root) != folder and is_training_run(Path(root))]
+    return [
+        Path(root) for root, _, _ in os.walk(folder) if Path(root) != folder and is_training_run(Path(root))
+    ]
 
 
 def _count_files(folder: Path, cap: int = 100_000) -> str:
@@ -100,7 +114,11 @@ def _marker(folder: Path) -> dict | None:
         record = json.loads((folder / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("tool"), str) and isinstance(record.get("files"), list)
+    ok = (
+        isinstance(record, dict)
+        and isinstance(record.get("tool"), str)
+        and isinstance(record.get("files"), list)
+    )
     return record if ok else None
 
 
@@ -121,10 +139,12 @@ def _recover(folder: Path) -> None:
         return
     prefix = f".{_tag(folder)}"
     for p in sorted(folder.parent.iterdir()):
-        kind = _OLD if p.name.startswith(prefix + _OLD) else _TMP if p.name.startswith(prefix + _TMP) else None
+        kind = (
+            _OLD if p.name.startswith(prefix + _OLD) else _TMP if p.name.startswith(prefix + _TMP) else None
+        )
         if kind is None or not p.is_dir():
             continue
-        pid = p.name[len(prefix + kind):].split("-")[0]
+        pid = p.name[len(prefix + kind) :].split("-")[0]
         if kind == _OLD and not folder.exists():
             os.rename(p, folder)
         elif kind == _OLD or (pid.isdigit() and not _pid_alive(int(pid))):
@@ -140,8 +160,10 @@ def _state(folder: Path, given: Path, tool: str, overwrite: bool, rerun: str) ->
     run = training_run_of(folder)
     if run is not None:
         where = "is a training run folder" if run == folder else f"is inside the training run folder {run}"
-        raise OutputError(f"{given} {where}: it belongs to the run, and {tool} never writes there, even with "
-                          f"--overwrite; choose another folder")
+        raise OutputError(
+            f"{given} {where}: it belongs to the run, and {tool} never writes there, even with "
+            f"--overwrite; choose another folder"
+        )
     if not folder.exists():
         return "new"
     if not any(folder.iterdir()):
@@ -157,9 +179,11 @@ def _state(folder: Path, given: Path, tool: str, overwrite: bool, rerun: str) ->
         if extra:
             problem = f"{given} was written by {tool} but also holds {_listing(folder, extra)} that it did not write"
         elif rerun == "refuse" and not overwrite:
-            raise OutputError(f"{given} already holds the output of an earlier {tool} ({_listing(folder)}); {tool} "
-                              f"does not add to it: give every input to one call, choose a new folder, or pass "
-                              f"--overwrite to replace it")
+            raise OutputError(
+                f"{given} already holds the output of an earlier {tool} ({_listing(folder)}); {tool} "
+                f"does not add to it: give every input to one call, choose a new folder, or pass "
+                f"--overwrite to replace it"
+            )
         else:
             return "own"
     if not overwrite:
@@ -172,16 +196,22 @@ def _check_replaceable(folder: Path, given: Path, tool: str, inputs: Iterable[st
     for item in inputs:
         p = Path(item).resolve()
         if p == folder or folder in p.parents:
-            raise OutputError(f"{given} holds {item}, an input of this command; replacing it would delete it: "
-                              f"choose another folder")
+            raise OutputError(
+                f"{given} holds {item}, an input of this command; replacing it would delete it: "
+                f"choose another folder"
+            )
     cwd = Path.cwd().resolve()
     if cwd == folder or folder in cwd.parents:
-        raise OutputError(f"{given} is (or holds) the current folder; {tool} replaces its output folder as a whole: "
-                          f"run it from another folder")
+        raise OutputError(
+            f"{given} is (or holds) the current folder; {tool} replaces its output folder as a whole: "
+            f"run it from another folder"
+        )
     runs = _runs_below(folder)
     if runs:
-        raise OutputError(f"{given} holds the training run folder {runs[0]}; {tool} never replaces one, even with "
-                          f"--overwrite: choose another folder")
+        raise OutputError(
+            f"{given} holds the training run folder {runs[0]}; {tool} never replaces one, even with "
+            f"--overwrite: choose another folder"
+        )
 
 
 @dataclass
@@ -214,8 +244,11 @@ class OutputDir:
             if self.state in ("own", "replace"):
                 _check_replaceable(folder, self.path, self.tool, self.inputs)
             self.staging.mkdir(exist_ok=True)
-            record = {"tool": self.tool, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                      "files": [f for f in _files(self.staging) if f != MARKER]}
+            record = {
+                "tool": self.tool,
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": [f for f in _files(self.staging) if f != MARKER],
+            }
             atomic_write_text(self.staging / MARKER, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
             if self.state == "new":
                 os.rename(self.staging, folder)
@@ -255,8 +288,14 @@ class OutputDir:
             self.discard()
 
 
-def claim_output_dir(path: str | Path, tool: str, *, overwrite: bool = False, inputs: Iterable[str | Path] = (),
-                     rerun: str = "replace") -> OutputDir:
+def claim_output_dir(
+    path: str | Path,
+    tool: str,
+    *,
+    overwrite: bool = False,
+    inputs: Iterable[str | Path] = (),
+    rerun: str = "replace",
+) -> OutputDir:
     """Check ``path`` against the rule for ``tool`` and return an :class:`OutputDir` to write into.
 
     Args:
@@ -282,8 +321,9 @@ def claim_output_dir(path: str | Path, tool: str, *, overwrite: bool = False, in
     return OutputDir(given, tool, overwrite, rerun, inputs, state, staging)
 
 
-def claim_output_file(path: str | Path, tool: str, *, overwrite: bool = False,
-                      own: Callable[[Path], bool] = lambda p: False) -> Path:
+def claim_output_file(
+    path: str | Path, tool: str, *, overwrite: bool = False, own: Callable[[Path], bool] = lambda p: False
+) -> Path:
     """Check that ``tool`` may write the file ``path``: it is new, or ``own(path)`` recognises it as
     written by ``tool``, or ``overwrite`` is given and it is not a file of a training run. Write it
     with :func:`~wav2vec2_lite.serialization.atomic_write_text` afterwards. Returns ``path``."""
@@ -295,27 +335,35 @@ def claim_output_file(path: str | Path, tool: str, *, overwrite: bool = False,
         return given
     run = training_run_of(file.parent)
     if run is not None:
-        raise OutputError(f"{given} belongs to the training run {run}, not to {tool}; it is never replaced, even with "
-                          f"--overwrite: choose another file name")
+        raise OutputError(
+            f"{given} belongs to the training run {run}, not to {tool}; it is never replaced, even with "
+            f"--overwrite: choose another file name"
+        )
     if not overwrite:
-        raise OutputError(f"{given} exists and was not written by {tool}; choose another file name or pass "
-                          f"--overwrite to replace it")
+        raise OutputError(
+            f"{given} exists and was not written by {tool}; choose another file name or pass "
+            f"--overwrite to replace it"
+        )
     return given
 
 
 def starts_with(prefix: bytes) -> Callable[[Path], bool]:
     """An ``own`` test for :func:`claim_output_file`: the file starts with ``prefix``."""
+
     def test(path: Path) -> bool:
         with open(path, "rb") as f:
             return f.read(len(prefix)) == prefix
+
     return test
 
 
 def contains(signature: bytes, within: int = 4096) -> Callable[[Path], bool]:
     """An ``own`` test for :func:`claim_output_file`: ``signature`` is in the file's first ``within`` bytes."""
+
     def test(path: Path) -> bool:
         with open(path, "rb") as f:
             return signature in f.read(within)
+
     return test
 
 
@@ -327,6 +375,8 @@ def check_training_run_dir(path: str | Path, key: str) -> None:
     folder = given.resolve()
     record = _marker(folder) if folder.is_dir() and not is_training_run(folder) else None
     if record is not None:
-        raise OutputError(f"{given} was written by {record['tool']} (holds {_listing(folder)}); a training run "
-                          f"writes run.json, config.yaml, metrics.jsonl and checkpoints/ in its folder: set {key} to "
-                          f"a new folder (the folder of an earlier run resumes it)")
+        raise OutputError(
+            f"{given} was written by {record['tool']} (holds {_listing(folder)}); a training run "
+            f"writes run.json, config.yaml, metrics.jsonl and checkpoints/ in its folder: set {key} to "
+            f"a new folder (the folder of an earlier run resumes it)"
+        )

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["read_records", "series", "plot_curves", "plot_codebook_usage", "PRETRAIN_PANELS", "FINETUNE_PANELS"]
+__all__ = [
+    "read_records",
+    "series",
+    "plot_curves",
+    "plot_codebook_usage",
+    "PRETRAIN_PANELS",
+    "FINETUNE_PANELS",
+]
 
 # (title, kind, metric) per panel
 PRETRAIN_PANELS: list[tuple[str, str, str]] = [
@@ -38,7 +45,11 @@ def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def series(records: list[dict[str, Any]], kind: str, metric: str) -> tuple[list[int], list[float]]:
     """(updates, values) of one metric of one record kind."""
-    pts = [(r["update"], r[metric]) for r in records if r.get("kind") == kind and isinstance(r.get(metric), (int, float))]
+    pts = [
+        (r["update"], r[metric])
+        for r in records
+        if r.get("kind") == kind and isinstance(r.get(metric), (int, float))
+    ]
     return [p[0] for p in pts], [float(p[1]) for p in pts]
 
 
@@ -51,8 +62,14 @@ def _plt():
     return plt
 
 
-def plot_curves(runs: dict[str, list[dict[str, Any]]], panels: Sequence[tuple[str, str, str]], out_png: Any,
-                *, hlines: dict[str, float] | None = None, title: str | None = None) -> Path:
+def plot_curves(
+    runs: dict[str, list[dict[str, Any]]],
+    panels: Sequence[tuple[str, str, str]],
+    out_png: Any,
+    *,
+    hlines: dict[str, float] | None = None,
+    title: str | None = None,
+) -> Path:
     """One panel per metric, one line per run (label -> records). ``hlines``: metric -> reference level.
     ``out_png``: a path or a binary file object."""
     plt = _plt()
@@ -72,7 +89,7 @@ def plot_curves(runs: dict[str, list[dict[str, Any]]], panels: Sequence[tuple[st
         ax.tick_params(labelsize=8)
         if len(runs) > 1 or (hlines and metric in hlines):
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)

@@ -47,8 +47,16 @@ from wav2vec2_lite.train.trainer import train
 __all__ = ["CompareError", "load_spec", "plan_runs", "run_compare", "status", "write_report", "main"]
 
 FORMAT = 1
-RUNNER_SETS = ("trainer.max_updates", "trainer.max_epochs", "trainer.seed", "trainer.num_threads", "trainer.resume",
-               "schedule.total_updates", "data.manifest_dir", "hydra.")
+RUNNER_SETS = (
+    "trainer.max_updates",
+    "trainer.max_epochs",
+    "trainer.seed",
+    "trainer.num_threads",
+    "trainer.resume",
+    "schedule.total_updates",
+    "data.manifest_dir",
+    "hydra.",
+)
 SPLIT_KEYS = ("data.train_subset", "data.valid_subset")
 BASELINE = "baseline"
 
@@ -66,8 +74,19 @@ def load_spec(path: str | Path) -> dict:
     """The spec at ``path`` (YAML or JSON), validated; ``sha256`` of its text added."""
     path = Path(path)
     spec = load_mapping(path)
-    keys = {"name", "corpus", "runs_dir", "results_dir", "config_name", "threads_per_run", "updates", "seeds",
-            "common_overrides", "variants", "probe"}
+    keys = {
+        "name",
+        "corpus",
+        "runs_dir",
+        "results_dir",
+        "config_name",
+        "threads_per_run",
+        "updates",
+        "seeds",
+        "common_overrides",
+        "variants",
+        "probe",
+    }
     unknown = sorted(set(spec) - keys)
     _need(not unknown, f"{path}: unknown key(s) {unknown}; known: {sorted(keys)}")
     missing = sorted(keys - set(spec) - {"common_overrides"})
@@ -75,36 +94,65 @@ def load_spec(path: str | Path) -> dict:
     spec.setdefault("common_overrides", [])
     for key in ("updates", "threads_per_run"):
         v = spec[key]
-        _need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{path}: {key} must be an integer >= 1")
+        _need(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            f"{path}: {key} must be an integer >= 1",
+        )
     seeds = spec["seeds"]
-    _need(isinstance(seeds, list) and len(seeds) >= 2 and len(set(seeds)) == len(seeds)
-          and all(isinstance(s, int) and s >= 0 for s in seeds),
-          f"{path}: seeds must list >= 2 different integers >= 0 (one seed cannot rank variants), found {seeds!r}")
+    _need(
+        isinstance(seeds, list)
+        and len(seeds) >= 2
+        and len(set(seeds)) == len(seeds)
+        and all(isinstance(s, int) and s >= 0 for s in seeds),
+        f"{path}: seeds must list >= 2 different integers >= 0 (one seed cannot rank variants), found {seeds!r}",
+    )
     variants = spec["variants"]
-    _need(isinstance(variants, dict) and len(variants) >= 2, f"{path}: variants must map >= 2 names to override lists")
+    _need(
+        isinstance(variants, dict) and len(variants) >= 2,
+        f"{path}: variants must map >= 2 names to override lists",
+    )
     for name, overrides in {"common_overrides": spec["common_overrides"], **variants}.items():
-        _need(re.fullmatch(r"[A-Za-z0-9_]+", str(name)) is not None, f"{path}: variant name {name!r}: letters, "
-              f"digits and _ only")
-        _need(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
-              f"{path}: {name} must be a list of KEY=VALUE overrides")
+        _need(
+            re.fullmatch(r"[A-Za-z0-9_]+", str(name)) is not None,
+            f"{path}: variant name {name!r}: letters, digits and _ only",
+        )
+        _need(
+            isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
+            f"{path}: {name} must be a list of KEY=VALUE overrides",
+        )
         for o in overrides:
             key, _, value = o.lstrip("+~").partition("=")
-            _need(not key.startswith(RUNNER_SETS), f"{path}: {name}: {key} is set by the runner (corpus, updates, "
-                  f"seeds, threads_per_run, resuming, run folders), not by an override")
-            _need(not (key in SPLIT_KEYS and value.strip() == "test"), f"{path}: {name}: {key}=test: test is never read")
+            _need(
+                not key.startswith(RUNNER_SETS),
+                f"{path}: {name}: {key} is set by the runner (corpus, updates, "
+                f"seeds, threads_per_run, resuming, run folders), not by an override",
+            )
+            _need(
+                not (key in SPLIT_KEYS and value.strip() == "test"),
+                f"{path}: {name}: {key}=test: test is never read",
+            )
     _need(BASELINE not in variants, f"{path}: {BASELINE!r} is reserved for the baselines")
     probe = spec["probe"]
-    _need(isinstance(probe, dict) and {"train", "valid"} <= set(probe) <= {"train", "valid", "protocol"}
-          and probe["train"] != probe["valid"], f"{path}: probe needs train and valid (two different splits) and "
-          f"an optional protocol, nothing else; found {sorted(probe) if isinstance(probe, dict) else probe!r}")
-    _need("test" not in (probe["train"], probe["valid"]), f"{path}: a probe split is test: variants are chosen on "
-          f"valid, test is never read")
+    _need(
+        isinstance(probe, dict)
+        and {"train", "valid"} <= set(probe) <= {"train", "valid", "protocol"}
+        and probe["train"] != probe["valid"],
+        f"{path}: probe needs train and valid (two different splits) and "
+        f"an optional protocol, nothing else; found {sorted(probe) if isinstance(probe, dict) else probe!r}",
+    )
+    _need(
+        "test" not in (probe["train"], probe["valid"]),
+        f"{path}: a probe split is test: variants are chosen on valid, test is never read",
+    )
     _need(isinstance(probe.get("protocol") or {}, dict), f"{path}: probe.protocol must be a mapping")
     try:
         protocol = ProbeProtocol.from_dict(dict(probe.get("protocol") or {}))
     except ProbeError as e:
         raise CompareError(f"{path}: {e}") from None
-    _need(protocol.random_init_seeds >= 1, f"{path}: probe.protocol.random_init_seeds must be >= 1 (the baseline)")
+    _need(
+        protocol.random_init_seeds >= 1,
+        f"{path}: probe.protocol.random_init_seeds must be >= 1 (the baseline)",
+    )
     spec["probe"] = {"train": probe["train"], "valid": probe["valid"], "protocol": protocol.to_dict()}
     spec["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     return spec
@@ -116,11 +164,24 @@ def plan_runs(spec: dict) -> list[dict]:
     for variant, overrides in spec["variants"].items():
         for seed in spec["seeds"]:
             run_id = f"{variant}-s{seed}"
-            full = [*spec["common_overrides"], *overrides, f"data.manifest_dir={spec['corpus']}",
-                    f"trainer.max_updates={spec['updates']}", f"schedule.total_updates={spec['updates']}",
-                    f"trainer.seed={seed}", f"trainer.num_threads={spec['threads_per_run']}"]
-            runs.append({"id": run_id, "variant": variant, "seed": seed, "overrides": full,
-                         "run_dir": str(Path(spec["runs_dir"]) / run_id)})
+            full = [
+                *spec["common_overrides"],
+                *overrides,
+                f"data.manifest_dir={spec['corpus']}",
+                f"trainer.max_updates={spec['updates']}",
+                f"schedule.total_updates={spec['updates']}",
+                f"trainer.seed={seed}",
+                f"trainer.num_threads={spec['threads_per_run']}",
+            ]
+            runs.append(
+                {
+                    "id": run_id,
+                    "variant": variant,
+                    "seed": seed,
+                    "overrides": full,
+                    "run_dir": str(Path(spec["runs_dir"]) / run_id),
+                }
+            )
     return runs
 
 
@@ -129,14 +190,18 @@ def check_inputs(spec: dict) -> None:
     missing split fails now rather than after hours of runs."""
     corpus = Path(spec["corpus"])
     probe = spec["probe"]
-    needed = {corpus / f"{probe[k]}.{ext}" for k in ("train", "valid") for ext in ("tsv", "ltr")} | {corpus / "dict.ltr.txt"}
+    needed = {corpus / f"{probe[k]}.{ext}" for k in ("train", "valid") for ext in ("tsv", "ltr")} | {
+        corpus / "dict.ltr.txt"
+    }
     for run in plan_runs(spec)[:: len(spec["seeds"])]:
         try:
             cfg = compose_config(spec["config_name"], run["overrides"], kind="pretrain")
             build_model_config(cfg.model)
         except Exception as e:  # Hydra's and the schema's errors: the spec's config name or overrides
             first = (str(e).splitlines() or [type(e).__name__])[0]
-            raise CompareError(f"config {spec['config_name']} with variant {run['variant']}'s overrides: {first}") from None
+            raise CompareError(
+                f"config {spec['config_name']} with variant {run['variant']}'s overrides: {first}"
+            ) from None
         needed |= {corpus / f"{cfg.data.train_subset}.tsv", corpus / f"{cfg.data.valid_subset}.tsv"}
     missing = sorted(str(p) for p in needed if not p.is_file())
     _need(not missing, f"missing: {', '.join(missing)} (build the corpus first)")
@@ -163,10 +228,16 @@ def load_summaries(spec: dict) -> dict[str, dict]:
         if rid == BASELINE:
             same = s.get("probe_protocol") == _protocol(spec).to_dict()
         else:
-            same = (s.get("overrides") == runs[rid]["overrides"] and s.get("updates") == spec["updates"]
-                    and s.get("probe_protocol") == _run_protocol(spec).to_dict())
-        _need(same, f"{path}: made under another spec (overrides, updates or probe protocol differ); remove it "
-              f"to redo that run")
+            same = (
+                s.get("overrides") == runs[rid]["overrides"]
+                and s.get("updates") == spec["updates"]
+                and s.get("probe_protocol") == _run_protocol(spec).to_dict()
+            )
+        _need(
+            same,
+            f"{path}: made under another spec (overrides, updates or probe protocol differ); remove it "
+            f"to redo that run",
+        )
         out[rid] = s
     return out
 
@@ -182,41 +253,70 @@ def _run_protocol(spec: dict):
 
 
 def _layer_table(model_probes: Any) -> list[dict]:
-    return [{"layer": s.layer, "valid_cer": s.valid_error, "valid_loss": s.valid_loss} for s in model_probes.layers]
+    return [
+        {"layer": s.layer, "valid_cer": s.valid_error, "valid_loss": s.valid_loss}
+        for s in model_probes.layers
+    ]
 
 
 def _last_update(run_dir: Path) -> int | None:
     state = run_dir / "checkpoints" / "last" / "training_state.pt"
-    return int(torch.load(state, map_location="cpu", weights_only=True)["update"]) if state.is_file() else None
+    return (
+        int(torch.load(state, map_location="cpu", weights_only=True)["update"]) if state.is_file() else None
+    )
 
 
 def _pretrain_and_probe(spec: dict, run: dict) -> dict:
     run_dir = Path(run["run_dir"])
-    claim_run_dir(run_dir, "pretrain_compare_run.json", {"config_name": spec["config_name"], "overrides": run["overrides"]},
-                  f"the spec's run {run['id']}")
+    claim_run_dir(
+        run_dir,
+        "pretrain_compare_run.json",
+        {"config_name": spec["config_name"], "overrides": run["overrides"]},
+        f"the spec's run {run['id']}",
+    )
     cfg = compose_config(spec["config_name"], [*run["overrides"], "trainer.progress=false"], kind="pretrain")
     model_cfg = build_model_config(cfg.model)
     last = _last_update(run_dir)
     if last != spec["updates"]:  # not trained to its end yet (a crash while probing skips this)
         train(cfg, run_dir)
         last = _last_update(run_dir)
-    _need(last == spec["updates"], f"{run_dir}: its last checkpoint is not at update {spec['updates']}; the run "
-          f"stopped early")
+    _need(
+        last == spec["updates"],
+        f"{run_dir}: its last checkpoint is not at update {spec['updates']}; the run stopped early",
+    )
     t0 = time.time()
-    report = run_probes(run_dir / "checkpoints" / "last", spec["corpus"], spec["probe"]["train"],
-                        spec["probe"]["valid"], _run_protocol(spec))
+    report = run_probes(
+        run_dir / "checkpoints" / "last",
+        spec["corpus"],
+        spec["probe"]["train"],
+        spec["probe"]["valid"],
+        _run_protocol(spec),
+    )
     records = read_metrics(run_dir / "metrics.jsonl")
     valid = valid_curve([r for r in records if r.get("kind") == "valid"])
     layers = _layer_table(report.models["checkpoint"])
     minutes, processes = running_minutes(records, spec["updates"])
-    summary = {"format": FORMAT, **run, "spec_sha256": spec["sha256"], "resolved_config": config_container(cfg),
-               "objective": model_cfg.objective, "architecture": _architecture(model_cfg), "updates": spec["updates"],
-               "wall_minutes": minutes, "processes": processes, "code": run_code(run_dir),
-               "hours_of_audio_seen": round(audio_seen_hours([r for r in records if r.get("kind") == "train"]), 3),
-               "valid_curve": valid, "final_valid": valid[-1] if valid else None,
-               "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "probe_layers": layers,
-               "best_layer": min(layers, key=lambda r: r["valid_cer"]),
-               "probe_minutes": round((time.time() - t0) / 60, 2), "finished": now_iso()}
+    summary = {
+        "format": FORMAT,
+        **run,
+        "spec_sha256": spec["sha256"],
+        "resolved_config": config_container(cfg),
+        "objective": model_cfg.objective,
+        "architecture": _architecture(model_cfg),
+        "updates": spec["updates"],
+        "wall_minutes": minutes,
+        "processes": processes,
+        "code": run_code(run_dir),
+        "hours_of_audio_seen": round(audio_seen_hours([r for r in records if r.get("kind") == "train"]), 3),
+        "valid_curve": valid,
+        "final_valid": valid[-1] if valid else None,
+        "probe_protocol": report.protocol.to_dict(),
+        "probe_data": report.data,
+        "probe_layers": layers,
+        "best_layer": min(layers, key=lambda r: r["valid_cer"]),
+        "probe_minutes": round((time.time() - t0) / 60, 2),
+        "finished": now_iso(),
+    }
     path = _summary_path(spec, run["id"])
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)
@@ -234,16 +334,30 @@ def _architecture(model_cfg: Any) -> str:
 def _baseline(spec: dict) -> dict:
     """The first variant's architecture at random init (the protocol's seeds, averaged) and log-mel."""
     first = plan_runs(spec)[0]
-    model_cfg = build_model_config(compose_config(spec["config_name"], first["overrides"], kind="pretrain").model)
+    model_cfg = build_model_config(
+        compose_config(spec["config_name"], first["overrides"], kind="pretrain").model
+    )
     placeholder = Wav2Vec2Model(model_cfg)  # gives run_probes the architecture; itself not probed
-    report = run_probes(placeholder, spec["corpus"], spec["probe"]["train"], spec["probe"]["valid"], _protocol(spec),
-                        include_model=False)
-    out = {"format": FORMAT, "spec_sha256": spec["sha256"], "architecture_of": first["variant"],
-           "architecture": _architecture(model_cfg),
-           "random_init_seeds": report.models["random_init"].seeds,
-           "random_init": _layer_table(report.models["random_init"]),
-           "log_mel": _layer_table(report.models["log_mel"]) if "log_mel" in report.models else None,
-           "probe_protocol": report.protocol.to_dict(), "probe_data": report.data, "finished": now_iso()}
+    report = run_probes(
+        placeholder,
+        spec["corpus"],
+        spec["probe"]["train"],
+        spec["probe"]["valid"],
+        _protocol(spec),
+        include_model=False,
+    )
+    out = {
+        "format": FORMAT,
+        "spec_sha256": spec["sha256"],
+        "architecture_of": first["variant"],
+        "architecture": _architecture(model_cfg),
+        "random_init_seeds": report.models["random_init"].seeds,
+        "random_init": _layer_table(report.models["random_init"]),
+        "log_mel": _layer_table(report.models["log_mel"]) if "log_mel" in report.models else None,
+        "probe_protocol": report.protocol.to_dict(),
+        "probe_data": report.data,
+        "finished": now_iso(),
+    }
     path = _summary_path(spec, BASELINE)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, out)
@@ -259,8 +373,10 @@ def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, l
     _need(bool(selected), f"--only {only!r} matches none of the run ids ({', '.join(ids)})")
     done = load_summaries(spec)
     todo = [i for i in selected if i not in done]
-    log(f"[pretrain_compare] {len(selected) - len(todo)} of {len(selected)} selected already summarized; "
-        f"{len(todo)} to do")
+    log(
+        f"[pretrain_compare] {len(selected) - len(todo)} of {len(selected)} selected already summarized; "
+        f"{len(todo)} to do"
+    )
     if todo:
         check_inputs(spec)
     if jobs <= 1:
@@ -269,8 +385,14 @@ def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, l
             log(f"[pretrain_compare] {i}")
             _baseline(spec) if i == BASELINE else _pretrain_and_probe(spec, runs[i])
         return todo
-    pieces = [(i, ["-m", "wav2vec2_lite.tools.pretrain_compare", "run", "--spec", str(spec_path), "--only", i],
-               Path(spec["runs_dir"]) / i / "pretrain_compare.log") for i in todo]
+    pieces = [
+        (
+            i,
+            ["-m", "wav2vec2_lite.tools.pretrain_compare", "run", "--spec", str(spec_path), "--only", i],
+            Path(spec["runs_dir"]) / i / "pretrain_compare.log",
+        )
+        for i in todo
+    ]
     failed = run_side_by_side(pieces, jobs, spec["threads_per_run"], log, "pretrain_compare")
     _need(not failed, f"run(s) {', '.join(failed)} failed; see pretrain_compare.log in their run folders")
     return todo
@@ -293,11 +415,15 @@ def write_report(spec: dict) -> Path:
     done = load_summaries(spec)
     base = done.get(BASELINE)
     rand_best = min(r["valid_cer"] for r in base["random_init"]) if base else None
-    lines = [f"# {spec['name']}: pretraining variants read with frozen probes on `{spec['probe']['valid']}`", "",
-             f"Spec sha256 `{spec['sha256'][:12]}`; {spec['updates']} updates per run, {spec['threads_per_run']} "
-             f"thread(s) per run; probes trained on `{spec['probe']['train']}`. Lower CER is better. Test is not read.", "",
-             "| run | objective | wall min | audio h | last valid pretext accuracy (chance differs by objective) | best layer | best-layer CER |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# {spec['name']}: pretraining variants read with frozen probes on `{spec['probe']['valid']}`",
+        "",
+        f"Spec sha256 `{spec['sha256'][:12]}`; {spec['updates']} updates per run, {spec['threads_per_run']} "
+        f"thread(s) per run; probes trained on `{spec['probe']['train']}`. Lower CER is better. Test is not read.",
+        "",
+        "| run | objective | wall min | audio h | last valid pretext accuracy (chance differs by objective) | best layer | best-layer CER |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     per_variant: dict[str, list[dict]] = {}
     for r in plan_runs(spec):
         s = done.get(r["id"])
@@ -306,33 +432,60 @@ def write_report(spec: dict) -> Path:
             continue
         per_variant.setdefault(s["variant"], []).append(s)
         acc = (s["final_valid"] or {}).get("accuracy")
-        lines.append(f"| {r['id']} | {s['objective']} | {s['wall_minutes']} | {s['hours_of_audio_seen']} | "
-                     f"{'–' if acc is None else f'{acc:.3f}'} | {s['best_layer']['layer']} | "
-                     f"{s['best_layer']['valid_cer']:.3f} |")
-    lines += ["", "| variant | runs | best-layer CER (mean ± sd over seeds) | vs random init |", "| --- | --- | --- | --- |"]
+        lines.append(
+            f"| {r['id']} | {s['objective']} | {s['wall_minutes']} | {s['hours_of_audio_seen']} | "
+            f"{'–' if acc is None else f'{acc:.3f}'} | {s['best_layer']['layer']} | "
+            f"{s['best_layer']['valid_cer']:.3f} |"
+        )
+    lines += [
+        "",
+        "| variant | runs | best-layer CER (mean ± sd over seeds) | vs random init |",
+        "| --- | --- | --- | --- |",
+    ]
     means = {}
     for variant, runs in per_variant.items():
         cers = [s["best_layer"]["valid_cer"] for s in runs]
         means[variant] = statistics.fmean(cers)
-        same = base is not None and all((s.get("architecture"), s["probe_data"].get("normalize_waves"))
-                                        == (base.get("architecture"), base["probe_data"].get("normalize_waves"))
-                                        for s in runs)
-        ratio = ("– (no baseline yet)" if base is None else f"{means[variant] / rand_best:.2f}×" if same
-                 else "– (the baseline is of another architecture or input normalisation)")
+        same = base is not None and all(
+            (s.get("architecture"), s["probe_data"].get("normalize_waves"))
+            == (base.get("architecture"), base["probe_data"].get("normalize_waves"))
+            for s in runs
+        )
+        ratio = (
+            "– (no baseline yet)"
+            if base is None
+            else f"{means[variant] / rand_best:.2f}×"
+            if same
+            else "– (the baseline is of another architecture or input normalisation)"
+        )
         lines.append(f"| {variant} | {len(runs)} | {_mean_sd(cers)} | {ratio} |")
     if base:
-        log_mel = f", log-mel {min(r['valid_cer'] for r in base['log_mel']):.3f}" if base.get("log_mel") else ""
-        lines += ["", f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
-                  f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}){log_mel}."]
+        log_mel = (
+            f", log-mel {min(r['valid_cer'] for r in base['log_mel']):.3f}" if base.get("log_mel") else ""
+        )
+        lines += [
+            "",
+            f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
+            f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}){log_mel}.",
+        ]
     complete = all(len(per_variant.get(v, [])) == len(spec["seeds"]) for v in spec["variants"])
     if complete and means:
         order = sorted(means, key=means.get)
-        spreads = [statistics.stdev([s["best_layer"]["valid_cer"] for s in per_variant[v]]) for v in order[:2]]
+        spreads = [
+            statistics.stdev([s["best_layer"]["valid_cer"] for s in per_variant[v]]) for v in order[:2]
+        ]
         gap = means[order[1]] - means[order[0]]
-        lines += ["", f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; next {order[1]} "
-                  f"{means[order[1]]:.3f})" + ("." if gap > max(spreads) else
-                                                f"; the gap ({gap:.3f}) is within the seed spread "
-                                                f"({max(spreads):.3f}): the seeds do not separate them.")]
+        lines += [
+            "",
+            f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; next {order[1]} "
+            f"{means[order[1]]:.3f})"
+            + (
+                "."
+                if gap > max(spreads)
+                else f"; the gap ({gap:.3f}) is within the seed spread "
+                f"({max(spreads):.3f}): the seeds do not separate them."
+            ),
+        ]
     else:
         lines += ["", "Not every variant has all its seeds: no choice yet."]
     out = _results(spec) / "report.md"

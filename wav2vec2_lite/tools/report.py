@@ -14,11 +14,18 @@ import torch
 import yaml
 
 from wav2vec2_lite.config import upgrade_config_dict
-from wav2vec2_lite.data.audio import load_audio, normalize as normalize_wave
+from wav2vec2_lite.data.audio import load_audio
+from wav2vec2_lite.data.audio import normalize as normalize_wave
 from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining
 from wav2vec2_lite.serialization import atomic_write_text, load_model
-from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_codebook_usage, plot_curves, read_records
+from wav2vec2_lite.tools.plots import (
+    FINETUNE_PANELS,
+    PRETRAIN_PANELS,
+    plot_codebook_usage,
+    plot_curves,
+    read_records,
+)
 
 __all__ = ["codebook_usage", "write_report", "GENERATOR"]
 
@@ -35,22 +42,36 @@ def _png_tag(write_png) -> str:
 
 
 @torch.no_grad()
-def codebook_usage(model_dir: str | Path, manifest_dir: str | Path, split: str = "valid", limit: int = 200, *,
-                   mono: str = "error", resample: str = "error", normalize: bool | None = None) -> torch.Tensor:
+def codebook_usage(
+    model_dir: str | Path,
+    manifest_dir: str | Path,
+    split: str = "valid",
+    limit: int = 200,
+    *,
+    mono: str = "error",
+    resample: str = "error",
+    normalize: bool | None = None,
+) -> torch.Tensor:
     """How often each codebook entry is picked (argmax, eval) on a split: (G, V) counts.
 
     ``mono``, ``resample``, ``normalize``: the audio settings of the run (``data.*``); ``normalize``
     None means the run's default (LayerNorm encoders normalise)."""
     model = load_model(model_dir)
     if not isinstance(model, Wav2Vec2ForPreTraining):
-        raise TypeError(f"{model_dir}: codebook usage needs a pretraining model, found {type(model).__name__}")
+        raise TypeError(
+            f"{model_dir}: codebook usage needs a pretraining model, found {type(model).__name__}"
+        )
     cfg = model.config
     if cfg.objective != "contrastive":
-        raise TypeError(f"{model_dir}: codebook usage is that of the contrastive objective's learned codebook; "
-                        f"this model's objective is {cfg.objective!r}, whose valid code usage is logged as "
-                        f"code_perplexity in metrics.jsonl")
+        raise TypeError(
+            f"{model_dir}: codebook usage is that of the contrastive objective's learned codebook; "
+            f"this model's objective is {cfg.objective!r}, whose valid code usage is logged as "
+            f"code_perplexity in metrics.jsonl"
+        )
     model.eval()
-    counts = torch.zeros(cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group, dtype=torch.long)
+    counts = torch.zeros(
+        cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group, dtype=torch.long
+    )
     manifest = read_manifest(Path(manifest_dir) / f"{split}.tsv")
     for rel in manifest.paths[:limit]:
         wave = load_audio(manifest.root / rel, mono=mono, resample=resample)
@@ -80,13 +101,20 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest_dir: str | Path | None = None,
-                 split: str = "valid") -> Path:
+def write_report(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    manifest_dir: str | Path | None = None,
+    split: str = "valid",
+) -> Path:
     """Write ``RUN/report.html``. With ``manifest_dir`` (pretraining runs) adds codebook usage on ``split``."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(no config.yaml)"
+    config_text = (
+        (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(no config.yaml)"
+    )
     pretrain = any("contrastive_loss" in r for r in records)
     panels = (PRETRAIN_PANELS if pretrain else FINETUNE_PANELS) + EXTRA_PANELS
     hlines = None
@@ -99,23 +127,36 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, manifest
     curves = _png_tag(lambda f: plot_curves({run_dir.name: records}, panels, f, hlines=hlines))
 
     health = [r for r in records if r.get("kind") == "health"]
-    health_html = (_table([[h["update"], h["symptom"], h["message"]] for h in health], ["update", "symptom", "message"])
-                   if health else "<p>No health warning was raised.</p>")
+    health_html = (
+        _table([[h["update"], h["symptom"], h["message"]] for h in health], ["update", "symptom", "message"])
+        if health
+        else "<p>No health warning was raised.</p>"
+    )
     last = {k: [r for r in records if r.get("kind") == k][-1:] for k in ("train", "valid")}
     summary_rows = [[k, v] for k, v in info.items() if not isinstance(v, (dict, list))]
     for kind, recs in last.items():
-        for key, value in (recs[0].items() if recs else []):
+        for key, value in recs[0].items() if recs else []:
             if isinstance(value, float) and key not in _NOT_METRICS:
                 summary_rows.append([f"final {kind} {key}", f"{value:.5g}"])
     codebook_html = ""
     if pretrain and manifest_dir is not None:
-        model_dir = run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
+        model_dir = (
+            run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
+        )
         data = _run_data_settings(run_dir)
-        counts = codebook_usage(model_dir, manifest_dir, split, mono=data.get("mono") or "error",
-                                resample=data.get("resample") or "error", normalize=data.get("normalize"))
+        counts = codebook_usage(
+            model_dir,
+            manifest_dir,
+            split,
+            mono=data.get("mono") or "error",
+            resample=data.get("resample") or "error",
+            normalize=data.get("normalize"),
+        )
         used = (counts > 0).sum(-1).tolist()
-        codebook_html = (f"<h2>Codebook usage on {html.escape(split)}</h2><p>entries used per group: {used} of "
-                         f"{counts.shape[1]}</p>" + _png_tag(lambda f: plot_codebook_usage(counts, f)))
+        codebook_html = (
+            f"<h2>Codebook usage on {html.escape(split)}</h2><p>entries used per group: {used} of "
+            f"{counts.shape[1]}</p>" + _png_tag(lambda f: plot_codebook_usage(counts, f))
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8">{GENERATOR}
 <title>{html.escape(run_dir.name)} report</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}table{{border-collapse:collapse}}

@@ -21,8 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["betainc", "t_cdf", "t_sf", "WelchResult", "welch_t", "bootstrap_mean_ci", "bootstrap_ratio_ci",
-           "bootstrap_means", "median"]
+__all__ = [
+    "betainc",
+    "t_cdf",
+    "t_sf",
+    "WelchResult",
+    "welch_t",
+    "bootstrap_mean_ci",
+    "bootstrap_ratio_ci",
+    "bootstrap_means",
+    "median",
+]
 
 _EPS = 1e-15
 _TINY = 1e-300
@@ -68,8 +77,13 @@ def _lbeta(a: float, b: float) -> float:
         return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
     s = big + small
     # lgamma(s) - lgamma(big) = (big - 1/2) ln(s / big) + small ln s - small + tails
-    diff = ((big - 0.5) * math.log1p(small / big) + small * math.log(s) - small
-            + _stirling_tail(s) - _stirling_tail(big))
+    diff = (
+        (big - 0.5) * math.log1p(small / big)
+        + small * math.log(s)
+        - small
+        + _stirling_tail(s)
+        - _stirling_tail(big)
+    )
     return math.lgamma(small) - diff
 
 
@@ -136,7 +150,7 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> WelchResult:
             return WelchResult(math.nan, math.nan, math.nan, ma, mb)
         return WelchResult(math.copysign(math.inf, ma - mb), math.nan, 0.0, ma, mb)
     t = (ma - mb) / math.sqrt(se2)
-    df = se2 ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    df = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
     p = min(1.0, 2.0 * t_sf(abs(t), df))
     return WelchResult(t, df, p, ma, mb)
 
@@ -153,8 +167,12 @@ def _as_groups(arm: Sequence[Sequence[float]] | Sequence[float]) -> list[np.ndar
     return groups
 
 
-def bootstrap_means(arm: Sequence[Sequence[float]] | Sequence[float], resamples: int,
-                    rng: np.random.Generator, two_level: bool = True) -> np.ndarray:
+def bootstrap_means(
+    arm: Sequence[Sequence[float]] | Sequence[float],
+    resamples: int,
+    rng: np.random.Generator,
+    two_level: bool = True,
+) -> np.ndarray:
     """``resamples`` bootstrap means of an arm given as groups of values (a flat list = one value
     per group). Two-level: draw as many groups as there are, with replacement, then within each
     drawn group as many values as it has, with replacement; the mean is over all drawn values.
@@ -167,12 +185,12 @@ def bootstrap_means(arm: Sequence[Sequence[float]] | Sequence[float], resamples:
     sizes = np.array([g.size for g in groups])
     table = np.full((len(groups), sizes.max()), np.nan)
     for i, g in enumerate(groups):
-        table[i, :g.size] = g
-    chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))       # (B, G) groups drawn
-    n = sizes[chosen]                                                          # (B, G) their sizes
+        table[i, : g.size] = g
+    chosen = rng.integers(0, len(groups), size=(resamples, len(groups)))  # (B, G) groups drawn
+    n = sizes[chosen]  # (B, G) their sizes
     u = rng.random((resamples, len(groups), sizes.max()))
-    inner = np.floor(u * n[..., None]).astype(int)                             # index < n of each group
-    valid = np.arange(sizes.max())[None, None, :] < n[..., None]               # first n draws count
+    inner = np.floor(u * n[..., None]).astype(int)  # index < n of each group
+    valid = np.arange(sizes.max())[None, None, :] < n[..., None]  # first n draws count
     values = table[chosen[..., None], inner]
     return np.where(valid, values, 0.0).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
 
@@ -185,14 +203,16 @@ def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap_mean_ci(arm, resamples: int = 10_000, seed: int = 0, level: float = 0.95,
-                      two_level: bool = True) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    arm, resamples: int = 10_000, seed: int = 0, level: float = 0.95, two_level: bool = True
+) -> tuple[float, float]:
     """Percentile bootstrap CI of an arm's mean (groups of values, see :func:`bootstrap_means`)."""
     return _percentile_ci(bootstrap_means(arm, resamples, np.random.default_rng(seed), two_level), level)
 
 
-def bootstrap_ratio_ci(a, b, resamples: int = 10_000, seed: int = 0, level: float = 0.95,
-                       two_level: bool = True) -> tuple[float, float, float]:
+def bootstrap_ratio_ci(
+    a, b, resamples: int = 10_000, seed: int = 0, level: float = 0.95, two_level: bool = True
+) -> tuple[float, float, float]:
     """(ratio of the means, CI low, CI high) of mean(a) / mean(b), each arm resampled on its own
     (groups of values, see :func:`bootstrap_means`), ``seed`` seeding one generator for both."""
     rng = np.random.default_rng(seed)

@@ -47,7 +47,9 @@ def _overrides(run: Path) -> dict[str, str]:
 def _last(records: list[dict[str, Any]]) -> dict[str, float]:
     if not records:
         return {}
-    return {k: v for k, v in records[-1].items() if isinstance(v, (int, float)) and k not in ("time", "epoch")}
+    return {
+        k: v for k, v in records[-1].items() if isinstance(v, (int, float)) and k not in ("time", "epoch")
+    }
 
 
 def collect_sweep(sweep_dir: str | Path) -> list[SweepRun]:
@@ -60,7 +62,9 @@ def collect_sweep(sweep_dir: str | Path) -> list[SweepRun]:
         updates = max((int(r.get("update", 0)) for r in rows), default=0)
         runs.append(SweepRun(metrics.parent, _overrides(metrics.parent), _last(valid), _last(train), updates))
     if not runs:
-        raise FileNotFoundError(f"{sweep_dir}: no run with metrics.jsonl below it (is this a multirun folder?)")
+        raise FileNotFoundError(
+            f"{sweep_dir}: no run with metrics.jsonl below it (is this a multirun folder?)"
+        )
     return runs
 
 
@@ -79,8 +83,12 @@ def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
     head = ["run", *swept, "updates", *[f"valid {m}" for m in metrics]]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in runs:
-        cells = [r.path.name, *[r.overrides.get(k, "") for k in swept], str(r.updates),
-                 *[_fmt(r.valid.get(m, "")) for m in metrics]]
+        cells = [
+            r.path.name,
+            *[r.overrides.get(k, "") for k in swept],
+            str(r.updates),
+            *[_fmt(r.valid.get(m, "")) for m in metrics],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -92,13 +100,17 @@ def plot_sweep(runs: list[SweepRun], metric: str, out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # optional: matplotlib (plot extra)
 
-    labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.overrides.items()) or r.path.name for r in runs]
+    labels = [
+        ", ".join(f"{k.split('.')[-1]}={v}" for k, v in r.overrides.items()) or r.path.name for r in runs
+    ]
     values = [r.valid.get(metric, float("nan")) for r in runs]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(runs)), 3.5))
     ax.bar(range(len(runs)), values)
     ax.set_xticks(range(len(runs)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"valid {metric}")
     fig.tight_layout()
-    atomic_write_bytes(out_png, lambda f: fig.savefig(f, format="png", dpi=120, metadata={"Software": PLOT_SOFTWARE}))
+    atomic_write_bytes(
+        out_png, lambda f: fig.savefig(f, format="png", dpi=120, metadata={"Software": PLOT_SOFTWARE})
+    )
     plt.close(fig)
     return Path(out_png)

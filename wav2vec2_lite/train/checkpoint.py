@@ -38,14 +38,31 @@ from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
 from wav2vec2_lite.serialization import (
-    WEIGHTS_NAME, CheckpointError, atomic_write_bytes, atomic_write_text, file_sha256, read_weights, save_model,
+    WEIGHTS_NAME,
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    read_weights,
+    save_model,
 )
 from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
 
 __all__ = [
-    "CheckpointError", "atomic_write_bytes", "atomic_write_text", "atomic_torch_save", "load_training_state",
-    "save_checkpoint", "resolve_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-    "STATE_FILE", "WEIGHTS_FILE", "file_sha256", "remove_stale_temps",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_torch_save",
+    "load_training_state",
+    "save_checkpoint",
+    "resolve_checkpoint",
+    "load_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+    "STATE_FILE",
+    "WEIGHTS_FILE",
+    "file_sha256",
+    "remove_stale_temps",
 ]
 
 STATE_FILE = "training_state.pt"
@@ -69,9 +86,12 @@ def load_training_state(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path}: refused to load: it holds Python objects other than tensors, numbers, strings, "
             f"lists and dicts (torch.load weights_only=True). Training-state files written by wav2vec2_lite "
-            f"never do; do not trust this file. Details: {str(e).splitlines()[0]}") from e
+            f"never do; do not trust this file. Details: {str(e).splitlines()[0]}"
+        ) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated training-state file ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: corrupt or truncated training-state file ({type(e).__name__}: {e})"
+        ) from e
     if not isinstance(state, dict) or "update" not in state:
         raise CheckpointError(f"{path}: not a wav2vec2_lite training-state file (no 'update' entry)")
     return state
@@ -84,10 +104,13 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
-                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
-                  "gauss": float(np_state["gauss"])},
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"], dtype=np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -101,9 +124,14 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": n["bit_generator"],
+            "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+            "has_gauss": n["has_gauss"],
+            "gauss": n["gauss"],
+        }
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None:
@@ -113,8 +141,13 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
 
 
 # ------------------------------------------------------------------ checkpoint folders
-def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state: dict,
-                    save_weights: Callable[[nn.Module, Path], None] | None = None) -> Path:
+def save_checkpoint(
+    root: str | os.PathLike,
+    name: str,
+    model: nn.Module,
+    state: dict,
+    save_weights: Callable[[nn.Module, Path], None] | None = None,
+) -> Path:
     """Write ``root/name`` (weights + ``state``) so that a crash never leaves it half-written.
 
     If writing fails (disk full, permissions, I/O error) the temporary folder is removed,
@@ -149,7 +182,8 @@ def save_checkpoint(root: str | os.PathLike, name: str, model: nn.Module, state:
             raise CheckpointError(
                 f"{final}: could not write the checkpoint ({why + ': ' if why else ''}{e.strerror or e}); "
                 f"nothing was replaced: the previous {final} (if any) is intact"
-                + ("; free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")) from e
+                + ("; free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+            ) from e
         raise
     shutil.rmtree(old, ignore_errors=True)
     return final
@@ -217,14 +251,17 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module | None = None) -
         raise CheckpointError(f"{weights}: weights file not found")
     expected = state.get("weights_sha256")
     if expected is not None and file_sha256(weights) != expected:
-        raise CheckpointError(f"{weights}: content does not match the sha256 recorded in {folder / STATE_FILE} "
-                              f"(corrupt, truncated, or replaced after saving)")
+        raise CheckpointError(
+            f"{weights}: content does not match the sha256 recorded in {folder / STATE_FILE} "
+            f"(corrupt, truncated, or replaced after saving)"
+        )
     if model is not None:
         tensors = read_weights(folder)  # today's key names, also for an older format_version
         missing, unexpected = _load_into(model, tensors)
         if missing or unexpected:
-            raise CheckpointError(f"{weights}: does not fit the model (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]})")
+            raise CheckpointError(
+                f"{weights}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     return state
 
 

@@ -39,17 +39,31 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
-from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS
 from wav2vec2_lite.data.config import DataConfig
+from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS
 from wav2vec2_lite.train.health import HealthConfig
 from wav2vec2_lite.train.precision import parse_precision
 from wav2vec2_lite.train.schedules import SCHEDULES, make_schedule
 
 __all__ = [
-    "OptimConfig", "DataConfig", "TrainerConfig", "CTCConfig", "FinetuneConfig", "RunConfig",
-    "PretrainRunConfig", "FinetuneRunConfig", "to_run_config", "register_configs", "build_model_config",
-    "flatten_lr_scale", "config_container", "BestMode", "DistBackend", "unknown_key_error",
-    "ModelConfig", "migrate_override",
+    "OptimConfig",
+    "DataConfig",
+    "TrainerConfig",
+    "CTCConfig",
+    "FinetuneConfig",
+    "RunConfig",
+    "PretrainRunConfig",
+    "FinetuneRunConfig",
+    "to_run_config",
+    "register_configs",
+    "build_model_config",
+    "flatten_lr_scale",
+    "config_container",
+    "BestMode",
+    "DistBackend",
+    "unknown_key_error",
+    "ModelConfig",
+    "migrate_override",
 ]
 
 
@@ -162,15 +176,24 @@ class TrainerConfig:
 
     def check(self) -> None:
         self.precision = parse_precision(self.precision)
-        _positive("trainer", self, "max_updates", "update_freq", "log_interval", "save_interval",
-                  "max_consecutive_nonfinite")
+        _positive(
+            "trainer",
+            self,
+            "max_updates",
+            "update_freq",
+            "log_interval",
+            "save_interval",
+            "max_consecutive_nonfinite",
+        )
         if self.max_epochs is not None:
             _positive("trainer", self, "max_epochs")
         if self.valid_interval < 0:
             raise ValueError(f"trainer.valid_interval: must be >= 0 (got {self.valid_interval})")
         if self.max_valid_batches is not None and self.max_valid_batches <= 0:
-            raise ValueError(f"trainer.max_valid_batches: > 0 or null (got {self.max_valid_batches}); "
-                             f"data.valid_subset=null switches validation off")
+            raise ValueError(
+                f"trainer.max_valid_batches: > 0 or null (got {self.max_valid_batches}); "
+                f"data.valid_subset=null switches validation off"
+            )
 
 
 def _model_overrides(name: str, values: dict[str, Any], doc: str) -> type:
@@ -182,12 +205,25 @@ def _model_overrides(name: str, values: dict[str, Any], doc: str) -> type:
     return cls
 
 
-CTCConfig = _model_overrides("CTCConfig", dict(
-    mask_time_prob=0.5, mask_time_length=10, mask_channel_prob=0.0, mask_channel_length=10, layerdrop=0.0,
-    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, dropout_input=0.0, final_dropout=0.0,
-    feature_grad_mult=0.0, ctc_zero_infinity=True),
+CTCConfig = _model_overrides(
+    "CTCConfig",
+    dict(
+        mask_time_prob=0.5,
+        mask_time_length=10,
+        mask_channel_prob=0.0,
+        mask_channel_length=10,
+        layerdrop=0.0,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        dropout_input=0.0,
+        final_dropout=0.0,
+        feature_grad_mult=0.0,
+        ctc_zero_infinity=True,
+    ),
     """Fine-tuning values of model fields, applied on top of the pretrained model's config
-    (fairseq ``wav2vec_ctc`` defaults): ``ctc.FIELD=VALUE``, validated by Wav2Vec2Config.""")
+    (fairseq ``wav2vec_ctc`` defaults): ``ctc.FIELD=VALUE``, validated by Wav2Vec2Config.""",
+)
 
 
 @dataclass
@@ -209,7 +245,9 @@ class FinetuneConfig:
 
     def check(self) -> None:
         if self.freeze_finetune_updates < 0:
-            raise ValueError(f"finetune.freeze_finetune_updates: must be >= 0 (got {self.freeze_finetune_updates})")
+            raise ValueError(
+                f"finetune.freeze_finetune_updates: must be >= 0 (got {self.freeze_finetune_updates})"
+            )
 
 
 def _schema_type(hint: Any) -> Any:
@@ -231,7 +269,9 @@ def _optional_node(name: str, cls: type, doc: str, **extra: Any) -> type:
     specs = [(k, Optional[t], field(default=None)) for k, t in extra.items()]
     for f in fields(cls):
         sub = OBJECTIVE_CONFIGS.get(f.name) if f.name != "objective" else None
-        if sub is None and typing.get_origin(types[f.name]) is dict:  # a free map (extra): {} as its keys are added
+        if (
+            sub is None and typing.get_origin(types[f.name]) is dict
+        ):  # a free map (extra): {} as its keys are added
             specs.append((f.name, _schema_type(types[f.name]), field(default_factory=dict)))
         elif sub is None:
             specs.append((f.name, Optional[_schema_type(types[f.name])], field(default=None)))
@@ -255,8 +295,13 @@ def _set_values(node: Any) -> dict[str, Any]:
     return out
 
 
-ModelConfig = _optional_node("ModelConfig", Wav2Vec2Config, """The ``model`` node: a preset and the
-    Wav2Vec2Config fields that differ from it (None: the preset's value).""", preset=str)
+ModelConfig = _optional_node(
+    "ModelConfig",
+    Wav2Vec2Config,
+    """The ``model`` node: a preset and the
+    Wav2Vec2Config fields that differ from it (None: the preset's value).""",
+    preset=str,
+)
 
 
 def build_model_config(model: Any, **overrides: Any) -> Wav2Vec2Config:
@@ -288,7 +333,9 @@ class RunConfig:
         self.data.check()
         self.optim.check()
         self.trainer.check()
-        unknown = [k for k in self.schedule if not _any_schedule_has(k)] if isinstance(self.schedule, dict) else []
+        unknown = (
+            [k for k in self.schedule if not _any_schedule_has(k)] if isinstance(self.schedule, dict) else []
+        )
         if unknown:
             raise unknown_key_error(f"schedule.{unknown[0]}", self.task, self.schedule)
         self.schedule = make_schedule(self.schedule)
@@ -347,7 +394,9 @@ def _groups(schema: type) -> dict[str, type]:
 
 def _closest_elsewhere(key: str, path: str, root: type) -> str | None:
     """``group.name`` of another group whose key is ``key`` or nearly (``+trainer.lr`` -> ``optim.lr``)."""
-    names = sorted((f.name, f"{g}.{f.name}") for g, cls in _groups(root).items() if g != path for f in fields(cls))
+    names = sorted(
+        (f.name, f"{g}.{f.name}") for g, cls in _groups(root).items() if g != path for f in fields(cls)
+    )
     close = difflib.get_close_matches(key, sorted({n for n, _ in names}), n=1, cutoff=0.8)
     return next((full for name, full in names if close and name == close[0]), None)
 
@@ -359,15 +408,21 @@ def _unknown_key(full: str, path: str, valid: list[str], root: type, node: dict)
     note = f" (the {name!r} schedule's keys; schedule=NAME switches schedules)" if name else ""
     close = difflib.get_close_matches(key, valid, n=1)
     if close:
-        return ConfigError(f"unknown config key {full}: did you mean {path + '.' if path else ''}{close[0]}?{note}")
-    other = [k for k, schema in _SCHEMAS.items() if schema is not root and key in {f.name for f in fields(schema)}]
+        return ConfigError(
+            f"unknown config key {full}: did you mean {path + '.' if path else ''}{close[0]}?{note}"
+        )
+    other = [
+        k for k, schema in _SCHEMAS.items() if schema is not root and key in {f.name for f in fields(schema)}
+    ]
     if not path and other:
         return ConfigError(f"unknown config key {full}: only {other[0]} configs have it")
     elsewhere = _closest_elsewhere(key, path, root) if path else None
     if elsewhere:
         return ConfigError(f"unknown config key {full}: did you mean {elsewhere}?")
-    return ConfigError(f"unknown config key {full}: the keys of {path or 'a run config'} are "
-                       f"{', '.join(sorted(valid))}{note}")
+    return ConfigError(
+        f"unknown config key {full}: the keys of {path or 'a run config'} are "
+        f"{', '.join(sorted(valid))}{note}"
+    )
 
 
 def unknown_key_error(full_key: str, kind: str, node: dict | None = None) -> ConfigError:
@@ -420,7 +475,9 @@ def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRu
     if kind not in _SCHEMAS:
         raise ConfigError(f"task: one of {', '.join(_SCHEMAS)} (got {kind!r})")
     try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), OmegaConf.create(plain)))
+        obj = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(_SCHEMAS[kind]), OmegaConf.create(plain))
+        )
     except ConfigKeyError as e:
         raise unknown_key_error(e.full_key, kind) from None
     except OmegaConfBaseException as e:

@@ -12,8 +12,15 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "all_reduce_sum", "barrier", "is_distributed",
-           "destroy"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "resolve_device",
+    "all_reduce_sum",
+    "barrier",
+    "is_distributed",
+    "destroy",
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,9 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     device = torch.device(spec)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto")
+            raise RuntimeError(
+                f"trainer.device={spec!r} but CUDA is not available; use trainer.device=cpu or auto"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

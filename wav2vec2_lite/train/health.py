@@ -50,29 +50,29 @@ log = logging.getLogger("wav2vec2_lite.train.health")
 
 REMEDIES: dict[str, str] = {
     "stuck_at_chance": "lower the learning rate or lengthen warmup (fairseq #3661/#3718); check the audio is "
-                       "16 kHz speech and normalised as the model expects; keep feature_grad_mult at 0.1",
+    "16 kHz speech and normalised as the model expects; keep feature_grad_mult at 0.1",
     "low_accuracy": "as for a loss stuck at chance: lower lr, longer warmup; check masking (mask_time_prob) "
-                    "leaves unmasked context",
+    "leaves unmasked context",
     "few_target_codes": "the frozen random-projection targets fall on few codes: check the audio (long "
-                        "silences, clipping, wrong sample rate) and that crops are long enough; a smaller "
-                        "model.best_rq.codebook_dim spreads the codes more evenly",
+    "silences, clipping, wrong sample rate) and that crops are long enough; a smaller "
+    "model.best_rq.codebook_dim spreads the codes more evenly",
     "codebook_collapse": "raise model.contrastive.diversity_loss_weight, slow the Gumbel temperature decay "
-                         "(model.contrastive.gumbel_temperature), lower the learning rate (transformers #14471, "
-                         "#19588)",
+    "(model.contrastive.gumbel_temperature), lower the learning rate (transformers #14471, "
+    "#19588)",
     "gradient_explosion": "lower lr, enable gradient clipping (optim.clip_norm), use bf16 instead of fp16, "
-                          "longer warmup",
+    "longer warmup",
     "vanishing_gradients": "check the encoder is not frozen by mistake (freeze_finetune_updates, "
-                           "feature_grad_mult=0) and the lr schedule is not at zero",
+    "feature_grad_mult=0) and the lr schedule is not at zero",
     "loss_scale_collapse": "fp16 overflow (fairseq #1529/#2696): lower lr, clip gradients, or train in bf16",
     "nonfinite_steps": "lower lr, clip gradients, use bf16; look for bad audio (NaN/inf samples) in the data",
     "ctc_infinite_loss": "utterances shorter than their transcripts: keep ctc_zero_infinity=True, drop such "
-                         "utterances (validate the dataset) or use a smaller frame stride",
+    "utterances (validate the dataset) or use a smaller frame stride",
     "blank_only_outputs": "normal early in fine-tuning; if it persists: train only the CTC head for longer "
-                          "(finetune.freeze_finetune_updates) or give it a higher lr than the rest "
-                          "(+optim.lr_scale.lm_head=4), train longer, check labels "
-                          "(transformers #12956, #10884)",
+    "(finetune.freeze_finetune_updates) or give it a higher lr than the rest "
+    "(+optim.lr_scale.lm_head=4), train longer, check labels "
+    "(transformers #12956, #10884)",
     "short_outputs": "the model deletes most characters: train longer, check the tokenizer/dictionary, lower "
-                     "masking (mask_time_prob) during fine-tuning",
+    "masking (mask_time_prob) during fine-tuning",
 }
 
 
@@ -141,8 +141,16 @@ class HealthMonitor:
         warmup_updates: the grace period starts after warmup.
     """
 
-    def __init__(self, config: HealthConfig | None = None, *, task: str, num_negatives: int = 100,
-                 num_codes_per_group: int = 320, num_code_groups: int = 2, warmup_updates: int = 0) -> None:
+    def __init__(
+        self,
+        config: HealthConfig | None = None,
+        *,
+        task: str,
+        num_negatives: int = 100,
+        num_codes_per_group: int = 320,
+        num_code_groups: int = 2,
+        warmup_updates: int = 0,
+    ) -> None:
         self.cfg = config or HealthConfig()
         self.task = task
         self.k = num_negatives
@@ -191,21 +199,45 @@ class HealthMonitor:
         # immediate symptoms (no grace period: they are never normal) -- except a large finite
         # gradient norm, which is usual in the first updates of CTC (loss summed per sentence;
         # clipping handles it): that one is judged after the grace period
-        if grad is not None and (not math.isfinite(grad) or (grad > c.grad_norm_max and update >= self.start)):
-            out.append(self._warn("gradient_explosion", update, f"gradient norm {grad:.3g} > {c.grad_norm_max:g}",
-                                  {"grad_norm": grad if math.isfinite(grad) else -1.0}))
+        if grad is not None and (
+            not math.isfinite(grad) or (grad > c.grad_norm_max and update >= self.start)
+        ):
+            out.append(
+                self._warn(
+                    "gradient_explosion",
+                    update,
+                    f"gradient norm {grad:.3g} > {c.grad_norm_max:g}",
+                    {"grad_norm": grad if math.isfinite(grad) else -1.0},
+                )
+            )
         scale = stats.get("loss_scale")
         if scale is not None and scale < c.min_loss_scale:
-            out.append(self._warn("loss_scale_collapse", update, f"fp16 loss scale {scale:.3g} < {c.min_loss_scale:g}",
-                                  {"loss_scale": scale}))
+            out.append(
+                self._warn(
+                    "loss_scale_collapse",
+                    update,
+                    f"fp16 loss scale {scale:.3g} < {c.min_loss_scale:g}",
+                    {"loss_scale": scale},
+                )
+            )
         if skipped is not None and skipped > c.nonfinite_fraction:
-            out.append(self._warn("nonfinite_steps", update,
-                                  f"{100 * skipped:.0f}% of the last {c.window} steps had non-finite loss or gradients",
-                                  {"nonfinite_fraction": skipped}))
+            out.append(
+                self._warn(
+                    "nonfinite_steps",
+                    update,
+                    f"{100 * skipped:.0f}% of the last {c.window} steps had non-finite loss or gradients",
+                    {"nonfinite_fraction": skipped},
+                )
+            )
         if stats.get("ctc_inf", 0) > 0:
-            out.append(self._warn("ctc_infinite_loss", update,
-                                  f"{int(stats['ctc_inf'])} utterance(s) with infinite CTC loss (shorter than the label)",
-                                  {"ctc_inf": stats["ctc_inf"]}))
+            out.append(
+                self._warn(
+                    "ctc_infinite_loss",
+                    update,
+                    f"{int(stats['ctc_inf'])} utterance(s) with infinite CTC loss (shorter than the label)",
+                    {"ctc_inf": stats["ctc_inf"]},
+                )
+            )
         loss = self._mean("target_loss", stats.get("target_loss", stats.get("contrastive_loss")))
         acc = self._mean("accuracy", stats.get("accuracy"))
         ppl = self._mean("code_perplexity", stats.get("code_perplexity"))
@@ -213,14 +245,21 @@ class HealthMonitor:
         if update < self.start:
             return [w for w in out if w]
         if gmean is not None and gmean < c.grad_norm_min:
-            out.append(self._warn("vanishing_gradients", update, f"mean gradient norm {gmean:.3g} < {c.grad_norm_min:g}",
-                                  {"grad_norm": gmean}))
+            out.append(
+                self._warn(
+                    "vanishing_gradients",
+                    update,
+                    f"mean gradient norm {gmean:.3g} < {c.grad_norm_min:g}",
+                    {"grad_norm": gmean},
+                )
+            )
         if self.task == "pretrain":
             out += self._pretrain_rules(update, stats, loss, acc, ppl)
         return [w for w in out if w]
 
-    def _pretrain_rules(self, update: int, stats: dict[str, float], loss: float | None, acc: float | None,
-                        ppl: float | None) -> list[HealthWarning | None]:
+    def _pretrain_rules(
+        self, update: int, stats: dict[str, float], loss: float | None, acc: float | None, ppl: float | None
+    ) -> list[HealthWarning | None]:
         """stuck_at_chance, low_accuracy and the codebook rule, with the objective's chance levels."""
         c, out = self.cfg, []
         chance = stats.get("chance_loss", self.chance_loss)
@@ -228,22 +267,37 @@ class HealthMonitor:
         what = "contrastive" if "chance_loss" not in stats or "contrastive_loss" in stats else "target"
         learning = acc is not None and acc >= c.stuck_accuracy_factor * chance_acc
         if loss is not None and loss > chance * (1 - c.chance_margin) and not learning:
-            out.append(self._warn(
-                "stuck_at_chance", update,
-                f"{what} loss {loss:.3f} nats/frame vs chance {chance:.3f} "
-                f"({loss / math.log(2):.3f} vs {chance / math.log(2):.3f} bits, as fairseq logs it)",
-                {f"{what}_loss": loss, "chance": chance}))
+            out.append(
+                self._warn(
+                    "stuck_at_chance",
+                    update,
+                    f"{what} loss {loss:.3f} nats/frame vs chance {chance:.3f} "
+                    f"({loss / math.log(2):.3f} vs {chance / math.log(2):.3f} bits, as fairseq logs it)",
+                    {f"{what}_loss": loss, "chance": chance},
+                )
+            )
         if acc is not None and acc < c.accuracy_factor * chance_acc:
-            out.append(self._warn("low_accuracy", update,
-                                  f"{what} accuracy {acc:.4f} < {c.accuracy_factor:g} x chance = "
-                                  f"{c.accuracy_factor * chance_acc:.4f}", {"accuracy": acc}))
+            out.append(
+                self._warn(
+                    "low_accuracy",
+                    update,
+                    f"{what} accuracy {acc:.4f} < {c.accuracy_factor:g} x chance = "
+                    f"{c.accuracy_factor * chance_acc:.4f}",
+                    {"accuracy": acc},
+                )
+            )
         if stats.get("codebook_frozen", 0.0) == 0:  # a frozen codebook is judged on the validation set
             most = stats.get("code_perplexity_max", float(self.g * self.v))
             if ppl is not None and ppl / self.g < c.collapse_fraction * most / self.g:
-                out.append(self._warn("codebook_collapse", update,
-                                      f"code perplexity {ppl:.1f} over {self.g} groups = {ppl / self.g:.1f} per "
-                                      f"group, < {c.collapse_fraction:g}·V = {c.collapse_fraction * most / self.g:.1f}",
-                                      {"code_perplexity": ppl, "codes_per_group": most / self.g}))
+                out.append(
+                    self._warn(
+                        "codebook_collapse",
+                        update,
+                        f"code perplexity {ppl:.1f} over {self.g} groups = {ppl / self.g:.1f} per "
+                        f"group, < {c.collapse_fraction:g}·V = {c.collapse_fraction * most / self.g:.1f}",
+                        {"code_perplexity": ppl, "codes_per_group": most / self.g},
+                    )
+                )
         return out
 
     def check_valid(self, update: int, stats: dict[str, float]) -> list[HealthWarning]:
@@ -256,20 +310,40 @@ class HealthMonitor:
         c = self.cfg
         blank = stats.get("blank_only")
         if blank is not None and blank > c.blank_fraction:
-            out.append(self._warn("blank_only_outputs", update,
-                                  f"{100 * blank:.0f}% of validation transcripts are empty (the blank-only plateau)",
-                                  {"blank_only": blank}))
+            out.append(
+                self._warn(
+                    "blank_only_outputs",
+                    update,
+                    f"{100 * blank:.0f}% of validation transcripts are empty (the blank-only plateau)",
+                    {"blank_only": blank},
+                )
+            )
         used, most = stats.get("code_perplexity_set"), stats.get("code_perplexity_max")
-        if stats.get("codebook_frozen", 0.0) > 0 and used is not None and most and used < c.few_codes_fraction * most:
-            out.append(self._warn("few_target_codes", update,
-                                  f"the validation targets' code perplexity is {used:.1f} of {most:.0f} codes, "
-                                  f"< {c.few_codes_fraction:g}·V = {c.few_codes_fraction * most:.1f}",
-                                  {"code_perplexity_set": used, "codes": most}))
+        if (
+            stats.get("codebook_frozen", 0.0) > 0
+            and used is not None
+            and most
+            and used < c.few_codes_fraction * most
+        ):
+            out.append(
+                self._warn(
+                    "few_target_codes",
+                    update,
+                    f"the validation targets' code perplexity is {used:.1f} of {most:.0f} codes, "
+                    f"< {c.few_codes_fraction:g}·V = {c.few_codes_fraction * most:.1f}",
+                    {"code_perplexity_set": used, "codes": most},
+                )
+            )
         ratio = stats.get("output_length_ratio")
         if ratio is not None and (blank is None or blank <= c.blank_fraction) and ratio < c.min_output_ratio:
-            out.append(self._warn("short_outputs", update,
-                                  f"transcripts are {100 * ratio:.0f}% of the reference length",
-                                  {"output_length_ratio": ratio}))
+            out.append(
+                self._warn(
+                    "short_outputs",
+                    update,
+                    f"transcripts are {100 * ratio:.0f}% of the reference length",
+                    {"output_length_ratio": ratio},
+                )
+            )
         return [w for w in out if w]
 
 

@@ -39,8 +39,13 @@ def code_version() -> str:
     """``git describe --always --dirty`` of the package's repo, else the package version."""
     pkg_dir = Path(wav2vec2_lite.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=pkg_dir,
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=pkg_dir,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if out.returncode == 0 and out.stdout.strip():
             return f"{wav2vec2_lite.__version__}+git.{out.stdout.strip()}"
     except (OSError, subprocess.SubprocessError):
@@ -58,7 +63,9 @@ def peak_memory_mb(device: torch.device | str | None = None) -> dict[str, float]
     return out
 
 
-def write_run_info(run_dir: Path, *, seed: int, config_yaml: str, device: str, extra: dict | None = None) -> None:
+def write_run_info(
+    run_dir: Path, *, seed: int, config_yaml: str, device: str, extra: dict | None = None
+) -> None:
     """``run.json`` (this process: seed, code version, torch, host, argv, threads, ...) and
     ``config.yaml``. A resumed run keeps what its earlier processes recorded in
     ``earlier_processes`` (oldest first): the code a run trained with is all of them."""
@@ -112,8 +119,16 @@ def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict]
 class MetricsLogger:
     """JSONL (+ TensorBoard) metrics and a tqdm bar; a no-op on ranks other than 0."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = False,
-                 progress: bool = True, total_updates: int | None = None, resume_update: int | None = None):
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        progress: bool = True,
+        total_updates: int | None = None,
+        resume_update: int | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
@@ -130,12 +145,15 @@ class MetricsLogger:
             try:  # optional: tensorboard
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise RuntimeError("trainer.tensorboard=true needs the `tensorboard` package "
-                                   "(pip install 'wav2vec2_lite[tensorboard]'), or set trainer.tensorboard=false") from e
+                raise RuntimeError(
+                    "trainer.tensorboard=true needs the `tensorboard` package "
+                    "(pip install 'wav2vec2_lite[tensorboard]'), or set trainer.tensorboard=false"
+                ) from e
             self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
         if progress:
-            self._bar = tqdm(total=total_updates, initial=resume_update or 0, unit="upd",
-                             dynamic_ncols=True, leave=True)
+            self._bar = tqdm(
+                total=total_updates, initial=resume_update or 0, unit="upd", dynamic_ncols=True, leave=True
+            )
 
     @staticmethod
     def _truncate_after(path: Path, update: int) -> None:
@@ -175,8 +193,10 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(n)
             if postfix:
-                self._bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
-                                      refresh=False)
+                self._bar.set_postfix(
+                    {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                    refresh=False,
+                )
 
     def write(self, message: str) -> None:
         """A line of text that does not break the progress bar (rank 0 only)."""

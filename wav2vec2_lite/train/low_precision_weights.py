@@ -46,13 +46,15 @@ class _CastFlat(torch.autograd.Function):
         need = ctx.needs_input_grad[3:]
         used = [i for i, (g, n) in enumerate(zip(grads, need)) if n and g is not None]
         out: list[Tensor | None] = [None] * len(grads)
-        if used:  # gathered and cast back in one op (cat into a float32 buffer: 3x faster than cat, then cast)
+        if (
+            used
+        ):  # gathered and cast back in one op (cat into a float32 buffer: 3x faster than cat, then cast)
             parts = [grads[i].reshape(-1) for i in used]
             gathered = torch.cat(parts, out=parts[0].new_empty(sum(p.numel() for p in parts), dtype=ctx.high))
             offset = 0
             for i in used:
                 size = grads[i].numel()
-                out[i] = gathered[offset:offset + size].view(ctx.spans[i][2])
+                out[i] = gathered[offset : offset + size].view(ctx.spans[i][2])
                 offset += size
         return (None, None, None, *out)
 
@@ -72,8 +74,10 @@ class LowPrecisionWeights:
         self.layers = [m for m in model.modules() if isinstance(m, PRECAST_LAYERS)]
         params = self._current()
         if any(p.dtype != torch.float32 for p in params):
-            raise ValueError("LowPrecisionWeights needs float32 parameters (mixed precision keeps the weights "
-                             "float32 and casts them)")
+            raise ValueError(
+                "LowPrecisionWeights needs float32 parameters (mixed precision keeps the weights "
+                "float32 and casts them)"
+            )
         if len({p.device for p in params}) > 1:
             raise ValueError("LowPrecisionWeights needs every layer's parameters on one device")
         self.params = params
@@ -105,8 +109,11 @@ class LowPrecisionWeights:
         """Whether every parameter of the layers is the one bound, still living in the flat buffer."""
         base, size = self.flat.data_ptr(), self.flat.element_size()
         current = self._current()
-        return (len(current) == len(self.params) and all(p is q for p, q in zip(current, self.params))
-                and all(p.data_ptr() == base + a * size for p, (a, _, _) in zip(self.params, self.spans)))
+        return (
+            len(current) == len(self.params)
+            and all(p is q for p, q in zip(current, self.params))
+            and all(p.data_ptr() == base + a * size for p, (a, _, _) in zip(self.params, self.spans))
+        )
 
     @contextlib.contextmanager
     def cast(self) -> Iterator[None]:

@@ -17,8 +17,9 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: bool,
-                 lr_scale: dict[str, Any] | None = None) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_bias_and_norm: bool, lr_scale: dict[str, Any] | None = None
+) -> list[dict]:
     """AdamW groups of the trainable parameters, split by weight decay and learning-rate scale.
 
     No weight decay on biases, norm weights and other 1-D parameters (unless
@@ -34,11 +35,14 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
         hits = [p for n, p in named if _under(n, prefix)]
         if not hits:
             parts = sorted({".".join(n.split(".")[:2]) for n, _ in named})
-            raise ValueError(f"optim.lr_scale: {prefix!r} names no parameter of this model; "
-                             f"its parts include {', '.join(parts)}")
+            raise ValueError(
+                f"optim.lr_scale: {prefix!r} names no parameter of this model; "
+                f"its parts include {', '.join(parts)}"
+            )
         if not any(p.requires_grad for p in hits):
-            raise ValueError(f"optim.lr_scale: {prefix!r} names only frozen parameters "
-                             f"(finetune.freeze_feature_encoder?)")
+            raise ValueError(
+                f"optim.lr_scale: {prefix!r} names only frozen parameters (finetune.freeze_feature_encoder?)"
+            )
     by_key: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in named:
         if not p.requires_grad:
@@ -46,13 +50,19 @@ def param_groups(model: nn.Module, weight_decay: float, decay_bias_and_norm: boo
         matches = [k for k in scales if _under(name, k)]
         scale = scales[max(matches, key=len)] if matches else 1.0
         by_key.setdefault((scale, decay_bias_and_norm or p.ndim >= 2), []).append(p)
-    groups = [{"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
-              for (scale, decays), ps in by_key.items()]
+    groups = [
+        {"params": ps, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+        for (scale, decays), ps in by_key.items()
+    ]
     return sorted(groups, key=lambda g: (g["lr_scale"] != 1.0, g["weight_decay"] == 0.0))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW from ``optim.*`` (the schedule sets each group's lr before every update)."""
     return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm, cfg.lr_scale), lr=cfg.lr,
-        betas=tuple(cfg.betas), eps=cfg.eps, foreach=False if device.type == "cpu" else None)
+        param_groups(model, cfg.weight_decay, cfg.decay_bias_and_norm, cfg.lr_scale),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        foreach=False if device.type == "cpu" else None,
+    )

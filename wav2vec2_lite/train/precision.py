@@ -25,9 +25,17 @@ from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 __all__ = ["Precision", "parse_precision"]
 
 _ALIASES = {
-    "32": "32", "fp32": "32", "float32": "32", "32-true": "32",
-    "bf16": "bf16", "bfloat16": "bf16", "bf16-mixed": "bf16",
-    "16": "fp16", "fp16": "fp16", "float16": "fp16", "16-mixed": "fp16",
+    "32": "32",
+    "fp32": "32",
+    "float32": "32",
+    "32-true": "32",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "bf16-mixed": "bf16",
+    "16": "fp16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "16-mixed": "fp16",
 }
 
 
@@ -51,9 +59,12 @@ class Precision:
 
     def __post_init__(self) -> None:
         self.mode = parse_precision(self.mode)
-        self.scaler = torch.amp.GradScaler(self.device_type, init_scale=self.init_scale,
-                                           growth_interval=self.growth_interval,
-                                           enabled=self.mode == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device_type,
+            init_scale=self.init_scale,
+            growth_interval=self.growth_interval,
+            enabled=self.mode == "fp16",
+        )
         self.weights: LowPrecisionWeights | None = None
 
     def attach(self, model: torch.nn.Module) -> None:
@@ -112,7 +123,9 @@ class Precision:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mode") != self.mode:
-            raise ValueError(f"checkpoint was trained with precision={state.get('mode')!r}, "
-                             f"this run uses {self.mode!r}; resume with the same precision")
+            raise ValueError(
+                f"checkpoint was trained with precision={state.get('mode')!r}, "
+                f"this run uses {self.mode!r}; resume with the same precision"
+            )
         if self.uses_scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -18,7 +18,12 @@ from typing import Any
 
 from torch import nn
 
-from wav2vec2_lite.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, resolve_checkpoint
+from wav2vec2_lite.train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temps,
+    resolve_checkpoint,
+)
 from wav2vec2_lite.train.config import flatten_lr_scale
 
 __all__ = ["RunDir", "RunDirError"]
@@ -40,8 +45,10 @@ class RunDir:
         for p in (self.path, *self.path.parents):
             if p.exists() and not p.is_dir():
                 what = "it is" if p == self.path else f"it is inside {p}, which is"
-                raise RunDirError(f"run directory {self.path} is not writable: {what} a file, not a folder; set "
-                                  f"{key} to a folder for the run's outputs")
+                raise RunDirError(
+                    f"run directory {self.path} is not writable: {what} a file, not a folder; set "
+                    f"{key} to a folder for the run's outputs"
+                )
 
     def prepare(self) -> None:
         """Create the folders, check that they are writable, remove stale temporary saves."""
@@ -56,8 +63,9 @@ class RunDir:
                     os.fsync(f.fileno())
                 probe.unlink()
         except OSError as e:
-            raise RunDirError(f"run directory {self.path} is not writable ({e}); set run_dir to a writable "
-                              f"folder") from e
+            raise RunDirError(
+                f"run directory {self.path} is not writable ({e}); set run_dir to a writable folder"
+            ) from e
         remove_stale_temps(self.checkpoints)  # left by a process killed while saving
 
     def check_free_space(self, model: nn.Module) -> None:
@@ -69,7 +77,8 @@ class RunDir:
             raise RunDirError(
                 f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; a checkpoint of this model takes about "
                 f"{(weights + moments) / 2**20:.1f} MiB and two must fit while one replaces the other. Free some "
-                f"space or set run_dir to a larger disk.")
+                f"space or set run_dir to a larger disk."
+            )
 
     def resume_state(self, model: nn.Module, task: str, lr_scale: dict) -> dict[str, Any] | None:
         """The training state of ``checkpoints/last`` with its weights loaded into ``model``; None if none."""
@@ -82,7 +91,9 @@ class RunDir:
         saved = flatten_lr_scale((state.get("config") or {}).get("optim", {}).get("lr_scale") or {})
         wanted = flatten_lr_scale(lr_scale)
         if saved != wanted:
-            raise CheckpointError(f"{folder}: was written with optim.lr_scale={saved}, this run asks for "
-                                  f"{wanted}; resume with the same per-part learning rates, or start a new "
-                                  f"run directory")
+            raise CheckpointError(
+                f"{folder}: was written with optim.lr_scale={saved}, this run asks for "
+                f"{wanted}; resume with the same per-part learning rates, or start a new "
+                f"run directory"
+            )
         return state

@@ -29,8 +29,17 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["Schedule", "Polynomial", "TriStage", "Constant", "SCHEDULES", "register", "make_schedule",
-           "LRSchedule", "build_schedule"]
+__all__ = [
+    "Schedule",
+    "Polynomial",
+    "TriStage",
+    "Constant",
+    "SCHEDULES",
+    "register",
+    "make_schedule",
+    "LRSchedule",
+    "build_schedule",
+]
 
 SCHEDULES: dict[str, type[Schedule]] = {}
 
@@ -132,7 +141,9 @@ class TriStage(Schedule):
         super().check()
         r = self.phase_ratio
         if len(r) != 3 or abs(sum(r) - 1.0) > 1e-6 or min(r) < 0:
-            raise ValueError(f"schedule.phase_ratio: three non-negative fractions summing to 1 (got {list(r)})")
+            raise ValueError(
+                f"schedule.phase_ratio: three non-negative fractions summing to 1 (got {list(r)})"
+            )
         if not (0 < self.final_lr_scale <= 1 and 0 <= self.init_lr_scale <= 1):
             raise ValueError("schedule.init_lr_scale / final_lr_scale: must be in (0, 1]")
 
@@ -173,9 +184,13 @@ def make_schedule(node: Any) -> Schedule:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"schedule.{unknown[0]}: not a field of the {name!r} schedule (its fields: "
-                         f"{', '.join(sorted(known))}); switch schedules with schedule={name}, not schedule.name")
-    typed = OmegaConf.merge(OmegaConf.structured({"schedule": cls}), {"schedule": values})  # errors name schedule.KEY
+        raise ValueError(
+            f"schedule.{unknown[0]}: not a field of the {name!r} schedule (its fields: "
+            f"{', '.join(sorted(known))}); switch schedules with schedule={name}, not schedule.name"
+        )
+    typed = OmegaConf.merge(
+        OmegaConf.structured({"schedule": cls}), {"schedule": values}
+    )  # errors name schedule.KEY
     schedule = OmegaConf.to_object(typed)["schedule"]
     schedule.check()
     return schedule

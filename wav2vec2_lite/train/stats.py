@@ -81,8 +81,10 @@ class Sums:
         return {}
 
     def __add__(self: S, other: S) -> S:
-        return dataclasses.replace(self, **{f.name: _add(getattr(self, f.name), getattr(other, f.name))
-                                            for f in dataclasses.fields(self)})
+        return dataclasses.replace(
+            self,
+            **{f.name: _add(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)},
+        )
 
     def __radd__(self: S, other: int) -> S:  # sum() and a running total start from 0
         return self.map(lambda v: other + v)
@@ -107,7 +109,11 @@ class UpdateStats:
 
     def state(self) -> dict[str, float]:
         """The numbers that are a state, not a count: a log window reports its last update's."""
-        fp16 = {} if self.loss_scale is None else {"loss_scale": self.loss_scale, "fp16_overflows": self.fp16_overflows}
+        fp16 = (
+            {}
+            if self.loss_scale is None
+            else {"loss_scale": self.loss_scale, "fp16_overflows": self.fp16_overflows}
+        )
         return {"lr": self.lr, "grad_norm": self.grad_norm, **self.task_state, **fp16}
 
 
@@ -129,8 +135,12 @@ class UpdateWindow:
     def record(self, summarize: Callable[[Sums], dict[str, float]], sample_rate: int) -> dict[str, Any]:
         """``summarize`` of the summed stats, the last state, throughput; then the window starts over."""
         samples, seconds = sum(u.samples for u in self.updates), max(self.seconds, 1e-9)
-        rec = {**summarize(sum(u.sums for u in self.updates)), **self.updates[-1].state(),
-               "step_time_s": self.seconds / len(self.updates), "audio_s_per_s": samples / sample_rate / seconds,
-               "samples_per_s": samples / seconds}
+        rec = {
+            **summarize(sum(u.sums for u in self.updates)),
+            **self.updates[-1].state(),
+            "step_time_s": self.seconds / len(self.updates),
+            "audio_s_per_s": samples / sample_rate / seconds,
+            "samples_per_s": samples / seconds,
+        }
         self.reset()
         return rec

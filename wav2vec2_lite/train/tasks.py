@@ -37,8 +37,16 @@ from wav2vec2_lite.train.health import HealthConfig, HealthMonitor, count_imposs
 from wav2vec2_lite.train.stats import Number, Sums
 from wav2vec2_lite.train.task import Task
 
-__all__ = ["PretrainTask", "FinetuneTask", "PretrainSums", "CtcSums", "CtcTrainSums", "CtcEvalSums", "build_task",
-           "resolve_pretrained"]
+__all__ = [
+    "PretrainTask",
+    "FinetuneTask",
+    "PretrainSums",
+    "CtcSums",
+    "CtcTrainSums",
+    "CtcEvalSums",
+    "build_task",
+    "resolve_pretrained",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +55,34 @@ def _manifest(cfg, subset: str) -> Path:
     d = cfg.data
     path = Path(d.manifest_dir) / f"{subset}.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: manifest not found (data.manifest_dir={d.manifest_dir!r}, subset {subset!r})")
+        raise FileNotFoundError(
+            f"{path}: manifest not found (data.manifest_dir={d.manifest_dir!r}, subset {subset!r})"
+        )
     return path
 
 
-def _dataset(cfg, subset: str, *, train: bool, min_samples: int, indices: Sequence[int] | None,
-             **kw: Any) -> AudioDataset:
+def _dataset(
+    cfg, subset: str, *, train: bool, min_samples: int, indices: Sequence[int] | None, **kw: Any
+) -> AudioDataset:
     """Rows shorter than ``min_samples`` (the encoder's receptive field) are always dropped and
     counted, so no batch, even one cropped to its shortest utterance, gives zero frames;
     unreadable files become counted skips (``on_error="skip"``)."""
     d = cfg.data
-    return AudioDataset(_manifest(cfg, subset), sample_rate=d.sample_rate, max_sample_size=d.max_sample_size,
-                        min_sample_size=max(d.min_sample_size if train else 0, min_samples), normalize=d.normalize,
-                        mono=d.mono, resample=d.resample, random_crop=train, seed=cfg.trainer.seed, indices=indices,
-                        max_duration_s=d.max_duration_s, on_error="skip", **kw)
+    return AudioDataset(
+        _manifest(cfg, subset),
+        sample_rate=d.sample_rate,
+        max_sample_size=d.max_sample_size,
+        min_sample_size=max(d.min_sample_size if train else 0, min_samples),
+        normalize=d.normalize,
+        mono=d.mono,
+        resample=d.resample,
+        random_crop=train,
+        seed=cfg.trainer.seed,
+        indices=indices,
+        max_duration_s=d.max_duration_s,
+        on_error="skip",
+        **kw,
+    )
 
 
 def _ratio(total: Number, count: Number) -> float:
@@ -154,15 +176,21 @@ class PretrainTask(Task):
         """What ``validate_dataset`` checks for ``subset``: the manifest (no labels)."""
         return {"manifest_path": _manifest(self.cfg, subset)}
 
-    def dataset(self, subset: str, train: bool, *, min_samples: int = 0,
-                indices: Sequence[int] | None = None) -> AudioDataset:
+    def dataset(
+        self, subset: str, train: bool, *, min_samples: int = 0, indices: Sequence[int] | None = None
+    ) -> AudioDataset:
         return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices)
 
     def health_monitor(self, config: HealthConfig, *, warmup_updates: int) -> HealthMonitor:
         """The pretraining rules on the objective's codebook (each summary carries the chance levels)."""
         ref = self.reference
-        return HealthMonitor(config, task=self.name, num_codes_per_group=int(ref["codes_per_group"]),
-                             num_code_groups=int(ref["code_groups"]), warmup_updates=warmup_updates)
+        return HealthMonitor(
+            config,
+            task=self.name,
+            num_codes_per_group=int(ref["codes_per_group"]),
+            num_code_groups=int(ref["code_groups"]),
+            warmup_updates=warmup_updates,
+        )
 
     def frozen_encoder(self, update: int) -> bool:
         """Never: pretraining trains every parameter."""
@@ -179,9 +207,14 @@ class PretrainTask(Task):
     @staticmethod
     def _sums(out) -> PretrainSums:
         detached = lambda parts: {k: v.detach().float() for k, v in parts.items()}  # noqa: E731
-        return PretrainSums(sample_size=out.num_masked.float(), loss_sum=out.loss_sum.detach().float(),
-                            num_correct=out.num_correct.float(), batches=torch.ones(()),
-                            losses=detached(out.losses), metrics=detached(out.metrics))
+        return PretrainSums(
+            sample_size=out.num_masked.float(),
+            loss_sum=out.loss_sum.detach().float(),
+            num_correct=out.num_correct.float(),
+            batches=torch.ones(()),
+            losses=detached(out.losses),
+            metrics=detached(out.metrics),
+        )
 
     @torch.no_grad()
     def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> PretrainSums:
@@ -201,9 +234,13 @@ class PretrainTask(Task):
         out.update({k: v / b for k, v in s.metrics.items()})
         out = {k: float(v) for k, v in out.items()}
         ref = self.reference
-        out.update(masked_frames=float(s.sample_size), target_loss=out.get(self.objective.main_loss, math.nan),
-                   chance_loss=ref["chance_loss"], codebook_frozen=ref["codebook_frozen"],
-                   code_perplexity_max=ref["code_groups"] * ref["codes_per_group"])
+        out.update(
+            masked_frames=float(s.sample_size),
+            target_loss=out.get(self.objective.main_loss, math.nan),
+            chance_loss=ref["chance_loss"],
+            codebook_frozen=ref["codebook_frozen"],
+            code_perplexity_max=ref["code_groups"] * ref["codes_per_group"],
+        )
         if s.code_hist is not None:  # over the whole validation set, not per batch
             out["code_perplexity_set"] = _code_perplexity(torch.as_tensor(s.code_hist))
         return out
@@ -230,21 +267,29 @@ class FinetuneTask(Task):
         self.pretrained = resolve_pretrained(cfg.finetune.pretrained) if cfg.finetune.pretrained else None
         if self.pretrained is None:
             if not cfg.model:
-                raise ValueError("fine-tuning needs finetune.pretrained=RUN_DIR (a pretraining run or checkpoint "
-                                 "folder) or, to train from scratch, model=tiny|base|large")
+                raise ValueError(
+                    "fine-tuning needs finetune.pretrained=RUN_DIR (a pretraining run or checkpoint "
+                    "folder) or, to train from scratch, model=tiny|base|large"
+                )
             self.model_config = build_model_config(cfg.model, **self.overrides)
         else:
             if cfg.model:
-                raise ValueError("model=... and finetune.pretrained are exclusive: the architecture comes from the "
-                                 "pretrained checkpoint; change fine-tuning settings with ctc.*")
+                raise ValueError(
+                    "model=... and finetune.pretrained are exclusive: the architecture comes from the "
+                    "pretrained checkpoint; change fine-tuning settings with ctc.*"
+                )
             self.model_config = None
 
     def build_model(self) -> nn.Module:
         if self.pretrained is not None:
             loaded = load_backbone(self.pretrained.path, trust=self.cfg.finetune.trust_pickle)
             model = Wav2Vec2ForCTC.from_pretraining(loaded.model, **self.overrides)
-            log.info("fine-tuning the backbone of %s with a new CTC head over the %d symbols of %s",
-                     loaded.source, len(self.tokenizer), self.dict_path)
+            log.info(
+                "fine-tuning the backbone of %s with a new CTC head over the %d symbols of %s",
+                loaded.source,
+                len(self.tokenizer),
+                self.dict_path,
+            )
             self.model_config = model.config
         else:
             model = Wav2Vec2ForCTC(self.model_config)
@@ -257,13 +302,24 @@ class FinetuneTask(Task):
 
     def data_files(self, subset: str) -> dict[str, Any]:
         """What ``validate_dataset`` checks for ``subset``: manifest, labels and tokenizer."""
-        return {"manifest_path": _manifest(self.cfg, subset), "labels_path": self._labels(subset),
-                "tokenizer": self.tokenizer}
+        return {
+            "manifest_path": _manifest(self.cfg, subset),
+            "labels_path": self._labels(subset),
+            "tokenizer": self.tokenizer,
+        }
 
-    def dataset(self, subset: str, train: bool, *, min_samples: int = 0,
-                indices: Sequence[int] | None = None) -> AudioDataset:
-        return _dataset(self.cfg, subset, train=train, min_samples=min_samples, indices=indices,
-                        labels_path=self._labels(subset), tokenizer=self.tokenizer)
+    def dataset(
+        self, subset: str, train: bool, *, min_samples: int = 0, indices: Sequence[int] | None = None
+    ) -> AudioDataset:
+        return _dataset(
+            self.cfg,
+            subset,
+            train=train,
+            min_samples=min_samples,
+            indices=indices,
+            labels_path=self._labels(subset),
+            tokenizer=self.tokenizer,
+        )
 
     def save_extras(self, directory: Path) -> None:
         """Each checkpoint carries its vocabulary so it can transcribe on its own."""
@@ -286,13 +342,19 @@ class FinetuneTask(Task):
         """The fields every CTC record has: the loss and what it is summed over."""
         sentences = torch.tensor(float(batch["labels"].shape[0]))
         chars = batch["label_lengths"].sum().float()
-        return {"sample_size": sentences if self.cfg.finetune.sentence_avg else chars,
-                "loss_sum": loss.detach().float(), "sentences": sentences, "chars": chars}
+        return {
+            "sample_size": sentences if self.cfg.finetune.sentence_avg else chars,
+            "loss_sum": loss.detach().float(),
+            "sentences": sentences,
+            "chars": chars,
+        }
 
     def loss(self, model: nn.Module, batch: dict, generator: torch.Generator) -> tuple[Tensor, CtcTrainSums]:
         out = model(batch["waveform"], batch["padding_mask"], batch["labels"], generator=generator)
         impossible = count_impossible_ctc(out.output_lengths, batch["labels"])
-        return out.loss, CtcTrainSums(**self._counts(batch, out.loss), ctc_inf=torch.tensor(float(impossible)))
+        return out.loss, CtcTrainSums(
+            **self._counts(batch, out.loss), ctc_inf=torch.tensor(float(impossible))
+        )
 
     @torch.no_grad()
     def eval_batch(self, model: nn.Module, batch: dict, generator: torch.Generator) -> CtcEvalSums:
@@ -302,10 +364,16 @@ class FinetuneTask(Task):
         refs = batch["texts"]
         w, c = word_errors(refs, hyps), char_errors(refs, hyps)
         count = lambda n: torch.tensor(float(n))  # noqa: E731
-        return CtcEvalSums(**self._counts(batch, out.loss), wer_err=count(w.errors), wer_ref=count(w.ref_len),
-                           cer_err=count(c.errors), cer_ref=count(c.ref_len),
-                           blank_only=count(sum(not h.strip() for h in hyps)),
-                           hyp_chars=count(sum(len(h) for h in hyps)), ref_chars=count(sum(len(r) for r in refs)))
+        return CtcEvalSums(
+            **self._counts(batch, out.loss),
+            wer_err=count(w.errors),
+            wer_ref=count(w.ref_len),
+            cer_err=count(c.errors),
+            cer_ref=count(c.ref_len),
+            blank_only=count(sum(not h.strip() for h in hyps)),
+            hyp_chars=count(sum(len(h) for h in hyps)),
+            ref_chars=count(sum(len(r) for r in refs)),
+        )
 
     @staticmethod
     def summarize(s: CtcSums) -> dict[str, float]:
@@ -313,9 +381,12 @@ class FinetuneTask(Task):
         share of empty transcripts and the transcripts' length against the references'."""
         out = {"loss": _ratio(s.loss_sum, s.sample_size), "loss_per_char": _ratio(s.loss_sum, s.chars)}
         if isinstance(s, CtcEvalSums):
-            out.update(wer=_ratio(s.wer_err, s.wer_ref), cer=_ratio(s.cer_err, s.cer_ref),
-                       blank_only=_ratio(s.blank_only, s.sentences),
-                       output_length_ratio=_ratio(s.hyp_chars, s.ref_chars))
+            out.update(
+                wer=_ratio(s.wer_err, s.wer_ref),
+                cer=_ratio(s.cer_err, s.cer_ref),
+                blank_only=_ratio(s.blank_only, s.sentences),
+                output_length_ratio=_ratio(s.hyp_chars, s.ref_chars),
+            )
         return out
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from wav2vec2_lite.data.manifest import count_symbols, text_to_ltr, write_dictionary, write_labels, write_manifest
+from wav2vec2_lite.data.manifest import (
+    count_symbols,
+    text_to_ltr,
+    write_dictionary,
+    write_labels,
+    write_manifest,
+)
 
 __all__ = ["PHONE_LETTERS", "synth_utterance", "make_toy_corpus"]
 
@@ -28,8 +34,14 @@ SR = 16000
 PHONE_LETTERS = "AEIOUSFH"
 # voiced: (f1, f2) formants in Hz; unvoiced: (low, high) noise band in Hz
 _PHONES = [
-    ("v", 750, 1200), ("v", 500, 1900), ("v", 300, 2300), ("v", 450, 900), ("v", 320, 800),
-    ("n", 4000, 7000), ("n", 1500, 3500), ("n", 300, 1500),
+    ("v", 750, 1200),
+    ("v", 500, 1900),
+    ("v", 300, 2300),
+    ("v", 450, 900),
+    ("v", 320, 800),
+    ("n", 4000, 7000),
+    ("n", 1500, 3500),
+    ("n", 300, 1500),
 ]
 
 
@@ -48,7 +60,7 @@ def _phone(kind: str, a: float, b: float, f0: float, n: int, rng: np.random.Gene
         wave = np.zeros(n)
         for h in range(1, int(4000 // f0) + 1):
             f = h * f0
-            gain = np.exp(-((f - a) / 120.0) ** 2) + 0.7 * np.exp(-((f - b) / 160.0) ** 2) + 0.02
+            gain = np.exp(-(((f - a) / 120.0) ** 2)) + 0.7 * np.exp(-(((f - b) / 160.0) ** 2)) + 0.02
             wave += gain * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
         wave *= 0.5 / max(np.abs(wave).max(), 1e-6)
     else:
@@ -60,8 +72,14 @@ def _phone(kind: str, a: float, b: float, f0: float, n: int, rng: np.random.Gene
     return wave * _fade(n)
 
 
-def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: int = 4,
-                    phones: int = len(_PHONES), phone_s: tuple[float, float] = (0.08, 0.2)) -> tuple[np.ndarray, str]:
+def synth_utterance(
+    rng: np.random.Generator,
+    *,
+    min_words: int = 2,
+    max_words: int = 4,
+    phones: int = len(_PHONES),
+    phone_s: tuple[float, float] = (0.08, 0.2),
+) -> tuple[np.ndarray, str]:
     """One utterance: (float32 wave at 16 kHz, transcript of phone letters, words by spaces)."""
     f0 = rng.uniform(100, 220)
     pieces, words = [np.zeros(int(SR * rng.uniform(0.03, 0.08)))], []
@@ -69,7 +87,9 @@ def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: 
         ids = rng.integers(0, phones, size=int(rng.integers(2, 5)))
         for i in ids:
             kind, a, b = _PHONES[int(i)]
-            pieces.append(_phone(kind, a, b, f0 * rng.uniform(0.95, 1.05), int(SR * rng.uniform(*phone_s)), rng))
+            pieces.append(
+                _phone(kind, a, b, f0 * rng.uniform(0.95, 1.05), int(SR * rng.uniform(*phone_s)), rng)
+            )
         pieces.append(np.zeros(int(SR * rng.uniform(0.04, 0.09))))
         words.append("".join(PHONE_LETTERS[int(i)] for i in ids))
     wave = np.concatenate(pieces)
@@ -77,8 +97,16 @@ def synth_utterance(rng: np.random.Generator, *, min_words: int = 2, max_words: 
     return wave.astype(np.float32), " ".join(words)
 
 
-def make_toy_corpus(out_dir: str | Path, *, train: int = 200, valid: int = 20, seed: int = 0,
-                    min_words: int = 2, max_words: int = 4, phone_s: tuple[float, float] = (0.08, 0.2)) -> Path:
+def make_toy_corpus(
+    out_dir: str | Path,
+    *,
+    train: int = 200,
+    valid: int = 20,
+    seed: int = 0,
+    min_words: int = 2,
+    max_words: int = 4,
+    phone_s: tuple[float, float] = (0.08, 0.2),
+) -> Path:
     """Write wavs, ``{train,valid}.tsv`` manifests, ``.ltr``/``.wrd`` labels and ``dict.ltr.txt``."""
     out = Path(out_dir)
     (out / "wav").mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,12 @@ from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.data.pipeline import SUMMARY_EVENTS, TrainingData, describe
 from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.train import distributed as dist_utils
-from wav2vec2_lite.train.checkpoint import CheckpointError, capture_rng_state, restore_rng_state, save_checkpoint
+from wav2vec2_lite.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    restore_rng_state,
+    save_checkpoint,
+)
 from wav2vec2_lite.train.config import config_container
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.optim import build_optimizer
@@ -65,7 +70,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
 
 
 class Trainer:
@@ -96,8 +103,14 @@ class Trainer:
         self.generator = torch.Generator()  # masks / distractors / Gumbel noise (drawn on CPU by the model)
         if self.is_main:
             self.run.check_free_space(self.model)
-        self.data = TrainingData(cfg.data, self.task, self.model.config, seed=t.seed, rank=self.dist.rank,
-                                 world_size=self.dist.world_size)
+        self.data = TrainingData(
+            cfg.data,
+            self.task,
+            self.model.config,
+            seed=t.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
 
         # progress (all checkpointed, with the data's position)
         self.update = 0
@@ -111,16 +124,28 @@ class Trainer:
 
         resumed = self._resume() if t.resume else False
         self.train_model = self._wrap()
-        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=t.tensorboard,
-                                    progress=t.progress, total_updates=t.max_updates,
-                                    resume_update=self.update if resumed else None)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            enabled=self.is_main,
+            tensorboard=t.tensorboard,
+            progress=t.progress,
+            total_updates=t.max_updates,
+            resume_update=self.update if resumed else None,
+        )
         if resumed:
             self.logger.write(f"resuming from update {self.update} ({self.ckpt_dir / 'last'})")
         if self.is_main:
-            write_run_info(self.run_dir, seed=t.seed, config_yaml=OmegaConf.to_yaml(config_container(cfg)),
-                           device=str(self.device), extra={
-                               "world_size": self.dist.world_size, "resumed_from_update": self.update if resumed else None,
-                               "num_parameters": sum(p.numel() for p in self.model.parameters())})
+            write_run_info(
+                self.run_dir,
+                seed=t.seed,
+                config_yaml=OmegaConf.to_yaml(config_container(cfg)),
+                device=str(self.device),
+                extra={
+                    "world_size": self.dist.world_size,
+                    "resumed_from_update": self.update if resumed else None,
+                    "num_parameters": sum(p.numel() for p in self.model.parameters()),
+                },
+            )
         self._log_data_events()
 
     # the data's position, read by tests and tools
@@ -150,10 +175,14 @@ class Trainer:
             find_unused = self.cfg.trainer.find_unused_parameters
             if find_unused is None:
                 cfg = self.model.config  # layers skipped, a frozen encoder, or an unused mask embedding
-                find_unused = cfg.layerdrop > 0 or self.task.frozen_encoder(self.update) or cfg.mask_time_prob <= 0
+                find_unused = (
+                    cfg.layerdrop > 0 or self.task.frozen_encoder(self.update) or cfg.mask_time_prob <= 0
+                )
             model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=find_unused)
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused,
+            )
         return model
 
     # ------------------------------------------------------------------ the loop
@@ -171,8 +200,13 @@ class Trainer:
         finally:
             self._log_data_events()  # what the data pipeline reported before an error, too
             self.logger.close()
-        return {"update": self.update, "epoch": self.epoch, "valid": valid,
-                "nonfinite_total": self.nonfinite_total, "run_dir": str(self.run_dir)}
+        return {
+            "update": self.update,
+            "epoch": self.epoch,
+            "valid": valid,
+            "nonfinite_total": self.nonfinite_total,
+            "run_dir": str(self.run_dir),
+        }
 
     def _train(self) -> dict[str, float] | None:
         """Each update, then what is due: a report, a validation, a save. Returns the last validation."""
@@ -210,15 +244,29 @@ class Trainer:
         """An applied update to the health monitor and the progress bar; when due, a ``train`` record."""
         window.add(stats, seconds)
         summary = self.task.summarize(stats.sums)
-        self.logger.health(self.health.check_train(self.update, {
-            **summary, "grad_norm": stats.grad_norm, "loss_scale": stats.loss_scale, "nonfinite": 0.0,
-            **stats.sums.health_numbers()}), epoch=self.epoch)
+        self.logger.health(
+            self.health.check_train(
+                self.update,
+                {
+                    **summary,
+                    "grad_norm": stats.grad_norm,
+                    "loss_scale": stats.loss_scale,
+                    "nonfinite": 0.0,
+                    **stats.sums.health_numbers(),
+                },
+            ),
+            epoch=self.epoch,
+        )
         audio_s = stats.samples / self.cfg.data.sample_rate
         self.logger.progress(1, loss=summary["loss"], lr=stats.lr, audio_s_per_s=audio_s / max(seconds, 1e-9))
         if self._due(self.cfg.trainer.log_interval):
             record = window.record(self.task.summarize, self.cfg.data.sample_rate)
-            self.logger.log("train", self.update, {**record, "nonfinite_total": self.nonfinite_total,
-                                                   **peak_memory_mb(self.device)}, epoch=self.epoch)
+            self.logger.log(
+                "train",
+                self.update,
+                {**record, "nonfinite_total": self.nonfinite_total, **peak_memory_mb(self.device)},
+                epoch=self.epoch,
+            )
 
     def _log_data_events(self) -> None:
         """What the data pipeline reported: summaries as ``data`` records, skips as ``event``
@@ -248,7 +296,9 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.update += 1
         fp16 = {"loss_scale": self.precision.loss_scale, "fp16_overflows": self.overflow_total}
-        return UpdateStats(sums, samples, lr, grad_norm, task_state, **(fp16 if self.precision.uses_scaler else {}))
+        return UpdateStats(
+            sums, samples, lr, grad_norm, task_state, **(fp16 if self.precision.uses_scaler else {})
+        )
 
     def _accumulate(self, group: list[dict]) -> tuple[Sums, float, float]:
         """Backward of each micro-batch (gradients summed). Returns the task's sums, the audio samples
@@ -262,7 +312,7 @@ class Trainer:
             self.generator.manual_seed(derive_seed(t.seed, self.update, slot, 1))
             batch = _to_device(batch, self.device)
             sync = i == len(group) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
-            with (contextlib.nullcontext() if sync else ddp.no_sync()):
+            with contextlib.nullcontext() if sync else ddp.no_sync():
                 with self.precision.autocast():
                     loss_sum, batch_sums = self.task.loss(ddp, batch, self.generator)
                 if not torch.isfinite(loss_sum.detach()):
@@ -274,7 +324,9 @@ class Trainer:
         flat = [float(v) for v in dist_utils.all_reduce_sum(torch.stack(numbers).to(self.device)).cpu()]
         return sums.with_numbers(flat[:-2]), flat[-2], flat[-1]
 
-    def _normalize_and_clip(self, params: list[nn.Parameter], sample_size: float, nonfinite_loss: bool) -> float:
+    def _normalize_and_clip(
+        self, params: list[nn.Parameter], sample_size: float, nonfinite_loss: bool
+    ) -> float:
         """Gradients of the global mean, clipped; their norm before clipping (NaN: non-finite loss, empty batch)."""
         if sample_size > 0:
             scale = self.dist.world_size / sample_size
@@ -296,20 +348,33 @@ class Trainer:
             if self.precision.loss_scale < self.precision.min_scale:
                 raise NonFiniteError(
                     f"fp16 loss scale fell below {self.precision.min_scale} at update {self.update}: gradients "
-                    f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm.")
+                    f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm."
+                )
             return
         self.nonfinite_total += 1
         self.nonfinite_in_row += 1
-        self.logger.log("event", self.update, {"event": "skipped_nonfinite", "nonfinite_in_row": self.nonfinite_in_row,
-                                               "nonfinite_total": self.nonfinite_total, "loss_sum": loss_sum,
-                                               "loss_scale": self.precision.loss_scale}, epoch=self.epoch)
-        self.logger.write(f"update {self.update}: non-finite loss/gradient, update skipped "
-                          f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)")
+        self.logger.log(
+            "event",
+            self.update,
+            {
+                "event": "skipped_nonfinite",
+                "nonfinite_in_row": self.nonfinite_in_row,
+                "nonfinite_total": self.nonfinite_total,
+                "loss_sum": loss_sum,
+                "loss_scale": self.precision.loss_scale,
+            },
+            epoch=self.epoch,
+        )
+        self.logger.write(
+            f"update {self.update}: non-finite loss/gradient, update skipped "
+            f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)"
+        )
         if self.nonfinite_in_row >= self.cfg.trainer.max_consecutive_nonfinite:
             raise NonFiniteError(
                 f"{self.nonfinite_in_row} updates in a row had a non-finite loss or gradient (last at update "
                 f"{self.update}); stopping. {self.checkpoint_status()} Try a lower optim.lr, a longer "
-                f"schedule.warmup_updates, optim.clip_norm, or trainer.precision=bf16/32.")
+                f"schedule.warmup_updates, optim.clip_norm, or trainer.precision=bf16/32."
+            )
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -340,9 +405,13 @@ class Trainer:
         self.logger.write(f"valid @ {self.update}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         value = metrics.get(self.best_metric)
         if value is None:
-            raise KeyError(f"trainer.best_metric={self.best_metric!r} is not a validation metric; "
-                           f"choose one of {sorted(metrics)}")
-        if self.best is None or (value < self.best if self.cfg.trainer.best_mode == "min" else value > self.best):
+            raise KeyError(
+                f"trainer.best_metric={self.best_metric!r} is not a validation metric; "
+                f"choose one of {sorted(metrics)}"
+            )
+        if self.best is None or (
+            value < self.best if self.cfg.trainer.best_mode == "min" else value > self.best
+        ):
             self.best = value
             self.save("best")
         return metrics
@@ -357,16 +426,27 @@ class Trainer:
             save_model(model, directory)
             self.task.save_extras(directory)
 
-        state = {"update": self.update, "task": self.task.name, **self.data.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "precision": self.precision.state_dict(),
-                 "rng": capture_rng_state(self.generator), "best": self.best, "best_metric": self.best_metric,
-                 "nonfinite_total": self.nonfinite_total, "nonfinite_in_row": self.nonfinite_in_row,
-                 "overflow_total": self.overflow_total, "config": config_container(self.cfg)}
+        state = {
+            "update": self.update,
+            "task": self.task.name,
+            **self.data.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "rng": capture_rng_state(self.generator),
+            "best": self.best,
+            "best_metric": self.best_metric,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "overflow_total": self.overflow_total,
+            "config": config_container(self.cfg),
+        }
         try:
             path = save_checkpoint(self.ckpt_dir, name, self.model, state, save_weights=weights)
         except CheckpointError as e:
-            raise CheckpointError(f"{e}. Training stopped at update {self.update}. {self.checkpoint_status()} "
-                                  f"Fix the cause first.") from e
+            raise CheckpointError(
+                f"{e}. Training stopped at update {self.update}. {self.checkpoint_status()} "
+                f"Fix the cause first."
+            ) from e
         if name == "last":
             self.saved_update = self.update
         return path
