@@ -10,7 +10,8 @@ scored on ``probe.valid``: voices and sentences the pretraining never heard) and
 summary per run under ``RESULTS/runs/`` (overrides, resolved config, wall clock, audio seen, the
 pretext valid curve, the probe of every layer; no weights). The baselines (the architecture at
 random init, averaged over seeds, and the log-mel front end) are probed once, into
-``RESULTS/baseline.json``. ``report`` writes the table; the variant chosen is the one with the
+``RESULTS/baseline.json``. ``report`` writes the table
+(:mod:`~wav2vec2_lite.tools.pretrain_compare_report`); the variant chosen is the one with the
 lowest mean best-layer valid CER. Test is never read.
 
     python scripts/pretrain_compare.py run --spec SPEC [--only PATTERN] [--jobs N]
@@ -25,7 +26,6 @@ import fnmatch
 import hashlib
 import json
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
 from wav2vec2_lite.probes.run import run_probes
 from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, run_code, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
+from wav2vec2_lite.tools.pretrain_compare_report import report_markdown
 from wav2vec2_lite.tools.side_by_side import run_side_by_side
 from wav2vec2_lite.train.config import build_model_config, config_container
 from wav2vec2_lite.train.logging import read_metrics
@@ -104,7 +105,8 @@ def load_spec(path: str | Path) -> dict:
         and len(seeds) >= 2
         and len(set(seeds)) == len(seeds)
         and all(isinstance(s, int) and s >= 0 for s in seeds),
-        f"{path}: seeds must list >= 2 different integers >= 0 (one seed cannot rank variants), found {seeds!r}",
+        f"{path}: seeds must list >= 2 different integers >= 0 (one seed cannot rank variants), "
+        f"found {seeds!r}",
     )
     variants = spec["variants"]
     _need(
@@ -406,91 +408,12 @@ def status(spec: dict) -> str:
     return "\n".join(lines)
 
 
-def _mean_sd(xs: list[float]) -> str:
-    return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
-
-
 def write_report(spec: dict) -> Path:
     """``RESULTS/report.md``: per-run and per-variant tables, the baselines and the choice on valid."""
     done = load_summaries(spec)
-    base = done.get(BASELINE)
-    rand_best = min(r["valid_cer"] for r in base["random_init"]) if base else None
-    lines = [
-        f"# {spec['name']}: pretraining variants read with frozen probes on `{spec['probe']['valid']}`",
-        "",
-        f"Spec sha256 `{spec['sha256'][:12]}`; {spec['updates']} updates per run, {spec['threads_per_run']} "
-        f"thread(s) per run; probes trained on `{spec['probe']['train']}`. Lower CER is better. Test is not read.",
-        "",
-        "| run | objective | wall min | audio h | last valid pretext accuracy (chance differs by objective) | best layer | best-layer CER |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    per_variant: dict[str, list[dict]] = {}
-    for r in plan_runs(spec):
-        s = done.get(r["id"])
-        if s is None:
-            lines.append(f"| {r['id']} | – | not run | | | | |")
-            continue
-        per_variant.setdefault(s["variant"], []).append(s)
-        acc = (s["final_valid"] or {}).get("accuracy")
-        lines.append(
-            f"| {r['id']} | {s['objective']} | {s['wall_minutes']} | {s['hours_of_audio_seen']} | "
-            f"{'–' if acc is None else f'{acc:.3f}'} | {s['best_layer']['layer']} | "
-            f"{s['best_layer']['valid_cer']:.3f} |"
-        )
-    lines += [
-        "",
-        "| variant | runs | best-layer CER (mean ± sd over seeds) | vs random init |",
-        "| --- | --- | --- | --- |",
-    ]
-    means = {}
-    for variant, runs in per_variant.items():
-        cers = [s["best_layer"]["valid_cer"] for s in runs]
-        means[variant] = statistics.fmean(cers)
-        same = base is not None and all(
-            (s.get("architecture"), s["probe_data"].get("normalize_waves"))
-            == (base.get("architecture"), base["probe_data"].get("normalize_waves"))
-            for s in runs
-        )
-        ratio = (
-            "– (no baseline yet)"
-            if base is None
-            else f"{means[variant] / rand_best:.2f}×"
-            if same
-            else "– (the baseline is of another architecture or input normalisation)"
-        )
-        lines.append(f"| {variant} | {len(runs)} | {_mean_sd(cers)} | {ratio} |")
-    if base:
-        log_mel = (
-            f", log-mel {min(r['valid_cer'] for r in base['log_mel']):.3f}" if base.get("log_mel") else ""
-        )
-        lines += [
-            "",
-            f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
-            f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}){log_mel}.",
-        ]
-    complete = all(len(per_variant.get(v, [])) == len(spec["seeds"]) for v in spec["variants"])
-    if complete and means:
-        order = sorted(means, key=means.get)
-        spreads = [
-            statistics.stdev([s["best_layer"]["valid_cer"] for s in per_variant[v]]) for v in order[:2]
-        ]
-        gap = means[order[1]] - means[order[0]]
-        lines += [
-            "",
-            f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; next {order[1]} "
-            f"{means[order[1]]:.3f})"
-            + (
-                "."
-                if gap > max(spreads)
-                else f"; the gap ({gap:.3f}) is within the seed spread "
-                f"({max(spreads):.3f}): the seeds do not separate them."
-            ),
-        ]
-    else:
-        lines += ["", "Not every variant has all its seeds: no choice yet."]
     out = _results(spec) / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out.write_text(report_markdown(spec, plan_runs(spec), done, done.get(BASELINE)), encoding="utf-8")
     return out
 
 

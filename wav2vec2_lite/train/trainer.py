@@ -18,6 +18,9 @@ comes from seeds derived from ``(seed, update, slot)`` where ``slot = rank *
 update_freq + micro_index``; crops come from ``(seed, epoch, utterance)``. So a resumed
 run repeats an uninterrupted one bit for bit, and 2 processes x 1 micro-batch draw
 exactly what 1 process x 2 micro-batches draws. All RNG states are also checkpointed.
+
+Saving and resuming live in :mod:`~wav2vec2_lite.train.resume`; the gradients' scaling and
+clipping, and skipped updates, in :mod:`~wav2vec2_lite.train.update_step`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,29 +40,21 @@ from torch import nn
 from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.data.pipeline import SUMMARY_EVENTS, TrainingData, describe
-from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.train import distributed as dist_utils
-from wav2vec2_lite.train.checkpoint import (
-    CheckpointError,
-    capture_rng_state,
-    restore_rng_state,
-    save_checkpoint,
-)
+from wav2vec2_lite.train.checkpoint import CheckpointError
 from wav2vec2_lite.train.config import config_container
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.optim import build_optimizer
 from wav2vec2_lite.train.precision import Precision
+from wav2vec2_lite.train.resume import Checkpointing
 from wav2vec2_lite.train.run_dir import RunDir
 from wav2vec2_lite.train.schedules import build_schedule
 from wav2vec2_lite.train.stats import Sums, UpdateStats, UpdateWindow
 from wav2vec2_lite.train.task import Task
 from wav2vec2_lite.train.tasks import build_task
+from wav2vec2_lite.train.update_step import NonFiniteError, UpdateNumerics
 
-__all__ = ["Trainer", "NonFiniteError", "train"]
-
-
-class NonFiniteError(RuntimeError):
-    """Too many updates in a row had a non-finite loss or gradient."""
+__all__ = ["Trainer", "NonFiniteError", "train"]  # NonFiniteError: raised out of fit()
 
 
 def _seed_everything(seed: int) -> None:
@@ -75,7 +69,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-class Trainer:
+class Trainer(Checkpointing, UpdateNumerics):
     """Builds everything from a typed run config (``train.config.to_run_config``) and runs :meth:`fit`."""
 
     def __init__(self, cfg, run_dir: str | os.PathLike | None = None) -> None:
@@ -152,20 +146,6 @@ class Trainer:
     train_set = property(lambda self: self.data.train_set)
     epoch = property(lambda self: self.data.epoch)
     consumed = property(lambda self: self.data.consumed)
-
-    def _resume(self) -> bool:
-        state = self.run.resume_state(self.model, self.task.name, self.cfg.optim.lr_scale)
-        if state is None:
-            return False
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.precision.load_state_dict(state["precision"])
-        restore_rng_state(state["rng"], self.generator)
-        self.update, self.best = int(state["update"]), state.get("best")
-        self.saved_update = self.update
-        for counter in ("nonfinite_total", "nonfinite_in_row", "overflow_total"):
-            setattr(self, counter, int(state.get(counter, 0)))
-        self.data.load_state_dict(state, rank=self.dist.rank)
-        return True
 
     def _wrap(self) -> nn.Module:
         model: nn.Module = self.model
@@ -324,58 +304,6 @@ class Trainer:
         flat = [float(v) for v in dist_utils.all_reduce_sum(torch.stack(numbers).to(self.device)).cpu()]
         return sums.with_numbers(flat[:-2]), flat[-2], flat[-1]
 
-    def _normalize_and_clip(
-        self, params: list[nn.Parameter], sample_size: float, nonfinite_loss: bool
-    ) -> float:
-        """Gradients of the global mean, clipped; their norm before clipping (NaN: non-finite loss, empty batch)."""
-        if sample_size > 0:
-            scale = self.dist.world_size / sample_size
-            for p in params:
-                p.grad.mul_(scale)
-        if nonfinite_loss or sample_size <= 0:
-            return float("nan")
-        if self.cfg.optim.clip_norm > 0:
-            return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
-        return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
-
-    def _skip(self, loss_sum: float, *, overflow: bool) -> None:
-        """An update not applied: an fp16 overflow (routine: the loss scale backs off and the update is
-        retried) or a non-finite loss or gradient (counted; too many in a row stop the run)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.precision.skip()
-        if overflow:
-            self.overflow_total += 1
-            if self.precision.loss_scale < self.precision.min_scale:
-                raise NonFiniteError(
-                    f"fp16 loss scale fell below {self.precision.min_scale} at update {self.update}: gradients "
-                    f"overflow even unscaled. Try trainer.precision=bf16 or 32, a lower optim.lr, optim.clip_norm."
-                )
-            return
-        self.nonfinite_total += 1
-        self.nonfinite_in_row += 1
-        self.logger.log(
-            "event",
-            self.update,
-            {
-                "event": "skipped_nonfinite",
-                "nonfinite_in_row": self.nonfinite_in_row,
-                "nonfinite_total": self.nonfinite_total,
-                "loss_sum": loss_sum,
-                "loss_scale": self.precision.loss_scale,
-            },
-            epoch=self.epoch,
-        )
-        self.logger.write(
-            f"update {self.update}: non-finite loss/gradient, update skipped "
-            f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} in total)"
-        )
-        if self.nonfinite_in_row >= self.cfg.trainer.max_consecutive_nonfinite:
-            raise NonFiniteError(
-                f"{self.nonfinite_in_row} updates in a row had a non-finite loss or gradient (last at update "
-                f"{self.update}); stopping. {self.checkpoint_status()} Try a lower optim.lr, a longer "
-                f"schedule.warmup_updates, optim.clip_norm, or trainer.precision=bf16/32."
-            )
-
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float] | None:
@@ -415,50 +343,6 @@ class Trainer:
             self.best = value
             self.save("best")
         return metrics
-
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, name: str = "last") -> Path | None:
-        """Write ``checkpoints/NAME`` (rank 0): weights, the task's extras and the training state."""
-        if not self.is_main:
-            return None
-
-        def weights(model: nn.Module, directory: Path) -> None:
-            save_model(model, directory)
-            self.task.save_extras(directory)
-
-        state = {
-            "update": self.update,
-            "task": self.task.name,
-            **self.data.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "precision": self.precision.state_dict(),
-            "rng": capture_rng_state(self.generator),
-            "best": self.best,
-            "best_metric": self.best_metric,
-            "nonfinite_total": self.nonfinite_total,
-            "nonfinite_in_row": self.nonfinite_in_row,
-            "overflow_total": self.overflow_total,
-            "config": config_container(self.cfg),
-        }
-        try:
-            path = save_checkpoint(self.ckpt_dir, name, self.model, state, save_weights=weights)
-        except CheckpointError as e:
-            raise CheckpointError(
-                f"{e}. Training stopped at update {self.update}. {self.checkpoint_status()} "
-                f"Fix the cause first."
-            ) from e
-        if name == "last":
-            self.saved_update = self.update
-        return path
-
-    def checkpoint_status(self) -> str:
-        """What a rerun of the same command resumes from: a true sentence, whether or not a checkpoint exists."""
-        if self.saved_update is None:
-            return "No checkpoint was written: rerunning the same command starts again from update 0."
-        last = f"The last checkpoint is {self.ckpt_dir / 'last'} (update {self.saved_update})"
-        if not self.cfg.trainer.resume:
-            return f"{last}; with trainer.resume=false rerunning the same command starts again from update 0."
-        return f"{last}: rerunning the same command resumes from update {self.saved_update}."
 
 
 def train(cfg, run_dir: str | os.PathLike | None = None) -> dict[str, Any]:
