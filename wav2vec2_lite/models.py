@@ -129,7 +129,8 @@ def _check_inputs(waveform: Tensor, padding_mask: Tensor | None, receptive_field
     if shortest < receptive_field:
         raise ValueError(
             f"an utterance has {shortest} samples, fewer than the feature encoder's receptive field "
-            f"({receptive_field} samples = {receptive_field / 16:.0f} ms at 16 kHz); drop or pad it before batching"
+            f"({receptive_field} samples = {receptive_field / 16:.0f} ms at 16 kHz); "
+            f"drop or pad it before batching"
         )
     return lengths
 

@@ -1,1 +1,2 @@
-"""Speech recognition with a fine-tuned model: decoding, long-file chunking, transcription, evaluation, WER/CER."""
+"""Speech recognition with a fine-tuned model: decoding, long-file chunking, transcription,
+evaluation, WER/CER."""

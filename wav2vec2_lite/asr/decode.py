@@ -9,8 +9,8 @@ Vocabulary conventions (transformers' ``Wav2Vec2CTCTokenizer`` layout, see
 blank and the special tokens and turns ``|`` into a space; runs of spaces collapse
 and the ends are stripped.
 
-    texts = greedy_decode(out.logits, out.output_lengths, tok.vocab)          # (B, T, V) -> B strings
-    text, words = greedy_decode_with_timings(out.logits[0], tok.vocab)        # words: start_s/end_s/confidence
+    texts = greedy_decode(out.logits, out.output_lengths, tok.vocab)    # (B, T, V) -> B strings
+    text, words = greedy_decode_with_timings(out.logits[0], tok.vocab)  # words: start_s/end_s/confidence
     text = prefix_beam_search(out.logits[0].log_softmax(-1), tok.vocab, beam_width=8)
     lm = BeamSearchDecoder(tok.vocab, "4gram.arpa", lm_weight=0.5, word_score=1.0)  # wav2vec2_lite[lm]
 """

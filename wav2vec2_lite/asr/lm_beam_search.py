@@ -24,11 +24,11 @@ class BeamSearchDecoder:
     Optional extra ``pip install 'wav2vec2_lite[lm]'`` (flashlight-text: binary wheels with
     KenLM, beside numpy 2). Beam search without an LM is :func:`prefix_beam_search`: exact
     prefix merging, which flashlight's lexicon-free search does not do without an LM state
-    (it merges hypotheses by their last token). Words are spelled from the lexicon: ``lexicon`` (a file of ``WORD`` or ``WORD<TAB>spelling`` lines, or a
-    list of words), by default the unigrams of the ``.arpa``; words with a symbol outside the
-    vocabulary are left out of it (counted in ``skipped_words``). Hypotheses are then made of
-    lexicon words only. The LM must use the vocabulary's casing (letter dictionaries are upper
-    case).
+    (it merges hypotheses by their last token). Words are spelled from the lexicon: ``lexicon``
+    (a file of ``WORD`` or ``WORD<TAB>spelling`` lines, or a list of words), by default the
+    unigrams of the ``.arpa``; words with a symbol outside the vocabulary are left out of it
+    (counted in ``skipped_words``). Hypotheses are then made of lexicon words only. The LM must
+    use the vocabulary's casing (letter dictionaries are upper case).
 
     Args:
         vocab: the V tokens of the CTC head (blank at ``blank``, ``|`` the word delimiter).

@@ -188,7 +188,8 @@ class Transcriber:
         return inference_dtype_of(self.model)
 
     def transcribe_wave(self, wave: torch.Tensor, path: str = "<array>") -> Transcript:
-        """One utterance's transcript; word timings with greedy decoding only (beam search: ``words`` is empty)."""
+        """One utterance's transcript; word timings with greedy decoding only (with beam search
+        ``words`` is empty)."""
         logits = self.logits(wave)
         if self._decode is not None:
             return Transcript(
@@ -275,7 +276,8 @@ def _manifest_files(tsv: Path, limit: int | None) -> Iterator[Failure | str]:
 
 
 def _reason(e: BaseException, path: str | Path) -> str:
-    """The error as one line, without a leading ``path:`` (the record names it); the type when it is a bug's."""
+    """The error as one line, without a leading ``path:`` (the record names it); the exception
+    type when it is a bug's."""
     msg = " ".join(str(e).split()) or type(e).__name__
     msg = msg.removeprefix(f"{path}: ").removeprefix(f"{path}:")
     return msg if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {msg}"

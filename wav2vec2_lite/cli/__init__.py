@@ -1,6 +1,6 @@
-"""Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``, ``w2v2-export-hf``,
-``w2v2-evaluate``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-manifest``, ``w2v2-report``,
-``w2v2-sweep-summary``.
+"""Console entry points: ``w2v2-pretrain``, ``w2v2-finetune`` (Hydra), ``w2v2-transcribe``,
+``w2v2-export-hf``, ``w2v2-evaluate``, ``w2v2-extract``, ``w2v2-probe``, ``w2v2-manifest``,
+``w2v2-report``, ``w2v2-sweep-summary``.
 
     w2v2-pretrain data.manifest_dir=/data/ls960 trainer.update_freq=8
     w2v2-pretrain --config-name pretrain_tiny data.manifest_dir=/tmp/toy model.num_layers=2

@@ -149,12 +149,14 @@ def evaluate(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"{prog}: error: {path}: {why}\n")
     decoding = tr.decoding.to_dict()
     print(
-        f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  ({result.utterances} utterances; "
+        f"{args.split}: WER {100 * result.wer:.2f} %  CER {100 * result.cer:.2f} %  "
+        f"({result.utterances} utterances; "
         f"{' '.join(f'{k}={v}' for k, v in decoding.items())}; {tr.dtype})"
     )
     for kind, part in parts.items():
         print(
-            f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  ({part.utterances} utterances)"
+            f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  "
+            f"({part.utterances} utterances)"
         )
     if out is not None:
         print(f"wrote {out.path / 'summary.json'} and {out.path / 'utterances.jsonl'}")
@@ -166,7 +168,8 @@ def evaluate(argv: list[str] | None = None) -> None:
 
 
 def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
-    """``summary.json`` (rates, error counts, decoder, dtype, model) and ``utterances.jsonl`` in ``folder``."""
+    """Write ``summary.json`` (rates, error counts, decoder, dtype, model) and ``utterances.jsonl``
+    in ``folder``."""
     summary = {
         "model": str(args.model),
         "data": str(args.data),

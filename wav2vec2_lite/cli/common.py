@@ -28,7 +28,9 @@ _OVERRIDE_HINTS = {
     "skip_invalid=True": "data.skip_invalid=true",
     "set run_dir to": "set hydra.run.dir to",
     "load_fairseq(path, trust=True)": "finetune.trust_pickle=true",
-    "raise max_tokens, crop with max_sample_size, or pass too_long='skip'": "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip",
+    "raise max_tokens, crop with max_sample_size, or pass too_long='skip'": (
+        "raise data.max_tokens, crop with data.max_sample_size, or set data.too_long=skip"
+    ),
 }
 _TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools that read a fine-tuned model
 
@@ -44,7 +46,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
-    """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug``, ``HYDRA_FULL_ERROR=1``)."""
+    """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug`` or
+    ``HYDRA_FULL_ERROR=1``)."""
     rest = [a for a in argv if a != "--debug"]
     return rest, len(rest) != len(argv) or os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -68,7 +71,8 @@ def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
 
 @contextmanager
 def _reported(prog: str, debug: bool, hints: dict[str, str] | None = None) -> Iterator[None]:
-    """User errors inside become one message and exit 2 (1 once training had run updates); ``debug`` re-raises."""
+    """User errors inside become one message and exit 2 (1 once training had run updates);
+    with ``debug`` they are re-raised."""
     try:
         yield
     except _user_errors() as e:

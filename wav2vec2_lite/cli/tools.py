@@ -180,7 +180,8 @@ def manifest(argv: list[str] | None = None) -> None:
     for line in report.summary():
         print(line)
     print(
-        f"wrote {args.dest} ({', '.join(report.splits)}{' + labels, dict.ltr.txt' if report.labelled else ''}, "
+        f"wrote {args.dest} ({', '.join(report.splits)}"
+        f"{' + labels, dict.ltr.txt' if report.labelled else ''}, "
         f"prepare_report.json)"
     )
     if report.skipped:

@@ -30,9 +30,9 @@ def run_from_hydra(cfg) -> dict:
 
 
 def _check_run_dir_overrides(argv: list[str]) -> None:
-    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries to create it.
-    A run folder (``hydra.run.dir``, ``run_dir``) is new, empty or an earlier run's (resumed), never a corpus or
-    another tool's output (``wav2vec2_lite.tools.output_dir``)."""
+    """``hydra.run.dir`` / ``hydra.sweep.dir`` must name a folder: RunDirError before Hydra tries
+    to create it. A run folder (``hydra.run.dir``, ``run_dir``) is new, empty or an earlier run's
+    (resumed), never a corpus or another tool's output (``wav2vec2_lite.tools.output_dir``)."""
     from wav2vec2_lite.train.run_dir import RunDir  # start-up: omegaconf (~0.1 s), not in the other w2v2-*
 
     for arg in argv:
@@ -63,7 +63,8 @@ def _shared_run_dir(argv: list[str], task: str) -> list[str]:
 
 
 def _hydra_task(prog: str, debug: bool):
-    """``run_from_hydra`` with user errors reported as one message (inside the job, before Hydra's own report)."""
+    """``run_from_hydra`` with user errors reported as one message (inside the job, before Hydra's
+    own report)."""
 
     def task(cfg) -> dict:
         with _reported(prog, debug, _OVERRIDE_HINTS):
@@ -104,7 +105,8 @@ _MAIN_KEYS = {
 
 
 def _first_comment(path: Path, width: int = 90) -> str:
-    """The first sentence of a config file's opening comment (what it is for), at most ``width`` characters."""
+    """The first sentence of a config file's opening comment (what it is for), at most ``width``
+    characters."""
     words = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
@@ -155,8 +157,8 @@ def _training_help(kind: str, prog: str) -> str:
     lines = [
         f"usage: {prog} [--config-name NAME] [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--debug]",
         "",
-        f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'} with Hydra configs from "
-        f"{CONFIG_DIR}.",
+        f"{'Self-supervised pretraining' if kind == 'pretrain' else 'CTC fine-tuning'}"
+        f" with Hydra configs from {CONFIG_DIR}.",
         "",
         "named configs (--config-name NAME; default: " + kind + "):",
     ]
@@ -171,7 +173,8 @@ def _training_help(kind: str, prog: str) -> str:
     lines += [
         "",
         "other options:",
-        "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes from its last checkpoint",
+        "  hydra.run.dir=DIR   the run folder; running again with the same DIR resumes "
+        "from its last checkpoint",
         "  -m                  multirun: comma-separated values sweep, one run folder per job",
         "  --cfg job           print the composed config and exit",
         "  --debug             show the traceback of an error",
@@ -182,7 +185,8 @@ def _training_help(kind: str, prog: str) -> str:
 
 
 def _main(config_name: str, prog: str) -> None:
-    """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override) become one message."""
+    """Run Hydra with ``--debug`` taken out; Hydra's own usage errors (bad key, bad override)
+    become one message."""
     # start-up: hydra and omegaconf (~0.2 s) stay out of every w2v2-* that imports this module
     import hydra
     from hydra.errors import HydraException

@@ -349,7 +349,8 @@ def build_corpus(
     bar = None
     if progress:
         bar = tqdm(total=sum(targets_s.values()) / 60, unit="min", desc="synthesizing", bar_format=
-                   "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} audio min [{elapsed}<{remaining}]")  # fmt: skip
+                   "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} audio min "
+                   "[{elapsed}<{remaining}]")  # fmt: skip
     used: set[str] = set()
     rows: dict[str, list[tuple[UtteranceSpec, int]]] = {}
     renderer = _Renderer(out_dir, workers)

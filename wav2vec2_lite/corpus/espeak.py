@@ -163,7 +163,8 @@ class _Cli:
     def render(self, req: Request) -> np.ndarray:
         cmd = [
             self.exe, "-v", req.voice, "-s", str(req.rate), "-p", str(req.pitch), "-g", str(req.word_gap),
-            "-a", str(req.volume), "-b", "1", "-z", "--stdout", req.text,  # -z: no final pause, as the library
+            "-a", str(req.volume), "-b", "1",
+            "-z", "--stdout", req.text,  # -z: no final pause, as the library
         ]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, check=False)
         if out.returncode != 0 or not out.stdout:

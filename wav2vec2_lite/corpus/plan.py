@@ -41,7 +41,8 @@ LABELED_TRAIN = ("train_1min", "train_10min", "train_1h")  # nested prefixes of 
 # Small enough to build in a few minutes on 2 cores; train_1h is scaled down to 30 min.
 DEFAULT_MINUTES = {"unlabeled": 30.0, "train_1min": 1.0, "train_10min": 10.0, "train_1h": 30.0, "valid": 3.0,
                    "test": 3.0}  # fmt: skip
-# Libri-light's labeled sizes (1 min = its first fold's scale, 10 min, 1 h), 10 h unlabeled, 10 min valid/test.
+# Libri-light's labeled sizes (1 min = its first fold's scale, 10 min, 1 h), 10 h unlabeled,
+# 10 min valid/test.
 FULL_MINUTES = {"unlabeled": 600.0, "train_1min": 1.0, "train_10min": 10.0, "train_1h": 60.0, "valid": 10.0,
                 "test": 10.0}  # fmt: skip
 
@@ -62,13 +63,14 @@ SNR_DB = (25.0, 40.0)
 EXTRA_VARIANTS = (
     "m8", "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
     "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "Reed",
-    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika", "anikaRobot",
-    "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david", "ed", "edward",
-    "edward2", "fast", "grandma", "grandpa", "gustave", "ian", "iven", "iven2", "iven3", "iven4", "john",
-    "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda", "marcelo", "max",
-    "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
-    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8", "sandro",
-    "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
+    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak", "david",
+    "ed", "edward", "edward2", "fast", "grandma", "grandpa", "gustave", "ian", "iven", "iven2", "iven3",
+    "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6", "linda",
+    "marcelo", "max", "michel", "miguel", "mike2", "norbert", "pablo", "paul", "pedro", "quincy", "rob",
+    "robert", "robosoft", "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7",
+    "robosoft8", "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf",
+    "zac",
 )  # fmt: skip
 # wider speaking styles of the extra speakers
 EXTRA_RATE_WPM = (110, 230)
@@ -200,7 +202,8 @@ class UtterancePlanner:
     """Endless stream of utterance specs for one pool (speakers in shuffled round robin)."""
 
     def __init__(self, pool: str, speakers: list[Speaker], seed: int, used: set[str], *,
-                 domain_fraction: float, noise_prob: float, diversity: Diversity | None = None) -> None:  # fmt: skip
+                 domain_fraction: float, noise_prob: float,
+                 diversity: Diversity | None = None) -> None:  # fmt: skip
         self.pool, self.speakers, self.used = pool, speakers, used
         self.rng = random.Random(f"{seed}:{pool}:utterances")
         # a separate stream, so the base choices are the same with or without diversity

@@ -159,20 +159,24 @@ _GENERAL: tuple[Template, ...] = (
     lambda r: f"there is {_np(r, OBJECTS, article='a', adj_prob=0.8)} {_pp(r)}.",
     lambda r: f"the {r.choice(NOUNS)[1]} were very {r.choice(ADJECTIVES)}{_maybe(r, 0.5, r.choice(TIMES))}.",
     lambda r: (
-        f"i {r.choice(FEELINGS)} the {r.choice(NOUNS)[0]} {r.choice(VT)[1]} {_np(r, OBJECTS, article=r.choice(('a', 'the')))}."
+        f"i {r.choice(FEELINGS)} the {r.choice(NOUNS)[0]} {r.choice(VT)[1]} "
+        f"{_np(r, OBJECTS, article=r.choice(('a', 'the')))}."
     ),
     lambda r: f"please {r.choice(VT)[0]} {_np(r, OBJECTS)} {_pp(r)}.",
     lambda r: (
-        f"{r.choice(NAMES)} could not {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]} because it was too {r.choice(ADJECTIVES)}."
+        f"{r.choice(NAMES)} could not {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]} "
+        f"because it was too {r.choice(ADJECTIVES)}."
     ),
     lambda r: f"why did the {r.choice(NOUNS)[0]} {r.choice(VI)[0]} {_pp(r)}?",
     lambda r: (
-        f"the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)} and the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)}."
+        f"the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)} "
+        f"and the {r.choice(NOUNS)[0]} was {r.choice(ADJECTIVES)}."
     ),
     lambda r: f"{r.choice(NAMES)} {r.choice(VI)[2]} {r.choice(MANNER)} {_pp(r)}.",
     lambda r: f"have you ever seen {_np(r, OBJECTS, article='a', adj_prob=0.9)}?",
     lambda r: (
-        f"{r.choice(TIMES)} {_subject(r)} {r.choice(VT)[2]} {r.choice(SMALL_NUMBERS)} {_np(r, OBJECTS, article='', plural=True, adj_prob=0.3)}."
+        f"{r.choice(TIMES)} {_subject(r)} {r.choice(VT)[2]} {r.choice(SMALL_NUMBERS)} "
+        f"{_np(r, OBJECTS, article='', plural=True, adj_prob=0.3)}."
     ),
     lambda r: f"don't {r.choice(VT)[0]} the {r.choice(OBJECTS)[0]}{_maybe(r, 0.5, _pp(r))}.",
     lambda r: (
@@ -180,7 +184,8 @@ _GENERAL: tuple[Template, ...] = (
     ),
     lambda r: f"it's {_np(r, NOUNS, article='a', adj_prob=1.0)}{_maybe(r, 0.5, _pp(r))}.",
     lambda r: (
-        f"the {r.choice(PEOPLE).split('/')[0]}'s {r.choice(OBJECTS)[0]} is {r.choice(ADJECTIVES)}{_maybe(r, 0.4, _pp(r))}."
+        f"the {r.choice(PEOPLE).split('/')[0]}'s {r.choice(OBJECTS)[0]} is {r.choice(ADJECTIVES)}"
+        f"{_maybe(r, 0.4, _pp(r))}."
     ),
     lambda r: (
         f"{r.choice(NAMES)} {r.choice(VT)[1]} {_np(r, OBJECTS, plural=True, adj_prob=0.4)} {r.choice(TIMES)}."
@@ -191,7 +196,8 @@ _GENERAL: tuple[Template, ...] = (
     ),
     lambda r: f"they {r.choice(FREQUENCY)} {r.choice(VT)[0]} {_np(r, OBJECTS, plural=True, adj_prob=0.3)}.",
     lambda r: (
-        f"{r.choice(NAMES)} {r.choice(FREQUENCY)} {r.choice(VI)[1]} {_pp(r)}{_maybe(r, 0.3, 'in the ' + r.choice(('morning', 'evening')))}."
+        f"{r.choice(NAMES)} {r.choice(FREQUENCY)} {r.choice(VI)[1]} {_pp(r)}"
+        f"{_maybe(r, 0.3, 'in the ' + r.choice(('morning', 'evening')))}."
     ),
 )
 
@@ -203,12 +209,14 @@ _DOMAIN: tuple[Template, ...] = (
     lambda r: f"set the brightness to {number_to_words(r.randrange(5, 101, 5))} percent.",
     lambda r: f"set a timer for {_duration_words(r)}.",
     lambda r: (
-        f"start a {number_to_words(r.randint(2, 60))} minute timer{_maybe(r, 0.3, 'for the ' + r.choice(('pasta', 'rice', 'eggs', 'tea', 'cake')))}."
+        f"start a {number_to_words(r.randint(2, 60))} minute timer"
+        f"{_maybe(r, 0.3, 'for the ' + r.choice(('pasta', 'rice', 'eggs', 'tea', 'cake')))}."
     ),
     lambda r: f"set an alarm for {_time_words(r)}.",
     lambda r: f"wake me up at {_time_words(r, part_of_day=False)} {r.choice(WEEKDAYS)}.",
     lambda r: (
-        f"set the temperature to {number_to_words(r.randint(15, 28))} degrees{_maybe(r, 0.5, 'in the ' + r.choice(ROOMS))}."
+        f"set the temperature to {number_to_words(r.randint(15, 28))} degrees"
+        f"{_maybe(r, 0.5, 'in the ' + r.choice(ROOMS))}."
     ),
     lambda r: f"make it {r.choice(('warmer', 'cooler'))} in the {r.choice(ROOMS)} please.",
     lambda r: f"play some {r.choice(GENRES)} music in the {r.choice(ROOMS)}.",

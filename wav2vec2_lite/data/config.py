@@ -30,7 +30,8 @@ _VALIDATION_MODES = ("header", "full", "false")
 
 
 def validation_mode(value: Any) -> str:
-    """``data.validate`` as ``"header"``, ``"full"`` or ``"false"`` (YAML booleans accepted: true = header)."""
+    """``data.validate`` as ``"header"``, ``"full"`` or ``"false"`` (YAML booleans accepted:
+    true = header)."""
     v = str(value).strip().lower()
     v = {
         "true": "header",
@@ -70,7 +71,8 @@ class DataConfig:
     normalize: bool = False
     """Zero-mean unit-variance per utterance (fairseq ``normalize``; LARGE / layer-norm models)."""
     max_sample_size: Optional[int] = 250000
-    """Training crops are at most this many samples (null: no crop; labelled rows longer than it are dropped)."""
+    """Training crops are at most this many samples (null: no crop; labelled rows longer than it
+    are dropped)."""
     min_sample_size: int = 32000
     """Training rows shorter than this are dropped (fairseq; always at least the receptive field)."""
     max_tokens: int = 1400000

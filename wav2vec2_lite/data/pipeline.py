@@ -176,22 +176,26 @@ def check_valid_set(
     if sampler.num_skipped_long:
         gone.append(f"{sampler.num_skipped_long} longer than max_tokens_valid")
     raise DatasetError(
-        f"data.valid_subset={cfg.valid_subset}: {vset.manifest_path} has no usable row ({len(vset.manifest)} in the "
-        f"manifest" + (f"; dropped: {', '.join(gone)}" if gone else "") + "); nothing was trained. Fix the "
+        f"data.valid_subset={cfg.valid_subset}: {vset.manifest_path} has no usable row "
+        f"({len(vset.manifest)} in the manifest"
+        + (f"; dropped: {', '.join(gone)}" if gone else "")
+        + "); nothing was trained. Fix the "
         "validation set, choose another with data.valid_subset=NAME, or set data.valid_subset=null to train "
         "without validation (no best checkpoint)"
     )
 
 
 _MESSAGES = {
-    "skipped_too_short": "{manifest}: skipping {count} row(s) shorter than the {min_samples}-sample receptive field",
-    "skipped_too_long": "{manifest}: skipping {count} row(s) longer than data.max_duration_s={max_duration_s}",
+    "skipped_too_short": "{manifest}: skipping {count} row(s) shorter than the "
+    "{min_samples}-sample receptive field",
+    "skipped_too_long": "{manifest}: skipping {count} row(s) longer than "
+    "data.max_duration_s={max_duration_s}",
     "skipped_labelled_too_long": "{manifest}: skipping {count} labelled row(s) longer than "
     "data.max_sample_size={max_sample_size} (a crop would cut the transcript)",
     "skipped_empty_transcript": "{manifest}: skipping {count} row(s) with an empty transcript",
     "skipped_unreadable": "skipped {path}: {reason} ({unreadable_total} unreadable so far)",
-    "train_rows_changed": "resuming with {rows} training rows, the checkpoint was written with {checkpoint_rows}: "
-    "files changed since; the data order differs from an uninterrupted run",
+    "train_rows_changed": "resuming with {rows} training rows, the checkpoint was written with "
+    "{checkpoint_rows}: files changed since; the data order differs from an uninterrupted run",
 }
 
 
@@ -345,8 +349,9 @@ class TrainingData:
                 yield batch
         if self.valid_loader is not None and not usable:
             raise DatasetError(
-                f"validation gave no usable batch: every file of data.valid_subset={self.cfg.valid_subset} read was "
-                f"unreadable (is the storage still there?). Fix the files and rerun the same command, or set "
+                f"validation gave no usable batch: every file of "
+                f"data.valid_subset={self.cfg.valid_subset} read was unreadable "
+                f"(is the storage still there?). Fix the files and rerun the same command, or set "
                 f"data.valid_subset=null to train without validation"
             )
 
@@ -369,10 +374,11 @@ class TrainingData:
         if skipped and len(self.unreadable_ids) > limit:
             last = skipped[-1]
             raise DatasetError(
-                f"{len(self.unreadable_ids)} of {len(self.train_set)} training files became unreadable during the "
-                f"run, more than data.max_unreadable_fraction={self.cfg.max_unreadable_fraction}; stopping "
-                f"(is the storage still there?). Last: {last['path']}: {_config_hints(last['reason'])}. Fix the files and rerun the "
-                f"same command."
+                f"{len(self.unreadable_ids)} of {len(self.train_set)} training files became unreadable "
+                f"during the run, more than "
+                f"data.max_unreadable_fraction={self.cfg.max_unreadable_fraction}; stopping "
+                f"(is the storage still there?). Last: {last['path']}: {_config_hints(last['reason'])}. "
+                f"Fix the files and rerun the same command."
             )
 
     def _note_level_warnings(self, warned: Sequence[dict], subset: str) -> None:

@@ -15,8 +15,8 @@ decoded (every file with ``check_audio="full"``, float files with ``"header"``);
 checks the others as it first loads them (``AudioDataset.check_levels``).
 
 Cost. Every check but two reads only the file header (and, for WAV, the chunk list;
-docs/benchmarks.md has the time per file). Decoding the samples is needed only to find NaN/inf values and damage
-inside compressed data. ``check_audio="header"`` decodes just the files stored as floats
+docs/benchmarks.md has the time per file). Decoding the samples is needed only to find NaN/inf
+values and damage inside compressed data. ``check_audio="header"`` decodes just the files stored as floats
 (the only WAV/FLAC/... sample formats that can hold NaN/inf), ``True``/``"full"`` decodes
 every file, ``False`` none. Files are read by a few threads (``num_workers``), which helps
 when decoding and on network storage.

@@ -7,7 +7,8 @@ __all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf", "load_fairseq"]
 
 def __getattr__(name: str):
     if name == "load_fairseq":
-        # start-up: the fairseq reader and omegaconf (~90 ms) stay out of `import wav2vec2_lite` (every w2v2-*)
+        # start-up: the fairseq reader and omegaconf (~90 ms) stay out of `import wav2vec2_lite`
+        # (every w2v2-*)
         from wav2vec2_lite.interop.fairseq import load_fairseq
 
         return load_fairseq

@@ -1,9 +1,10 @@
 """Layers whose weights a mixed-precision step may hand over already cast.
 
 Autocast casts each layer's weight and bias to bf16 at every forward, two casts per
-parameter (and two more for their gradients). :class:`~wav2vec2_lite.train.low_precision_weights.LowPrecisionWeights`
-instead casts the parameters of all these layers in one op per forward and sets
-``low_precision = (weight, bias)`` on each for that forward; the numbers are the same.
+parameter (and two more for their gradients).
+:class:`~wav2vec2_lite.train.low_precision_weights.LowPrecisionWeights` instead casts the
+parameters of all these layers in one op per forward and sets ``low_precision = (weight, bias)``
+on each for that forward; the numbers are the same.
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def compute_span_mask(
     """Random spans of ``mask_length`` frames, starts chosen without replacement (fairseq).
 
     Each utterance of ``L`` valid frames gets ``int(mask_prob * L / mask_length + U)`` spans
-    (>= ``min_masks``, <= L // mask_length), all inside its valid frames; overlapping spans merge, so the masked
-    fraction is below ``mask_prob`` (about 49 % for the paper's 0.65 / 10). An utterance
+    (>= ``min_masks``, <= L // mask_length), all inside its valid frames; overlapping spans
+    merge, so the masked fraction is below ``mask_prob`` (about 49 % for the paper's 0.65 / 10). An utterance
     shorter than a span gets one span covering all but its last frame (short-audio fix),
     so it is never fully masked unless it has a single frame.
     Returns (batch, frames) bool, True = masked.
@@ -124,5 +124,6 @@ def validate_negatives(negatives: Tensor, mask: Tensor, lengths: Tensor) -> None
         b, t, k = (int(v) for v in bad.nonzero()[0])
         raise ValueError(
             f"negative_indices[{b}, {t}, {k}] = {int(neg[b, t, k])} is not a valid frame of utterance {b} "
-            f"(valid frames 0..{int(lengths[b]) - 1}); distractors must come from the same, unpadded utterance"
+            f"(valid frames 0..{int(lengths[b]) - 1}); "
+            f"distractors must come from the same, unpadded utterance"
         )

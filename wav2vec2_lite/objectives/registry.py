@@ -21,7 +21,8 @@ OBJECTIVES: dict[str, str | type[PretrainingObjective]] = {
 
 
 def objective_class(name: str) -> type[PretrainingObjective]:
-    """The class registered as ``name`` (imported on first use); ``KeyError`` naming the valid names otherwise."""
+    """The class registered as ``name`` (imported on first use); otherwise ``KeyError`` naming the
+    valid names."""
     if name not in OBJECTIVES:
         raise KeyError(f"unknown pretraining objective {name!r}; valid names: {sorted(OBJECTIVES)}")
     entry = OBJECTIVES[name]

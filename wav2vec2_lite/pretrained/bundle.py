@@ -198,8 +198,9 @@ def make_bundle(
             "schedule_updates": planned,
             "last_logged_update": stopped_at,
             "shipped_update": best_update,
-            "note": f"the run was stopped at update ~{stopped_at} of its {planned}-update schedule; `command` "
-            f"(trainer.max_updates={best_update}, schedule unchanged) reproduces the shipped weights",
+            "note": f"the run was stopped at update ~{stopped_at} of its {planned}-update schedule; "
+            f"`command` (trainer.max_updates={best_update}, schedule unchanged) "
+            f"reproduces the shipped weights",
         },
         "code_version": run.get("code_version"),
         "code_commit": code_commit or str(run.get("code_version", "")).rpartition("+git.")[2] or None,
@@ -217,7 +218,8 @@ def make_bundle(
         "corpus": _corpus_facts(Path(cfg["data"]["manifest_dir"]), cfg["data"]["valid_subset"]),
         "chosen_checkpoint": {
             "update": best_update,
-            "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} on {cfg['data']['valid_subset']})"
+            "rule": f"the trainer's best ({cfg['trainer'].get('best_metric') or 'loss'} "
+            f"on {cfg['data']['valid_subset']})"
             if checkpoint == "best"
             else f"the last checkpoint: {why}".rstrip(": "),
         },

@@ -1,6 +1,7 @@
-"""``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes; a markdown table on stdout, JSON on request.
+"""``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes; a markdown table on stdout,
+JSON on request.
 
-    w2v2-probe outputs/pretrain/RUN --data data/demo --train train_10min --valid valid --log-mel --json probes.json
+    w2v2-probe outputs/pretrain/RUN --data data/demo --train train_10min --log-mel --json probes.json
 
 User errors (a missing folder or split, a bad option) are one ``w2v2-probe: error: ...`` line
 on stderr and exit status 2.

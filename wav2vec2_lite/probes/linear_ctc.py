@@ -1,6 +1,7 @@
 """A linear CTC probe over frozen frames: train on one split, greedy-decode and score the other.
 
-    result = train_ctc_probe(train_feats, train_labels, valid_feats, valid_labels, valid_texts, vocab, protocol)
+    result = train_ctc_probe(train_feats, train_labels, valid_feats, valid_labels, valid_texts,
+                             vocab, protocol)
     result.valid_error, result.valid_loss, result.train_loss     # valid_error: CER (unit="char") or PER
 
 Features are :class:`~wav2vec2_lite.probes.features.FrameFeatures` (frames of each utterance);

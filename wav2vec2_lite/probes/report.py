@@ -119,7 +119,8 @@ class ProbeReport:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def to_markdown(self) -> str:
-        """Per-layer valid CER / PER (and loss) of each model side by side, then the best layers and the protocol."""
+        """Per-layer valid CER / PER (and loss) of each model side by side, then the best layers and
+        the protocol."""
         unit = self.metric.upper()
         layered = [m for m in self.models.values() if m.name != "log_mel"]
         names: list[str] = []
@@ -151,7 +152,8 @@ class ProbeReport:
         p, d = self.protocol, self.data
         out.append("")
         out.append(
-            f"protocol: linear CTC probe over {d.get('labels', 'ltr')} labels, train `{d['train_split']}` ({d['train_utterances']} utterances, "
+            f"protocol: linear CTC probe over {d.get('labels', 'ltr')} labels, "
+            f"train `{d['train_split']}` ({d['train_utterances']} utterances, "
             f"{d['train_frames']} frames), valid `{d['valid_split']}` ({d['valid_utterances']} utterances); "
             f"{p.steps} Adam steps, lr {p.lr:g} (half-cosine), batch {p.batch_size} utterances, "
             f"standardize={p.standardize}, seed {p.seed}. {unit}: greedy CTC decoding, bold = best layer."

@@ -58,7 +58,8 @@ METRICS = {"ltr": "cer", "phn": "per"}  # label extension -> error-rate name (ot
 
 
 def _tokenizer(manifest_dir: Path, train_split: str, labels: str = "ltr") -> CharTokenizer:
-    """``dict.LABELS.txt`` of the corpus; without one, the symbols of the training labels (others -> <unk>)."""
+    """``dict.LABELS.txt`` of the corpus; without one, the symbols of the training labels
+    (others -> <unk>)."""
     d = manifest_dir / f"dict.{labels}.txt"
     if d.is_file():
         return CharTokenizer.from_dictionary(d)
@@ -189,7 +190,8 @@ def _probe_layers(
         )
         spread = f" (probe seeds: {', '.join(f'{e:.3f}' for e in errors)})" if len(runs) > 1 else ""
         log(
-            f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  loss {r.valid_loss:.3f}  "
+            f"{tag} {name:>9} dim {r.dim:4d}: valid {metric.upper()} {r.valid_error:.3f}  "
+            f"loss {r.valid_loss:.3f}  "
             f"train loss {r.train_loss:.3f}{spread}"
         )
         results.append((name, r, errors))

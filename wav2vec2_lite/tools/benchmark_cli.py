@@ -32,7 +32,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         dtypes = ["float32", "bfloat16"] if native_bf16(args.device) else ["float32"]
         if dtypes == ["float32"]:
             log(
-                "this CPU has no native bf16 (no avx512_bf16/amx_bf16): bf16 skipped; force it with --dtype bfloat16"
+                "this CPU has no native bf16 (no avx512_bf16/amx_bf16): bf16 skipped; "
+                "force it with --dtype bfloat16"
             )
     else:
         dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]

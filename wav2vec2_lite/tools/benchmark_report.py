@@ -10,8 +10,9 @@ __all__ = ["render_markdown"]
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"config `{report['config']}`, batch {report['batch']} × {report['seconds']:g} s, device {report['device']}, "
-        f"{report['threads']} threads, median of {report['repeats']} interleaved runs after {report['warmup']} warmup; "
+        f"config `{report['config']}`, batch {report['batch']} × {report['seconds']:g} s, "
+        f"device {report['device']}, {report['threads']} threads, "
+        f"median of {report['repeats']} interleaved runs after {report['warmup']} warmup; "
         f"torch {report['torch']}, transformers {report.get('transformers')}",
         "",
         "matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in report["peak_flops"].items()),
@@ -23,7 +24,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         u = r["utilisation"]
         lines.append(
-            f"| {r['task']} | {r['dtype']}{' compiled' if r.get('compile') else ''} | **{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
+            f"| {r['task']} | {r['dtype']}{' compiled' if r.get('compile') else ''} | "
+            f"**{r['speedup']:.2f}×** | {r['speedup_vs_eager']:.2f}× | "
             f"{r['speedup_vs_sdpa']:.2f}× | {r['hf_best'][3:]} | {u['ours']:.0%} | {u[r['hf_best']]:.0%} | "
             + (
                 f"{r['memory_ratio']:.2f} | {r['step_memory_ratio']:.2f} |"

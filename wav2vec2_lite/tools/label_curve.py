@@ -125,7 +125,8 @@ def _run_entry(
 
 
 def compose_config(config_name: str, overrides: list[str], kind: str = "finetune"):
-    """The typed run config (``kind``: finetune or pretrain) Hydra composes from the package's configs and ``overrides``."""
+    """The typed run config (``kind``: finetune or pretrain) Hydra composes from the package's
+    configs and ``overrides``."""
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
@@ -430,7 +431,8 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
             f"(docs/results/label_curve.md)"
         )
     log(
-        f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; {len(todo)} to train"
+        f"[label_curve] {len(runs) - len(todo)} of {len(runs)} selected runs already summarized; "
+        f"{len(todo)} to train"
     )
     if jobs <= 1:
         for r in todo:

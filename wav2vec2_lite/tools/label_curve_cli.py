@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "plan":
             plan = make_plan(load_mapping(args.spec))
             print(
-                f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; commit it before the first run"
+                f"wrote {write_plan(plan, args.out, args.force)}: {len(plan['runs'])} runs; "
+                f"commit it before the first run"
             )
         elif args.cmd == "run":
             if args.jobs < 1:

@@ -201,11 +201,13 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
             "best valid CER of the trial chosen on valid."
         ),
         (
-            f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, ≥ "
-            f"{proto['min_pretrain_seeds']} pretraining seeds at {', '.join(proto['min_pretrain_seeds_at'])}; trial chosen "
-            f"per arm × size × pretraining seed × fine-tuning seed by best valid CER. CIs: percentile bootstrap, {B} "
-            f"resamples, seed {seed}; two-level for the pretrained arm (pretraining seeds, then fine-tuning seeds "
-            f"within each). Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."
+            f"Protocol: ≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per arm, "
+            f"≥ {proto['min_pretrain_seeds']} pretraining seeds at "
+            f"{', '.join(proto['min_pretrain_seeds_at'])}; "
+            f"trial chosen per arm × size × pretraining seed × fine-tuning seed by best valid CER. "
+            f"CIs: percentile bootstrap, {B} resamples, seed {seed}; two-level for the pretrained arm "
+            f"(pretraining seeds, then fine-tuning seeds within each). "
+            f"Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."
         ),
         "",
     ]
@@ -213,7 +215,8 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
     lines += [
         f"## {metric} per arm and size",
         "",
-        "| arm | labeled | runs | mean % | median % | sd | 95 % CI of the mean | blank collapse (all runs) | trials chosen |",
+        "| arm | labeled | runs | mean % | median % | sd | 95 % CI of the mean "
+        "| blank collapse (all runs) | trials chosen |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for subset, minutes in sizes + (
@@ -247,7 +250,8 @@ def report_markdown(plan: dict) -> tuple[str, dict]:
         "",
         "## Pretrained / scratch",
         "",
-        "| labeled | CER ratio of the means | 95 % CI, two-level | 95 % CI, one-level | Welch t | df | p (two-sided) |",
+        "| labeled | CER ratio of the means | 95 % CI, two-level | 95 % CI, one-level "
+        "| Welch t | df | p (two-sided) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for subset, minutes in sizes:

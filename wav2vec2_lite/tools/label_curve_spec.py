@@ -189,7 +189,8 @@ def validate_spec(spec: dict) -> dict:
     arms = spec["arms"]
     if not isinstance(arms, dict) or set(arms) != set(ARMS):
         raise LabelCurveError(
-            f"spec.arms: exactly {' and '.join(ARMS)} (got {sorted(arms) if isinstance(arms, dict) else arms!r})"
+            f"spec.arms: exactly {' and '.join(ARMS)} "
+            f"(got {sorted(arms) if isinstance(arms, dict) else arms!r})"
         )
     out_arms = {}
     for arm in ARMS:

@@ -56,8 +56,8 @@ class OutputError(ValueError):
 
 # --------------------------------------------------------------------------------- what a folder holds
 def is_training_run(folder: Path) -> bool:
-    """A training run folder: ``run.json``, ``metrics.jsonl``, Hydra's ``.hydra/`` or a ``checkpoints/last`` or
-    ``best``."""
+    """A training run folder: it holds ``run.json``, ``metrics.jsonl``, Hydra's ``.hydra/`` or a
+    ``checkpoints/last`` or ``best``."""
     return (
         (folder / "run.json").is_file()
         or (folder / "metrics.jsonl").is_file()
@@ -177,7 +177,10 @@ def _state(folder: Path, given: Path, tool: str, overwrite: bool, rerun: str) ->
     else:
         extra = [f for f in _files(folder) if f != MARKER and f not in set(record["files"])]
         if extra:
-            problem = f"{given} was written by {tool} but also holds {_listing(folder, extra)} that it did not write"
+            problem = (
+                f"{given} was written by {tool} but also holds {_listing(folder, extra)} "
+                f"that it did not write"
+            )
         elif rerun == "refuse" and not overwrite:
             raise OutputError(
                 f"{given} already holds the output of an earlier {tool} ({_listing(folder)}); {tool} "
@@ -192,7 +195,8 @@ def _state(folder: Path, given: Path, tool: str, overwrite: bool, rerun: str) ->
 
 
 def _check_replaceable(folder: Path, given: Path, tool: str, inputs: Iterable[str | Path]) -> None:
-    """A folder about to be replaced holds no input of the command, no training run and not the current folder."""
+    """A folder about to be replaced holds no input of the command, no training run and not the
+    current folder."""
     for item in inputs:
         p = Path(item).resolve()
         if p == folder or folder in p.parents:
@@ -237,7 +241,8 @@ class OutputDir:
         return self.path.resolve()
 
     def commit(self) -> Path:
-        """Record the files in the marker and put the set in place: all of it, or nothing. Returns :attr:`path`."""
+        """Record the files in the marker and put the set in place: all of it, or nothing.
+        Returns :attr:`path`."""
         folder = self.folder
         try:  # the folder may have changed while the tool ran: the rule again
             self.state = _state(folder, self.path, self.tool, self.overwrite, self.rerun)
@@ -299,7 +304,8 @@ def claim_output_dir(
     """Check ``path`` against the rule for ``tool`` and return an :class:`OutputDir` to write into.
 
     Args:
-        overwrite: replace a folder the rule would refuse (never a training run, an input or the current folder).
+        overwrite: replace a folder the rule would refuse (never a training run, an input or the
+            current folder).
         inputs: what the command reads (model, audio, data): a folder holding one is never replaced.
         rerun: what a folder written by the same tool gets: ``replace`` (the whole set, with a note on
             stderr) or ``refuse`` (without ``overwrite``).
@@ -358,7 +364,8 @@ def starts_with(prefix: bytes) -> Callable[[Path], bool]:
 
 
 def contains(signature: bytes, within: int = 4096) -> Callable[[Path], bool]:
-    """An ``own`` test for :func:`claim_output_file`: ``signature`` is in the file's first ``within`` bytes."""
+    """An ``own`` test for :func:`claim_output_file`: ``signature`` is in the file's first
+    ``within`` bytes."""
 
     def test(path: Path) -> bool:
         with open(path, "rb") as f:
@@ -368,9 +375,10 @@ def contains(signature: bytes, within: int = 4096) -> Callable[[Path], bool]:
 
 
 def check_training_run_dir(path: str | Path, key: str) -> None:
-    """A training command's run folder (``key`` names the setting) is never another tool's output folder (one with
-    a marker: a corpus of ``w2v2-manifest``, an export, features); OutputError if it is. Any other folder is left
-    to the trainer as before: an earlier run's is resumed, and scripts may record their recipe there first."""
+    """A training command's run folder (``key`` names the setting) is never another tool's output
+    folder (one with a marker: a corpus of ``w2v2-manifest``, an export, features); OutputError if
+    it is. Any other folder is left to the trainer as before: an earlier run's is resumed, and
+    scripts may record their recipe there first."""
     given = Path(path)
     folder = given.resolve()
     record = _marker(folder) if folder.is_dir() and not is_training_run(folder) else None

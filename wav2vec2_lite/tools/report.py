@@ -34,6 +34,14 @@ GENERATOR = '<meta name="generator" content="w2v2-report">'
 
 EXTRA_PANELS = [("peak RSS (MiB)", "train", "peak_rss_mb"), ("step time (s)", "train", "step_time_s")]
 
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1150px;margin:2em auto}table{border-collapse:collapse}\n"
+    "td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}"
+    "pre{background:#f6f6f6;padding:1em}\n"
+    "img{max-width:100%}"
+)
+"""The page's CSS, between ``<style>`` and ``</style>``."""
+
 
 def _png_tag(write_png) -> str:
     buf = io.BytesIO()
@@ -108,7 +116,8 @@ def write_report(
     manifest_dir: str | Path | None = None,
     split: str = "valid",
 ) -> Path:
-    """Write ``RUN/report.html``. With ``manifest_dir`` (pretraining runs) adds codebook usage on ``split``."""
+    """Write ``RUN/report.html``. With ``manifest_dir`` (pretraining runs) it adds codebook usage
+    on ``split``."""
     run_dir = Path(run_dir)
     records = read_records(run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
@@ -159,9 +168,7 @@ def write_report(
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8">{GENERATOR}
 <title>{html.escape(run_dir.name)} report</title>
-<style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:left}}pre{{background:#f6f6f6;padding:1em}}
-img{{max-width:100%}}</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>Run report: {html.escape(str(run_dir))}</h1>
 <h2>Summary</h2>{_table(summary_rows, ["what", "value"])}
 <h2>Health</h2>{health_html}

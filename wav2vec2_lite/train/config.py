@@ -148,7 +148,8 @@ class TrainerConfig:
     valid_after_updates: int = 0
     """No periodic validation before this update."""
     max_valid_batches: Optional[int] = None
-    """Validate on at most this many batches (null: all; to switch validation off, ``data.valid_subset=null``)."""
+    """Validate on at most this many batches (null: all; to switch validation off,
+    ``data.valid_subset=null``)."""
     save_interval: int = 25000
     """Write ``checkpoints/last`` every N updates (and at the end)."""
     best_metric: Optional[str] = None

@@ -102,7 +102,8 @@ class HealthConfig:
     """few_target_codes: validation code perplexity below this fraction of V. Speech itself uses
     a small share of a frozen random codebook (docs/objectives.md), so this is set far lower."""
     grad_norm_max: float = 1e3
-    """gradient_explosion threshold (a non-finite norm is flagged at once, a large one after the grace period)."""
+    """gradient_explosion threshold (a non-finite norm is flagged at once, a large one after the
+    grace period)."""
     grad_norm_min: float = 1e-7
     """vanishing_gradients threshold."""
     min_loss_scale: float = 1.0 / 128

@@ -5,9 +5,9 @@ parameter) and its gradient cast back (another); a BASE pretraining step did ~20
 casts. :class:`LowPrecisionWeights` keeps the parameters of the model's Linear layers and
 feature-encoder convolutions (``modules.precast``) as views of one flat float32 buffer,
 casts that buffer once per forward, hands each layer its slice (``low_precision``), and in
-the backward pass gathers the layers' bf16 gradients and casts them back once. The values are those autocast computes
-(round-to-nearest casts both ways), so a run's numbers do not change, only the count of
-cast ops (``tools/op_census.py``). float32 training never uses it.
+the backward pass gathers the layers' bf16 gradients and casts them back once. The values are
+those autocast computes (round-to-nearest casts both ways), so a run's numbers do not change,
+only the count of cast ops (``tools/op_census.py``). float32 training never uses it.
 """
 
 from __future__ import annotations

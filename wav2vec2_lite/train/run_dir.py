@@ -75,9 +75,10 @@ class RunDir:
         free = shutil.disk_usage(self.checkpoints).free
         if free < 2 * (weights + moments):
             raise RunDirError(
-                f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; a checkpoint of this model takes about "
-                f"{(weights + moments) / 2**20:.1f} MiB and two must fit while one replaces the other. Free some "
-                f"space or set run_dir to a larger disk."
+                f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; "
+                f"a checkpoint of this model takes about {(weights + moments) / 2**20:.1f} MiB "
+                f"and two must fit while one replaces the other. "
+                f"Free some space or set run_dir to a larger disk."
             )
 
     def resume_state(self, model: nn.Module, task: str, lr_scale: dict) -> dict[str, Any] | None:
