@@ -1,6 +1,7 @@
 """The main job: the whole wav2vec 2.0 story on the built-in offline speech corpus (minutes on 2 cores).
 
-    python scripts/demo.py                                # the shipped checkpoint vs scratch, 1 and 10 min of labels
+    python scripts/demo.py                                # the shipped checkpoint vs scratch,
+                                                          # with 1 and 10 min of labels
     python scripts/demo.py --pretrained runs/my_pretrain  # any pretraining run or model folder instead
 
 Steps (each is skipped when its output is already complete, so a re-run resumes):
@@ -200,7 +201,8 @@ def pipeline_check_summary(run_dir: Path) -> str:
         return "no validation recorded"
     a, b = valid[0], valid[-1]
     return (
-        f"valid contrastive loss {a['loss']:.3f} -> {b['loss']:.3f} (chance {b.get('chance_loss', float('nan')):.3f}), "
+        f"valid contrastive loss {a['loss']:.3f} -> {b['loss']:.3f} "
+        f"(chance {b.get('chance_loss', float('nan')):.3f}), "
         f"accuracy {a['accuracy']:.3f} -> {b['accuracy']:.3f}, code perplexity {b['code_perplexity']:.1f}"
     )
 
@@ -215,11 +217,13 @@ def shipped_description(pretrained: str) -> str:
     c = p["corpus"]
     last = p["final_metrics"]["chosen"]
     return (
-        f"pretrained arm starts from the shipped checkpoint '{pretrained}': {p['num_parameters']:,} parameters, "
-        f"{p['objective']} objective, {p['updates']:,} updates ({p['wall_clock_minutes']:.0f} min on "
-        f"{p['num_threads']} threads of a {p['cpu']['torch_capability']} CPU), {p['hours_of_audio_seen']:.0f} h of "
-        f"audio seen from {c['unlabeled']['minutes'] / 60:.0f} h of synthesized speech ({c['unlabeled']['num_speakers']} "
-        f"speakers, none of valid/test), valid accuracy {last['accuracy']:.3f}; code {p['code_version']}; "
+        f"pretrained arm starts from the shipped checkpoint '{pretrained}': "
+        f"{p['num_parameters']:,} parameters, {p['objective']} objective, {p['updates']:,} updates "
+        f"({p['wall_clock_minutes']:.0f} min on {p['num_threads']} threads of a "
+        f"{p['cpu']['torch_capability']} CPU), {p['hours_of_audio_seen']:.0f} h of audio seen from "
+        f"{c['unlabeled']['minutes'] / 60:.0f} h of synthesized speech "
+        f"({c['unlabeled']['num_speakers']} speakers, none of valid/test), "
+        f"valid accuracy {last['accuracy']:.3f}; code {p['code_version']}; "
         f"wav2vec2_lite/pretrained/{pretrained}/provenance.json has the exact commands"
     )
 
@@ -401,7 +405,8 @@ def _table(runs: dict[str, dict[str, list[dict]]], budgets: dict[str, int]) -> s
     lines = [
         "Quick check (short budgets, one lr per arm, 2 seeds; never used for selection):",
         "",
-        "| labeled | updates | pretrained test CER % | scratch test CER % | ratio | per seed (pretrained / scratch) |",
+        "| labeled | updates | pretrained test CER % | scratch test CER % | ratio "
+        "| per seed (pretrained / scratch) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for subset, arms in runs.items():
@@ -409,8 +414,8 @@ def _table(runs: dict[str, dict[str, list[dict]]], budgets: dict[str, int]) -> s
         ratio = statistics.mean(pre) / statistics.mean(scr) if statistics.mean(scr) > 0 else float("nan")
         seeds = ", ".join(f"{100 * a:.1f} / {100 * b:.1f}" for a, b in zip(pre, scr))
         lines.append(
-            f"| {SIZES[subset]} min ({subset}) | {budgets[subset]} | {_mean_spread(pre)} | {_mean_spread(scr)} "
-            f"| {ratio:.2f} | {seeds} |"
+            f"| {SIZES[subset]} min ({subset}) | {budgets[subset]} "
+            f"| {_mean_spread(pre)} | {_mean_spread(scr)} | {ratio:.2f} | {seeds} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -427,16 +432,22 @@ def _plots(out: Path, check_dir: Path, dirs: dict[tuple[str, str, int], Path]) -
         saved = json.loads((check_dir / "checkpoints" / "last" / "config.json").read_text())["config"]
         k = upgrade_config_dict(saved)["contrastive"]["num_negatives"]
         chance = {"contrastive_loss": math.log(k + 1)}
-        print(
-            f"[demo] wrote {plot_curves({'pipeline check': read_records(check_dir)}, PRETRAIN_PANELS, out / 'pretrain_check.png', hlines=chance, title='pipeline check: a short pretraining')}"
+        written = plot_curves(
+            {"pipeline check": read_records(check_dir)},
+            PRETRAIN_PANELS,
+            out / "pretrain_check.png",
+            hlines=chance,
+            title="pipeline check: a short pretraining",
         )
+        print(f"[demo] wrote {written}")
         for subset in sorted({s for _, s, _ in dirs}):
             ft = {
                 f"{arm} (seed {seed})": read_records(rd) for (arm, s, seed), rd in dirs.items() if s == subset
             }
-            print(
-                f"[demo] wrote {plot_curves(ft, FINETUNE_PANELS, out / f'finetune_{subset}.png', title=f'CTC fine-tuning on {subset}')}"
+            written = plot_curves(
+                ft, FINETUNE_PANELS, out / f"finetune_{subset}.png", title=f"CTC fine-tuning on {subset}"
             )
+            print(f"[demo] wrote {written}")
     except ImportError:
         print("[demo] matplotlib missing: no plots (pip install 'wav2vec2_lite[plot]')")
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import ast
 import inspect
-import sys
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+# the package is installed editable (scripts/install.sh), so it imports from this checkout
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
 
+ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG_HEADING = "## Run config"
 
 # the paper's / fairseq's value where it differs from our BASE default or needs saying;
@@ -79,7 +77,7 @@ objective key be type-checked, named in errors and overridden on the command lin
 objective a run uses.
 
 ```python
-Wav2Vec2Config.tiny(contrastive={"num_negatives": 50})       # merged key by key over the preset's
+Wav2Vec2Config.tiny(contrastive={"num_negatives": 50})  # merged key by key over the preset's
 Wav2Vec2Config.tiny(objective="best_rq", best_rq={"codebook_size": 4096})
 cfg.replace(contrastive={"gumbel_temperature": (2.0, 0.5, 0.999)})
 ```

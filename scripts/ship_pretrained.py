@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             prov = json.loads((out / pretrained.PROVENANCE_NAME).read_text())
             print(
-                f"wrote {out}: {prov['num_parameters']:,} parameters, {prov['hours_of_audio_seen']} h of audio "
-                f"seen, chosen update {prov['chosen_checkpoint']['update']}, fresh valid accuracy "
+                f"wrote {out}: {prov['num_parameters']:,} parameters, "
+                f"{prov['hours_of_audio_seen']} h of audio seen, "
+                f"chosen update {prov['chosen_checkpoint']['update']}, fresh valid accuracy "
                 f"{prov['fresh_valid_check']['accuracy']:.4f}"
             )
         elif args.cmd == "check":

@@ -35,7 +35,6 @@ def dotted_overrides(values: dict, prefix: str = "model") -> list[str]:
         if isinstance(value, dict):
             out += dotted_overrides(value, f"{prefix}.{key}")
         else:
-            out.append(
-                f"{prefix}.{key}={json.dumps(list(value) if isinstance(value, tuple) else value).replace(' ', '')}"
-            )
+            literal = json.dumps(list(value) if isinstance(value, tuple) else value).replace(" ", "")
+            out.append(f"{prefix}.{key}={literal}")
     return out

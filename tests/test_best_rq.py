@@ -333,7 +333,8 @@ ESPEAK = dict(seed=0, workers=1, unlabeled_minutes=1.5, train_10min_minutes=0.1,
 
 @pytest.fixture(scope="module")
 def espeak_corpus(tmp_path_factory) -> Path:
-    """The project's offline eSpeak NG corpus, tiny (1.5 min to train on, 1 min to validate; ~3 s to build)."""
+    """The project's offline eSpeak NG corpus, tiny (1.5 min to train on, 1 min to validate;
+    ~3 s to build)."""
     pytest.importorskip("espeakng_loader")
     from wav2vec2_lite.corpus import build_corpus
 
@@ -433,8 +434,9 @@ def test_tiny_run_on_espeak_speech_beats_chance_with_widely_used_codes(espeak_co
     V / 4 is not a property of the method on this audio: the stacked log-mel frames of speech
     are far from isotropic (the first principal component of the normalised frames holds
     ~50 % of the variance, the frame's overall level), so with d = 16 the frozen quantizer
-    uses about 90-105 codes of V = 1024 on this corpus with either normalisation (docs/objectives.md has the table;
-    isotropic inputs reach V / 4, see the quantizer test above). Measured here: ~90.
+    uses about 90-105 codes of V = 1024 on this corpus with either normalisation
+    (docs/objectives.md has the table; isotropic inputs reach V / 4, see the quantizer test
+    above). Measured here: ~90.
     """
     cfg = run_cfg(
         espeak_corpus,
@@ -525,7 +527,8 @@ def measure(out: Path) -> None:
                 with tempfile.TemporaryDirectory() as d:
                     r = Trainer(cfg, d).fit()["valid"]
                 print(
-                    f"  {norm:9s} V={v:5d}: targets of all valid frames: perplexity {ppl:6.1f} (V/{v / ppl:4.1f}), "
+                    f"  {norm:9s} V={v:5d}: targets of all valid frames: "
+                    f"perplexity {ppl:6.1f} (V/{v / ppl:4.1f}), "
                     f"PC1 {pc1:.2f} | tiny run (150 updates): valid CE {r['cross_entropy_loss']:.2f} "
                     f"(ln V {math.log(v):.2f}), accuracy {r['accuracy']:.3f}, masked-frame code perplexity "
                     f"{r['code_perplexity_set']:.1f} over {r['masked_frames']:.0f} frames"
@@ -542,7 +545,8 @@ def measure(out: Path) -> None:
         pc1 = torch.linalg.svd(x, full_matrices=False)[2][0]
         corr = float(torch.corrcoef(torch.stack([x @ pc1, level]))[0, 1].abs())
         print(
-            f"  first principal component: loadings all of one sign {bool((pc1 > 0).all() or (pc1 < 0).all())}, "
+            f"  first principal component: loadings all of one sign "
+            f"{bool((pc1 > 0).all() or (pc1 < 0).all())}, "
             f"|correlation| of its score with the frame's mean log-mel {corr:.4f}"
         )
         narrow = {
@@ -568,8 +572,9 @@ def measure(out: Path) -> None:
         trainer = Trainer(cfg, d)
         r = trainer.fit()["valid"]
     print(
-        f"== espeak, global statistics of the first batch only ({int(trainer.model.objective.normalization.frames)} "
-        f"frames), V=1024: tiny-run masked-frame code perplexity {r['code_perplexity_set']:.1f}"
+        f"== espeak, global statistics of the first batch only "
+        f"({int(trainer.model.objective.normalization.frames)} frames), "
+        f"V=1024: tiny-run masked-frame code perplexity {r['code_perplexity_set']:.1f}"
     )
     q = RandomProjectionQuantizer(160, 16, 1024, seed=0)
     iso = usage_perplexity(q(torch.randn(20000, 160, generator=torch.Generator().manual_seed(0))), 1024)

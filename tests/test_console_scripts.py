@@ -96,14 +96,12 @@ def _see_running_site_packages(py: Path) -> None:
 @pytest.mark.slow
 def test_the_wheel_in_a_fresh_venv_runs_every_script_and_trains_outside_the_repo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}
-    run = lambda *cmd, cwd=tmp_path: subprocess.run(
-        [str(c) for c in cmd],
-        capture_output=True,
-        text=True,  # noqa: E731
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+
+    def run(*cmd, cwd=tmp_path):
+        return subprocess.run(
+            [str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+        )
+
     built = run(
         sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "-w", tmp_path / "w"
     )

@@ -26,7 +26,7 @@ def _items(lengths, label_lengths=None):
 )
 def test_pad_property(spec, pad_multiple) -> None:
     lengths = [n for n, _ in spec]
-    items = _items(lengths, [l for _, l in spec])
+    items = _items(lengths, [label_length for _, label_length in spec])
     b = collate(items, pad_multiple=pad_multiple)
     B, S = b["waveform"].shape
     assert B == len(items) and S >= max(lengths)

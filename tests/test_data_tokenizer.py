@@ -36,8 +36,8 @@ def test_encode_decode(tok: CharTokenizer) -> None:
     assert tok.decode(ids) == "HELLO WORLD"
     assert tok.decode([0, 1, 2, 3, -100] + ids + [-100]) == "HELLO WORLD"
     # greedy CTC: repeats merge, blanks separate real doubles
-    e, l, o = tok.index["E"], tok.index["L"], tok.index["O"]
-    assert tok.decode([e, e, 0, l, l, 0, l, o, o], collapse_repeats=True) == "ELLO"
+    e_id, l_id, o_id = tok.index["E"], tok.index["L"], tok.index["O"]
+    assert tok.decode([e_id, e_id, 0, l_id, l_id, 0, l_id, o_id, o_id], collapse_repeats=True) == "ELLO"
 
 
 def test_unknown_symbol(tok: CharTokenizer, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The README's main job end to end at a miniature size (corpus -> pretrain -> fine-tune x2 -> test -> plots)."""
+"""The README's main job end to end at a miniature size
+(corpus -> pretrain -> fine-tune x2 -> test -> plots)."""
 
 from __future__ import annotations
 

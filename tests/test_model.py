@@ -458,8 +458,9 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     """oneDNN's bf16 convs on AVX-512-bf16 / AMX CPUs are wrong for some shapes (errors as large
     as the output, not rounding): a 64-wide positional conv with 16 groups and kernel 16, and
     ungrouped convs with 16 input channels and kernel 4 or 16. These shapes here: under CPU
-    autocast the positional conv (4 channels per group) gives the float32 result, and the feature encoder (bf16
-    matmuls over unfolded windows) gives it up to bf16 rounding, on any CPU."""
+    autocast the positional conv (4 channels per group) gives the float32 result, and the
+    feature encoder (bf16 matmuls over unfolded windows) gives it up to bf16 rounding, on any
+    CPU."""
     torch.manual_seed(0)
     cfg = small(
         hidden_size=64,
@@ -485,7 +486,8 @@ def test_no_convolution_goes_through_onednn_bf16_under_cpu_autocast(lean):
     assert pos.dtype == torch.float32
     torch.testing.assert_close(pos, ref_pos, rtol=1e-5, atol=1e-5)
     print(
-        f"feature encoder under bf16 autocast: {_rel(feats, ref_feats):.3g} vs exact-kernel rounding {rounding:.3g}"
+        f"feature encoder under bf16 autocast: {_rel(feats, ref_feats):.3g} "
+        f"vs exact-kernel rounding {rounding:.3g}"
     )
     assert 0 < _rel(feats, ref_feats) <= 2 * rounding  # bf16 rounding only: a wrong kernel errs by O(1)
 

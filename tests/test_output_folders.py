@@ -98,8 +98,9 @@ def _assert_aligned(dest: Path, texts: dict[str, str]) -> None:
         rows = read_manifest(dest / f"{split}.tsv").paths
         wrd, ltr = read_labels(dest / f"{split}.wrd"), read_labels(dest / f"{split}.ltr")
         assert len(rows) == len(wrd) == len(ltr)
-        for rel, w, l in zip(rows, wrd, ltr):
-            assert w == texts[Path(rel).name] and l == text_to_ltr(w), (split, rel, w, l)
+        for rel, words, letters in zip(rows, wrd, ltr):
+            where = (split, rel, words, letters)
+            assert words == texts[Path(rel).name] and letters == text_to_ltr(words), where
 
 
 def _ctc_folder(folder: Path) -> Path:

@@ -294,7 +294,8 @@ PHONES = {"A": "aɪ", "E": "iː", "I": "ɪ", "O": "oʊ", "U": "uː", "S": "s", "
 
 
 def test_token_unit_scores_phonemes_not_characters():
-    """Multi-character phonemes: with unit="token" the probe's error rate (PER) counts a phoneme as one token."""
+    """Multi-character phonemes: with unit="token" the probe's error rate (PER) counts a phoneme
+    as one token."""
     from wav2vec2_lite.asr.metrics import align_counts
 
     tok = CharTokenizer(sorted(set(PHONES.values())))

@@ -1,4 +1,5 @@
-"""Reliability through the command lines (issue 22): w2v2-transcribe, w2v2-pretrain, w2v2-finetune, w2v2-export-hf.
+"""Reliability through the command lines (issue 22): w2v2-transcribe, w2v2-pretrain,
+w2v2-finetune, w2v2-export-hf.
 
 Bad inputs cost only themselves, errors are one line naming the input, exit codes are
 0 (all done) / 1 (some failed, the rest done) / 2 (usage error or nothing ran), and the

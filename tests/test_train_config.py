@@ -103,8 +103,9 @@ def test_finetune_recipes_match_fairseq(recipe, lr, updates, freeze, channel, la
 
 
 def test_demo_configs_compose_and_differ_from_tiny_only_where_documented():
-    """scripts/demo.py's recipes: pretrain_demo = pretrain_tiny + pre-LN, 2 x 8 codes, lr 3e-3, slower τ decay;
-    finetune_demo = finetune_tiny + light time masking, no channel masking, lr 2e-3."""
+    """scripts/demo.py's recipes: pretrain_demo = pretrain_tiny + pre-LN, 2 x 8 codes, lr 3e-3,
+    slower τ decay; finetune_demo = finetune_tiny + light time masking, no channel masking,
+    lr 2e-3."""
     tiny = to_run_config(_compose("pretrain_tiny", ["data.manifest_dir=/x"]))
     demo = to_run_config(_compose("pretrain_demo", ["data.manifest_dir=/x"]))
     m_tiny, m_demo = build_model_config(tiny.model), build_model_config(demo.model)

@@ -49,7 +49,9 @@ from wav2vec2_lite.train.schedules import (
 
 # ----------------------------------------------------------------------------- schedules
 def test_polynomial_decay_matches_fairseq_formula():
-    f = lambda u, **kw: Polynomial(warmup_updates=100, **kw).lr_at(u, lr=5e-4, total=1000)
+    def f(u, **kw):
+        return Polynomial(warmup_updates=100, **kw).lr_at(u, lr=5e-4, total=1000)
+
     assert f(0) == pytest.approx(5e-6)  # first update: lr / warmup
     assert f(49) == pytest.approx(2.5e-4)
     assert f(100) == pytest.approx(5e-4)  # peak right after warmup
@@ -64,7 +66,10 @@ def test_polynomial_decay_matches_fairseq_formula():
 def test_tri_stage_phases():
     lr, total = 5e-5, 1000
     schedule = TriStage(phase_ratio=[0.1, 0.4, 0.5], init_lr_scale=0.01, final_lr_scale=0.05)
-    f = lambda u: schedule.lr_at(u, lr=lr, total=total)
+
+    def f(u):
+        return schedule.lr_at(u, lr=lr, total=total)
+
     assert f(0) == pytest.approx(lr * 0.01 + lr * 0.99 / 100)
     assert f(99) == pytest.approx(lr)
     assert all(f(u) == pytest.approx(lr) for u in (100, 300, 499))
