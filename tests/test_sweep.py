@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from wav2vec2_lite.tools.sweep import collect_sweep, sweep_table
+from wav2vec2_lite.tools.sweep import collect_sweep, seed_table, sweep_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(folder: Path, negatives: int, acc: float) -> None:
+def _fake_run(folder: Path, negatives: int, acc: float, seed: int = 1) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(
-        f"- model.contrastive.num_negatives={negatives}\n- trainer.seed=1\n"
+        f"- model.contrastive.num_negatives={negatives}\n- trainer.seed={seed}\n"
     )
     rows = [
         {"kind": "train", "update": 10, "loss": 4.0},
@@ -50,6 +50,23 @@ def test_cli_writes_summary_and_plot(tmp_path):
     )
     assert "0.4" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "sweep_accuracy.png").stat().st_size > 1000
+
+
+def test_seeds_of_one_setting_are_grouped_as_mean_and_sd(tmp_path, capsys):
+    from wav2vec2_lite.cli import sweep_summary
+
+    for i, (k, seed, acc) in enumerate([(10, 1, 0.3), (10, 2, 0.5), (100, 1, 0.2), (100, 2, 0.2)]):
+        _fake_run(tmp_path / str(i), k, acc, seed)
+    runs = collect_sweep(tmp_path)
+    grouped = seed_table(runs, ["accuracy"])
+    assert "| model.contrastive.num_negatives | seeds | valid accuracy (mean ± sd) |" in grouped
+    assert "| 10 | 1, 2 | 0.4 ± 0.1414 |" in grouped and "| 100 | 1, 2 | 0.2 ± 0 |" in grouped
+    assert "trainer.seed" in sweep_table(runs)  # the per-run table keeps the seed column
+    assert seed_table(runs[::2], ["accuracy"]) == ""  # one seed per setting: nothing to group
+    sweep_summary([str(tmp_path), "--metrics", "accuracy"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("| run |") and "Mean ± sd over seeds (trainer.seed):" in summary
+    capsys.readouterr()
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

@@ -18,7 +18,14 @@ from wav2vec2_lite.cli.common import (
 )
 from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.output_dir import claim_output_dir, claim_output_file, contains, starts_with
-from wav2vec2_lite.tools.sweep import PLOT_SOFTWARE, TABLE_START, collect_sweep, plot_sweep, sweep_table
+from wav2vec2_lite.tools.sweep import (
+    PLOT_SOFTWARE,
+    TABLE_START,
+    collect_sweep,
+    plot_sweep,
+    seed_table,
+    sweep_table,
+)
 
 
 # --------------------------------------------------------------------------------- representations
@@ -229,6 +236,12 @@ def sweep_summary(argv: list[str] | None = None) -> None:
     p.add_argument("--metrics", nargs="*", help="validation metrics to show (default: all)")
     p.add_argument("--plot", metavar="METRIC", help="also write sweep_METRIC.png in the sweep folder")
     p.add_argument(
+        "--seed-key",
+        default="trainer.seed",
+        help="the override that only reseeds a run: runs differing in it alone are also shown as mean ± sd "
+        "(default: trainer.seed)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         help="write the table here (default: SWEEP_DIR/summary.md; a table "
@@ -255,6 +268,8 @@ def sweep_summary(argv: list[str] | None = None) -> None:
         )
         runs = collect_sweep(args.sweep_dir)
         table = sweep_table(runs, args.metrics)
+        grouped = seed_table(runs, args.metrics, args.seed_key)
+        table += f"\nMean ± sd over seeds ({args.seed_key}):\n\n{grouped}" if grouped else ""
         atomic_write_text(out, table)
         print(table)
         print(f"wrote {out}")

@@ -1,16 +1,13 @@
-"""Small-sample statistics for seed comparisons, without scipy.
+"""Small-sample statistics for seed comparisons.
 
-* :func:`betainc` — the regularized incomplete beta function I_x(a, b), by the continued
-  fraction of Numerical Recipes (modified Lentz), on the side of x where it converges fast.
-* :func:`t_cdf` / :func:`t_sf` — Student's t distribution from it:
-  P(|T| > t) = I_{df/(df+t^2)}(df/2, 1/2); the normal distribution when ``df`` is infinite.
 * :func:`welch_t` — Welch's unequal-variance t test (Welch–Satterthwaite degrees of freedom),
-  two-sided p-value.
+  two-sided p-value, from ``scipy.stats`` (the ``experiments`` extra).
 * :func:`bootstrap_ratio_ci` — percentile bootstrap CI of mean(a) / mean(b) where each arm is a
   list of groups (e.g. pretraining seeds) of values (fine-tuning seeds): ``two_level=True``
   resamples groups with replacement, then values within each drawn group; ``False`` pools the
   values and resamples them (one level). An arm with one group is resampled at one level
-  either way (the scratch arm of a label curve has no pretraining seed).
+  either way (the scratch arm of a label curve has no pretraining seed). scipy's bootstrap is
+  one-level, hence this one.
 """
 
 from __future__ import annotations
@@ -22,9 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "betainc",
-    "t_cdf",
-    "t_sf",
     "WelchResult",
     "welch_t",
     "bootstrap_mean_ci",
@@ -32,96 +26,6 @@ __all__ = [
     "bootstrap_means",
     "median",
 ]
-
-_EPS = 1e-15
-_TINY = 1e-300
-
-
-def _betacf(a: float, b: float, x: float, max_iter: int = 1000) -> float:
-    """Continued fraction of I_x(a, b) (modified Lentz); converges fast for x < (a+1)/(a+b+2)."""
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > _TINY else _TINY)
-    h = d
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > _TINY else _TINY)
-        c = 1.0 + aa / c
-        c = c if abs(c) > _TINY else _TINY
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            return h
-    raise ArithmeticError(f"betainc({a}, {b}, {x}): continued fraction did not converge in {max_iter} terms")
-
-
-def _stirling_tail(x: float) -> float:
-    """log Γ(x) - [(x - 1/2) ln x - x + ln(2π)/2] for x >= 50 (error < 1e-16)."""
-    x2 = x * x
-    return 1.0 / (12.0 * x) - 1.0 / (360.0 * x * x2) + 1.0 / (1260.0 * x * x2 * x2)
-
-
-def _lbeta(a: float, b: float) -> float:
-    """ln B(a, b). With one argument large, lgamma(a + b) - lgamma(a) cancels most of its digits
-    (df = 1e6 lost ~7), so that difference is taken from Stirling's series term by term."""
-    big, small = max(a, b), min(a, b)
-    if big < 50.0:
-        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    s = big + small
-    # lgamma(s) - lgamma(big) = (big - 1/2) ln(s / big) + small ln s - small + tails
-    diff = (
-        (big - 0.5) * math.log1p(small / big)
-        + small * math.log(s)
-        - small
-        + _stirling_tail(s)
-        - _stirling_tail(big)
-    )
-    return math.lgamma(small) - diff
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if not (a > 0 and b > 0):
-        raise ValueError(f"betainc: a and b must be > 0 (got {a}, {b})")
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"betainc: x must be in [0, 1] (got {x})")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_front = a * math.log(x) + b * math.log1p(-x) - _lbeta(a, b)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with ``df`` > 0 degrees of freedom (``math.inf``: the normal)."""
-    if not df > 0:
-        raise ValueError(f"t distribution: df must be > 0 (got {df})")
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(df):
-        return 0.5 * math.erfc(t / math.sqrt(2.0))
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    # tail = P(|T| > |t|) = I_{df/(df+t^2)}(df/2, 1/2); written with t^2/df to keep precision for huge df
-    x = 1.0 / (1.0 + t * t / df)
-    tail = betainc(df / 2.0, 0.5, x)
-    return 0.5 * tail if t > 0 else 1.0 - 0.5 * tail
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom."""
-    if math.isnan(t):
-        return math.nan
-    return t_sf(-t, df)
 
 
 @dataclass(frozen=True)
@@ -149,9 +53,10 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> WelchResult:
         if ma == mb:
             return WelchResult(math.nan, math.nan, math.nan, ma, mb)
         return WelchResult(math.copysign(math.inf, ma - mb), math.nan, 0.0, ma, mb)
-    t = (ma - mb) / math.sqrt(se2)
-    df = se2**2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    p = min(1.0, 2.0 * t_sf(abs(t), df))
+    from scipy import stats  # optional: scipy (the experiments extra)
+
+    r = stats.ttest_ind(a, b, equal_var=False)
+    t, df, p = float(r.statistic), float(r.df), float(r.pvalue)
     return WelchResult(t, df, p, ma, mb)
 
 

@@ -2,19 +2,29 @@
 
 A sweep folder holds one sub-folder per run (``multirun/pretrain/DATE/0``, ``1``, ...),
 each with ``metrics.jsonl`` and Hydra's ``.hydra/overrides.yaml``. A run's row is its
-overrides plus the last validation record (and the last training record).
+overrides plus the last validation record (and the last training record). Runs that differ
+only in their seed are also grouped: mean ± sd over seeds per setting (:func:`seed_table`).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wav2vec2_lite.serialization import atomic_write_bytes
 
-__all__ = ["SweepRun", "collect_sweep", "sweep_table", "plot_sweep", "TABLE_START", "PLOT_SOFTWARE"]
+__all__ = [
+    "SweepRun",
+    "collect_sweep",
+    "sweep_table",
+    "seed_table",
+    "plot_sweep",
+    "TABLE_START",
+    "PLOT_SOFTWARE",
+]
 
 TABLE_START = "| run |"
 """How every table of :func:`sweep_table` starts (how ``w2v2-sweep-summary`` recognises its own)."""
@@ -89,6 +99,32 @@ def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
             str(r.updates),
             *[_fmt(r.valid.get(m, "")) for m in metrics],
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def seed_table(runs: list[SweepRun], metrics: list[str] | None = None, seed_key: str = "trainer.seed") -> str:
+    """A markdown table of the runs grouped by every swept key but ``seed_key``: the seeds of each
+    setting and, per validation metric, mean ± sample sd (n − 1) over them; "" when no setting
+    has two runs (nothing to group)."""
+    keys = sorted({k for r in runs for k in r.overrides} - {seed_key})
+    swept = [k for k in keys if len({r.overrides.get(k) for r in runs}) > 1]
+    groups: dict[tuple[str, ...], list[SweepRun]] = {}
+    for r in runs:
+        groups.setdefault(tuple(r.overrides.get(k, "") for k in swept), []).append(r)
+    if all(len(g) < 2 for g in groups.values()):
+        return ""
+    if metrics is None:
+        metrics = sorted({k for r in runs for k in r.valid if k != "update"})
+    head = [*(swept or ["setting"]), "seeds", *[f"valid {m} (mean ± sd)" for m in metrics]]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for setting, group in groups.items():
+        seeds = ", ".join(r.overrides.get(seed_key, "?") for r in group)
+        cells = [*(setting or ("all",)), seeds]
+        for m in metrics:
+            values = [r.valid[m] for r in group if m in r.valid]
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{_fmt(statistics.fmean(values))} ± {_fmt(sd)}" if values else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
