@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -431,3 +432,15 @@ def test_health_grace_period_follows_the_schedule(corpus, tmp_path):
         tmp_path / "p",
     )
     assert pt.health.start == 2 + 50
+
+
+def test_a_validation_limit_reads_the_same_first_batches_every_time(corpus, tmp_path):
+    """trainer.max_valid_batches stops a pass early; the next pass starts again from the first
+    batch (it continued where the last stopped, and ran out: 'no usable batch')."""
+    cfg = make_cfg(
+        "pretrain", corpus, trainer={"max_updates": 3, "valid_interval": 1, "max_valid_batches": 1}
+    )
+    Trainer(cfg, tmp_path / "run").fit()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    frames = [r["masked_frames"] for r in rows if r.get("kind") == "valid"]
+    assert len(frames) >= 3 and len(set(frames)) == 1, frames  # one batch, the same one, each time

@@ -339,6 +339,8 @@ class TrainingData:
         """The usable validation batches (at most ``limit`` read); none at all, every file
         unreadable, is an error (a run without validation is asked for with data.valid_subset=null)."""
         usable = False
+        if self.valid_loader is not None:  # the same batches every time, however many a limit read last time
+            self.valid_loader.batch_sampler.restart()
         for i, batch in enumerate(self.valid_loader or ()):
             if limit is not None and i >= limit:
                 break

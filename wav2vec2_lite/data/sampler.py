@@ -165,6 +165,11 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.consumed = 0
 
     # ------------------------------------------------------------------ epoch / resume
+    def restart(self) -> None:
+        """Start the current epoch over from its first batch (a validation pass that stopped early
+        must not leave the next one to continue where it stopped)."""
+        self.consumed = 0
+
     def set_epoch(self, epoch: int) -> None:
         """Select ``epoch``; a different epoch restarts it, the current one keeps its progress."""
         if int(epoch) != self.epoch:
