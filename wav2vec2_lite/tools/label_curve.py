@@ -5,7 +5,7 @@ budgets and lr trials, the pretrained checkpoints (one per pretraining seed) and
 fine-tuning seeds; ``plan`` validates it (equal budgets and equal trials for both arms, head-lr
 multipliers offered to both, the protocol's minimum seeds) and writes every run's full config
 into a plan file, to be committed before the first run. ``run`` trains the plan's runs (one at
-a time in this process, or ``--jobs N`` subprocesses side by side), skipping every run whose
+a time in this process, or at most ``--jobs N`` at a time as submitit jobs), skipping every run whose
 summary already exists, and writes one small JSON summary per finished run (config, seed,
 valid curve, final and best valid metrics; no weights) under ``RESULTS/runs/``, and the best
 checkpoint's test transcripts, unscored, under ``RESULTS/sealed/`` (so that test can be scored at
@@ -38,6 +38,7 @@ from hydra.core.global_hydra import GlobalHydra
 from wav2vec2_lite.asr.evaluate import transcribe_split
 from wav2vec2_lite.cli import CONFIG_DIR
 from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels, write_manifest
+from wav2vec2_lite.experiments.jobs import run_jobs
 from wav2vec2_lite.interop.sources import detect
 from wav2vec2_lite.serialization import atomic_write_bytes, atomic_write_text, file_sha256
 from wav2vec2_lite.tools.hardware import cpu_kind
@@ -51,7 +52,6 @@ from wav2vec2_lite.tools.label_curve_spec import (
     load_mapping,
     validate_spec,
 )
-from wav2vec2_lite.tools.side_by_side import run_side_by_side
 from wav2vec2_lite.train.config import config_container, register_configs, to_run_config
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.tasks import resolve_pretrained
@@ -439,11 +439,11 @@ def run_plan(plan_path: Path, only: str | None = None, jobs: int = 1, log=print)
             log(f"[label_curve] training {r['id']}")
             _train_one(plan, r)
         return [r["id"] for r in todo]
-    _side_by_side(plan_path, plan, todo, jobs, log)
+    _as_jobs(plan_path, plan, todo, jobs, log)
     return [r["id"] for r in todo]
 
 
-def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
+def _as_jobs(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log) -> None:
     pieces = [
         (
             r["id"],
@@ -462,7 +462,14 @@ def _side_by_side(plan_path: Path, plan: dict, todo: list[dict], jobs: int, log)
         )
         for r in todo
     ]
-    failed = run_side_by_side(pieces, jobs, plan["spec"]["threads_per_run"], log, "label_curve")
+    failed = run_jobs(
+        pieces,
+        folder=Path(plan_path).parent / "submitit",
+        parallel=jobs,
+        threads=plan["spec"]["threads_per_run"],
+        log=log,
+        tag="label_curve",
+    )
     if failed:
         raise LabelCurveError(f"run(s) {', '.join(failed)} failed; see label_curve.log in their run folders")
 

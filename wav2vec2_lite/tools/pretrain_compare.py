@@ -4,7 +4,7 @@ A spec names the corpus, one pretraining config with the overrides every run sha
 variants (each a list of overrides: a recipe change, or ``model.objective=best_rq`` for the
 objective), the seeds and the number of updates (the same for every variant), and the probe
 protocol. ``run`` pretrains each variant x seed that has no summary yet (an interrupted run
-resumes from its last checkpoint; ``--jobs N`` side by side at ``threads_per_run`` threads each),
+resumes from its last checkpoint; ``--jobs N`` submitit jobs at a time, ``threads_per_run`` threads each),
 probes every layer of its last checkpoint with linear CTC probes (trained on ``probe.train``,
 scored on ``probe.valid``: voices and sentences the pretraining never heard) and writes one JSON
 summary per run under ``RESULTS/runs/`` (overrides, resolved config, wall clock, audio seen, the
@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from wav2vec2_lite.experiments.jobs import run_jobs
 from wav2vec2_lite.models import Wav2Vec2Model
 from wav2vec2_lite.pretrained.bundle import audio_seen_hours, running_minutes, valid_curve
 from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
@@ -40,7 +41,6 @@ from wav2vec2_lite.probes.run import run_probes
 from wav2vec2_lite.tools.label_curve import claim_run_dir, compose_config, now_iso, run_code, write_json
 from wav2vec2_lite.tools.label_curve_spec import LabelCurveError, load_mapping
 from wav2vec2_lite.tools.pretrain_compare_report import report_markdown
-from wav2vec2_lite.tools.side_by_side import run_side_by_side
 from wav2vec2_lite.train.config import build_model_config, config_container
 from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.trainer import train
@@ -395,7 +395,14 @@ def run_compare(spec_path: str | Path, only: str | None = None, jobs: int = 1, l
         )
         for i in todo
     ]
-    failed = run_side_by_side(pieces, jobs, spec["threads_per_run"], log, "pretrain_compare")
+    failed = run_jobs(
+        pieces,
+        folder=Path(spec["runs_dir"]) / "submitit",
+        parallel=jobs,
+        threads=spec["threads_per_run"],
+        log=log,
+        tag="pretrain_compare",
+    )
     _need(not failed, f"run(s) {', '.join(failed)} failed; see pretrain_compare.log in their run folders")
     return todo
 
