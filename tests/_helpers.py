@@ -4,6 +4,24 @@ from __future__ import annotations
 
 import copy
 
+# A 2-layer model small enough for many short training runs in the tests. Its positional conv
+# (4 channels per group, kernel 16) is one of the shapes oneDNN's bf16 convolution gets wrong
+# on AMX CPUs: it must stay float32 (tests/test_inference_dtype.py).
+MICRO_MODEL = dict(
+    preset="tiny",
+    num_layers=2,
+    hidden_size=64,
+    ffn_dim=128,
+    num_heads=2,
+    conv_dim=[32] * 7,
+    pos_conv_kernel=16,
+    pos_conv_groups=16,
+    mask_time_length=3,
+    mask_time_prob=0.5,
+    layerdrop=0.0,
+    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
+)
+
 
 def deep_merge(a: dict, b: dict) -> dict:
     """A copy of ``a`` with ``b`` merged in, nested dicts merged key by key."""

@@ -19,7 +19,7 @@ from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
 
-from _helpers import deep_merge
+from _helpers import MICRO_MODEL, deep_merge
 from _tolerance import (
     assert_all_float32_close,
     assert_float32_close,
@@ -30,22 +30,7 @@ from _tolerance import (
     worst_float32_excess,
 )
 
-# the positional conv of this width (4 channels per group, kernel 16) is one of the shapes
-# oneDNN's bf16 convolution gets wrong on AMX CPUs: it must stay float32
-MICRO = dict(
-    preset="tiny",
-    num_layers=2,
-    hidden_size=64,
-    ffn_dim=128,
-    num_heads=2,
-    conv_dim=[32] * 7,
-    pos_conv_kernel=16,
-    pos_conv_groups=16,
-    mask_time_length=3,
-    mask_time_prob=0.5,
-    layerdrop=0.0,
-    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
-)
+MICRO = MICRO_MODEL
 FIRST_CONV = "wav2vec2.feature_encoder.conv_layers.0.conv.weight"  # where tests inject a 1e-3 error
 
 

@@ -21,22 +21,9 @@ from wav2vec2_lite.train.config import to_run_config
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import train
 
-from _helpers import dotted_overrides
+from _helpers import MICRO_MODEL, dotted_overrides
 
-MICRO = dict(
-    preset="tiny",
-    num_layers=2,
-    hidden_size=64,
-    ffn_dim=128,
-    num_heads=2,
-    conv_dim=[32] * 7,
-    pos_conv_kernel=16,
-    pos_conv_groups=16,
-    mask_time_length=3,
-    mask_time_prob=0.5,
-    layerdrop=0.0,
-    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
-)
+MICRO = MICRO_MODEL
 MICRO_OVERRIDES = ["model=tiny"] + dotted_overrides({k: v for k, v in MICRO.items() if k != "preset"})
 
 

@@ -15,21 +15,9 @@ from wav2vec2_lite.data.manifest import read_manifest, write_manifest
 from wav2vec2_lite.tools.pretrain_compare import load_spec, load_summaries, main, plan_runs, run_compare
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
-from _helpers import dotted_overrides
+from _helpers import MICRO_MODEL, dotted_overrides
 
-MICRO = dict(
-    num_layers=2,
-    hidden_size=64,
-    ffn_dim=128,
-    num_heads=2,
-    conv_dim=[32] * 7,
-    pos_conv_kernel=16,
-    pos_conv_groups=16,
-    mask_time_length=3,
-    mask_time_prob=0.5,
-    layerdrop=0.0,
-    contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
-)
+MICRO = {k: v for k, v in MICRO_MODEL.items() if k != "preset"}
 
 
 @pytest.fixture(scope="module")
