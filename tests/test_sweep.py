@@ -72,3 +72,49 @@ def test_seeds_of_one_setting_are_grouped_as_mean_and_sd(tmp_path, capsys):
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run with metrics.jsonl"):
         collect_sweep(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_seed_sweep_through_the_joblib_launcher_is_summarised_as_mean_and_sd(tmp_path):
+    """Quick sweeps stay Hydra multiruns: ``hydra/launcher=joblib`` runs them side by side on this
+    machine (one thread each), and ``w2v2-sweep-summary`` groups the seeds."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from wav2vec2_lite.train.toy_data import make_toy_corpus
+
+    corpus = make_toy_corpus(tmp_path / "toy", train=6, valid=2, seed=1)
+    sweep = tmp_path / "sweep"
+    tiny = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
+            "model.conv_dim=[16,16,16,16,16,16,16]", "model.contrastive.num_codes_per_group=8",
+            "model.contrastive.num_negatives=5", "data.max_sample_size=8000", "data.max_tokens=40000",
+            "trainer.progress=false", "trainer.num_threads=1"]  # fmt: skip
+    ran = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pretrain.py"), "-m", "--config-name", "pretrain_tiny",
+         f"data.manifest_dir={corpus}", *tiny, "trainer.max_updates=2", "trainer.seed=1,2",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    runs = collect_sweep(sweep)
+    assert sorted(r.overrides["trainer.seed"] for r in runs) == ["1", "2"] and all(
+        r.updates == 2 for r in runs
+    )
+    grouped = seed_table(runs, ["loss"])
+    assert grouped.splitlines()[2].startswith("| all | 1, 2 |") or grouped.splitlines()[2].startswith(
+        "| all | 2, 1 |"
+    )
+
+
+def test_the_submitit_slurm_launcher_takes_the_cluster_settings():
+    """On a cluster the same sweep goes through ``hydra/launcher=submitit_slurm``; here only its
+    configuration is checked (no cluster): partition, GPUs and time reach the launcher."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--config-name", "pretrain_tiny",
+         "data.manifest_dir=/x", "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu",
+         "hydra.launcher.gpus_per_node=1", "hydra.launcher.timeout_min=90", "--cfg", "hydra",
+         "--package", "hydra.launcher"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    for line in ("partition: gpu", "gpus_per_node: 1", "timeout_min: 90", "submitit_launcher.SlurmLauncher"):
+        assert line in shown.stdout, (line, shown.stdout)
