@@ -422,16 +422,14 @@ def _table(runs: dict[str, dict[str, list[dict]]], budgets: dict[str, int]) -> s
 
 def _plots(out: Path, check_dir: Path, dirs: dict[tuple[str, str, int], Path]) -> None:
     try:
-        from wav2vec2_lite.config import upgrade_config_dict
+        from wav2vec2_lite.serialization import read_config
         from wav2vec2_lite.tools.plots import FINETUNE_PANELS, PRETRAIN_PANELS, plot_curves, read_records
+        from wav2vec2_lite.tools.report import chance_lines
     except ImportError:
         return
-    import math
 
     try:
-        saved = json.loads((check_dir / "checkpoints" / "last" / "config.json").read_text())["config"]
-        k = upgrade_config_dict(saved)["contrastive"]["num_negatives"]
-        chance = {"contrastive_loss": math.log(k + 1)}
+        chance = chance_lines(read_config(check_dir / "checkpoints" / "last"))
         written = plot_curves(
             {"pipeline check": read_records(check_dir)},
             PRETRAIN_PANELS,

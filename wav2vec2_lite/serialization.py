@@ -48,6 +48,7 @@ __all__ = [
     "CheckpointError",
     "FORMAT_VERSION",
     "upgrade_state_dict",
+    "read_config",
     "read_weights",
     "file_sha256",
 ]
@@ -219,6 +220,11 @@ def _read_info(directory: Path) -> dict[str, Any]:
         }
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{cfg_path}: not a valid wav2vec2_lite config ({e})") from e
+
+
+def read_config(directory: str | Path) -> Wav2Vec2Config:
+    """The model config of a folder written by :func:`save_model`, in today's layout (weights not read)."""
+    return _read_info(Path(directory))["config"]
 
 
 def read_weights(directory: str | Path, map_location: str = "cpu") -> dict[str, torch.Tensor]:

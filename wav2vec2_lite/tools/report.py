@@ -6,19 +6,19 @@ import base64
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from wav2vec2_lite.config import upgrade_config_dict
+from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.audio import load_audio
 from wav2vec2_lite.data.audio import normalize as normalize_wave
 from wav2vec2_lite.data.manifest import read_manifest
 from wav2vec2_lite.models import Wav2Vec2ForPreTraining
-from wav2vec2_lite.serialization import atomic_write_text, load_model
+from wav2vec2_lite.objectives.registry import objective_class
+from wav2vec2_lite.serialization import CONFIG_NAME, atomic_write_text, load_model, read_config
 from wav2vec2_lite.tools.plots import (
     FINETUNE_PANELS,
     PRETRAIN_PANELS,
@@ -41,6 +41,12 @@ _STYLE = (
     "img{max-width:100%}"
 )
 """The page's CSS, between ``<style>`` and ``</style>``."""
+
+
+def chance_lines(config: Wav2Vec2Config) -> dict[str, float]:
+    """The chance level of a pretraining model's main loss, keyed by that loss (a line on its plot)."""
+    objective = objective_class(config.objective)
+    return {objective.main_loss: objective.health_reference(config)["chance_loss"]}
 
 
 def _png_tag(write_png) -> str:
@@ -128,11 +134,9 @@ def write_report(
     panels = (PRETRAIN_PANELS if pretrain else FINETUNE_PANELS) + EXTRA_PANELS
     hlines = None
     if pretrain:
-        cfg_json = run_dir / "checkpoints" / "last" / "config.json"
-        if cfg_json.is_file():
-            c = upgrade_config_dict(json.loads(cfg_json.read_text())["config"])["contrastive"]
-            k = c["num_negatives"] + c.get("cross_sample_negatives", 0)
-            hlines = {"contrastive_loss": math.log(k + 1)}
+        last = run_dir / "checkpoints" / "last"
+        if (last / CONFIG_NAME).is_file():
+            hlines = chance_lines(read_config(last))
     curves = _png_tag(lambda f: plot_curves({run_dir.name: records}, panels, f, hlines=hlines))
 
     health = [r for r in records if r.get("kind") == "health"]

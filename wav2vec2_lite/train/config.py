@@ -431,8 +431,8 @@ def unknown_key_error(full_key: str, kind: str, node: dict | None = None) -> Con
     schema's refusal (OmegaConf's, or Hydra's for ``group.key=value``) becomes."""
     root = _SCHEMAS[kind]
     path, _, _ = full_key.rpartition(".")
-    moved = migrate_override(f"{full_key}=_").removesuffix("=_")
-    if moved != full_key:  # a key (or a node) that moved into an objective's sub-config
+    moved = moved_key(full_key)
+    if moved is not None:
         return ConfigError(f"config key {full_key} is now {moved} (each objective owns its settings)")
     if path == "schedule":
         cls = SCHEDULES.get((node or {}).get("name"))
@@ -454,17 +454,24 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def moved_key(key: str) -> str | None:
+    """Where a model key (or node) that moved into an objective's sub-config lives now
+    (``model.num_negatives`` -> ``model.contrastive.num_negatives``,
+    ``model.objective_options.seed`` -> ``model.best_rq.seed``); None for any other key."""
+    head, _, rest = key.removeprefix("model.").partition(".")
+    if not key.startswith("model.") or head not in MOVED_KEYS:
+        return None
+    return f"model.{MOVED_KEYS[head]}{'.' + rest if rest else ''}"
+
+
 def migrate_override(arg: str) -> str:
     """A recorded command-line override in today's keys: a model key that moved into an objective's
     sub-config gets its new place (``model.num_negatives=5`` -> ``model.contrastive.num_negatives=5``,
     ``+model.objective_options={...}`` -> ``model.best_rq={...}``); anything else is returned as it is.
     For commands recorded by earlier versions (provenance); a user's old key is refused, named."""
     key, eq, value = arg.partition("=")
-    name = key.lstrip("+~")
-    head, _, rest = name.removeprefix("model.").partition(".")
-    if not eq or not name.startswith("model.") or head not in MOVED_KEYS:
-        return arg
-    return f"model.{MOVED_KEYS[head]}{'.' + rest if rest else ''}={value}"  # the key exists now: no '+'
+    new = moved_key(key.lstrip("+~")) if eq else None
+    return arg if new is None else f"{new}={value}"  # the key exists now: no '+'
 
 
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:
