@@ -22,6 +22,17 @@ MICRO_MODEL = dict(
     contrastive=dict(codevector_dim=32, final_dim=32, num_codes_per_group=16, num_negatives=10),
 )
 
+# A 1-layer model as command-line overrides, for the tests that run the console scripts.
+CLI_MICRO_MODEL = [
+    "model.num_layers=1",
+    "model.hidden_size=64",
+    "model.num_heads=2",
+    "model.ffn_dim=64",
+    "model.conv_dim=[16,16,16,16,16,16,16]",
+    "model.contrastive.num_codes_per_group=8",
+    "model.contrastive.num_negatives=5",
+]
+
 
 def deep_merge(a: dict, b: dict) -> dict:
     """A copy of ``a`` with ``b`` merged in, nested dicts merged key by key."""

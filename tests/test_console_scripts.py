@@ -13,16 +13,12 @@ from pathlib import Path
 import pytest
 import tomllib
 
+from _helpers import CLI_MICRO_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 TINY = [
-    "model.num_layers=1",
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.conv_dim=[16,16,16,16,16,16,16]",
-    "model.contrastive.num_codes_per_group=8",
-    "model.contrastive.num_negatives=5",
+    *CLI_MICRO_MODEL,
     "data.max_sample_size=8000",
     "data.max_tokens=40000",
     "trainer.progress=false",

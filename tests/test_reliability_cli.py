@@ -29,6 +29,8 @@ from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.serialization import save_model
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
+from _helpers import CLI_MICRO_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 PROG = "w2v2-transcribe"
 
@@ -216,13 +218,7 @@ def test_transcription_converts_stereo_and_other_rates_with_a_notice(model_dir, 
 
 # ----------------------------------------------------------------------------- training CLIs
 TINY = [
-    "model.num_layers=1",
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.conv_dim=[16,16,16,16,16,16,16]",
-    "model.contrastive.num_codes_per_group=8",
-    "model.contrastive.num_negatives=5",
+    *CLI_MICRO_MODEL,
     "data.max_sample_size=8000",
     "data.max_tokens=16000",
     "trainer.progress=false",

@@ -23,19 +23,15 @@ from wav2vec2_lite.data.validate import validate_dataset
 from wav2vec2_lite.train.config import config_container, register_configs, to_run_config, unknown_key_error
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
+from _helpers import CLI_MICRO_MODEL
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "wav2vec2_lite" / "configs"
 register_configs()
 
 # a micro model and batches: each CLI run below is a couple of updates at most
 MICRO = [
-    "model.num_layers=1",
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.conv_dim=[16,16,16,16,16,16,16]",
-    "model.contrastive.num_codes_per_group=8",
-    "model.contrastive.num_negatives=5",
+    *CLI_MICRO_MODEL,
     "data.max_tokens=64000",
     "trainer.max_updates=2",
     "trainer.progress=false",

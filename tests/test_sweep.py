@@ -11,6 +11,8 @@ import pytest
 
 from wav2vec2_lite.tools.sweep import collect_sweep, seed_table, sweep_table
 
+from _helpers import CLI_MICRO_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -83,10 +85,8 @@ def test_a_seed_sweep_through_the_joblib_launcher_is_summarised_as_mean_and_sd(t
 
     corpus = make_toy_corpus(tmp_path / "toy", train=6, valid=2, seed=1)
     sweep = tmp_path / "sweep"
-    tiny = ["model.num_layers=1", "model.hidden_size=64", "model.num_heads=2", "model.ffn_dim=64",
-            "model.conv_dim=[16,16,16,16,16,16,16]", "model.contrastive.num_codes_per_group=8",
-            "model.contrastive.num_negatives=5", "data.max_sample_size=8000", "data.max_tokens=40000",
-            "trainer.progress=false", "trainer.num_threads=1"]  # fmt: skip
+    tiny = [*CLI_MICRO_MODEL, "data.max_sample_size=8000", "data.max_tokens=40000", "trainer.progress=false",
+            "trainer.num_threads=1"]  # fmt: skip
     ran = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "pretrain.py"), "-m", "--config-name", "pretrain_tiny",
          f"data.manifest_dir={corpus}", *tiny, "trainer.max_updates=2", "trainer.seed=1,2",

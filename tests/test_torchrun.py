@@ -14,15 +14,11 @@ import pytest
 from wav2vec2_lite.serialization import read_weights
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 
+from _helpers import CLI_MICRO_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.num_layers=1",
-    "model.hidden_size=64",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.conv_dim=[16,16,16,16,16,16,16]",
-    "model.contrastive.num_codes_per_group=8",
-    "model.contrastive.num_negatives=5",
+    *CLI_MICRO_MODEL,
     "model.dropout=0.1",
     "model.layerdrop=0.0",
     "data.max_sample_size=8000",
