@@ -190,6 +190,22 @@ class Wav2Vec2Config:
                 getattr(self, name).validate()
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"Wav2Vec2Config.{e}") from None
+        c = self.contrastive
+        need(
+            self.objective == "contrastive" or not c.quantize_input,
+            "objective",
+            "contrastive.quantize_input needs the contrastive objective (its codebook sizes, Gumbel "
+            "temperature schedule and diversity loss are the input quantizer's)",
+        )
+        need(
+            not c.quantize_input
+            or c.same_quantizer
+            or c.input_codevector_dim > 0
+            or self.hidden_size % c.num_code_groups == 0,
+            "hidden_size",
+            f"is the input quantizer's codevector width when contrastive.input_codevector_dim is 0: "
+            f"it must be divisible by contrastive.num_code_groups={c.num_code_groups}",
+        )
         need(
             self.objective != "best_rq" or self.frame_stride % 160 == 0,
             "conv_stride",

@@ -7,6 +7,10 @@ Data flows one way::
     wave, features, c_t, mask -> objective -> loss                  (pretraining only)
     c_t -> Linear -> CTC logits                                       (fine-tuning)
 
+With ``contrastive.quantize_input`` the feature projection is a
+:class:`~wav2vec2_lite.modules.input_quantizer.QuantizedFeatureProjection` (an input quantizer
+and ``project_inp``): part of the backbone, so fine-tuning, probes and extraction keep it.
+
 The pretraining objective (``config.objective``) is a module of its own
 (:mod:`wav2vec2_lite.objectives`): ``contrastive`` (the paper's Gumbel quantizer, contrastive
 + diversity + feature penalty) or ``best_rq`` (frozen random-projection targets).
@@ -17,6 +21,7 @@ Conventions: right padding only; ``padding_mask`` (B, S) bool is True at padded 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +31,9 @@ from torch import Tensor, nn
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
+from wav2vec2_lite.modules.input_quantizer import QuantizedFeatureProjection
 from wav2vec2_lite.modules.precast import Linear
+from wav2vec2_lite.modules.quantizer import QuantizerOutput
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.objectives.losses import ctc_loss
 from wav2vec2_lite.objectives.masking import compute_channel_mask, compute_span_mask
@@ -35,6 +42,7 @@ from wav2vec2_lite.outputs import CTCOutput, PreTrainingOutput, Wav2Vec2ModelOut
 from wav2vec2_lite.serialization import register_model_class, save_model
 
 __all__ = [
+    "BackboneOutput",
     "Wav2Vec2Model",
     "Wav2Vec2ForPreTraining",
     "Wav2Vec2ForCTC",
@@ -144,16 +152,28 @@ def _init_transformer(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+@dataclass
+class BackboneOutput(Wav2Vec2ModelOutput):
+    """What the backbone returns: :class:`Wav2Vec2ModelOutput` and, with ``quantize_input``, the
+    input quantizer's output, which the contrastive objective's diversity loss and codes need."""
+
+    input_quantization: QuantizerOutput | None = None
+    """The input quantizer over all B·T frames (padded ones too); None without ``quantize_input``."""
+
+
 @register_model_class
 class Wav2Vec2Model(_SavedModelMixin, nn.Module):
-    """The backbone: wave -> context vectors. ``(B, S) -> Wav2Vec2ModelOutput``."""
+    """The backbone: wave -> context vectors. ``(B, S) -> BackboneOutput`` (a ``Wav2Vec2ModelOutput``)."""
 
     def __init__(self, config: Wav2Vec2Config) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.feature_encoder = FeatureEncoder(config)
-        self.feature_projection = FeatureProjection(config)
+        quantized = config.contrastive.quantize_input  # part of the backbone (fairseq quantize_input)
+        self.feature_projection: FeatureProjection | QuantizedFeatureProjection = (
+            QuantizedFeatureProjection(config) if quantized else FeatureProjection(config)
+        )
         self.mask_emb = nn.Parameter(torch.empty(config.hidden_size).uniform_())
         self.context = ContextNetwork(config)
         _init_transformer(self.context)
@@ -168,6 +188,12 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
         """Samples -> frames (floor((L - k) / s) + 1 per conv layer)."""
         return self.feature_encoder.output_lengths(lengths)
 
+    @property
+    def input_quantizer(self) -> nn.Module | None:
+        """The Gumbel quantizer of the transformer's input (``quantize_input``), else None."""
+        proj = self.feature_projection
+        return proj.quantizer if isinstance(proj, QuantizedFeatureProjection) else None
+
     def forward(
         self,
         waveform: Tensor,
@@ -177,12 +203,13 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
         sample_mask: bool | None = None,
         generator: torch.Generator | None = None,
         output_hidden_states: bool = False,
-    ) -> Wav2Vec2ModelOutput:
+    ) -> BackboneOutput:
         """waveform (B, S) float; padding_mask (B, S) bool True = padded; mask_indices (B, T) bool.
 
         Without ``mask_indices``, spans are sampled when ``sample_mask`` is True (default: in
         training when ``mask_time_prob > 0``, SpecAugment-style). Channel masking applies in
-        training when ``mask_channel_prob > 0``.
+        training when ``mask_channel_prob > 0``. ``generator`` also draws the input quantizer's
+        Gumbel noise in training (``quantize_input``).
         """
         cfg = self.config
         lengths = _check_inputs(waveform, padding_mask, cfg.receptive_field)
@@ -196,7 +223,11 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
             frame_padding = torch.arange(frames, device=conv.device)[None, :] >= frame_lengths[:, None]
             if not frame_padding.any():
                 frame_padding = None
-        hidden, normed = self.feature_projection(conv.transpose(1, 2))
+        input_quantization = None
+        if isinstance(self.feature_projection, QuantizedFeatureProjection):  # before masking, as fairseq
+            hidden, normed, input_quantization = self.feature_projection(conv.transpose(1, 2), generator)
+        else:
+            hidden, normed = self.feature_projection(conv.transpose(1, 2))
 
         if sample_mask is None:
             sample_mask = self.training and cfg.mask_time_prob > 0
@@ -227,7 +258,7 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
             hidden = hidden.masked_fill(channels[:, None, :], 0.0)
 
         context, hidden_states = self.context(hidden, frame_padding, output_hidden_states)
-        return Wav2Vec2ModelOutput(
+        return BackboneOutput(
             last_hidden_state=context,
             extract_features=normed,
             conv_features=conv,
@@ -235,6 +266,7 @@ class Wav2Vec2Model(_SavedModelMixin, nn.Module):
             padding_mask=frame_padding,
             mask_indices=mask_indices,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            input_quantization=input_quantization,
         )
 
 
@@ -245,8 +277,12 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
     ``self.objective`` owns every target-side part (contrastive: ``quantizer``,
     ``project_q``, ``final_proj``; best_rq: the frozen random-projection quantizer and the
     prediction head), saved under ``objective.``. ``model.quantizer`` is an alias of
-    ``model.objective.quantizer``; objective-specific controls live on the objective (the
-    Gumbel temperature: ``model.objective.temperature_at(update)``, ``set_temperature(t)``).
+    ``model.objective.quantizer`` (None for contrastive with continuous targets);
+    objective-specific controls live on the objective (the Gumbel temperature:
+    ``model.objective.temperature_at(update)``, ``set_temperature(t)``). With
+    ``contrastive.quantize_input`` the backbone's input quantizer is handed to the objective,
+    which anneals it; with ``same_quantizer`` it is also the target quantizer (one module, saved
+    under both names).
     """
 
     def __init__(self, config: Wav2Vec2Config) -> None:
@@ -254,14 +290,18 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
         self.config = config
         self.wav2vec2 = Wav2Vec2Model(config)
         self.objective = build_objective(config)
+        input_quantizer = self.wav2vec2.input_quantizer
+        if input_quantizer is not None:  # quantize_input: the config requires the contrastive objective
+            self.objective.use_input_quantizer(input_quantizer)
 
     # ----------------------------------------------------------------- helpers
     def feature_output_lengths(self, lengths: Tensor) -> Tensor:
         return self.wav2vec2.feature_output_lengths(lengths)
 
     @property
-    def quantizer(self) -> nn.Module:
-        """The objective's quantizer (contrastive: Gumbel, learned; best_rq: random projection, frozen)."""
+    def quantizer(self) -> nn.Module | None:
+        """The objective's quantizer (contrastive: Gumbel, learned, None with continuous targets;
+        best_rq: random projection, frozen)."""
         return self.objective.quantizer
 
     @classmethod
@@ -306,6 +346,7 @@ class Wav2Vec2ForPreTraining(_SavedModelMixin, nn.Module):
             mask_indices=out.mask_indices,
             frame_padding=out.padding_mask,
             frame_lengths=out.frame_lengths,
+            input_quantization=out.input_quantization,
         )
         targets = self.objective.targets(features, generator=generator, negative_indices=negative_indices)
         result = self.objective.predict(features, targets)  # predict the masked targets
@@ -351,7 +392,8 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
         folders, Hugging Face folders, fairseq ``.pt`` files, shipped names).
 
         ``overrides`` change config fields for fine-tuning (e.g. ``mask_time_prob=0.65``,
-        ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped.
+        ``mask_channel_prob=0.25``, ``layerdrop=0.1``); the objective (quantizer, heads) is dropped,
+        an input quantizer (``contrastive.quantize_input``) is part of the backbone and kept.
         """
         if isinstance(source, (str, Path)):
             source = _read_checkpoint(source).backbone

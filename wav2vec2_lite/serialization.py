@@ -13,6 +13,12 @@ corrupted in place (same size, other bytes) is an error rather than a silently w
 folder without it (saved before, or by another tool) loads with a one-line notice. Non-finite
 weights are an error too.
 
+Tied weights (one tensor under several names, e.g. the shared quantizer of
+``contrastive.same_quantizer``) are stored once: safetensors refuses tensors that share
+memory, so each further name is listed in the file's ``tied`` metadata (name -> stored name)
+and restored on load (:func:`read_weights`, :func:`load_model`). Files without ties are as
+before.
+
 Weights never go through pickle. Every file is written atomically (:func:`atomic_write_bytes`:
 temporary file in the same folder, flush, fsync, ``os.replace``, fsync of the folder), so
 a crash mid-save leaves the previous file intact. The training checkpoints
@@ -30,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -51,6 +57,7 @@ __all__ = [
     "read_config",
     "read_weights",
     "file_sha256",
+    "tied_names",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,6 +182,22 @@ def _own_storage(t: torch.Tensor) -> torch.Tensor:
     return t.clone() if t.untyped_storage().nbytes() != t.numel() * t.element_size() else t
 
 
+def tied_names(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Names whose tensor is the very tensor of an earlier name (same memory, offset, shape and
+    strides: tied weights) -> that earlier name."""
+    first: dict[tuple, str] = {}
+    tied: dict[str, str] = {}
+    for key, v in state.items():
+        if v.numel() == 0:
+            continue
+        ident = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.stride(), v.dtype)
+        if ident in first:
+            tied[key] = first[ident]
+        else:
+            first[ident] = key
+    return tied
+
+
 def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (class name, config, metadata) to ``directory``."""
     directory = Path(directory)
@@ -182,13 +205,14 @@ def save_model(model: nn.Module, directory: str | Path, metadata: dict[str, Any]
     name = type(model).__name__
     if name not in classes:
         raise TypeError(f"save_model supports {sorted(classes)}; got {name}")
-    state = {k: _own_storage(v.detach().contiguous().cpu()) for k, v in model.state_dict().items()}
+    own = model.state_dict()
+    tied = tied_names(own)
+    state = {k: _own_storage(v.detach().contiguous().cpu()) for k, v in own.items() if k not in tied}
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(f"{directory}: refusing to save non-finite weights ({_name_some(bad)})")
-    atomic_write_bytes(
-        directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata={"format": "pt"})
-    )
+    file_meta = {"format": "pt", **({"tied": json.dumps(tied, sort_keys=True)} if tied else {})}
+    atomic_write_bytes(directory / WEIGHTS_NAME, lambda f: save_file(state, f.name, metadata=file_meta))
     info = {
         "format_version": FORMAT_VERSION,
         "model_class": name,
@@ -243,8 +267,16 @@ def _read_state(directory: Path, info: dict[str, Any] | None, map_location: str)
         _verify_checksum(directory, info.get("weights_sha256"))
     try:
         state = load_file(str(w_path), device=map_location)
+        with safe_open(str(w_path), framework="pt") as f:
+            tied = json.loads((f.metadata() or {}).get("tied", "{}"))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{w_path}: unreadable or truncated safetensors file ({e})") from e
+    if not isinstance(tied, dict):
+        raise CheckpointError(f"{w_path}: its 'tied' metadata must map names to stored names; got {tied!r}")
+    lost = sorted(src for src in tied.values() if src not in state)
+    if lost:
+        raise CheckpointError(f"{w_path}: its 'tied' metadata names tensors the file lacks: {lost[:3]}")
+    state.update({alias: state[src] for alias, src in tied.items()})
     bad = _non_finite(state)
     if bad:
         raise CheckpointError(

@@ -56,17 +56,19 @@ class QuantizerOutput:
 
 
 class GumbelProductQuantizer(nn.Module):
-    """``(frames, input_dim) -> QuantizerOutput`` with codevectors of width ``cfg.codevector_dim``:
-    G codebooks of V entries each (``cfg``: the contrastive objective's settings)."""
+    """``(frames, input_dim) -> QuantizerOutput`` with codevectors of width ``codevector_dim``
+    (default ``cfg.codevector_dim``): G codebooks of V entries each (``cfg``: the contrastive
+    objective's settings; the input quantizer of ``quantize_input`` gives its own width)."""
 
-    def __init__(self, cfg: ContrastiveConfig, input_dim: int) -> None:
+    def __init__(self, cfg: ContrastiveConfig, input_dim: int, codevector_dim: int | None = None) -> None:
         super().__init__()
         self.num_groups = cfg.num_code_groups
         self.num_vars = cfg.num_codes_per_group
+        self.codevector_dim = cfg.codevector_dim if codevector_dim is None else codevector_dim
         self.weight_proj = Linear(input_dim, self.num_groups * self.num_vars)
         # codebook: (G, V, codevector_dim // G)
         self.codebook = nn.Parameter(
-            torch.empty(self.num_groups, self.num_vars, cfg.codevector_dim // self.num_groups)
+            torch.empty(self.num_groups, self.num_vars, self.codevector_dim // self.num_groups)
         )
         self.temperature = float(cfg.gumbel_temperature[0])
         nn.init.uniform_(self.codebook)
@@ -77,9 +79,14 @@ class GumbelProductQuantizer(nn.Module):
     def num_codes(self) -> int:
         return self.num_groups * self.num_vars
 
+    def logits(self, x: Tensor) -> Tensor:
+        """(frames, G·V) float32 logits of ``x`` (cast to the projection's dtype: a bf16-weights
+        model, ``inference_dtype.cast_for_inference``, casts this Linear too)."""
+        return self.weight_proj(x.to(self.weight_proj.weight.dtype)).float()
+
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:
         """x: (frames, C). ``generator`` draws the Gumbel noise in training (reproducible runs)."""
-        logits = rearrange(self.weight_proj(x).float(), "n (g v) -> n g v", g=self.num_groups)
+        logits = rearrange(self.logits(x), "n (g v) -> n g v", g=self.num_groups)
         soft_probs = logits.softmax(-1)
         hard_codes = logits.argmax(-1)
         if self.training:

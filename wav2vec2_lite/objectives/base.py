@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
+from wav2vec2_lite.modules.quantizer import QuantizerOutput
 
 __all__ = ["ObjectiveInputs", "ObjectiveOutput", "PretrainingObjective", "frame_counts"]
 
@@ -48,6 +49,9 @@ class ObjectiveInputs:
     """(B, T) bool, True at padded frames; None when nothing is padded."""
     frame_lengths: Tensor
     """(B,) long, valid frames per utterance."""
+    input_quantization: QuantizerOutput | None = None
+    """The backbone's input quantizer over all B·T frames, padded ones included (contrastive
+    ``quantize_input``); None when the transformer input is not quantized."""
 
 
 @dataclass(kw_only=True)
@@ -72,7 +76,8 @@ class ObjectiveOutput:
     """Per-batch numbers that are not sums over frames (``code_perplexity``, ...)."""
     codes: Tensor | None = None
     """(B, T, G) long, the discrete unit of each frame that has one (contrastive: the quantized
-    frames; best_rq: the masked frames' targets, G = 1), −1 elsewhere."""
+    frames, or with only the input quantized every valid frame's input code; best_rq: the
+    masked frames' targets, G = 1), −1 elsewhere; G = 0 when the objective has no codebook."""
 
 
 def frame_counts(mask: Tensor) -> Tensor:
@@ -119,7 +124,8 @@ class PretrainingObjective(nn.Module):
     def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:
         """Numbers the training task and health monitor need: ``chance_loss`` (nats per masked
         frame) and ``chance_accuracy`` of a uniform guess, ``code_groups`` and
-        ``codes_per_group`` (the shape of the ``codes`` histogram), and ``codebook_frozen``
+        ``codes_per_group`` (the shape of the ``codes`` histogram; ``code_groups`` 0: no
+        codebook, so no code rules), and ``codebook_frozen``
         (1.0 when the codes come from a frozen random codebook, so a low code perplexity is
         the data's, not a collapse of a learned codebook)."""
         raise NotImplementedError
@@ -145,7 +151,7 @@ class PretrainingObjective(nn.Module):
     def frame_codes(self, inputs: ObjectiveInputs) -> Tensor:
         """(B, T, G) long: the discrete unit of every frame in each of G code groups, as the
         objective's quantizer assigns it without noise (the units ``w2v2-extract --units`` writes;
-        ``mask_indices`` is not used)."""
+        ``mask_indices`` is not used). ``ValueError`` when the objective has no codebook."""
         raise NotImplementedError
 
     def forward(

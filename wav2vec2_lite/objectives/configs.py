@@ -25,7 +25,8 @@ def _need(cond: bool, owner: str, key: str, value: Any, msg: str) -> None:
 @dataclass(kw_only=True)
 class ContrastiveConfig:
     """wav2vec 2.0's objective (§3.2): Gumbel product quantizer, distractors, loss weights
-    (defaults = BASE as released by fairseq)."""
+    (defaults = BASE as released by fairseq), and what is quantized (Table 5: inputs and/or
+    targets; ``docs/objectives.md``)."""
 
     num_code_groups: int = 2
     """G, codebooks (fairseq ``latent_groups``)."""
@@ -50,6 +51,21 @@ class ContrastiveConfig:
     """α, weight of the codebook diversity loss."""
     feature_penalty_weight: float = 10.0
     """Weight of the L2 penalty on the feature encoder output (0 for LARGE)."""
+    quantize_targets: bool = True
+    """Targets are the Gumbel quantizer's codevectors (the paper); False: the unmasked
+    continuous features, projected by ``project_q`` (no target codebook, fairseq
+    ``quantize_targets``; the paper's Table 5)."""
+    quantize_input: bool = False
+    """The context network sees quantized features: an input quantizer and ``project_inp``
+    replace the feature projection, before masking and in every forward (part of the backbone,
+    kept by fine-tuning; fairseq ``quantize_input``)."""
+    same_quantizer: bool = False
+    """With both quantize_* on: the input quantizer is the target quantizer (one codebook;
+    needs ``codevector_dim == final_dim``, fairseq's rule; fairseq ``same_quantizer``)."""
+    input_codevector_dim: int = 0
+    """Width of a separate input quantizer's codevectors; 0: ``hidden_size`` (fairseq:
+    ``latent_dim`` if set, else ``encoder_embed_dim``). Unused without quantize_input or
+    with same_quantizer."""
 
     def __post_init__(self) -> None:
         if isinstance(self.gumbel_temperature, list):
@@ -112,7 +128,47 @@ class ContrastiveConfig:
             t,
             "must be (max, min, decay) with max >= min > 0 and 0 < decay <= 1",
         )
+        self._validate_quantization(owner)
         return self
+
+    def _validate_quantization(self, owner: str) -> None:
+        """The Table 5 switches: same_quantizer needs both quantizers and fairseq's width rule."""
+        for key in ("quantize_targets", "quantize_input", "same_quantizer"):
+            v = getattr(self, key)
+            _need(isinstance(v, bool), owner, key, v, "must be true or false")
+        v = self.input_codevector_dim
+        _need(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            owner,
+            "input_codevector_dim",
+            v,
+            "must be an int >= 0 (0: hidden_size)",
+        )
+        _need(
+            v % self.num_code_groups == 0,
+            owner,
+            "input_codevector_dim",
+            v,
+            f"must be divisible by num_code_groups={self.num_code_groups}",
+        )
+        if self.same_quantizer:
+            _need(
+                self.quantize_targets and self.quantize_input,
+                owner,
+                "same_quantizer",
+                self.same_quantizer,
+                f"shares the target quantizer with the input: needs quantize_targets=true and "
+                f"quantize_input=true (they are {self.quantize_targets} and {self.quantize_input})",
+            )
+            _need(
+                self.codevector_dim == self.final_dim,
+                owner,
+                "codevector_dim",
+                self.codevector_dim,
+                f"must equal final_dim={self.final_dim} with same_quantizer (fairseq sizes project_inp "
+                "by final_dim for the shared quantizer)",
+            )
+            _need(v == 0, owner, "input_codevector_dim", v, "is unused with same_quantizer: leave it 0")
 
 
 @dataclass(kw_only=True)
