@@ -517,12 +517,9 @@ def test_missing_tensors_are_named(tmp_path):
 @pytest.mark.parametrize(
     "key,value",
     [
-        ("quantize_input", True),
-        ("same_quantizer", True),
         ("negatives_from_everywhere", True),
         ("codebook_negatives", 10),
         ("target_glu", True),
-        ("quantize_targets", False),
         ("activation_fn", "relu"),
         ("layer_type", "conformer"),
         ("pos_conv_depth", 5),

@@ -61,6 +61,10 @@ def fairseq_rules(model: nn.Module) -> list[Rule]:
         (r"feature_encoder\.conv_layers\.(\d+)\.norm\.(\w+)", (norm,)),
         (r"feature_projection\.layer_norm\.(\w+)", (r"layer_norm.\1",)),
         (r"feature_projection\.projection\.(\w+)", (r"post_extract_proj.\1",)),
+        # quantize_input: input_quantizer + project_inp instead of post_extract_proj
+        (r"feature_projection\.quantizer\.codebook", ("input_quantizer.vars",)),
+        (r"feature_projection\.quantizer\.weight_proj\.(\w+)", (r"input_quantizer.weight_proj.\1",)),
+        (r"feature_projection\.project_inp\.(\w+)", (r"project_inp.\1",)),
         (r"mask_emb", ("mask_emb",)),
         (r"context\.pos_conv\.conv\.bias", ("encoder.pos_conv.0.bias",)),
         (r"context\.pos_conv\.conv\.parametrizations\.weight\.original0", ("encoder.pos_conv.0.weight_g",)),
@@ -89,6 +93,7 @@ def fairseq_rules(model: nn.Module) -> list[Rule]:
         ]
     if isinstance(model, Wav2Vec2ForPreTraining):
         return [(r"wav2vec2\." + p, ts) for p, ts in backbone] + [
+            # quantize_targets (with same_quantizer: the input quantizer, under both names in both libraries)
             (r"objective\.quantizer\.codebook", ("quantizer.vars",)),  # (1, G·V, d) there, (G, V, d) here
             (r"objective\.quantizer\.weight_proj\.(\w+)", (r"quantizer.weight_proj.\1",)),
             (r"objective\.project_q\.(\w+)", (r"project_q.\1",)),
@@ -105,13 +110,17 @@ def fairseq_state_dict_to_ours(
     """A fairseq ``model`` state dict -> the state dict of ``model`` (ours, built from the same config).
 
     Handles the layouts fairseq leaves implicit: no ``post_extract_proj`` when the conv
-    width already equals the transformer width (identity), and a positional convolution
-    saved with torch parametrizations instead of ``weight_g``/``weight_v``. Raises
-    ``KeyError`` naming the missing tensors, ``ConfigError`` for a shared codebook.
+    width already equals the transformer width (identity), a positional convolution saved
+    with torch parametrizations instead of ``weight_g``/``weight_v``, and a ``same_quantizer``
+    state dict holding the shared quantizer under ``quantizer.*`` only. Raises ``KeyError``
+    naming the missing tensors, ``ConfigError`` for a shared codebook (combine_groups).
     """
     cfg = model.config
     prefix = CTC_PREFIX if isinstance(model, Wav2Vec2ForCTC) else ""
     foreign = dict(state)
+    if cfg.contrastive.same_quantizer:  # fairseq saves the shared module twice; accept it once too
+        for key in [k for k in foreign if k.startswith(f"{prefix}quantizer.")]:
+            foreign.setdefault(f"{prefix}input_{key[len(prefix) :]}", foreign[key])
     for new, old in (
         ("weight_g", "parametrizations.weight.original0"),
         ("weight_v", "parametrizations.weight.original1"),
@@ -122,18 +131,19 @@ def fairseq_state_dict_to_ours(
     proj = f"{prefix}post_extract_proj.weight"
     if (
         proj not in foreign
+        and not cfg.contrastive.quantize_input
         and cfg.conv_dim[-1] == cfg.hidden_size
         and f"{prefix}layer_norm.weight" in foreign
     ):
         ref = foreign[f"{prefix}layer_norm.weight"]
         foreign[proj] = torch.eye(cfg.hidden_size, dtype=ref.dtype)
         foreign[f"{prefix}post_extract_proj.bias"] = torch.zeros(cfg.hidden_size, dtype=ref.dtype)
-    if isinstance(model, Wav2Vec2ForPreTraining) and "quantizer.vars" in foreign:
-        g, v = cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group
-        rows = foreign["quantizer.vars"].shape[1] if foreign["quantizer.vars"].dim() == 3 else None
+    g, v = cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group
+    for name in (f"{prefix}input_quantizer.vars", "quantizer.vars" if prefix == "" else None):
+        rows = foreign[name].shape[1] if name in foreign and foreign[name].dim() == 3 else None
         if rows == v and g > 1:
             raise ConfigError(
-                f"{source}: quantizer.vars holds {v} entries for {g} groups: the groups share one "
+                f"{source}: {name} holds {v} entries for {g} groups: the groups share one "
                 "codebook (fairseq combine_groups), which is not supported"
             )
     rules = fairseq_rules(model)

@@ -191,14 +191,8 @@ class _Source:
             refuse("pos_conv_depth", "the positional embedding is a single convolution")
         if int(self.get("crop_seq_to_multiple")) != 1:
             refuse("crop_seq_to_multiple", "frames are never cropped to a multiple")
-        if self.get("quantize_input"):
-            refuse("quantize_input", "the transformer input is never quantized")
         if self.is_ctc:
             return  # the remaining options concern pretraining heads, which fine-tuning drops
-        if not self.get("quantize_targets"):
-            refuse("quantize_targets", "targets are always Gumbel-quantized")
-        if self.get("same_quantizer"):
-            refuse("same_quantizer", "there is no input quantizer to share")
         if self.get("negatives_from_everywhere"):
             refuse("negatives_from_everywhere", "distractors come from masked frames only")
         if int(self.get("codebook_negatives")) > 0:
@@ -241,6 +235,25 @@ class _Source:
                 f"{self.where}: fairseq loss_weights={raw!r}: expected [diversity, feature penalty]"
             )
         return w[0], w[1]
+
+    def quantization(self, hidden: int, final_dim: int, latent_dim: int) -> dict[str, Any]:
+        """The Table 5 switches as fairseq builds them: ``same_quantizer`` only acts with both
+        quantizers (else fairseq builds a separate input quantizer), whose codevectors are then
+        ``final_dim`` wide; a separate input quantizer's are ``latent_dim`` or ``encoder_embed_dim``."""
+        targets, inputs = bool(self.get("quantize_targets")), bool(self.get("quantize_input"))
+        same = bool(self.get("same_quantizer")) and targets and inputs
+        if same and latent_dim != final_dim:
+            raise ConfigError(
+                f"{self.where}: fairseq same_quantizer with latent_dim={latent_dim} != "
+                f"final_dim={final_dim}: fairseq's project_inp expects final_dim-wide codevectors, "
+                "so this model cannot run"
+            )
+        return dict(
+            quantize_targets=targets,
+            quantize_input=inputs,
+            same_quantizer=same,
+            input_codevector_dim=0 if same or not inputs else int(self.get("latent_dim")),
+        )
 
     # ---------------------------------------------------------------- the config
     def fields(self) -> dict[str, Any]:
@@ -287,6 +300,7 @@ class _Source:
                 logit_temperature=float(self.get("logit_temp")),
                 diversity_loss_weight=diversity,
                 feature_penalty_weight=penalty,
+                **self.quantization(hidden, final_dim, latent_dim),
             ),
         )
         if self.is_ctc:

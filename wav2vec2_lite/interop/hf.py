@@ -248,17 +248,30 @@ def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
 
 
 def to_hf(model: nn.Module) -> Any:
-    """Ours -> a transformers instance of the matching class with the same weights."""
+    """Ours -> a transformers instance of the matching class with the same weights. Refused
+    (``ConfigError``) for what transformers cannot hold: a quantized transformer input, and a
+    pretraining model with continuous targets or another objective (its backbone exports)."""
     import transformers  # optional: transformers (hf extra)
 
     cls = type(model)
     if cls not in _HF_CLASS:
         raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
+    if model.config.contrastive.quantize_input:
+        raise ConfigError(
+            "to_hf: transformers' Wav2Vec2 has no input quantizer, and this model's transformer reads "
+            "quantized features (contrastive.quantize_input=true, fairseq quantize_input)"
+        )
     if cls is Wav2Vec2ForPreTraining and model.config.objective != "contrastive":
         raise ConfigError(
             f"transformers' Wav2Vec2ForPreTraining has only the contrastive objective; this model's "
             f"is {model.config.objective!r}: export its backbone (to_hf(model.wav2vec2)) or a CTC "
             "model fine-tuned from it"
+        )
+    if cls is Wav2Vec2ForPreTraining and not model.config.contrastive.quantize_targets:
+        raise ConfigError(
+            "to_hf: transformers' Wav2Vec2ForPreTraining always quantizes its targets, and this model's "
+            "are continuous (contrastive.quantize_targets=false): export its backbone "
+            "(to_hf(model.wav2vec2)) or a CTC model fine-tuned from it"
         )
     hf = getattr(transformers, _HF_CLASS[cls])(
         config_to_hf(model.config, pretraining=cls is Wav2Vec2ForPreTraining)
