@@ -8,8 +8,9 @@ reads) on one utterance at a time, eval mode, no padding, and returns
   after the final LayerNorm of pre-LN models), each (T, D) float32;
 * ``units``: (T, G) int64, the code of every frame in each of the G code groups, as the
   pretraining objective's quantizer assigns it without noise (contrastive: the Gumbel
-  quantizer's most probable entry; BEST-RQ: the random-projection code). Needs a
-  pretraining checkpoint.
+  quantizer's most probable entry, the input quantizer's when only the input is quantized;
+  BEST-RQ: the random-projection code). Needs a pretraining checkpoint with a codebook
+  (contrastive with continuous targets and inputs has none: refused when the Extractor is built).
 
 :func:`extract_to_folder` writes one ``.safetensors`` (or one ``.npy`` per array) per
 utterance, mirroring the input's relative paths, plus ``index.jsonl``; ``w2v2-extract`` is
@@ -93,6 +94,11 @@ class Extractor:
                 f"units come from a pretraining objective's quantizer; this checkpoint holds a "
                 f"{type(model).__name__} (give a pretraining checkpoint)"
             )
+        if units and type(model.objective).health_reference(model.config)["code_groups"] == 0:
+            raise ValueError(
+                "units come from a pretraining objective's quantizer; this model has none "
+                "(contrastive.quantize_targets=false and quantize_input=false: continuous targets)"
+            )
         if not self.layers and not units:
             raise ValueError("nothing to extract: choose layers and/or units")
         self.units, self.normalize, self.device, self.sample_rate = units, normalize, device, sample_rate
@@ -136,6 +142,7 @@ class Extractor:
                 mask_indices=torch.zeros_like(out.extract_features[..., 0], dtype=torch.bool),
                 frame_padding=None,
                 frame_lengths=out.frame_lengths,
+                input_quantization=out.input_quantization,
             )
             result["units"] = self.model.objective.frame_codes(inputs)[0].long().cpu().contiguous()
         return result

@@ -27,8 +27,11 @@ Chance depends on the objective, which the training task reports with each summa
 contrastive: ln(K+1) nats and accuracy 1/(K+1) among K distractors, a learned Gumbel
 codebook of G x V codes; BEST-RQ: ln V nats and accuracy 1/V over a frozen codebook of V
 codes, which cannot collapse — a low target perplexity there means the inputs (silence,
-clipping, a broken normalisation) map to few codes. Without those keys the monitor falls
-back to the contrastive numbers from its constructor (K, G, V).
+clipping, a broken normalisation) map to few codes. A model without a codebook (contrastive
+with ``quantize_targets=false`` and ``quantize_input=false``: ``code_perplexity_max`` 0, no
+``code_perplexity``) has no code rule; with only the input quantized, ``code_perplexity`` is
+the input codebook's and ``codebook_collapse`` judges it. Without those keys the monitor
+falls back to the contrastive numbers from its constructor (K, G, V; G = 0: no codebook).
 
 Each symptom warns once, then again only if it persists ``repeat_every`` updates later.
 Warnings go to :mod:`logging` and are returned as records for the run's metrics.
@@ -138,7 +141,7 @@ class HealthMonitor:
             ``chance_loss`` (the training task's summaries always do, per objective).
         num_codes_per_group: V (pretraining), for the collapse threshold when a summary carries
             no ``code_perplexity_max``.
-        num_code_groups: G (pretraining, learned codebook).
+        num_code_groups: G (pretraining, learned codebook); 0 for a model without a codebook.
         warmup_updates: the grace period starts after warmup.
     """
 
@@ -287,8 +290,9 @@ class HealthMonitor:
                     {"accuracy": acc},
                 )
             )
-        if stats.get("codebook_frozen", 0.0) == 0:  # a frozen codebook is judged on the validation set
-            most = stats.get("code_perplexity_max", float(self.g * self.v))
+        most = stats.get("code_perplexity_max", float(self.g * self.v))
+        # a frozen codebook is judged on the validation set; a model without one has no code rule
+        if stats.get("codebook_frozen", 0.0) == 0 and self.g > 0 and most > 0:
             if ppl is not None and ppl / self.g < c.collapse_fraction * most / self.g:
                 out.append(
                     self._warn(
