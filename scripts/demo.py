@@ -16,7 +16,8 @@ Steps (each is skipped when its output is already complete, so a re-run resumes)
     curve, write plots, transcribe a few test files.
 
 This is a quick check, never used to choose anything: the label curve (docs/results/label_curve.md,
-``scripts/label_curve.py``) is the experiment, with lr trials chosen on valid and test scored once.
+``w2v2-experiment`` on experiments/label_curve/spec.yaml) is the experiment, with lr trials chosen on
+valid and test scored once.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def gumbel_decay(updates: int) -> float:
 
 
 # Fine-tuning recipes: the first lr trial of each arm in the label curve's spec
-# (docs/results/label_curve/spec.yaml). Same architecture for both (the shipped checkpoint's:
+# (experiments/label_curve/spec.yaml). Same architecture for both (the shipped checkpoint's:
 # tiny, pre-LN); scratch trains every parameter from the first update.
 ARMS = {
     "pretrained": ["finetune.freeze_feature_encoder=false", "ctc.feature_grad_mult=1.0", "optim.lr=4e-3"],
@@ -230,7 +231,7 @@ def shipped_description(pretrained: str) -> str:
 
 def committed_curve() -> str:
     """The ratio table of the committed label curve, or a line saying there is none yet."""
-    results = ROOT / "docs" / "results" / "label_curve"
+    results = ROOT / "experiments" / "label_curve"
     report = results / "report.md"
     if not report.is_file():
         plan = results / "plan.json"
@@ -243,8 +244,8 @@ def committed_curve() -> str:
             "and two seeds cannot settle it."
         )
     text = report.read_text(encoding="utf-8")
-    part = text[text.index("## Pretrained / scratch") :] if "## Pretrained / scratch" in text else text
-    return "The committed label curve (docs/results/label_curve/report.md):\n" + part.split("\n\n## ")[0]
+    part = text[text.index("## pretrained / scratch") :] if "## pretrained / scratch" in text else text
+    return "The committed label curve (experiments/label_curve/report.md):\n" + part.split("\n\n## ")[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -54,9 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("score-test", help="score test once, for the choices made on valid")
     sub.add_parser("report", help="report.md (tables, CIs, Welch's t) and the plot")
     one = sub.add_parser("run-one", help=argparse.SUPPRESS)  # what each submitted job executes
-    one.add_argument("run_id")
     for s in (sp, sr, one, *(sub.choices[n] for n in ("status", "score-test", "report"))):
         s.add_argument("spec", type=Path, help="the experiment's spec (YAML or JSON)")
+    one.add_argument("run_id")
     return p
 
 
