@@ -16,7 +16,7 @@ from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
 from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
 
-__all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf"]
+__all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf", "check_exportable"]
 
 log = logging.getLogger(__name__)
 
@@ -247,18 +247,14 @@ def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
     return ours.train(hf.training)
 
 
-def to_hf(model: nn.Module) -> Any:
-    """Ours -> a transformers instance of the matching class with the same weights. Refused
-    (``ConfigError``) for what transformers cannot hold: a quantized transformer input, and a
-    pretraining model with continuous targets or another objective (its backbone exports)."""
-    import transformers  # optional: transformers (hf extra)
-
+def check_exportable(model: nn.Module) -> None:
+    """``ConfigError`` (one line, the reason) when transformers has no model for ``model``: a
+    quantized transformer input (fairseq ``quantize_input``), or a pretraining model whose
+    targets transformers cannot compute (continuous targets, another objective)."""
     cls = type(model)
-    if cls not in _HF_CLASS:
-        raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
     if model.config.contrastive.quantize_input:
         raise ConfigError(
-            "to_hf: transformers' Wav2Vec2 has no input quantizer, and this model's transformer reads "
+            "transformers' Wav2Vec2 has no input quantizer, and this model's transformer reads "
             "quantized features (contrastive.quantize_input=true, fairseq quantize_input)"
         )
     if cls is Wav2Vec2ForPreTraining and model.config.objective != "contrastive":
@@ -269,10 +265,22 @@ def to_hf(model: nn.Module) -> Any:
         )
     if cls is Wav2Vec2ForPreTraining and not model.config.contrastive.quantize_targets:
         raise ConfigError(
-            "to_hf: transformers' Wav2Vec2ForPreTraining always quantizes its targets, and this model's "
+            "transformers' Wav2Vec2ForPreTraining always quantizes its targets, and this model's "
             "are continuous (contrastive.quantize_targets=false): export its backbone "
             "(to_hf(model.wav2vec2)) or a CTC model fine-tuned from it"
         )
+
+
+def to_hf(model: nn.Module) -> Any:
+    """Ours -> a transformers instance of the matching class with the same weights. Refused
+    (``ConfigError``) for what transformers cannot hold: a quantized transformer input, and a
+    pretraining model with continuous targets or another objective (its backbone exports)."""
+    import transformers  # optional: transformers (hf extra)
+
+    cls = type(model)
+    if cls not in _HF_CLASS:
+        raise TypeError(f"to_hf supports {[c.__name__ for c in _HF_CLASS]}; got {cls.__name__}")
+    check_exportable(model)
     hf = getattr(transformers, _HF_CLASS[cls])(
         config_to_hf(model.config, pretraining=cls is Wav2Vec2ForPreTraining)
     )

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from wav2vec2_lite.data.tokenizer import CharTokenizer
-from wav2vec2_lite.interop.hf import to_hf
+from wav2vec2_lite.interop.hf import check_exportable, to_hf
 from wav2vec2_lite.models import Wav2Vec2ForCTC
 
 __all__ = ["export_ctc_to_hf"]
@@ -32,6 +32,7 @@ def export_ctc_to_hf(
             f"tokenizer has {len(tokenizer)} symbols but the model's CTC head has "
             f"{model.config.vocab_size} outputs"
         )
+    check_exportable(model)  # before anything is written (e.g. a quantized input: no transformers model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hf = to_hf(model.eval())
