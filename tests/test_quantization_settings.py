@@ -317,6 +317,25 @@ def test_the_training_task_and_health_monitor_cope(qt, qi):
     assert "codebook_collapse" not in {w.symptom for w in warnings} or qi
 
 
+@pytest.mark.parametrize("qt,qi,same", [COMBOS[1], COMBOS[4]], ids=[IDS[1], IDS[4]])
+def test_a_short_training_run_validates_saves_and_resumes(tmp_path, qt, qi, same):
+    from test_train_loop import make_cfg
+
+    from wav2vec2_lite.train.toy_data import make_toy_corpus
+    from wav2vec2_lite.train.trainer import Trainer
+
+    corpus = make_toy_corpus(tmp_path / "toy", train=8, valid=4, seed=0, min_words=2, max_words=3)
+    switches = {"contrastive": {"quantize_targets": qt, "quantize_input": qi, "same_quantizer": same}}
+    cfg = make_cfg("pretrain", corpus, model=switches, trainer={"max_updates": 3, "valid_interval": 2})
+    valid = Trainer(cfg, tmp_path / "run").fit()["valid"]
+    assert valid["contrastive_loss"] > 0 and ("diversity_loss" in valid) is (qt or qi)
+    saved = load_model(tmp_path / "run" / "checkpoints" / "last")
+    assert saved.config.contrastive == config(qt, qi, same).contrastive
+    assert saved.quantizer is (saved.wav2vec2.input_quantizer if same else None)
+    more = make_cfg("pretrain", corpus, model=switches, trainer={"max_updates": 4, "valid_interval": 0})
+    assert Trainer(more, tmp_path / "run").fit()["update"] == 4  # resumed from the saved checkpoint
+
+
 def test_health_monitor_without_a_codebook_has_no_code_rule():
     mon = HealthMonitor(HealthConfig(grace_updates=0, window=1), task="pretrain", num_code_groups=0)
     stats = {"contrastive_loss": 1.0, "accuracy": 0.5, "grad_norm": 1.0, "code_perplexity_max": 0.0}
