@@ -5,6 +5,7 @@ variants, probes them and fine-tunes them, and the spec's one-line errors."""
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import shutil
@@ -419,3 +420,16 @@ def test_missing_checkpoint_and_slurm_options_from_spec_and_command_line(
     assert all(j[1][:3] == ["-m", "wav2vec2_lite.experiments.cli", "run-one"] for j in sent["jobs"])
     assert main(["run", str(spec_path), "--jobs", "1000"]) == 2  # more than the cores here
     assert "cores here" in capsys.readouterr().err
+    assert main(["run", str(spec_path), "--jobs", "0"]) == 2
+    assert "--jobs: an integer >= 1" in capsys.readouterr().err
+    assert main(["run", str(spec_path), "--partition", "gpu"]) == 2
+    assert "given without --slurm" in capsys.readouterr().err
+
+    # a second job for a run another process holds stops at once (a resubmitted job, say)
+    plan, _ = load_spec_and_plan(spec_path)
+    lock = Path(plan["spec"]["runs_dir"]) / "locks" / "scratch-train_a-none-s1-t0.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["run-one", str(spec_path), "scratch-train_a-none-s1-t0"]) == 2
+    assert "is running in another process" in capsys.readouterr().err

@@ -317,6 +317,28 @@ def test_the_training_task_and_health_monitor_cope(qt, qi):
     assert "codebook_collapse" not in {w.symptom for w in warnings} or qi
 
 
+def test_fine_tuning_anneals_the_input_quantizer_from_its_own_update_count():
+    """As fairseq's set_num_updates on the fine-tuned model: the input quantizer's Gumbel
+    temperature follows the pretraining schedule again, counted in fine-tuning updates."""
+    from wav2vec2_lite.modules.quantizer import gumbel_temperature
+    from wav2vec2_lite.train.config import to_run_config
+    from wav2vec2_lite.train.tasks import FinetuneTask
+
+    schedule = (2.0, 0.5, 0.99)
+    ctc = Wav2Vec2ForCTC.from_pretraining(
+        model(True, True, contrastive={"gumbel_temperature": schedule}), vocab_size=12
+    )
+    task = FinetuneTask.__new__(FinetuneTask)  # its schedule needs only the config, not a corpus
+    task.cfg = to_run_config({"task": "finetune", "data": {"manifest_dir": "/x"}})
+    quantizer = ctc.wav2vec2.feature_projection.quantizer
+    for update in (0, 50, 500):
+        state = task.before_update(ctc, update)
+        assert quantizer.temperature == state["input_gumbel_temp"] == gumbel_temperature(update, *schedule)
+    assert quantizer.temperature == 0.5  # the floor, reached after ~70 updates
+    plain = Wav2Vec2ForCTC.from_pretraining(model(True, False), vocab_size=12)
+    assert "input_gumbel_temp" not in task.before_update(plain, 5)  # nothing to anneal
+
+
 @pytest.mark.parametrize("qt,qi,same", [COMBOS[1], COMBOS[4]], ids=[IDS[1], IDS[4]])
 def test_a_short_training_run_validates_saves_and_resumes(tmp_path, qt, qi, same):
     from test_train_loop import make_cfg
@@ -532,3 +554,21 @@ def test_hf_export_of_continuous_targets_takes_the_standard_backbone():
     wave, _ = batch()
     with torch.no_grad():
         assert (hf(wave[:1]).last_hidden_state - m.wav2vec2(wave[:1]).last_hidden_state).abs().max() <= 1e-4
+
+
+def test_bf16_inference_keeps_the_input_codebook_logits_in_float32():
+    """cast_for_inference stores Linear weights in bf16 but not a quantizer's: the cast model's
+    input quantizer picks the float32 model's codes from the same features."""
+    from wav2vec2_lite.inference_dtype import cast_for_inference
+
+    m = model(True, True).eval()
+    wave, padding = batch()
+    with torch.no_grad():
+        out = m.wav2vec2(wave, padding)
+        normed = out.extract_features.flatten(0, 1)
+        cast_for_inference(m, "bfloat16")
+        got = m.wav2vec2.feature_projection.quantizer(normed).codes
+    projection = m.wav2vec2.feature_projection
+    assert all(p.dtype == torch.float32 for p in projection.quantizer.parameters())
+    assert projection.project_inp.weight.dtype == torch.bfloat16
+    assert torch.equal(got, out.input_quantization.codes)

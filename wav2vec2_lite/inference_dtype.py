@@ -27,6 +27,7 @@ from torch import nn
 
 from wav2vec2_lite.models import backbone_of
 from wav2vec2_lite.modules.conv_precision import onednn_low_precision_ok
+from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
 
 __all__ = ["INFERENCE_DTYPES", "cast_for_inference", "inference_dtype_of", "parse_inference_dtype"]
 
@@ -63,8 +64,12 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
     backbone = backbone_of(model)
     model.float()
     if dtype != torch.float32:
+        # a quantized input's codebook logits stay float32, as the objective's quantizer does
+        quantizer_parts = {
+            id(m) for q in backbone.modules() if isinstance(q, GumbelProductQuantizer) for m in q.modules()
+        }
         for module in backbone.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and id(module) not in quantizer_parts:
                 module.to(dtype)
         for layer in backbone.feature_encoder.conv_layers:  # run as unfolded matmuls (unfolded_conv1d)
             layer.conv.to(dtype)

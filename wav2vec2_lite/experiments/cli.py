@@ -15,6 +15,13 @@ __all__ = ["main"]
 
 def _slurm(args, plan: dict) -> SlurmOptions | None:
     if not args.slurm:
+        given = [
+            f"--{n}"
+            for n, v in (("partition", args.partition), ("gpus", args.gpus), ("time-min", args.time_min))
+            if v is not None
+        ]
+        if given:
+            raise ExperimentError(f"{', '.join(given)}: SLURM settings, given without --slurm")
         return None
     s = dict(plan["spec"]["slurm"])
     for key, value in (

@@ -1,7 +1,8 @@
 """Running a plan: the runs without a summary, as submitit jobs, in dependency order.
 
-Pretraining, probe and baseline runs go first; fine-tuning runs of a variant the engine
-pretrains start once that checkpoint exists. Locally at most ``jobs`` run at a time (``jobs`` ×
+Pretraining, probe and baseline runs go first, fine-tuning runs after all of them (a fine-tuning
+run of a variant the engine pretrains needs that checkpoint; select one pretraining seed's chain
+with ``--only '*-p1*'`` to finish it sooner). Locally at most ``jobs`` run at a time (``jobs`` ×
 threads per run ≤ the cores: two 2-thread jobs on two cores slow both 10-20×); on SLURM the
 scheduler queues them. A run that fails stops new ones from starting; running it again resumes.
 """
@@ -84,7 +85,8 @@ def run_plan(
         )
     threads = plan["spec"]["threads_per_run"]
     cores = os.cpu_count() or 1
-    jobs = jobs or max(1, cores // threads)
+    if jobs is None:
+        jobs = max(1, cores // threads)
     if jobs < 1:
         raise ExperimentError(f"--jobs: an integer >= 1 (got {jobs})")
     if slurm is None and jobs * threads > cores:

@@ -71,7 +71,7 @@ def make_executor(folder: str | Path, *, threads: int, slurm: SlurmOptions | Non
 
     if slurm is None:
         executor = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=24 * 60)
+        executor.update_parameters(timeout_min=7 * 24 * 60)  # submitit kills a local job after this
         return executor
     executor = submitit.SlurmExecutor(folder=str(folder))
     params: dict[str, Any] = {"cpus_per_task": threads, "time": slurm.timeout_min, **slurm.extra}

@@ -67,8 +67,12 @@ def _header(plan: dict, summaries: dict, scored: bool) -> list[str]:
             if spec["finetune"]
             else ""
         )
-        + f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant"
-        + (f" at {', '.join(proto['min_pretrain_seeds_at'])}" if proto["min_pretrain_seeds_at"] else "")
+        + (
+            f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant"
+            + (f" at {', '.join(proto['min_pretrain_seeds_at'])}" if proto["min_pretrain_seeds_at"] else "")
+            if any(v["source"] != "scratch" for v in spec["variants"].values())
+            else "no pretrained variant"
+        )
         + (
             "; trial chosen per variant × size × pretraining seed × fine-tuning seed by best valid CER"
             if spec["finetune"]

@@ -9,6 +9,7 @@ resumes from its last checkpoint when run again.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -285,6 +286,21 @@ def execute(plan: dict, run_id: str) -> dict:
     run = next((r for r in plan["runs"] if r["id"] == run_id), None)
     if run is None:
         raise ExperimentError(f"{plan['path']}: no run {run_id!r}")
+    lock_path = Path(plan["spec"]["runs_dir"]) / "locks" / f"{run_id}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:  # a second job for the same run (e.g. resubmitted while the first is queued) stops here
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExperimentError(
+                f"run {run_id} is running in another process ({lock_path} is held)"
+            ) from None
+        if summary_path(plan, run_id).is_file():
+            return json.loads(summary_path(plan, run_id).read_text())  # finished while this job waited
+        return _execute(plan, run)
+
+
+def _execute(plan: dict, run: dict) -> dict:
     t0 = time.time()
     do = {"pretrain": _pretrain, "probe": _checkpoint_probe, BASELINE: _baseline, "finetune": _finetune}
     result = do[run["kind"]](plan, run)
@@ -296,5 +312,5 @@ def execute(plan: dict, run_id: str) -> dict:
         "wall_minutes_last_sitting": round((time.time() - t0) / 60, 3),
         "finished": now_iso(),
     }
-    write_json(summary_path(plan, run_id), summary)
+    write_json(summary_path(plan, run["id"]), summary)
     return summary

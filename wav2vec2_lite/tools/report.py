@@ -82,6 +82,12 @@ def codebook_usage(
             f"this model's objective is {cfg.objective!r}, whose valid code usage is logged as "
             f"code_perplexity in metrics.jsonl"
         )
+    if cfg.contrastive.quantize_targets:
+        quantizer = model.quantizer
+    elif cfg.contrastive.quantize_input:  # continuous targets: the input quantizer's codebook
+        quantizer = model.wav2vec2.feature_projection.quantizer
+    else:
+        raise TypeError(f"{model_dir}: no codebook (continuous inputs and continuous targets)")
     model.eval()
     counts = torch.zeros(
         cfg.contrastive.num_code_groups, cfg.contrastive.num_codes_per_group, dtype=torch.long
@@ -92,9 +98,15 @@ def codebook_usage(
         if normalize if normalize is not None else cfg.feat_extract_norm == "layer":
             wave = normalize_wave(wave)
         out = model.wav2vec2(torch.from_numpy(wave)[None])
-        codes = model.quantizer(out.extract_features[0]).codes  # (T, G)
-        counts += model.quantizer.codebook_usage(codes)
+        codes = quantizer(out.extract_features[0]).codes  # (T, G); both quantizers see the normed features
+        counts += quantizer.codebook_usage(codes)
     return counts
+
+
+def _has_codebook(cfg: Wav2Vec2Config) -> bool:
+    """A learned codebook to show: the contrastive objective's, unless inputs and targets are continuous."""
+    c = cfg.contrastive
+    return cfg.objective == "contrastive" and (c.quantize_targets or c.quantize_input)
 
 
 _NOT_METRICS = {"time"}  # numbers in metrics.jsonl records that are not measurements of the run
@@ -152,10 +164,8 @@ def write_report(
             if isinstance(value, float) and key not in _NOT_METRICS:
                 summary_rows.append([f"final {kind} {key}", f"{value:.5g}"])
     codebook_html = ""
-    if pretrain and manifest_dir is not None:
-        model_dir = (
-            run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
-        )
+    model_dir = run_dir / "checkpoints" / ("best" if (run_dir / "checkpoints" / "best").is_dir() else "last")
+    if pretrain and manifest_dir is not None and _has_codebook(read_config(model_dir)):
         data = _run_data_settings(run_dir)
         counts = codebook_usage(
             model_dir,

@@ -29,6 +29,8 @@ from wav2vec2_lite.data.dataset import AudioDataset
 from wav2vec2_lite.data.tokenizer import CharTokenizer
 from wav2vec2_lite.interop.sources import CheckpointSource, detect, load_backbone
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.modules.input_quantizer import QuantizedFeatureProjection
+from wav2vec2_lite.modules.quantizer import gumbel_temperature
 from wav2vec2_lite.objectives.registry import objective_class
 from wav2vec2_lite.pretrained import UnknownPretrainedError
 from wav2vec2_lite.serialization import CheckpointError
@@ -336,7 +338,15 @@ class FinetuneTask(Task):
     def before_update(self, model: nn.Module, update: int) -> dict[str, float]:
         frozen = self.frozen_encoder(update)
         model.set_encoder_frozen(frozen)
-        return {"encoder_frozen": float(frozen)}
+        state = {"encoder_frozen": float(frozen)}
+        projection = model.wav2vec2.feature_projection
+        if isinstance(projection, QuantizedFeatureProjection):
+            # a quantized input anneals again from the fine-tuning update count, as fairseq's
+            # set_num_updates does for every quantizer of the fine-tuned model
+            temp = gumbel_temperature(update, *model.config.contrastive.gumbel_temperature)
+            projection.quantizer.temperature = temp
+            state["input_gumbel_temp"] = temp
+        return state
 
     def _counts(self, batch: dict, loss: Tensor) -> dict[str, Tensor]:
         """The fields every CTC record has: the loss and what it is summed over."""
