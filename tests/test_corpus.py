@@ -220,6 +220,13 @@ def test_corpus_files_and_manifests(corpus):
             assert info.frames == size
         minutes = sum(m.sizes) / 16000 / 60
         assert minutes >= TINY[f"{split}_minutes"]
+    # the unlabeled pool with its transcripts (a supervised topline): same rows, labels from utterances.jsonl
+    unlabeled, text = read_manifest(corpus / "unlabeled.tsv"), read_manifest(corpus / "unlabeled_text.tsv")
+    assert (text.paths, text.sizes) == (unlabeled.paths, unlabeled.sizes)
+    transcripts = {
+        json.loads(line)["path"]: json.loads(line)["transcript"] for line in open(corpus / "utterances.jsonl")
+    }
+    assert read_labels(corpus / "unlabeled_text.wrd") == [transcripts[p] for p in unlabeled.paths]
 
 
 def test_corpus_labels_line_up(corpus):

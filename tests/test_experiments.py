@@ -43,7 +43,8 @@ def _subset(corpus: Path, src: str, dst: str, n: int | None = None) -> None:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict:
     """A toy corpus with nested train_a ⊂ train_b, a test split, an unlabeled pool with
-    transcripts in utterances.jsonl (sentence kinds alternate), and two micro 'pretrained' models."""
+    transcripts (unlabeled_text, and utterances.jsonl: sentence kinds alternate), and two micro
+    'pretrained' models."""
     root = tmp_path_factory.mktemp("experiments")
     corpus = make_toy_corpus(root / "corpus", train=24, valid=8, seed=0, min_words=2, max_words=3)
     _subset(corpus, "train", "train_a", 8)
@@ -51,6 +52,7 @@ def setup(tmp_path_factory) -> dict:
     _subset(corpus, "valid", "test")
     m = read_manifest(corpus / "train.tsv")
     write_manifest(corpus / "unlabeled.tsv", m.root, list(zip(m.paths, m.sizes)))
+    _subset(corpus, "train", "unlabeled_text")  # the pool with its transcripts, as the demo corpus has
     with open(corpus / "utterances.jsonl", "w") as f:
         for split in ("train", "valid"):
             paths, texts = read_manifest(corpus / f"{split}.tsv").paths, read_labels(corpus / f"{split}.wrd")
@@ -139,9 +141,8 @@ def test_label_curve_end_to_end(setup, capsys):
     )
     assert main(["plan", str(spec_path)]) == 0  # the same plan: fine
 
-    # as submitit jobs side by side (the topline writes its transcribed unlabeled manifest), then in-process
+    # as submitit jobs side by side, then in this process
     assert main(["run", str(spec_path), "--only", "topline-*", "--jobs", "2"]) == 0
-    assert (setup["corpus"] / "unlabeled_text.ltr").is_file()
     assert len(list((root / "runs" / "logs").glob("topline-*.log"))) == 2
     assert main(["run", str(spec_path), "--in-process"]) == 0
     summaries = load_summaries(plan)
@@ -374,7 +375,7 @@ def test_plan_is_a_record_an_edited_spec_or_uncommitted_plan_is_refused(setup, t
     assert main(["run", str(spec_path), "--only", "nothing-*"]) == 2
     assert "matches none of the plan's run ids" in capsys.readouterr().err
     (tmp_path / "plan.json").write_text((tmp_path / "plan.json").read_text() + " ")
-    assert "uncommitted changes" in check_committed(tmp_path / "plan.json")
+    assert "is not committed (git status: M)" in check_committed(tmp_path / "plan.json")
 
 
 def test_missing_checkpoint_and_slurm_options_from_spec_and_command_line(

@@ -6,6 +6,7 @@ writes into ``out_dir``::
 
     wav/{unlabeled,train,valid,test}/<utt_id>.wav      16 kHz mono PCM-16
     unlabeled.tsv                                      for pretraining
+    unlabeled_text.{tsv,ltr,wrd}                       the same, with transcripts (a supervised topline)
     train_1min.{tsv,ltr,wrd}  train_10min.{tsv,ltr,wrd}  train_1h.{tsv,ltr,wrd}
                                                        labeled; nested prefixes: 1min of 10min of 1h
     valid.{tsv,ltr,wrd}  test.{tsv,ltr,wrd}
@@ -227,7 +228,7 @@ def _fill(
 # ------------------------------------------------------------------------------- the build
 
 _OUTPUT_FILES = ["unlabeled.tsv", "dict.ltr.txt", "utterances.jsonl"] + [
-    f"{s}.{ext}" for s in (*LABELED_TRAIN, "valid", "test") for ext in ("tsv", "ltr", "wrd")
+    f"{s}.{ext}" for s in (*LABELED_TRAIN, "valid", "test", "unlabeled_text") for ext in ("tsv", "ltr", "wrd")
 ]
 
 
@@ -371,6 +372,7 @@ def build_corpus(
         **{name: _prefix(rows["train"], minutes[name] * 60) for name in LABELED_TRAIN},
         "valid": rows["valid"],
         "test": rows["test"],
+        "unlabeled_text": rows["unlabeled"],  # for a supervised topline (experiments' finetune.topline)
     }
     root = out_dir.resolve()
     for name, split_rows in splits.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 from wav2vec2_lite.experiments.jobs import SlurmOptions, run_jobs
 from wav2vec2_lite.experiments.plan import check_committed
 from wav2vec2_lite.experiments.runs import execute
-from wav2vec2_lite.experiments.spec import TRANSCRIBED_UNLABELED, ExperimentError
+from wav2vec2_lite.experiments.spec import ExperimentError
 from wav2vec2_lite.experiments.summaries import load_summaries, test_scores_path
 from wav2vec2_lite.interop.sources import detect
 
@@ -40,9 +40,7 @@ def _check_inputs(plan: dict, todo: list[dict]) -> None:
     needed = set()
     for r in todo:
         if r["kind"] == "finetune":
-            needed |= {f"{r['valid_subset']}.tsv", "test.tsv", "dict.ltr.txt"}
-            if r["subset"] != TRANSCRIBED_UNLABELED:  # built from the corpus when missing
-                needed.add(f"{r['subset']}.tsv")
+            needed |= {f"{r['valid_subset']}.tsv", "test.tsv", "dict.ltr.txt", f"{r['subset']}.tsv"}
         elif r["kind"] == "pretrain":
             needed |= {f"{r['train_subset']}.tsv", f"{r['valid_subset']}.tsv"}
         if r["kind"] != "finetune" and spec["probe"]:

@@ -262,23 +262,12 @@ def load_spec_and_plan(spec_path: Path) -> tuple[dict, Path]:
 
 
 def check_committed(path: Path) -> str | None:
-    """None when ``path`` is committed as it is (or is outside a git work tree: nothing to check);
-    otherwise why not."""
+    """None when ``path`` is committed as it is, or is outside a git work tree; otherwise why not."""
     path = Path(path).resolve()
     try:
-        inside = subprocess.run(
-            ["git", "-C", str(path.parent), "rev-parse", "--is-inside-work-tree"],
-            capture_output=True,
-            text=True,
-        )
-    except FileNotFoundError:
+        git = ["git", "-C", str(path.parent), "status", "--porcelain", "--ignored", "--", path.name]
+        status = subprocess.run(git, capture_output=True, text=True)
+    except FileNotFoundError:  # no git here: nothing to check
         return None
-    if inside.returncode != 0 or inside.stdout.strip() != "true":
-        return None
-    tracked = subprocess.run(
-        ["git", "-C", str(path.parent), "ls-files", "--error-unmatch", path.name], capture_output=True
-    )
-    if tracked.returncode != 0:
-        return f"{path} is not committed"
-    changed = subprocess.run(["git", "-C", str(path.parent), "diff", "HEAD", "--quiet", "--", path.name])
-    return f"{path} has uncommitted changes" if changed.returncode != 0 else None
+    state = status.stdout[:2] if status.returncode == 0 else ""
+    return f"{path} is not committed (git status: {state.strip()})" if state.strip() else None

@@ -101,42 +101,54 @@ def _header(plan: dict, summaries: dict, scored: bool) -> list[str]:
     return [*lines, ""]
 
 
+def _row(*cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(*header: str) -> list[str]:
+    """A markdown table's header and separator lines."""
+    return [_row(*header), "|" + " --- |" * len(header)]
+
+
 def _probe_section(plan: dict, summaries: dict) -> list[str]:
     spec, proto = plan["spec"], plan["spec"]["protocol"]
-    probe = spec["probe"]
     base = summaries.get(BASELINE)
     rand_best = min(r["valid_cer"] for r in base["random_init"]) if base else None
-    lines = [
-        f"## Frozen probes on `{probe['valid']}` (trained on `{probe['train']}`)",
-        "",
-        "| run | objective | wall min | audio h | last valid pretext accuracy (chance differs by objective) "
-        "| best layer | best-layer CER |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    lines = [f"## Frozen probes on `{spec['probe']['valid']}` (trained on `{spec['probe']['train']}`)", ""]
+    lines += _table(
+        "run", "objective", "wall min", "audio h",
+        "last valid pretext accuracy (chance differs by objective)", "best layer", "best-layer CER",
+    )  # fmt: skip
     per_variant: dict[str, list[dict]] = {}
-    for r in plan["runs"]:
-        if r["kind"] not in ("pretrain", "probe"):
-            continue
+    for r in (r for r in plan["runs"] if r["kind"] in ("pretrain", "probe")):
         s = summaries.get(r["id"])
         if s is None:
-            lines.append(f"| {r['id']} | – | not run | | | | |")
+            lines.append(_row(r["id"], "–", "not run", "", "", "", ""))
             continue
         per_variant.setdefault(s["variant"], []).append(s)
         acc = (s.get("final_valid") or {}).get("accuracy")
+        best = s["best_layer"]
         lines.append(
-            f"| {r['id']} | {s.get('objective', '–')} | {s.get('wall_minutes', '–')} | "
-            f"{s.get('hours_of_audio_seen', '–')} | {'–' if acc is None else f'{acc:.3f}'} | "
-            f"{s['best_layer']['layer']} | {s['best_layer']['valid_cer']:.3f} |"
+            _row(
+                r["id"],
+                s.get("objective", "–"),
+                s.get("wall_minutes", "–"),
+                s.get("hours_of_audio_seen", "–"),
+                "–" if acc is None else f"{acc:.3f}",
+                best["layer"],
+                f"{best['valid_cer']:.3f}",
+            )  # fmt: skip
         )
     ref = spec["reference"] if spec["reference"] in per_variant else None
-    lines += [
-        "",
-        "| variant | runs | best-layer CER (mean ± sd over seeds) | 95 % CI of the mean | vs random init"
-        + (f" | ratio to {ref} (95 % CI) | Welch p |" if ref else " |"),
-        "| --- | --- | --- | --- | ---" + (" | --- | --- |" if ref else " |"),
+    head = [
+        "variant",
+        "runs",
+        "best-layer CER (mean ± sd over seeds)",
+        "95 % CI of the mean",
+        "vs random init",
     ]
-    means = {}
-    B, seed = proto["bootstrap_resamples"], proto["bootstrap_seed"]
+    lines += ["", *_table(*head, *([f"ratio to {ref} (95 % CI)", "Welch p"] if ref else []))]
+    means, B, seed = {}, proto["bootstrap_resamples"], proto["bootstrap_seed"]
     for variant, runs in per_variant.items():
         cers = [s["best_layer"]["valid_cer"] for s in runs]
         means[variant] = statistics.fmean(cers)
@@ -146,26 +158,17 @@ def _probe_section(plan: dict, summaries: dict) -> list[str]:
             == (base.get("architecture"), base["probe_data"].get("normalize_waves"))
             for s in runs
         )
-        vs = (
-            "– (no baseline yet)"
-            if base is None
-            else f"{means[variant] / rand_best:.2f}×"
-            if same
-            else "– (the baseline is of another architecture or input normalisation)"
-        )
-        row = (
-            f"| {variant} | {len(runs)} | {_mean_sd(cers)} | "
-            + (f"{lo:.3f}–{hi:.3f}" if math.isfinite(lo) else "–")
-            + f" | {vs} |"
-        )
+        vs = f"{means[variant] / rand_best:.2f}×" if same else "– (no baseline yet)"
+        if base is not None and not same:
+            vs = "– (the baseline is of another architecture or input normalisation)"
+        cells = [variant, len(runs), _mean_sd(cers), f"{lo:.3f}–{hi:.3f}" if math.isfinite(lo) else "–", vs]
         if ref:
             other = [s["best_layer"]["valid_cer"] for s in per_variant[ref]]
-            if variant == ref or len(cers) < 2 or len(other) < 2:
-                row += " – | – |"
-            else:
+            cells += ["–", "–"]
+            if variant != ref and len(cers) > 1 and len(other) > 1:
                 ratio, rlo, rhi = bootstrap_ratio_ci([[c] for c in cers], [[c] for c in other], B, seed)
-                row += f" {ratio:.3f} ({rlo:.3f}–{rhi:.3f}) | {welch_t(cers, other).p:.4g} |"
-        lines.append(row)
+                cells[-2:] = [f"{ratio:.3f} ({rlo:.3f}–{rhi:.3f})", f"{welch_t(cers, other).p:.4g}"]
+        lines.append(_row(*cells))
     if base:
         log_mel = (
             f", log-mel {min(r['valid_cer'] for r in base['log_mel']):.3f}" if base.get("log_mel") else ""
@@ -175,28 +178,22 @@ def _probe_section(plan: dict, summaries: dict) -> list[str]:
             f"Baselines (architecture of `{base['architecture_of']}`): random init best layer "
             f"{rand_best:.3f} (mean of seeds {base['random_init_seeds']}){log_mel}.",
         ]
-    complete = all(
-        len(per_variant.get(n, [])) == len(v["checkpoints"])
-        for n, v in spec["variants"].items()
-        if v["source"] != "scratch"
-    )
-    if complete and len(means) > 1:
+    probed = [n for n, v in spec["variants"].items() if v["source"] != "scratch"]
+    if len(means) > 1 and all(
+        len(per_variant.get(n, [])) == len(spec["variants"][n]["checkpoints"]) for n in probed
+    ):
         order = sorted(means, key=means.get)
-        spreads = [
+        spread = max(
             statistics.stdev([s["best_layer"]["valid_cer"] for s in per_variant[v]]) for v in order[:2]
-        ]
+        )
         gap = means[order[1]] - means[order[0]]
+        verdict = "." if gap > spread else (
+            f"; the gap ({gap:.3f}) is within the seed spread ({spread:.3f}): the seeds do not separate them."
+        )  # fmt: skip
         lines += [
             "",
-            f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; "
-            f"next {order[1]} {means[order[1]]:.3f})"
-            + (
-                "."
-                if gap > max(spreads)
-                else f"; the gap ({gap:.3f}) is within the seed spread ({max(spreads):.3f}): "
-                "the seeds do not "
-                f"separate them."
-            ),
+            f"Chosen on valid: **{order[0]}** (mean {means[order[0]]:.3f}; next {order[1]} "
+            f"{means[order[1]]:.3f}){verdict}",
         ]
     else:
         lines += ["", "Not every variant has all its pretraining seeds probed: no choice yet."]
@@ -209,135 +206,122 @@ def _finetune_rows(plan: dict, summaries: dict) -> tuple[list[dict], str, bool]:
     if scores is not None:
         return [{**r, "cer": r["test_cer"]} for r in scores["chosen"]], "test CER", True
     chosen, _ = choose_on_valid(plan, summaries)
+    best = [(s, s["best_valid"]) for s in chosen]
     rows = [
-        {k: s[k] for k in ROW_KEYS}
-        | {
-            "valid_cer": s["best_valid"]["cer"],
-            "valid_wer": s["best_valid"]["wer"],
-            "cer": s["best_valid"]["cer"],
-        }
-        for s in chosen
+        {k: s[k] for k in ROW_KEYS} | {"valid_cer": b["cer"], "valid_wer": b["wer"], "cer": b["cer"]}
+        for s, b in best
     ]
     return rows, "valid CER (test not scored yet)", False
 
 
 def _finetune_section(plan: dict, summaries: dict) -> tuple[list[str], dict]:
     spec, proto = plan["spec"], plan["spec"]["protocol"]
-    ft = spec["finetune"]
+    ft, variants, ref = spec["finetune"], list(spec["variants"]), spec["reference"]
     rows, metric, scored = _finetune_rows(plan, summaries)
     B, seed = proto["bootstrap_resamples"], proto["bootstrap_seed"]
     sizes = [(s["subset"], s["minutes"]) for s in ft["sizes"]]
-    variants = list(spec["variants"])
-    lines = [
-        f"## Fine-tuning: {metric} per variant and size",
-        "",
-        "| variant | labeled | runs | mean % | median % | sd | 95 % CI of the mean "
-        "| blank collapse (all runs) | trials chosen |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    cell_of = lambda v, subset: [r for r in rows if r["variant"] == v and r["subset"] == subset]  # noqa: E731
+    lines = [f"## Fine-tuning: {metric} per variant and size", ""]
+    lines += _table(
+        "variant", "labeled", "runs", "mean %", "median %", "sd", "95 % CI of the mean",
+        "blank collapse (all runs)", "trials chosen",
+    )  # fmt: skip
     curve: dict = {v: [] for v in variants}
     cells = [(subset, minutes, v) for subset, minutes in sizes for v in variants]
     if ft["topline"]:
         cells.append((ft["topline"]["subset"], ft["topline"]["minutes"], TOPLINE))
     for subset, minutes, variant in cells:
-        cell = [r for r in rows if r["variant"] == variant and r["subset"] == subset]
+        cell, labeled = cell_of(variant, subset), f"{subset} ({minutes:g} min)"
         every = [
             s
             for s in summaries.values()
-            if s["kind"] == "finetune" and s["variant"] == variant and s["subset"] == subset
+            if (s["kind"], s["variant"], s["subset"]) == ("finetune", variant, subset)
         ]
         collapse = f"{sum(s['blank_collapse'] for s in every)} / {len(every)}" if every else "–"
         if not cell:
-            lines.append(f"| {variant} | {subset} ({minutes:g} min) | 0 | – | – | – | – | {collapse} | – |")
+            lines.append(_row(variant, labeled, 0, "–", "–", "–", "–", collapse, "–"))
             continue
         vals = [r["cer"] for r in cell]
         lo, hi = bootstrap_mean_ci(_groups(cell), B, seed) if len(vals) > 1 else (math.nan, math.nan)
-        sd = statistics.stdev(vals) if len(vals) > 1 else math.nan
         picks: dict[str, int] = {}
         for r in cell:
             picks[_trial_name(r)] = picks.get(_trial_name(r), 0) + 1
-        ci = f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–"
         lines.append(
-            f"| {variant} | {subset} ({minutes:g} min) | {len(vals)} | {_pct(statistics.mean(vals))} | "
-            f"{_pct(median(vals))} | {_pct(sd)} | {ci} | {collapse} | "
-            + "; ".join(f"{k} ×{n}" for k, n in picks.items())
-            + " |"
+            _row(
+                variant,
+                labeled,
+                len(vals),
+                _pct(statistics.mean(vals)),
+                _pct(median(vals)),
+                _pct(statistics.stdev(vals) if len(vals) > 1 else math.nan),
+                f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–",
+                collapse,
+                "; ".join(f"{k} ×{n}" for k, n in picks.items()),
+            )  # fmt: skip
         )
         if variant == TOPLINE:
             curve[TOPLINE] = statistics.mean(vals)
         else:
             curve[variant].append((minutes, statistics.mean(vals), lo, hi, vals))
-    ref = spec["reference"]
     for variant in [v for v in variants if ref and v != ref]:
-        lines += [
-            "",
-            f"## {variant} / {ref}",
-            "",
-            "| labeled | CER ratio of the means | 95 % CI, two-level | 95 % CI, one-level "
-            "| Welch t | df | p (two-sided) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
+        lines += ["", f"## {variant} / {ref}", ""]
+        lines += _table(
+            "labeled", "CER ratio of the means", "95 % CI, two-level", "95 % CI, one-level", "Welch t", "df",
+            "p (two-sided)",
+        )  # fmt: skip
         for subset, minutes in sizes:
-            a = [r for r in rows if r["variant"] == variant and r["subset"] == subset]
-            b = [r for r in rows if r["variant"] == ref and r["subset"] == subset]
-            if len(a) < 2 or len(b) < 2:
-                lines.append(f"| {subset} ({minutes:g} min) | – | – | – | – | – | – |")
+            a, b = _groups(cell_of(variant, subset)), _groups(cell_of(ref, subset))
+            if sum(map(len, a)) < 2 or sum(map(len, b)) < 2:
+                lines.append(_row(f"{subset} ({minutes:g} min)", *["–"] * 6))
                 continue
-            ratio, lo2, hi2 = bootstrap_ratio_ci(_groups(a), _groups(b), B, seed, two_level=True)
-            _, lo1, hi1 = bootstrap_ratio_ci(_groups(a), _groups(b), B, seed, two_level=False)
-            w = welch_t([r["cer"] for r in a], [r["cer"] for r in b])
+            ratio, lo2, hi2 = bootstrap_ratio_ci(a, b, B, seed, two_level=True)
+            _, lo1, hi1 = bootstrap_ratio_ci(a, b, B, seed, two_level=False)
+            w = welch_t(sum(a, []), sum(b, []))
             lines.append(
-                f"| {subset} ({minutes:g} min) | {ratio:.3f} | {lo2:.3f}–{hi2:.3f} | {lo1:.3f}–{hi1:.3f} | "
-                f"{w.t:.3f} | {w.df:.2f} | {w.p:.4g} |"
+                _row(
+                    f"{subset} ({minutes:g} min)",
+                    f"{ratio:.3f}",
+                    f"{lo2:.3f}–{hi2:.3f}",
+                    f"{lo1:.3f}–{hi1:.3f}",
+                    f"{w.t:.3f}",
+                    f"{w.df:.2f}",
+                    f"{w.p:.4g}",
+                )  # fmt: skip
             )
     if ref:
         lines += [
             "",
-            "Welch's t pools a variant's pretraining seeds (it ignores that level; "
-            "the two-level CI does not).",
+            "Welch's t pools a variant's pretraining seeds (it ignores that level; two-level CIs do not).",
         ]
     lines.append("")
     kinds = sorted({k for r in rows for k in r.get("test_by_kind", {})}) if scored else []
     if kinds:
-        lines += [
-            "## Test CER by sentence kind (mean over runs, %)",
-            "",
-            "| variant | labeled | " + " | ".join(KIND_NAMES.get(k, k) for k in kinds) + " |",
-            "| --- | --- |" + " --- |" * len(kinds),
-        ]
-        for subset, minutes in sizes:
-            for variant in variants:
-                cell = [r for r in rows if r["variant"] == variant and r["subset"] == subset]
-                if not cell:
-                    continue
-                means = [
-                    _pct(statistics.mean(r["test_by_kind"][k]["cer"] for r in cell if k in r["test_by_kind"]))
-                    if any(k in r["test_by_kind"] for r in cell)
-                    else "–"
-                    for k in kinds
+        lines += ["## Test CER by sentence kind (mean over runs, %)", ""]
+        lines += _table("variant", "labeled", *(KIND_NAMES.get(k, k) for k in kinds))
+        for (subset, minutes), variant in ((size, v) for size in sizes for v in variants):
+            if cell := cell_of(variant, subset):
+                by_kind = [
+                    [r["test_by_kind"][k]["cer"] for r in cell if k in r["test_by_kind"]] for k in kinds
                 ]
-                lines.append(f"| {variant} | {subset} ({minutes:g} min) | " + " | ".join(means) + " |")
+                means = [_pct(statistics.mean(xs)) if xs else "–" for xs in by_kind]
+                lines.append(_row(variant, f"{subset} ({minutes:g} min)", *means))
         lines.append("")
-    lines += [
-        "## Fine-tuning runs chosen on valid",
-        "",
-        "| run | trial chosen | valid CER % of each trial | valid CER % | "
-        + ("test CER % | test WER % |" if scored else ""),
-        "| --- | --- | --- | --- |" + (" --- | --- |" if scored else ""),
-    ]
+    lines += ["## Fine-tuning runs chosen on valid", ""]
+    lines += _table(
+        "run",
+        "trial chosen",
+        "valid CER % of each trial",
+        "valid CER %",
+        *(["test CER %", "test WER %"] if scored else []),
+    )
     for r in sorted(rows, key=lambda r: r["id"]):
         stem = r["id"].rsplit("-t", 1)[0]
-        each = " / ".join(
-            _pct(s["best_valid"]["cer"])
-            for _, s in sorted(
-                (s["trial"], s)
-                for i, s in summaries.items()
-                if s["kind"] == "finetune" and i.rsplit("-t", 1)[0] == stem
-            )
+        trials = sorted(
+            (s["trial"], s["best_valid"]["cer"]) for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem
         )
+        test = [_pct(r["test_cer"]), _pct(r["test_wer"])] if scored else []
         lines.append(
-            f"| {r['id']} | {_trial_name(r)} | {each} | {_pct(r['valid_cer'])} | "
-            + (f"{_pct(r['test_cer'])} | {_pct(r['test_wer'])} |" if scored else "")
+            _row(r["id"], _trial_name(r), " / ".join(_pct(c) for _, c in trials), _pct(r["valid_cer"]), *test)
         )
     return [*lines, ""], {"curve": curve, "metric": metric}
 

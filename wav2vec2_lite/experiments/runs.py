@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from wav2vec2_lite.asr.evaluate import transcribe_split
-from wav2vec2_lite.data.manifest import read_manifest, text_to_ltr, write_labels, write_manifest
 from wav2vec2_lite.experiments.plan import BASELINE, compose_config, write_json
-from wav2vec2_lite.experiments.spec import TRANSCRIBED_UNLABELED, ExperimentError
+from wav2vec2_lite.experiments.spec import ExperimentError
 from wav2vec2_lite.experiments.summaries import RUN_FORMAT, sealed_path, summary_path
 from wav2vec2_lite.interop.sources import detect
 from wav2vec2_lite.models import Wav2Vec2Model
@@ -36,7 +35,7 @@ from wav2vec2_lite.train.logging import read_metrics
 from wav2vec2_lite.train.tasks import resolve_pretrained
 from wav2vec2_lite.train.trainer import train
 
-__all__ = ["execute", "now_iso", "run_code", "claim_run_dir", "write_transcribed_unlabeled"]
+__all__ = ["execute", "now_iso", "run_code", "claim_run_dir"]
 
 MARKER = "experiment_run.json"
 
@@ -75,31 +74,6 @@ def run_code(run_dir: Path | None) -> dict:
         "num_threads": run.get("num_threads", torch.get_num_threads()),
         "cpu": cpu_kind(),
     }
-
-
-def write_transcribed_unlabeled(corpus: Path, name: str = TRANSCRIBED_UNLABELED) -> Path:
-    """``NAME.{tsv,ltr,wrd}``: the unlabeled pool with the transcripts a synthesized corpus made it
-    from (``utterances.jsonl``), for a supervised topline; same rows and order as unlabeled.tsv."""
-    corpus = Path(corpus)
-    index, manifest = corpus / "utterances.jsonl", corpus / "unlabeled.tsv"
-    if not index.is_file() or not manifest.is_file():
-        raise ExperimentError(
-            f"{corpus}: {name} is built from utterances.jsonl and unlabeled.tsv (a synthesized corpus)"
-        )
-    text = {}
-    for line in index.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        text[rec["path"]] = rec["transcript"]
-    m = read_manifest(manifest)
-    missing = [p for p in m.paths if p not in text]
-    if missing:
-        raise ExperimentError(
-            f"{index}: no transcript for {len(missing)} unlabeled file(s), e.g. {missing[0]}"
-        )
-    write_manifest(corpus / f"{name}.tsv", m.root, list(zip(m.paths, m.sizes)))
-    write_labels(corpus / f"{name}.wrd", [text[p] for p in m.paths])
-    write_labels(corpus / f"{name}.ltr", [text_to_ltr(text[p]) for p in m.paths])
-    return corpus / f"{name}.tsv"
 
 
 def _protocol(plan: dict, baseline: bool) -> ProbeProtocol:
@@ -256,9 +230,6 @@ def seal_test_transcripts(plan: dict, run: dict, run_dir: Path) -> Path:
 def _finetune(plan: dict, run: dict) -> dict:
     run_dir = Path(run["run_dir"])
     claim_run_dir(run_dir, {"config_name": run["config_name"], "overrides": run["overrides"]}, run["id"])
-    corpus = Path(plan["spec"]["corpus"])
-    if run["subset"] == TRANSCRIBED_UNLABELED and not (corpus / f"{TRANSCRIBED_UNLABELED}.tsv").is_file():
-        write_transcribed_unlabeled(corpus)
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"], "finetune")
     train(cfg, run_dir)
     seal_test_transcripts(plan, run, run_dir)

@@ -1,94 +1,169 @@
-"""An experiment's spec: its keys, defaults and the fairness rules every plan obeys.
+"""An experiment's spec: typed sections, defaults, and the fairness rules every plan obeys.
 
 A spec (YAML or JSON) names the corpus, the **variants** (each one of: ``pretrain`` overrides of
 a pretraining recipe, existing ``checkpoints`` — paths or shipped names, one per pretraining
 seed — or ``scratch``), and the **measures**: ``probe`` (every-layer frozen probes, chosen on
 valid) and/or ``finetune`` (CTC fine-tuning at label sizes, the lr trial chosen on valid, test
-scored once). The protocol's minimums (``PROTOCOL_DEFAULTS``) are defaults a spec may lower;
-the plan and the report then say so. Keys and a worked example: docs/ablations.md.
+scored once). OmegaConf checks the keys and types against the dataclasses below; the protocol's
+minimums (:class:`Protocol`) are defaults a spec may lower, and the plan and report say so.
+Keys and a worked example: docs/ablations.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 __all__ = [
     "ExperimentError",
     "load_mapping",
     "validate_spec",
     "lowered_protocol",
-    "PROTOCOL_DEFAULTS",
-    "SPEC_KEYS",
-    "TOPLINE",
-    "TRANSCRIBED_UNLABELED",
+    "Protocol",
+    "ExperimentSpec",
 ]
 
 TOPLINE = "topline"
-TRANSCRIBED_UNLABELED = "unlabeled_text"
-"""A subset the engine builds from a synthesized corpus (``utterances.jsonl``): the unlabeled pool
-with its transcripts, for a supervised topline."""
-PROTOCOL_DEFAULTS = {
-    "min_seeds": 3,
-    "min_trials": 2,
-    "min_pretrain_seeds": 2,
-    "min_pretrain_seeds_at": None,
-    "collapse_threshold": 0.9,
-    "bootstrap_resamples": 10_000,
-    "bootstrap_seed": 0,
-}
-"""``min_seeds``: fine-tuning seeds per cell; ``min_trials``: lr trials per variant;
-``min_pretrain_seeds``: pretraining seeds (checkpoints) per pretrained variant, at the sizes
-``min_pretrain_seeds_at`` (None: every size); ``collapse_threshold``: final valid output this
-empty counts as blank collapse; bootstrap settings of every CI."""
-SPEC_KEYS = {
-    "name",
-    "corpus",
-    "runs_dir",
-    "results_dir",
-    "threads_per_run",
-    "reference",
-    "variants",
-    "pretrain",
-    "probe",
-    "finetune",
-    "protocol",
-    "slurm",
-}
 # keys the plan sets for each run; an override of one of them would silently fight it
-FINETUNE_MANAGED = (
-    "optim.lr",
-    "optim.lr_scale",
-    "trainer.seed",
-    "trainer.max_updates",
-    "trainer.num_threads",
-    "data.train_subset",
-    "data.manifest_dir",
-    "finetune.pretrained",
-    "run_dir",
-    "hydra",
+FINETUNE_MANAGED = tuple(
+    "optim.lr optim.lr_scale trainer.seed trainer.max_updates trainer.num_threads".split()
 )
-PRETRAIN_MANAGED = (
-    "trainer.max_updates",
-    "trainer.max_epochs",
-    "trainer.seed",
-    "trainer.num_threads",
-    "trainer.resume",
-    "schedule.total_updates",
-    "data.manifest_dir",
-    "hydra",
-)
+FINETUNE_MANAGED += tuple("data.train_subset data.manifest_dir finetune.pretrained run_dir hydra".split())
+PRETRAIN_MANAGED = tuple("trainer.max_updates trainer.max_epochs trainer.seed trainer.num_threads".split())
+PRETRAIN_MANAGED += tuple("trainer.resume schedule.total_updates data.manifest_dir hydra".split())
 
 
 class ExperimentError(Exception):
     """A user error: the CLI prints it on one line and exits with status 2."""
 
 
-def _need(ok: bool, message: str) -> None:
+@dataclass(kw_only=True)
+class Trial:
+    lr: float
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Per-part lr multipliers by parameter-name prefix (e.g. ``{lm_head: 4}``)."""
+
+
+@dataclass(kw_only=True)
+class Size:
+    subset: str
+    """A labeled split of the corpus (``SUBSET.tsv`` + ``.ltr``)."""
+    minutes: float
+    updates: int
+    """The fine-tuning budget at this size, the same for every variant."""
+
+
+@dataclass(kw_only=True)
+class Topline:
+    """A supervised reference line: a scratch variant's recipe and trials on a large labeled set."""
+
+    like: str
+    subset: str = "unlabeled_text"
+    """The demo corpus's unlabeled pool with its transcripts (corpus/build.py)."""
+    minutes: float
+    updates: int
+    seeds: Optional[list[int]] = None
+    """None: the fine-tuning seeds."""
+
+
+@dataclass(kw_only=True)
+class FinetuneSpec:
+    config: str = "finetune_demo"
+    overrides: list[str] = field(default_factory=list)
+    sizes: list[Size]
+    seeds: list[int]
+    trials: Optional[list[Trial]] = None
+    """The lr trials of every variant that gives none of its own."""
+    topline: Optional[Topline] = None
+
+
+@dataclass(kw_only=True)
+class PretrainSpec:
+    config: str = "pretrain_demo"
+    updates: int
+    seeds: list[int]
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class ProbeSpec:
+    train: str
+    valid: str
+    protocol: dict[str, Any] = field(default_factory=dict)
+    """:class:`~wav2vec2_lite.probes.protocol.ProbeProtocol`'s fields."""
+
+
+@dataclass(kw_only=True)
+class Checkpoint:
+    name: str
+    path: str
+    """A model or run folder, a fairseq/Hugging Face checkpoint, or a shipped name."""
+    sizes: Optional[list[str]] = None
+    """The label sizes it is fine-tuned at (None: every size)."""
+
+
+@dataclass(kw_only=True)
+class VariantFinetune:
+    overrides: list[str] = field(default_factory=list)
+    trials: Optional[list[Trial]] = None
+
+
+@dataclass(kw_only=True)
+class Variant:
+    """Exactly one of ``pretrain``, ``checkpoints``, ``checkpoint`` or ``scratch``."""
+
+    pretrain: Optional[list[str]] = None
+    checkpoints: Optional[list[Checkpoint]] = None
+    checkpoint: Optional[str] = None
+    scratch: bool = False
+    finetune: VariantFinetune = field(default_factory=VariantFinetune)
+
+
+@dataclass(kw_only=True)
+class Protocol:
+    min_seeds: int = 3
+    """Fine-tuning seeds per cell."""
+    min_trials: int = 2
+    """lr trials per variant."""
+    min_pretrain_seeds: int = 2
+    """Pretraining seeds (checkpoints) per pretrained variant ..."""
+    min_pretrain_seeds_at: Optional[list[str]] = None
+    """... at these sizes (None: every size)."""
+    collapse_threshold: float = 0.9
+    """Final valid output this empty counts as blank collapse."""
+    bootstrap_resamples: int = 10_000
+    bootstrap_seed: int = 0
+
+
+@dataclass(kw_only=True)
+class ExperimentSpec:
+    name: str
+    corpus: str
+    runs_dir: Optional[str] = None
+    """None: ``runs/experiments/NAME``."""
+    results_dir: Optional[str] = None
+    """None: the spec's folder."""
+    threads_per_run: int = 1
+    reference: Optional[str] = None
+    """The variant every other is divided by in the report."""
+    variants: dict[str, Variant]
+    pretrain: Optional[PretrainSpec] = None
+    probe: Optional[ProbeSpec] = None
+    finetune: Optional[FinetuneSpec] = None
+    protocol: Protocol = field(default_factory=Protocol)
+    slurm: dict[str, Any] = field(default_factory=dict)
+    """:class:`~wav2vec2_lite.experiments.jobs.SlurmOptions`' fields."""
+
+
+def _need(ok: Any, message: str) -> None:
     if not ok:
         raise ExperimentError(message)
 
@@ -107,30 +182,38 @@ def load_mapping(path: Path) -> dict:
     return data
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _typed(raw: dict) -> ExperimentSpec:
+    """The spec checked against :class:`ExperimentSpec` (keys, types, required keys), one line on error."""
+    try:
+        return OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(ExperimentSpec), OmegaConf.create(raw))
+        )
+    except ConfigKeyError as e:
+        known = (
+            [f.name for f in dataclasses.fields(e.object_type)]
+            if dataclasses.is_dataclass(e.object_type)
+            else []
+        )
+        raise ExperimentError(f"spec.{e.full_key}: unknown key; known: {', '.join(known)}") from None
+    except MissingMandatoryValue as e:
+        raise ExperimentError(f"spec.{e.full_key}: required") from None
+    except OmegaConfBaseException as e:
+        raise ExperimentError(f"spec.{e.full_key}: {str(e.msg).splitlines()[0]}") from None
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _name(where: str, name: Any) -> str:
+def _name(where: str, name: str) -> str:
     """Variant, checkpoint and subset names become run ids, file names and --only patterns."""
     _need(
-        isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.]+", name) is not None,
+        re.fullmatch(r"[A-Za-z0-9_.]+", name),
         f"{where}: {name!r}: names use letters, digits, '_' and '.' only (they become run ids)",
     )
     return name
 
 
-def _overrides(where: str, overrides: Any, managed: tuple[str, ...]) -> list[str]:
-    _need(
-        isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
-        f"{where}: a list of Hydra overrides KEY=VALUE (got {overrides!r})",
-    )
+def _overrides(where: str, overrides: list[str], managed: tuple[str, ...]) -> list[str]:
     for o in overrides:
-        key, _, value = o.lstrip("+~").partition("=")
+        key, eq, value = o.lstrip("+~").partition("=")
+        _need(eq, f"{where}: {o!r} is not a Hydra override KEY=VALUE")
         _need(
             not any(key == m or key.startswith(m + ".") for m in managed),
             f"{where}: {o!r} sets {key}, which the plan sets for each run (corpus, sizes, updates, "
@@ -143,184 +226,100 @@ def _overrides(where: str, overrides: Any, managed: tuple[str, ...]) -> list[str
     return list(overrides)
 
 
-def _seeds(where: str, seeds: Any) -> list[int]:
+def _seeds(where: str, seeds: list[int]) -> list[int]:
     _need(
-        isinstance(seeds, list)
-        and bool(seeds)
-        and len(set(seeds)) == len(seeds)
-        and all(_is_int(s) and s >= 0 for s in seeds),
-        f"{where}: a list of distinct integer seeds >= 0 (got {seeds!r})",
+        seeds and len(set(seeds)) == len(seeds) and min(seeds) >= 0,
+        f"{where}: a list of distinct seeds >= 0 (got {seeds!r})",
     )
-    return list(seeds)
+    return seeds
 
 
-def _positive_int(where: str, v: Any) -> int:
-    _need(_is_int(v) and v >= 1, f"{where}: a whole number >= 1 (got {v!r})")
-    return int(v)
+def _trials(where: str, trials: list[Trial] | None) -> list[dict] | None:
+    if trials is None:
+        return None
+    _need(trials, f"{where}: a non-empty list of {{lr: X[, lr_scale: {{PREFIX: SCALE}}]}}")
+    for i, t in enumerate(trials):
+        _need(
+            t.lr > 0 and all(v > 0 for v in t.lr_scale.values()), f"{where}[{i}]: lr and lr_scale values > 0"
+        )
+    return [{"lr": t.lr, "lr_scale": dict(sorted(t.lr_scale.items()))} for t in trials]
 
 
-def _trial(where: str, t: Any) -> dict:
-    _need(
-        isinstance(t, dict) and not set(t) - {"lr", "lr_scale"} and "lr" in t,
-        f"{where}: a trial is {{lr: X[, lr_scale: {{PREFIX: SCALE}}]}} (got {t!r})",
-    )
-    lr, scale = t["lr"], t.get("lr_scale") or {}
-    _need(_is_number(lr) and lr > 0, f"{where}: lr must be a number > 0 (got {lr!r})")
-    _need(
-        isinstance(scale, dict) and all(_is_number(v) and v > 0 for v in scale.values()),
-        f"{where}: lr_scale maps parameter prefixes to numbers > 0 (got {scale!r})",
-    )
-    return {"lr": float(lr), "lr_scale": {str(k): float(v) for k, v in sorted(scale.items())}}
-
-
-def _trials(where: str, trials: Any) -> list[dict]:
-    _need(
-        isinstance(trials, list) and bool(trials),
-        f"{where}: a non-empty list of {{lr: X[, lr_scale: {{...}}]}}",
-    )
-    return [_trial(f"{where}[{i}]", t) for i, t in enumerate(trials)]
-
-
-def _keys(where: str, obj: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:
-    _need(isinstance(obj, dict), f"{where}: a mapping (got {obj!r})")
-    unknown, missing = sorted(set(obj) - allowed), sorted(set(required) - set(obj))
-    _need(not unknown, f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}")
-    _need(not missing, f"{where}: '{missing[0] if missing else ''}' is required")
-    return obj
-
-
-def _pretrain_section(p: Any) -> dict:
-    p = _keys("spec.pretrain", p, {"config", "updates", "seeds", "overrides"}, {"updates", "seeds"})
-    return {
-        "config": str(p.get("config", "pretrain_demo")),
-        "updates": _positive_int("spec.pretrain.updates", p["updates"]),
-        "seeds": _seeds("spec.pretrain.seeds", p["seeds"]),
-        "overrides": _overrides("spec.pretrain.overrides", p.get("overrides", []), PRETRAIN_MANAGED),
-    }
-
-
-def _probe_section(p: Any) -> dict:
+def _probe(p: ProbeSpec) -> dict:
     from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol  # keeps the spec torch-free
 
-    p = _keys("spec.probe", p, {"train", "valid", "protocol"}, {"train", "valid"})
-    _need(p["train"] != p["valid"], "spec.probe: train and valid must be two different splits")
-    _need("test" not in (p["train"], p["valid"]), "spec.probe: a probe split is test; test is never read")
-    _need(isinstance(p.get("protocol") or {}, dict), "spec.probe.protocol: a mapping")
+    _need(p.train != p.valid, "spec.probe: train and valid must be two different splits")
+    _need("test" not in (p.train, p.valid), "spec.probe: a probe split is test; test is never read")
     try:
-        protocol = ProbeProtocol.from_dict(dict(p.get("protocol") or {})).validate()
+        protocol = ProbeProtocol.from_dict(dict(p.protocol)).validate()
     except ProbeError as e:
         raise ExperimentError(f"spec.probe.protocol: {e}") from None
-    return {"train": str(p["train"]), "valid": str(p["valid"]), "protocol": protocol.to_dict()}
+    return {"train": p.train, "valid": p.valid, "protocol": protocol.to_dict()}
 
 
-def _finetune_section(f: Any) -> dict:
-    f = _keys(
-        "spec.finetune",
-        f,
-        {"config", "overrides", "sizes", "seeds", "trials", "topline"},
-        {"sizes", "seeds"},
-    )
-    sizes = f["sizes"]
-    _need(
-        isinstance(sizes, list) and bool(sizes),
-        "spec.finetune.sizes: a list of {subset: NAME, minutes: M, updates: N}",
-    )
-    out_sizes = []
-    for i, s in enumerate(sizes):
-        where = f"spec.finetune.sizes[{i}]"
-        s = _keys(where, s, {"subset", "minutes", "updates"}, {"subset", "minutes", "updates"})
-        _need(_is_number(s["minutes"]) and s["minutes"] > 0, f"{where}.minutes: a number > 0")
-        out_sizes.append(
-            {
-                "subset": _name(f"{where}.subset", s["subset"]),
-                "minutes": float(s["minutes"]),
-                "updates": _positive_int(f"{where}.updates", s["updates"]),
-            }
-        )
-    subsets = [s["subset"] for s in out_sizes]
+def _finetune(f: FinetuneSpec) -> dict:
+    _need(f.sizes, "spec.finetune.sizes: a list of {subset: NAME, minutes: M, updates: N}")
+    for i, s in enumerate(f.sizes):
+        _name(f"spec.finetune.sizes[{i}].subset", s.subset)
+        _need(s.minutes > 0 and s.updates >= 1, f"spec.finetune.sizes[{i}]: minutes > 0 and updates >= 1")
+    subsets = [s.subset for s in f.sizes]
     _need(len(set(subsets)) == len(subsets), f"spec.finetune.sizes: a subset appears twice ({subsets})")
-    topline = f.get("topline")
-    if topline is not None:
-        topline = _keys(
-            "spec.finetune.topline",
-            topline,
-            {"like", "subset", "minutes", "updates", "seeds"},
-            {"like", "minutes", "updates"},
-        )
-        _need(_is_number(topline["minutes"]), "spec.finetune.topline.minutes: a number")
-        topline = {
-            "like": str(topline["like"]),
-            "subset": _name("spec.finetune.topline.subset", topline.get("subset", TRANSCRIBED_UNLABELED)),
-            "minutes": float(topline["minutes"]),
-            "updates": _positive_int("spec.finetune.topline.updates", topline["updates"]),
-            "seeds": _seeds("spec.finetune.topline.seeds", topline.get("seeds", f["seeds"])),
+    top = f.topline
+    if top is not None:
+        _need(top.updates >= 1, "spec.finetune.topline.updates: >= 1")
+        top = dataclasses.asdict(top) | {
+            "subset": _name("spec.finetune.topline.subset", top.subset),
+            "seeds": _seeds("spec.finetune.topline.seeds", top.seeds or f.seeds),
         }
     return {
-        "config": str(f.get("config", "finetune_demo")),
-        "overrides": _overrides("spec.finetune.overrides", f.get("overrides", []), FINETUNE_MANAGED),
-        "sizes": out_sizes,
-        "seeds": _seeds("spec.finetune.seeds", f["seeds"]),
-        "trials": _trials("spec.finetune.trials", f["trials"]) if "trials" in f else None,
-        "topline": topline,
+        "config": f.config,
+        "overrides": _overrides("spec.finetune.overrides", f.overrides, FINETUNE_MANAGED),
+        "sizes": [dataclasses.asdict(s) for s in f.sizes],
+        "seeds": _seeds("spec.finetune.seeds", f.seeds),
+        "trials": _trials("spec.finetune.trials", f.trials),
+        "topline": top,
     }
 
 
-def _variant(name: str, v: Any, spec: dict) -> dict:
+def _variant(name: str, v: Variant, spec: dict) -> dict:
     where = f"spec.variants.{name}"
-    v = _keys(where, v, {"pretrain", "checkpoints", "checkpoint", "scratch", "finetune"})
-    kinds = [k for k in ("pretrain", "checkpoints", "checkpoint", "scratch") if k in v]
+    kinds = [k for k in ("pretrain", "checkpoints", "checkpoint") if getattr(v, k) is not None]
+    kinds += ["scratch"] if v.scratch else []
     _need(
         len(kinds) == 1,
         f"{where}: exactly one of pretrain (overrides), checkpoints (a list), checkpoint (a path or "
         f"shipped name) or scratch: true (got {kinds or 'none'})",
     )
-    out: dict[str, Any] = {"source": kinds[0].removesuffix("s") if kinds[0] == "checkpoints" else kinds[0]}
+    out: dict[str, Any] = {"source": "checkpoint" if kinds[0] == "checkpoints" else kinds[0]}
     if kinds[0] == "pretrain":
-        _need(spec.get("pretrain") is not None, f"{where}: pretrains, so the spec needs a pretrain section")
-        out["pretrain"] = _overrides(f"{where}.pretrain", v["pretrain"], PRETRAIN_MANAGED)
-    elif kinds[0] == "scratch":
-        _need(v["scratch"] is True, f"{where}.scratch: true (got {v['scratch']!r})")
-    else:
-        raw = v["checkpoints"] if kinds[0] == "checkpoints" else [{"name": "c1", "path": v["checkpoint"]}]
-        _need(
-            isinstance(raw, list) and bool(raw),
-            f"{where}.checkpoints: a list of {{name, path[, sizes]}}, one per pretraining seed",
-        )
-        out["checkpoints"] = []
-        for i, c in enumerate(raw):
-            c = _keys(f"{where}.checkpoints[{i}]", c, {"name", "path", "sizes"}, {"name", "path"})
-            out["checkpoints"].append(
-                {
-                    "name": _name(f"{where}.checkpoints[{i}].name", c["name"]),
-                    "path": str(c["path"]),
-                    "sizes": c.get("sizes"),
-                }
-            )
-        names = [c["name"] for c in out["checkpoints"]]
+        _need(spec["pretrain"] is not None, f"{where}: pretrains, so the spec needs a pretrain section")
+        out["pretrain"] = _overrides(f"{where}.pretrain", v.pretrain, PRETRAIN_MANAGED)
+    elif kinds[0] != "scratch":
+        ckpts = v.checkpoints if v.checkpoints is not None else [Checkpoint(name="c1", path=v.checkpoint)]
+        _need(ckpts, f"{where}.checkpoints: a list of {{name, path[, sizes]}}, one per pretraining seed")
+        out["checkpoints"] = [dataclasses.asdict(c) for c in ckpts]
+        names = [_name(f"{where}.checkpoints", c.name) for c in ckpts]
         _need(len(set(names)) == len(names), f"{where}.checkpoints: names must be distinct")
-    ft = _keys(f"{where}.finetune", v.get("finetune") or {}, {"overrides", "trials"})
     out["finetune"] = {
-        "overrides": _overrides(f"{where}.finetune.overrides", ft.get("overrides", []), FINETUNE_MANAGED),
-        "trials": _trials(f"{where}.finetune.trials", ft["trials"]) if "trials" in ft else None,
+        "overrides": _overrides(f"{where}.finetune.overrides", v.finetune.overrides, FINETUNE_MANAGED),
+        "trials": _trials(f"{where}.finetune.trials", v.finetune.trials),
     }
     return out
 
 
 def _fairness(spec: dict) -> None:
-    """Both arms of every comparison get the same budget (sizes carry it), the same number of lr
-    trials, the same per-part lr multipliers, and the protocol's minimum seeds."""
+    """Every variant gets the same budget (sizes carry it), the same number of lr trials, the same
+    per-part lr multipliers, and the protocol's minimum seeds."""
     proto, ft = spec["protocol"], spec["finetune"]
+    variants = spec["variants"]
     if ft is not None:
         _need(
             len(ft["seeds"]) >= proto["min_seeds"],
             f"spec.finetune.seeds: the protocol asks for >= {proto['min_seeds']} fine-tuning seeds per "
             f"cell (got {len(ft['seeds'])}; a spec may lower protocol.min_seeds, and the report says so)",
         )
-        counts = {n: len(v["trials"]) for n, v in spec["variants"].items()}
-        _need(
-            len(set(counts.values())) == 1,
-            f"unequal number of lr trials between variants ({counts}): every variant gets the same number",
-        )
+        counts = {n: len(v["trials"]) for n, v in variants.items()}
+        _need(len(set(counts.values())) == 1, f"unequal number of lr trials between variants ({counts})")
         n = next(iter(counts.values()))
         _need(
             n >= proto["min_trials"],
@@ -328,8 +327,8 @@ def _fairness(spec: dict) -> None:
             f"lower protocol.min_trials, and the report says so)",
         )
         scales = {
-            name: sorted(json.dumps(t["lr_scale"], sort_keys=True) for t in v["trials"])
-            for name, v in spec["variants"].items()
+            n: sorted(json.dumps(t["lr_scale"], sort_keys=True) for t in v["trials"])
+            for n, v in variants.items()
         }
         _need(
             len({json.dumps(s) for s in scales.values()}) == 1,
@@ -338,23 +337,18 @@ def _fairness(spec: dict) -> None:
         )
     subsets = [s["subset"] for s in ft["sizes"]] if ft else []
     at = proto["min_pretrain_seeds_at"]
-    if at is not None:
-        _need(isinstance(at, list), f"spec.protocol.min_pretrain_seeds_at: a list of subsets (got {at!r})")
-        for subset in at:
-            _need(
-                subset in subsets,
-                f"spec.protocol.min_pretrain_seeds_at names {subset!r}, "
-                f"which is not among the sizes {subsets}",
-            )
-    for name, v in spec["variants"].items():
+    for subset in at or []:
+        _need(
+            subset in subsets,
+            f"spec.protocol.min_pretrain_seeds_at: {subset!r} is not among the sizes {subsets}",
+        )
+    for name, v in variants.items():
         if v["source"] == "scratch":
             continue
-        n_by_size = {
+        counts = {
             s: sum(s in c["sizes"] for c in v["checkpoints"]) for s in (at if at is not None else subsets)
         }
-        if not subsets:
-            n_by_size = {"(probes)": len(v["checkpoints"])}
-        for subset, n in n_by_size.items():
+        for subset, n in (counts if subsets else {"(probes)": len(v["checkpoints"])}).items():
             _need(
                 n >= proto["min_pretrain_seeds"],
                 f"spec.variants.{name}: {n} pretraining seed(s) at {subset}; the protocol asks for >= "
@@ -362,40 +356,39 @@ def _fairness(spec: dict) -> None:
             )
 
 
-def validate_spec(spec: dict) -> dict:
-    """The spec with defaults filled in; an :class:`ExperimentError` names the first problem."""
-    _keys("spec", spec, SPEC_KEYS, {"name", "corpus", "variants"})
-    _need(spec.get("probe") or spec.get("finetune"), "spec: no measure; give probe and/or finetune")
-    name = _name("spec.name", spec["name"])
-    protocol = {
-        **PROTOCOL_DEFAULTS,
-        **_keys("spec.protocol", spec.get("protocol") or {}, set(PROTOCOL_DEFAULTS)),
-    }
+def validate_spec(raw: dict) -> dict:
+    """The spec with defaults filled in, as plain data; :class:`ExperimentError` names the first problem."""
+    spec = _typed(raw)
+    _need(spec.probe or spec.finetune, "spec: no measure; give probe and/or finetune")
+    _need(spec.threads_per_run >= 1, "spec.threads_per_run: >= 1")
+    _need(spec.variants, "spec.variants: a mapping of names to variants")
+    _need(TOPLINE not in spec.variants, f"spec.variants: {TOPLINE!r} is reserved for the finetune topline")
+    protocol = dataclasses.asdict(spec.protocol)
     for key in ("min_seeds", "min_trials", "min_pretrain_seeds"):
-        _need(_is_int(protocol[key]) and protocol[key] >= 1, f"spec.protocol.{key}: a whole number >= 1")
+        _need(protocol[key] >= 1, f"spec.protocol.{key}: a whole number >= 1")
+    if spec.pretrain:
+        _need(spec.pretrain.updates >= 1, "spec.pretrain.updates: >= 1")
     out: dict[str, Any] = {
-        "name": name,
-        "corpus": str(spec["corpus"]),
-        "runs_dir": str(spec.get("runs_dir", f"runs/experiments/{name}")),
-        "results_dir": str(spec["results_dir"]) if spec.get("results_dir") else None,
-        "threads_per_run": _positive_int("spec.threads_per_run", spec.get("threads_per_run", 1)),
-        "pretrain": _pretrain_section(spec["pretrain"]) if spec.get("pretrain") is not None else None,
-        "probe": _probe_section(spec["probe"]) if spec.get("probe") is not None else None,
-        "finetune": _finetune_section(spec["finetune"]) if spec.get("finetune") is not None else None,
+        "name": _name("spec.name", spec.name),
+        "corpus": spec.corpus,
+        "runs_dir": spec.runs_dir or f"runs/experiments/{spec.name}",
+        "results_dir": spec.results_dir,
+        "threads_per_run": spec.threads_per_run,
+        "pretrain": spec.pretrain
+        and dataclasses.asdict(spec.pretrain)
+        | {
+            "seeds": _seeds("spec.pretrain.seeds", spec.pretrain.seeds),
+            "overrides": _overrides("spec.pretrain.overrides", spec.pretrain.overrides, PRETRAIN_MANAGED),
+        },
+        "probe": spec.probe and _probe(spec.probe),
+        "finetune": spec.finetune and _finetune(spec.finetune),
         "protocol": protocol,
-        "slurm": _keys(
-            "spec.slurm",
-            spec.get("slurm") or {},
-            {"partition", "gpus_per_node", "timeout_min", "mem_gb", "extra"},
-        ),
+        "slurm": spec.slurm,
     }
-    variants = spec["variants"]
-    _need(isinstance(variants, dict) and bool(variants), "spec.variants: a mapping of names to variants")
-    _need(TOPLINE not in variants, f"spec.variants: {TOPLINE!r} is reserved for the finetune topline")
-    out["variants"] = {_name("spec.variants", str(n)): _variant(str(n), v, out) for n, v in variants.items()}
+    out["variants"] = {_name("spec.variants", n): _variant(n, v, out) for n, v in spec.variants.items()}
     ft = out["finetune"]
     subsets = [s["subset"] for s in ft["sizes"]] if ft else []
-    for name_, v in out["variants"].items():
+    for name, v in out["variants"].items():
         if v["source"] == "pretrain":
             v["checkpoints"] = [
                 {"name": f"p{s}", "path": None, "sizes": subsets} for s in out["pretrain"]["seeds"]
@@ -403,37 +396,37 @@ def validate_spec(spec: dict) -> dict:
         for c in v.get("checkpoints", []):
             c["sizes"] = subsets if c["sizes"] is None else c["sizes"]
             _need(
-                isinstance(c["sizes"], list) and not set(c["sizes"]) - set(subsets),
-                f"spec.variants.{name_}.checkpoints: sizes among {subsets} (got {c['sizes']!r})",
+                not set(c["sizes"]) - set(subsets),
+                f"spec.variants.{name}.checkpoints: sizes among {subsets} (got {c['sizes']!r})",
             )
             c["sizes"] = [s for s in subsets if s in c["sizes"]]
         if ft is not None:
             v["trials"] = v["finetune"]["trials"] or ft["trials"]
             _need(
-                v["trials"] is not None,
-                f"spec.variants.{name_}: no lr trials; give finetune.trials or the variant's finetune.trials",
+                v["trials"], f"spec.variants.{name}: no lr trials; give finetune.trials or the variant's own"
             )
         _need(
-            not (v["source"] == "scratch" and ft is None),
-            f"spec.variants.{name_}: a scratch variant is measured by fine-tuning; the spec has no finetune",
+            v["source"] != "scratch" or ft,
+            f"spec.variants.{name}: a scratch variant is measured by fine-tuning; the spec has no finetune",
         )
     if ft is not None and ft["topline"] is not None:
         like = ft["topline"]["like"]
         _need(like in out["variants"], f"spec.finetune.topline.like: {like!r} is not a variant")
         _need(out["variants"][like]["source"] == "scratch", "spec.finetune.topline.like: a scratch variant")
-    ref = spec.get("reference")
-    _need(ref is None or ref in out["variants"], f"spec.reference: {ref!r} is not a variant")
-    out["reference"] = ref
+    _need(spec.reference in (None, *out["variants"]), f"spec.reference: {spec.reference!r} is not a variant")
+    out["reference"] = spec.reference
     _fairness(out)
     return out
 
 
 def lowered_protocol(protocol: dict) -> list[str]:
     """The protocol's minimums this spec lowers below the defaults, in words (for plan and report)."""
-    out = []
-    for key in ("min_seeds", "min_trials", "min_pretrain_seeds"):
-        if protocol[key] < PROTOCOL_DEFAULTS[key]:
-            out.append(f"{key} {protocol[key]} (default {PROTOCOL_DEFAULTS[key]})")
+    default = dataclasses.asdict(Protocol())
+    out = [
+        f"{k} {protocol[k]} (default {default[k]})"
+        for k in ("min_seeds", "min_trials", "min_pretrain_seeds")
+        if protocol[k] < default[k]
+    ]
     if protocol["min_pretrain_seeds_at"] is not None:
         out.append(
             f"min_pretrain_seeds only at {', '.join(protocol['min_pretrain_seeds_at'])} (default: every size)"

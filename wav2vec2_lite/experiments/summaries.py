@@ -16,6 +16,7 @@ from pathlib import Path
 from wav2vec2_lite.experiments.plan import BASELINE
 from wav2vec2_lite.experiments.spec import ExperimentError
 from wav2vec2_lite.serialization import file_sha256
+from wav2vec2_lite.train.config import migrate_override
 
 __all__ = [
     "RUN_FORMAT",
@@ -31,7 +32,6 @@ __all__ = [
 
 RUN_FORMAT = "wav2vec2_lite.experiment.run/1"
 MIGRATION_FORMAT = "wav2vec2_lite.experiment.migration/1"
-LEGACY_LABEL_CURVE = "wav2vec2_lite.label_curve.run/1"
 LEGACY_TEST = "wav2vec2_lite.label_curve.test/1"
 
 
@@ -64,19 +64,7 @@ def load_migration(plan: dict) -> dict | None:
     return m
 
 
-def _renamed(overrides: list[str], keys: dict[str, str]) -> list[str]:
-    out = []
-    for o in overrides:
-        key, eq, value = o.partition("=")
-        bare = key.lstrip("+~")
-        new = next(
-            (n + bare[len(k) :] for k, n in keys.items() if bare == k or bare.startswith(k + ".")), None
-        )
-        out.append(o if new is None else f"{new}{eq}{value}")
-    return out
-
-
-def from_legacy(summary: dict, run: dict, migration: dict) -> dict:
+def from_legacy(summary: dict, run: dict) -> dict:
     """An old engine's summary in this engine's terms (ids, field names, today's config keys)."""
     s = dict(summary)
     s["legacy_format"] = s.get("format")
@@ -91,7 +79,7 @@ def from_legacy(summary: dict, run: dict, migration: dict) -> dict:
     elif run["kind"] == "pretrain":
         s["checkpoint"] = run["checkpoint"]
     if "overrides" in s:
-        s["overrides"] = _renamed(s["overrides"], migration.get("renamed_keys", {}))
+        s["overrides"] = [migrate_override(o) for o in s["overrides"]]  # today's config keys
     return s
 
 
@@ -121,7 +109,7 @@ def load_summaries(plan: dict) -> dict[str, dict]:
                     f"{path}: a summary of format {s.get('format')!r} that {results}/migration.json does "
                     f"not record as it is; remove it to redo the run"
                 )
-            s = from_legacy(s, run, migration)
+            s = from_legacy(s, run)
         if run["kind"] in ("pretrain", "finetune"):
             same = (
                 s.get("overrides") == run["overrides"]
