@@ -339,7 +339,7 @@ def _set(spec: dict, path: str, value) -> dict:
         (("variants.extra", {"pretrain": []}), "needs a pretrain section"),
         (("reference", "nobody"), "spec.reference"),
         (("finetune.topline.like", "pretrained"), "topline.like: a scratch variant"),
-        (("protocol.min_seed", 1), "unknown key(s) min_seed"),
+        (("protocol.min_seed", 1), "spec.protocol.min_seed: unknown key; known: min_seeds"),
     ],
 )
 def test_spec_errors_are_one_line(setup, tmp_path, capsys, change, message):

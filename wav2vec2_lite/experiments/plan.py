@@ -20,27 +20,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from wav2vec2_lite.cli import CONFIG_DIR
-from wav2vec2_lite.experiments.spec import (
-    TOPLINE,
-    ExperimentError,
-    load_mapping,
-    validate_spec,
-)
+from wav2vec2_lite.experiments.spec import TOPLINE, ExperimentError, load_mapping, validate_spec
 from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.train.config import build_model_config, register_configs, to_run_config
 
-__all__ = [
-    "PLAN_FORMAT",
-    "BASELINE",
-    "compose_config",
-    "make_plan",
-    "load_spec_and_plan",
-    "write_plan",
-    "results_dir",
-    "plan_path",
-    "check_committed",
-    "write_json",
-]
+__all__ = ["make_plan", "write_plan", "load_spec_and_plan", "compose_config", "check_committed", "BASELINE"]
 
 PLAN_FORMAT = "wav2vec2_lite.experiment.plan/1"
 BASELINE = "baseline"

@@ -235,7 +235,7 @@ def _finetune_section(plan: dict, summaries: dict) -> tuple[list[str], dict]:
         every = [
             s
             for s in summaries.values()
-            if (s["kind"], s["variant"], s["subset"]) == ("finetune", variant, subset)
+            if (s["kind"], s["variant"], s.get("subset")) == ("finetune", variant, subset)
         ]
         collapse = f"{sum(s['blank_collapse'] for s in every)} / {len(every)}" if every else "–"
         if not cell:

@@ -13,27 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wav2vec2_lite.asr.evaluate import (
-    by_kind,
-    evaluate_split,
-    read_references,
-    score_hypotheses,
-    sentence_kinds,
-)
+from wav2vec2_lite.asr import evaluate
+from wav2vec2_lite.experiments import summaries as stored
 from wav2vec2_lite.experiments.plan import write_json
 from wav2vec2_lite.experiments.runs import now_iso
 from wav2vec2_lite.experiments.spec import ExperimentError
-from wav2vec2_lite.experiments.summaries import (
-    LEGACY_TEST,
-    load_migration,
-    load_summaries,
-    read_sealed,
-    sealed_path,
-    test_scores_path,
-)
+from wav2vec2_lite.experiments.summaries import load_summaries, read_sealed, sealed_path, test_scores_path
 from wav2vec2_lite.serialization import file_sha256
 
-__all__ = ["TEST_FORMAT", "ROW_KEYS", "choose_on_valid", "score_test", "load_test_scores"]
+__all__ = ["choose_on_valid", "score_test", "load_test_scores"]
 
 TEST_FORMAT = "wav2vec2_lite.experiment.test/1"
 ROW_KEYS = ("id", "variant", "subset", "minutes", "checkpoint", "seed", "trial", "lr", "lr_scale")
@@ -80,13 +68,13 @@ def score_test(plan: dict) -> Path:
             f"(e.g. {absent[0]})"
         )
     corpus = plan["spec"]["corpus"]
-    kinds = sentence_kinds(corpus)
-    manifest, refs = read_references(corpus, "test")
+    kinds = evaluate.sentence_kinds(corpus)
+    manifest, refs = evaluate.read_references(corpus, "test")
     rows = []
     for s in chosen:
         seal = sealed[s["id"]]
         if Path(s["run_dir"]).is_dir():
-            res = evaluate_split(s["run_dir"], corpus, "test")
+            res = evaluate.evaluate_split(s["run_dir"], corpus, "test")
             if seal is not None and seal["hypotheses"] != res.hypotheses:
                 raise ExperimentError(
                     f"{sealed_path(plan, s['id'])}: the sealed test transcripts differ from what "
@@ -98,7 +86,7 @@ def score_test(plan: dict) -> Path:
                 raise ExperimentError(
                     f"{sealed_path(plan, s['id'])}: sealed for another test manifest than {corpus}/test.tsv"
                 )
-            res = score_hypotheses(seal["hypotheses"], refs, seal["paths"], seal["failed"])
+            res = evaluate.score_hypotheses(seal["hypotheses"], refs, seal["paths"], seal["failed"])
         rows.append(
             {k: s[k] for k in ROW_KEYS}
             | {
@@ -109,7 +97,7 @@ def score_test(plan: dict) -> Path:
                 "test_utterances": res.utterances,
                 "test_by_kind": {
                     k: {"cer": r.cer, "wer": r.wer, "utterances": r.utterances}
-                    for k, r in by_kind(res, kinds).items()
+                    for k, r in evaluate.by_kind(res, kinds).items()
                 },
             }
         )
@@ -126,8 +114,8 @@ def load_test_scores(plan: dict) -> dict | None:
     if not marker.is_file():
         return None
     scores = json.loads(marker.read_text())
-    if scores.get("format") == LEGACY_TEST:
-        migration = load_migration(plan)
+    if scores.get("format") == stored.LEGACY_TEST:
+        migration = stored.load_migration(plan)
         rel = marker.relative_to(plan["results_dir"]).as_posix()
         if migration is None or migration.get("files", {}).get(rel) != file_sha256(marker):
             raise ExperimentError(

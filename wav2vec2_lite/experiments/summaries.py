@@ -18,17 +18,7 @@ from wav2vec2_lite.experiments.spec import ExperimentError
 from wav2vec2_lite.serialization import file_sha256
 from wav2vec2_lite.train.config import migrate_override
 
-__all__ = [
-    "RUN_FORMAT",
-    "MIGRATION_FORMAT",
-    "summary_path",
-    "sealed_path",
-    "test_scores_path",
-    "load_summaries",
-    "read_sealed",
-    "load_migration",
-    "from_legacy",
-]
+__all__ = ["load_summaries", "summary_path", "sealed_path", "read_sealed", "test_scores_path"]
 
 RUN_FORMAT = "wav2vec2_lite.experiment.run/1"
 MIGRATION_FORMAT = "wav2vec2_lite.experiment.migration/1"
