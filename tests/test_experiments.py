@@ -121,6 +121,12 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "corpus": corpus, "ckpts": ckpts, "curve": curve, "finetune": finetune}
 
 
+def _assert_report_has(path: Path, *needles: str) -> None:
+    report = path.read_text()
+    for needle in needles:
+        assert needle in report, needle
+
+
 def _write_spec(folder: Path, spec: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec))
@@ -192,8 +198,8 @@ def test_label_curve_end_to_end(setup, capsys):
     assert main(["run", str(spec_path), "--in-process"]) == 2  # no runs after test
 
     assert main(["report", str(spec_path)]) == 0
-    report = (root / "curve" / "report.md").read_text()
-    for needle in (
+    _assert_report_has(
+        root / "curve" / "report.md",
         "test CER per variant and size",
         "## pretrained / scratch",
         "two-level",
@@ -204,8 +210,7 @@ def test_label_curve_end_to_end(setup, capsys):
         "topline",
         "The spec lowers the protocol's minimums",
         "min_seeds 2 (default 3)",
-    ):
-        assert needle in report, needle
+    )
     pytest.importorskip("matplotlib")
     assert (root / "curve" / "curve.png").stat().st_size > 1000
 
@@ -281,14 +286,13 @@ def test_an_ablation_pretrains_probes_and_fine_tunes_its_variants(setup, capsys)
     assert t["checkpoint_path"].endswith("best_rq-p2/checkpoints/last")
     assert t["pretrain_weights_sha256"] == p["weights_sha256"]
     assert main(["report", str(spec_path)]) == 0
-    report = (root / "ablation" / "report.md").read_text()
-    for needle in (
+    _assert_report_has(
+        root / "ablation" / "report.md",
         "Frozen probes on `valid`",
         "ratio to contrastive",
         "Chosen on valid",
         "## best_rq / contrastive",
-    ):
-        assert needle in report, needle
+    )
 
     # a summary whose config is not the plan's is refused, not mixed in
     path = summary_path(plan, "best_rq-p1")
