@@ -428,7 +428,7 @@ def test_missing_checkpoint_and_slurm_options_from_spec_and_command_line(
     assert main(["run", str(spec_path), "--jobs", "0"]) == 2
     assert "--jobs: an integer >= 1" in capsys.readouterr().err
     assert main(["run", str(spec_path), "--partition", "gpu"]) == 2
-    assert "given without --slurm" in capsys.readouterr().err
+    assert "SLURM settings: add --slurm" in capsys.readouterr().err
 
     # a second job for a run another process holds stops at once (a resubmitted job, say)
     plan, _ = load_spec_and_plan(spec_path)

@@ -14,24 +14,12 @@ __all__ = ["main"]
 
 
 def _slurm(args, plan: dict) -> SlurmOptions | None:
-    if not args.slurm:
-        given = [
-            f"--{n}"
-            for n, v in (("partition", args.partition), ("gpus", args.gpus), ("time-min", args.time_min))
-            if v is not None
-        ]
-        if given:
-            raise ExperimentError(f"{', '.join(given)}: SLURM settings, given without --slurm")
-        return None
-    s = dict(plan["spec"]["slurm"])
-    for key, value in (
-        ("partition", args.partition),
-        ("gpus_per_node", args.gpus),
-        ("timeout_min", args.time_min),
-    ):
-        if value is not None:
-            s[key] = value
-    return SlurmOptions(**s)
+    """The spec's SLURM settings with the command line's over them; None without --slurm."""
+    given = {"partition": args.partition, "gpus_per_node": args.gpus, "timeout_min": args.time_min}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not args.slurm and given:
+        raise ExperimentError("--partition, --gpus and --time-min are SLURM settings: add --slurm")
+    return SlurmOptions(**{**plan["spec"]["slurm"], **given}) if args.slurm else None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -147,22 +147,17 @@ def run_plan(
 
 def plan_status(plan: dict) -> str:
     """Done and left per kind, variant and size; what is next; whether test was scored."""
-    done = load_summaries(plan)
+    done, runs = load_summaries(plan), plan["runs"]
     cells: dict[tuple[str, str, str], list[int]] = {}
-    for r in plan["runs"]:
-        c = cells.setdefault((r["kind"], r.get("variant", ""), r.get("subset", "")), [0, 0])
-        c[0 if r["id"] in done else 1] += 1
-    lines = [
-        f"{plan['spec']['name']} (plan {plan['sha256'][:12]}): {len(done)} of {len(plan['runs'])} runs done"
-    ]
-    lines += [
-        f"  {kind:<9} {variant:<24} {subset:<16} done {d:>3}  left {left:>3}"
-        for (kind, variant, subset), (d, left) in cells.items()
-    ]
-    left = [r["id"] for r in plan["runs"] if r["id"] not in done]
-    if left:
-        lines.append(f"next: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}")
-    scored = test_scores_path(plan).is_file()
+    for r in runs:
+        cells.setdefault((r["kind"], r.get("variant", ""), r.get("subset", "")), [0, 0])[
+            r["id"] not in done
+        ] += 1
+    lines = [f"{plan['spec']['name']} (plan {plan['sha256'][:12]}): {len(done)} of {len(runs)} runs done"]
+    lines += [f"  {k:<9} {v:<32} {s:<16} done {d:>3}  left {n:>3}" for (k, v, s), (d, n) in cells.items()]
+    left = [r["id"] for r in runs if r["id"] not in done]
+    lines += [f"next: {', '.join(left[:5])}{' ...' if len(left) > 5 else ''}"] if left else []
     if plan["spec"]["finetune"]:
+        scored = test_scores_path(plan).is_file()
         lines.append(f"test: scored ({test_scores_path(plan)})" if scored else "test: not scored yet")
     return "\n".join(lines)

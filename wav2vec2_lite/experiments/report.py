@@ -48,47 +48,37 @@ def _mean_sd(xs: list[float]) -> str:
 
 
 def _header(plan: dict, summaries: dict, scored: bool) -> list[str]:
-    spec, proto = plan["spec"], plan["spec"]["protocol"]
-    lowered = lowered_protocol(proto)
-    lines = [
-        f"# Experiment `{spec['name']}`",
-        "",
-        f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized"
-        + (
-            "; test scored once (`test_scores.json`)."
-            if scored
-            else "; **test not scored yet**: fine-tuning CERs below are valid CERs."
-            if spec["finetune"]
-            else "; probes only: chosen on valid, test is never read."
-        ),
-        "Protocol: "
-        + (
-            f"≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per variant, "
-            if spec["finetune"]
-            else ""
+    spec, proto, ft = plan["spec"], plan["spec"]["protocol"], plan["spec"]["finetune"]
+    state = "test scored once (`test_scores.json`)." if scored else "probes only: test is never read."
+    if ft and not scored:
+        state = "**test not scored yet**: fine-tuning CERs below are valid CERs."
+    at = f" at {', '.join(proto['min_pretrain_seeds_at'])}" if proto["min_pretrain_seeds_at"] else ""
+    rules = [f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant{at}"]
+    rules += ["each checkpoint's best layer chosen on valid"] if spec["probe"] else []
+    if ft:
+        rules[:0] = [
+            f"≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per variant"
+        ]
+        rules += ["trial chosen per variant × size × pretraining seed × fine-tuning seed by best valid CER"]
+    ci = (
+        f"CIs: percentile bootstrap, {proto['bootstrap_resamples']} resamples, seed {proto['bootstrap_seed']}"
+    )
+    ci += (
+        "; two-level for pretrained variants (pretraining seeds, then fine-tuning seeds within each)"
+        if ft
+        else ""
+    )
+    done = f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized; {state}"
+    lines = [f"# Experiment `{spec['name']}`", "", done, f"Protocol: {'; '.join(rules)}. {ci}."]
+    if ft:
+        lines[-1] += f" Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."
+    seeds = [len(v["checkpoints"]) for v in spec["variants"].values() if v["source"] != "scratch"]
+    if min([*seeds, *([len(ft["seeds"])] if ft else [])]) < 4:
+        lines.append(
+            "With 2 or 3 seeds a bootstrap CI cannot be wider than the values' range: it understates the "
+            "uncertainty, and Welch's p is the more cautious figure."
         )
-        + (
-            f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant"
-            + (f" at {', '.join(proto['min_pretrain_seeds_at'])}" if proto["min_pretrain_seeds_at"] else "")
-            if any(v["source"] != "scratch" for v in spec["variants"].values())
-            else "no pretrained variant"
-        )
-        + (
-            "; trial chosen per variant × size × pretraining seed × fine-tuning seed by best valid CER"
-            if spec["finetune"]
-            else "; each checkpoint's best layer chosen on valid"
-        )
-        + f". CIs: percentile bootstrap, {proto['bootstrap_resamples']} resamples, "
-        f"seed {proto['bootstrap_seed']}"
-        + (
-            "; two-level for pretrained variants (pretraining seeds, then fine-tuning seeds within each). "
-            f"Blank collapse: final valid output ≥ {100 * proto['collapse_threshold']:.0f} % empty."
-            if spec["finetune"]
-            else ". With 2 or 3 seeds a bootstrap CI cannot be wider than the values' range: it understates "
-            "the uncertainty, and Welch's p is the more cautious figure."
-        ),
-    ]
-    if lowered:
+    if lowered := lowered_protocol(proto):
         lines.append(f"**The spec lowers the protocol's minimums**: {'; '.join(lowered)}.")
     migration = load_migration(plan)
     if migration:
