@@ -294,6 +294,14 @@ def test_an_ablation_pretrains_probes_and_fine_tunes_its_variants(setup, capsys)
         "## best_rq / contrastive",
     )
 
+    # a pretrained checkpoint whose folder is gone (run folders do not always outlive a machine)
+    folder = Path(plan["spec"]["runs_dir"]) / "contrastive-p1"
+    summary_path(plan, "contrastive-train_a-p1-s1-t0").unlink()
+    folder.rename(folder.with_name("elsewhere"))
+    capsys.readouterr()
+    assert main(["run", str(spec_path), "--in-process"]) == 2
+    assert "is gone although contrastive-p1 is summarized; remove" in capsys.readouterr().err
+
     # a summary whose config is not the plan's is refused, not mixed in
     path = summary_path(plan, "best_rq-p1")
     s = json.loads(path.read_text())

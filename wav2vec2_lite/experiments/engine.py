@@ -18,7 +18,7 @@ from wav2vec2_lite.experiments.jobs import SlurmOptions, run_jobs
 from wav2vec2_lite.experiments.plan import check_committed
 from wav2vec2_lite.experiments.runs import execute
 from wav2vec2_lite.experiments.spec import ExperimentError
-from wav2vec2_lite.experiments.summaries import load_summaries, test_scores_path
+from wav2vec2_lite.experiments.summaries import load_summaries, summary_path, test_scores_path
 from wav2vec2_lite.interop.sources import detect
 
 __all__ = ["run_plan", "plan_status", "select"]
@@ -33,9 +33,9 @@ def select(plan: dict, only: str | None) -> list[dict]:
     return runs
 
 
-def _check_inputs(plan: dict, todo: list[dict]) -> None:
-    """Every file the runs read is there (corpus splits, existing checkpoints), so that a missing
-    one fails now rather than hours in."""
+def _check_inputs(plan: dict, todo: list[dict], done: dict) -> None:
+    """Every file the runs read is there (corpus splits, checkpoints), so that a missing one fails
+    now rather than hours in."""
     spec, corpus = plan["spec"], Path(plan["spec"]["corpus"])
     needed = set()
     for r in todo:
@@ -51,8 +51,13 @@ def _check_inputs(plan: dict, todo: list[dict]) -> None:
     if missing:
         raise ExperimentError(f"missing: {', '.join(missing)} (build the corpus first)")
     for r in todo:
-        path = r.get("checkpoint_path")
-        if path and not r.get("after"):
+        path, after = r.get("checkpoint_path"), r.get("after")
+        if after in done and not Path(path).is_dir():  # run folders do not always outlive a machine
+            raise ExperimentError(
+                f"run {r['id']} fine-tunes {path}, which is gone although {after} is summarized; remove "
+                f"{summary_path(plan, after)} to pretrain it again (its probes are redone too)"
+            )
+        if path and not after:
             try:
                 detect(path)
             except Exception as e:  # detect's errors say what is wrong with the path
@@ -101,7 +106,7 @@ def run_plan(
     )
     if not todo:
         return []
-    _check_inputs(plan, todo)
+    _check_inputs(plan, todo, done)
     first = [r for r in todo if r["kind"] != "finetune"]
     first_ids = {r["id"] for r in first}
     blocked = [r for r in todo if r.get("after") and r["after"] not in done and r["after"] not in first_ids]
