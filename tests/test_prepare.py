@@ -188,7 +188,7 @@ def test_an_empty_split_and_bad_options_are_one_line_errors(tmp_path, capsys):
         (["--valid-percent", "0.01"], "the valid split would be empty"),
         (["--speaker-disjoint"], "needs one folder per speaker"),
         (["--speaker-pattern", "("], "not a regular expression"),
-        (["--valid-percent", "1.5"], "must be in [0, 1)"),
+        (["--valid-percent", "1.5"], "must be in [0, 1]"),
     ):
         with pytest.raises(SystemExit) as code:
             manifest([str(tmp_path / "a"), "--dest", str(tmp_path / "o"), *argv])

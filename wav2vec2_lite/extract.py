@@ -26,13 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from wav2vec2_lite.asr.transcribe import Failure, expand_inputs
 from wav2vec2_lite.compile import compile_dense
-from wav2vec2_lite.data.audio import load_audio
+from wav2vec2_lite.data.audio import AudioError, load_audio, out_of_range
 from wav2vec2_lite.data.audio import normalize as normalize_wave
 from wav2vec2_lite.data.manifest import ManifestError, iter_manifest
 from wav2vec2_lite.inference_dtype import cast_for_inference, inference_dtype_of
@@ -155,6 +156,9 @@ class Extractor:
             raise ValueError(
                 f"{path}: {wave.shape[0]} samples, shorter than the model's {field}-sample receptive field"
             )
+        loud = None if self.normalize else out_of_range(wave)
+        if loud:  # a model without input normalisation would see saturated features
+            raise AudioError(f"{path}: {loud}")
         return self.extract_wave(torch.from_numpy(wave))
 
 
@@ -226,7 +230,12 @@ def extract_to_folder(
             stem.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "safetensors":
                 files = [str(stem.with_suffix(".safetensors"))]
-                save_file(arrays, files[0], metadata={"source": path, "dtype": extractor.dtype})
+                try:
+                    save_file(arrays, files[0], metadata={"source": path, "dtype": extractor.dtype})
+                except SafetensorError as e:  # a failed write (a full disk) is not an OSError there
+                    raise OSError(
+                        f"{files[0]}: could not write ({e}); free some disk space or use another --out"
+                    ) from e
             else:
                 files = []
                 for key, value in arrays.items():

@@ -30,6 +30,7 @@ from wav2vec2_lite.data.audio import (
     AudioInfo,
     audio_info,
     load_audio,
+    out_of_range,
 )
 from wav2vec2_lite.data.audio import (
     normalize as normalize_wave,
@@ -203,7 +204,8 @@ class Transcriber:
     def read_wave(self, path: str | Path) -> tuple[np.ndarray, str | None]:
         """The file as a mono wave at the model's rate (channels averaged, soxr) and a notice of what changed.
 
-        Raises AudioError naming the file when it is unreadable or shorter than the receptive field.
+        Raises AudioError naming the file when it is unreadable, shorter than the receptive field,
+        or (for a model that does not normalise its input) float samples far outside [-1, 1].
         """
         info = audio_info(path)
         wave = load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
@@ -213,6 +215,9 @@ class Transcriber:
                 f"{path}: {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than the model's "
                 f"{field}-sample receptive field; too short to transcribe"
             )
+        loud = None if self.normalize else out_of_range(wave)
+        if loud:  # a model without input normalisation sees only saturated features: empty text
+            raise AudioError(f"{path}: {loud}")
         return wave, conversion_notice(path, info, self.sample_rate)
 
     def transcribe_file(self, path: str | Path) -> Transcript:
@@ -269,10 +274,13 @@ def _manifest_files(tsv: Path, limit: int | None) -> Iterator[Failure | str]:
     except ManifestError as e:
         yield Failure(str(tsv), _reason(e, tsv), e)
         return
+    n = -1
     for n, (line_no, rel, _size, error) in enumerate(rows):
         if limit is not None and n >= limit:
             return
         yield Failure(f"{tsv}:{line_no}", error) if error else str(root / rel)
+    if n < 0:
+        yield Failure(str(tsv), "the manifest lists no audio files (only its root line, or empty)")
 
 
 def _reason(e: BaseException, path: str | Path) -> str:

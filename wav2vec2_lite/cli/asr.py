@@ -15,16 +15,21 @@ from wav2vec2_lite.cli.common import (
     _add_decoding_options,
     _add_dtype_option,
     _add_overwrite_option,
+    _check_device,
+    _check_model_path,
     _decoding,
     _dtype_note,
+    _loading_model,
     _Parser,
     _report_failure,
     _reported,
+    console_script,
 )
 from wav2vec2_lite.tools.output_dir import claim_output_dir
 
 
 # --------------------------------------------------------------------------------- transcription
+@console_script("w2v2-transcribe")
 def transcribe(argv: list[str] | None = None) -> None:
     """``w2v2-transcribe MODEL INPUT...``: text (or JSON with word timings) for audio files, folders
     (searched recursively) and .tsv manifests, each result printed as soon as it is done.
@@ -58,19 +63,21 @@ def transcribe(argv: list[str] | None = None) -> None:
     # start-up: soundfile and the ASR stack load after --help and usage errors, and never for the other w2v2-*
     from wav2vec2_lite.asr.transcribe import Failure, Transcriber, transcribe_all
 
-    _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
-        tr = Transcriber.from_path(
-            args.model,
-            dictionary=args.dict,
-            trust=args.trust_pickle,
-            chunk_s=args.chunk_s,
-            overlap_s=args.overlap_s,
-            device=args.device,
-            decoding=_decoding(args),
-            dtype=args.dtype,
-            compile=args.compile,
-        )
+        _check_device(args.device)
+        _dtype_note(prog, args.dtype, args.device)
+        with _loading_model(args.model):
+            tr = Transcriber.from_path(
+                args.model,
+                dictionary=args.dict,
+                trust=args.trust_pickle,
+                chunk_s=args.chunk_s,
+                overlap_s=args.overlap_s,
+                device=args.device,
+                decoding=_decoding(args),
+                dtype=args.dtype,
+                compile=args.compile,
+            )
     done = failed = 0
     for out in transcribe_all(tr, inputs, limit=args.limit):
         if isinstance(out, Failure):
@@ -88,6 +95,7 @@ def transcribe(argv: list[str] | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------- evaluation
+@console_script("w2v2-evaluate")
 def evaluate(argv: list[str] | None = None) -> None:
     """``w2v2-evaluate MODEL --data DIR``: corpus WER/CER of a fine-tuned model on a labelled split
     (SPLIT.tsv + SPLIT.wrd), by sentence kind where the corpus records it, greedy or beam search
@@ -119,8 +127,10 @@ def evaluate(argv: list[str] | None = None) -> None:
     from wav2vec2_lite.asr.evaluate import by_kind, evaluate_split, sentence_kinds
     from wav2vec2_lite.asr.transcribe import Transcriber
 
-    _dtype_note(prog, args.dtype, args.device)
     with _reported(prog, args.debug, _TRUST_HINT):
+        _check_device(args.device)
+        _dtype_note(prog, args.dtype, args.device)
+        _check_model_path(args.model)
         out = (
             claim_output_dir(
                 args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.data, args.dict]
@@ -129,22 +139,39 @@ def evaluate(argv: list[str] | None = None) -> None:
             else None
         )
         with out or nullcontext():  # --out gets the whole result or, on an error or an interrupt, nothing
-            tr = Transcriber.from_path(
-                args.model,
-                dictionary=args.dict,
-                trust=args.trust_pickle,
-                device=args.device,
-                decoding=_decoding(args),
-                dtype=args.dtype,
-                compile=args.compile,
-            )
+            with _loading_model(args.model):
+                tr = Transcriber.from_path(
+                    args.model,
+                    dictionary=args.dict,
+                    trust=args.trust_pickle,
+                    device=args.device,
+                    decoding=_decoding(args),
+                    dtype=args.dtype,
+                    compile=args.compile,
+                )
             result = evaluate_split(
                 tr, args.data, args.split, args.limit, labels=args.labels, progress=sys.stderr.isatty()
             )
             kinds = sentence_kinds(args.data)
             parts = by_kind(result, kinds)
+            _print_evaluation(prog, args, tr, result, parts)  # before writing: a failed write keeps them
             if out is not None:
-                _write_evaluation(out.staging, args, tr, result, kinds, parts)
+                try:
+                    _write_evaluation(out.staging, args, tr, result, kinds, parts)
+                except OSError as e:
+                    e.add_note(f"--out {args.out} was not written; the scores above are the result")
+                    raise
+    if out is not None:
+        print(f"wrote {out.path / 'summary.json'} and {out.path / 'utterances.jsonl'}")
+    if result.failed:
+        sys.stderr.write(
+            f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n"
+        )
+        raise SystemExit(EXIT_PARTIAL)
+
+
+def _print_evaluation(prog: str, args, tr, result, parts) -> None:
+    """The failed utterances on stderr; the rates, overall and by kind, on stdout."""
     for path, why in result.failed.items():
         sys.stderr.write(f"{prog}: error: {path}: {why}\n")
     decoding = tr.decoding.to_dict()
@@ -158,13 +185,7 @@ def evaluate(argv: list[str] | None = None) -> None:
             f"  {kind}: WER {100 * part.wer:.2f} %  CER {100 * part.cer:.2f} %  "
             f"({part.utterances} utterances)"
         )
-    if out is not None:
-        print(f"wrote {out.path / 'summary.json'} and {out.path / 'utterances.jsonl'}")
-    if result.failed:
-        sys.stderr.write(
-            f"{prog}: {len(result.failed)} of {result.utterances} utterances failed (scored as empty)\n"
-        )
-        raise SystemExit(EXIT_PARTIAL)
+    sys.stdout.flush()
 
 
 def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
@@ -190,6 +211,7 @@ def _write_evaluation(folder: Path, args, tr, result, kinds, parts) -> None:
 
 
 # --------------------------------------------------------------------------------- export
+@console_script("w2v2-export-hf")
 def export_hf(argv: list[str] | None = None) -> None:
     """``w2v2-export-hf MODEL OUT``: a fine-tuned run -> a Hugging Face folder that
     ``transformers.pipeline("automatic-speech-recognition", model=OUT)`` loads offline."""
@@ -213,8 +235,10 @@ def export_hf(argv: list[str] | None = None) -> None:
     from wav2vec2_lite.interop.hf_export import export_ctc_to_hf
 
     with _reported(prog, args.debug, _TRUST_HINT):
+        _check_model_path(args.model)
         out = claim_output_dir(args.out, prog, overwrite=args.overwrite, inputs=[args.model, args.dict])
         with out:  # written beside OUT, then swapped in whole: no file of an earlier content stays
-            tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
+            with _loading_model(args.model):
+                tr = Transcriber.from_path(args.model, dictionary=args.dict, trust=args.trust_pickle)
             export_ctc_to_hf(tr.model, tr.tokenizer, out.staging)
     print(f"wrote {out.path}")

@@ -4,12 +4,15 @@ of the tools that read a fine-tuned model (conventions: ``wav2vec2_lite.cli``)."
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import json
 import os
 import pickle
 import sys
 import traceback
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -20,6 +23,8 @@ from wav2vec2_lite.tools import hardware  # hardware.native_bf16 looked up per c
 
 CONFIG_DIR = Path(os.environ.get("W2V2_CONFIG_DIR") or str(resources.files("wav2vec2_lite") / "configs"))
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # the shell's 128 + SIGINT / SIGPIPE
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 
 # Library errors state hints in Python keywords; the training commands take Hydra overrides.
 _OVERRIDE_HINTS = {
@@ -39,10 +44,21 @@ _TRUST_HINT = {"load_fairseq(path, trust=True)": "--trust-pickle"}  # the tools 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input or settings, not a bug: reported as one message."""
     # start-up: train.* loads omegaconf (~0.1 s); every w2v2-* imports this module, only an error needs these
+    from safetensors import SafetensorError
+
     from wav2vec2_lite.train.run_dir import RunDirError
     from wav2vec2_lite.train.trainer import NonFiniteError
 
-    return ValueError, KeyError, OSError, pickle.UnpicklingError, CheckpointError, RunDirError, NonFiniteError
+    return (
+        ValueError,
+        KeyError,
+        OSError,
+        pickle.UnpicklingError,
+        CheckpointError,
+        RunDirError,
+        NonFiniteError,
+        SafetensorError,
+    )
 
 
 def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
@@ -53,13 +69,32 @@ def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
 
 
 def _message(e: BaseException, hints: dict[str, str] | None = None) -> str:
-    """The error's text (and notes), hints rewritten to the command's syntax; the type for built-in errors."""
+    """The error's text (and notes), hints rewritten to the command's syntax; the type for built-in
+    errors; for an OSError that names its file, the file, the reason and what to do."""
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        code = errno.errorcode.get(e.errno, "") if e.errno else ""
+        fix = _OS_FIX.get(e.errno, _OS_FIX[None])
+        text = f"{e.filename}: {e.strerror}{f' ({code})' if code else ''}; {fix}"
     text = "\n".join([text, *getattr(e, "__notes__", [])]).strip() or type(e).__name__
     for python, override in (hints or {}).items():
         text = text.replace(python, override)
     builtin = type(e).__module__ == "builtins" and not isinstance(e, OSError)
     return f"{type(e).__name__}: {text}" if builtin and type(e) is not ValueError else text
+
+
+# what to do about an OSError that names its file, by errno
+_OS_FIX = {
+    errno.ENOSPC: "free some disk space or write to another disk",
+    errno.EDQUOT: "free some space under your quota or write to another disk",
+    errno.EROFS: "the file system is read-only: write to another folder",
+    errno.EACCES: "check its permissions or write to another folder",
+    errno.EPERM: "check its permissions or write to another folder",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "give a file, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    None: "check the path and the storage",
+}
 
 
 def _fail(prog: str, message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -79,6 +114,91 @@ def _reported(prog: str, debug: bool, hints: dict[str, str] | None = None) -> It
         if debug:
             raise
         _fail(prog, _message(e, hints), EXIT_PARTIAL if getattr(e, "updates_run", 0) else EXIT_USAGE)
+
+
+def console_script(prog: str) -> Callable[[Callable], Callable]:
+    """Wrap a console script's ``main(argv)``: nothing it raises becomes a traceback unless
+    ``--debug`` (or ``HYDRA_FULL_ERROR=1``) asks for one.
+
+    A user error that reached the top is one ``PROG: error: ...`` line (exit 2, or 1 once training
+    ran updates); Ctrl-C is one line, with what a rerun resumes from when training (exit 130); a
+    reader that stopped reading (``| head``) ends the command quietly (exit 141, as SIGPIPE would).
+    Other exceptions are bugs and keep their traceback."""
+
+    def wrap(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None):
+            _, debug = _debug_wanted(sys.argv[1:] if argv is None else list(argv))
+            try:
+                return main(argv) if argv is not None else main()
+            except KeyboardInterrupt as e:
+                if debug:
+                    raise
+                notes = " ".join(getattr(e, "__notes__", []))
+                _fail(prog, f"interrupted (Ctrl-C){'. ' + notes if notes else ''}", EXIT_INTERRUPTED)
+            except BrokenPipeError:
+                _close_stdout()
+                raise SystemExit(EXIT_BROKEN_PIPE) from None
+            except _user_errors() as e:
+                if debug:
+                    raise
+                _fail(prog, _message(e), EXIT_PARTIAL if getattr(e, "updates_run", 0) else EXIT_USAGE)
+
+        return run
+
+    return wrap
+
+
+def _close_stdout() -> None:
+    """After the reader of stdout went away: point stdout at /dev/null, so that the interpreter's
+    final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (a test's buffer)
+        pass
+
+
+def _check_device(device: str, option: str = "--device") -> str:
+    """``device`` if torch can run on it here; otherwise ValueError naming ``option``, what this
+    machine has and what to pass instead."""
+    from wav2vec2_lite.train.config import check_device  # start-up: omegaconf, after --help
+
+    check_device(device, option)
+    return device
+
+
+def _check_model_path(path: str) -> None:
+    """A model argument that is an audio file (a positional argument out of place) is one line saying so."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES:
+        raise ValueError(
+            f"{path}: an audio file where the model goes; the model is the first argument: a run folder, "
+            f"a model folder, a Hugging Face folder or a fairseq .pt"
+        )
+
+
+@contextmanager
+def _loading_model(path: str) -> Iterator[None]:
+    """While ``path`` (a model) loads: an empty, truncated or non-PyTorch model *file* is one line naming
+    it (torch's reader raises EOFError, IndexError or RuntimeError for those), not a traceback."""
+    _check_model_path(path)
+    try:
+        yield
+    except (EOFError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
+        p = Path(path)
+        if not p.is_file() or not (
+            type(e) in (EOFError, IndexError, RuntimeError) or isinstance(e, zipfile.BadZipFile)
+        ):
+            raise  # a project error (it names the file already), or a model folder's
+        size = p.stat().st_size
+        why = "empty (0 bytes)" if size == 0 else f"truncated or not a PyTorch checkpoint ({size} bytes)"
+        detail = str(e).split(". ")[0].strip() or type(e).__name__
+        raise CheckpointError(
+            f"{path}: cannot be read as a model: the file is {why} ({detail}); copy it again, or give a run "
+            f"folder, a model folder or a Hugging Face folder"
+        ) from e
 
 
 class _Parser(argparse.ArgumentParser):

@@ -12,9 +12,12 @@ from wav2vec2_lite.cli.common import (
     EXIT_USAGE,
     _add_dtype_option,
     _add_overwrite_option,
+    _check_device,
     _dtype_note,
+    _loading_model,
     _Parser,
     _reported,
+    console_script,
 )
 from wav2vec2_lite.serialization import atomic_write_text
 from wav2vec2_lite.tools.output_dir import claim_output_dir, claim_output_file, contains, starts_with
@@ -29,6 +32,7 @@ from wav2vec2_lite.tools.sweep import (
 
 
 # --------------------------------------------------------------------------------- representations
+@console_script("w2v2-extract")
 def extract(argv: list[str] | None = None) -> None:
     """``w2v2-extract MODEL INPUT... --out DIR``: frame states of chosen layers and per-frame
     discrete units (--units: the pretraining objective's codes for every frame) for audio files,
@@ -72,22 +76,24 @@ def extract(argv: list[str] | None = None) -> None:
     )
     args = p.parse_intermixed_args(argv)
     layers = [x for x in args.layers.split(",") if x.strip()]
-    _dtype_note(prog, args.dtype, args.device)
     done = failed = 0
     with _reported(prog, args.debug, _TRUST_HINT):
+        _check_device(args.device)
+        _dtype_note(prog, args.dtype, args.device)
         out = claim_output_dir(
             args.out, prog, overwrite=args.overwrite, inputs=[args.model, *args.audio], rerun="refuse"
         )
         with out:  # written beside --out, then put in place whole; nothing on an error or an interrupt
-            ex = Extractor.from_path(
-                args.model,
-                layers,
-                units=args.units,
-                trust=args.trust_pickle,
-                device=args.device,
-                dtype=args.dtype,
-                compile=args.compile,
-            )
+            with _loading_model(args.model):
+                ex = Extractor.from_path(
+                    args.model,
+                    layers,
+                    units=args.units,
+                    trust=args.trust_pickle,
+                    device=args.device,
+                    dtype=args.dtype,
+                    compile=args.compile,
+                )
             for item in extract_to_folder(
                 ex, args.audio, out.staging, fmt=args.format, limit=args.limit, progress=sys.stderr.isatty()
             ):
@@ -106,6 +112,7 @@ def extract(argv: list[str] | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------- data preparation
+@console_script("w2v2-manifest")
 def manifest(argv: list[str] | None = None) -> None:
     """``w2v2-manifest AUDIO_DIR --dest DIR``: fairseq manifests for a folder of audio, and with
     transcripts (a path<TAB>text or CSV file, LibriSpeech *.trans.txt, or .txt/.lab sidecars)
@@ -140,11 +147,21 @@ def manifest(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--valid-percent",
         type=float,
-        default=0.01,
         help="fraction of the files (or of the "
-        "utterances, by speaker) in valid (default: %(default)s; 0: no valid split)",
+        "utterances, by speaker) in valid (default: 0.01, or 0 with --test-percent 1 or --split-name; "
+        "0: no valid split)",
     )
-    p.add_argument("--test-percent", type=float, default=0.0, help="fraction in test (default: 0, none)")
+    p.add_argument(
+        "--test-percent",
+        type=float,
+        default=0.0,
+        help="fraction in test (default: 0, none; 1: the whole folder is the test set, no train split)",
+    )
+    p.add_argument(
+        "--split-name",
+        metavar="NAME",
+        help="every file in one split NAME.tsv (a whole folder as one evaluation set, e.g. dev-clean)",
+    )
     p.add_argument(
         "--speaker-disjoint",
         action="store_true",
@@ -163,6 +180,8 @@ def manifest(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip and list unusable files instead of stopping")
     p.add_argument("--path-must-contain", metavar="TEXT", help="keep only files whose path contains TEXT")
     args = p.parse_intermixed_args(argv)
+    if args.valid_percent is None:
+        args.valid_percent = 0.0 if args.test_percent == 1 or args.split_name else 0.01
     with _reported(prog, args.debug):
         out = claim_output_dir(
             args.dest, prog, overwrite=args.overwrite, inputs=[args.audio_dir, args.transcripts]
@@ -181,6 +200,7 @@ def manifest(argv: list[str] | None = None) -> None:
                 charset=args.charset,
                 skip_bad=args.skip_bad,
                 path_must_contain=args.path_must_contain,
+                single_split=args.split_name,
             )
     for s in report.skipped:
         sys.stderr.write(f"{prog}: skipped {s['path']}: {s['reason']}\n")
@@ -197,6 +217,7 @@ def manifest(argv: list[str] | None = None) -> None:
 
 
 # --------------------------------------------------------------------------------- run reports
+@console_script("w2v2-report")
 def report(argv: list[str] | None = None) -> None:
     """``w2v2-report RUN_DIR``: one self-contained HTML page for a training run (curves, health
     events, config; codebook usage on a split with --manifest-dir)."""
@@ -224,9 +245,16 @@ def report(argv: list[str] | None = None) -> None:
             overwrite=args.overwrite,
             own=contains(GENERATOR.encode()),
         )
-        print(f"wrote {write_report(args.run_dir, out, manifest_dir=args.manifest_dir, split=args.split)}")
+        notes: list[str] = []
+        written = write_report(
+            args.run_dir, out, manifest_dir=args.manifest_dir, split=args.split, notes=notes
+        )
+        for note in notes:
+            sys.stderr.write(f"{prog}: note: {note}\n")
+        print(f"wrote {written}")
 
 
+@console_script("w2v2-sweep-summary")
 def sweep_summary(argv: list[str] | None = None) -> None:
     """``w2v2-sweep-summary SWEEP_DIR``: a Hydra multirun sweep as a markdown table of each run's
     final validation metrics (SWEEP_DIR/summary.md), and with --plot a plot of one metric."""
@@ -266,7 +294,10 @@ def sweep_summary(argv: list[str] | None = None) -> None:
             if args.plot
             else None
         )
-        runs = collect_sweep(args.sweep_dir)
+        notes: list[str] = []
+        runs = collect_sweep(args.sweep_dir, notes)
+        for note in notes:
+            sys.stderr.write(f"{prog}: note: {note}\n")
         table = sweep_table(runs, args.metrics)
         grouped = seed_table(runs, args.metrics, args.seed_key)
         table += f"\nMean ± sd over seeds ({args.seed_key}):\n\n{grouped}" if grouped else ""
@@ -277,6 +308,7 @@ def sweep_summary(argv: list[str] | None = None) -> None:
             print(f"wrote {plot_sweep(runs, args.plot, png)}")
 
 
+@console_script("w2v2-probe")
 def probe(argv: list[str] | None = None) -> None:
     """``w2v2-probe MODEL --data DIR``: per-layer linear CTC probes (valid CER) of a model, its
     architecture at random init and the log-mel front end (``wav2vec2_lite.probes``, docs/probes.md)."""

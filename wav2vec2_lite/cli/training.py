@@ -10,7 +10,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from wav2vec2_lite.cli.common import _OVERRIDE_HINTS, CONFIG_DIR, _debug_wanted, _fail, _reported
+from wav2vec2_lite.cli.common import (
+    _OVERRIDE_HINTS,
+    CONFIG_DIR,
+    _debug_wanted,
+    _fail,
+    _reported,
+    console_script,
+)
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.tools.output_dir import check_training_run_dir
 
@@ -42,6 +49,43 @@ def _check_run_dir_overrides(argv: list[str]) -> None:
             RunDir(value).check_folder(key)
             if key != "hydra.sweep.dir":
                 check_training_run_dir(value, key)
+
+
+# Hydra's options that take a value (``--config-name NAME``): that value is not an override
+_VALUE_OPTIONS = {
+    "--config-name",
+    "-cn",
+    "--config-path",
+    "-cp",
+    "--config-dir",
+    "-cd",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
+
+
+def _check_override_words(argv: list[str]) -> None:
+    """Every word that is not an option is ``KEY=VALUE`` (or ``GROUP=OPTION``): a bare word is most
+    often the rest of a value with a space that the shell split (``data.manifest_dir=/my data``)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-") or "=" in arg or (i and argv[i - 1] in _VALUE_OPTIONS):
+            continue
+        before = argv[i - 1] if i else ""
+        joined = f"'{before} {arg}'" if "=" in before else None
+        raise ValueError(
+            f"{arg!r}: not KEY=VALUE"
+            + (
+                f"; it looks like the rest of the value before it, split at a space by the shell: "
+                f"quote the whole override, {joined}"
+                if joined
+                else "; every override is KEY=VALUE (a value with a space must be quoted)"
+            )
+        )
 
 
 def _shared_run_dir(argv: list[str], task: str) -> list[str]:
@@ -201,6 +245,7 @@ def _main(config_name: str, prog: str) -> None:
         print(_training_help(config_name, prog))
         return
     with _reported(prog, debug, _OVERRIDE_HINTS):
+        _check_override_words(argv)
         _check_run_dir_overrides(argv)
         argv = _shared_run_dir(argv, config_name)
     register_configs()
@@ -215,6 +260,9 @@ def _main(config_name: str, prog: str) -> None:
         if debug:
             raise
         _fail(prog, _hydra_message(e, kind=config_name))
+    except OSError as e:  # Hydra's own writes (the run folder, .hydra/*.yaml), before or after the task
+        e.add_note("Set hydra.run.dir to a folder you can write to (and with free space).")
+        raise
     finally:
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -244,11 +292,13 @@ def _hydra_message(e: BaseException, kind: str) -> str:
     return " ".join(ln if ln[-1] in ".:;!?" else f"{ln}." for ln in lines)
 
 
+@console_script("w2v2-pretrain")
 def pretrain() -> None:
     """``w2v2-pretrain``: self-supervised pretraining (configs/pretrain.yaml)."""
     _main("pretrain", "w2v2-pretrain")
 
 
+@console_script("w2v2-finetune")
 def finetune() -> None:
     """``w2v2-finetune``: CTC fine-tuning (configs/finetune.yaml)."""
     _main("finetune", "w2v2-finetune")

@@ -26,7 +26,9 @@ __all__ = [
     "load_audio",
     "normalize",
     "audio_warnings",
+    "out_of_range",
     "SILENCE_DBFS",
+    "RANGE_LIMIT",
     "CLIP_LEVEL",
     "CLIP_FRACTION",
 ]
@@ -36,6 +38,8 @@ SILENCE_DBFS = -60.0
 # ... and one with at least CLIP_FRACTION of its samples at |x| >= CLIP_LEVEL is clipped
 CLIP_LEVEL = 0.999
 CLIP_FRACTION = 0.01
+# float samples are expected in [-1, 1]; a peak above this is integer-scale values stored as float
+RANGE_LIMIT = 4.0
 
 MonoPolicy = Literal["error", "mix"]
 ResamplePolicy = Literal["error", "soxr"]
@@ -199,4 +203,20 @@ def audio_warnings(wave) -> list[str]:
     clipped = float(np.mean(np.abs(wave) >= CLIP_LEVEL))
     if clipped >= CLIP_FRACTION:
         found.append(f"clipped: {clipped:.1%} of samples at |x| >= {CLIP_LEVEL} (limit {CLIP_FRACTION:.0%})")
+    loud = out_of_range(wave)
+    if loud:
+        found.append(loud)
     return found
+
+
+def out_of_range(wave) -> str | None:
+    """Why float samples ``(S,)`` or ``(S, C)`` far outside [-1, 1] are wrong, or None: a peak above
+    ``RANGE_LIMIT`` is integer-scale values (16-bit: up to 32767) stored in a float file."""
+    peak = float(np.max(np.abs(wave))) if np.size(wave) else 0.0
+    if peak <= RANGE_LIMIT:
+        return None
+    hint = "; divide by 32768 (16-bit values)" if peak <= 32768 * 1.01 else ""
+    return (
+        f"out of range: samples reach {peak:.6g}, float audio is expected in [-1, 1] "
+        f"(limit {RANGE_LIMIT:g}); rescale the file{hint}"
+    )

@@ -63,12 +63,13 @@ class Manifest:
 
 
 def _read_lines(path: PathLike, what: str) -> list[str]:
-    """Lines of a UTF-8 text file without their newline; a final newline adds no line."""
+    """Lines of a UTF-8 text file without their newline; a final newline adds no line, a leading
+    byte-order mark is no part of the first line."""
     p = Path(path)
     if not p.is_file():
         raise ManifestError(f"{what} file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         raise ManifestError(f"{p}: {what} file is not UTF-8 text ({e})") from None
     lines = text.split("\n")

@@ -13,23 +13,32 @@ What ``w2v2-manifest`` runs. Transcripts are found, in this order:
 Text is normalised to a character set (default ``A-Z`` and the apostrophe, upper case;
 accents stripped, dashes and slashes become spaces); every other character is dropped and
 counted in the report. Splits are drawn per file (``valid_percent``/``test_percent``) or per
-speaker (``speaker_disjoint``); an empty requested split is an error. Nothing is written
+speaker (``speaker_disjoint``); an empty requested split is an error; ``test_percent=1`` (or
+``single_split="dev-clean"``) makes the whole folder one evaluation split. Nothing is written
 until every file has been read, so an error leaves no half-written folder.
+
+The folder is searched with symbolic links followed (a link back to a folder already searched is
+noted, not followed again). A file that cannot be used is never left out without a word: an
+audio-named entry that is not a regular file (a FIFO, a broken link), an unreadable or empty file,
+NaN/inf samples (float files are decoded), fewer samples than the 400-sample receptive field,
+two different transcripts for one key.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
+import stat
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from wav2vec2_lite.data.audio import AudioError, audio_info
+from wav2vec2_lite.data.audio import AudioError, audio_info, read_samples
 from wav2vec2_lite.data.manifest import (
     ManifestError,
     count_symbols,
@@ -47,6 +56,8 @@ _PATH_COLUMNS = ("path", "file", "filename", "file_name", "audio", "audio_path",
 _TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text", "label")
 _SEPARATORS = set("-‐‑‒–—_/")
 _APOSTROPHES = {"’": "'", "‘": "'", "ʼ": "'", "`": "'"}
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})  # the only files that can hold NaN/inf samples
+MIN_SAMPLES = 400  # the feature encoder's receptive field at 16 kHz: a shorter file gives no frame
 
 
 @dataclass
@@ -63,6 +74,7 @@ class PrepareReport:
     transcripts_without_audio: int = 0
     not_16k: int = 0
     multi_channel: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> list[str]:
         """Human-readable lines: splits, skips, dropped characters and conversion warnings."""
@@ -85,6 +97,7 @@ class PrepareReport:
             lines.append(
                 f"{self.transcripts_without_audio} transcripts name no audio file found under the folder"
             )
+        lines += [f"note: {n}" for n in self.notes]
         if self.not_16k or self.multi_channel:
             lines.append(
                 f"{self.not_16k} files not at 16000 Hz and {self.multi_channel} with several channels: "
@@ -141,35 +154,111 @@ def read_transcripts(path: str | Path) -> dict[str, str]:
                 f"{path}: the CSV header {rows[0]} needs a path column (one of {list(_PATH_COLUMNS)}) "
                 f"and a text column (one of {list(_TEXT_COLUMNS)})"
             )
-        out = {}
+        table = _Table(path)
         for n, row in enumerate(rows[1:], start=2):
             if len(row) <= max(key, val):
                 raise ManifestError(f"{path}:{n}: expected {len(header)} columns, found {len(row)}")
-            out[row[key].strip()] = row[val]
-        return out
-    out = {}
+            table.add(row[key].strip(), row[val], n)
+        return table.result()
+    table = _Table(path)
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         name, sep, text = line.partition("\t")
         if not sep:
             raise ManifestError(f"{path}:{n}: expected 'path<TAB>text', found {line[:60]!r}")
-        out[name.strip()] = text
-    return out
+        table.add(name.strip(), text, n)
+    return table.result()
+
+
+class _Table:
+    """``{key: text}`` of one transcript file; a key given twice with different texts is an error
+    naming both lines (the same text twice is kept once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.texts, self.lines, self.clashes = path, {}, {}, []
+
+    def add(self, key: str, text: str, line: int) -> None:
+        if key in self.texts and self.texts[key].strip() != text.strip():
+            self.clashes.append(
+                f"{self.path}:{line}: {key!r} has another transcript on line {self.lines[key]} "
+                f"({self.texts[key].strip()[:40]!r} vs {text.strip()[:40]!r})"
+            )
+            return
+        self.texts.setdefault(key, text)
+        self.lines.setdefault(key, line)
+
+    def result(self) -> dict[str, str]:
+        if self.clashes:
+            shown = "\n  ".join(self.clashes[:20]) + (
+                f"\n  ... and {len(self.clashes) - 20} more" if len(self.clashes) > 20 else ""
+            )
+            raise ManifestError(
+                f"{len(self.clashes)} key(s) with two different transcripts (which one is right?); keep "
+                f"one line per key:\n  {shown}"
+            )
+        return self.texts
 
 
 def _librispeech(root: Path) -> dict[str, str]:
     """``{folder/ID: text}`` from every ``*.trans.txt`` under ``root``."""
     out = {}
     for tf in sorted(root.rglob("*.trans.txt")):
+        table = _Table(tf)
         for n, line in enumerate(_read_text_file(tf), start=1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
             if not text:
                 raise ManifestError(f"{tf}:{n}: expected 'UTTERANCE-ID TEXT', found {line[:60]!r}")
-            out[(tf.parent.relative_to(root) / uid).as_posix()] = text
+            table.add((tf.parent.relative_to(root) / uid).as_posix(), text, n)
+        out.update(table.result())
     return out
+
+
+def _find_audio(
+    root: Path, exts: set[str], must_contain: str | None
+) -> tuple[list[Path], list[tuple[Path, str]], list[str]]:
+    """Audio-named entries under ``root``, symbolic links followed: ``(files, unusable, notes)``.
+
+    ``unusable`` pairs an audio-named entry that is not a regular file (a FIFO, a device, a broken
+    link) with why; ``notes`` names each link to a folder already searched (a loop or a second way
+    in: searched once) and each folder that could not be listed."""
+    files: list[Path] = []
+    unusable: list[tuple[Path, str]] = []
+    notes: list[str] = []
+    seen: dict[tuple[int, int], str] = {}
+
+    def unlisted(e: OSError) -> None:
+        unusable.append((Path(e.filename or "?"), f"folder cannot be listed ({e.strerror or e})"))
+
+    for folder, dirs, names in os.walk(root, followlinks=True, onerror=unlisted):
+        st = os.stat(folder)
+        key = (st.st_dev, st.st_ino)
+        if key in seen:  # reached again through a link: do not search it twice (or forever)
+            notes.append(f"{folder}: a link to {seen[key]}, already searched; not searched again")
+            dirs[:] = []
+            continue
+        seen[key] = folder
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.suffix.lower() not in exts or (must_contain and must_contain not in str(path)):
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as e:  # a broken link or a link loop
+                why = "a broken symbolic link" if path.is_symlink() else "cannot be read"
+                unusable.append((path, f"{why} ({e.strerror or e})"))
+                continue
+            if not stat.S_ISREG(mode):
+                kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+                unusable.append(
+                    (path, f"not a regular file ({kind})" if not stat.S_ISDIR(mode) else "a folder")
+                )
+                continue
+            files.append(path)
+    return sorted(files), unusable, notes
 
 
 def _sidecar(audio: Path) -> Path | None:
@@ -272,31 +361,44 @@ def prepare_dataset(
     charset: str = DEFAULT_CHARSET,
     skip_bad: bool = False,
     path_must_contain: str | None = None,
+    single_split: str | None = None,
 ) -> PrepareReport:
     """Write ``dest/{train,valid,test}.tsv`` (+ ``.ltr``, ``.wrd`` and ``dict.ltr.txt`` when
     transcripts are found) and ``prepare_report.json``; returns the report.
 
     A file that cannot be used (unreadable audio, no transcript, a transcript empty after
-    normalisation) is a :class:`ManifestError` naming it, or with ``skip_bad`` a skip listed in
-    the report. The dictionary counts the symbols of every split written.
+    normalisation, NaN/inf samples, shorter than 400 samples; an audio-named FIFO or broken link) is
+    a :class:`ManifestError` naming it, or with ``skip_bad`` a skip listed in the report. The
+    dictionary counts the symbols of every split written. ``test_percent=1`` puts every file in
+    ``test``; ``single_split=NAME`` every file in ``NAME.tsv`` (no train split either way).
     """
     for name, p in (("valid", valid_percent), ("test", test_percent)):
-        if not 0.0 <= p < 1.0:
-            raise ManifestError(f"--{name}-percent must be in [0, 1), found {p:g}")
+        if not 0.0 <= p <= 1.0:
+            raise ManifestError(f"--{name}-percent must be in [0, 1], found {p:g}")
+    if test_percent == 1.0 or valid_percent == 1.0:
+        if valid_percent + test_percent > 1.0:
+            raise ManifestError(
+                f"--valid-percent {valid_percent:g} and --test-percent {test_percent:g} add up to more "
+                f"than 1; one split of the whole folder is --test-percent 1 (or --valid-percent 1) alone"
+            )
+        single_split = single_split or ("test" if test_percent == 1.0 else "valid")
+    elif single_split is not None and (valid_percent > 0 or test_percent > 0):
+        raise ManifestError(
+            f"--split-name {single_split} puts every file in one split; leave out --valid-percent and "
+            f"--test-percent"
+        )
+    if single_split is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", single_split):
+        raise ManifestError(f"--split-name {single_split!r}: letters, digits, '_', '-' and '.' only")
     if not charset:
         raise ManifestError("the character set is empty")
     root = Path(audio_dir).resolve()
     if not root.is_dir():
         raise ManifestError(f"{audio_dir}: audio folder not found")
     exts = {"." + e.lower().lstrip(".") for e in extensions}
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in exts and p.is_file() and (not path_must_contain or path_must_contain in str(p))
-    )
-    if not files:
+    files, unusable, notes = _find_audio(root, exts, path_must_contain)
+    if not files and not unusable:
         raise ManifestError(f"{root}: no audio files ({', '.join(sorted(exts))}) in this folder or below")
-    report = PrepareReport(audio_files=len(files))
+    report = PrepareReport(audio_files=len(files) + len(unusable), notes=notes)
 
     table: dict[str, str] | None = None
     if transcripts is not None:
@@ -317,6 +419,8 @@ def prepare_dataset(
         else:
             errors.append(f"{path}: {reason}")
 
+    for f, why in unusable:
+        bad(f, why)
     rows: list[tuple[str, int, float]] = []  # rel path, samples, seconds
     texts: list[str] = []
     used_keys: set[str] = set()
@@ -324,11 +428,21 @@ def prepare_dataset(
     for f in files:
         try:
             info = audio_info(f)
+            if info.subtype in _FLOAT_SUBTYPES and info.num_samples > 0:
+                read_samples(f, info)  # NaN/inf: an AudioError naming the first bad sample
         except AudioError as e:
             bad(f, str(e).removeprefix(f"{f}: "))
             continue
         if info.num_samples == 0:
             bad(f, "contains no audio samples (0 frames)")
+            continue
+        at_16k = info.num_samples * 16000 // info.sample_rate
+        if at_16k < MIN_SAMPLES:
+            bad(
+                f,
+                f"{at_16k} samples at 16 kHz, shorter than the {MIN_SAMPLES}-sample receptive field "
+                f"(no frame to train on or transcribe)",
+            )
             continue
         text = None
         if report.labelled:
@@ -359,7 +473,8 @@ def prepare_dataset(
             f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         )
         raise ManifestError(
-            f"{len(errors)} of {len(files)} files cannot be used (pass --skip-bad to skip them):\n  {shown}"
+            f"{len(errors)} of {report.audio_files} files cannot be used (pass --skip-bad to skip "
+            f"them):\n  {shown}"
         )
     if not rows:
         raise ManifestError(f"{root}: every file was skipped ({len(report.skipped)}); nothing to write")
@@ -367,6 +482,8 @@ def prepare_dataset(
     if table is not None:
         report.transcripts_without_audio = len(set(table) - used_keys)
 
+    if single_split is not None:
+        return _write_splits(dest, root, rows, texts, report, {single_split: list(range(len(rows)))}, None)
     percents = {"valid": valid_percent, "test": test_percent}
     groups = None
     if speaker_disjoint:
@@ -380,13 +497,27 @@ def prepare_dataset(
         for i, (rel, _, _) in enumerate(rows):
             groups.setdefault(_speaker(rel, pattern), []).append(i)
     assignment = _assign(len(rows), groups, percents, seed)
+    splits = {
+        name: [i for i, s in enumerate(assignment) if s == name]
+        for name in ("train", "valid", "test")
+        if name == "train" or percents[name] > 0
+    }
+    return _write_splits(dest, root, rows, texts, report, splits, groups)
 
+
+def _write_splits(
+    dest: str | Path,
+    root: Path,
+    rows: list[tuple[str, int, float]],
+    texts: list[str],
+    report: PrepareReport,
+    splits: dict[str, list[int]],
+    groups: dict[str, list[int]] | None,
+) -> PrepareReport:
+    """Write each split's manifest (and labels), the dictionary and ``prepare_report.json``."""
     dest = Path(dest)
     ltr_all = []
-    for name in ("train", "valid", "test"):
-        if name != "train" and percents[name] <= 0:
-            continue
-        idx = [i for i, s in enumerate(assignment) if s == name]
+    for name, idx in splits.items():
         write_manifest(dest / f"{name}.tsv", root, [(rows[i][0], rows[i][1]) for i in idx])
         if report.labelled:
             write_labels(dest / f"{name}.wrd", [texts[i] for i in idx])

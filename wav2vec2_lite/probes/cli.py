@@ -3,8 +3,8 @@ JSON on request.
 
     w2v2-probe outputs/pretrain/RUN --data data/demo --train train_10min --log-mel --json probes.json
 
-User errors (a missing folder or split, a bad option) are one ``w2v2-probe: error: ...`` line
-on stderr and exit status 2.
+User errors (a missing folder or split, a bad option, an unreadable or untrusted model) are one
+``w2v2-probe: error: ...`` line on stderr and exit status 2 (``--debug``: the traceback).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from wav2vec2_lite.cli.common import _check_model_path, _loading_model, _reported
 from wav2vec2_lite.pretrained import UnknownPretrainedError, resolve
 from wav2vec2_lite.probes.protocol import ProbeError, ProbeProtocol
 from wav2vec2_lite.probes.report import MARKDOWN_START
@@ -26,6 +27,13 @@ from wav2vec2_lite.tools.output_dir import OutputError, claim_output_file, start
 __all__ = ["build_parser", "main"]
 
 PROG = "w2v2-probe"
+# w2v2-probe never runs a checkpoint's code: the way round is a folder saved once by hand
+_HINTS = {
+    "load it with load_fairseq(path, trust=True), which uses full pickle": (
+        "save it once as a model folder (load_fairseq(path, trust=True), then save_model) and probe "
+        "that folder; w2v2-probe never runs a checkpoint's code"
+    )
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,11 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no per-probe progress lines on stderr")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    with _reported(PROG, args.debug, _HINTS):
+        _main(args)
+
+
+def _main(args: argparse.Namespace) -> None:
+    _check_model_path(args.model)
     try:
         protocol = ProbeProtocol(
             steps=args.steps,
@@ -136,9 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     log = None if args.quiet else (lambda msg: sys.stderr.write(msg + "\n"))
     try:
-        report = run_probes(
-            args.model, args.data, args.train, args.valid, protocol, labels=args.labels, log=log
-        )
+        with _loading_model(args.model):
+            report = run_probes(
+                args.model, args.data, args.train, args.valid, protocol, labels=args.labels, log=log
+            )
     except ProbeError as e:
         _fail(str(e))
     table = report.to_markdown()

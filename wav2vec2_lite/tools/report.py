@@ -24,8 +24,8 @@ from wav2vec2_lite.tools.plots import (
     PRETRAIN_PANELS,
     plot_codebook_usage,
     plot_curves,
-    read_records,
 )
+from wav2vec2_lite.train.logging import read_metrics
 
 __all__ = ["codebook_usage", "write_report", "GENERATOR"]
 
@@ -127,18 +127,34 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file otherwise."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); repair or delete it") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object; repair or delete it")
+    return record
+
+
 def write_report(
     run_dir: str | Path,
     out: str | Path | None = None,
     *,
     manifest_dir: str | Path | None = None,
     split: str = "valid",
+    notes: list[str] | None = None,
 ) -> Path:
     """Write ``RUN/report.html``. With ``manifest_dir`` (pretraining runs) it adds codebook usage
-    on ``split``."""
+    on ``split``. A last ``metrics.jsonl`` line cut short (a killed run) is left out and described in
+    ``notes`` when a list is given; any other unreadable record is an error naming ``file:line``."""
     run_dir = Path(run_dir)
-    records = read_records(run_dir)
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run folder?)")
+    records = read_metrics(path, torn=notes)
+    info = _read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
     config_text = (
         (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(no config.yaml)"
     )

@@ -8,7 +8,6 @@ only in their seed are also grouped: mean ± sd over seeds per setting (:func:`s
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,11 +61,15 @@ def _last(records: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def collect_sweep(sweep_dir: str | Path) -> list[SweepRun]:
-    """Every run below ``sweep_dir`` that wrote ``metrics.jsonl``, in path order."""
+def collect_sweep(sweep_dir: str | Path, notes: list[str] | None = None) -> list[SweepRun]:
+    """Every run below ``sweep_dir`` that wrote ``metrics.jsonl``, in path order. A last line cut
+    short (a killed run) is left out and described in ``notes`` when a list is given; any other
+    unreadable record is an error naming ``file:line``."""
+    from wav2vec2_lite.train.logging import read_metrics  # start-up: torch, only once a sweep is read
+
     runs = []
     for metrics in sorted(Path(sweep_dir).rglob("metrics.jsonl")):
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = read_metrics(metrics, torn=notes)
         valid = [r for r in rows if r.get("kind") == "valid"]
         train = [r for r in rows if r.get("kind") == "train"]
         updates = max((int(r.get("update", 0)) for r in rows), default=0)

@@ -29,6 +29,7 @@ objective's sub-config is named with its new place (``model.num_negatives`` ->
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from enum import StrEnum
@@ -64,13 +65,46 @@ __all__ = [
     "unknown_key_error",
     "ModelConfig",
     "migrate_override",
+    "check_device",
 ]
 
 
 def _positive(section: str, obj: Any, *keys: str) -> None:
+    """Each key a finite number > 0 (``nan > 0`` is false: NaN is refused too)."""
     for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ValueError(f"{section}.{key}: must be > 0 (got {getattr(obj, key)})")
+        value = getattr(obj, key)
+        if not math.isfinite(value):
+            raise ValueError(f"{section}.{key}: must be a finite number > 0 (got {value})")
+        if not value > 0:
+            raise ValueError(f"{section}.{key}: must be > 0 (got {value})")
+
+
+def check_device(spec: str, key: str = "trainer.device") -> None:
+    """ValueError naming ``key`` unless torch can run on ``spec`` here (``auto`` always can)."""
+    import torch  # loaded by every caller already; kept out of this module's import for --help
+
+    if spec == "auto" and key == "trainer.device":
+        return
+    given = f"{key}={spec}" if "." in key else f"{key} {spec}"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        choices = "auto, cpu, cuda, cuda:N or mps" if key == "trainer.device" else "cpu, cuda, cuda:N or mps"
+        raise ValueError(f"{given}: not a device; use {choices}") from None
+    cpu = given.removesuffix(spec) + "cpu"
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"{given}: no CUDA GPU is available here; use {cpu}")
+        if device.index is not None and device.index >= n:
+            raise ValueError(
+                f"{given}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}; use one of "
+                f"them (or check CUDA_VISIBLE_DEVICES)"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{given}: Apple MPS is not available here; use {cpu}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{given}: unsupported device type {device.type!r}; use {cpu} or cuda")
 
 
 def flatten_lr_scale(lr_scale: dict, prefix: str = "") -> dict[str, Any]:
@@ -114,8 +148,8 @@ class OptimConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas: two values in [0, 1) (got {self.betas})")
         for key in ("weight_decay", "clip_norm"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"optim.{key}: must be >= 0 (got {getattr(self, key)})")
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                raise ValueError(f"optim.{key}: must be a finite number >= 0 (got {getattr(self, key)})")
         for prefix, scale in flatten_lr_scale(self.lr_scale).items():
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
                 raise ValueError(f"optim.lr_scale.{prefix}: a number > 0 (got {scale!r})")

@@ -7,7 +7,8 @@ run directory::
                     "update": N, "epoch": E, "time": unix seconds, ...numbers}
     run.json        seed, code version (git describe / package version), torch
                     version, device, host, command line, start time
-    config.yaml     the resolved run config
+    config.yaml     the resolved run config (a resumed run with another config: the new one, and
+                    run.json's ``config_changes`` say what changed)
     tensorboard/    event files when ``trainer.tensorboard=true``
 """
 
@@ -26,13 +27,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 import wav2vec2_lite
 from wav2vec2_lite.train.checkpoint import atomic_write_text
 from wav2vec2_lite.train.health import HealthWarning
 
-__all__ = ["MetricsLogger", "code_version", "peak_memory_mb", "write_run_info", "read_metrics"]
+__all__ = [
+    "MetricsLogger",
+    "code_version",
+    "peak_memory_mb",
+    "write_run_info",
+    "read_metrics",
+    "config_changes",
+    "MetricsError",
+]
+
+
+class MetricsError(ValueError):
+    """A ``metrics.jsonl`` line that is not a JSON record (named ``file:line``)."""
 
 
 def code_version() -> str:
@@ -63,13 +77,42 @@ def peak_memory_mb(device: torch.device | str | None = None) -> dict[str, float]
     return out
 
 
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: node}
+
+
+def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two config.yaml texts
+    (``(unset)`` for a key only one has), sorted by key."""
+    old, new = _flat(yaml.safe_load(old_yaml) or {}), _flat(yaml.safe_load(new_yaml) or {})
+    unset = object()
+    return [
+        f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, unset) != new.get(k, unset)
+    ]
+
+
 def write_run_info(
     run_dir: Path, *, seed: int, config_yaml: str, device: str, extra: dict | None = None
-) -> None:
+) -> list[str]:
     """``run.json`` (this process: seed, code version, torch, host, argv, threads, ...) and
     ``config.yaml``. A resumed run keeps what its earlier processes recorded in
-    ``earlier_processes`` (oldest first): the code a run trained with is all of them."""
+    ``earlier_processes`` (oldest first): the code a run trained with is all of them. Returns what
+    changed from an earlier ``config.yaml`` (:func:`config_changes`; also run.json's
+    ``config_changes``), empty for a new run or the same config."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    changes: list[str] = []
+    if (run_dir / "config.yaml").is_file():
+        try:
+            changes = config_changes((run_dir / "config.yaml").read_text(encoding="utf-8"), config_yaml)
+        except (OSError, ValueError, yaml.YAMLError) as e:  # not a config this code wrote
+            changes = [f"config.yaml: the earlier one could not be read ({' '.join(str(e).split())[:200]})"]
     earlier: list[dict] = []
     if (run_dir / "run.json").is_file():
         try:
@@ -90,10 +133,12 @@ def write_run_info(
         "start_time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "num_threads": torch.get_num_threads(),
         **(extra or {}),
+        **({"config_changes": changes} if changes else {}),
         **({"earlier_processes": earlier} if earlier else {}),
     }
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
     atomic_write_text(run_dir / "config.yaml", config_yaml)
+    return changes
 
 
 def _clean(value: Any) -> Any:
@@ -104,15 +149,36 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """All records of ``metrics.jsonl`` (of one ``kind`` if given)."""
+def read_metrics(
+    path: str | os.PathLike, kind: str | None = None, *, torn: list[str] | None = None
+) -> list[dict]:
+    """All records of ``metrics.jsonl`` (of one ``kind`` if given).
+
+    A last line cut short (a killed run; resuming drops it) is left out, and described in ``torn``
+    when a list is given; any other line that is not a JSON object is a :class:`MetricsError`
+    naming ``file:line``."""
     rows = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                if kind is None or row.get("kind") == kind:
-                    rows.append(row)
+        lines = f.read().split("\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # no newline after it: the write was cut
+                if torn is not None:
+                    torn.append(
+                        f"{path}:{n}: left out a last line cut short ({e.msg}), as a killed run leaves"
+                    )
+                continue
+            raise MetricsError(
+                f"{path}:{n}: not a JSON record ({e.msg}, column {e.colno}); delete or repair that line"
+            ) from None
+        if not isinstance(row, dict):
+            raise MetricsError(f"{path}:{n}: not a JSON object; delete or repair that line")
+        if kind is None or row.get("kind") == kind:
+            rows.append(row)
     return rows
 
 

@@ -2,9 +2,9 @@
 
 ``RUN/checkpoints/{last,best}`` hold the checkpoints (:mod:`wav2vec2_lite.train.checkpoint`).
 Before the first update the folder must be writable (a probe file is written, fsync'ed and
-removed) and have room for two checkpoints (one is written in full before the previous one
-is deleted), so a run fails at once rather than at its first save. Temporary folders left by
-a process killed while saving are removed. :meth:`RunDir.resume_state` finds
+removed) and have room for three checkpoints (``last``, ``best``, and the temporary copy a save
+writes in full before it replaces the previous one), so a run fails at once rather than at a
+save. Temporary folders left by a process killed while saving are removed. :meth:`RunDir.resume_state` finds
 ``checkpoints/last`` (recovering one interrupted mid-swap), loads its weights and refuses a
 checkpoint of another task or with other per-part learning rates.
 """
@@ -31,6 +31,11 @@ __all__ = ["RunDir", "RunDirError"]
 
 class RunDirError(RuntimeError):
     """The run directory cannot hold the run's outputs (not writable, not enough free space)."""
+
+
+def _folder_bytes(folder: Path) -> int:
+    """The bytes of the files directly in ``folder`` (0 if it does not exist)."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
 
 
 class RunDir:
@@ -69,16 +74,20 @@ class RunDir:
         remove_stale_temps(self.checkpoints)  # left by a process killed while saving
 
     def check_free_space(self, model: nn.Module) -> None:
-        """Two checkpoints of ``model`` (weights and AdamW moments) must fit."""
+        """Room for the checkpoints of ``model`` (weights and AdamW moments) still to be written:
+        ``last``, ``best`` and a save's temporary copy, less what ``last`` and ``best`` hold already."""
         weights = sum(v.numel() * v.element_size() for v in model.state_dict().values())
         moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        one = weights + moments
+        held = sum(_folder_bytes(self.checkpoints / name) for name in ("last", "best"))
         free = shutil.disk_usage(self.checkpoints).free
-        if free < 2 * (weights + moments):
+        if free < 3 * one - held:
             raise RunDirError(
-                f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; "
-                f"a checkpoint of this model takes about {(weights + moments) / 2**20:.1f} MiB "
-                f"and two must fit while one replaces the other. "
-                f"Free some space or set run_dir to a larger disk."
+                f"{self.checkpoints}: only {free / 2**20:.1f} MiB free; a checkpoint of this model takes "
+                f"about {one / 2**20:.1f} MiB and three must fit (last, best, and the temporary copy a "
+                f"save writes before it replaces the previous one)"
+                + (f", of which {held / 2**20:.1f} MiB are on disk already" if held else "")
+                + ". Free some space or set run_dir to a larger disk."
             )
 
     def resume_state(self, model: nn.Module, task: str, lr_scale: dict) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from torch import nn
 
 from wav2vec2_lite.compile import compile_dense
@@ -42,7 +43,7 @@ from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.data.pipeline import SUMMARY_EVENTS, TrainingData, describe
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import CheckpointError
-from wav2vec2_lite.train.config import config_container
+from wav2vec2_lite.train.config import check_device, config_container
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.optim import build_optimizer
 from wav2vec2_lite.train.precision import Precision
@@ -74,6 +75,7 @@ class Trainer(Checkpointing, UpdateNumerics):
 
     def __init__(self, cfg, run_dir: str | os.PathLike | None = None) -> None:
         self.cfg, t = cfg, cfg.trainer
+        check_device(t.device)  # here, not in the config's check: a config may be composed on another machine
         self.dist, self.device = dist_utils.init_distributed(t.dist_backend, t.device)
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -128,8 +130,9 @@ class Trainer(Checkpointing, UpdateNumerics):
         )
         if resumed:
             self.logger.write(f"resuming from update {self.update} ({self.ckpt_dir / 'last'})")
+        self._warn_long_warmup()
         if self.is_main:
-            write_run_info(
+            changed = write_run_info(
                 self.run_dir,
                 seed=t.seed,
                 config_yaml=OmegaConf.to_yaml(config_container(cfg)),
@@ -140,7 +143,37 @@ class Trainer(Checkpointing, UpdateNumerics):
                     "num_parameters": sum(p.numel() for p in self.model.parameters()),
                 },
             )
+            if changed and resumed:
+                self.logger.log("event", self.update, {"event": "config_changed", "changes": changed})
+                self.logger.write(
+                    f"warning: the config differs from the earlier run's in {len(changed)} key(s) "
+                    f"(config.yaml now holds the new one; run.json keeps the changes): " + "; ".join(changed)
+                )
         self._log_data_events()
+
+    def _warn_long_warmup(self) -> None:
+        """A counted warning (an ``event`` and a line) when the warm-up is longer than the run: the
+        learning rate would never reach ``optim.lr``."""
+        warmup, total = getattr(self.cfg.schedule, "warmup_updates", 0), self.schedule.total_updates
+        if warmup <= total:
+            return
+        peak = self.schedule.lr_at(total - 1)
+        self.logger.log(
+            "event",
+            self.update,
+            {
+                "event": "warmup_longer_than_run",
+                "warmup_updates": warmup,
+                "total_updates": total,
+                "peak_lr": peak,
+            },
+        )
+        self.logger.write(
+            f"warning: schedule.warmup_updates={warmup} is longer than the run ({total} updates): the "
+            f"learning rate only rises to {peak:.3g}, {total / warmup:.1%} of optim.lr={self.schedule.lr:g}; "
+            f"lower schedule.warmup_updates (the paper warms up over 8 % of the run) or raise "
+            f"trainer.max_updates"
+        )
 
     # the data's position, read by tests and tools
     train_set = property(lambda self: self.data.train_set)
@@ -172,7 +205,7 @@ class Trainer(Checkpointing, UpdateNumerics):
         start_update = self.update
         try:
             valid = self.validate() if self.update >= self.cfg.trainer.max_updates else self._train()
-        except Exception as e:
+        except (Exception, KeyboardInterrupt) as e:
             e.updates_run = self.update - start_update  # type: ignore[attr-defined]  # the CLI's exit status
             if not isinstance(e, (NonFiniteError, CheckpointError)):  # those say it in their message
                 e.add_note(self.checkpoint_status())
@@ -187,6 +220,19 @@ class Trainer(Checkpointing, UpdateNumerics):
             "nonfinite_total": self.nonfinite_total,
             "run_dir": str(self.run_dir),
         }
+
+    def save(self, name: str = "last"):
+        """:meth:`Checkpointing.save`; a weights file safetensors could not write (its own error, not
+        an ``OSError``, e.g. on a full disk) is a ``CheckpointError`` like any failed save."""
+        try:
+            return super().save(name)
+        except SafetensorError as e:
+            raise CheckpointError(
+                f"{self.ckpt_dir / name}: could not write the checkpoint's weights ({e}); nothing was "
+                f"replaced: the previous {self.ckpt_dir / name} (if any) is intact; free some disk space if "
+                f"it is full. Training stopped at update {self.update}. {self.checkpoint_status()} "
+                f"Fix the cause first."
+            ) from e
 
     def _train(self) -> dict[str, float] | None:
         """Each update, then what is due: a report, a validation, a save. Returns the last validation."""
