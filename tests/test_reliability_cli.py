@@ -470,6 +470,7 @@ def test_nonfinite_stop_without_a_checkpoint_says_none_was_written(corpus, tmp_p
 def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(corpus, tmp_path):
     from safetensors.torch import load_file, save_file
 
+    from wav2vec2_lite.serialization import write_checksums
     from wav2vec2_lite.train.checkpoint import file_sha256
 
     pre = tmp_path / "pre"
@@ -480,6 +481,7 @@ def test_finetune_from_nan_pretrained_weights_names_the_file_and_no_checkpoint(c
     config = json.loads((pre / "config.json").read_text())
     config["weights_sha256"] = file_sha256(pre / "model.safetensors")  # damaged at save time, not on disk
     (pre / "config.json").write_text(json.dumps(config))
+    write_checksums(pre)
     proc = _cli(
         "finetune",
         "--config-name",

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 from wav2vec2_lite.config import ConfigError
 from wav2vec2_lite.interop.fairseq_config import _config, _Source, config_from_fairseq
 from wav2vec2_lite.interop.fairseq_literal import parse_fairseq_literal
-from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict
+from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict, split_dropped
 from wav2vec2_lite.interop.safe_pickle import UntrustedCheckpointError, load_checkpoint
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
+from wav2vec2_lite.serialization import check_finite
 
 __all__ = [
     "load_fairseq",
@@ -113,7 +114,9 @@ def fairseq_state_dict_to_ours(
     width already equals the transformer width (identity), a positional convolution saved
     with torch parametrizations instead of ``weight_g``/``weight_v``, and a ``same_quantizer``
     state dict holding the shared quantizer under ``quantizer.*`` only. Raises ``KeyError``
-    naming the missing tensors, ``ConfigError`` for a shared codebook (combine_groups).
+    naming the missing tensors and those with no place in ``model`` (but the ones
+    :data:`~wav2vec2_lite.interop.keymap.DROPPED_ON_PURPOSE` lists, logged), ``ConfigError`` for a
+    shared codebook (combine_groups).
     """
     cfg = model.config
     prefix = CTC_PREFIX if isinstance(model, Wav2Vec2ForCTC) else ""
@@ -150,14 +153,16 @@ def fairseq_state_dict_to_ours(
     ours = model.state_dict()
     out = import_state_dict(ours, foreign, rules, source)
     used = set(export_state_dict(ours, rules))
-    unused = sorted(k for k in foreign if k not in used)
-    if unused:
-        log.warning(
-            "%s: ignoring %d tensor(s) the model has no place for: %s%s",
-            source,
-            len(unused),
-            unused[:8],
-            " ..." if len(unused) > 8 else "",
+    unexpected = split_dropped(
+        "fairseq",
+        (k for k in foreign if k not in used),
+        source,
+        model_has_objective=isinstance(model, Wav2Vec2ForPreTraining),
+    )
+    if unexpected:
+        raise KeyError(
+            f"{source}: {len(unexpected)} tensor(s) have no place in the {type(model).__name__} its "
+            f"config describes: {unexpected[:8]}" + (" ..." if len(unexpected) > 8 else "")
         )
     return out
 
@@ -187,7 +192,8 @@ def load_fairseq(
 
     Raises:
         UntrustedCheckpointError, ConfigError (an option we do not implement, named),
-        KeyError (tensors missing from the checkpoint, named), ValueError (a shape mismatch).
+        KeyError (tensors missing from the checkpoint, or with no place in the model its config
+        describes, named), ValueError (a shape mismatch), CheckpointError (non-finite weights).
     """
     where = str(path)
     ckpt = load_checkpoint(
@@ -200,6 +206,7 @@ def load_fairseq(
             f"'args' or 'cfg'; found {keys}"
         )
     state = ckpt["model"]
+    check_finite({k: v for k, v in state.items() if isinstance(v, Tensor)}, where)
     src = _Source(ckpt, f"fairseq checkpoint {where}", path=where)
     overrides = dict(config_overrides)
     if src.is_ctc:

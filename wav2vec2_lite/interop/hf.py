@@ -2,21 +2,34 @@
 
 transformers is an optional dependency (``pip install 'wav2vec2_lite[hf]'``); it is imported
 only inside these functions.
+
+A folder is read only when its ``config.json`` agrees with its weights: transformers itself
+builds the model the config describes and fills it with what fits, dropping weights it has no
+place for (``num_hidden_layers`` lowered: trained layers gone) and initialising at random what
+the weights lack (``feat_extract_norm`` changed: new norm layers), with a warning. Here each of
+those is an error naming the tensors (:func:`check_loading_info`), except the tensors
+:data:`~wav2vec2_lite.interop.keymap.DROPPED_ON_PURPOSE` lists. What the weights cannot show
+(``num_attention_heads``, ``layer_norm_eps``, pre- or post-LN) is read from the config as it is.
+Non-finite weights are refused.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
-from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict
+from wav2vec2_lite.interop.keymap import Rule, export_state_dict, import_state_dict, split_dropped
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining, Wav2Vec2Model
+from wav2vec2_lite.serialization import CheckpointError, check_finite
 
-__all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf", "check_exportable"]
+__all__ = ["from_hf", "to_hf", "config_from_hf", "config_to_hf", "check_exportable", "check_loading_info"]
+
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 log = logging.getLogger(__name__)
 
@@ -216,23 +229,94 @@ def _our_class(hf_model: Any) -> type[nn.Module]:
 
 
 def _load_hf(path: str | Path) -> Any:
+    """The transformers model of a local folder, refused when its config and weights disagree."""
     import transformers  # optional: transformers (hf extra)
 
     cfg = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     arch = (getattr(cfg, "architectures", None) or ["Wav2Vec2Model"])[0]
     if arch not in _HF_CLASS.values():
         raise TypeError(f"{path}: architecture {arch!r} is not one of {sorted(_HF_CLASS.values())}")
-    return getattr(transformers, arch).from_pretrained(path, local_files_only=True)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # its load report: our errors below say it in one line
+    try:
+        hf, info = getattr(transformers, arch).from_pretrained(
+            path, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    check_loading_info(info, hf.config, arch, _weights_file(path))
+    return hf
+
+
+def _weights_file(folder: str | Path) -> str:
+    """The weights file of a transformers folder (what errors name); the folder when it has none."""
+    return str(next((Path(folder) / w for w in HF_WEIGHTS if (Path(folder) / w).is_file()), folder))
+
+
+def check_loading_info(info: dict[str, Any], hf_config: Any, arch: str, where: str) -> None:
+    """Refuse what transformers' ``from_pretrained`` papers over (``output_loading_info=True``,
+    ``ignore_mismatched_sizes=True``): a tensor whose shape differs from the config's, tensors the
+    config's model has and the weights lack (initialised at random), tensors of the weights it has
+    no place for (dropped; but :data:`~wav2vec2_lite.interop.keymap.DROPPED_ON_PURPOSE`, logged).
+    One :class:`CheckpointError` line names ``where`` (the weights file), the tensors and, for a
+    layer count or conv norm that differs, the ``config.json`` field."""
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: str(m[0]))
+    if mismatched:
+        key, theirs, ours = mismatched[0][:3]
+        raise CheckpointError(
+            f"{where}: config.json disagrees with the weights: {key} is {tuple(theirs)} in the weights and "
+            f"{tuple(ours)} by the config"
+            + (f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else "")
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = split_dropped(
+        "transformers",
+        info.get("unexpected_keys") or [],
+        where,
+        model_has_objective=arch == "Wav2Vec2ForPreTraining",
+    )
+    if not missing and not unexpected:
+        return
+    what = []
+    if missing:
+        what.append(f"the model it describes has {len(missing)} tensor(s) the weights lack: {missing[:4]}")
+    if unexpected:
+        what.append(f"{len(unexpected)} weight tensor(s) have no place in it: {unexpected[:4]}")
+    raise CheckpointError(
+        f"{where}: config.json disagrees with the weights{_field_hint(missing, unexpected, hf_config)}: "
+        + "; ".join(what)
+    )
+
+
+def _field_hint(missing: list[str], unexpected: list[str], hf_config: Any) -> str:
+    """The config.json field a missing/unexpected set points at: the transformer's layer count
+    (``num_hidden_layers``) or the conv norms (``feat_extract_norm``)."""
+    n = hf_config.num_hidden_layers
+    extra = {int(m.group(1)) for k in unexpected if (m := re.search(r"encoder\.layers\.(\d+)\.", k))}
+    lacking = {int(m.group(1)) for k in missing if (m := re.search(r"encoder\.layers\.(\d+)\.", k))}
+    if extra and min(extra) >= n:
+        return f" (num_hidden_layers={n}; the weights hold {max(extra) + 1} transformer layers)"
+    if lacking and lacking == set(range(min(lacking), n)):  # the top layers, all of them
+        return f" (num_hidden_layers={n}; the weights hold {min(lacking)} transformer layers)"
+    if any(re.search(r"conv_layers\.\d+\.layer_norm\.", k) for k in (*missing, *unexpected)):
+        return f" (feat_extract_norm={hf_config.feat_extract_norm!r} does not match the weights' conv norms)"
+    return ""
 
 
 def from_hf(model_or_dir: Any, **overrides: Any) -> nn.Module:
     """A transformers Wav2Vec2Model / ForPreTraining / ForCTC (or a local folder of one) -> ours.
 
     Same weights and, by default, the same numerics (``masked_group_norm=False``); pass
-    config ``overrides`` to change that or any training option.
+    config ``overrides`` to change that or any training option. A folder whose ``config.json``
+    disagrees with its weights (:func:`check_loading_info`), and non-finite weights, are a
+    :class:`~wav2vec2_lite.serialization.CheckpointError` naming the file and the tensors.
     """
-    hf = _load_hf(model_or_dir) if isinstance(model_or_dir, (str, Path)) else model_or_dir
+    from_folder = isinstance(model_or_dir, (str, Path))
+    hf = _load_hf(model_or_dir) if from_folder else model_or_dir
     cls = _our_class(hf)
+    check_finite(
+        hf.state_dict(), _weights_file(model_or_dir) if from_folder else f"transformers {type(hf).__name__}"
+    )
     if cls is Wav2Vec2ForCTC and getattr(hf.config, "pad_token_id", 0) != 0:
         raise ConfigError(
             f"CTC blank must be vocabulary index 0 (<pad>); this model's pad_token_id is "

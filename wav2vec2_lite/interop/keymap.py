@@ -3,19 +3,78 @@
 A map is a list of ``(our_regex, foreign_templates)`` rules; a rule with several templates
 concatenates those foreign tensors along dim 0 (our fused QKV projection). The codebook is
 stored as (G, V, d) here and as (1, G·V, d) by both references.
+
+Foreign tensors that find no place in our model are an error (:func:`split_dropped`), except
+those a known conversion drops on purpose, listed in one place, :data:`DROPPED_ON_PURPOSE`,
+and logged when dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Rule", "import_state_dict", "export_state_dict"]
+__all__ = [
+    "Rule",
+    "import_state_dict",
+    "export_state_dict",
+    "KnownDrop",
+    "DROPPED_ON_PURPOSE",
+    "split_dropped",
+]
+
+log = logging.getLogger(__name__)
 
 Rule = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class KnownDrop:
+    """Foreign tensors (``pattern``, a regex over the foreign name) that a conversion into a model
+    without a pretraining objective (a backbone or a CTC model) drops on purpose, and ``why``."""
+
+    source: str  # "transformers" | "fairseq"
+    pattern: str
+    why: str
+
+
+_PRETRAINING_ONLY = (
+    "a pretraining checkpoint's quantizer and projections, which a backbone or CTC model built "
+    "from it has no place for (they only compute pretraining targets)"
+)
+# The only foreign tensors ever dropped without an error. Everything else a checkpoint holds must
+# find its place in our model: a missing or unexpected tensor means its config and weights disagree.
+DROPPED_ON_PURPOSE: tuple[KnownDrop, ...] = (
+    KnownDrop(
+        "transformers",
+        r"(quantizer\.codevectors|quantizer\.weight_proj\.\w+|project_q\.\w+|project_hid\.\w+)",
+        _PRETRAINING_ONLY,
+    ),
+    KnownDrop(
+        "fairseq",
+        r"(w2v_encoder\.w2v_model\.)?(quantizer\.vars|quantizer\.weight_proj\.\w+|project_q\.\w+"
+        r"|final_proj\.\w+|target_glu\.0\.\w+)",
+        _PRETRAINING_ONLY,
+    ),
+)
+
+
+def split_dropped(source: str, unused: Iterable[str], where: str, *, model_has_objective: bool) -> list[str]:
+    """Of the foreign tensors that found no place in our model, log those a known conversion drops
+    on purpose (:data:`DROPPED_ON_PURPOSE` of ``source``, only when the model has no pretraining
+    objective to hold them) and return the others, sorted: an error for the caller to raise."""
+    unused = sorted(unused)
+    drops = [] if model_has_objective else [d for d in DROPPED_ON_PURPOSE if d.source == source]
+    dropped = [k for k in unused if any(re.fullmatch(d.pattern, k) for d in drops)]
+    if dropped:
+        why = "; ".join(sorted({d.why for d in drops if any(re.fullmatch(d.pattern, k) for k in dropped)}))
+        log.info("%s: dropped %d tensor(s) on purpose: %s (%s)", where, len(dropped), dropped, why)
+    return [k for k in unused if k not in set(dropped)]
 
 
 def _match(key: str, rules: list[Rule]) -> tuple[str, ...] | None:

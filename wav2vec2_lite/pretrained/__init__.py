@@ -1,9 +1,10 @@
 """Pretrained checkpoints shipped inside the package (the offline "bundles" users start from).
 
 Each bundle is a folder ``wav2vec2_lite/pretrained/NAME/`` written by :func:`save_model`
-(``model.safetensors`` + ``config.json``, whose ``weights_sha256`` every load verifies) plus
-``provenance.json``: how it was made (command, code commit, CPU, corpus, audio seen, the valid
-curve, final metrics). ``docs/results/pretrained.md`` describes the shipped ones.
+(``model.safetensors`` + ``config.json``) plus ``provenance.json``: how it was made (command, code
+commit, CPU, corpus, audio seen, the valid curve, final metrics), and ``checksums.json``, the
+sha256 of those three, which every load verifies. ``docs/results/pretrained.md`` describes the
+shipped ones.
 
     >>> from wav2vec2_lite import pretrained
     >>> pretrained.available()
@@ -65,7 +66,7 @@ def provenance(name: str) -> dict[str, Any]:
 
 
 def load(name: str) -> nn.Module:
-    """The shipped ``Wav2Vec2ForPreTraining`` ``name`` in eval mode; its weights' sha256 is checked."""
+    """The shipped ``Wav2Vec2ForPreTraining`` ``name`` in eval mode; its files' sha256 are checked."""
     return load_model(folder(name)).eval()
 
 

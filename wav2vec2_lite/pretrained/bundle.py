@@ -5,7 +5,8 @@
 The run's ``checkpoints/best`` (chosen on valid loss by the trainer), or its ``last``, is re-saved with
 :func:`save_model` (so ``config.json`` records the weights' sha256) beside ``provenance.json``:
 the exact commands (corpus and pretraining), code version, CPU kind, corpus facts, hours of
-audio seen, the valid curve and the final metrics.
+audio seen, the valid curve and the final metrics. ``checksums.json`` is written last and covers
+all three files.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ import torch
 import yaml
 
 from wav2vec2_lite.pretrained.check import FRESH_VALID, fresh_valid_set, pretext_accuracy
-from wav2vec2_lite.serialization import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, load_model, save_model
+from wav2vec2_lite.serialization import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write_text,
+    load_model,
+    save_model,
+    write_checksums,
+)
 from wav2vec2_lite.tools.hardware import cpu_kind
+from wav2vec2_lite.train.checkpoint import load_checkpoint
 from wav2vec2_lite.train.logging import read_metrics
 
 __all__ = ["audio_seen_hours", "make_bundle", "valid_curve"]
@@ -170,7 +179,7 @@ def make_bundle(
     if out.exists() and not force:
         raise FileExistsError(f"{out}: exists (pass force=True / --force to replace it)")
     run = json.loads((run_dir / "run.json").read_text())
-    state = torch.load(best / "training_state.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint(best)  # every file of the checkpoint verified
     model = load_model(best).eval()
     cfg_yaml = (run_dir / "config.yaml").read_text()
     cfg = yaml.safe_load(cfg_yaml)
@@ -239,4 +248,5 @@ def make_bundle(
         "weights_sha256"
     ]  # save_model's
     atomic_write_text(out / "provenance.json", json.dumps(provenance, indent=1, sort_keys=False) + "\n")
+    write_checksums(out, [WEIGHTS_NAME, CONFIG_NAME, "provenance.json"])  # last: it covers the three
     return out

@@ -4,8 +4,10 @@ Layout of a checkpoint folder (``RUN/checkpoints/last``, ``RUN/checkpoints/best`
 
     model.safetensors    weights (wav2vec2_lite.serialization.save_model)
     config.json          model config (+ class name), so load_model(folder) works
+    dict.ltr.txt         a fine-tuning checkpoint's vocabulary (the task's save_extras)
     training_state.pt    optimizer, precision/scaler, RNG states, sampler position,
                          update, epoch, run config, sha256 of model.safetensors
+    checksums.json       sha256 and size of each file above, written last
 
 Writing is atomic at two levels. Every file is written to a temporary name in its own
 folder, flushed, fsync'ed and ``os.replace``'d. A whole checkpoint is first written to
@@ -15,14 +17,17 @@ leaves either ``NAME`` or ``.NAME.old`` complete, and :func:`resolve_checkpoint`
 recovers from the latter; temporary folders are never taken as a checkpoint.
 
 Loading never executes pickled code: the state file is read with
-``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts only), and
-the weights' hash is checked against the one recorded in the state file. Every error
-names the file at fault.
+``torch.load(weights_only=True)`` (tensors, numbers, strings, lists, dicts only). Every file
+is checked against ``checksums.json`` before anything is read (a flipped byte in the AdamW
+moments is an error, not a silently different resume); a checkpoint saved before the record
+existed is checked by the weights' hash its state file records. Every error names the file at
+fault.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
@@ -38,13 +43,19 @@ from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
 from wav2vec2_lite.serialization import (
+    CONFIG_NAME,
+    TRAINING_STATE_NAME,
     WEIGHTS_NAME,
     CheckpointError,
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    note_unrecorded,
+    read_checksums,
     read_weights,
     save_model,
+    verify_checksums,
+    write_checksums,
 )
 from wav2vec2_lite.serialization import fsync_dir as _fsync_dir
 
@@ -65,7 +76,7 @@ __all__ = [
     "remove_stale_temps",
 ]
 
-STATE_FILE = "training_state.pt"
+STATE_FILE = TRAINING_STATE_NAME
 WEIGHTS_FILE = WEIGHTS_NAME
 
 
@@ -163,8 +174,13 @@ def save_checkpoint(
         (save_weights or save_model)(model, tmp)
         if not (tmp / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{tmp}: the weight saver wrote no {WEIGHTS_FILE}")
-        state = {**state, "weights_sha256": file_sha256(tmp / WEIGHTS_FILE)}
+        saved = read_checksums(tmp) or {}  # save_model's record, written moments ago: its hashes are reused
+        size = (tmp / WEIGHTS_FILE).stat().st_size
+        if saved.get(WEIGHTS_FILE, {}).get("bytes") != size:
+            saved = {WEIGHTS_FILE: {"sha256": file_sha256(tmp / WEIGHTS_FILE), "bytes": size}}
+        state = {**state, "weights_sha256": saved[WEIGHTS_FILE]["sha256"]}
         atomic_torch_save(state, tmp / STATE_FILE)
+        write_checksums(tmp, reuse=saved)  # every file of the checkpoint, last
         _fsync_dir(tmp)
         # Swap in. Between the two renames only .NAME.old exists; resolve_checkpoint recovers it.
         if final.exists():
@@ -243,26 +259,49 @@ def resolve_checkpoint(root: str | os.PathLike, name: str = "last") -> Path | No
 
 
 def load_checkpoint(folder: str | os.PathLike, model: nn.Module | None = None) -> dict:
-    """Verify ``folder``, load its weights into ``model`` (strict) and return its training state."""
+    """Verify ``folder`` (every file against its ``checksums.json``), load its weights into
+    ``model`` (strict) and return its training state."""
     folder = Path(folder)
-    state = load_training_state(folder / STATE_FILE)
     weights = folder / WEIGHTS_FILE
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"{folder / STATE_FILE}: training-state file not found")
     if not weights.is_file():
         raise CheckpointError(f"{weights}: weights file not found")
+    files = verify_checksums(folder, required=(STATE_FILE, WEIGHTS_FILE))
+    version = _format_version(folder) if files is None else None
+    state = load_training_state(folder / STATE_FILE)
     expected = state.get("weights_sha256")
-    if expected is not None and file_sha256(weights) != expected:
+    if files is None:  # saved before the record: the weights against the hash the state file holds
+        note_unrecorded(folder, version, expected)
+    if files is not None and expected not in (None, files[WEIGHTS_FILE]["sha256"]):
+        raise CheckpointError(
+            f"{folder / STATE_FILE}: records weights other than the {WEIGHTS_FILE} beside it "
+            f"(files of two checkpoints mixed)"
+        )
+    if files is None and expected is not None and file_sha256(weights) != expected:
         raise CheckpointError(
             f"{weights}: content does not match the sha256 recorded in {folder / STATE_FILE} "
             f"(corrupt, truncated, or replaced after saving)"
         )
     if model is not None:
-        tensors = read_weights(folder)  # today's key names, also for an older format_version
+        # today's key names, also for an older format_version; verified above when there is a record
+        tensors = read_weights(folder, verify=files is None)
         missing, unexpected = _load_into(model, tensors)
         if missing or unexpected:
             raise CheckpointError(
                 f"{weights}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
             )
     return state
+
+
+def _format_version(folder: Path) -> int | None:
+    """``format_version`` of the folder's ``config.json``; None without one (another writer's weights)."""
+    try:
+        return int(json.loads((folder / CONFIG_NAME).read_text()).get("format_version", 1))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: not a valid wav2vec2_lite config ({e})") from None
 
 
 def _load_into(model: nn.Module, tensors: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
