@@ -116,6 +116,21 @@ def test_one_flipped_byte_in_any_file_of_a_checkpoint_is_refused_naming_it(tmp_p
                 load(folder)
 
 
+def test_transcribe_refuses_a_run_whose_vocabulary_changed_after_saving(tmp_path):
+    """The dictionary maps CTC outputs to letters: one letter changed would change every transcript."""
+    from wav2vec2_lite.asr.transcribe import Transcriber
+
+    folder = _checkpoint(tmp_path / "run" / "checkpoints", _ctc())
+    wave = torch.randn(8000, generator=torch.Generator().manual_seed(0))
+    before = Transcriber.from_path(tmp_path / "run").transcribe_wave(wave)
+    assert Transcriber.from_path(tmp_path / "run").tokenizer.vocab[4:] == SYMBOLS.split()
+    (folder / "dict.ltr.txt").write_text((folder / "dict.ltr.txt").read_text().replace("T ", "X ", 1))
+    with pytest.raises(CheckpointError) as e:
+        Transcriber.from_path(tmp_path / "run")
+    assert _one_line(e).startswith(f"{folder / 'dict.ltr.txt'}: corrupted: its sha256")
+    assert set(before.text) <= set("ETAON |")
+
+
 def test_a_changed_config_value_is_refused_even_where_only_the_config_is_read(tmp_path):
     """``num_heads`` 4 -> 2 keeps every shape: without the record it would load and give other outputs."""
     model = _ctc()
