@@ -383,7 +383,7 @@ def test_a_pretraining_folder_read_as_a_backbone_drops_the_listed_tensors_and_lo
         "project_hid.bias",
     ):
         assert key in note.getMessage()
-    assert [d.source for d in DROPPED_ON_PURPOSE] == ["transformers", "fairseq"]
+    assert [d.source for d in DROPPED_ON_PURPOSE] == ["transformers", "transformers", "fairseq"]
     # the same weights declared a CTC model: its head would be random, which is refused
     folder = _copy_with_config(hf_pretraining, tmp_path / "as_ctc", architectures=["Wav2Vec2ForCTC"])
     with pytest.raises(CheckpointError, match=r"the weights lack: \['lm_head\.bias', 'lm_head\.weight'\]"):
@@ -448,3 +448,16 @@ def test_fairseq_missing_unexpected_and_non_finite_tensors_are_named(tmp_path, c
     torch.save(ckpt, path)
     with pytest.raises(KeyError, match=r"\['target_glu\.0\.weight'\]"):
         load_fairseq(path)
+
+
+def test_a_mask_embedding_read_with_masking_off_is_dropped_and_logged(hf_pretraining, tmp_path, caplog):
+    """transformers builds no ``masked_spec_embed`` when both mask probabilities are 0 (an inference
+    config); only training uses it, so dropping it is listed, and logged, not refused."""
+    from wav2vec2_lite.interop.hf import from_hf
+
+    folder = _copy_with_config(hf_pretraining, tmp_path / "nomask", mask_time_prob=0.0, mask_feature_prob=0.0)
+    with caplog.at_level(logging.INFO, logger="wav2vec2_lite.interop.keymap"):
+        ours = from_hf(folder)
+    assert type(ours) is Wav2Vec2ForPreTraining and ours.config.mask_time_prob == 0.0
+    (note,) = [r for r in caplog.records if "on purpose" in r.getMessage()]
+    assert "wav2vec2.masked_spec_embed" in note.getMessage() and "quantizer" not in note.getMessage()

@@ -35,12 +35,14 @@ Rule = tuple[str, tuple[str, ...]]
 
 @dataclass(frozen=True)
 class KnownDrop:
-    """Foreign tensors (``pattern``, a regex over the foreign name) that a conversion into a model
-    without a pretraining objective (a backbone or a CTC model) drops on purpose, and ``why``."""
+    """Foreign tensors (``pattern``, a regex over the foreign name) that a conversion drops on
+    purpose, and ``why``; ``without_objective``: only into a model without a pretraining
+    objective (a backbone or a CTC model)."""
 
     source: str  # "transformers" | "fairseq"
     pattern: str
     why: str
+    without_objective: bool = True
 
 
 _PRETRAINING_ONLY = (
@@ -56,6 +58,13 @@ DROPPED_ON_PURPOSE: tuple[KnownDrop, ...] = (
         _PRETRAINING_ONLY,
     ),
     KnownDrop(
+        "transformers",
+        r"(wav2vec2\.)?masked_spec_embed",
+        "the mask embedding of a checkpoint saved with masking on, read with masking off "
+        "(mask_time_prob = mask_feature_prob = 0: transformers builds none; only training masks)",
+        without_objective=False,
+    ),
+    KnownDrop(
         "fairseq",
         r"(w2v_encoder\.w2v_model\.)?(quantizer\.vars|quantizer\.weight_proj\.\w+|project_q\.\w+"
         r"|final_proj\.\w+|target_glu\.0\.\w+)",
@@ -66,10 +75,15 @@ DROPPED_ON_PURPOSE: tuple[KnownDrop, ...] = (
 
 def split_dropped(source: str, unused: Iterable[str], where: str, *, model_has_objective: bool) -> list[str]:
     """Of the foreign tensors that found no place in our model, log those a known conversion drops
-    on purpose (:data:`DROPPED_ON_PURPOSE` of ``source``, only when the model has no pretraining
-    objective to hold them) and return the others, sorted: an error for the caller to raise."""
+    on purpose (:data:`DROPPED_ON_PURPOSE` of ``source``; a pretraining checkpoint's target side
+    only when the model has no pretraining objective to hold it) and return the others, sorted:
+    an error for the caller to raise."""
     unused = sorted(unused)
-    drops = [] if model_has_objective else [d for d in DROPPED_ON_PURPOSE if d.source == source]
+    drops = [
+        d
+        for d in DROPPED_ON_PURPOSE
+        if d.source == source and not (model_has_objective and d.without_objective)
+    ]
     dropped = [k for k in unused if any(re.fullmatch(d.pattern, k) for d in drops)]
     if dropped:
         why = "; ".join(sorted({d.why for d in drops if any(re.fullmatch(d.pattern, k) for k in dropped)}))
