@@ -13,6 +13,7 @@ from pathlib import Path
 # the package is installed editable (scripts/install.sh), so it imports from this checkout
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS
+from wav2vec2_lite.serialization import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_CONFIG_HEADING = "## Run config"
@@ -90,12 +91,13 @@ w2v2-pretrain model.objective=best_rq model.best_rq.codebook_size=4096   # or mo
 Keys of the earlier flat layout (`num_negatives`, `gumbel_temperature`, ... as fields of
 `Wav2Vec2Config`; BEST-RQ's in `objective_options`) are refused with one line naming the new
 place (`config key model.num_negatives is now model.contrastive.num_negatives`). Saved folders
-of `format_version` 2 and earlier (the format is 3) are read through
+of `format_version` 2 and earlier (the format is {FORMAT_VERSION}) are read through
 `wav2vec2_lite.config.upgrade_config_dict`, so old checkpoints load unchanged.
 
 | key | base (default) | tiny | large | paper / fairseq | meaning |
 | --- | --- | --- | --- | --- | --- |
 """
+INTRO = INTRO.replace("{FORMAT_VERSION}", str(FORMAT_VERSION))
 
 
 def field_docs(cls: type) -> dict[str, str]:

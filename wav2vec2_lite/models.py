@@ -74,7 +74,8 @@ class _SavedModelMixin:
     config: Wav2Vec2Config
 
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` + ``config.json`` (with the weights' sha256) to ``directory``."""
+        """Write ``model.safetensors``, ``config.json`` and ``checksums.json`` (every file's sha256) to
+        ``directory``."""
         return save_model(self, directory, metadata)
 
     @classmethod
