@@ -146,6 +146,28 @@ def test_ctrl_c_is_one_line_and_exit_130_in_every_script(name, fx, tmp_path, cap
     assert error_line(err, name) == f"{name}: error: interrupted (Ctrl-C)"
 
 
+def test_ctrl_c_during_training_says_what_a_rerun_resumes_from(fx, tmp_path, capsys, monkeypatch):
+    from wav2vec2_lite.train.trainer import Trainer
+
+    real, calls = Trainer.train_step, []
+
+    def step_then_interrupt(self, group):
+        calls.append(self.update)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, group)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    run_dir = tmp_path / "run"
+    argv = _train("w2v2-pretrain", fx, run_dir, "trainer.save_interval=1")
+    code, _, err = run("w2v2-pretrain", argv, capsys, monkeypatch)
+    assert code == 130
+    assert error_line(err, "w2v2-pretrain") == (
+        f"w2v2-pretrain: error: interrupted (Ctrl-C). The last checkpoint is "
+        f"{run_dir / 'checkpoints' / 'last'} (update 1): rerunning the same command resumes from update 1."
+    )
+
+
 @pytest.mark.parametrize("name", OURS)
 def test_a_reader_that_goes_away_ends_every_script_quietly_with_141(name, fx, tmp_path, capsys, monkeypatch):
     def gone(*a, **k):  # what writing to a pipe whose reader exited (`| head`) raises
