@@ -18,7 +18,9 @@ Conventions shared by every command here:
   ``PROG: error: ...`` message on stderr, without a traceback unless ``--debug`` is given or
   ``HYDRA_FULL_ERROR=1`` is set; hints use the command's own syntax (``data.mono=mix``);
 * exit status 0: all done; 1: some inputs failed (or training stopped after some updates)
-  and the rest was processed; 2: a usage error, or nothing ran;
+  and the rest was processed; 2: a usage error, or nothing ran; 130: Ctrl-C (one line; training
+  says which checkpoint a rerun resumes from); 141: the reader of stdout went away (``| head``),
+  quietly; every entry point is wrapped by ``cli.common.console_script``;
 * options may come before or after positional arguments;
 * a tool never overwrites what it did not write: an output folder is new, empty or the same
   tool's (its ``.w2v2-output.json`` marker), anything else needs ``--overwrite``, a training run
