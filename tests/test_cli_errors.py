@@ -237,6 +237,20 @@ def test_an_empty_or_truncated_fairseq_pt_is_named(name, bad, why, fx, tmp_path,
     assert f"{fx / bad}: cannot be read as a model: the file is {why}" in line and "copy it again" in line
 
 
+def test_only_errors_of_torch_s_file_reader_are_called_a_damaged_file(tmp_path):
+    from wav2vec2_lite.cli.common import _loading_model
+    from wav2vec2_lite.serialization import CheckpointError
+
+    pt = tmp_path / "m.pt"
+    pt.write_bytes(b"PK\x03\x04" + bytes(60))
+    with pytest.raises(CheckpointError, match=r"m.pt: cannot be read as a model: the file is truncated"):
+        with _loading_model(str(pt)):
+            torch.load(pt, weights_only=True)
+    with pytest.raises(RuntimeError, match="^size mismatch for w$"):  # a model that does not fit: as it is
+        with _loading_model(str(pt)):
+            raise RuntimeError("size mismatch for w")
+
+
 def test_an_untrusted_pickle_in_w2v2_probe_is_one_line_naming_the_way_round(
     fx, tmp_path, capsys, monkeypatch
 ):

@@ -179,6 +179,17 @@ def _check_model_path(path: str) -> None:
         )
 
 
+def _raised_by_torch_load(e: BaseException) -> bool:
+    """Whether ``e`` came out of torch's file reader (not, say, a model that did not fit its weights)."""
+    readers = (
+        "torch/serialization.py",
+        "torch/_weights_only_unpickler.py",
+        "zipfile.py",
+        "zipfile/__init__.py",
+    )
+    return any(f.filename.replace("\\", "/").endswith(readers) for f in traceback.extract_tb(e.__traceback__))
+
+
 @contextmanager
 def _loading_model(path: str) -> Iterator[None]:
     """While ``path`` (a model) loads: an empty, truncated or non-PyTorch model *file* is one line naming
@@ -188,10 +199,9 @@ def _loading_model(path: str) -> Iterator[None]:
         yield
     except (EOFError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
         p = Path(path)
-        if not p.is_file() or not (
-            type(e) in (EOFError, IndexError, RuntimeError) or isinstance(e, zipfile.BadZipFile)
-        ):
-            raise  # a project error (it names the file already), or a model folder's
+        ours = type(e) in (EOFError, IndexError, RuntimeError) or isinstance(e, zipfile.BadZipFile)
+        if not (p.is_file() and ours and _raised_by_torch_load(e)):
+            raise  # a project error (it names the file already), a folder's, or not the reader's
         size = p.stat().st_size
         why = "empty (0 bytes)" if size == 0 else f"truncated or not a PyTorch checkpoint ({size} bytes)"
         detail = str(e).split(". ")[0].strip() or type(e).__name__
