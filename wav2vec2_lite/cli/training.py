@@ -73,7 +73,7 @@ def _check_override_words(argv: list[str]) -> None:
     """Every word that is not an option is ``KEY=VALUE`` (or ``GROUP=OPTION``): a bare word is most
     often the rest of a value with a space that the shell split (``data.manifest_dir=/my data``)."""
     for i, arg in enumerate(argv):
-        if arg.startswith("-") or "=" in arg or (i and argv[i - 1] in _VALUE_OPTIONS):
+        if arg.startswith(("-", "~")) or "=" in arg or (i and argv[i - 1] in _VALUE_OPTIONS):  # ~KEY: delete
             continue
         before = argv[i - 1] if i else ""
         joined = f"'{before} {arg}'" if "=" in before else None
