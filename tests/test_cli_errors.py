@@ -40,7 +40,6 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 OURS = sorted(name for name, target in SCRIPTS.items() if target.startswith("wav2vec2_lite.cli:"))
 HYDRA = ("w2v2-pretrain", "w2v2-finetune")
 TINY = [
-    *CLI_MICRO_MODEL,
     "data.max_sample_size=8000",
     "data.max_tokens=40000",
     "trainer.progress=false",
@@ -97,7 +96,8 @@ def error_line(err: str, prog: str) -> str:
 
 def _train(name: str, fx: Path, run_dir: Path, *overrides: str) -> list[str]:
     config = "pretrain_tiny" if name == "w2v2-pretrain" else "finetune_tiny"
-    extra = [] if name == "w2v2-pretrain" else [f"finetune.pretrained={fx / 'pt'}"]
+    # fine-tuning takes its architecture from the (1-layer) pretrained model
+    extra = CLI_MICRO_MODEL if name == "w2v2-pretrain" else [f"finetune.pretrained={fx / 'pt'}"]
     return [
         "--config-name",
         config,
@@ -235,6 +235,19 @@ def test_an_empty_or_truncated_fairseq_pt_is_named(name, bad, why, fx, tmp_path,
     line = error_line(err, name)
     assert code == 2
     assert f"{fx / bad}: cannot be read as a model: the file is {why}" in line and "copy it again" in line
+
+
+@pytest.mark.parametrize("bad", ["empty.pt", "truncated.pt", "good.wav"])
+def test_a_bad_file_as_finetune_pretrained_is_one_line(bad, fx, tmp_path, capsys, monkeypatch):
+    argv = _train("w2v2-finetune", fx, tmp_path / "run", f"finetune.pretrained={fx / bad}")
+    code, _, err = run("w2v2-finetune", argv, capsys, monkeypatch)
+    line = error_line(err, "w2v2-finetune")
+    assert code == 2 and line.startswith(f"w2v2-finetune: error: {fx / bad}: ")
+    if bad.endswith(".wav"):
+        assert "an audio file where the model goes; finetune.pretrained names the pretrained model" in line
+    else:
+        assert "cannot be read as a model" in line and "copy it again" in line
+    assert not (tmp_path / "run" / "checkpoints" / "last").exists()
 
 
 def test_only_errors_of_torch_s_file_reader_are_called_a_damaged_file(tmp_path):

@@ -169,14 +169,14 @@ def _check_device(device: str, option: str = "--device") -> str:
     return device
 
 
-def _check_model_path(path: str) -> None:
+_MODEL_KINDS = "a run folder, a model folder, a Hugging Face folder or a fairseq .pt"
+
+
+def _check_model_path(path: str, where: str = "the model is the first argument") -> None:
     """A model argument that is an audio file (a positional argument out of place) is one line saying so."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES:
-        raise ValueError(
-            f"{path}: an audio file where the model goes; the model is the first argument: a run folder, "
-            f"a model folder, a Hugging Face folder or a fairseq .pt"
-        )
+        raise ValueError(f"{path}: an audio file where the model goes; {where}: {_MODEL_KINDS}")
 
 
 def _raised_by_torch_load(e: BaseException) -> bool:
@@ -191,10 +191,10 @@ def _raised_by_torch_load(e: BaseException) -> bool:
 
 
 @contextmanager
-def _loading_model(path: str) -> Iterator[None]:
+def _loading_model(path: str, where: str = "the model is the first argument") -> Iterator[None]:
     """While ``path`` (a model) loads: an empty, truncated or non-PyTorch model *file* is one line naming
     it (torch's reader raises EOFError, IndexError or RuntimeError for those), not a traceback."""
-    _check_model_path(path)
+    _check_model_path(path, where)
     try:
         yield
     except (EOFError, IndexError, RuntimeError, zipfile.BadZipFile) as e:

@@ -15,6 +15,7 @@ from wav2vec2_lite.cli.common import (
     CONFIG_DIR,
     _debug_wanted,
     _fail,
+    _loading_model,
     _reported,
     console_script,
 )
@@ -33,7 +34,11 @@ def run_from_hydra(cfg) -> dict:
 
     run_cfg = to_run_config(cfg)
     run_dir = run_cfg.run_dir or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
-    return train(run_cfg, run_dir)
+    pretrained = getattr(getattr(run_cfg, "finetune", None), "pretrained", None)
+    if not pretrained or not Path(pretrained).is_file():
+        return train(run_cfg, run_dir)
+    with _loading_model(pretrained, "finetune.pretrained names the pretrained model"):
+        return train(run_cfg, run_dir)
 
 
 def _check_run_dir_overrides(argv: list[str]) -> None:
