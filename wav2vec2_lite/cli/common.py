@@ -61,7 +61,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-def _debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
+def debug_wanted(argv: list[str]) -> tuple[list[str], bool]:
     """``argv`` without ``--debug``, and whether tracebacks were asked for (``--debug`` or
     ``HYDRA_FULL_ERROR=1``)."""
     rest = [a for a in argv if a != "--debug"]
@@ -128,7 +128,7 @@ def console_script(prog: str) -> Callable[[Callable], Callable]:
     def wrap(main: Callable) -> Callable:
         @functools.wraps(main)
         def run(argv: list[str] | None = None):
-            _, debug = _debug_wanted(sys.argv[1:] if argv is None else list(argv))
+            _, debug = debug_wanted(sys.argv[1:] if argv is None else list(argv))
             try:
                 return main(argv) if argv is not None else main()
             except KeyboardInterrupt as e:

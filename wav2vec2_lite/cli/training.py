@@ -13,11 +13,11 @@ from pathlib import Path
 from wav2vec2_lite.cli.common import (
     _OVERRIDE_HINTS,
     CONFIG_DIR,
-    _debug_wanted,
     _fail,
     _loading_model,
     _reported,
     console_script,
+    debug_wanted,
 )
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.tools.output_dir import check_training_run_dir
@@ -243,7 +243,7 @@ def _main(config_name: str, prog: str) -> None:
 
     from wav2vec2_lite.train.config import register_configs
 
-    argv, debug = _debug_wanted(sys.argv[1:])
+    argv, debug = debug_wanted(sys.argv[1:])
     if not CONFIG_DIR.is_dir():
         _fail(prog, f"config folder {CONFIG_DIR} not found; set W2V2_CONFIG_DIR to a folder of configs")
     if "-h" in argv or "--help" in argv:

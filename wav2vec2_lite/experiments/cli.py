@@ -1,5 +1,6 @@
 """``w2v2-experiment plan|run|status|report|score-test SPEC``: an ablation, label curve or recipe
-comparison from one spec file (docs/ablations.md). User errors print one line and exit with 2."""
+comparison from one spec file (docs/ablations.md). User errors print one line and exit with 2
+(Ctrl-C 130, a closed pipe 141; ``--debug`` shows the traceback), as every console script."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from wav2vec2_lite.cli.common import console_script, debug_wanted
 from wav2vec2_lite.experiments.jobs import SlurmOptions
 from wav2vec2_lite.experiments.spec import ExperimentError, load_mapping
 
@@ -55,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@console_script("w2v2-experiment")
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = debug_wanted(sys.argv[1:] if argv is None else list(argv))
     args = _parser().parse_args(argv)
     # imported here so that --help answers without loading torch
     from wav2vec2_lite.experiments import engine, report, runs, scoring
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             for path in report.write_report(plan):
                 print(f"wrote {path}")
     except (ExperimentError, ProbeError) as e:
+        if debug:
+            raise
         print(f"w2v2-experiment: error: {e}", file=sys.stderr)
         return 2
     return 0
