@@ -461,3 +461,31 @@ def test_a_mask_embedding_read_with_masking_off_is_dropped_and_logged(hf_pretrai
     assert type(ours) is Wav2Vec2ForPreTraining and ours.config.mask_time_prob == 0.0
     (note,) = [r for r in caplog.records if "on purpose" in r.getMessage()]
     assert "wav2vec2.masked_spec_embed" in note.getMessage() and "quantizer" not in note.getMessage()
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 cut short"], ids=["empty", "truncated"])
+def test_a_damaged_pt_file_is_one_error_naming_it(tmp_path, content):
+    from wav2vec2_lite.interop.safe_pickle import DamagedCheckpointError, load_checkpoint
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    for trust in (False, True):
+        with pytest.raises(DamagedCheckpointError, match=f"{path}: cannot be read as a model: the file is "):
+            load_checkpoint(path, trust=trust)
+
+
+def test_safetensors_full_disk_error_during_a_checkpoint_save_is_a_checkpoint_error(tmp_path):
+    """safetensors raises its own error, not OSError, when the disk fills; the save names the folder,
+    the errno and that nothing was replaced."""
+    from safetensors import SafetensorError
+
+    from wav2vec2_lite.train import checkpoint
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.tiny(num_layers=1, vocab_size=5))
+    expected = r"last: could not write the checkpoint \(ENOSPC: .*nothing was replaced.*free some disk space"
+    with pytest.raises(checkpoint.CheckpointError, match=expected):
+        checkpoint.save_checkpoint(tmp_path, "last", model, {"update": 1}, save_weights=full)
+    assert not (tmp_path / "last").exists() and not list(tmp_path.glob(".*"))

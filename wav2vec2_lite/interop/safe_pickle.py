@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import pickle
 import re
 import typing
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,32 @@ try:
 except ImportError:  # numpy 1.x
     from numpy.core import multiarray  # type: ignore[no-redef]
 
-__all__ = ["UntrustedCheckpointError", "safe_globals", "load_checkpoint"]
+__all__ = ["UntrustedCheckpointError", "DamagedCheckpointError", "safe_globals", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
+
+
+class DamagedCheckpointError(pickle.UnpicklingError):
+    """The file is empty, truncated or not a PyTorch checkpoint (torch's reader could not parse it)."""
+
+
+@contextlib.contextmanager
+def _readable(p: Path):
+    """torch.load's reader errors on a damaged file (EOFError, IndexError, a zip-reader RuntimeError,
+    BadZipFile) as one :class:`DamagedCheckpointError` naming the file."""
+    try:
+        yield
+    except (EOFError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
+        if isinstance(e, RuntimeError) and not re.search(
+            r"PytorchStreamReader|zip archive|central directory", str(e)
+        ):
+            raise  # e.g. a CUDA tensor on a machine without CUDA: not the file's fault
+        size = p.stat().st_size
+        why = "empty (0 bytes)" if size == 0 else f"truncated or not a PyTorch checkpoint ({size} bytes)"
+        raise DamagedCheckpointError(
+            f"{p}: cannot be read as a model: the file is {why}; copy it again, or give a run folder, a "
+            f"model folder or a Hugging Face folder"
+        ) from e
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
@@ -157,10 +182,13 @@ def load_checkpoint(
             "do this only for files from a source you trust",
             p,
         )
-        return torch.load(p, map_location=map_location, weights_only=False)
+        with _readable(p):
+            return torch.load(p, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()), _readable(p):
             return torch.load(p, map_location=map_location, weights_only=True)
+    except DamagedCheckpointError:
+        raise
     except pickle.UnpicklingError as e:
         refused = _refused_globals(p, str(e))
         what = f"it names {', '.join(refused)}" if refused else "it needs objects outside the allowlist"

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 import uuid
 import zipfile
@@ -39,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 # one implementation of atomic files and of the error type, shared with save_model/load_model
@@ -152,6 +154,12 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
 
 
 # ------------------------------------------------------------------ checkpoint folders
+def _os_error_number(message: str) -> int | None:
+    """The errno in safetensors' message (``... (os error 28)``), or None."""
+    found = re.search(r"os error (\d+)", message)
+    return int(found.group(1)) if found else None
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     name: str,
@@ -193,12 +201,14 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         if old.is_dir() and not final.exists():  # failed between the renames: put the previous one back
             os.rename(old, final)
-        if isinstance(e, OSError):
-            why = errno.errorcode.get(e.errno, "") if e.errno else ""
+        if isinstance(e, (OSError, SafetensorError)):  # safetensors' own error carries "(os error N)"
+            code = e.errno if isinstance(e, OSError) else _os_error_number(str(e))
+            why = errno.errorcode.get(code, "") if code else ""
+            text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise CheckpointError(
-                f"{final}: could not write the checkpoint ({why + ': ' if why else ''}{e.strerror or e}); "
+                f"{final}: could not write the checkpoint ({why + ': ' if why else ''}{text}); "
                 f"nothing was replaced: the previous {final} (if any) is intact"
-                + ("; free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "")
+                + ("; free some disk space" if code in (errno.ENOSPC, errno.EDQUOT) else "")
             ) from e
         raise
     shutil.rmtree(old, ignore_errors=True)

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from safetensors import SafetensorError
 from torch import nn
 
 from wav2vec2_lite.compile import compile_dense
@@ -220,19 +219,6 @@ class Trainer(Checkpointing, UpdateNumerics):
             "nonfinite_total": self.nonfinite_total,
             "run_dir": str(self.run_dir),
         }
-
-    def save(self, name: str = "last"):
-        """:meth:`Checkpointing.save`; a weights file safetensors could not write (its own error, not
-        an ``OSError``, e.g. on a full disk) is a ``CheckpointError`` like any failed save."""
-        try:
-            return super().save(name)
-        except SafetensorError as e:
-            raise CheckpointError(
-                f"{self.ckpt_dir / name}: could not write the checkpoint's weights ({e}); nothing was "
-                f"replaced: the previous {self.ckpt_dir / name} (if any) is intact; free some disk space if "
-                f"it is full. Training stopped at update {self.update}. {self.checkpoint_status()} "
-                f"Fix the cause first."
-            ) from e
 
     def _train(self) -> dict[str, float] | None:
         """Each update, then what is due: a report, a validation, a save. Returns the last validation."""
