@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _bf16_convs import rounded_bf16_convs
 from torch import nn
 
 from wav2vec2_lite import Wav2Vec2ForPreTraining
@@ -31,6 +32,24 @@ from _tolerance import (
 )
 
 MICRO = MICRO_MODEL
+
+
+def _with_bf16_convs(fn):
+    """``fn`` with the feature encoder's bf16 storage emulated too, on a CPU whose speed plan runs
+    it in bf16 (``low_precision_speed``; plain autocast runs it float32): a fresh draw per call."""
+    from wav2vec2_lite.low_precision_speed import choose_plan
+
+    if not choose_plan("cpu", torch.bfloat16).unfolded_convs:
+        return fn
+    draws = iter(range(1000, 2000))
+
+    def rounded():
+        with rounded_bf16_convs(torch.Generator().manual_seed(next(draws))):
+            return fn()
+
+    return rounded
+
+
 FIRST_CONV = "wav2vec2.feature_encoder.conv_layers.0.conv.weight"  # where tests inject a 1e-3 error
 
 
@@ -44,7 +63,7 @@ def test_parse_inference_dtype_spellings_and_errors():
 
 
 def test_unfolded_conv1d_is_the_convolution():
-    from wav2vec2_lite.modules.feature_encoder import unfolded_conv1d
+    from wav2vec2_lite.low_precision_speed import unfolded_conv1d
 
     torch.manual_seed(0)
     for c_in, k, stride in ((1, 10, 5), (16, 3, 2), (16, 2, 2)):
@@ -62,6 +81,9 @@ def test_unfolded_conv1d_is_the_convolution():
 
 
 def test_cast_keeps_the_positional_conv_norms_and_the_objective_float32():
+    from wav2vec2_lite.low_precision_speed import choose_plan
+
+    unfolded = choose_plan("cpu", torch.bfloat16).unfolded_convs  # bf16 encoder convs only then
     torch.manual_seed(0)
     model = cast_for_inference(
         Wav2Vec2ForPreTraining(Wav2Vec2Config.tiny(**{k: v for k, v in MICRO.items() if k != "preset"})),
@@ -76,7 +98,7 @@ def test_cast_keeps_the_positional_conv_norms_and_the_objective_float32():
         encoder_conv = name.startswith("wav2vec2.feature_encoder.") and isinstance(module, nn.Conv1d)
         want = (
             torch.bfloat16
-            if in_backbone and (isinstance(module, nn.Linear) or encoder_conv)
+            if in_backbone and (isinstance(module, nn.Linear) or (encoder_conv and unfolded))
             else torch.float32
         )
         assert {p.dtype for p in own} == {want}, name
@@ -94,7 +116,7 @@ def test_a_positional_conv_with_32_channels_per_group_runs_bf16_close_to_float32
     with torch.no_grad():
         ref = model.wav2vec2(wave).last_hidden_state
         with torch.autocast("cpu", dtype=torch.bfloat16):  # exact bf16 kernels: bf16 rounding alone
-            rounding = bf16_rounding(lambda: model.wav2vec2(wave).last_hidden_state, ref)
+            rounding = bf16_rounding(_with_bf16_convs(lambda: model.wav2vec2(wave).last_hidden_state), ref)
         cast_for_inference(model, "bf16")
         out = model.wav2vec2(wave).last_hidden_state
     assert {p.dtype for p in model.wav2vec2.context.pos_conv.parameters()} == {torch.bfloat16}
@@ -176,7 +198,7 @@ def test_bf16_features_and_the_cli_record_the_dtype(trained, tmp_path, capsys):
     for name in ("conv", "layer_1", "last"):
         assert f16[name].dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):  # exact bf16 kernels: bf16 rounding alone
-            rounding = bf16_rounding(lambda n=name: ex32.extract_wave(wave)[n], f32[name])
+            rounding = bf16_rounding(_with_bf16_convs(lambda n=name: ex32.extract_wave(wave)[n]), f32[name])
         rel = relative_error(f16[name], f32[name])
         assert 0 < rel <= 3 * rounding, (name, rel, rounding)
     evaluate(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wav2vec2_lite.modules.context import low_precision_attention
+from wav2vec2_lite.low_precision_speed import low_precision_attention
 from wav2vec2_lite.tools import benchmarking as B
 from wav2vec2_lite.tools.op_census import census
 
@@ -59,10 +59,14 @@ def test_low_precision_attention_matches_sdpa_and_never_leaves_bf16():
 
 
 @pytest.mark.parametrize("task", ["pretrain", "infer"])
-def test_bf16_step_census_of_the_tiny_model(task):
+def test_bf16_step_census_of_the_tiny_model(task, monkeypatch):
     """The benchmark's bf16 steps (pretraining: autocast; inference: bf16 weights): attention
     with dropout stays bf16 (no float32 SDPA fallback), so the casts are the weights' and the
-    float32 islands' (convs, norms, losses)."""
+    float32 islands' (convs, norms, losses). The speed transform's plan of a CPU with AMX."""
+    monkeypatch.setattr(
+        "wav2vec2_lite.tools.hardware.cpu_kind",
+        lambda: {"model": "test", "flags": ["avx512_bf16", "amx_bf16"], "torch_capability": "AVX512"},
+    )
     spec = B.BenchSpec(config="tiny", task=task, dtype="bfloat16", seconds=1.0, threads=1)
     cfg = spec.model_config()
     step = B._step_fn("ours", B._ours_model(spec, cfg), spec, B._inputs(spec, cfg))
@@ -78,5 +82,6 @@ def test_bf16_step_census_of_the_tiny_model(task):
     if task == "pretrain":
         # 168 casts and a bf16 share of 0.43 before: attention with dropout kept in bf16, the
         # feature encoder's convs in bf16 (unfolded matmuls), the weights cast in one op
-        # (LowPrecisionWeights, as the trainer does); what is left is the float32 residual stream's
+        # (low_precision_speed with AMX, as the trainer applies it); what is left is the float32
+        # residual stream's
         assert r.cast_calls <= 70 and r.flop_share("bfloat16") > 0.55

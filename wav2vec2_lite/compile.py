@@ -9,7 +9,8 @@ compiling them would break the graph at every step; the conv feature encoder is 
 convolution kernels plus its memory-lean backward (``LeanConvStack``, an autograd Function
 dynamo cannot trace). Compilation is in place (``nn.Module.compile``): state-dict keys and
 checkpoints do not change. LayerDrop in training still breaks the context network's graph
-(a random branch per block).
+(a random branch per block). The low-precision speed transform (``low_precision_speed``) swaps
+module classes: apply it first, as the trainer and ``cast_for_inference`` do.
 """
 
 from __future__ import annotations

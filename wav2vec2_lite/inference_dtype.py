@@ -7,9 +7,11 @@ is cast per forward pass (autocast casts each weight at each use). What stays fl
 * the positional convolution of a model with < 32 channels per group: oneDNN's bf16
   convolutions give wrong results for such shapes on CPUs with native bf16
   (``modules/conv_precision.py``); its input is cast up and its output back down at the
-  boundary. With more (BASE, LARGE) it is bf16 too. The feature encoder's convolutions run in
-  bf16 as matmuls over unfolded windows (``conv_precision.unfolded_conv1d``), which are correct
-  for every shape and use the CPU's bf16 matmul units;
+  boundary. With more (BASE, LARGE) it is bf16 too;
+* on a CPU, the feature encoder's convolutions, for the same reason, unless the speed
+  transform (``low_precision_speed.speed_up_inference``, chosen per CPU) runs them in bf16 as
+  matmuls over unfolded windows, correct for every shape: on a CPU with AMX. On CUDA they are
+  bf16;
 * normalisation parameters, and the statistics (``Fp32LayerNorm`` normalises in float32;
   GroupNorm/LayerNorm on bf16 inputs accumulate in float32);
 * the pretraining objective (quantizer, codebooks): units are computed from the bf16
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wav2vec2_lite.low_precision_speed import plain_modules, speed_up_inference
 from wav2vec2_lite.models import backbone_of
 from wav2vec2_lite.modules.conv_precision import onednn_low_precision_ok
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer
@@ -62,7 +65,7 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
     """
     dtype = parse_inference_dtype(dtype)
     backbone = backbone_of(model)
-    model.float()
+    plain_modules(model).float()
     if dtype != torch.float32:
         # a quantized input's codebook logits stay float32, as the objective's quantizer does
         quantizer_parts = {
@@ -71,12 +74,14 @@ def cast_for_inference(model: nn.Module, dtype: str | torch.dtype = torch.bfloat
         for module in backbone.modules():
             if isinstance(module, nn.Linear) and id(module) not in quantizer_parts:
                 module.to(dtype)
-        for layer in backbone.feature_encoder.conv_layers:  # run as unfolded matmuls (unfolded_conv1d)
-            layer.conv.to(dtype)
+        if next(model.parameters()).device.type != "cpu":  # no oneDNN guard needed
+            for layer in backbone.feature_encoder.conv_layers:
+                layer.conv.to(dtype)
         if onednn_low_precision_ok(backbone.context.pos_conv.conv, dtype):
             backbone.context.pos_conv.to(dtype)
         head = getattr(model, "lm_head", None)
         if isinstance(head, nn.Linear):
             head.to(dtype)
+        speed_up_inference(model, dtype)  # per CPU: the feature encoder as bf16 unfolded matmuls
     model.inference_dtype = dtype
     return model.eval()

@@ -10,7 +10,8 @@ Two block layouts, as in the reference implementations:
 Attention runs through ``F.scaled_dot_product_attention`` with a fused QKV projection;
 padded frames are excluded as keys. LayerDrop skips whole blocks in training only. Under
 autocast the LayerNorms run in float32 (``Fp32LayerNorm``), so the post-LN residual stream
-stays float32; SDPA accumulates its softmax in float32 in every path.
+stays float32; SDPA accumulates its softmax in float32 in every path. The bf16 attention core
+with dropout of a CPU run is :mod:`wav2vec2_lite.low_precision_speed`'s.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from torch.utils.checkpoint import checkpoint
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
 from wav2vec2_lite.modules.positional import ConvPositionalEmbedding
-from wav2vec2_lite.modules.precast import Linear
 
-__all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork", "low_precision_attention"]
+__all__ = ["SelfAttention", "FeedForward", "TransformerBlock", "ContextNetwork"]
 
 
 class SelfAttention(nn.Module):
@@ -41,45 +41,29 @@ class SelfAttention(nn.Module):
 
     recompute_min_frames: int = 1024  # ~20 s: longer than fairseq's 15.6 s training crops
 
-    def __init__(self, cfg: Wav2Vec2Config) -> None:
+    def __init__(self, cfg: Wav2Vec2Config, recompute_min_frames: int | None = None) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.out_proj = Linear(cfg.hidden_size, cfg.hidden_size)
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout = cfg.attention_dropout
+        if recompute_min_frames is not None:
+            self.recompute_min_frames = recompute_min_frames
+
+    def core(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
+        """The attention core, ``(B, H, T, d) x3, key mask (B, 1, 1, T) -> (B, H, T, d)``: torch's SDPA."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         dropout_p = self.dropout if self.training else 0.0
-        attend = F.scaled_dot_product_attention
-        if dropout_p > 0 and q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            attend = low_precision_attention  # torch's CPU SDPA would run it all in float32
         if dropout_p > 0 and torch.is_grad_enabled() and x.shape[1] >= self.recompute_min_frames:
             y = checkpoint(
-                attend, q, k, v, attn_mask, dropout_p, use_reentrant=False, preserve_rng_state=True
+                self.core, q, k, v, attn_mask, dropout_p, use_reentrant=False, preserve_rng_state=True
             )
         else:
-            y = attend(q, k, v, attn_mask, dropout_p)
+            y = self.core(q, k, v, attn_mask, dropout_p)
         return self.out_proj(rearrange(y, "b h t d -> b t (h d)"))
-
-
-def low_precision_attention(
-    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0
-) -> Tensor:
-    """Scaled dot-product attention with dropout that stays in q's dtype (bf16/fp16) on CPU.
-
-    ``(B, H, T, d) x3, key mask (B, 1, 1, T) bool True=attend -> (B, H, T, d)``. torch's CPU
-    SDPA has no low-precision kernel with dropout: its math fallback casts q, k, v up and runs
-    both matmuls in float32 (five casts per layer, none of the bf16 speed). Here both matmuls
-    run in q's dtype (float32 accumulation inside the kernel) and the softmax reduces in
-    float32 internally, as CUDA's flash attention does; every query has at least one valid key.
-    """
-    with torch.autocast(q.device.type, enabled=False):
-        scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))  # (B, H, T, T)
-        if attn_mask is not None:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        probs = F.dropout(torch.softmax(scores, dim=-1), dropout_p, training=dropout_p > 0)
-        return torch.matmul(probs, v)
 
 
 class FeedForward(nn.Module):
@@ -87,8 +71,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
-        self.fc1 = Linear(cfg.hidden_size, cfg.ffn_dim)
-        self.fc2 = Linear(cfg.ffn_dim, cfg.hidden_size)
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.hidden_size)
         self.activation_dropout = nn.Dropout(cfg.activation_dropout)
         self.dropout = nn.Dropout(cfg.dropout)
 

@@ -8,7 +8,9 @@ width. Two normalisation modes, as in fairseq:
 * ``group`` (BASE): GroupNorm with one group per channel after the first conv only;
 * ``layer`` (LARGE / LV-60k): LayerNorm over channels after every conv.
 
-The memory-lean backward of the stack is :mod:`~wav2vec2_lite.modules.lean_conv_stack`.
+The memory-lean backward of the stack is :mod:`~wav2vec2_lite.modules.lean_conv_stack`. Under
+mixed precision the convolutions run as :mod:`~wav2vec2_lite.modules.conv_precision` says (on CPU
+in float32); the bf16 speed path of a CPU with AMX is :mod:`wav2vec2_lite.low_precision_speed`.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.modules.conv_precision import conv_forward, encoder_conv_plan, unfolded_conv1d
+from wav2vec2_lite.modules.conv_precision import conv_compute_dtype, conv_forward
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
-from wav2vec2_lite.modules.lean_conv_stack import LeanConvStack
-from wav2vec2_lite.modules.precast import Conv1d, Linear, weight_and_bias
+from wav2vec2_lite.modules.lean_conv_stack import LeanConvStack, NativeConvs
 
 __all__ = ["ConvLayer", "FeatureEncoder", "FeatureProjection", "conv_output_lengths", "GradMultiply"]
 
@@ -74,7 +75,7 @@ class ConvLayer(nn.Module):
         masked_group_norm: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
+        self.conv = nn.Conv1d(in_ch, out_ch, kernel_size=kernel, stride=stride, bias=bias)
         self.norm_kind = norm
         self.masked_group_norm = masked_group_norm
         if norm == "group":
@@ -86,14 +87,7 @@ class ConvLayer(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (batch, in_ch, samples) -> (batch, out_ch, frames); ``lengths`` = valid output frames."""
-        cdt, unfolded = encoder_conv_plan(x, self.conv.weight)
-        if not unfolded:
-            return self._norm_and_gelu(conv_forward(self.conv, x), lengths)
-        weight, bias = weight_and_bias(self.conv)  # pre-cast in a bf16 training step
-        with torch.autocast(x.device.type, enabled=False):  # the norm: bf16 in and out, float32 statistics
-            bias = None if bias is None else bias.to(cdt)
-            x = unfolded_conv1d(x.to(cdt), weight.to(cdt), bias, self.conv.stride[0])
-            return self._norm_and_gelu(x, lengths)
+        return self._norm_and_gelu(conv_forward(self.conv, x), lengths)
 
     def _norm_and_gelu(self, x: Tensor, lengths: Tensor | None) -> Tensor:
         if self.norm_kind == "group":
@@ -109,7 +103,9 @@ class ConvLayer(nn.Module):
 class FeatureEncoder(nn.Module):
     """The conv stack. ``(batch, samples) -> (batch, channels, frames)``."""
 
-    def __init__(self, cfg: Wav2Vec2Config) -> None:
+    def __init__(
+        self, cfg: Wav2Vec2Config, lean_backward: bool = True, backward_chunk_elements: int = 1 << 22
+    ) -> None:
         super().__init__()
         self.kernels, self.strides = tuple(cfg.conv_kernel), tuple(cfg.conv_stride)
         layers = []
@@ -123,24 +119,21 @@ class FeatureEncoder(nn.Module):
             in_ch = ch
         self.conv_layers = nn.ModuleList(layers)
         self.grad_mult = cfg.feature_grad_mult
-        self.lean_backward = True
+        self.lean_backward = lean_backward
         """Train with :class:`LeanConvStack` (same numbers, less activation memory).
         Padded batches with ``masked_group_norm`` use the module path."""
-        self.backward_chunk_elements = 1 << 22
+        self.backward_chunk_elements = backward_chunk_elements
         """LeanConvStack computes a conv's gradients over time chunks when its input has more
         elements than this (bounds the kernels' workspace; 0 = never)."""
 
-    def effective_parameters(self) -> list[Tensor]:
-        """``self.parameters()`` in order, each conv's weight and bias replaced by the pre-cast
-        tensors a bf16 training step set (``modules.precast``): what ``LeanConvStack`` takes."""
-        swap = {}
-        for layer in self.conv_layers:
-            if layer.conv.low_precision is not None:
-                w, b = layer.conv.low_precision
-                swap[id(layer.conv.weight)] = w
-                if b is not None:
-                    swap[id(layer.conv.bias)] = b
-        return [swap.get(id(p), p) for p in self.parameters()]
+    def stack_parameters(self) -> list[Tensor]:
+        """The tensors :class:`LeanConvStack` computes with and differentiates: ``self.parameters()``."""
+        return list(self.parameters())
+
+    def stack_convs(self, wave: Tensor) -> tuple[torch.dtype, type[NativeConvs]]:
+        """``(dtype, kernels)`` of :class:`LeanConvStack`'s convolutions over ``wave``: the dtype
+        ``conv_forward`` would compute in (float32 under CPU autocast), native kernels."""
+        return conv_compute_dtype(wave), NativeConvs
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Samples -> frames for this stack."""
@@ -156,9 +149,9 @@ class FeatureEncoder(nn.Module):
         first = self.conv_layers[0]
         masked_norm = first_lengths is not None and first.masked_group_norm and first.norm_kind == "group"
         if self.lean_backward and torch.is_grad_enabled() and grad_mult > 0 and not masked_norm:
-            params = self.effective_parameters()
+            params = self.stack_parameters()
             if wave.requires_grad or any(p.requires_grad for p in params):
-                return LeanConvStack.apply(x, self, grad_mult, *params)
+                return LeanConvStack.apply(x, self, self.stack_convs(wave), grad_mult, *params)
         with torch.set_grad_enabled(torch.is_grad_enabled() and grad_mult > 0):
             for i, layer in enumerate(self.conv_layers):
                 x = layer(x, first_lengths if i == 0 else None)
@@ -177,7 +170,7 @@ class FeatureProjection(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config) -> None:
         super().__init__()
         self.layer_norm = Fp32LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
-        self.projection = Linear(cfg.conv_dim[-1], cfg.hidden_size)
+        self.projection = nn.Linear(cfg.conv_dim[-1], cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout_input)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:

@@ -5,7 +5,10 @@ conv's output is the longest tensor). Autograd would keep three tensors for the 
 (conv output, norm output, GELU output) and two for each other layer. :class:`LeanConvStack`
 keeps only each conv's output (plus the norm's per-row mean and 1/std) and recomputes norm
 and GELU, elementwise and cheap next to the convolutions, in the backward pass with the same
-aten kernels, so the same numbers (tests/test_model.py); savings in docs/benchmarks.md.
+aten kernels, so the same numbers (tests/test_model.py); savings in docs/benchmarks.md. It is a
+memory feature for every dtype; which kernels compute the convolutions is the encoder's choice
+(:class:`NativeConvs` here; bf16 matmuls over unfolded windows in
+:mod:`wav2vec2_lite.low_precision_speed`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.conv_precision import encoder_conv_plan, unfold_windows, unfolded_conv1d
-
-__all__ = ["LeanConvStack"]
+__all__ = ["LeanConvStack", "NativeConvs"]
 
 _aten = torch.ops.aten
 
@@ -27,9 +28,9 @@ def _norm_input(z: Tensor) -> Tensor:
 
 def _norm_forward(layer: nn.Module, z: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """The layer's norm on a conv output ``z`` (B, C, T), statistics in float32: a CUDA autocast
-    output is normalised in float32 (CUDA autocast's choice), a CPU bf16 one (unfolded convs)
-    by the mixed-type kernels, which accumulate in float32 and return bf16 (no cast of the
-    longest tensors); returns (normed, (mean, rstd)) or (z, None)."""
+    output is normalised in float32 (CUDA autocast's choice), a CPU bf16 one (the unfolded convs
+    of ``low_precision_speed``) by the mixed-type kernels, which accumulate in float32 and return
+    bf16 (no cast of the longest tensors); returns (normed, (mean, rstd)) or (z, None)."""
     if layer.norm_kind is None:
         return z, None
     zf = _norm_input(z)
@@ -117,45 +118,43 @@ def _conv_backward(
     return gx, gw, gb
 
 
-def _unfolded_conv_backward(
-    g: Tensor, x_in: Tensor, conv: nn.Conv1d, weight: Tensor, cdt: torch.dtype, need_input: bool
-) -> tuple[Tensor | None, Tensor, Tensor | None]:
-    """(input, weight, bias) gradients of :func:`~.conv_precision.unfolded_conv1d`, all in
-    ``cdt``: two matmuls over the unfolded windows, the input gradient's overlapping windows
-    summed in place (as a low-precision convolution's backward rounds them)."""
-    c_out, c_in, k = weight.shape
-    w = weight.to(cdt).reshape(c_out, c_in * k)
-    s = conv.stride[0]
-    batch, _, length = x_in.shape
-    frames = g.shape[-1]
-    windows = unfold_windows(x_in, k, s)
-    gw = torch.bmm(g, windows.transpose(1, 2)).sum(0).reshape(c_out, c_in, k)
-    del windows
-    gb = g.sum(dim=(0, 2)) if conv.bias is not None else None
-    gx = None
-    if need_input:
-        gwin = torch.bmm(w.t().expand(batch, c_in * k, c_out), g).reshape(batch, c_in, k, frames)
-        gx = torch.zeros(batch, c_in, length, dtype=cdt, device=g.device)
-        for j in range(k):  # window offset j of frame t reads sample t * s + j
-            gx[:, :, j : j + s * (frames - 1) + 1 : s] += gwin[:, :, j]
-    return gx, gw, gb
+class NativeConvs:
+    """:class:`LeanConvStack`'s convolutions as torch's kernels: ``F.conv1d`` forward, and
+    :func:`_conv_backward` (time chunks above the encoder's ``backward_chunk_elements``)."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+        return F.conv1d(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(
+        g: Tensor,
+        x_in: Tensor,
+        conv: nn.Conv1d,
+        weight: Tensor,
+        cdt: torch.dtype,
+        need_input: bool,
+        chunk_elements: int,
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        return _conv_backward(g, x_in, conv, weight, cdt, need_input, chunk_elements)
 
 
 class LeanConvStack(torch.autograd.Function):
     """The conv stack's forward + backward, keeping only each conv's output for backward.
 
-    ``apply(wave (B, 1, S), encoder, grad_mult, *encoder.effective_parameters()) -> (B, C, T)``. The
-    convolutions run as :func:`~.conv_precision.encoder_conv_plan` says (CPU autocast: bf16
-    unfolded matmuls; CUDA autocast: its dtype; float32 otherwise) and the norms in float32,
-    as the module path runs them; the saved conv outputs are in the convolutions' dtype.
+    ``apply(wave (B, 1, S), encoder, (dtype, convs), grad_mult, *encoder.stack_parameters())
+    -> (B, C, T)``. The convolutions run in ``dtype`` through ``convs`` (``encoder.stack_convs``:
+    :class:`NativeConvs`, float32 under CPU autocast as the module path runs them) and the norms
+    with float32 statistics; the saved conv outputs are in the convolutions' dtype.
     ``grad_mult`` is fairseq's ``feature_grad_mult``, applied to the incoming gradient.
     """
 
     @staticmethod
-    def forward(ctx, wave: Tensor, encoder: nn.Module, grad_mult: float, *params: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(
+        ctx, wave: Tensor, encoder: nn.Module, plan: tuple, grad_mult: float, *params: Tensor
+    ) -> Tensor:  # type: ignore[override]
         dev = wave.device.type
-        cdt, unfolded = encoder_conv_plan(wave, encoder.conv_layers[0].conv.weight)
-        conv1d = unfolded_conv1d if unfolded else lambda x, w, b, stride: F.conv1d(x, w, b, stride=stride)
+        cdt, convs = plan
         saved: list[Tensor] = []
         stats: list[tuple[Tensor, Tensor] | None] = []
         x = wave
@@ -164,14 +163,14 @@ class LeanConvStack(torch.autograd.Function):
             for layer in encoder.conv_layers:
                 conv = layer.conv
                 bias = given[id(conv.bias)].to(cdt) if conv.bias is not None else None
-                z = conv1d(x.to(cdt), given[id(conv.weight)].to(cdt), bias, conv.stride[0])
+                z = convs.forward(x.to(cdt), given[id(conv.weight)].to(cdt), bias, conv.stride[0])
                 n, st = _norm_forward(layer, z)
                 saved.append(z)
                 stats.append(st)
                 x = F.gelu(n)
         # kept as a list (not save_for_backward) so backward can drop each one as soon as it is used
         ctx.encoder, ctx.grad_mult, ctx.cdt, ctx.stats, ctx.saved = encoder, grad_mult, cdt, stats, saved
-        ctx.unfolded = unfolded
+        ctx.convs = convs
         ctx.save_for_backward(wave, *params)
         return x
 
@@ -224,12 +223,9 @@ class LeanConvStack(torch.autograd.Function):
                 conv = layer.conv
                 weight = given[id(conv.weight)]
                 need_input = i > 0 or ctx.needs_input_grad[0]
-                if ctx.unfolded:
-                    g, gw, gb = _unfolded_conv_backward(g.to(cdt), x_in, conv, weight, cdt, need_input)
-                else:
-                    g, gw, gb = _conv_backward(
-                        g.to(cdt), x_in, conv, weight, cdt, need_input, encoder.backward_chunk_elements
-                    )
+                g, gw, gb = ctx.convs.backward(
+                    g.to(cdt), x_in, conv, weight, cdt, need_input, encoder.backward_chunk_elements
+                )
                 del x_in
                 owned = True
                 grads[id(conv.weight)] = gw.to(weight.dtype)  # the dtype of what was passed in
@@ -239,8 +235,9 @@ class LeanConvStack(torch.autograd.Function):
             g if ctx.needs_input_grad[0] else None,
             None,
             None,
+            None,
             *[
                 grads.get(id(p)) if need else None
-                for p, need in zip(encoder.parameters(), ctx.needs_input_grad[3:])
+                for p, need in zip(encoder.parameters(), ctx.needs_input_grad[4:])
             ],
         )

@@ -33,9 +33,8 @@ class ConvPositionalEmbedding(nn.Module):
         self.remove = 1 if k % 2 == 0 else 0
 
     def forward(self, x: Tensor) -> Tensor:
-        y = conv_forward(
-            self.conv, x.transpose(1, 2)
-        )  # float32 under CPU autocast unless >= 32 channels per group
+        # float32 under CPU autocast unless >= 32 channels per group (conv_precision's guard)
+        y = conv_forward(self.conv, x.transpose(1, 2))
         if self.remove:
             y = y[:, :, : -self.remove]
         return F.gelu(y).transpose(1, 2)

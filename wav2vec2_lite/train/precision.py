@@ -3,8 +3,9 @@
 * ``32``   float32 everywhere, no autocast.
 * ``bf16`` autocast to bfloat16 (weights and optimizer state stay float32); no scaler
   is needed since bf16 has float32's exponent range (CPUs emulate bf16 where they lack it).
-  The Linear weights are cast in one op per forward (``low_precision_weights``), not one
-  per layer.
+  :meth:`Precision.attach` applies the speed transform (``low_precision_speed``: the weights
+  cast in one op per forward; on a CPU with AMX also bf16 unfolded convs and bf16 attention
+  with dropout), chosen for this device and CPU.
 * ``fp16`` autocast to float16 with a :class:`torch.amp.GradScaler` (supported on CPU
   since torch 2.3, so the scaled path is tested here; it is meant for GPUs).
 
@@ -20,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
+from wav2vec2_lite.low_precision_speed import TrainingSpeedup, speed_up_training
 
 __all__ = ["Precision", "parse_precision"]
 
@@ -65,14 +66,15 @@ class Precision:
             growth_interval=self.growth_interval,
             enabled=self.mode == "fp16",
         )
-        self.weights: LowPrecisionWeights | None = None
+        self.speedup: TrainingSpeedup | None = None
 
-    def attach(self, model: torch.nn.Module) -> None:
-        """In bf16/fp16, cast ``model``'s Linear weights in one op per forward
-        (:class:`~wav2vec2_lite.train.low_precision_weights.LowPrecisionWeights`; same numbers
-        as autocast's per-weight casts). Call once the model is on its device."""
+    def attach(self, model: torch.nn.Module, flat_weights: bool = True) -> None:
+        """In bf16/fp16, swap ``model``'s fast modules in for this device and CPU
+        (:func:`~wav2vec2_lite.low_precision_speed.speed_up_training`); ``flat_weights=False``
+        keeps autocast's per-weight casts (DDP with LayerDrop: a skipped block's weights would
+        reach the one cast op without a gradient). Call once the model is on its device."""
         if self.mode != "32":
-            self.weights = LowPrecisionWeights(model, self.dtype)
+            self.speedup = speed_up_training(model, self.dtype, flat_weights=flat_weights)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -89,7 +91,7 @@ class Precision:
             yield
             return
         with torch.autocast(device_type=self.device_type, dtype=self.dtype):
-            with self.weights.cast() if self.weights is not None else contextlib.nullcontext():
+            with self.speedup.cast() if self.speedup is not None else contextlib.nullcontext():
                 yield
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
