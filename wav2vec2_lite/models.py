@@ -5,7 +5,7 @@ Data flows one way::
     wave (B, S) -> FeatureEncoder -> (B, C, T) -> FeatureProjection -> (B, T, D)
          -> span mask (mask embedding) -> ContextNetwork -> c_t (B, T, D)
     wave, features, c_t, mask -> objective -> loss                  (pretraining only)
-    c_t -> Linear -> CTC logits                                       (fine-tuning)
+    c_t -> nn.Linear -> CTC logits                                       (fine-tuning)
 
 With ``contrastive.quantize_input`` the feature projection is a
 :class:`~wav2vec2_lite.modules.input_quantizer.QuantizedFeatureProjection` (an input quantizer
@@ -32,7 +32,6 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.context import ContextNetwork
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder, FeatureProjection
 from wav2vec2_lite.modules.input_quantizer import QuantizedFeatureProjection
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import QuantizerOutput
 from wav2vec2_lite.objectives.base import ObjectiveInputs
 from wav2vec2_lite.objectives.losses import ctc_loss
@@ -363,7 +362,7 @@ class Wav2Vec2ForCTC(_SavedModelMixin, nn.Module):
         self.config = config
         self.wav2vec2 = Wav2Vec2Model(config)
         self.dropout = nn.Dropout(config.final_dropout)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         nn.init.normal_(self.lm_head.weight, std=1.0 / math.sqrt(config.hidden_size))
         nn.init.zeros_(self.lm_head.bias)
         self._encoder_frozen = False

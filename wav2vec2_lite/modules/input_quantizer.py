@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.modules.layer_norm import Fp32LayerNorm
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, QuantizerOutput
 
 __all__ = ["QuantizedFeatureProjection", "input_codevector_dim"]
@@ -49,7 +48,7 @@ class QuantizedFeatureProjection(nn.Module):
         self.layer_norm = Fp32LayerNorm(cfg.conv_dim[-1], eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout_input)
         self.quantizer = GumbelProductQuantizer(cfg.contrastive, cfg.conv_dim[-1], codevector_dim=width)
-        self.project_inp = Linear(width, cfg.hidden_size)
+        self.project_inp = nn.Linear(width, cfg.hidden_size)
 
     def forward(
         self, features: Tensor, generator: torch.Generator | None = None

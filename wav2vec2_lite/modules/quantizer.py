@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.objectives.configs import ContrastiveConfig
 
 __all__ = ["GumbelProductQuantizer", "QuantizerOutput", "perplexity", "gumbel_temperature", "one_hot"]
@@ -65,7 +64,7 @@ class GumbelProductQuantizer(nn.Module):
         self.num_groups = cfg.num_code_groups
         self.num_vars = cfg.num_codes_per_group
         self.codevector_dim = cfg.codevector_dim if codevector_dim is None else codevector_dim
-        self.weight_proj = Linear(input_dim, self.num_groups * self.num_vars)
+        self.weight_proj = nn.Linear(input_dim, self.num_groups * self.num_vars)
         # codebook: (G, V, codevector_dim // G)
         self.codebook = nn.Parameter(
             torch.empty(self.num_groups, self.num_vars, self.codevector_dim // self.num_groups)
@@ -80,8 +79,8 @@ class GumbelProductQuantizer(nn.Module):
         return self.num_groups * self.num_vars
 
     def logits(self, x: Tensor) -> Tensor:
-        """(frames, G·V) float32 logits of ``x`` (cast to the projection's dtype: a bf16-weights
-        model, ``inference_dtype.cast_for_inference``, casts this Linear too)."""
+        """(frames, G·V) float32 logits of ``x`` (cast to the projection's dtype, which stays float32
+        under ``inference_dtype.cast_for_inference``)."""
         return self.weight_proj(x.to(self.weight_proj.weight.dtype)).float()
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> QuantizerOutput:

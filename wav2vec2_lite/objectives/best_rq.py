@@ -51,7 +51,6 @@ from wav2vec2_lite.modules.log_mel import (
     LogMel,
     normalize_per_utterance,
 )
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import perplexity
 from wav2vec2_lite.objectives.base import (
     ObjectiveInputs,
@@ -110,7 +109,7 @@ class BestRQObjective(PretrainingObjective):
             if o.normalization == "global"
             else None
         )
-        self.head = Linear(config.hidden_size, o.codebook_size)
+        self.head = nn.Linear(config.hidden_size, o.codebook_size)
 
     @classmethod
     def health_reference(cls, config: Wav2Vec2Config) -> dict[str, float]:

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2_lite.config import Wav2Vec2Config
-from wav2vec2_lite.modules.precast import Linear
 from wav2vec2_lite.modules.quantizer import GumbelProductQuantizer, gumbel_temperature, one_hot, perplexity
 from wav2vec2_lite.objectives.base import ObjectiveInputs, ObjectiveOutput, PretrainingObjective, frame_counts
 from wav2vec2_lite.objectives.configs import ContrastiveConfig
@@ -106,8 +105,10 @@ class ContrastiveObjective(PretrainingObjective):
         self.quantizer: GumbelProductQuantizer | None = (
             GumbelProductQuantizer(s, input_dim=config.conv_dim[-1]) if own_quantizer else None
         )
-        self.project_q = Linear(s.codevector_dim if s.quantize_targets else config.conv_dim[-1], s.final_dim)
-        self.final_proj = Linear(config.hidden_size, s.final_dim)
+        self.project_q = nn.Linear(
+            s.codevector_dim if s.quantize_targets else config.conv_dim[-1], s.final_dim
+        )
+        self.final_proj = nn.Linear(config.hidden_size, s.final_dim)
         self._input_quantizer: list[GumbelProductQuantizer] = []
         """The backbone's input quantizer (a list, so that it is not saved a second time here)."""
 

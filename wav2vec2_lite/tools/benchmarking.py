@@ -36,13 +36,13 @@ from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.inference_dtype import cast_for_inference
 from wav2vec2_lite.interop import to_hf
 from wav2vec2_lite.interop.hf import config_to_hf
+from wav2vec2_lite.low_precision_speed import speed_up_training
 from wav2vec2_lite.models import Wav2Vec2ForCTC, Wav2Vec2ForPreTraining
 from wav2vec2_lite.modules.feature_encoder import conv_output_lengths
 from wav2vec2_lite.objectives.masking import compute_span_mask, sample_negatives
 from wav2vec2_lite.tools.benchmark_report import render_markdown
 from wav2vec2_lite.tools.hardware import model_flops, sync
 from wav2vec2_lite.tools.op_census import census
-from wav2vec2_lite.train.low_precision_weights import LowPrecisionWeights
 
 __all__ = [
     "BenchSpec",
@@ -118,8 +118,8 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
     model = model.train(spec.task != "infer").to(spec.device)
     if _bf16_weights("ours", spec):
         cast_for_inference(model, torch.bfloat16)  # bf16 Linear weights, float32 convs and norms
-    elif spec.dtype == "bfloat16":  # training as the trainer does it: Linear weights cast in one op
-        model.low_precision_weights = LowPrecisionWeights(model, torch.bfloat16)
+    elif spec.dtype == "bfloat16":  # training as the trainer does it (the fast modules for this CPU)
+        model.speedup = speed_up_training(model, torch.bfloat16)
     if spec.compile:
         compile_dense(model)
     return model
@@ -184,7 +184,7 @@ def _step_fn(
     """A closure running one step of ``spec.task`` on ``model`` (ours or HF)."""
     hf = impl != "ours"
     params = [p for p in model.parameters() if p.requires_grad]
-    weights = getattr(model, "low_precision_weights", None)
+    weights = getattr(model, "speedup", None)
     cast_weights = weights.cast if weights is not None else contextlib.nullcontext
 
     def pretrain() -> None:

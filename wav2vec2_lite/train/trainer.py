@@ -89,10 +89,11 @@ class Trainer(Checkpointing, UpdateNumerics):
         if t.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.precision = Precision(t.precision, self.device.type)
-        if not (self.dist.world_size > 1 and self.model.config.layerdrop > 0):
-            # bf16/fp16: Linear weights cast in one op per forward. Not under DDP with LayerDrop: a
-            # skipped block's weights would reach that op without a gradient, which DDP waits for.
-            self.precision.attach(self.model)
+        # bf16/fp16: the fast modules for this CPU; the one-op weight cast not under DDP with
+        # LayerDrop (a skipped block's weights would reach that op without a gradient, which DDP waits for)
+        self.precision.attach(
+            self.model, flat_weights=not (self.dist.world_size > 1 and self.model.config.layerdrop > 0)
+        )
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.schedule = build_schedule(cfg.schedule, cfg.optim.lr, t.max_updates)
         self.generator = torch.Generator()  # masks / distractors / Gumbel noise (drawn on CPU by the model)
