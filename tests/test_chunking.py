@@ -1,10 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wav2vec2_lite.asr.chunking import chunked_logits, conv_num_frames, plan_windows
+from wav2vec2_lite.asr.chunking import chunked_logits, conv_num_frames, iter_chunked_logits, plan_windows
 
 from _tolerance import assert_float32_close, float32_excess
 
@@ -185,3 +186,105 @@ def test_plan_tiles_the_frames_and_cuts_far_from_edges(num_samples, chunk_frames
             assert w.keep_start - w.frame_start >= half
         if w.frame_start + w.num_frames < total:
             assert w.frame_start + w.num_frames - w.keep_end >= half
+
+
+# ----------------------------------------------------------------------------- streamed input and decoding
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(block_sizes=st.lists(st.integers(1, 3 * SR), min_size=1, max_size=8))
+def test_blocks_in_windows_out_equals_the_whole_wave(block_sizes):
+    """Any cut of the wave into blocks gives chunked_logits' frames, window by window, reading
+    the blocks only as far as each window needs."""
+    wave = integer_wave(30 * SR + 71, seed=4)
+    model = LocalModel(context=5)
+    expected = chunked_logits(model, wave, chunk_s=4.0, overlap_s=0.4)
+    cuts = np.cumsum(block_sizes * (wave.numel() // sum(block_sizes) + 1))
+    blocks = np.split(wave.numpy(), cuts[cuts < wave.numel()])  # arrays, as AudioStream gives
+    read: list[int] = []
+
+    def source():
+        for b in blocks:
+            read.append(b.size)
+            yield b
+
+    model.seen.clear()
+    pieces = []
+    windows = plan_windows(wave.numel(), chunk_s=4.0, overlap_s=0.4)
+    stream = iter_chunked_logits(model, source(), wave.numel(), chunk_s=4.0, overlap_s=0.4)
+    for w, piece in zip(windows, stream, strict=True):
+        pieces.append(piece)
+        assert sum(read[:-1]) < w.sample_end <= sum(read)  # read as far as this window needs, no further
+    assert torch.equal(torch.cat(pieces), expected)
+    assert len(pieces) == len(model.seen) and max(model.seen) <= 4 * SR
+
+
+def test_blocks_that_end_early_are_reported():
+    blocks = [torch.zeros(5 * SR, dtype=torch.float64)]
+    with pytest.raises(ValueError, match=r"the wave ends at sample 80000; a window needs samples"):
+        list(iter_chunked_logits(LocalModel(1), blocks, 6 * SR, chunk_s=2.0, overlap_s=0.2))
+
+
+def reference_greedy_with_timings(logits, vocab, frame_stride_s=0.02):
+    """Greedy decoding with word timings over the whole tensor at once (the implementation before
+    streaming), the oracle for GreedyTimings."""
+    from itertools import groupby
+
+    from wav2vec2_lite.asr.ctc_decode import _pieces
+    from wav2vec2_lite.data.tokenizer import SPECIAL_TOKENS
+
+    max_prob, ids = logits.float().softmax(dim=-1).max(dim=-1)
+    max_prob = max_prob.tolist()
+    pieces = _pieces(vocab, 0, "|", SPECIAL_TOKENS)
+    words, chars = [], []
+    start = end = 0
+
+    def close_word():
+        if chars:
+            conf = sum(max_prob[start:end]) / (end - start)
+            words.append(
+                {"word": "".join(chars), "start_s": start * frame_stride_s, "end_s": end * frame_stride_s}
+                | {"confidence": conf}
+            )
+            chars.clear()
+
+    t = 0
+    for k, run in groupby(ids.tolist()):
+        n = sum(1 for _ in run)
+        piece = pieces[k]
+        if piece == " ":
+            close_word()
+        elif piece:
+            for j, part in enumerate(piece.split(" ")):
+                if j:
+                    close_word()
+                if part:
+                    if not chars:
+                        start = t
+                    chars.append(part)
+                    end = t + n
+        t += n
+    close_word()
+    return " ".join(w["word"] for w in words), words
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10**6), cuts=st.lists(st.integers(0, 400), max_size=12))
+def test_greedy_timings_fed_in_pieces_equals_the_whole_tensor(seed, cuts):
+    """Runs that span pieces (frames repeat: each id held 1-6 frames), words that span pieces,
+    a token holding a space: the same text, words, timings and confidences, to the last bit."""
+    from wav2vec2_lite.asr.ctc_decode import GreedyTimings
+
+    vocab = ["<pad>", "<s>", "</s>", "<unk>", "|", "A", "B", "C D"]
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, len(vocab), (120,), generator=g)
+    ids = ids.repeat_interleave(torch.randint(1, 7, (120,), generator=g))[:400]  # (T,) with runs
+    logits = torch.randn(ids.numel(), len(vocab), generator=g)
+    logits[torch.arange(ids.numel()), ids] += 4.0
+    want = reference_greedy_with_timings(logits, vocab)
+    decoder = GreedyTimings(vocab, 0.02)
+    bounds = sorted({0, ids.numel(), *(min(c, ids.numel()) for c in cuts)})
+    held = 0
+    for a, b in zip(bounds, bounds[1:]):
+        decoder.feed(logits[a:b])
+        held = max(held, len(decoder._probs))
+    assert decoder.result() == want and want[0]
+    assert held < ids.numel() or len(bounds) == 2  # frames are dropped as words close

@@ -3,6 +3,10 @@
     logits = chunked_logits(lambda w: model(w).logits, wave)          # wave (S,) -> (T, V)
     text = greedy_decode(logits[None], None, vocab)[0]
 
+    # a file read from disk: only one window of samples and one of logits held at a time
+    for piece in iter_chunked_logits(fn, stream.blocks(), num_samples):  # piece (t_i, V)
+        decoder.feed(piece)
+
 Windows start on frame boundaries (multiples of ``frame_stride`` samples), so frame
 ``j`` of a window that starts at frame ``s`` covers the same samples as frame
 ``s + j`` of the whole file. Consecutive windows overlap by ``overlap_s``; each frame
@@ -15,16 +19,28 @@ for normalisation over the whole utterance (e.g. BASE's group norm on the first 
 
 The last window is moved back to end at the last frame, so it is a full window
 (more context for the model) rather than a short remainder.
+
+:func:`iter_chunked_logits` is the same computation on a wave that arrives in blocks (e.g.
+:class:`~wav2vec2_lite.data.audio.AudioStream`), giving each window's kept frames as soon as
+they are computed: with a decoder that consumes them in order (greedy), memory is one
+window's, whatever the file's length. :func:`chunked_logits` gathers them into one tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Window", "conv_num_frames", "plan_windows", "chunked_logits"]
+__all__ = [
+    "Window",
+    "conv_num_frames",
+    "plan_windows",
+    "window_waves",
+    "iter_chunked_logits",
+    "chunked_logits",
+]
 
 
 def conv_num_frames(num_samples: int, receptive_field: int = 400, frame_stride: int = 320) -> int:
@@ -105,7 +121,84 @@ def plan_windows(
     return windows
 
 
-@torch.no_grad()
+def window_waves(windows: Iterable[Window], blocks: Iterable) -> Iterator[tuple[Window, torch.Tensor]]:
+    """Each window's samples ``(s,)``, cut from consecutive blocks ``(b,)`` of the wave
+    (tensors or arrays, any lengths). Held at once: the blocks that cover one window, and the
+    window. Windows must not go back (``sample_start`` non-decreasing), as :func:`plan_windows`'
+    do not."""
+    held: list[torch.Tensor] = []  # consecutive blocks, the first starting at sample `start`
+    start = end = 0
+    source = iter(blocks)
+    for w in windows:
+        if w.sample_start < start:
+            raise ValueError(f"windows go back: samples from {w.sample_start}, after {start} were dropped")
+        while end < w.sample_end:
+            block = next(source, None)
+            if block is None:
+                raise ValueError(
+                    f"the wave ends at sample {end}; a window needs samples "
+                    f"[{w.sample_start}, {w.sample_end})"
+                )
+            block = torch.as_tensor(block)
+            if block.dim() != 1:
+                raise ValueError(f"blocks must be (b,), found shape {tuple(block.shape)}")
+            held.append(block)
+            end += block.shape[0]
+        while held and start + held[0].shape[0] <= w.sample_start:  # wholly before this window
+            start += held.pop(0).shape[0]
+        wave = held[0] if len(held) == 1 else torch.cat(held)
+        yield w, wave[w.sample_start - start : w.sample_end - start]
+
+
+def iter_chunked_logits(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    blocks: Iterable,
+    num_samples: int,
+    *,
+    chunk_s: float = 20.0,
+    overlap_s: float = 2.0,
+    sample_rate: int = 16000,
+    frame_stride: int = 320,
+    receptive_field: int = 400,
+    num_frames_fn: Callable[[int], int] | None = None,
+) -> Iterator[torch.Tensor]:
+    """:func:`chunked_logits` of a wave given as consecutive blocks, one window at a time.
+
+    Args:
+        blocks: the wave's ``num_samples`` samples in consecutive ``(b,)`` blocks, read as
+            the windows need them (e.g. ``AudioStream.blocks()``).
+        the others: as :func:`chunked_logits`.
+    Yields:
+        each window's kept logits ``(t_i, V)``, in order; concatenated they are
+        :func:`chunked_logits`' output, exactly. ``logits_fn`` runs under
+        ``torch.no_grad()``; the caller's grad mode is untouched between pieces.
+    """
+    windows = plan_windows(
+        num_samples,
+        chunk_s=chunk_s,
+        overlap_s=overlap_s,
+        sample_rate=sample_rate,
+        frame_stride=frame_stride,
+        receptive_field=receptive_field,
+        num_frames_fn=num_frames_fn,
+    )
+    yield from _kept_logits(logits_fn, windows, blocks)
+
+
+def _kept_logits(logits_fn, windows: list[Window], blocks: Iterable) -> Iterator[torch.Tensor]:
+    """Each window's kept frames of ``logits_fn``'s output ``(t_i, V)``, the shape checked."""
+    for w, wave in window_waves(windows, blocks):
+        with torch.no_grad():
+            logits = logits_fn(wave.unsqueeze(0))
+        if logits.dim() != 3 or logits.shape[0] != 1 or logits.shape[1] != w.num_frames:
+            raise ValueError(
+                f"logits_fn returned shape {tuple(logits.shape)} for samples "
+                f"[{w.sample_start}, {w.sample_end}); expected (1, {w.num_frames}, V) — "
+                f"check frame_stride/receptive_field or pass num_frames_fn"
+            )
+        yield logits[0, w.keep_start - w.frame_start : w.keep_end - w.frame_start]
+
+
 def chunked_logits(
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     waveform: torch.Tensor,
@@ -144,20 +237,12 @@ def chunked_logits(
         receptive_field=receptive_field,
         num_frames_fn=num_frames_fn,
     )
-    total = windows[-1].keep_end
     out: torch.Tensor | None = None
-    for w in windows:
-        logits = logits_fn(waveform[w.sample_start : w.sample_end].unsqueeze(0))
-        if logits.dim() != 3 or logits.shape[0] != 1 or logits.shape[1] != w.num_frames:
-            raise ValueError(
-                f"logits_fn returned shape {tuple(logits.shape)} for samples "
-                f"[{w.sample_start}, {w.sample_end}); expected (1, {w.num_frames}, V) — "
-                f"check frame_stride/receptive_field or pass num_frames_fn"
-            )
+    t = 0
+    for piece in _kept_logits(logits_fn, windows, [waveform]):
         if out is None:
-            out = logits.new_empty(total, logits.shape[-1])
-        a, b = w.keep_start - w.frame_start, w.keep_end - w.frame_start
-        out[w.keep_start : w.keep_end] = logits[0, a:b]
-        del logits
-    assert out is not None
+            out = piece.new_empty(windows[-1].keep_end, piece.shape[-1])
+        out[t : t + piece.shape[0]] = piece
+        t += piece.shape[0]
+    assert out is not None and t == out.shape[0]
     return out

@@ -17,6 +17,7 @@ from wav2vec2_lite.data.tokenizer import SPECIAL_TOKENS
 __all__ = [
     "greedy_decode",
     "greedy_decode_with_timings",
+    "GreedyTimings",
     "prefix_beam_search",
     "prefix_beam_search_nbest",
     "labels_to_text",
@@ -137,54 +138,114 @@ def greedy_decode_with_timings(
         end (blanks inside the word included) of the frame's top softmax probability.
         ``text == " ".join(w["word"] for w in words) == greedy_decode(...)[0]``.
     """
-    x = to_cpu_tensor(logits)
-    if x.dim() != 2 or not x.is_floating_point():
-        raise ValueError(f"logits must be a float (T, V) tensor, found {x.dtype} {tuple(x.shape)}")
-    if x.shape[-1] != len(vocab):
-        raise ValueError(f"logits have V={x.shape[-1]} classes but the vocabulary has {len(vocab)}")
+    x = _check_frame_logits(to_cpu_tensor(logits), len(vocab))
     if length is not None:
         if not 0 <= length <= x.shape[0]:
             raise ValueError(f"length must lie in [0, {x.shape[0]}], found {length}")
         x = x[:length]
-    max_prob, ids = x.float().softmax(dim=-1).max(dim=-1)  # (T,), (T,)
-    max_prob = max_prob.tolist()
-    pieces = _pieces(vocab, blank, word_delimiter, skip_tokens)
+    decoder = GreedyTimings(
+        vocab, frame_stride_s, blank=blank, word_delimiter=word_delimiter, skip_tokens=skip_tokens
+    )
+    decoder.feed(x)
+    return decoder.result()
 
-    words: list[dict] = []
-    chars: list[str] = []
-    start = end = 0  # frames of the current word: [start, end)
 
-    def close_word() -> None:
-        if chars:
-            conf = sum(max_prob[start:end]) / (end - start)
-            words.append(
-                {
-                    "word": "".join(chars),
-                    "start_s": start * frame_stride_s,
-                    "end_s": end * frame_stride_s,
-                    "confidence": conf,
-                }
-            )
-            chars.clear()
+def _check_frame_logits(x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"logits must be a float (T, V) tensor, found {x.dtype} {tuple(x.shape)}")
+    if x.shape[-1] != vocab_size:
+        raise ValueError(f"logits have V={x.shape[-1]} classes but the vocabulary has {vocab_size}")
+    return x
 
-    t = 0
-    for k, run in groupby(ids.tolist()):
-        n = sum(1 for _ in run)
-        piece = pieces[k]
+
+class GreedyTimings:
+    """:func:`greedy_decode_with_timings` of logits that arrive in consecutive pieces of frames.
+
+        decoder = GreedyTimings(vocab, frame_stride_s=0.02)
+        for piece in iter_chunked_logits(...):   # (t_i, V) each
+            decoder.feed(piece)
+        text, words = decoder.result()            # == greedy_decode_with_timings(cat(pieces), ...)
+
+    The result equals the whole-tensor call exactly (same runs, same words, same confidences):
+    a run of one id may span pieces. Held between pieces: the words so far, the current word's
+    characters, and the top probability of each frame since the current word (or the current
+    run, outside a word) began: one word's frames, not the file's.
+    """
+
+    def __init__(
+        self,
+        vocab: Sequence[str],
+        frame_stride_s: float = 0.02,
+        *,
+        blank: int = 0,
+        word_delimiter: str = "|",
+        skip_tokens: Collection[str] = SPECIAL_TOKENS,
+    ) -> None:
+        self.vocab_size = len(vocab)
+        self.pieces = _pieces(vocab, blank, word_delimiter, skip_tokens)
+        self.frame_stride_s = frame_stride_s
+        self.words: list[dict] = []
+        self._chars: list[str] = []
+        self._start = self._end = 0  # frames of the current word: [start, end)
+        self._t = 0  # frames fed so far
+        self._run: int | None = None  # the id of the run that the last frame belongs to ...
+        self._run_start = 0  # ... and its first frame
+        self._probs: list[float] = []  # top softmax probability of frames [_probs_t0, _t)
+        self._probs_t0 = 0
+
+    def feed(self, logits) -> None:
+        """The next ``(t, V)`` logits (or log-probs) of the utterance."""
+        x = _check_frame_logits(to_cpu_tensor(logits), self.vocab_size)
+        max_prob, ids = x.float().softmax(dim=-1).max(dim=-1)  # (t,), (t,)
+        self._probs += max_prob.tolist()
+        t = self._t
+        for k, run in groupby(ids.tolist()):
+            if k != self._run:  # the previous run is complete
+                self._close_run(t)
+                self._run, self._run_start = k, t
+            t += sum(1 for _ in run)
+        self._t = t
+        keep = self._start if self._chars else self._run_start  # frames a word may still need
+        del self._probs[: keep - self._probs_t0]
+        self._probs_t0 = keep
+
+    def result(self) -> tuple[str, list[dict]]:
+        """``(text, words)`` of all frames fed, as :func:`greedy_decode_with_timings` gives them;
+        call it once, after the last piece."""
+        self._close_run(self._t)
+        self._run = None
+        self._close_word()
+        return " ".join(w["word"] for w in self.words), self.words
+
+    def _close_run(self, t: int) -> None:
+        """The run of ``self._run`` over frames ``[_run_start, t)`` joins the words."""
+        if self._run is None:
+            return
+        start, piece = self._run_start, self.pieces[self._run]
         if piece == " ":
-            close_word()
+            self._close_word()
         elif piece:
             for j, part in enumerate(piece.split(" ")):  # a token holding a space splits words
                 if j:
-                    close_word()
+                    self._close_word()
                 if part:
-                    if not chars:
-                        start = t
-                    chars.append(part)
-                    end = t + n
-        t += n
-    close_word()
-    return " ".join(w["word"] for w in words), words
+                    if not self._chars:
+                        self._start = start
+                    self._chars.append(part)
+                    self._end = t
+
+    def _close_word(self) -> None:
+        if self._chars:
+            a, b = self._start - self._probs_t0, self._end - self._probs_t0
+            self.words.append(
+                {
+                    "word": "".join(self._chars),
+                    "start_s": self._start * self.frame_stride_s,
+                    "end_s": self._end * self.frame_stride_s,
+                    "confidence": sum(self._probs[a:b]) / (b - a),
+                }
+            )
+            self._chars.clear()
 
 
 # ----------------------------------------------------------------------------- prefix beam search

@@ -2,8 +2,16 @@
 
 Loads from a run folder (``RUN/checkpoints/best`` or ``last``), a saved model folder
 (``model.safetensors`` + ``config.json``), a Hugging Face folder (``Wav2Vec2ForCTC`` +
-``vocab.json``) or a fairseq fine-tuned ``.pt`` (+ its ``dict.ltr.txt``). Long files are transcribed in
-overlapping windows, so memory stays bounded whatever the duration.
+``vocab.json``) or a fairseq fine-tuned ``.pt`` (+ its ``dict.ltr.txt``).
+
+Memory: a file is read from disk twice, block by block (:class:`~wav2vec2_lite.data.audio.AudioStream`),
+never whole. The first pass checks the data and measures the length, peak and (float64) mean and
+variance; the second normalises each block with them (the whole-file normalisation, up to float32
+rounding), feeds overlapping windows to the model (``chunk_s``, ``overlap_s``) and hands each
+window's frames to the greedy decoder, which keeps only the current word's. With greedy decoding,
+memory is one window's, whatever the file's length (docs/benchmarks.md: 2 h takes what 1 min takes).
+Beam search and the LM decoder search over all frames at once: they hold the file's logits
+``(T, V)``, 4 * V bytes per 20 ms frame (V = 32: 23 MB an hour), but not its samples.
 
 Audio policy: transcription converts what training refuses by default. Multi-channel
 files are averaged to mono and other sample rates resampled (soxr); the transcript then
@@ -22,15 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from wav2vec2_lite.asr.chunking import chunked_logits
-from wav2vec2_lite.asr.decode import DecodingConfig, greedy_decode_with_timings
+from wav2vec2_lite.asr.chunking import iter_chunked_logits
+from wav2vec2_lite.asr.ctc_decode import GreedyTimings
+from wav2vec2_lite.asr.decode import DecodingConfig
 from wav2vec2_lite.compile import compile_dense
 from wav2vec2_lite.data.audio import (
     AudioError,
     AudioInfo,
+    AudioStream,
     audio_info,
     load_audio,
     out_of_range,
+    peak_out_of_range,
 )
 from wav2vec2_lite.data.audio import (
     normalize as normalize_wave,
@@ -168,13 +179,23 @@ class Transcriber:
         """(S,) wave -> (T, vocab) logits, in windows when longer than ``chunk_s``."""
         if self.normalize:
             wave = normalize_wave(wave)
-        fn = lambda w: self.model(w.to(self.device)).logits.float().cpu()  # noqa: E731
+        pieces = list(self._logit_pieces([wave], wave.shape[0]))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def _logit_pieces(self, blocks: Iterable, num_samples: int) -> Iterator[torch.Tensor]:
+        """The logits ``(t_i, V)`` of a wave given in consecutive blocks ``(b,)``: one model call on
+        the whole wave up to ``chunk_s`` seconds, else each window's kept frames as it is computed."""
+        if num_samples <= self.chunk_s * self.sample_rate:
+            wave = torch.cat([torch.as_tensor(b) for b in blocks])
+            with torch.no_grad():
+                logits = self._forward(wave[None])[0]
+            yield logits
+            return
         cfg = self.model.config
-        if wave.shape[0] <= self.chunk_s * self.sample_rate:
-            return fn(wave[None])[0]
-        return chunked_logits(
-            fn,
-            wave,
+        yield from iter_chunked_logits(
+            self._forward,
+            blocks,
+            num_samples,
             chunk_s=self.chunk_s,
             overlap_s=self.overlap_s,
             sample_rate=self.sample_rate,
@@ -182,6 +203,10 @@ class Transcriber:
             receptive_field=cfg.receptive_field,
             num_frames_fn=lambda n: int(self.model.feature_output_lengths(torch.tensor([n]))[0]),
         )
+
+    def _forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """(1, s) -> (1, t, V) float32 logits on the CPU."""
+        return self.model(wave.to(self.device)).logits.float().cpu()
 
     @property
     def dtype(self) -> str:
@@ -191,40 +216,61 @@ class Transcriber:
     def transcribe_wave(self, wave: torch.Tensor, path: str = "<array>") -> Transcript:
         """One utterance's transcript; word timings with greedy decoding only (with beam search
         ``words`` is empty)."""
-        logits = self.logits(wave)
+        if self.normalize:
+            wave = normalize_wave(wave)
+        return self._decode_pieces(self._logit_pieces([wave], wave.shape[0]), wave.shape[0], path)
+
+    def _decode_pieces(self, pieces: Iterator[torch.Tensor], num_samples: int, path: str) -> Transcript:
+        """The transcript of consecutive logits: greedy decoding consumes them piece by piece;
+        beam search (with or without an LM) needs them all at once, so it gathers them."""
+        duration_s = num_samples / self.sample_rate
         if self._decode is not None:
             return Transcript(
-                path=path, text=self._decode(logits), words=[], duration_s=wave.shape[0] / self.sample_rate
+                path=path, text=self._decode(torch.cat(list(pieces))), words=[], duration_s=duration_s
             )
-        text, words = greedy_decode_with_timings(
-            logits, self.tokenizer.vocab, frame_stride_s=self.model.config.frame_stride / self.sample_rate
-        )
-        return Transcript(path=path, text=text, words=words, duration_s=wave.shape[0] / self.sample_rate)
+        greedy = GreedyTimings(self.tokenizer.vocab, self.model.config.frame_stride / self.sample_rate)
+        for piece in pieces:
+            greedy.feed(piece)
+        text, words = greedy.result()
+        return Transcript(path=path, text=text, words=words, duration_s=duration_s)
 
     def read_wave(self, path: str | Path) -> tuple[np.ndarray, str | None]:
         """The file as a mono wave at the model's rate (channels averaged, soxr) and a notice of what changed.
 
         Raises AudioError naming the file when it is unreadable, shorter than the receptive field,
         or (for a model that does not normalise its input) float samples far outside [-1, 1].
+        :meth:`transcribe_file` makes the same checks without holding the wave.
         """
         info = audio_info(path)
         wave = load_audio(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
-        field = self.model.config.receptive_field
-        if wave.shape[0] < field:
-            raise AudioError(
-                f"{path}: {wave.shape[0]} samples at {self.sample_rate} Hz, shorter than the model's "
-                f"{field}-sample receptive field; too short to transcribe"
-            )
-        loud = None if self.normalize else out_of_range(wave)
-        if loud:  # a model without input normalisation sees only saturated features: empty text
-            raise AudioError(f"{path}: {loud}")
+        self._check_wave(path, wave.shape[0], lambda: out_of_range(wave))
         return wave, conversion_notice(path, info, self.sample_rate)
 
+    def _check_wave(self, path: str | Path, num_samples: int, loudness) -> None:
+        field = self.model.config.receptive_field
+        if num_samples < field:
+            raise AudioError(
+                f"{path}: {num_samples} samples at {self.sample_rate} Hz, shorter than the model's "
+                f"{field}-sample receptive field; too short to transcribe"
+            )
+        loud = None if self.normalize else loudness()
+        if loud:  # a model without input normalisation sees only saturated features: empty text
+            raise AudioError(f"{path}: {loud}")
+
     def transcribe_file(self, path: str | Path) -> Transcript:
-        """One file's transcript, with the notice of :meth:`read_wave` when it was converted."""
-        wave, notice = self.read_wave(path)
-        out = self.transcribe_wave(torch.from_numpy(wave), str(path))
-        out.notice = notice
+        """One file's transcript, read from disk in blocks (memory: the module docstring), with a
+        notice when it was converted (channels averaged, resampled).
+
+        The same checks and errors as :meth:`read_wave`, all before the model runs: a first pass
+        over the file checks the data and takes its length, peak, mean and variance."""
+        stream = AudioStream(path, sample_rate=self.sample_rate, mono="mix", resample="soxr")
+        stats = stream.stats()
+        self._check_wave(path, stats.num_samples, lambda: peak_out_of_range(stats.peak))
+        blocks = stream.blocks()
+        if self.normalize:
+            blocks = (stats.normalize(b) for b in blocks)
+        out = self._decode_pieces(self._logit_pieces(blocks, stats.num_samples), stats.num_samples, str(path))
+        out.notice = conversion_notice(path, stream.info, self.sample_rate)
         return out
 
     def transcribe_manifest(self, tsv: str | Path, limit: int | None = None) -> list[Transcript]:

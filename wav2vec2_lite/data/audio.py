@@ -2,12 +2,21 @@
 
 ``load_audio`` returns a mono float32 wave ``(S,)`` at the requested rate or raises
 ``AudioError`` saying what was expected, what was found, and which option fixes it.
+``AudioStream`` reads the same wave from disk block by block, with the same checks and
+errors, for files too long to hold (transcription of hours of audio):
+
+    stream = AudioStream(path, mono="mix", resample="soxr")
+    stats = stream.stats()                                  # pass 1: checks, length, mean/variance
+    for block in stream.blocks():                           # pass 2: (s,) float32 blocks
+        x = stats.normalize(block)                          # == normalize(load_audio(...)) piecewise
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -24,9 +33,12 @@ __all__ = [
     "audio_info",
     "read_samples",
     "load_audio",
+    "AudioStream",
+    "WaveStats",
     "normalize",
     "audio_warnings",
     "out_of_range",
+    "peak_out_of_range",
     "SILENCE_DBFS",
     "RANGE_LIMIT",
     "CLIP_LEVEL",
@@ -121,19 +133,51 @@ def read_samples(path: str | os.PathLike, info: AudioInfo | None = None) -> np.n
     try:
         wave, _ = sf.read(str(p), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError) as e:
-        raise AudioError(f"{p}: corrupt or truncated audio data (libsndfile: {_sf_reason(e)})") from None
-    if wave.shape[0] == 0:
-        raise AudioError(f"{p}: contains no audio samples (0 frames)")
-    if wave.shape[0] < info.num_samples:
-        raise AudioError(
-            f"{p}: truncated: header declares {info.num_samples} samples, only {wave.shape[0]} could be read"
-        )
+        raise AudioError(_corrupt(p, e)) from None
+    _check_frames(p, info, wave.shape[0])
     finite = np.isfinite(wave)
     if not finite.all():
-        bad = int((~finite).sum())
-        first = int(np.argwhere(~finite)[0, 0])
-        raise AudioError(f"{p}: {bad} NaN/inf sample(s), first at sample {first}; the file is corrupt")
+        raise AudioError(_nonfinite(p, int((~finite).sum()), int(np.argwhere(~finite)[0, 0])))
     return wave
+
+
+def _corrupt(p: Path, e: Exception) -> str:
+    return f"{p}: corrupt or truncated audio data (libsndfile: {_sf_reason(e)})"
+
+
+def _check_frames(p: Path, info: AudioInfo, frames: int) -> None:
+    """AudioError when no frame, or fewer frames than the header declares, could be read."""
+    if frames == 0:
+        raise AudioError(f"{p}: contains no audio samples (0 frames)")
+    if frames < info.num_samples:
+        raise AudioError(
+            f"{p}: truncated: header declares {info.num_samples} samples, only {frames} could be read"
+        )
+
+
+def _nonfinite(p: Path, bad: int, first: int) -> str:
+    return f"{p}: {bad} NaN/inf sample(s), first at sample {first}; the file is corrupt"
+
+
+def _check_policies(mono: str, resample: str) -> None:
+    if mono not in ("error", "mix"):
+        raise ValueError(f"mono must be 'error' or 'mix', found {mono!r}")
+    if resample not in ("error", "soxr"):
+        raise ValueError(f"resample must be 'error' or 'soxr', found {resample!r}")
+
+
+def _check_layout(p: Path, info: AudioInfo, sample_rate: int, mono: str, resample: str) -> None:
+    """AudioError for channels or a rate that the policies refuse."""
+    if info.channels != 1 and mono == "error":
+        raise AudioError(
+            f"{p}: has {info.channels} channels, expected mono; "
+            f"convert the file or pass mono='mix' to average the channels"
+        )
+    if info.sample_rate != sample_rate and resample == "error":
+        raise AudioError(
+            f"{p}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
+            f"resample the file or pass resample='soxr'"
+        )
 
 
 def load_audio(
@@ -152,28 +196,117 @@ def load_audio(
         AudioError: missing/empty/non-audio/corrupt/truncated file, no samples, NaN/inf
             samples, multi-channel with ``mono="error"``, other rate with ``resample="error"``.
     """
-    if mono not in ("error", "mix"):
-        raise ValueError(f"mono must be 'error' or 'mix', found {mono!r}")
-    if resample not in ("error", "soxr"):
-        raise ValueError(f"resample must be 'error' or 'soxr', found {resample!r}")
+    _check_policies(mono, resample)
     p = Path(path)
     info = audio_info(p)
-    if info.channels != 1 and mono == "error":
-        raise AudioError(
-            f"{p}: has {info.channels} channels, expected mono; "
-            f"convert the file or pass mono='mix' to average the channels"
-        )
-    if info.sample_rate != sample_rate and resample == "error":
-        raise AudioError(
-            f"{p}: sample rate is {info.sample_rate} Hz, expected {sample_rate} Hz; "
-            f"resample the file or pass resample='soxr'"
-        )
+    _check_layout(p, info, sample_rate, mono, resample)
     wave = read_samples(p, info)  # (S, C)
     sr = info.sample_rate
     wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if sr != sample_rate:
         wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class WaveStats:
+    """One pass over a wave: its length, mean and biased variance (float64), and peak ``|x|``."""
+
+    num_samples: int
+    mean: float
+    var: float
+    peak: float
+
+    def normalize(self, block: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+        """A block of the wave scaled as :func:`normalize` scales the whole wave,
+        ``(x - mean) / sqrt(var + eps)``; equal to it up to float32 rounding (float64 statistics
+        here, float32 in ``F.layer_norm``)."""
+        rstd = 1.0 / math.sqrt(self.var + eps)
+        return ((block.astype(np.float64) - self.mean) * rstd).astype(np.float32)
+
+
+class AudioStream:
+    """A file as consecutive mono float32 blocks ``(s,)`` at ``sample_rate`` Hz, read from disk.
+
+    The blocks concatenate to :func:`load_audio`'s wave, bit for bit: channels are averaged
+    block by block and soxr's streaming resampler gives what its one-shot call gives. Only one
+    block of the file (``block_frames`` frames, a few MB) is held at a time. The checks and
+    errors are :func:`load_audio`'s: the header's (missing, empty, not audio, truncated WAV) and
+    the policies' here, the data's (corrupt, no samples, truncated, NaN/inf) when a pass over
+    :meth:`blocks` reaches the end of the file, before it returns.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        sample_rate: int = 16000,
+        mono: MonoPolicy = "error",
+        resample: ResamplePolicy = "error",
+        block_frames: int = 1 << 16,
+    ) -> None:
+        _check_policies(mono, resample)
+        if block_frames < 1:
+            raise ValueError(f"block_frames must be >= 1, found {block_frames}")
+        self.path = Path(path)
+        self.info = audio_info(self.path)
+        _check_layout(self.path, self.info, sample_rate, mono, resample)
+        self.sample_rate = sample_rate
+        self.block_frames = block_frames
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """One pass over the file: mono float32 blocks at ``sample_rate``; AudioError at the end of
+        the data when it is corrupt, empty, shorter than the header or holds NaN/inf."""
+        p, info = self.path, self.info
+        resampler = None
+        if info.sample_rate != self.sample_rate:
+            resampler = soxr.ResampleStream(
+                info.sample_rate, self.sample_rate, 1, dtype="float32", quality="HQ"
+            )
+        frames = bad = 0
+        first_bad = -1
+        try:
+            with sf.SoundFile(str(p)) as f:
+                while True:
+                    raw = f.read(self.block_frames, dtype="float32", always_2d=True)  # (s, C)
+                    if raw.shape[0] == 0:
+                        break
+                    finite = np.isfinite(raw)
+                    if not finite.all():  # counted to the end of the file, as read_samples counts them
+                        if first_bad < 0:
+                            first_bad = frames + int(np.argwhere(~finite)[0, 0])
+                        bad += int((~finite).sum())
+                    frames += raw.shape[0]
+                    if bad:
+                        continue
+                    wave = raw.mean(axis=1) if raw.shape[1] > 1 else raw[:, 0]
+                    if resampler is not None:
+                        wave = resampler.resample_chunk(np.ascontiguousarray(wave))
+                    if wave.size:
+                        yield np.ascontiguousarray(wave, dtype=np.float32)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(_corrupt(p, e)) from None
+        _check_frames(p, info, frames)
+        if bad:
+            raise AudioError(_nonfinite(p, bad, first_bad))
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            if tail.size:
+                yield np.ascontiguousarray(tail, dtype=np.float32)
+
+    def stats(self) -> WaveStats:
+        """A full pass (so every check of the data): length, mean and variance in float64 (blocks
+        merged with Chan et al.'s update, no cancellation from a DC offset), peak ``|x|``."""
+        n, mean, m2, peak = 0, 0.0, 0.0, 0.0
+        for block in self.blocks():
+            x = block.astype(np.float64)
+            k, block_mean = x.size, float(x.mean())
+            delta, total = block_mean - mean, n + k
+            mean += delta * k / total
+            m2 += float(np.square(x - block_mean).sum()) + delta * delta * n * k / total
+            n = total
+            peak = max(peak, float(np.max(np.abs(block))))
+        return WaveStats(n, mean, m2 / n, peak)
 
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
@@ -212,7 +345,11 @@ def audio_warnings(wave) -> list[str]:
 def out_of_range(wave) -> str | None:
     """Why float samples ``(S,)`` or ``(S, C)`` far outside [-1, 1] are wrong, or None: a peak above
     ``RANGE_LIMIT`` is integer-scale values (16-bit: up to 32767) stored in a float file."""
-    peak = float(np.max(np.abs(wave))) if np.size(wave) else 0.0
+    return peak_out_of_range(float(np.max(np.abs(wave))) if np.size(wave) else 0.0)
+
+
+def peak_out_of_range(peak: float) -> str | None:
+    """:func:`out_of_range` of a wave whose peak ``|x|`` is ``peak`` (e.g. ``WaveStats.peak``)."""
     if peak <= RANGE_LIMIT:
         return None
     hint = "; divide by 32768 (16-bit values)" if peak <= 32768 * 1.01 else ""
