@@ -289,11 +289,11 @@ def prefix_beam_search_nbest(
         raise ValueError(f"blank index {blank} is outside V={x.shape[1]}")
     if length is not None:
         x = x[:length]
-    lp = x.double().log_softmax(dim=-1)
     neg_inf = -math.inf
     # prefix -> [log P(prefix, ends in blank), log P(prefix, ends in non-blank)]
     beams: dict[tuple[int, ...], list[float]] = {(): [0.0, neg_inf]}
-    for frame in lp.tolist():
+    for row in x:  # one frame's log-probs at a time: a long file's (T, V) is not copied whole
+        frame = row.double().log_softmax(dim=-1).tolist()
         cand = [(k, p) for k, p in enumerate(frame) if k != blank and p >= token_min_logp]
         p_blank = frame[blank]
         nxt: dict[tuple[int, ...], list[float]] = {}

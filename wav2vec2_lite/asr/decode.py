@@ -11,6 +11,7 @@ and the ends are stripped.
 
     texts = greedy_decode(out.logits, out.output_lengths, tok.vocab)    # (B, T, V) -> B strings
     text, words = greedy_decode_with_timings(out.logits[0], tok.vocab)  # words: start_s/end_s/confidence
+    g = GreedyTimings(tok.vocab); [g.feed(p) for p in pieces]; text, words = g.result()  # the same, streamed
     text = prefix_beam_search(out.logits[0].log_softmax(-1), tok.vocab, beam_width=8)
     lm = BeamSearchDecoder(tok.vocab, "4gram.arpa", lm_weight=0.5, word_score=1.0)  # wav2vec2_lite[lm]
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from wav2vec2_lite.asr.ctc_decode import (
+    GreedyTimings,
     greedy_decode,
     greedy_decode_with_timings,
     labels_to_text,
@@ -36,6 +38,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "greedy_decode",
     "greedy_decode_with_timings",
+    "GreedyTimings",
     "prefix_beam_search",
     "prefix_beam_search_nbest",
     "labels_to_text",
@@ -53,6 +56,12 @@ class DecodingConfig:
     ``greedy``: best path, with word timings. ``beam``: :func:`prefix_beam_search` over
     ``beam_size`` prefixes; with ``lm`` (an n-gram ``.arpa`` or KenLM binary), the
     :class:`BeamSearchDecoder` over the words of ``lexicon`` (default: the ARPA's unigrams).
+
+    Memory on a long file: greedy decoding consumes the logits window by window
+    (:class:`GreedyTimings`), so it holds one window's. The beam decoders take the whole
+    utterance's logits ``(T, V)`` at once, 4 * V bytes per 20 ms frame (V = 32: 23 MB an hour);
+    the LM decoder (flashlight) also keeps its beam's hypotheses for every frame, to trace the
+    best one back at the end, so its memory grows with the file too.
     """
 
     decoder: str = "greedy"
