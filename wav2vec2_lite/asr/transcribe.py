@@ -9,9 +9,11 @@ never whole. The first pass checks the data and measures the length, peak and (f
 variance; the second normalises each block with them (the whole-file normalisation, up to float32
 rounding), feeds overlapping windows to the model (``chunk_s``, ``overlap_s``) and hands each
 window's frames to the greedy decoder, which keeps only the current word's. With greedy decoding,
-memory is one window's, whatever the file's length (docs/benchmarks.md: 2 h takes what 1 min takes).
+memory is one window's, whatever the file's length (docs/benchmarks.md: a 2-hour file peaks
+within 1.2x of a 1-minute one).
 Beam search and the LM decoder search over all frames at once: they hold the file's logits
-``(T, V)``, 4 * V bytes per 20 ms frame (V = 32: 23 MB an hour), but not its samples.
+``(T, V)``, 4 * V bytes per 20 ms frame (V = 32: 23 MB an hour), but not its samples; the LM
+decoder also keeps its beam's hypotheses for every frame (``DecodingConfig``).
 
 Audio policy: transcription converts what training refuses by default. Multi-channel
 files are averaged to mono and other sample rates resampled (soxr); the transcript then
