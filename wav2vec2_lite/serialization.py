@@ -32,20 +32,18 @@ a crash mid-save leaves the previous file intact. The training checkpoints
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from wav2vec2_lite.atomic_files import atomic_write_bytes, atomic_write_text, file_sha256, fsync_dir
 from wav2vec2_lite.config import Wav2Vec2Config, upgrade_config_dict
 
 __all__ = [
@@ -100,63 +98,7 @@ class CheckpointError(RuntimeError):
     or could not be written; the message names the file."""
 
 
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """fsync a folder so that renames inside it survive a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: bytes | bytearray | Callable[[BinaryIO], Any]) -> Path:
-    """Write ``path`` all at once or not at all.
-
-    ``write`` is the bytes, or a function given the open temporary file (binary, in the same
-    folder as ``path``); a library that only writes to a path can use ``f.name``. The file is
-    flushed, fsync'ed and renamed over ``path``, then the folder is fsync'ed. On any error
-    (or interrupt) the temporary file is removed and ``path`` keeps its previous content;
-    a SIGKILL can leave a hidden ``.NAME.tmp-PID-XXXXXXXX`` file, never a half-written ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "xb") as f:
-            if isinstance(write, (bytes, bytearray)):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` of UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
 _MODEL_CLASSES: dict[str, type[nn.Module]] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def register_model_class(cls: type[nn.Module]) -> type[nn.Module]:

@@ -163,7 +163,7 @@ def _close_stdout() -> None:
 def _check_device(device: str, option: str = "--device") -> str:
     """``device`` if torch can run on it here; otherwise ValueError naming ``option``, what this
     machine has and what to pass instead."""
-    from wav2vec2_lite.train.config import check_device  # start-up: omegaconf, after --help
+    from wav2vec2_lite.train.device import check_device  # start-up: torch, after --help
 
     check_device(device, option)
     return device

@@ -26,13 +26,11 @@ two different transcripts for one key.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
 import re
 import stat
-import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,15 +45,19 @@ from wav2vec2_lite.data.manifest import (
     write_labels,
     write_manifest,
 )
+from wav2vec2_lite.data.transcripts import (
+    DEFAULT_CHARSET,
+    librispeech_transcripts,
+    lookup_transcript,
+    normalize_transcript,
+    read_text_lines,
+    read_transcripts,
+    sidecar_transcript,
+)
 
 __all__ = ["DEFAULT_CHARSET", "PrepareReport", "normalize_transcript", "read_transcripts", "prepare_dataset"]
 
-DEFAULT_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ'"
 AUDIO_EXTENSIONS = ("wav", "flac", "ogg")
-_PATH_COLUMNS = ("path", "file", "filename", "file_name", "audio", "audio_path", "wav", "id", "utterance_id")
-_TEXT_COLUMNS = ("text", "transcript", "transcription", "sentence", "normalized_text", "label")
-_SEPARATORS = set("-‐‑‒–—_/")
-_APOSTROPHES = {"’": "'", "‘": "'", "ʼ": "'", "`": "'"}
 _FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})  # the only files that can hold NaN/inf samples
 MIN_SAMPLES = 400  # the feature encoder's receptive field at 16 kHz: a shorter file gives no frame
 
@@ -106,116 +108,6 @@ class PrepareReport:
         return lines
 
 
-def normalize_transcript(text: str, charset: str = DEFAULT_CHARSET) -> tuple[str, Counter]:
-    """``text`` reduced to ``charset`` (words separated by single spaces) and the characters dropped.
-
-    Accents are stripped (``é`` -> ``E``), typographic apostrophes become ``'``, dashes,
-    underscores and slashes separate words; text is upper-cased unless ``charset`` has
-    lower-case letters.
-    """
-    t = unicodedata.normalize("NFKD", text)
-    t = "".join(c for c in t if not unicodedata.combining(c))
-    if not any(c.islower() for c in charset):
-        t = t.upper()
-    out, dropped = [], Counter()
-    for c in t:
-        c = _APOSTROPHES.get(c, c)
-        if c in charset:
-            out.append(c)
-        elif c.isspace() or c in _SEPARATORS:
-            out.append(" ")
-        else:
-            dropped[c] += 1
-    return " ".join("".join(out).split()), dropped
-
-
-def _read_text_file(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8-sig").splitlines()  # utf-8-sig: a byte-order mark is not text
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{path}: not UTF-8 text ({e})") from None
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read ({e.strerror or e})") from None
-
-
-def read_transcripts(path: str | Path) -> dict[str, str]:
-    """``{path or id: text}`` from a ``path<TAB>text`` file or a CSV with a header (see module docstring)."""
-    path = Path(path)
-    lines = _read_text_file(path)
-    if path.suffix.lower() == ".csv":
-        rows = list(csv.reader(lines))
-        if not rows:
-            raise ManifestError(f"{path}: empty CSV")
-        header = [h.strip().lower() for h in rows[0]]
-        key = next((header.index(c) for c in _PATH_COLUMNS if c in header), None)
-        val = next((header.index(c) for c in _TEXT_COLUMNS if c in header), None)
-        if key is None or val is None:
-            raise ManifestError(
-                f"{path}: the CSV header {rows[0]} needs a path column (one of {list(_PATH_COLUMNS)}) "
-                f"and a text column (one of {list(_TEXT_COLUMNS)})"
-            )
-        table = _Table(path)
-        for n, row in enumerate(rows[1:], start=2):
-            if len(row) <= max(key, val):
-                raise ManifestError(f"{path}:{n}: expected {len(header)} columns, found {len(row)}")
-            table.add(row[key].strip(), row[val], n)
-        return table.result()
-    table = _Table(path)
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        name, sep, text = line.partition("\t")
-        if not sep:
-            raise ManifestError(f"{path}:{n}: expected 'path<TAB>text', found {line[:60]!r}")
-        table.add(name.strip(), text, n)
-    return table.result()
-
-
-class _Table:
-    """``{key: text}`` of one transcript file; a key given twice with different texts is an error
-    naming both lines (the same text twice is kept once)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.texts, self.lines, self.clashes = path, {}, {}, []
-
-    def add(self, key: str, text: str, line: int) -> None:
-        if key in self.texts and self.texts[key].strip() != text.strip():
-            self.clashes.append(
-                f"{self.path}:{line}: {key!r} has another transcript on line {self.lines[key]} "
-                f"({self.texts[key].strip()[:40]!r} vs {text.strip()[:40]!r})"
-            )
-            return
-        self.texts.setdefault(key, text)
-        self.lines.setdefault(key, line)
-
-    def result(self) -> dict[str, str]:
-        if self.clashes:
-            shown = "\n  ".join(self.clashes[:20]) + (
-                f"\n  ... and {len(self.clashes) - 20} more" if len(self.clashes) > 20 else ""
-            )
-            raise ManifestError(
-                f"{len(self.clashes)} key(s) with two different transcripts (which one is right?); keep "
-                f"one line per key:\n  {shown}"
-            )
-        return self.texts
-
-
-def _librispeech(root: Path) -> dict[str, str]:
-    """``{folder/ID: text}`` from every ``*.trans.txt`` under ``root``."""
-    out = {}
-    for tf in sorted(root.rglob("*.trans.txt")):
-        table = _Table(tf)
-        for n, line in enumerate(_read_text_file(tf), start=1):
-            if not line.strip():
-                continue
-            uid, _, text = line.strip().partition(" ")
-            if not text:
-                raise ManifestError(f"{tf}:{n}: expected 'UTTERANCE-ID TEXT', found {line[:60]!r}")
-            table.add((tf.parent.relative_to(root) / uid).as_posix(), text, n)
-        out.update(table.result())
-    return out
-
-
 def _find_audio(
     root: Path, exts: set[str], must_contain: str | None
 ) -> tuple[list[Path], list[tuple[Path, str]], list[str]]:
@@ -259,24 +151,6 @@ def _find_audio(
                 continue
             files.append(path)
     return sorted(files), unusable, notes
-
-
-def _sidecar(audio: Path) -> Path | None:
-    for ext in (".txt", ".lab"):
-        p = audio.with_suffix(ext)
-        if p.is_file():
-            return p
-    return None
-
-
-def _lookup(table: dict[str, str], root: Path, audio: Path) -> tuple[str, str] | None:
-    """The transcript table's key and text for ``audio``: relative path, absolute path, path without
-    extension, or stem."""
-    rel = audio.relative_to(root).as_posix()
-    for key in (rel, str(audio), rel.rsplit(".", 1)[0], audio.stem):
-        if key in table:
-            return key, table[key]
-    return None
 
 
 def _speaker(rel: str, pattern: re.Pattern | None) -> str:
@@ -404,10 +278,10 @@ def prepare_dataset(
     if transcripts is not None:
         table, report.transcript_source = read_transcripts(transcripts), str(transcripts)
     else:
-        libri = _librispeech(root)
+        libri = librispeech_transcripts(root)
         if libri:
             table, report.transcript_source = libri, "LibriSpeech *.trans.txt"
-        elif any(_sidecar(f) for f in files):
+        elif any(sidecar_transcript(f) for f in files):
             report.transcript_source = "sidecar .txt/.lab files"
     report.labelled = report.transcript_source != "none"
 
@@ -447,13 +321,13 @@ def prepare_dataset(
         text = None
         if report.labelled:
             if table is not None:
-                found = _lookup(table, root, f)
+                found = lookup_transcript(table, root, f)
                 if found is not None:
                     used_keys.add(found[0])
                     text = found[1]
             else:
-                side = _sidecar(f)
-                text = " ".join(_read_text_file(side)) if side is not None else None
+                side = sidecar_transcript(f)
+                text = " ".join(read_text_lines(side)) if side is not None else None
             if text is None:
                 bad(f, "no transcript")
                 continue

@@ -12,7 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["ContrastiveConfig", "BestRQConfig", "OBJECTIVE_CONFIGS", "MOVED_KEYS", "NORMALIZATIONS"]
+__all__ = [
+    "ContrastiveConfig",
+    "BestRQConfig",
+    "OBJECTIVE_CONFIGS",
+    "MOVED_KEYS",
+    "NORMALIZATIONS",
+    "moved_key",
+    "migrate_override",
+]
 
 NORMALIZATIONS = ("global", "utterance")
 
@@ -227,3 +235,23 @@ MOVED_KEYS: dict[str, str] = {
 }
 """Keys that were flat ``Wav2Vec2Config`` fields before the objectives owned their settings
 (``format_version`` 2 and earlier) -> where they live now."""
+
+
+def moved_key(key: str) -> str | None:
+    """Where a model key (or node) that moved into an objective's sub-config lives now
+    (``model.num_negatives`` -> ``model.contrastive.num_negatives``,
+    ``model.objective_options.seed`` -> ``model.best_rq.seed``); None for any other key."""
+    head, _, rest = key.removeprefix("model.").partition(".")
+    if not key.startswith("model.") or head not in MOVED_KEYS:
+        return None
+    return f"model.{MOVED_KEYS[head]}{'.' + rest if rest else ''}"
+
+
+def migrate_override(arg: str) -> str:
+    """A recorded command-line override in today's keys: a model key that moved into an objective's
+    sub-config gets its new place (``model.num_negatives=5`` -> ``model.contrastive.num_negatives=5``,
+    ``+model.objective_options={...}`` -> ``model.best_rq={...}``); anything else is returned as it is.
+    For commands recorded by earlier versions (provenance); a user's old key is refused, named."""
+    key, eq, value = arg.partition("=")
+    new = moved_key(key.lstrip("+~")) if eq else None
+    return arg if new is None else f"{new}={value}"  # the key exists now: no '+'

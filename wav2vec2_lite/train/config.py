@@ -41,7 +41,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from wav2vec2_lite.config import ConfigError, Wav2Vec2Config
 from wav2vec2_lite.data.config import DataConfig
-from wav2vec2_lite.objectives.configs import MOVED_KEYS, OBJECTIVE_CONFIGS
+from wav2vec2_lite.objectives.configs import OBJECTIVE_CONFIGS, migrate_override, moved_key
 from wav2vec2_lite.train.health import HealthConfig
 from wav2vec2_lite.train.precision import parse_precision
 from wav2vec2_lite.train.schedules import SCHEDULES, make_schedule
@@ -65,7 +65,6 @@ __all__ = [
     "unknown_key_error",
     "ModelConfig",
     "migrate_override",
-    "check_device",
 ]
 
 
@@ -77,34 +76,6 @@ def _positive(section: str, obj: Any, *keys: str) -> None:
             raise ValueError(f"{section}.{key}: must be a finite number > 0 (got {value})")
         if not value > 0:
             raise ValueError(f"{section}.{key}: must be > 0 (got {value})")
-
-
-def check_device(spec: str, key: str = "trainer.device") -> None:
-    """ValueError naming ``key`` unless torch can run on ``spec`` here (``auto`` always can)."""
-    import torch  # loaded by every caller already; kept out of this module's import for --help
-
-    if spec == "auto" and key == "trainer.device":
-        return
-    given = f"{key}={spec}" if "." in key else f"{key} {spec}"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        choices = "auto, cpu, cuda, cuda:N or mps" if key == "trainer.device" else "cpu, cuda, cuda:N or mps"
-        raise ValueError(f"{given}: not a device; use {choices}") from None
-    cpu = given.removesuffix(spec) + "cpu"
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ValueError(f"{given}: no CUDA GPU is available here; use {cpu}")
-        if device.index is not None and device.index >= n:
-            raise ValueError(
-                f"{given}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}; use one of "
-                f"them (or check CUDA_VISIBLE_DEVICES)"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{given}: Apple MPS is not available here; use {cpu}")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{given}: unsupported device type {device.type!r}; use {cpu} or cuda")
 
 
 def flatten_lr_scale(lr_scale: dict, prefix: str = "") -> dict[str, Any]:
@@ -486,26 +457,6 @@ def _one_line(e: OmegaConfBaseException) -> str:
     msg = str(getattr(e, "msg", None) or e).splitlines()[0]
     key = getattr(e, "full_key", None)
     return f"{key}: {msg}" if key else msg
-
-
-def moved_key(key: str) -> str | None:
-    """Where a model key (or node) that moved into an objective's sub-config lives now
-    (``model.num_negatives`` -> ``model.contrastive.num_negatives``,
-    ``model.objective_options.seed`` -> ``model.best_rq.seed``); None for any other key."""
-    head, _, rest = key.removeprefix("model.").partition(".")
-    if not key.startswith("model.") or head not in MOVED_KEYS:
-        return None
-    return f"model.{MOVED_KEYS[head]}{'.' + rest if rest else ''}"
-
-
-def migrate_override(arg: str) -> str:
-    """A recorded command-line override in today's keys: a model key that moved into an objective's
-    sub-config gets its new place (``model.num_negatives=5`` -> ``model.contrastive.num_negatives=5``,
-    ``+model.objective_options={...}`` -> ``model.best_rq={...}``); anything else is returned as it is.
-    For commands recorded by earlier versions (provenance); a user's old key is refused, named."""
-    key, eq, value = arg.partition("=")
-    new = moved_key(key.lstrip("+~")) if eq else None
-    return arg if new is None else f"{new}={value}"  # the key exists now: no '+'
 
 
 def to_run_config(cfg: DictConfig | dict, kind: str | None = None) -> PretrainRunConfig | FinetuneRunConfig:

@@ -42,7 +42,8 @@ from wav2vec2_lite.data.collate import derive_seed
 from wav2vec2_lite.data.pipeline import SUMMARY_EVENTS, TrainingData, describe
 from wav2vec2_lite.train import distributed as dist_utils
 from wav2vec2_lite.train.checkpoint import CheckpointError
-from wav2vec2_lite.train.config import check_device, config_container
+from wav2vec2_lite.train.config import config_container
+from wav2vec2_lite.train.device import check_device
 from wav2vec2_lite.train.logging import MetricsLogger, peak_memory_mb, write_run_info
 from wav2vec2_lite.train.optim import build_optimizer
 from wav2vec2_lite.train.precision import Precision
