@@ -377,7 +377,7 @@ def write_report(plan: dict) -> list[Path]:
     results = Path(plan["results_dir"])
     text, data = report_markdown(plan)
     written = []
-    if data is not None:
+    if data is not None and any(data["curve"].values()):  # a curve needs a fine-tuning result
         try:
             written.append(plot_curve(data["curve"], data["metric"], results / "curve.png"))
             text += "\n![fine-tuning curve](curve.png)\n"
