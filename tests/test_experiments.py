@@ -337,7 +337,7 @@ def _set(spec: dict, path: str, value) -> dict:
         (("finetune.seeds", [1]), ">= 2 fine-tuning seeds"),
         (
             ("variants.pretrained.checkpoints", [{"name": "p1", "path": "x"}]),
-            "1 pretraining seed(s) at train_b",
+            ">= 2 pretraining seeds at train_b (got 1",
         ),
         (("finetune.overrides", ["optim.lr=1e-3"]), "the plan sets for each run"),
         (("finetune.overrides", ["data.valid_subset=test"]), "test is never trained or chosen on"),

@@ -69,24 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "plan":
             new = plans.make_plan(load_mapping(args.spec))
-            spec = new["spec"]
-            out = plans.write_plan(new, plans.plan_path(spec, args.spec), args.force)
+            out = plans.write_plan(new, plans.plan_path(new["spec"], args.spec), args.force)
             print(
-                f"wrote {out}: {len(new['runs'])} runs (plan {new['sha256'][:12]}); "
-                f"commit it before the first run"
+                f"wrote {out}: {len(new['runs'])} runs (plan {new['sha256'][:12]}); commit it before running"
             )
             return 0
         plan, _ = plans.load_spec_and_plan(args.spec)
         if args.cmd == "run":
             engine.run_plan(
-                plan,
-                args.spec,
-                only=args.only,
-                jobs=args.jobs,
-                slurm=_slurm(args, plan),
-                in_process=args.in_process,
-                allow_uncommitted=args.allow_uncommitted_plan,
-            )
+                plan, args.spec, only=args.only, jobs=args.jobs, slurm=_slurm(args, plan),
+                in_process=args.in_process, allow_uncommitted=args.allow_uncommitted_plan,
+            )  # fmt: skip
         elif args.cmd == "run-one":
             runs.execute(plan, args.run_id)
         elif args.cmd == "status":

@@ -44,9 +44,8 @@ def _check_inputs(plan: dict, todo: list[dict], done: dict) -> None:
         elif r["kind"] == "pretrain":
             needed |= {f"{r['train_subset']}.tsv", f"{r['valid_subset']}.tsv"}
         if r["kind"] != "finetune" and spec["probe"]:
-            needed |= {f"{spec['probe'][k]}.{e}" for k in ("train", "valid") for e in ("tsv", "ltr")} | {
-                "dict.ltr.txt"
-            }
+            needed |= {f"{spec['probe'][k]}.{e}" for k in ("train", "valid") for e in ("tsv", "ltr")}
+            needed.add("dict.ltr.txt")
     missing = sorted(str(corpus / n) for n in needed if not (corpus / n).is_file())
     if missing:
         raise ExperimentError(f"missing: {', '.join(missing)} (build the corpus first)")
@@ -76,20 +75,17 @@ def run_plan(
     log: Callable[[str], None] = print,
 ) -> list[str]:
     """Do the selected runs that have no summary yet; returns their ids."""
-    if test_scores_path(plan).is_file():
+    if (scored := test_scores_path(plan)).is_file():
         raise ExperimentError(
-            f"{test_scores_path(plan)} exists: test was scored already, and runs added now could change the "
-            f"choices it was scored on"
+            f"{scored} exists: test was scored already; runs added now could change its choices"
         )
     why = check_committed(Path(plan["path"]))
     if why and not allow_uncommitted:
         raise ExperimentError(
             f"{why}: commit the plan before the first run (or pass --allow-uncommitted-plan)"
         )
-    threads = plan["spec"]["threads_per_run"]
-    cores = os.cpu_count() or 1
-    if jobs is None:
-        jobs = max(1, cores // threads)
+    threads, cores = plan["spec"]["threads_per_run"], os.cpu_count() or 1
+    jobs = max(1, cores // threads) if jobs is None else jobs
     if jobs < 1:
         raise ExperimentError(f"--jobs: an integer >= 1 (got {jobs})")
     if slurm is None and jobs * threads > cores:
@@ -112,9 +108,8 @@ def run_plan(
     blocked = [r for r in todo if r.get("after") and r["after"] not in done and r["after"] not in first_ids]
     if blocked:
         raise ExperimentError(
-            f"run {blocked[0]['id']} fine-tunes the checkpoint of {blocked[0]['after']}, "
-            f"which is neither done nor "
-            f"selected; run it first (or widen --only)"
+            f"run {blocked[0]['id']} fine-tunes the checkpoint of {blocked[0]['after']}, which is neither "
+            f"done nor selected; run it first (or widen --only)"
         )
     then = [r for r in todo if r["kind"] == "finetune"]
     for phase in (first, then):
@@ -125,27 +120,18 @@ def run_plan(
                 log(f"[experiment] {r['id']}")
                 execute(plan, r["id"])
             continue
-        pieces = [
-            (
-                r["id"],
-                ["-m", "wav2vec2_lite.experiments.cli", "run-one", str(spec_path), r["id"]],
-                Path(plan["spec"]["runs_dir"]) / "logs" / f"{r['id']}.log",
-            )
-            for r in phase
-        ]
+        runs_dir = Path(plan["spec"]["runs_dir"])
+        command = ["-m", "wav2vec2_lite.experiments.cli", "run-one", str(spec_path)]
+        pieces = [(r["id"], [*command, r["id"]], runs_dir / "logs" / f"{r['id']}.log") for r in phase]
+        parallel = jobs if slurm is None else len(pieces)
         failed = run_jobs(
-            pieces,
-            folder=Path(plan["spec"]["runs_dir"]) / "submitit",
-            parallel=jobs if slurm is None else len(pieces),
-            threads=threads,
-            log=log,
-            tag="experiment",
-            slurm=slurm,
-        )
+            pieces, folder=runs_dir / "submitit", parallel=parallel, threads=threads, log=log,
+            tag="experiment", slurm=slurm,
+        )  # fmt: skip
         if failed:
             raise ExperimentError(
-                f"run(s) {', '.join(failed)} failed; see {Path(plan['spec']['runs_dir']) / 'logs'}/RUN.log "
-                f"(running the command again resumes)"
+                f"run(s) {', '.join(failed)} failed; see {runs_dir / 'logs'}/RUN.log (running the command "
+                f"again resumes)"
             )
     return [r["id"] for r in todo]
 
@@ -155,9 +141,8 @@ def plan_status(plan: dict) -> str:
     done, runs = load_summaries(plan), plan["runs"]
     cells: dict[tuple[str, str, str], list[int]] = {}
     for r in runs:
-        cells.setdefault((r["kind"], r.get("variant", ""), r.get("subset", "")), [0, 0])[
-            r["id"] not in done
-        ] += 1
+        cell = cells.setdefault((r["kind"], r.get("variant", ""), r.get("subset", "")), [0, 0])
+        cell[r["id"] not in done] += 1
     lines = [f"{plan['spec']['name']} (plan {plan['sha256'][:12]}): {len(done)} of {len(runs)} runs done"]
     lines += [f"  {k:<9} {v:<32} {s:<16} done {d:>3}  left {n:>3}" for (k, v, s), (d, n) in cells.items()]
     left = [r["id"] for r in runs if r["id"] not in done]

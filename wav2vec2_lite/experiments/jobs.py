@@ -74,14 +74,10 @@ def make_executor(folder: str | Path, *, threads: int, slurm: SlurmOptions | Non
         executor.update_parameters(timeout_min=7 * 24 * 60)  # submitit kills a local job after this
         return executor
     executor = submitit.SlurmExecutor(folder=str(folder))
-    params: dict[str, Any] = {"cpus_per_task": threads, "time": slurm.timeout_min, **slurm.extra}
-    if slurm.partition:
-        params["partition"] = slurm.partition
-    if slurm.gpus_per_node:
-        params["gpus_per_node"] = slurm.gpus_per_node
-    if slurm.mem_gb:
-        params["mem"] = f"{slurm.mem_gb}GB"
-    executor.update_parameters(**params)
+    chosen = {"partition": slurm.partition, "gpus_per_node": slurm.gpus_per_node}
+    chosen["mem"] = slurm.mem_gb and f"{slurm.mem_gb}GB"  # unset (None, 0): the cluster's default
+    params = {"cpus_per_task": threads, "time": slurm.timeout_min, **slurm.extra}
+    executor.update_parameters(**params | {k: v for k, v in chosen.items() if v})
     return executor
 
 

@@ -83,7 +83,7 @@ def _pretrain_run(spec: dict, variant: str, seed: int) -> dict:
 
 def _checkpoint_path(spec: dict, variant: str, ckpt: dict) -> str:
     if ckpt["path"] is not None:
-        return ckpt["path"]
+        return ckpt["path"]  # an existing checkpoint; else the engine's pretraining run's last one
     return str(Path(spec["runs_dir"]) / f"{variant}-{ckpt['name']}" / "checkpoints" / "last")
 
 
@@ -135,27 +135,16 @@ def _runs(spec: dict) -> list[dict]:
         if v["source"] == "pretrain":
             runs += [_pretrain_run(spec, name, seed) for seed in spec["pretrain"]["seeds"]]
         elif v["source"] == "checkpoint" and spec["probe"]:
-            runs += [
-                {
-                    "id": f"{name}-{c['name']}-probe",
-                    "kind": "probe",
-                    "variant": name,
-                    "checkpoint": c["name"],
-                    "checkpoint_path": c["path"],
-                }
-                for c in v["checkpoints"]
-            ]
+            for c in v["checkpoints"]:
+                probe = {"id": f"{name}-{c['name']}-probe", "kind": "probe", "variant": name}
+                runs.append(probe | {"checkpoint": c["name"], "checkpoint_path": c["path"]})
     ft = spec["finetune"]
     if ft is None:
         return runs
     for size in ft["sizes"]:
         for name, v in variants.items():
-            ckpts = (
-                [None]
-                if v["source"] == "scratch"
-                else [c for c in v["checkpoints"] if size["subset"] in c["sizes"]]
-            )
-            for ckpt in ckpts:
+            at_size = [c for c in v.get("checkpoints", []) if size["subset"] in c["sizes"]]
+            for ckpt in [None] if v["source"] == "scratch" else at_size:
                 for seed in ft["seeds"]:
                     for i, trial in enumerate(v["trials"]):
                         runs.append(_finetune_run(spec, name, name, size, ckpt, seed, i, trial))
@@ -198,8 +187,7 @@ def make_plan(raw_spec: dict, check_configs: bool = True) -> dict:
     spec = validate_spec(raw_spec)
     runs = _runs(spec)
     ids = [r["id"] for r in runs]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
+    if dup := sorted({i for i in ids if ids.count(i) > 1}):
         raise ExperimentError(f"two runs would share the id {dup[0]}; rename a variant or checkpoint")
     if check_configs:
         _check_configs(runs)

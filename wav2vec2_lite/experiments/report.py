@@ -1,25 +1,19 @@
-"""An experiment's report: ``report.md`` (and ``curve.png``) next to its plan.
-
-* Probes (if measured): per run (wall clock, audio seen, last pretext accuracy, best layer) and per
-  variant (best-layer valid CER over pretraining seeds, mean ± sd, bootstrap CI, against the
-  random-init baseline and the reference variant), and the variant chosen on valid.
-* Fine-tuning (if measured): per variant and label size (test CER once scored, else the valid CER
-  of the trial chosen on valid: mean, median, sd, two-level bootstrap CI, blank collapse, trials
-  chosen); each variant / the reference as a CER ratio with two-level and one-level bootstrap CIs
-  and Welch's t (``scipy.stats``); test CER by sentence kind; every chosen run; the curve.
-"""
+"""An experiment's report: ``report.md`` (and ``curve.png``) next to its plan: probe and fine-tuning
+tables per variant with bootstrap CIs, ratios to the reference variant with Welch's t, every chosen
+run (section by section in docs/ablations.md, "What report.md shows")."""
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from wav2vec2_lite.experiments.plan import BASELINE
 from wav2vec2_lite.experiments.scoring import ROW_KEYS, choose_on_valid, load_test_scores
 from wav2vec2_lite.experiments.spec import TOPLINE, lowered_protocol
 from wav2vec2_lite.experiments.summaries import load_migration, load_summaries
-from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, median, welch_t
+from wav2vec2_lite.tools.stats import bootstrap_mean_ci, bootstrap_ratio_ci, welch_t
 
 __all__ = ["report_markdown", "write_report", "plot_curve"]
 
@@ -53,21 +47,19 @@ def _header(plan: dict, summaries: dict, scored: bool) -> list[str]:
     if ft and not scored:
         state = "**test not scored yet**: fine-tuning CERs below are valid CERs."
     at = f" at {', '.join(proto['min_pretrain_seeds_at'])}" if proto["min_pretrain_seeds_at"] else ""
-    rules = [f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant{at}"]
-    rules += ["each checkpoint's best layer chosen on valid"] if spec["probe"] else []
-    if ft:
-        rules[:0] = [
-            f"≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per variant"
-        ]
-        rules += ["trial chosen per variant × size × pretraining seed × fine-tuning seed by best valid CER"]
+    rules = [
+        f"≥ {proto['min_seeds']} fine-tuning seeds, ≥ {proto['min_trials']} lr trials per variant"
+    ] * bool(ft)
+    rules += [f"≥ {proto['min_pretrain_seeds']} pretraining seeds per pretrained variant{at}"]
+    rules += ["each checkpoint's best layer chosen on valid"] * bool(spec["probe"])
+    rules += [
+        "trial chosen per variant × size × pretraining seed × fine-tuning seed by best valid CER"
+    ] * bool(ft)
     ci = (
         f"CIs: percentile bootstrap, {proto['bootstrap_resamples']} resamples, seed {proto['bootstrap_seed']}"
     )
-    ci += (
-        "; two-level for pretrained variants (pretraining seeds, then fine-tuning seeds within each)"
-        if ft
-        else ""
-    )
+    if ft:
+        ci += "; two-level for pretrained variants (pretraining seeds, then fine-tuning seeds within each)"
     done = f"Plan `{plan['sha256'][:12]}`: {len(summaries)} of {len(plan['runs'])} runs summarized; {state}"
     lines = [f"# Experiment `{spec['name']}`", "", done, f"Protocol: {'; '.join(rules)}. {ci}."]
     if ft:
@@ -82,11 +74,10 @@ def _header(plan: dict, summaries: dict, scored: bool) -> list[str]:
         lines.append(f"**The spec lowers the protocol's minimums**: {'; '.join(lowered)}.")
     migration = load_migration(plan)
     if migration:
+        renamed = ", ".join(f"{a} → {b}" for a, b in migration["renamed_keys"].items()) or "none"
         lines.append(
             f"Migrated: {len(migration['files'])} files from {migration['from']} ({migration['migrated']}); "
-            "keys renamed since: "
-            + (", ".join(f"{a} → {b}" for a, b in migration["renamed_keys"].items()) or "none")
-            + "."
+            f"keys renamed since: {renamed}."
         )
     return [*lines, ""]
 
@@ -118,17 +109,10 @@ def _probe_section(plan: dict, summaries: dict) -> list[str]:
         per_variant.setdefault(s["variant"], []).append(s)
         acc = (s.get("final_valid") or {}).get("accuracy")
         best = s["best_layer"]
-        lines.append(
-            _row(
-                r["id"],
-                s.get("objective", "–"),
-                s.get("wall_minutes", "–"),
-                s.get("hours_of_audio_seen", "–"),
-                "–" if acc is None else f"{acc:.3f}",
-                best["layer"],
-                f"{best['valid_cer']:.3f}",
-            )  # fmt: skip
-        )
+        lines.append(_row(
+            r["id"], s.get("objective", "–"), s.get("wall_minutes", "–"), s.get("hours_of_audio_seen", "–"),
+            "–" if acc is None else f"{acc:.3f}", best["layer"], f"{best['valid_cer']:.3f}",
+        ))  # fmt: skip
     ref = spec["reference"] if spec["reference"] in per_variant else None
     head = [
         "variant",
@@ -149,8 +133,7 @@ def _probe_section(plan: dict, summaries: dict) -> list[str]:
             for s in runs
         )
         vs = f"{means[variant] / rand_best:.2f}×" if same else "– (no baseline yet)"
-        if base is not None and not same:
-            vs = "– (the baseline is of another architecture or input normalisation)"
+        vs = "– (the baseline is of another architecture or input normalisation)" if base and not same else vs
         cells = [variant, len(runs), _mean_sd(cers), f"{lo:.3f}–{hi:.3f}" if math.isfinite(lo) else "–", vs]
         if ref:
             other = [s["best_layer"]["valid_cer"] for s in per_variant[ref]]
@@ -195,11 +178,9 @@ def _finetune_rows(plan: dict, summaries: dict) -> tuple[list[dict], str, bool]:
     scores = load_test_scores(plan)
     if scores is not None:
         return [{**r, "cer": r["test_cer"]} for r in scores["chosen"]], "test CER", True
-    chosen, _ = choose_on_valid(plan, summaries)
-    best = [(s, s["best_valid"]) for s in chosen]
     rows = [
         {k: s[k] for k in ROW_KEYS} | {"valid_cer": b["cer"], "valid_wer": b["wer"], "cer": b["cer"]}
-        for s, b in best
+        for s, b in ((s, s["best_valid"]) for s in choose_on_valid(plan, summaries)[0])
     ]
     return rows, "valid CER (test not scored yet)", False
 
@@ -222,33 +203,21 @@ def _finetune_section(plan: dict, summaries: dict) -> tuple[list[str], dict]:
         cells.append((ft["topline"]["subset"], ft["topline"]["minutes"], TOPLINE))
     for subset, minutes, variant in cells:
         cell, labeled = cell_of(variant, subset), f"{subset} ({minutes:g} min)"
-        every = [
-            s
-            for s in summaries.values()
-            if (s["kind"], s["variant"], s.get("subset")) == ("finetune", variant, subset)
-        ]
+        key = ("finetune", variant, subset)
+        every = [s for s in summaries.values() if (s["kind"], s["variant"], s.get("subset")) == key]
         collapse = f"{sum(s['blank_collapse'] for s in every)} / {len(every)}" if every else "–"
         if not cell:
             lines.append(_row(variant, labeled, 0, "–", "–", "–", "–", collapse, "–"))
             continue
         vals = [r["cer"] for r in cell]
         lo, hi = bootstrap_mean_ci(_groups(cell), B, seed) if len(vals) > 1 else (math.nan, math.nan)
-        picks: dict[str, int] = {}
-        for r in cell:
-            picks[_trial_name(r)] = picks.get(_trial_name(r), 0) + 1
-        lines.append(
-            _row(
-                variant,
-                labeled,
-                len(vals),
-                _pct(statistics.mean(vals)),
-                _pct(median(vals)),
-                _pct(statistics.stdev(vals) if len(vals) > 1 else math.nan),
-                f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–",
-                collapse,
-                "; ".join(f"{k} ×{n}" for k, n in picks.items()),
-            )  # fmt: skip
-        )
+        picks = Counter(_trial_name(r) for r in cell)
+        lines.append(_row(
+            variant, labeled, len(vals), _pct(statistics.mean(vals)), _pct(statistics.median(vals)),
+            _pct(statistics.stdev(vals) if len(vals) > 1 else math.nan),
+            f"{_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) else "–", collapse,
+            "; ".join(f"{k} ×{n}" for k, n in picks.items()),
+        ))  # fmt: skip
         if variant == TOPLINE:
             curve[TOPLINE] = statistics.mean(vals)
         else:
@@ -267,17 +236,10 @@ def _finetune_section(plan: dict, summaries: dict) -> tuple[list[str], dict]:
             ratio, lo2, hi2 = bootstrap_ratio_ci(a, b, B, seed, two_level=True)
             _, lo1, hi1 = bootstrap_ratio_ci(a, b, B, seed, two_level=False)
             w = welch_t(sum(a, []), sum(b, []))
-            lines.append(
-                _row(
-                    f"{subset} ({minutes:g} min)",
-                    f"{ratio:.3f}",
-                    f"{lo2:.3f}–{hi2:.3f}",
-                    f"{lo1:.3f}–{hi1:.3f}",
-                    f"{w.t:.3f}",
-                    f"{w.df:.2f}",
-                    f"{w.p:.4g}",
-                )  # fmt: skip
-            )
+            lines.append(_row(
+                f"{subset} ({minutes:g} min)", f"{ratio:.3f}", f"{lo2:.3f}–{hi2:.3f}", f"{lo1:.3f}–{hi1:.3f}",
+                f"{w.t:.3f}", f"{w.df:.2f}", f"{w.p:.4g}",
+            ))  # fmt: skip
     if ref:
         lines += [
             "",
@@ -297,18 +259,12 @@ def _finetune_section(plan: dict, summaries: dict) -> tuple[list[str], dict]:
                 lines.append(_row(variant, f"{subset} ({minutes:g} min)", *means))
         lines.append("")
     lines += ["## Fine-tuning runs chosen on valid", ""]
-    lines += _table(
-        "run",
-        "trial chosen",
-        "valid CER % of each trial",
-        "valid CER %",
-        *(["test CER %", "test WER %"] if scored else []),
-    )
+    test_head = ["test CER %", "test WER %"] if scored else []
+    lines += _table("run", "trial chosen", "valid CER % of each trial", "valid CER %", *test_head)
     for r in sorted(rows, key=lambda r: r["id"]):
         stem = r["id"].rsplit("-t", 1)[0]
-        trials = sorted(
-            (s["trial"], s["best_valid"]["cer"]) for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem
-        )
+        of_stem = [s for i, s in summaries.items() if i.rsplit("-t", 1)[0] == stem]
+        trials = sorted((s["trial"], s["best_valid"]["cer"]) for s in of_stem)
         test = [_pct(r["test_cer"]), _pct(r["test_wer"])] if scored else []
         lines.append(
             _row(r["id"], _trial_name(r), " / ".join(_pct(c) for _, c in trials), _pct(r["valid_cer"]), *test)
@@ -343,16 +299,9 @@ def plot_curve(curve: dict, metric: str, out: Path) -> Path:
         pts = sorted(curve[variant])
         if not pts:
             continue
-        xs = [p[0] for p in pts]
-        ax.plot(xs, [100 * p[1] for p in pts], "o-", color=colour, label=variant)
-        ax.fill_between(
-            xs,
-            [100 * p[2] for p in pts],
-            [100 * p[3] for p in pts],
-            color=colour,
-            alpha=0.2,
-            label=f"{variant} 95 % CI",
-        )
+        xs, mean, lo, hi = ([100 * p[i] if i else p[0] for p in pts] for i in range(4))
+        ax.plot(xs, mean, "o-", color=colour, label=variant)
+        ax.fill_between(xs, lo, hi, color=colour, alpha=0.2, label=f"{variant} 95 % CI")
         for x, *_, vals in pts:
             ax.scatter([x] * len(vals), [100 * v for v in vals], color=colour, s=8, alpha=0.5)
     if isinstance(curve.get(TOPLINE), float):

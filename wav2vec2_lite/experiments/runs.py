@@ -61,12 +61,12 @@ def run_code(run_dir: Path | None) -> dict:
     """The code version of every process that trained the run (oldest first; torch and threads of
     the last, from its ``run.json``) and the CPU kind of this machine."""
     path = Path(run_dir) / "run.json" if run_dir else None
-    run = json.loads(path.read_text()) if path and path.is_file() else {}
-    versions = [p.get("code_version") for p in [*run.get("earlier_processes", []), run]]
-    if not run:
-        from wav2vec2_lite import __version__  # the probing process's own version
+    from wav2vec2_lite import __version__  # a probing process's own version
 
-        versions = [__version__]
+    run = json.loads(path.read_text()) if path and path.is_file() else {}
+    versions = (
+        [p.get("code_version") for p in [*run.get("earlier_processes", []), run]] if run else [__version__]
+    )
     return {
         "code_version": versions[-1],
         "code_versions": list(dict.fromkeys(versions)),
@@ -99,8 +99,7 @@ def _architecture(model: torch.nn.Module, layer_norm_first: bool) -> str:
 
 
 def _probe(plan: dict, checkpoint) -> dict:
-    probe = plan["spec"]["probe"]
-    t0 = time.time()
+    probe, t0 = plan["spec"]["probe"], time.time()
     report = run_probes(
         checkpoint, plan["spec"]["corpus"], probe["train"], probe["valid"], _protocol(plan, False)
     )
@@ -126,9 +125,7 @@ def _pretrain(plan: dict, run: dict) -> dict:
     claim_run_dir(run_dir, {"config_name": run["config_name"], "overrides": run["overrides"]}, run["id"])
     cfg = compose_config(run["config_name"], [*run["overrides"], "trainer.progress=false"], "pretrain")
     model_cfg = build_model_config(cfg.model)
-    if (
-        _last_update(run_dir) != run["updates"]
-    ):  # not trained to its end yet (a crash while probing skips this)
+    if _last_update(run_dir) != run["updates"]:  # a crash while probing skips the training
         train(cfg, run_dir)
     if _last_update(run_dir) != run["updates"]:
         raise ExperimentError(
@@ -178,21 +175,15 @@ def _baseline(plan: dict, run: dict) -> dict:
     """The first probed variant's architecture at random init (the protocol's seeds, averaged) and
     the log-mel front end."""
     first = next(r for r in plan["runs"] if r["kind"] in ("pretrain", "probe"))
-    if first["kind"] == "pretrain":
-        model_cfg = build_model_config(
-            compose_config(first["config_name"], first["overrides"], "pretrain").model
-        )
-        model = Wav2Vec2Model(model_cfg)  # gives run_probes the architecture; itself not probed
+    if first["kind"] == "pretrain":  # the model gives run_probes the architecture; itself not probed
+        cfg = compose_config(first["config_name"], first["overrides"], "pretrain")
+        model = Wav2Vec2Model(build_model_config(cfg.model))
     else:
         model, _, _ = load_backbone(first["checkpoint_path"])
     probe = plan["spec"]["probe"]
+    protocol = _protocol(plan, True)
     report = run_probes(
-        model,
-        plan["spec"]["corpus"],
-        probe["train"],
-        probe["valid"],
-        _protocol(plan, True),
-        include_model=False,
+        model, plan["spec"]["corpus"], probe["train"], probe["valid"], protocol, include_model=False
     )
     return {
         "architecture_of": first["variant"],

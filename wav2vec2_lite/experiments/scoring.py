@@ -1,12 +1,5 @@
-"""Choices on valid and the one scoring of test.
-
-* :func:`choose_on_valid` — per variant × size × pretraining seed × fine-tuning seed, the lr trial
-  with the best valid CER (of the run's best checkpoint, which the trainer keeps by valid CER;
-  ties: WER, then the earlier trial).
-* :func:`score_test` — scores ``test`` once, for the chosen runs only, overall and by sentence
-  kind, from the run folder or (once it is gone) the transcripts sealed when the run finished;
-  writes ``test_scores.json`` and refuses to run again.
-"""
+"""Choices on valid and the one scoring of test: the chosen runs only, overall and by sentence kind,
+from the run folder or (once it is gone) the test transcripts sealed when the run finished."""
 
 from __future__ import annotations
 
@@ -28,7 +21,9 @@ ROW_KEYS = ("id", "variant", "subset", "minutes", "checkpoint", "seed", "trial",
 
 
 def choose_on_valid(plan: dict, summaries: dict[str, dict]) -> tuple[list[dict], list[str]]:
-    """(the chosen fine-tuning summaries, the cells whose trials are not all summarized yet)."""
+    """(the chosen fine-tuning summaries, the cells whose trials are not all summarized yet): per
+    variant × size × pretraining seed × fine-tuning seed, the trial whose best checkpoint has the
+    lowest valid CER (ties: WER, then the earlier trial)."""
     groups: dict[tuple, list[dict]] = {}
     for run in plan["runs"]:
         if run["kind"] == "finetune":
@@ -45,24 +40,23 @@ def choose_on_valid(plan: dict, summaries: dict[str, dict]) -> tuple[list[dict],
 
 def score_test(plan: dict) -> Path:
     """Score test once for the runs chosen on valid; the scores file is the refusal marker."""
-    marker = test_scores_path(plan)
+    marker, summaries = test_scores_path(plan), load_summaries(plan)
     if marker.exists():
         raise ExperimentError(f"test already scored: {marker} exists; the protocol scores test once")
     if plan["spec"]["finetune"] is None:
         raise ExperimentError(
-            "this experiment has no fine-tuning: its probes are chosen on valid and test is never read"
+            "this experiment has no fine-tuning: its probes are chosen on valid; test is never read"
         )
-    summaries = load_summaries(plan)
-    missing = [r["id"] for r in plan["runs"] if r["id"] not in summaries]
-    if missing:
+    if missing := [r["id"] for r in plan["runs"] if r["id"] not in summaries]:
         raise ExperimentError(
             f"{len(missing)} planned run(s) have no summary yet (e.g. {missing[0]}); test is scored once, "
             f"after every run (see `status`)"
         )
     chosen, _ = choose_on_valid(plan, summaries)
     sealed = {s["id"]: read_sealed(plan, s["id"]) for s in chosen}
-    absent = [s["run_dir"] for s in chosen if not Path(s["run_dir"]).is_dir() and sealed[s["id"]] is None]
-    if absent:
+    if absent := [
+        s["run_dir"] for s in chosen if not Path(s["run_dir"]).is_dir() and sealed[s["id"]] is None
+    ]:
         raise ExperimentError(
             f"{len(absent)} chosen run(s) have neither their folder nor sealed test transcripts "
             f"(e.g. {absent[0]})"
@@ -78,8 +72,7 @@ def score_test(plan: dict) -> Path:
             if seal is not None and seal["hypotheses"] != res.hypotheses:
                 raise ExperimentError(
                     f"{sealed_path(plan, s['id'])}: the sealed test transcripts differ from what "
-                    f"{s['run_dir']} "
-                    f"transcribes now (another checkpoint or corpus?)"
+                    f"{s['run_dir']} transcribes now (another checkpoint or corpus?)"
                 )
         else:  # the folder is gone: the transcripts sealed when the run finished
             if seal["paths"] != manifest.paths:

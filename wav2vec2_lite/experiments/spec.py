@@ -33,12 +33,12 @@ __all__ = [
 
 TOPLINE = "topline"
 # keys the plan sets for each run; an override of one of them would silently fight it
-FINETUNE_MANAGED = tuple(
-    "optim.lr optim.lr_scale trainer.seed trainer.max_updates trainer.num_threads".split()
+_MANAGED = "trainer.seed trainer.max_updates trainer.num_threads data.manifest_dir hydra".split()
+FINETUNE_MANAGED = (
+    *_MANAGED,
+    *"optim.lr optim.lr_scale data.train_subset finetune.pretrained run_dir".split(),
 )
-FINETUNE_MANAGED += tuple("data.train_subset data.manifest_dir finetune.pretrained run_dir hydra".split())
-PRETRAIN_MANAGED = tuple("trainer.max_updates trainer.max_epochs trainer.seed trainer.num_threads".split())
-PRETRAIN_MANAGED += tuple("trainer.resume schedule.total_updates data.manifest_dir hydra".split())
+PRETRAIN_MANAGED = (*_MANAGED, *"trainer.max_epochs trainer.resume schedule.total_updates".split())
 
 
 class ExperimentError(Exception):
@@ -189,11 +189,8 @@ def _typed(raw: dict) -> ExperimentSpec:
             OmegaConf.merge(OmegaConf.structured(ExperimentSpec), OmegaConf.create(raw))
         )
     except ConfigKeyError as e:
-        known = (
-            [f.name for f in dataclasses.fields(e.object_type)]
-            if dataclasses.is_dataclass(e.object_type)
-            else []
-        )
+        typ = e.object_type
+        known = [f.name for f in dataclasses.fields(typ)] if dataclasses.is_dataclass(typ) else []
         raise ExperimentError(f"spec.{e.full_key}: unknown key; known: {', '.join(known)}") from None
     except MissingMandatoryValue as e:
         raise ExperimentError(f"spec.{e.full_key}: required") from None
@@ -243,6 +240,12 @@ def _trials(where: str, trials: list[Trial] | None) -> list[dict] | None:
             t.lr > 0 and all(v > 0 for v in t.lr_scale.values()), f"{where}[{i}]: lr and lr_scale values > 0"
         )
     return [{"lr": t.lr, "lr_scale": dict(sorted(t.lr_scale.items()))} for t in trials]
+
+
+def _pretrain(p: PretrainSpec) -> dict:
+    _need(p.updates >= 1, "spec.pretrain.updates: >= 1")
+    overrides = _overrides("spec.pretrain.overrides", p.overrides, PRETRAIN_MANAGED)
+    return dataclasses.asdict(p) | {"seeds": _seeds("spec.pretrain.seeds", p.seeds), "overrides": overrides}
 
 
 def _probe(p: ProbeSpec) -> dict:
@@ -307,25 +310,23 @@ def _variant(name: str, v: Variant, spec: dict) -> dict:
     return out
 
 
+def _at_least(proto: dict, key: str, n: int, where: str, what: str) -> None:
+    _need(
+        n >= proto[key],
+        f"{where}: the protocol asks for >= {proto[key]} {what} (got {n}; a spec may lower protocol.{key}, "
+        f"and the report says so)",
+    )
+
+
 def _fairness(spec: dict) -> None:
     """Every variant gets the same budget (sizes carry it), the same number of lr trials, the same
     per-part lr multipliers, and the protocol's minimum seeds."""
-    proto, ft = spec["protocol"], spec["finetune"]
-    variants = spec["variants"]
+    proto, ft, variants = spec["protocol"], spec["finetune"], spec["variants"]
     if ft is not None:
-        _need(
-            len(ft["seeds"]) >= proto["min_seeds"],
-            f"spec.finetune.seeds: the protocol asks for >= {proto['min_seeds']} fine-tuning seeds per "
-            f"cell (got {len(ft['seeds'])}; a spec may lower protocol.min_seeds, and the report says so)",
-        )
+        _at_least(proto, "min_seeds", len(ft["seeds"]), "spec.finetune.seeds", "fine-tuning seeds per cell")
         counts = {n: len(v["trials"]) for n, v in variants.items()}
         _need(len(set(counts.values())) == 1, f"unequal number of lr trials between variants ({counts})")
-        n = next(iter(counts.values()))
-        _need(
-            n >= proto["min_trials"],
-            f"the protocol asks for >= {proto['min_trials']} lr trials per variant (got {n}; a spec may "
-            f"lower protocol.min_trials, and the report says so)",
-        )
+        _at_least(proto, "min_trials", next(iter(counts.values())), "spec.variants", "lr trials per variant")
         scales = {
             n: sorted(json.dumps(t["lr_scale"], sort_keys=True) for t in v["trials"])
             for n, v in variants.items()
@@ -349,10 +350,8 @@ def _fairness(spec: dict) -> None:
             s: sum(s in c["sizes"] for c in v["checkpoints"]) for s in (at if at is not None else subsets)
         }
         for subset, n in (counts if subsets else {"(probes)": len(v["checkpoints"])}).items():
-            _need(
-                n >= proto["min_pretrain_seeds"],
-                f"spec.variants.{name}: {n} pretraining seed(s) at {subset}; the protocol asks for >= "
-                f"{proto['min_pretrain_seeds']} (a spec may lower protocol.min_pretrain_seeds)",
+            _at_least(
+                proto, "min_pretrain_seeds", n, f"spec.variants.{name}", f"pretraining seeds at {subset}"
             )
 
 
@@ -366,20 +365,13 @@ def validate_spec(raw: dict) -> dict:
     protocol = dataclasses.asdict(spec.protocol)
     for key in ("min_seeds", "min_trials", "min_pretrain_seeds"):
         _need(protocol[key] >= 1, f"spec.protocol.{key}: a whole number >= 1")
-    if spec.pretrain:
-        _need(spec.pretrain.updates >= 1, "spec.pretrain.updates: >= 1")
     out: dict[str, Any] = {
         "name": _name("spec.name", spec.name),
         "corpus": spec.corpus,
         "runs_dir": spec.runs_dir or f"runs/experiments/{spec.name}",
         "results_dir": spec.results_dir,
         "threads_per_run": spec.threads_per_run,
-        "pretrain": spec.pretrain
-        and dataclasses.asdict(spec.pretrain)
-        | {
-            "seeds": _seeds("spec.pretrain.seeds", spec.pretrain.seeds),
-            "overrides": _overrides("spec.pretrain.overrides", spec.pretrain.overrides, PRETRAIN_MANAGED),
-        },
+        "pretrain": spec.pretrain and _pretrain(spec.pretrain),
         "probe": spec.probe and _probe(spec.probe),
         "finetune": spec.finetune and _finetune(spec.finetune),
         "protocol": protocol,
@@ -409,7 +401,7 @@ def validate_spec(raw: dict) -> dict:
             v["source"] != "scratch" or ft,
             f"spec.variants.{name}: a scratch variant is measured by fine-tuning; the spec has no finetune",
         )
-    if ft is not None and ft["topline"] is not None:
+    if ft and ft["topline"]:
         like = ft["topline"]["like"]
         _need(like in out["variants"], f"spec.finetune.topline.like: {like!r} is not a variant")
         _need(out["variants"][like]["source"] == "scratch", "spec.finetune.topline.like: a scratch variant")
@@ -427,8 +419,6 @@ def lowered_protocol(protocol: dict) -> list[str]:
         for k in ("min_seeds", "min_trials", "min_pretrain_seeds")
         if protocol[k] < default[k]
     ]
-    if protocol["min_pretrain_seeds_at"] is not None:
-        out.append(
-            f"min_pretrain_seeds only at {', '.join(protocol['min_pretrain_seeds_at'])} (default: every size)"
-        )
+    if (at := protocol["min_pretrain_seeds_at"]) is not None:
+        out.append(f"min_pretrain_seeds only at {', '.join(at)} (default: every size)")
     return out

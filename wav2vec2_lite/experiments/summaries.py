@@ -56,16 +56,14 @@ def load_migration(plan: dict) -> dict | None:
 
 def from_legacy(summary: dict, run: dict) -> dict:
     """An old engine's summary in this engine's terms (ids, field names, today's config keys)."""
-    s = dict(summary)
-    s["legacy_format"] = s.get("format")
-    s["legacy_id"] = s.get("id")
-    s["format"] = RUN_FORMAT
-    s["id"] = run["id"]
-    s["kind"] = run["kind"]
+    s = dict(summary) | {"legacy_format": summary.get("format"), "legacy_id": summary.get("id")}
+    s |= {"format": RUN_FORMAT, "id": run["id"], "kind": run["kind"]}
     if run["kind"] == "finetune":
-        s["variant"] = s.pop("arm")
-        s["checkpoint"] = s.pop("pretrain")
-        s["checkpoint_path"] = s.pop("pretrain_path")
+        s |= {
+            "variant": s.pop("arm"),
+            "checkpoint": s.pop("pretrain"),
+            "checkpoint_path": s.pop("pretrain_path"),
+        }
     elif run["kind"] == "pretrain":
         s["checkpoint"] = run["checkpoint"]
     if "overrides" in s:
@@ -101,10 +99,8 @@ def load_summaries(plan: dict) -> dict[str, dict]:
                 )
             s = from_legacy(s, run)
         if run["kind"] in ("pretrain", "finetune"):
-            same = (
-                s.get("overrides") == run["overrides"]
-                and s.get("config_name", run["config_name"]) == run["config_name"]
-            )
+            config = (s.get("overrides"), s.get("config_name", run["config_name"]))
+            same = config == (run["overrides"], run["config_name"])
         else:
             same = s.get("kind") == run["kind"] and s.get("checkpoint_path") == run.get("checkpoint_path")
         if run["kind"] != "finetune" and plan["spec"]["probe"] is not None and run.get("probe", True):

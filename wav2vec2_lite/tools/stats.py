@@ -1,14 +1,6 @@
-"""Small-sample statistics for seed comparisons.
-
-* :func:`welch_t` — Welch's unequal-variance t test (Welch–Satterthwaite degrees of freedom),
-  two-sided p-value, from ``scipy.stats`` (the ``experiments`` extra).
-* :func:`bootstrap_ratio_ci` — percentile bootstrap CI of mean(a) / mean(b) where each arm is a
-  list of groups (e.g. pretraining seeds) of values (fine-tuning seeds): ``two_level=True``
-  resamples groups with replacement, then values within each drawn group; ``False`` pools the
-  values and resamples them (one level). An arm with one group is resampled at one level
-  either way (the scratch arm of a label curve has no pretraining seed). scipy's bootstrap is
-  one-level, hence this one.
-"""
+"""Small-sample statistics for seed comparisons: Welch's t from ``scipy.stats``, and percentile
+bootstrap CIs of means and ratios of means over groups of values (pretraining seeds of fine-tuning
+seeds), resampled at two levels — scipy's bootstrap is one-level, hence these."""
 
 from __future__ import annotations
 
@@ -24,7 +16,6 @@ __all__ = [
     "bootstrap_mean_ci",
     "bootstrap_ratio_ci",
     "bootstrap_means",
-    "median",
 ]
 
 
@@ -34,8 +25,6 @@ class WelchResult:
     df: float
     p: float
     """Two-sided p-value."""
-    mean_a: float
-    mean_b: float
 
 
 def welch_t(a: Sequence[float], b: Sequence[float]) -> WelchResult:
@@ -46,22 +35,17 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> WelchResult:
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.size < 2 or b.size < 2:
         raise ValueError(f"welch_t: needs at least 2 values per group (got {a.size} and {b.size})")
-    ma, mb = float(a.mean()), float(b.mean())
-    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
-    se2 = va + vb
-    if se2 == 0.0:
-        if ma == mb:
-            return WelchResult(math.nan, math.nan, math.nan, ma, mb)
-        return WelchResult(math.copysign(math.inf, ma - mb), math.nan, 0.0, ma, mb)
+    if a.var() == 0.0 and b.var() == 0.0:  # scipy warns and leaves the df undefined here
+        diff = float(a.mean() - b.mean())
+        return (
+            WelchResult(math.copysign(math.inf, diff), math.nan, 0.0)
+            if diff
+            else WelchResult(*[math.nan] * 3)
+        )
     from scipy import stats  # optional: scipy (the experiments extra)
 
     r = stats.ttest_ind(a, b, equal_var=False)
-    t, df, p = float(r.statistic), float(r.df), float(r.pvalue)
-    return WelchResult(t, df, p, ma, mb)
-
-
-def median(values: Sequence[float]) -> float:
-    return float(np.median(np.asarray(values, dtype=float))) if len(values) else math.nan
+    return WelchResult(float(r.statistic), float(r.df), float(r.pvalue))
 
 
 def _as_groups(arm: Sequence[Sequence[float]] | Sequence[float]) -> list[np.ndarray]:

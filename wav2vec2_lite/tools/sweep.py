@@ -82,9 +82,12 @@ def collect_sweep(sweep_dir: str | Path, notes: list[str] | None = None) -> list
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = [head, ["---"] * len(head), *rows]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
 
 
 def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
@@ -94,16 +97,12 @@ def sweep_table(runs: list[SweepRun], metrics: list[str] | None = None) -> str:
     if metrics is None:
         metrics = sorted({k for r in runs for k in r.valid if k != "update"})
     head = ["run", *swept, "updates", *[f"valid {m}" for m in metrics]]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for r in runs:
-        cells = [
-            r.path.name,
-            *[r.overrides.get(k, "") for k in swept],
-            str(r.updates),
-            *[_fmt(r.valid.get(m, "")) for m in metrics],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [r.path.name, *[r.overrides.get(k, "") for k in swept], str(r.updates)]
+        + [_fmt(r.valid.get(m, "")) for m in metrics]
+        for r in runs
+    ]
+    return _markdown(head, rows)
 
 
 def seed_table(runs: list[SweepRun], metrics: list[str] | None = None, seed_key: str = "trainer.seed") -> str:
@@ -120,7 +119,7 @@ def seed_table(runs: list[SweepRun], metrics: list[str] | None = None, seed_key:
     if metrics is None:
         metrics = sorted({k for r in runs for k in r.valid if k != "update"})
     head = [*(swept or ["setting"]), "seeds", *[f"valid {m} (mean ± sd)" for m in metrics]]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for setting, group in groups.items():
         seeds = ", ".join(r.overrides.get(seed_key, "?") for r in group)
         cells = [*(setting or ("all",)), seeds]
@@ -128,8 +127,8 @@ def seed_table(runs: list[SweepRun], metrics: list[str] | None = None, seed_key:
             values = [r.valid[m] for r in group if m in r.valid]
             sd = statistics.stdev(values) if len(values) > 1 else float("nan")
             cells.append(f"{_fmt(statistics.fmean(values))} ± {_fmt(sd)}" if values else "")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return _markdown(head, rows)
 
 
 def plot_sweep(runs: list[SweepRun], metric: str, out_png: str | Path) -> Path:
