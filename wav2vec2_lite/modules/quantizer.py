@@ -89,7 +89,11 @@ class GumbelProductQuantizer(nn.Module):
         soft_probs = logits.softmax(-1)
         hard_codes = logits.argmax(-1)
         if self.training:
-            u = torch.empty_like(logits).exponential_(generator=generator)
+            # drawn where the generator lives (the trainer's is on the CPU, so a run draws the same
+            # noise on any device), then moved: a CUDA tensor's in-place draw refuses a CPU generator
+            noise_device = generator.device if generator is not None else logits.device
+            u = torch.empty(logits.shape, device=noise_device).exponential_(generator=generator)
+            u = u.to(logits.device)
             y_soft = ((logits - u.log()) / self.temperature).softmax(-1)  # -log(Exp(1)) ~ Gumbel(0, 1)
             codes = y_soft.argmax(-1)
             y_hard = one_hot(codes, self.num_vars, y_soft.dtype)

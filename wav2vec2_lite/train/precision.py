@@ -110,11 +110,14 @@ class Precision:
             optimizer.step()
 
     def skip(self) -> None:
-        """The trainer found non-finite grads and skips this update: back off the scale."""
+        """The trainer found non-finite grads and skips this update: back off the scale and restart
+        the count of clean updates towards growing it, as an overflowing ``GradScaler.update`` does."""
         if self.uses_scaler:
-            # unscale_ recorded inf per optimizer; update() halves the scale and resets that record.
             self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
+            # update(new_scale) sets the scale and forgets unscale_'s record of this update, but keeps
+            # the clean-update count: without the restart the scale grew straight back after an overflow
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            self.scaler.load_state_dict({**self.scaler.state_dict(), "_growth_tracker": 0})
 
     @property
     def loss_scale(self) -> float | None:
