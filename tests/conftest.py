@@ -14,6 +14,10 @@ import logging
 import pytest
 
 
+def pytest_configure(config):  # tests/test_cuda.py: `pytest -m cuda` runs the GPU path, skipped without CUDA
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one); scripts/gpu_check.sh")
+
+
 @pytest.fixture(autouse=True)
 def _root_log_handlers_restored():
     root = logging.getLogger()
