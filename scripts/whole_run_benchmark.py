@@ -494,7 +494,7 @@ def run_hf_pretrain(spec: dict[str, Any], work: Path) -> dict[str, Any]:
                 step += 1
                 hf.set_gumbel_temperature(max(t_max * decay**step, t_min))
                 if step % cfg.trainer.log_interval == 0 or step == n:
-                    losses.append({"update": step, "loss": float(out.loss) / float(num_masked)})
+                    losses.append({"update": step, "loss": float(out.loss.detach()) / float(num_masked)})
                 if step == n:
                     break
         wall = time.perf_counter() - t0
