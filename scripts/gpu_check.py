@@ -41,6 +41,13 @@ DTYPES = ("float32", "bfloat16", "float16")
 COMPILED_ORDER = [(t, d) for d in ("bfloat16", "float32", "float16") for t in TASKS]
 
 
+def plan(stage: str) -> list[tuple[str, str, bool]]:
+    """The rows of a benchmark stage, in the order they are measured."""
+    if stage == "eager":
+        return [(t, d, False) for t in TASKS for d in DTYPES]
+    return [(t, d, True) for t, d in COMPILED_ORDER]
+
+
 # ----------------------------------------------------------------------------- the report file
 def load(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
@@ -254,6 +261,13 @@ def parent(args: argparse.Namespace) -> int:
         if rc is None and report.get("in_flight"):
             report["rows"].append({**report.pop("in_flight"), "skipped": "killed at the stage deadline"})
         report.pop("in_flight", None)
+        done = {(r["task"], r["dtype"], r["compile"]) for r in report["rows"]}
+        why = f"not reached: the {name} stage was {status}"
+        report["rows"] += [
+            {"task": t, "dtype": d, "compile": c, "skipped": why}
+            for t, d, c in plan(name)
+            if (t, d, c) not in done
+        ]
         errors = [r for r in report["rows"] if "error" in r]
         report["stages"][name] = {
             "status": status,
@@ -330,19 +344,15 @@ def child(args: argparse.Namespace) -> int:
     import torch
 
     torch.backends.cudnn.benchmark = False  # the default, stated: no autotuning per shape
-    plan = (
-        [(t, d, False) for t in TASKS for d in DTYPES]
-        if args.stage == "eager"
-        else [(t, d, True) for t, d in COMPILED_ORDER]
-    )
+    rows = plan(args.stage)
     out, last = Path(args.out), None
-    for i, (task, dtype, compiled) in enumerate(plan):
+    for i, (task, dtype, compiled) in enumerate(rows):
         left = args.deadline - time.time()
         need = 1.1 * last if last is not None else 0.0
         if left < need or left < 5:
             report = load(out)
             why = f"over budget ({left:.0f} s left" + (f"; the last row took {last:.0f} s)" if last else ")")
-            report["rows"] += [{"task": t, "dtype": d, "compile": c, "skipped": why} for t, d, c in plan[i:]]
+            report["rows"] += [{"task": t, "dtype": d, "compile": c, "skipped": why} for t, d, c in rows[i:]]
             save(out, report)
             return 0
         report = load(out)
