@@ -194,9 +194,8 @@ def parent(args: argparse.Namespace) -> int:
             "repeats": args.repeats,
             "method": "tools/benchmarking.time_interleaved (ours, HF eager, HF sdpa; same weights, inputs, "
             "masks and distractors; one forward+backward per step, synchronized; median). bf16: autocast, "
-            "ours with the trainer's one-op weight cast. fp16: benchmarking knows float32/bfloat16 only, "
-            "so the float32 spec is timed inside torch.autocast(cuda, float16) for both (ours without the "
-            "one-op cast; no GradScaler: a scalar multiply of the loss). Memory: benchmarking.probe in "
+            "ours with the trainer's one-op weight cast. fp16 the same under float16 autocast (no "
+            "GradScaler: a scalar multiply of the loss). Memory: benchmarking.probe in "
             "this process after the timing (each model built alone, max_memory_allocated over one step, "
             "eager). Compiled rows: ours' dense part (compile_dense) vs HF's whole model, sdpa only.",
         },
@@ -293,22 +292,14 @@ def finish(out: Path, report: dict[str, Any], failed: bool) -> int:
 
 # ----------------------------------------------------------------------------- a benchmark stage (child)
 def measure(task: str, dtype: str, compiled: bool, args: argparse.Namespace) -> dict[str, Any]:
-    import contextlib
-
     import torch
 
     from wav2vec2_lite.tools.benchmarking import BenchSpec, probe, time_interleaved
 
-    # benchmarking knows float32 and bfloat16: fp16 is the float32 spec under fp16 autocast
-    spec_dtype = "float32" if dtype == "float16" else dtype
     on_cuda = args.device.startswith("cuda")
-    fp16 = contextlib.nullcontext()
-    if dtype == "float16":
-        fp16 = torch.autocast(args.device.split(":")[0], dtype=torch.float16)
-    spec = BenchSpec(args.config, args.batch, args.seconds, task, spec_dtype, args.device, compile=compiled)
+    spec = BenchSpec(args.config, args.batch, args.seconds, task, dtype, args.device, compile=compiled)
     impls = ("ours", "hf_sdpa") if compiled else ("ours", "hf_eager", "hf_sdpa")
-    with fp16:
-        res = time_interleaved(spec, impls, warmup=args.warmup, repeats=args.repeats)
+    res = time_interleaved(spec, impls, warmup=args.warmup, repeats=args.repeats)
     med = res["median_s"]
     hf_best = min((k for k in med if k.startswith("hf_")), key=lambda k: med[k])
     row = {
@@ -335,8 +326,7 @@ def measure(task: str, dtype: str, compiled: bool, args: argparse.Namespace) -> 
             gc.collect()
             torch.cuda.empty_cache()
             row.setdefault("cuda_allocated_before_mb", {})[impl] = torch.cuda.memory_allocated() / 2**20
-            with fp16:
-                row["cuda_peak_mb"][impl] = probe(spec, impl)["cuda_peak_mb"]
+            row["cuda_peak_mb"][impl] = probe(spec, impl)["cuda_peak_mb"]
     return row
 
 

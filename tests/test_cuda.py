@@ -591,24 +591,26 @@ def test_batches_go_to_the_device_without_blocking(monkeypatch):
     assert seen == [True, True] and moved["texts"] == ["a", "b"]
 
 
-PIN_GAP = (
-    "pinned loading is not wired yet: TrainingData builds its DataLoaders without pin_memory "
-    "(data/pipeline.py), so the non-blocking copies from pageable memory are synchronous"
-)
+def test_the_trainer_pins_batches_only_for_cuda(corpus, tmp_path, monkeypatch):
+    """Pinned (page-locked) batches make the trainer's non-blocking copies overlap compute on CUDA;
+    on the CPU there is nothing to overlap, and pinning would only cost a copy."""
+    import wav2vec2_lite.data.pipeline as pipeline
 
+    trainer = Trainer(make_cfg("pretrain", corpus, "cpu"), tmp_path / "cpu")
+    assert trainer.data.loader.pin_memory is False
+    asked = []
+    real = pipeline.DataLoader
 
-@pytest.mark.xfail(strict=True, reason=PIN_GAP)
-def test_the_data_can_be_loaded_pinned():
-    """What the trainer needs to ask for pinned batches when its device is CUDA."""
-    import inspect
+    def loader(*args, **kwargs):
+        asked.append(kwargs.get("pin_memory"))
+        return real(*args, **kwargs)
 
-    from wav2vec2_lite.data.pipeline import TrainingData
-
-    assert "pin_memory" in inspect.signature(TrainingData).parameters
+    monkeypatch.setattr(pipeline, "DataLoader", loader)
+    pipeline.TrainingData(trainer.cfg.data, trainer.task, trainer.model.config, seed=0, pin_memory=True)
+    assert asked and all(asked)
 
 
 @on_cuda
-@pytest.mark.xfail(strict=True, reason=PIN_GAP)
 def test_cuda_training_loads_pinned_batches(corpus, tmp_path):
     trainer = Trainer(make_cfg("pretrain", corpus, "cuda"), tmp_path)
     assert trainer.data.loader.pin_memory
@@ -718,7 +720,8 @@ def test_gpu_check_writes_each_row_and_records_what_the_budget_left_out(tmp_path
 
 
 def test_gpu_check_measures_an_fp16_row_with_the_benchmark_functions():
-    """The row code on the CPU with the tiny config (fp16 as the float32 spec under autocast)."""
+    """The row code on the CPU with the tiny config (the float16 spec: autocast to float16, ours with
+    the trainer's speed transform); a dtype the benchmark does not know is refused, not run as float32."""
     pytest.importorskip("transformers")
     gpu_check = _gpu_check()
     args = gpu_check.build_parser().parse_args(
@@ -728,3 +731,7 @@ def test_gpu_check_measures_an_fp16_row_with_the_benchmark_functions():
     row = gpu_check.measure("pretrain", "float16", False, args)
     assert set(row["median_s"]) == {"ours", "hf_eager", "hf_sdpa"} and row["speedup"] > 0
     assert row["dtype"] == "float16" and "cuda_peak_mb" not in row
+    from wav2vec2_lite.tools.benchmarking import BenchSpec
+
+    with pytest.raises(ValueError, match="BenchSpec.dtype: float32, bfloat16 or float16"):
+        BenchSpec("tiny", dtype="fp16")

@@ -249,7 +249,9 @@ class TrainingData:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        pin_memory: bool = False,
     ) -> None:
+        """``pin_memory``: batches in page-locked memory (for a CUDA device: copies that overlap compute)."""
         self.cfg = cfg
         subsets = [cfg.train_subset] + ([cfg.valid_subset] if cfg.valid_subset else [])
         rows, self.events = validate_rows(cfg, source, subsets, model)
@@ -275,8 +277,9 @@ class TrainingData:
             **sampler_kw,
         )
         self.collate = SeededCollate(source.crop_to_shortest, seed)
+        loading = {"num_workers": cfg.num_workers, "pin_memory": pin_memory}
         self.loader = DataLoader(
-            self.train_set, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=cfg.num_workers
+            self.train_set, batch_sampler=self.sampler, collate_fn=self.collate, **loading
         )
         self.valid_loader = None
         if cfg.valid_subset:
@@ -290,10 +293,7 @@ class TrainingData:
             )
             check_valid_set(cfg, vset, vsampler, self.events)
             self.valid_loader = DataLoader(
-                vset,
-                batch_sampler=vsampler,
-                collate_fn=SeededCollate(False, seed),
-                num_workers=cfg.num_workers,
+                vset, batch_sampler=vsampler, collate_fn=SeededCollate(False, seed), **loading
             )
         self.epoch = 0
         self.consumed = 0  # batches of this rank processed in self.epoch

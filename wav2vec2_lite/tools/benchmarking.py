@@ -70,6 +70,10 @@ def impls_for(task: str, dtype: str) -> tuple[str, ...]:
 SAMPLE_RATE = 16000
 
 
+LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+"""Autocast dtypes a spec may name (float16: for CUDA; the trainer's fp16 loss scaling is not timed)."""
+
+
 @dataclass
 class BenchSpec:
     """What one measurement runs."""
@@ -84,6 +88,10 @@ class BenchSpec:
     seed: int = 0
     compile: bool = False
     """``torch.compile`` both: ours' dense part (``compile_dense``), HF's whole model (in place)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in LOW_PRECISION and self.dtype != "float32":
+            raise ValueError(f"BenchSpec.dtype: float32, {' or '.join(LOW_PRECISION)} (got {self.dtype!r})")
 
     def model_config(self) -> Wav2Vec2Config:
         # layerdrop 0 so that every step does the same work (a skipped block is a timing
@@ -105,8 +113,8 @@ def _bf16_weights(impl: str, spec: BenchSpec) -> bool:
 
 
 def _autocast(spec: BenchSpec, impl: str = "ours"):
-    if spec.dtype == "bfloat16" and not _bf16_weights(impl, spec):
-        return torch.autocast(spec.device.split(":")[0], dtype=torch.bfloat16)
+    if spec.dtype in LOW_PRECISION and not _bf16_weights(impl, spec):
+        return torch.autocast(spec.device.split(":")[0], dtype=LOW_PRECISION[spec.dtype])
     return contextlib.nullcontext()
 
 
@@ -118,8 +126,8 @@ def _ours_model(spec: BenchSpec, cfg: Wav2Vec2Config) -> torch.nn.Module:
     model = model.train(spec.task != "infer").to(spec.device)
     if _bf16_weights("ours", spec):
         cast_for_inference(model, torch.bfloat16)  # bf16 Linear weights, float32 convs and norms
-    elif spec.dtype == "bfloat16":  # training as the trainer does it (the fast modules for this CPU)
-        model.speedup = speed_up_training(model, torch.bfloat16)
+    elif spec.dtype in LOW_PRECISION:  # training as the trainer does it (the fast modules for this device)
+        model.speedup = speed_up_training(model, LOW_PRECISION[spec.dtype])
     if spec.compile:
         compile_dense(model)
     return model

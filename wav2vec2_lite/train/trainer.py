@@ -107,6 +107,7 @@ class Trainer(Checkpointing, UpdateNumerics):
             seed=t.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
+            pin_memory=self.device.type == "cuda",
         )
 
         # progress (all checkpointed, with the data's position)
