@@ -15,6 +15,7 @@ from wav2vec2_lite import low_precision_speed as S
 from wav2vec2_lite.inference_dtype import cast_for_inference
 from wav2vec2_lite.modules.feature_encoder import FeatureEncoder
 from wav2vec2_lite.serialization import load_model, save_model
+from wav2vec2_lite.tools import hardware
 from wav2vec2_lite.tools.op_census import census
 
 from _helpers import MICRO_MODEL
@@ -59,22 +60,78 @@ def _fast_types(model) -> set[str]:
 
 # ----------------------------------------------------------------------------- the plan per CPU
 
+NO_AMX = ALL  # the unfolded convs are as fast as oneDNN's bf16 convs without AMX (docstring below)
+EMULATED = S.SpeedPlan(flat_weights=True, unfolded_convs=False, attention=False)
+
 
 @pytest.mark.parametrize(
-    "flags, want",
+    "flags, cap, kind",
     [
-        (AMX, ALL),
-        (AVX512_BF16, S.SpeedPlan(flat_weights=True, unfolded_convs=False, attention=True)),
-        (AVX2, S.SpeedPlan(flat_weights=True, unfolded_convs=False, attention=False)),
+        (AMX, None, "amx"),
+        (AVX512_BF16, None, "avx512_bf16"),
+        (AVX2, None, "emulated"),
+        (AMX, "AVX512_CORE_BF16", "avx512_bf16"),  # oneDNN kept off AMX: its bf16 kernels are AVX-512's
+        (AMX, "AVX10_1_512", "avx512_bf16"),
+        (AMX, "AVX512_CORE_AMX", "amx"),
+        (AMX, "AVX512_CORE", "emulated"),  # no bf16 dot products either
+        (AVX512_BF16, "AVX2", "emulated"),
+        (AVX2, "AVX512_CORE_AMX", "emulated"),  # a cap never adds what the CPU lacks
+        (None, None, None),
     ],
 )
-def test_the_plan_follows_the_cpu_flags(monkeypatch, flags, want):
-    """The unfolded convs were measured faster only with AMX; emulated bf16 (AVX2) is slower than
-    float32, so its attention stays torch's. What is swapped in follows the plan."""
+def test_the_cpu_kind_is_its_flags_under_onednns_cap(flags, cap, kind):
+    assert hardware.bf16_kind(flags, cap) == kind
+
+
+@pytest.mark.parametrize(
+    "environ, cap",
+    [
+        ({}, None),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core_bf16"}, "AVX512_CORE_BF16"),
+        ({"DNNL_MAX_CPU_ISA": "AVX2"}, "AVX2"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "DNNL_MAX_CPU_ISA": "AVX2"}, "AVX512_CORE_AMX"),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL"}, None),
+        ({"ONEDNN_MAX_CPU_ISA": "NOT_AN_ISA"}, None),  # oneDNN ignores a name it does not know
+    ],
+)
+def test_onednns_isa_cap_is_read_from_the_environment(environ, cap):
+    assert hardware.onednn_isa_cap(environ) == cap
+
+
+@pytest.mark.parametrize("kind, want", [("amx", ALL), ("avx512_bf16", NO_AMX), ("emulated", EMULATED)])
+def test_the_plan_is_a_function_of_the_cpu_kind(kind, want):
+    """bf16 dot products, with AMX or without (AMD EPYC/Ryzen with avx512_bf16): every fast path;
+    without AMX the unfolded convs run within 4 % of oneDNN's bf16 convs forward and 10 % faster
+    backward, and several times faster than float32 convs where bf16 matmuls are (the EPYC: 883 vs
+    207 GFLOP/s; docs/benchmarks/2026-12-06_no_amx_emulated.md). Emulated bf16 (AVX2): flat weights
+    only. Other devices and dtypes: flat weights only."""
+    assert S.plan_for("cpu", torch.bfloat16, kind) == want
+    assert S.plan_for("cuda", torch.bfloat16, kind) == S.SpeedPlan(flat_weights=True)
+    assert S.plan_for("cpu", torch.float16, kind) == S.SpeedPlan(flat_weights=True)
+    with pytest.raises(ValueError, match="cpu_bf16"):
+        S.plan_for("cpu", torch.bfloat16, "avx512")
+
+
+@pytest.mark.parametrize(
+    "flags, cap, want",
+    [
+        (AMX, None, ALL),
+        (AVX512_BF16, None, NO_AMX),
+        (AVX2, None, EMULATED),
+        (AMX, "AVX512_CORE_BF16", NO_AMX),
+    ],
+)
+def test_the_plan_follows_the_cpu_flags(monkeypatch, flags, cap, want):
+    """choose_plan reads the flags (and oneDNN's ISA cap) at run time; what is swapped in follows
+    the plan, for training and for bf16 inference."""
     _cpu(monkeypatch, flags)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert S.choose_plan("cpu", torch.bfloat16) == want
     assert S.choose_plan("cuda", torch.bfloat16) == S.SpeedPlan(flat_weights=True)
-    assert S.choose_plan("cpu", torch.float16) == S.SpeedPlan(flat_weights=True)
     model = _pretraining(attention_dropout=0.1)
     speedup = S.speed_up_training(model, torch.bfloat16)
     assert speedup.plan == want
@@ -82,7 +139,7 @@ def test_the_plan_follows_the_cpu_flags(monkeypatch, flags, want):
     expected |= {"FastFeatureEncoder", "FastConvLayer", "CastConv1d"} if want.unfolded_convs else set()
     expected |= {"FastSelfAttention"} if want.attention else set()
     assert _fast_types(model) == expected
-    # inference: the encoder's convs stored bf16 and unfolded with AMX only, float32 otherwise
+    # inference: the encoder's convs stored bf16 and unfolded with native bf16, float32 otherwise
     cast_for_inference(model, "bf16")
     encoder = model.wav2vec2.feature_encoder
     assert {p.dtype for p in encoder.parameters() if p.dim() == 3} == {
@@ -97,7 +154,9 @@ def test_the_plan_follows_the_cpu_flags(monkeypatch, flags, want):
 def test_a_cpu_without_cpuinfo_asks_torch(monkeypatch):
     _cpu(monkeypatch, None)
     monkeypatch.setattr("wav2vec2_lite.tools.hardware.native_bf16", lambda device="cpu": True)
-    assert S.choose_plan("cpu") == S.SpeedPlan(flat_weights=True, unfolded_convs=False, attention=True)
+    assert S.choose_plan("cpu") == NO_AMX
+    monkeypatch.setattr("wav2vec2_lite.tools.hardware.native_bf16", lambda device="cpu": False)
+    assert S.choose_plan("cpu") == EMULATED
 
 
 # ----------------------------------------------------------------------------- same model, same float32 run

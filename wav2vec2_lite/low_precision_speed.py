@@ -10,15 +10,18 @@ autocast, or with bf16 weights, as plain torch layers do. What makes a bf16 run 
   ~200 cast ops fewer per BASE step (``tools/op_census.py``);
 * **unfolded convolutions**: the feature encoder's strided convs in bf16 as matmuls over
   unfolded windows (im2col), forward and in :class:`LeanConvStack`'s backward: correct for every
-  shape (oneDNN's bf16 convs are not) and 3x faster than the float32 convs on a CPU with AMX;
+  shape (oneDNN's bf16 convs are not), 3x faster than the float32 convs on a CPU with AMX and
+  as fast as oneDNN's bf16 convs without it;
 * **bf16 attention with dropout**: torch's CPU SDPA runs a bf16 attention with dropout in
   float32 (five casts per layer); :func:`low_precision_attention` keeps it in bf16.
 
-Which of these pays depends on the CPU: the unfolded convs were measured faster only with AMX
-(``amx_bf16``), and a CPU that emulates bf16 runs bf16 matmuls slower than float32 ones.
-:func:`choose_plan` reads /proc/cpuinfo's flags (``tools/hardware.py``) at run time; without AMX
-a bf16 run keeps the convs float32, HF-style. (docs/benchmarks.md: the no-AMX choice is not
-measured yet.)
+Which of these pays depends on the CPU. :func:`choose_plan` reads /proc/cpuinfo's flags
+(``tools/hardware.py``) at run time, lowered to what ``ONEDNN_MAX_CPU_ISA`` lets oneDNN use, and
+takes :func:`plan_for` that kind (:data:`CPU_BF16_PLANS`): with bf16 dot products (``amx_bf16`` or
+``avx512_bf16``) every fast path; with emulated bf16 (AVX2), whose bf16 matmuls are slower than
+float32 ones, the flat weights only. Without AMX the unfolded convs cost what oneDNN's bf16 convs
+(transformers' under autocast) cost, measured with oneDNN and MKL kept off AMX on an AMX Xeon
+(docs/benchmarks/2026-12-06_no_amx_emulated.md); a real CPU without AMX is still to be measured.
 
 :func:`speed_up_training` (``train/precision.py`` for ``trainer.precision=bf16``) and
 :func:`speed_up_inference` (``inference_dtype.cast_for_inference``) apply it in place: a module
@@ -45,6 +48,9 @@ from wav2vec2_lite.tools import hardware
 
 __all__ = [
     "SpeedPlan",
+    "CPU_BF16_PLANS",
+    "plan_for",
+    "cpu_bf16_kind",
     "choose_plan",
     "speed_up_training",
     "speed_up_inference",
@@ -75,22 +81,44 @@ class SpeedPlan:
     """Attention with dropout in the low dtype on CPU (else torch's SDPA, float32 inside)."""
 
 
-def choose_plan(device_type: str, dtype: torch.dtype = torch.bfloat16) -> SpeedPlan:
-    """The faster plan for ``dtype`` on this machine's ``device_type``.
+#: The plan for CPU bf16 per :func:`~wav2vec2_lite.tools.hardware.bf16_kind`: with bf16 dot products,
+#: AMX or not, every fast path (without AMX the unfolded convs run as fast as oneDNN's bf16 convs, and
+#: bf16 matmuls are 4x float32 ones on the AMD EPYC without AMX); with emulated bf16 (AVX2) the flat
+#: weights only. Measured: docs/benchmarks.md, "The bf16 speed path, chosen per CPU".
+CPU_BF16_PLANS = {
+    "amx": SpeedPlan(flat_weights=True, unfolded_convs=True, attention=True),
+    "avx512_bf16": SpeedPlan(flat_weights=True, unfolded_convs=True, attention=True),
+    "emulated": SpeedPlan(flat_weights=True),
+}
 
-    CPU, bf16: with AMX (``amx_bf16``) every fast path; with native bf16 but no AMX
-    (``avx512_bf16``) no unfolded convs; with emulated bf16 (AVX2) neither those nor the bf16
-    attention. Other devices and dtypes (CUDA, CPU fp16): flat weights only.
-    """
+
+def plan_for(device_type: str, dtype: torch.dtype, cpu_bf16: str | None) -> SpeedPlan:
+    """The plan for ``dtype`` on ``device_type``, a CPU whose bf16 is ``cpu_bf16`` (``"amx"``,
+    ``"avx512_bf16"``, ``"emulated"``: :func:`~wav2vec2_lite.tools.hardware.bf16_kind`); a pure
+    function. Other devices and dtypes (CUDA, CPU fp16): flat weights only."""
     if device_type != "cpu" or dtype != torch.bfloat16:
         return SpeedPlan(flat_weights=True)
-    flags = hardware.cpu_kind()["flags"]
-    if flags is None:  # no /proc/cpuinfo: torch's capability says native bf16, not whether AMX
-        amx, native = False, hardware.native_bf16("cpu")
-    else:
-        amx = "amx_bf16" in flags
-        native = amx or "avx512_bf16" in flags
-    return SpeedPlan(flat_weights=True, unfolded_convs=amx, attention=native)
+    if cpu_bf16 not in CPU_BF16_PLANS:
+        raise ValueError(f"cpu_bf16: expected one of {sorted(CPU_BF16_PLANS)}, got {cpu_bf16!r}")
+    return CPU_BF16_PLANS[cpu_bf16]
+
+
+def cpu_bf16_kind() -> str:
+    """This CPU's bf16 as oneDNN may run it: /proc/cpuinfo's flags, lowered by ``ONEDNN_MAX_CPU_ISA``
+    (or ``DNNL_MAX_CPU_ISA``) when set below AMX or bf16; without /proc/cpuinfo, torch's capability
+    says native bf16 or not, never AMX."""
+    kind = hardware.bf16_kind(hardware.cpu_kind()["flags"], hardware.onednn_isa_cap())
+    if kind is None:
+        kind = "avx512_bf16" if hardware.native_bf16("cpu") else "emulated"
+    return kind
+
+
+def choose_plan(device_type: str, dtype: torch.dtype = torch.bfloat16) -> SpeedPlan:
+    """The faster plan for ``dtype`` on this machine's ``device_type``, read at run time:
+    :func:`plan_for` of :func:`cpu_bf16_kind` (:data:`CPU_BF16_PLANS`)."""
+    if device_type != "cpu" or dtype != torch.bfloat16:
+        return plan_for(device_type, dtype, None)
+    return plan_for(device_type, dtype, cpu_bf16_kind())
 
 
 # ----------------------------------------------------------------------------- fast modules

@@ -7,14 +7,16 @@ measured in the same run and dtype, the same formula for every implementation.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
+from typing import Iterable, Mapping
 
 import torch
 
 from wav2vec2_lite.config import Wav2Vec2Config
 
-__all__ = ["model_flops", "native_bf16", "matmul_peak", "sync"]
+__all__ = ["model_flops", "native_bf16", "bf16_kind", "onednn_isa_cap", "matmul_peak", "sync"]
 
 
 def sync(device: str) -> None:
@@ -97,6 +99,56 @@ def cpu_kind() -> dict:
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(),
     }
+
+
+#: oneDNN's ISA caps (``ONEDNN_MAX_CPU_ISA``, ``DNNL_MAX_CPU_ISA``; enum ``dnnl_cpu_isa_t``) and their
+#: bit masks: an ISA contains another when its mask holds all of the other's bits.
+ONEDNN_ISAS = {
+    "SSE41": 0x1,
+    "AVX": 0x3,
+    "AVX2": 0x7,
+    "AVX2_VNNI": 0xF,
+    "AVX2_VNNI_2": 0x1F,
+    "AVX512_CORE": 0x27,
+    "AVX512_CORE_VNNI": 0x67,
+    "AVX512_CORE_BF16": 0xE7,
+    "AVX10_1_512": 0x1EF,
+    "AVX512_CORE_FP16": 0x1EF,
+    "AVX10_1_512_AMX": 0xFEF,
+    "AVX512_CORE_AMX": 0xFEF,
+    "AVX10_1_512_AMX_FP16": 0x1FEF,
+    "AVX512_CORE_AMX_FP16": 0x1FEF,
+}
+_ONEDNN_BF16, _ONEDNN_AMX = ONEDNN_ISAS["AVX512_CORE_BF16"], ONEDNN_ISAS["AVX10_1_512_AMX"]
+
+
+def onednn_isa_cap(environ: Mapping[str, str] | None = None) -> str | None:
+    """The ISA that ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``) caps oneDNN at, upper
+    case; None for no cap (unset, ``ALL``/``DEFAULT``, or a name oneDNN does not know and ignores)."""
+    environ = os.environ if environ is None else environ
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = environ.get(var, "").strip().upper()
+        if value:
+            return value if value in ONEDNN_ISAS else None
+    return None
+
+
+def bf16_kind(flags: Iterable[str] | None, isa_cap: str | None = None) -> str | None:
+    """How a CPU with these /proc/cpuinfo ``flags`` runs bf16 matmuls: ``"amx"`` (``amx_bf16``),
+    ``"avx512_bf16"`` (bf16 dot products, no AMX), ``"emulated"`` (neither), None where the flags
+    are unknown. ``isa_cap`` (:func:`onednn_isa_cap`) lowers it to what oneDNN may use: a CPU with
+    AMX capped at ``AVX512_CORE_BF16`` runs oneDNN's bf16 kernels as one without AMX does."""
+    if flags is None:
+        return None
+    flags = set(flags)
+    kind = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else "emulated"
+    if isa_cap is not None:
+        mask = ONEDNN_ISAS[isa_cap]
+        if kind == "amx" and mask & _ONEDNN_AMX != _ONEDNN_AMX:
+            kind = "avx512_bf16"
+        if kind == "avx512_bf16" and mask & _ONEDNN_BF16 != _ONEDNN_BF16:
+            kind = "emulated"
+    return kind
 
 
 def native_bf16(device: str = "cpu") -> bool:
