@@ -67,7 +67,10 @@ def params(model) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- pretraining learns
 def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
-    """Contrastive loss clearly below ln(K+1), held-out accuracy >= 5/(K+1), hard perplexity >= 0.2 G V.
+    """Contrastive loss clearly below ln(K+1), held-out accuracy >= 4/(K+1), hard perplexity >= 0.2 G V.
+
+    (Seeds 1-3 of this run end at held-out accuracy 0.26-0.35, i.e. 5.4-7.4x chance; 4x leaves room
+    for the rounding of another optimizer kernel or CPU, which moves a 500-update run's end point.)
 
     Short-run settings: the feature encoder gets the full gradient (feature_grad_mult 1, no L2
     penalty) and the Gumbel temperature anneals within hundreds of updates; with BASE's 0.1 /
@@ -110,7 +113,7 @@ def test_pretraining_beats_chance_without_codebook_collapse(corpus, tmp_path):
     )
     chance = math.log(K + 1)
     assert valid["contrastive_loss"] < chance - 0.3, (valid["contrastive_loss"], chance)
-    assert valid["accuracy"] >= 5 / (K + 1)
+    assert valid["accuracy"] >= 4 / (K + 1)
     assert valid["code_perplexity"] >= 0.2 * G * V
     assert train[-1]["step_time_s"] > 0 and train[-1]["peak_rss_mb"] > 0
     # this run sits on the chance plateau for ~200 updates (normal early on, as in fairseq) and then
