@@ -10,7 +10,8 @@ is cast per forward pass (autocast casts each weight at each use). What stays fl
   boundary. With more (BASE, LARGE) it is bf16 too;
 * on a CPU, the feature encoder's convolutions, for the same reason, unless the speed
   transform (``low_precision_speed.speed_up_inference``, chosen per CPU) runs them in bf16 as
-  matmuls over unfolded windows, correct for every shape: on a CPU with AMX. On CUDA they are
+  matmuls over unfolded windows, correct for every shape: on a CPU with native bf16 (AMX or
+  ``avx512_bf16``). On CUDA they are
   bf16;
 * normalisation parameters, and the statistics (``Fp32LayerNorm`` normalises in float32;
   GroupNorm/LayerNorm on bf16 inputs accumulate in float32);

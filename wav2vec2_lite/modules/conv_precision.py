@@ -11,10 +11,10 @@ oneDNN in bf16 only where that was right on every shape measured:
 * the positional conv (grouped, kernel 128) runs in bf16 under CPU autocast, and in a
   bf16 inference model, only with >= ``ONEDNN_BF16_MIN_GROUP_CHANNELS`` input channels per
   group (BASE 48, LARGE 64: 4x faster than float32 there); below, in float32 (:func:`conv_forward`);
-* the feature encoder's strided convs run in float32 under CPU autocast. On a CPU with AMX,
-  :mod:`wav2vec2_lite.low_precision_speed` runs them in bf16 as matmuls over unfolded windows
-  (im2col), correct for every shape and faster than oneDNN's bf16 or float32 convolutions there
-  (docs/benchmarks.md).
+* the feature encoder's strided convs run in float32 under CPU autocast. On a CPU with native
+  bf16 (AMX or ``avx512_bf16``), :mod:`wav2vec2_lite.low_precision_speed` runs them in bf16 as
+  matmuls over unfolded windows (im2col): correct for every shape, with AMX much faster than
+  oneDNN's convolutions, without it about as fast as oneDNN's bf16 ones (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ width. Two normalisation modes, as in fairseq:
 
 The memory-lean backward of the stack is :mod:`~wav2vec2_lite.modules.lean_conv_stack`. Under
 mixed precision the convolutions run as :mod:`~wav2vec2_lite.modules.conv_precision` says (on CPU
-in float32); the bf16 speed path of a CPU with AMX is :mod:`wav2vec2_lite.low_precision_speed`.
+in float32); the bf16 speed path of a CPU with native bf16 is :mod:`wav2vec2_lite.low_precision_speed`.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
 * ``bf16`` autocast to bfloat16 (weights and optimizer state stay float32); no scaler
   is needed since bf16 has float32's exponent range (CPUs emulate bf16 where they lack it).
   :meth:`Precision.attach` applies the speed transform (``low_precision_speed``: the weights
-  cast in one op per forward; on a CPU with AMX also bf16 unfolded convs and bf16 attention
-  with dropout), chosen for this device and CPU.
+  cast in one op per forward; on a CPU with native bf16 (AMX or ``avx512_bf16``) also bf16
+  unfolded convs and bf16 attention with dropout), chosen for this device and CPU.
 * ``fp16`` autocast to float16 with a :class:`torch.amp.GradScaler` (supported on CPU
   since torch 2.3, so the scaled path is tested here; it is meant for GPUs).
 
