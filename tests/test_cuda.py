@@ -37,6 +37,7 @@ from wav2vec2_lite.train.precision import Precision
 from wav2vec2_lite.train.toy_data import make_toy_corpus
 from wav2vec2_lite.train.trainer import Trainer
 
+from _bf16 import _LOW_PRECISION_OPS as _LOW_OPS  # what autocast runs in low precision
 from _helpers import MICRO_MODEL, deep_merge, padded_inputs
 from _tolerance import assert_float32_close
 
@@ -160,22 +161,6 @@ class _InfGrad(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- emulated low precision
-# what autocast runs in low precision that the model calls (tests/_bf16.py's list)
-_LOW_OPS = {
-    F.linear,
-    F.conv1d,
-    F.scaled_dot_product_attention,
-    torch.matmul,
-    torch.bmm,
-    torch.mm,
-    torch.addmm,
-    torch.baddbmm,
-    torch.einsum,
-    torch.Tensor.matmul,
-    torch.Tensor.__matmul__,
-    torch.Tensor.bmm,
-    torch.Tensor.mm,
-}
 
 
 class rounded(TorchFunctionMode):
