@@ -280,6 +280,35 @@ def test_forced_fp16_overflow_skips_the_update_and_backs_off_the_scale(corpus, t
     assert all(math.isfinite(r["loss"]) for r in rows)
 
 
+@pytest.mark.parametrize("precision", ["fp16", "32"])
+def test_an_update_with_nothing_to_learn_from_is_dropped_not_counted_as_overflow(corpus, tmp_path, precision):
+    """A group whose sample size is 0 (e.g. no frame masked) is dropped and logged: in fp16 the loss
+    scale and its growth count stay (it used to count as an overflow and halve the scale), and it
+    is not a non-finite failure in any precision."""
+    cfg = make_cfg("pretrain", corpus, "cpu", precision, trainer={"max_updates": 3})
+    trainer = Trainer(cfg, tmp_path)
+    real_loss, calls = trainer.task.loss, {"n": 0}
+
+    def empty_second(model, batch, generator):
+        loss_sum, sums = real_loss(model, batch, generator)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            loss_sum, sums = 0.0 * loss_sum, sums.map(lambda v: 0.0 * v)
+        return loss_sum, sums
+
+    trainer.task.loss = empty_second
+    scale0 = trainer.precision.loss_scale
+    result = trainer.fit()
+    assert result["nonfinite_total"] == 0 and trainer.overflow_total == 0
+    events = read_metrics(tmp_path / "metrics.jsonl", kind="event")
+    assert [(e["event"], e["update"]) for e in events] == [("skipped_empty", 1)]
+    rows = train_rows(tmp_path)
+    assert [r["update"] for r in rows] == [1, 2, 3]
+    if precision == "fp16":
+        assert [r["loss_scale"] for r in rows] == [scale0] * 3
+        assert trainer.precision.scaler.state_dict()["_growth_tracker"] == 3  # three clean updates
+
+
 # ----------------------------------------------------------------------------- attention kernels
 def _sdpa_calls(model, *args, **kwargs) -> list[dict]:
     """What each call of scaled_dot_product_attention received during ``model(*args, **kwargs)``."""

@@ -119,6 +119,13 @@ class Precision:
             self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
             self.scaler.load_state_dict({**self.scaler.state_dict(), "_growth_tracker": 0})
 
+    def forget(self) -> None:
+        """The trainer drops this update for a reason that says nothing about the scale (no units to
+        learn from): clear ``unscale_``'s record of it, keeping the scale and its growth count."""
+        if self.uses_scaler:
+            self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
+            self.scaler.update(self.scaler.get_scale())
+
     @property
     def loss_scale(self) -> float | None:
         return float(self.scaler.get_scale()) if self.uses_scaler else None

@@ -302,6 +302,9 @@ class Trainer(Checkpointing, UpdateNumerics):
         sums, samples, nonfinite_loss = self._accumulate(group)
         params = [p for p in self.model.parameters() if p.grad is not None]
         self.precision.unscale_(self.optimizer)
+        if sums.sample_size <= 0 and nonfinite_loss == 0:  # e.g. no frame masked: nothing to learn from
+            self._skip_empty()
+            return None
         grad_norm = self._normalize_and_clip(params, sums.sample_size, nonfinite_loss > 0)
         if not math.isfinite(grad_norm):
             self._skip(sums.loss_sum, overflow=self.precision.uses_scaler and nonfinite_loss == 0)

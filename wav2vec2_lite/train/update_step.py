@@ -1,7 +1,8 @@
 """One update's numerics: gradients scaled to the global mean and clipped, or the update skipped.
 
 A mixin of :class:`~wav2vec2_lite.train.trainer.Trainer`: an fp16 overflow backs off the loss
-scale; a non-finite loss or gradient is counted, and too many in a row stop the run.
+scale; a non-finite loss or gradient is counted, and too many in a row stop the run; an update
+with nothing to learn from is dropped and logged.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class NonFiniteError(RuntimeError):
 
 
 class UpdateNumerics:
-    """``_normalize_and_clip`` and ``_skip``, over the attributes the Trainer sets up."""
+    """``_normalize_and_clip``, ``_skip`` and ``_skip_empty``, over the attributes the Trainer sets up."""
 
     # the Trainer's, set in its __init__
     cfg: Any
@@ -41,7 +42,7 @@ class UpdateNumerics:
         self, params: list[nn.Parameter], sample_size: float, nonfinite_loss: bool
     ) -> float:
         """Gradients of the global mean, clipped; their norm before clipping (NaN: non-finite loss,
-        empty batch)."""
+        or no units at all: the trainer skips an empty update before it gets here)."""
         if sample_size > 0:
             scale = self.dist.world_size / sample_size
             for p in params:
@@ -51,6 +52,14 @@ class UpdateNumerics:
         if self.cfg.optim.clip_norm > 0:
             return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.clip_norm))
         return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+    def _skip_empty(self) -> None:
+        """An update with no units to learn from (``sample_size`` 0 over every rank, e.g. no frame
+        masked): dropped and logged, neither an fp16 overflow (the scale stays) nor a failure."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.forget()
+        self.logger.log("event", self.update, {"event": "skipped_empty"}, epoch=self.epoch)
+        self.logger.write(f"update {self.update}: the batch has nothing to learn from (sample size 0), skipped")
 
     def _skip(self, loss_sum: float, *, overflow: bool) -> None:
         """An update not applied: an fp16 overflow (routine: the loss scale backs off and the update is
