@@ -59,7 +59,9 @@ class UpdateNumerics:
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.forget()
         self.logger.log("event", self.update, {"event": "skipped_empty"}, epoch=self.epoch)
-        self.logger.write(f"update {self.update}: the batch has nothing to learn from (sample size 0), skipped")
+        self.logger.write(
+            f"update {self.update}: the batch has nothing to learn from (sample size 0), skipped"
+        )
 
     def _skip(self, loss_sum: float, *, overflow: bool) -> None:
         """An update not applied: an fp16 overflow (routine: the loss scale backs off and the update is
