@@ -131,6 +131,31 @@ def test_the_feature_penalty_is_computed_only_by_the_contrastive_objective(monke
     assert torch.allclose(out.objective.feature_penalty, backbone.conv_features.pow(2).mean())
 
 
+def test_a_zero_feature_penalty_weight_reports_the_penalty_but_keeps_it_out_of_the_graph():
+    """LARGE's weight 0: the same penalty is logged, no backward runs through it, and the loss and
+    gradients are those of the other terms alone."""
+    torch.manual_seed(0)
+    wave = torch.randn(2, 6000)
+    runs = {}
+    for weight in (0.0, 10.0):
+        torch.manual_seed(1)
+        model = Wav2Vec2ForPreTraining(small(contrastive={"feature_penalty_weight": weight})).train()
+        out = model(wave, generator=torch.Generator().manual_seed(0))
+        runs[weight] = (model, out.objective)
+    (m0, o0), (m10, o10) = runs[0.0], runs[10.0]
+    assert torch.equal(o0.feature_penalty, o10.feature_penalty.detach())
+    assert not o0.feature_penalty.requires_grad and o10.feature_penalty.requires_grad
+    assert o0.weights["feature_penalty"] == 0.0 and "feature_penalty" in o0.losses
+    without = o10.loss_sum - o10.num_masked.float() * 10.0 * o10.feature_penalty  # the other terms
+    assert torch.allclose(o0.loss_sum, without)
+    o0.loss_sum.backward()
+    without.backward()
+    for (name, p0), p10 in zip(m0.named_parameters(), m10.parameters()):
+        assert (p0.grad is None) == (p10.grad is None), name
+        if p0.grad is not None:
+            assert torch.allclose(p0.grad, p10.grad, atol=1e-6), name
+
+
 def test_no_masked_frame_is_an_error_for_every_objective():
     for cfg in (small(), small(**BRQ)):
         model = Wav2Vec2ForPreTraining(cfg)

@@ -19,6 +19,7 @@ else there is none (``docs/objectives.md``).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -315,13 +316,15 @@ class ContrastiveObjective(PretrainingObjective):
         )
         contrastive_sum, num_correct = contrastive_loss(logits)
 
-        penalty = feature_penalty(inputs.conv_features, inputs.frame_padding)
+        # reported at any weight; at weight 0 (LARGE) kept out of the graph: no backward through it
+        with torch.no_grad() if cfg.feature_penalty_weight == 0 else contextlib.nullcontext():
+            penalty = feature_penalty(inputs.conv_features, inputs.frame_padding)
         n_masked = mask.sum()
         n = n_masked.to(contrastive_sum.dtype)
         losses = {"contrastive_loss": contrastive_sum}
         weights = {"contrastive_loss": 1.0}
         metrics: dict[str, Tensor] = {}
-        extra = cfg.feature_penalty_weight * penalty
+        extra = cfg.feature_penalty_weight * penalty if cfg.feature_penalty_weight else 0.0
         div = soft_ppl = None
         source = self._diversity_source(inputs, tg)
         if source is not None:
