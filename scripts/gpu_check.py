@@ -294,23 +294,15 @@ def finish(out: Path, report: dict[str, Any], failed: bool) -> int:
 def measure(task: str, dtype: str, compiled: bool, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from wav2vec2_lite.tools.benchmarking import BenchSpec, probe, time_interleaved
+    from wav2vec2_lite.tools.benchmarking import BenchSpec, probe, speedup_row, time_interleaved
 
     on_cuda = args.device.startswith("cuda")
     spec = BenchSpec(args.config, args.batch, args.seconds, task, dtype, args.device, compile=compiled)
     impls = ("ours", "hf_sdpa") if compiled else ("ours", "hf_eager", "hf_sdpa")
     res = time_interleaved(spec, impls, warmup=args.warmup, repeats=args.repeats)
-    med = res["median_s"]
-    hf_best = min((k for k in med if k.startswith("hf_")), key=lambda k: med[k])
-    row = {
-        "task": task,
-        "dtype": dtype,
-        "compile": compiled,
-        "median_s": med,
-        "times_s": res["times_s"],
-        "first_call_s": res["first_call_s"],
-        "hf_best": hf_best,
-        "speedup": med[hf_best] / med["ours"],
+    row = {"task": task, "dtype": dtype, "compile": compiled, **speedup_row(res)}
+    med, hf_best = row["median_s"], row["hf_best"]
+    row |= {
         "speedup_spread": [
             min(res["times_s"][hf_best]) / max(res["times_s"]["ours"]),
             max(res["times_s"][hf_best]) / min(res["times_s"]["ours"]),

@@ -19,6 +19,7 @@ from wav2vec2_lite.tools.benchmarking import (
     census_steps,
     impls_for,
     profile_ops,
+    speedup_row,
     time_interleaved,
 )
 from wav2vec2_lite.tools.hardware import matmul_peak, native_bf16
@@ -78,17 +79,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             args.config, args.batch, args.seconds, task, dt, args.device, args.threads, compile=comp
         )
         res = time_interleaved(spec, impls_for(task, dt), warmup=args.warmup, repeats=args.repeats, log=log)
-        med = res["median_s"]
-        hf_best = min((k for k in med if k.startswith("hf_")), key=lambda k: med[k])
-        row = {
-            "task": task,
-            "dtype": dt,
-            "compile": comp,
-            "first_call_s": res["first_call_s"],
-            "median_s": med,
-            "times_s": res["times_s"],
-            "hf_best": hf_best,
-            "speedup": med[hf_best] / med["ours"],
+        row = {"task": task, "dtype": dt, "compile": comp, **speedup_row(res)}
+        med, hf_best = row["median_s"], row["hf_best"]
+        row |= {
             "speedup_vs_eager": med["hf_eager"] / med["ours"],
             "speedup_vs_sdpa": med["hf_sdpa"] / med["ours"],
             "speedup_cpu_time": res["median_cpu_s"][hf_best] / res["median_cpu_s"]["ours"],

@@ -54,6 +54,7 @@ __all__ = [
     "run_probe",
     "time_interleaved",
     "render_markdown",
+    "speedup_row",
 ]
 
 TASKS = ("pretrain", "finetune", "infer")
@@ -290,6 +291,20 @@ def time_interleaved(
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
         "flops": flops,
         "first_call_s": first,
+    }
+
+
+def speedup_row(res: dict[str, Any]) -> dict[str, Any]:
+    """What every benchmark row reports of a :func:`time_interleaved` result: the step times,
+    transformers' best mode (the faster of its attention implementations) and ours' speedup over it."""
+    med = res["median_s"]
+    hf_best = min((k for k in med if k.startswith("hf_")), key=med.__getitem__)
+    return {
+        "first_call_s": res["first_call_s"],
+        "median_s": med,
+        "times_s": res["times_s"],
+        "hf_best": hf_best,
+        "speedup": med[hf_best] / med["ours"],
     }
 
 
