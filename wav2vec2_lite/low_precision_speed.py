@@ -5,9 +5,12 @@ oneDNN guard of ``conv_precision``, the autocast-off regions of losses and targe
 autocast, or with bf16 weights, as plain torch layers do. What makes a bf16 run fast is here:
 
 * **flat weights** (training): the parameters of the Linear layers (and of the unfolded convs)
-  live as views of one float32 buffer, cast in one op per forward; their bf16 gradients are
-  gathered and cast back in one op. The numbers are autocast's (round-to-nearest both ways),
-  ~200 cast ops fewer per BASE step (``tools/op_census.py``);
+  live as views of one float32 buffer, cast in one op per forward into a bf16 buffer; their
+  bf16 gradients are cast back into one float32 buffer, one copy each. The numbers are
+  autocast's (round-to-nearest both ways), ~100 cast ops fewer per BASE step
+  (``tools/op_census.py``). Both buffers are kept and reused from step to step while nothing
+  else holds them: allocated anew, their first touch page-faults (half the speed of the cast
+  and the gather, 2026-12-06c_bf16_finetune_gap.md);
 * **unfolded convolutions**: the feature encoder's strided convs in bf16 as matmuls over
   unfolded windows (im2col), forward and in :class:`LeanConvStack`'s backward: correct for every
   shape (oneDNN's bf16 convs are not), 3x faster than the float32 convs on a CPU with AMX and
@@ -300,37 +303,88 @@ def plain_modules(model: nn.Module) -> nn.Module:
 Span = tuple[int, int, torch.Size]
 
 
-class _CastFlat(torch.autograd.Function):
-    """``(flat float32 buffer, dtype, spans, *params) -> one low-precision view per param``.
+def _storage_users(t: Tensor) -> int | None:
+    """How many tensors share ``t``'s storage (views, autograd's saved tensors, ``.grad``s), as
+    torch counts them; None where this torch does not say (then nothing is reused)."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if use_count is None else use_count(t.untyped_storage()._cdata)
 
-    The params are the buffer's views, passed so that autograd routes their gradients; the
-    forward reads the buffer (one cast), the backward concatenates the incoming gradients
-    into one float32 buffer (one op that casts) and returns float32 views, one per param.
+
+class _Reused:
+    """A buffer handed out again while nothing but this holder uses it, else a fresh one.
+
+    A buffer of 100+ MB (BASE's cast weights, 179 MB; their gradients, 342 MB) allocated anew
+    each step comes from ``mmap``, and its first touch page-faults: the cast and the gather ran at
+    half speed (1 thread: 104 ms against 54 for the cast, 162 against 50 for the gather;
+    docs/benchmarks/2026-12-06c_bf16_finetune_gap.md). Reuse is only taken when torch counts no
+    other user of the storage: no view from an earlier step, no tensor autograd saved (a forward
+    whose backward has not run yet), no ``.grad`` still pointing into it (gradient accumulation);
+    otherwise a fresh buffer, as before."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+        self.alone: int | None = None  # the use count of a buffer only this holds
+
+    def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        buf = self.buffer
+        if (
+            buf is not None
+            and buf.numel() == numel
+            and buf.dtype == dtype
+            and buf.device == device
+            and self.alone is not None
+            and _storage_users(buf) == self.alone
+        ):
+            return buf
+        self.buffer = torch.empty(numel, dtype=dtype, device=device)
+        self.alone = _storage_users(self.buffer)
+        return self.buffer
+
+
+class _GradSlots:
+    """Where one forward's weight gradients land: their places in a float32 buffer laid out as
+    the flat weights, taken from ``owner.grad_buffer`` when the first gradient arrives. A second
+    backward over the same graph (``retain_graph``) finds its slot written and takes another
+    buffer, so a slot is written once and the ``.grad`` views handed out are never overwritten."""
+
+    def __init__(self, owner: "FlatWeights") -> None:
+        self.owner = owner
+        self.buffer: Tensor | None = None
+        self.written: set[int] = set()
+
+    def put(self, index: int, grad: Tensor) -> Tensor:
+        """``grad`` cast into param ``index``'s place; returns that float32 view."""
+        if self.buffer is None or index in self.written:
+            self.buffer = self.owner.grad_buffer.get(self.owner.flat.numel(), self.owner.flat.dtype, grad.device)
+            self.written = set()
+        self.written.add(index)
+        a, b, shape = self.owner.spans[index]
+        out = self.buffer[a:b].view(shape)
+        out.copy_(grad)
+        return out
+
+
+class _CastView(torch.autograd.Function):
+    """``(cast buffer, slots, index, param) -> the param's low-precision view of the buffer``.
+
+    The param (a view of the flat float32 buffer the cast was made from) is passed so that
+    autograd routes its gradient here; the backward casts the incoming low-precision gradient
+    into its place in ``slots``' float32 buffer at once, so each is freed before the next weight's
+    gradient is allocated (the same memory, warm, as autocast's casts get). One node for all
+    params would hold every bf16 gradient until the last arrived: 170 MB of fresh pages a BASE
+    step, whose matmuls then ran 1.3x slower (docs/benchmarks/2026-12-06c_bf16_finetune_gap.md).
     """
 
     @staticmethod
-    def forward(ctx, flat: Tensor, dtype: torch.dtype, spans: list[Span], *params: Tensor):  # type: ignore[override]
-        low = flat.to(dtype)
-        ctx.spans, ctx.high = spans, flat.dtype
-        return tuple(low[a:b].view(shape) for a, b, shape in spans)
+    def forward(ctx, low: Tensor, slots: _GradSlots, index: int, param: Tensor):  # type: ignore[override]
+        ctx.slots, ctx.index = slots, index
+        a, b, shape = slots.owner.spans[index]
+        return low[a:b].view(shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, *grads: Tensor):  # type: ignore[override]
-        need = ctx.needs_input_grad[3:]
-        used = [i for i, (g, n) in enumerate(zip(grads, need)) if n and g is not None]
-        out: list[Tensor | None] = [None] * len(grads)
-        if (
-            used
-        ):  # gathered and cast back in one op (cat into a float32 buffer: 3x faster than cat, then cast)
-            parts = [grads[i].reshape(-1) for i in used]
-            gathered = torch.cat(parts, out=parts[0].new_empty(sum(p.numel() for p in parts), dtype=ctx.high))
-            offset = 0
-            for i in used:
-                size = grads[i].numel()
-                out[i] = gathered[offset : offset + size].view(ctx.spans[i][2])
-                offset += size
-        return (None, None, None, *out)
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return None, None, None, ctx.slots.put(ctx.index, grad)
 
 
 class FlatWeights:
@@ -361,6 +415,10 @@ class FlatWeights:
             self.spans.append((offset, offset + p.numel(), p.shape))
             offset += p.numel()
         self.flat = torch.empty(offset, dtype=torch.float32, device=params[0].device if params else "cpu")
+        self.cast_buffer = _Reused()
+        """Where :meth:`cast` writes the low-precision copy of ``flat`` (reused between steps)."""
+        self.grad_buffer = _Reused()
+        """Where the backward gathers the float32 gradients, laid out as ``flat`` (reused between steps)."""
         self._bind()
 
     def _current(self) -> list[Tensor]:
@@ -397,8 +455,11 @@ class FlatWeights:
             return
         if not self.bound():
             self._bind()
-        low = _CastFlat.apply(self.flat, self.dtype, self.spans, *self.params)
-        it = iter(low)
+        with torch.no_grad():
+            low = self.cast_buffer.get(self.flat.numel(), self.dtype, self.flat.device)
+            low.copy_(self.flat)  # the one cast
+        slots = _GradSlots(self)
+        it = iter([_CastView.apply(low, slots, i, p) for i, p in enumerate(self.params)])
         try:
             for layer in self.layers:
                 layer.cast_weights = (next(it), next(it) if layer.bias is not None else None)
