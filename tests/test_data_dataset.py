@@ -129,3 +129,38 @@ def test_end_to_end_loader(corpus) -> None:
             assert tok.decode(batch["labels"][row]) == ds.texts[i]
             seen.append(i)
     assert sorted(seen) == list(range(len(ds)))
+
+
+def test_kept_waves_give_the_same_items_each_epoch_and_are_bounded(corpus) -> None:
+    """keep_decoded: each file decoded once, later epochs crop the kept wave to the same items as
+    reading the file; an item's tensor never shares memory with the kept wave; a set larger than
+    the budget keeps nothing."""
+    root, _ = corpus
+    kw = dict(max_sample_size=1000, normalize=True, seed=3)
+    read, kept = AudioDataset(root / "train.tsv", **kw), AudioDataset(root / "train.tsv", **kw)
+    assert kept.keep_decoded(4 * sum(LENGTHS)) and not read.keep_decoded(0)
+    assert not AudioDataset(root / "train.tsv").keep_decoded(4 * sum(LENGTHS) - 1)
+    expected = {}
+    for epoch in range(3):
+        read.set_epoch(epoch)
+        expected.update({(epoch, i): read[i]["waveform"] for i in range(len(read))})
+    for epoch in range(3):
+        kept.set_epoch(epoch)
+        for i in range(len(kept)):
+            item = kept[i]
+            assert torch.equal(item["waveform"], expected[epoch, i])
+            item["waveform"].fill_(7.0)  # a consumer writing into its item leaves the kept wave alone
+        if epoch == 0:
+            for i in range(len(kept)):
+                Path(kept.path(i)).rename(root / f"moved{i}.wav")  # kept: not read again
+    assert kept._decoded_bytes == 4 * sum(LENGTHS)
+
+
+def test_levels_checked_on_the_first_read_only(corpus) -> None:
+    root, _ = corpus
+    silent = np.zeros(LENGTHS[0], dtype=np.float32)
+    sf.write(str(root / "u0.wav"), silent, 16000, subtype="FLOAT")
+    ds = AudioDataset(root / "train.tsv")
+    ds.check_levels = True
+    assert "silent" in " ".join(ds[0]["level_warnings"])
+    assert "level_warnings" not in ds[0]  # reported once (the trainer logs each file once anyway)

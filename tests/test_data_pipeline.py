@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from wav2vec2_lite.config import Wav2Vec2Config
 from wav2vec2_lite.data.config import DataConfig
@@ -95,7 +96,7 @@ def test_an_unreadable_file_is_skipped_counted_and_too_many_stop(corpus, tmp_pat
     shutil.copytree(corpus, copy)
     lines = (copy / "train.tsv").read_text().split("\n")
     (copy / "train.tsv").write_text("\n".join([str(copy)] + lines[1:]))
-    data = build(copy, max_unreadable_fraction=0.2)
+    data = build(copy, max_unreadable_fraction=0.2, keep_decoded_mb=0)  # read every epoch
     data.take_events()
     victim = data.train_set.path(3)
     Path(victim).unlink()
@@ -111,6 +112,20 @@ def test_an_unreadable_file_is_skipped_counted_and_too_many_stop(corpus, tmp_pat
         DatasetError, match=r"3 of 10 training files became unreadable .*max_unreadable_fraction=0.2"
     ):
         list(data.groups(update_freq=1, max_epochs=2))
+
+
+def test_a_small_training_set_is_decoded_once_and_gives_the_same_batches(corpus):
+    """data.keep_decoded_mb: the toy set fits, so files are read in the first epoch only; the
+    batches are those of a run that reads every file every epoch. Not with loader workers."""
+    kept, read = build(corpus), build(corpus, keep_decoded_mb=0)
+    assert kept.train_set._decoded is not None and read.train_set._decoded is None
+    assert build(corpus, num_workers=1).train_set._decoded is None
+    a = list(zip(range(20), kept.groups(update_freq=1, max_epochs=None)))
+    b = list(zip(range(20), read.groups(update_freq=1, max_epochs=None)))
+    assert kept.epoch >= 2 and len(kept.train_set._decoded) == len(kept.train_set)
+    for (_, ga), (_, gb) in zip(a, b):
+        assert ga[0]["ids"].tolist() == gb[0]["ids"].tolist()
+        assert torch.equal(ga[0]["waveform"], gb[0]["waveform"])
 
 
 def test_a_bad_row_stops_before_any_loader_unless_skipped(corpus, tmp_path):

@@ -88,6 +88,11 @@ class DataConfig:
     """Shuffle within this many length buckets (0: sort by length, ties shuffled)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    keep_decoded_mb: float = 1024.0
+    """With ``num_workers=0``: a training set whose decoded audio (float32) fits in this many MB
+    is decoded once and kept in memory, each epoch cropping the kept waves (the same batches as
+    reading the files; a file that changes or disappears after its first read is then not
+    noticed). 0 reads every file every epoch."""
     too_long: TooLong = TooLong.error
     """An utterance longer than ``max_tokens``: ``error``, or ``skip`` it (counted)."""
     validate: str = "header"
@@ -113,5 +118,7 @@ class DataConfig:
                 raise ValueError(f"data.{key}: must be > 0 (got {getattr(self, key)})")
         if self.max_duration_s is not None and self.max_duration_s <= 0:
             raise ValueError(f"data.max_duration_s: > 0 or null (got {self.max_duration_s})")
+        if self.keep_decoded_mb < 0:
+            raise ValueError(f"data.keep_decoded_mb: >= 0 (got {self.keep_decoded_mb})")
         if not 0.0 <= self.max_unreadable_fraction <= 1.0:
             raise ValueError(f"data.max_unreadable_fraction: in [0, 1] (got {self.max_unreadable_fraction})")

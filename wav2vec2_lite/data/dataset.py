@@ -12,6 +12,10 @@ With ``on_error="skip"`` an utterance whose file cannot be used when it is read 
 corrupted or replaced after the manifest was validated) becomes ``{"id", "path",
 "error": str}`` instead of raising; the training collate drops it and the trainer counts
 and logs it (see :func:`is_skipped`).
+
+:meth:`AudioDataset.keep_decoded` keeps a small set's decoded waves in memory, so each file is
+decoded once per process instead of once per epoch (bounded: the whole set fits the budget, or
+nothing is kept).
 """
 
 from __future__ import annotations
@@ -130,8 +134,11 @@ class AudioDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self.check_levels = False
-        """Check each loaded wave for silence and clipping (``level_warnings`` in the item);
-        training sets it for the files data validation did not decode."""
+        """Check each loaded wave for silence and clipping (``level_warnings`` in the item, the
+        first time an index is read); training sets it for the files data validation did not decode."""
+        self._decoded: dict[int, np.ndarray] | None = None  # index -> wave, see keep_decoded
+        self._decoded_budget = 0
+        self._decoded_bytes = 0
 
         labels = self._read_labels()
         candidates = range(len(self.manifest)) if indices is None else indices
@@ -178,6 +185,7 @@ class AudioDataset(Dataset):
             )
         raw = np.asarray([self.manifest.sizes[r] for r in self.rows], dtype=np.int64)
         self.sizes: np.ndarray = raw if max_sample_size is None else np.minimum(raw, max_sample_size)
+        self._levels_checked = np.zeros(len(self.rows), dtype=bool)  # index -> checked once
 
         self.texts: list[str] | None = None
         self.label_ids: list[list[int]] | None = None
@@ -212,6 +220,23 @@ class AudioDataset(Dataset):
                 f"{self.labels_path}:{row + 1} (row of {self.manifest.paths[row]}): {e}"
             ) from None
 
+    def keep_decoded(self, max_bytes: int) -> bool:
+        """Keep each wave in memory once decoded, if the whole set fits ``max_bytes`` as float32
+        (the manifest's sample counts), so later epochs crop and normalise the kept wave instead of
+        reading the file again: the same numbers as reading the files, but a file that changes or
+        disappears after it was kept is no longer noticed. Never more than ``max_bytes`` is kept
+        (with resampling the counts are at the files' rates: a wave past the budget is read each
+        time). Returns whether waves are kept (False: the set is larger, or ``max_bytes`` is 0)."""
+        needed = 4 * int(sum(self.manifest.sizes[r] for r in self.rows))
+        self._decoded = {} if 0 < needed <= max_bytes else None
+        self._decoded_budget, self._decoded_bytes = int(max_bytes), 0
+        return self._decoded is not None
+
+    def _keep(self, index: int, wave: np.ndarray) -> None:
+        if self._decoded is not None and self._decoded_bytes + wave.nbytes <= self._decoded_budget:
+            self._decoded[index] = wave.copy()  # the item's tensor may share memory with ``wave``
+            self._decoded_bytes += wave.nbytes
+
     def set_epoch(self, epoch: int) -> None:
         """Crop offsets depend on (seed, epoch, index)."""
         self.epoch = int(epoch)
@@ -241,16 +266,24 @@ class AudioDataset(Dataset):
         if not 0 <= index < len(self.rows):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.rows)} items")
         path = self.path(index)
-        try:
-            wave = self._load(index, path)
-        except (AudioError, OSError) as e:
-            if self.on_error == "raise":
-                raise
-            msg = str(e)
-            reason = msg[len(path) + 2 :] if msg.startswith(f"{path}: ") else msg
-            log.info("%s: skipped, cannot be read (%s)", path, reason)
-            return {"id": index, "path": path, "error": reason}
-        found = audio_warnings(wave) if self.check_levels else []  # the whole file, before any crop
+        kept = self._decoded.get(index) if self._decoded is not None else None
+        if kept is not None:
+            wave = kept.copy()  # the item's tensor must not share memory with the kept wave
+        else:
+            try:
+                wave = self._load(index, path)
+            except (AudioError, OSError) as e:
+                if self.on_error == "raise":
+                    raise
+                msg = str(e)
+                reason = msg[len(path) + 2 :] if msg.startswith(f"{path}: ") else msg
+                log.info("%s: skipped, cannot be read (%s)", path, reason)
+                return {"id": index, "path": path, "error": reason}
+            self._keep(index, wave)
+        found = []
+        if self.check_levels and not self._levels_checked[index]:  # the whole file, before any crop
+            found = audio_warnings(wave)
+            self._levels_checked[index] = True
         if self.normalize:  # fairseq normalises the whole utterance, then crops
             wave = normalize_wave(wave)
         if self.max_sample_size is not None and len(wave) > self.max_sample_size:

@@ -5,7 +5,8 @@ any loader exists (``data.validate``): problems raise one :class:`DatasetError` 
 all, or with ``data.skip_invalid`` are dropped and counted. It then builds the datasets, the
 length-bucketed samplers and the loaders, and yields the micro-batches of each update. A
 file that becomes unreadable later is skipped when read and counted; more than
-``data.max_unreadable_fraction`` of the training set stops the run.
+``data.max_unreadable_fraction`` of the training set stops the run. A small training set is
+decoded once and kept in memory (``data.keep_decoded_mb``).
 
 A validation set left with no usable row is an error (:func:`check_valid_set`); a run
 without validation says so with ``data.valid_subset=null``. Audio that is silent or heavily
@@ -268,6 +269,8 @@ class TrainingData:
             cfg.train_subset, train=True, min_samples=rf, indices=rows[cfg.train_subset]
         )
         self.train_set.check_levels = cfg.validate != "full"  # "full" decoded and checked every file already
+        if cfg.num_workers == 0:  # a worker is a new process each epoch: what it kept would be lost
+            self.train_set.keep_decoded(int(cfg.keep_decoded_mb * 2**20))
         self.events += dataset_events(cfg, "train", self.train_set, rows[cfg.train_subset], rf)
         self.sampler = BucketBatchSampler(
             self.train_set.sizes,

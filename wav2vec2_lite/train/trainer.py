@@ -64,6 +64,16 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _seed_draws(seed: int, device: torch.device) -> None:
+    """Seed the global generator that ``device``'s dropout and LayerDrop draw from. On CPU that is
+    the CPU generator alone: ``torch.manual_seed`` would also queue a seed for every accelerator
+    backend, formatting a traceback each time (~0.5 ms an update, issue 39)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
@@ -326,7 +336,7 @@ class Trainer(Checkpointing, UpdateNumerics):
         samples, nonfinite_loss = torch.zeros(()), torch.zeros(())
         for i, batch in enumerate(group):
             slot = self.dist.rank * t.update_freq + i
-            torch.manual_seed(derive_seed(t.seed, self.update, slot, 0))
+            _seed_draws(derive_seed(t.seed, self.update, slot, 0), self.device)
             self.generator.manual_seed(derive_seed(t.seed, self.update, slot, 1))
             batch = _to_device(batch, self.device)
             sync = i == len(group) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
