@@ -5,12 +5,12 @@ oneDNN guard of ``conv_precision``, the autocast-off regions of losses and targe
 autocast, or with bf16 weights, as plain torch layers do. What makes a bf16 run fast is here:
 
 * **flat weights** (training): the parameters of the Linear layers (and of the unfolded convs)
-  live as views of one float32 buffer, cast in one op per forward into a bf16 buffer; their
-  bf16 gradients are cast back into one float32 buffer, one copy each. The numbers are
-  autocast's (round-to-nearest both ways), ~100 cast ops fewer per BASE step
-  (``tools/op_census.py``). Both buffers are kept and reused from step to step while nothing
-  else holds them: allocated anew, their first touch page-faults (half the speed of the cast
-  and the gather, 2026-12-06c_bf16_finetune_gap.md);
+  live as views of one float32 buffer, cast in one op per forward; their bf16 gradients are
+  gathered and cast back in one op. The numbers are autocast's (round-to-nearest both ways),
+  ~200 cast ops fewer per BASE step (``tools/op_census.py``). Both buffers (BASE: 179 and
+  342 MB) are kept and reused from step to step while nothing else holds them: allocated anew
+  each step they page-faulted, which made the cast and the gather twice as slow as autocast's
+  per-weight casts (docs/benchmarks/2026-12-06c_bf16_finetune_gap.md);
 * **unfolded convolutions**: the feature encoder's strided convs in bf16 as matmuls over
   unfolded windows (im2col), forward and in :class:`LeanConvStack`'s backward: correct for every
   shape (oneDNN's bf16 convs are not), 3x faster than the float32 convs on a CPU with AMX and
@@ -315,7 +315,7 @@ class _Reused:
 
     A buffer of 100+ MB (BASE's cast weights, 179 MB; their gradients, 342 MB) allocated anew
     each step comes from ``mmap``, and its first touch page-faults: the cast and the gather ran at
-    half speed (1 thread: 104 ms against 54 for the cast, 162 against 50 for the gather;
+    half speed (1 thread: 104 ms against 54 for the cast, 162 against 67 for the gather;
     docs/benchmarks/2026-12-06c_bf16_finetune_gap.md). Reuse is only taken when torch counts no
     other user of the storage: no view from an earlier step, no tensor autograd saved (a forward
     whose backward has not run yet), no ``.grad`` still pointing into it (gradient accumulation);
@@ -341,50 +341,40 @@ class _Reused:
         return self.buffer
 
 
-class _GradSlots:
-    """Where one forward's weight gradients land: their places in a float32 buffer laid out as
-    the flat weights, taken from ``owner.grad_buffer`` when the first gradient arrives. A second
-    backward over the same graph (``retain_graph``) finds its slot written and takes another
-    buffer, so a slot is written once and the ``.grad`` views handed out are never overwritten."""
+class _CastFlat(torch.autograd.Function):
+    """``(flat float32 buffer, owner, *params) -> one low-precision view per param``.
 
-    def __init__(self, owner: "FlatWeights") -> None:
-        self.owner = owner
-        self.buffer: Tensor | None = None
-        self.written: set[int] = set()
-
-    def put(self, index: int, grad: Tensor) -> Tensor:
-        """``grad`` cast into param ``index``'s place; returns that float32 view."""
-        if self.buffer is None or index in self.written:
-            self.buffer = self.owner.grad_buffer.get(self.owner.flat.numel(), self.owner.flat.dtype, grad.device)
-            self.written = set()
-        self.written.add(index)
-        a, b, shape = self.owner.spans[index]
-        out = self.buffer[a:b].view(shape)
-        out.copy_(grad)
-        return out
-
-
-class _CastView(torch.autograd.Function):
-    """``(cast buffer, slots, index, param) -> the param's low-precision view of the buffer``.
-
-    The param (a view of the flat float32 buffer the cast was made from) is passed so that
-    autograd routes its gradient here; the backward casts the incoming low-precision gradient
-    into its place in ``slots``' float32 buffer at once, so each is freed before the next weight's
-    gradient is allocated (the same memory, warm, as autocast's casts get). One node for all
-    params would hold every bf16 gradient until the last arrived: 170 MB of fresh pages a BASE
-    step, whose matmuls then ran 1.3x slower (docs/benchmarks/2026-12-06c_bf16_finetune_gap.md).
+    The params are the buffer's views, passed so that autograd routes their gradients; the
+    forward casts the buffer in one op into ``owner.cast_buffer``, the backward concatenates the
+    incoming gradients into ``owner.grad_buffer``, float32 (one op that casts: 3x faster than
+    ``cat`` then a cast), and returns its views, one per param.
     """
 
     @staticmethod
-    def forward(ctx, low: Tensor, slots: _GradSlots, index: int, param: Tensor):  # type: ignore[override]
-        ctx.slots, ctx.index = slots, index
-        a, b, shape = slots.owner.spans[index]
-        return low[a:b].view(shape)
+    def forward(ctx, flat: Tensor, owner: "FlatWeights", *params: Tensor):  # type: ignore[override]
+        low = owner.cast_buffer.get(flat.numel(), owner.dtype, flat.device)
+        low.copy_(flat)
+        ctx.owner, ctx.high = owner, flat.dtype
+        return tuple(low[a:b].view(shape) for a, b, shape in owner.spans)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, None, ctx.slots.put(ctx.index, grad)
+    def backward(ctx, *grads: Tensor):  # type: ignore[override]
+        need = ctx.needs_input_grad[2:]
+        used = [i for i, (g, n) in enumerate(zip(grads, need)) if n and g is not None]
+        out: list[Tensor | None] = [None] * len(grads)
+        if used:  # packed in order (frozen and skipped params take no room): a prefix of the buffer
+            owner = ctx.owner
+            parts = [grads[i].reshape(-1) for i in used]
+            size = sum(p.numel() for p in parts)
+            buffer = owner.grad_buffer.get(owner.flat.numel(), ctx.high, parts[0].device)
+            gathered = torch.cat(parts, out=buffer[:size])
+            offset = 0
+            for i in used:
+                n = grads[i].numel()
+                out[i] = gathered[offset : offset + n].view(owner.spans[i][2])
+                offset += n
+        return (None, None, *out)
 
 
 class FlatWeights:
@@ -455,11 +445,8 @@ class FlatWeights:
             return
         if not self.bound():
             self._bind()
-        with torch.no_grad():
-            low = self.cast_buffer.get(self.flat.numel(), self.dtype, self.flat.device)
-            low.copy_(self.flat)  # the one cast
-        slots = _GradSlots(self)
-        it = iter([_CastView.apply(low, slots, i, p) for i, p in enumerate(self.params)])
+        low = _CastFlat.apply(self.flat, self, *self.params)
+        it = iter(low)
         try:
             for layer in self.layers:
                 layer.cast_weights = (next(it), next(it) if layer.bias is not None else None)
