@@ -330,26 +330,26 @@ class Trainer(Checkpointing, UpdateNumerics):
 
     def _accumulate(self, group: list[dict]) -> tuple[Sums, float, float]:
         """Backward of each micro-batch (gradients summed). Returns the task's sums, the audio samples
-        and the non-finite losses, each summed over micro-batches and ranks."""
+        and the non-finite losses, each summed over micro-batches and ranks. The totals stay on the
+        device until the one all-reduce: a GPU waits for the host once an update, not per micro-batch."""
         t, ddp = self.cfg.trainer, self.train_model
         sums: Sums | int = 0  # a running total, as sum() starts
-        samples, nonfinite_loss = torch.zeros(()), torch.zeros(())
+        samples, nonfinite_loss = torch.zeros(()), torch.zeros((), device=self.device)
         for i, batch in enumerate(group):
             slot = self.dist.rank * t.update_freq + i
             _seed_draws(derive_seed(t.seed, self.update, slot, 0), self.device)
             self.generator.manual_seed(derive_seed(t.seed, self.update, slot, 1))
+            samples += float(batch["lengths"].sum())  # on the host still
             batch = _to_device(batch, self.device)
             sync = i == len(group) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with self.precision.autocast():
                     loss_sum, batch_sums = self.task.loss(ddp, batch, self.generator)
-                if not torch.isfinite(loss_sum.detach()):
-                    nonfinite_loss += 1
+                nonfinite_loss += (~torch.isfinite(loss_sum.detach())).float()
                 self.precision.scale(loss_sum.float()).backward()
-            sums = sums + batch_sums.map(lambda v: v.detach().float().cpu())
-            samples += float(batch["lengths"].sum())
-        numbers = sums.numbers() + [samples, nonfinite_loss]
-        flat = [float(v) for v in dist_utils.all_reduce_sum(torch.stack(numbers).to(self.device)).cpu()]
+            sums = sums + batch_sums.map(lambda v: v.detach().float())
+        numbers = [v.to(self.device) for v in sums.numbers()] + [samples.to(self.device), nonfinite_loss]
+        flat = dist_utils.all_reduce_sum(torch.stack(numbers)).cpu().tolist()
         return sums.with_numbers(flat[:-2]), flat[-2], flat[-1]
 
     # ------------------------------------------------------------------ validation
