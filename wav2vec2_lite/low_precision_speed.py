@@ -7,10 +7,8 @@ autocast, or with bf16 weights, as plain torch layers do. What makes a bf16 run 
 * **flat weights** (training): the parameters of the Linear layers (and of the unfolded convs)
   live as views of one float32 buffer, cast in one op per forward; their bf16 gradients are
   gathered and cast back in one op. The numbers are autocast's (round-to-nearest both ways),
-  ~200 cast ops fewer per BASE step (``tools/op_census.py``). Both buffers (BASE: 179 and
-  342 MB) are kept and reused from step to step while nothing else holds them: allocated anew
-  each step they page-faulted, which made the cast and the gather twice as slow as autocast's
-  per-weight casts (docs/benchmarks/2026-12-06c_bf16_finetune_gap.md);
+  ~200 cast ops fewer per BASE step (``tools/op_census.py``); both buffers are reused from
+  step to step (:class:`_Reused`);
 * **unfolded convolutions**: the feature encoder's strided convs in bf16 as matmuls over
   unfolded windows (im2col), forward and in :class:`LeanConvStack`'s backward: correct for every
   shape (oneDNN's bf16 convs are not), 3x faster than the float32 convs on a CPU with AMX and
@@ -18,13 +16,10 @@ autocast, or with bf16 weights, as plain torch layers do. What makes a bf16 run 
 * **bf16 attention with dropout**: torch's CPU SDPA runs a bf16 attention with dropout in
   float32 (five casts per layer); :func:`low_precision_attention` keeps it in bf16.
 
-Which of these pays depends on the CPU. :func:`choose_plan` reads /proc/cpuinfo's flags
-(``tools/hardware.py``) at run time, lowered to what ``ONEDNN_MAX_CPU_ISA`` lets oneDNN use, and
-takes :func:`plan_for` that kind (:data:`CPU_BF16_PLANS`): with bf16 dot products (``amx_bf16`` or
-``avx512_bf16``) every fast path; with emulated bf16 (AVX2), whose bf16 matmuls are slower than
-float32 ones, the flat weights only. Without AMX the unfolded convs cost what oneDNN's bf16 convs
-(transformers' under autocast) cost, measured with oneDNN and MKL kept off AMX on an AMX Xeon
-(docs/benchmarks/2026-12-06_no_amx_emulated.md); a real CPU without AMX is still to be measured.
+Which of these pays depends on the CPU: :func:`choose_plan` reads its bf16 kind at run time
+(/proc/cpuinfo's flags lowered by ``ONEDNN_MAX_CPU_ISA``, ``tools/hardware.py``) and takes that
+kind's entry in :data:`CPU_BF16_PLANS` (a CPU without AMX is measured only by emulation so far:
+docs/benchmarks/2026-12-06_no_amx_emulated.md).
 
 :func:`speed_up_training` (``train/precision.py`` for ``trainer.precision=bf16``) and
 :func:`speed_up_inference` (``inference_dtype.cast_for_inference``) apply it in place: a module
@@ -119,9 +114,8 @@ def cpu_bf16_kind() -> str:
 def choose_plan(device_type: str, dtype: torch.dtype = torch.bfloat16) -> SpeedPlan:
     """The faster plan for ``dtype`` on this machine's ``device_type``, read at run time:
     :func:`plan_for` of :func:`cpu_bf16_kind` (:data:`CPU_BF16_PLANS`)."""
-    if device_type != "cpu" or dtype != torch.bfloat16:
-        return plan_for(device_type, dtype, None)
-    return plan_for(device_type, dtype, cpu_bf16_kind())
+    kind = cpu_bf16_kind() if device_type == "cpu" and dtype == torch.bfloat16 else None
+    return plan_for(device_type, dtype, kind)
 
 
 # ----------------------------------------------------------------------------- fast modules
@@ -311,15 +305,11 @@ def _storage_users(t: Tensor) -> int | None:
 
 
 class _Reused:
-    """A buffer handed out again while nothing but this holder uses it, else a fresh one.
-
-    A buffer of 100+ MB (BASE's cast weights, 179 MB; their gradients, 342 MB) allocated anew
-    each step comes from ``mmap``, and its first touch page-faults: the cast and the gather ran at
-    half speed (1 thread: 104 ms against 54 for the cast, 162 against 67 for the gather;
-    docs/benchmarks/2026-12-06c_bf16_finetune_gap.md). Reuse is only taken when torch counts no
-    other user of the storage: no view from an earlier step, no tensor autograd saved (a forward
-    whose backward has not run yet), no ``.grad`` still pointing into it (gradient accumulation);
-    otherwise a fresh buffer, as before."""
+    """A buffer handed out again while nothing but this holder uses it, else a fresh one: a large
+    buffer allocated anew each step page-faults on first touch, which halved the speed of the cast
+    and the gather (docs/benchmarks/2026-12-06c_bf16_finetune_gap.md). Reused only when torch
+    counts no other user of the storage (no view of an earlier step, no tensor autograd saved, no
+    ``.grad`` pointing into it); otherwise a fresh buffer."""
 
     def __init__(self) -> None:
         self.buffer: Tensor | None = None
@@ -327,14 +317,8 @@ class _Reused:
 
     def get(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         buf = self.buffer
-        if (
-            buf is not None
-            and buf.numel() == numel
-            and buf.dtype == dtype
-            and buf.device == device
-            and self.alone is not None
-            and _storage_users(buf) == self.alone
-        ):
+        same = buf is not None and (buf.numel(), buf.dtype, buf.device) == (numel, dtype, device)
+        if same and self.alone is not None and _storage_users(buf) == self.alone:
             return buf
         self.buffer = torch.empty(numel, dtype=dtype, device=device)
         self.alone = _storage_users(self.buffer)
@@ -405,10 +389,8 @@ class FlatWeights:
             self.spans.append((offset, offset + p.numel(), p.shape))
             offset += p.numel()
         self.flat = torch.empty(offset, dtype=torch.float32, device=params[0].device if params else "cpu")
-        self.cast_buffer = _Reused()
-        """Where :meth:`cast` writes the low-precision copy of ``flat`` (reused between steps)."""
-        self.grad_buffer = _Reused()
-        """Where the backward gathers the float32 gradients, laid out as ``flat`` (reused between steps)."""
+        self.cast_buffer = _Reused()  # where cast() writes the low-precision copy of flat
+        self.grad_buffer = _Reused()  # where the backward gathers the float32 gradients, as flat
         self._bind()
 
     def _current(self) -> list[Tensor]:

@@ -65,9 +65,8 @@ def _seed_everything(seed: int) -> None:
 
 
 def _seed_draws(seed: int, device: torch.device) -> None:
-    """Seed the global generator that ``device``'s dropout and LayerDrop draw from. On CPU that is
-    the CPU generator alone: ``torch.manual_seed`` would also queue a seed for every accelerator
-    backend, formatting a traceback each time (~0.5 ms an update, issue 39)."""
+    """Seed the generator ``device``'s dropout and LayerDrop draw from: on CPU the CPU one alone
+    (``torch.manual_seed`` also queues accelerator seeds, formatting a traceback each call)."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)
     else:
