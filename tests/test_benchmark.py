@@ -180,3 +180,22 @@ def test_compiled_rows_render_their_compile_time():
     md = render_markdown(report)
     assert "| infer | float32 compiled | **1.50×** |" in md
     assert "| infer | float32 | 12.0 | 30.0 |" in md
+
+
+def test_an_unwritable_out_is_refused_before_measuring(tmp_path, monkeypatch):
+    """--out is checked first (a missing folder is created): a run is never lost at the end."""
+    from wav2vec2_lite.tools import benchmark_cli
+
+    monkeypatch.setattr(benchmark_cli, "run_benchmark", lambda *a, **k: pytest.fail("measured"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit, match="not a writable file path"):
+        benchmark_cli.main(["--out", str(tmp_path / "taken")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit, match="cannot create its folder"):
+        benchmark_cli.main(["--out", str(tmp_path / "file" / "report.json")])
+    monkeypatch.setattr(benchmark_cli, "run_benchmark", lambda *a, **k: {"rows": []})
+    monkeypatch.setattr(benchmark_cli, "render_markdown", lambda report: "table")
+    benchmark_cli.main(["--out", str(tmp_path / "new" / "report.json")])
+    assert (tmp_path / "new" / "report.json").exists() and (
+        tmp_path / "new" / "report.md"
+    ).read_text() == "table"

@@ -203,6 +203,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = build_parser().parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if args.out:  # before minutes of measuring: a report that cannot be written is said at once
+        folder = os.path.dirname(os.path.abspath(args.out))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise SystemExit(f"--out {args.out}: cannot create its folder ({e.strerror})") from None
+        if os.path.isdir(args.out) or not os.access(folder, os.W_OK):
+            raise SystemExit(f"--out {args.out}: not a writable file path")
     report = run_benchmark(args, log=lambda s: print(s, file=sys.stderr, flush=True))
     md = render_markdown(report)
     print(md)
