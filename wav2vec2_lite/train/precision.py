@@ -113,18 +113,22 @@ class Precision:
         """The trainer found non-finite grads and skips this update: back off the scale and restart
         the count of clean updates towards growing it, as an overflowing ``GradScaler.update`` does."""
         if self.uses_scaler:
-            self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
-            # update(new_scale) sets the scale and forgets unscale_'s record of this update, but keeps
-            # the clean-update count: without the restart the scale grew straight back after an overflow
-            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            self._drop_update(self.scaler.get_backoff_factor())
+            # _drop_update keeps the clean-update count: without the restart the scale grew straight
+            # back after an overflow
             self.scaler.load_state_dict({**self.scaler.state_dict(), "_growth_tracker": 0})
 
     def forget(self) -> None:
         """The trainer drops this update for a reason that says nothing about the scale (no units to
         learn from): clear ``unscale_``'s record of it, keeping the scale and its growth count."""
         if self.uses_scaler:
-            self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
-            self.scaler.update(self.scaler.get_scale())
+            self._drop_update(1.0)
+
+    def _drop_update(self, factor: float) -> None:
+        """Forget ``unscale_``'s record of this update and multiply the scale by ``factor``
+        (``update(new_scale)`` does both, keeping the clean-update count)."""
+        self.scaler.scale(torch.zeros((), device=self.device_type))  # initialises the scale if unused yet
+        self.scaler.update(self.scaler.get_scale() * factor)
 
     @property
     def loss_scale(self) -> float | None:
